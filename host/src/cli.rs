@@ -1,0 +1,380 @@
+//! The `converge` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::check::{self, CheckConfig, CheckReport};
+use crate::dead_letter::MemoryDeadLetters;
+use crate::engine::{CompiledRule, EngineLimits, RuleEngine};
+use crate::entity::{Event, State};
+use crate::pipeline::{Pipeline, PipelineConfig, Unconverged};
+use crate::rule::Rule;
+use crate::source::JsonLinesSource;
+use crate::store::MemoryStore;
+use crate::vectors::{self, VectorFailure, VectorFile};
+
+/// Exit code: the check or run found a problem with the rule or the data.
+const EXIT_FAILED: u8 = 1;
+
+/// converge makes consuming a stream of entity changes order-insensitive: a business rule
+/// compiled to WebAssembly decides, per key, whether an incoming state is newer than the stored
+/// one, so the stored state converges whatever the delivery order.
+#[derive(Debug, Parser)]
+#[command(
+    name = "converge",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline on a JSON-lines stream with an in-memory store (no servers needed),
+    /// then print the final states, the decision counts and whether every key converged.
+    ///
+    /// Exits 0 when every key converged, 1 when one did not, 2 on a usage or load error.
+    /// Bad lines are reported with their line number and reason and counted; the run goes on.
+    Run(RunArgs),
+    /// Ask a rule for one decision and print it as JSON.
+    Decide(DecideArgs),
+    /// Check a rule: its conformance vectors, then convergence on generated event histories
+    /// (every delivery order, duplicates, redelivery). Prints a minimal counterexample on
+    /// failure.
+    ///
+    /// Exits 0 when the rule passes, 1 when a check fails, 2 on a usage or load error.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// How long one rule call may run before it is interrupted, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    deadline_ms: u64,
+    /// The most memory one rule instance may use, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    memory_mib: usize,
+}
+
+impl EngineArgs {
+    fn load(&self, rule: &Path) -> anyhow::Result<CompiledRule> {
+        let engine = RuleEngine::new(EngineLimits {
+            memory_cap_bytes: self.memory_mib.saturating_mul(1 << 20),
+            deadline: Duration::from_millis(self.deadline_ms),
+        })?;
+        engine
+            .compile_file(rule)
+            .with_context(|| format!("cannot load rule {}", rule.display()))
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The rule component (.wasm).
+    #[arg(long, env = "CONVERGE_RULE", value_name = "RULE.wasm")]
+    rule: PathBuf,
+    /// JSON-lines input, one message per line; `-` reads stdin.
+    #[arg(long, short, value_name = "FILE", default_value = "-")]
+    input: PathBuf,
+    /// The most messages per batch.
+    #[arg(long, value_name = "N", default_value_t = PipelineConfig::default().batch_size)]
+    batch_size: usize,
+    /// Print the report as one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+struct DecideArgs {
+    /// The rule component (.wasm).
+    #[arg(long, value_name = "RULE.wasm")]
+    rule: PathBuf,
+    /// The stored state as JSON, or `none` when nothing is stored.
+    #[arg(long, value_name = "JSON|none", default_value = "none")]
+    current: String,
+    /// The incoming event as JSON, e.g. '{"key":"o-1","status":"paid","version":2}'.
+    #[arg(long, value_name = "JSON")]
+    incoming: String,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The rule component (.wasm).
+    #[arg(value_name = "RULE.wasm")]
+    rule: PathBuf,
+    /// Conformance vectors (JSON). Default: RULE.vectors.json beside the rule, if present.
+    #[arg(long, value_name = "FILE")]
+    vectors: Option<PathBuf>,
+    /// Print the report as one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    /// How many event histories to generate.
+    #[arg(long, value_name = "N", default_value_t = CheckConfig::default().histories)]
+    histories: usize,
+    /// Seed of the history generator; the same seed checks the same histories.
+    #[arg(long, value_name = "N", default_value_t = CheckConfig::default().seed)]
+    seed: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Parses the command line and runs the command. Errors are usage or load errors (exit 2).
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match cli.command {
+        Command::Run(args) => run_embedded(&args),
+        Command::Decide(args) => decide(&args),
+        Command::Check(args) => check_rule(&args),
+    }
+}
+
+fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {
+    let current: Option<State> = if args.current.trim() == "none" {
+        None
+    } else {
+        Some(serde_json::from_str(&args.current).context("--current is not a valid state")?)
+    };
+    let incoming: Event =
+        serde_json::from_str(&args.incoming).context("--incoming is not a valid event")?;
+    let mut rule = args.engine.load(&args.rule)?.instance();
+    match rule.decide(current.as_ref(), &incoming) {
+        Ok(decision) => {
+            println!("{}", serde_json::to_string(&decision)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("converge: {error}");
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct CheckOutput {
+    rule: String,
+    vectors_file: Option<PathBuf>,
+    vectors_run: usize,
+    vector_failures: Vec<VectorFailure>,
+    property: CheckReport,
+    passed: bool,
+}
+
+fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let compiled = args.engine.load(&args.rule)?;
+    let vectors_file = match &args.vectors {
+        Some(path) => Some(path.clone()),
+        None => Some(VectorFile::sidecar_path(&args.rule)).filter(|path| path.is_file()),
+    };
+    let vectors = match &vectors_file {
+        Some(path) => VectorFile::load(path)?.vectors,
+        None => Vec::new(),
+    };
+    let mut rule = compiled.instance();
+    let vector_failures = vectors::run(&mut rule, &vectors);
+    let config = CheckConfig {
+        histories: args.histories,
+        seed: args.seed,
+        ..CheckConfig::default()
+    };
+    let property = check::check(&mut rule, &config);
+    let passed = vector_failures.is_empty() && property.passed();
+    let output = CheckOutput {
+        rule: compiled.info().stamp(),
+        vectors_file,
+        vectors_run: vectors.len(),
+        vector_failures,
+        property,
+        passed,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    } else {
+        print_check(&output);
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+fn print_check(output: &CheckOutput) {
+    println!("rule {}", output.rule);
+    match &output.vectors_file {
+        None => println!("vectors: none given and no sidecar file; skipped"),
+        Some(path) => {
+            let failed = output.vector_failures.len();
+            let status = if failed == 0 { "ok" } else { "FAIL" };
+            println!(
+                "vectors: {status} — {} of {} passed ({})",
+                output.vectors_run - failed,
+                output.vectors_run,
+                path.display()
+            );
+            for failure in &output.vector_failures {
+                let got = match &failure.got {
+                    Ok(decision) => serde_json::to_string(decision).unwrap_or_default(),
+                    Err(error) => format!("error: {error}"),
+                };
+                let expected = serde_json::to_string(&failure.expected).unwrap_or_default();
+                println!("  FAIL {}: expected {expected}, got {got}", failure.name);
+            }
+        }
+    }
+    let property = &output.property;
+    match &property.violation {
+        None => println!(
+            "convergence: ok — {} histories, {} delivery orders, {} decisions",
+            property.histories, property.orders, property.decisions
+        ),
+        Some(violation) => {
+            println!(
+                "convergence: FAIL after {} histories, {} delivery orders",
+                property.histories, property.orders
+            );
+            print!("{violation}");
+        }
+    }
+    println!("{}", if output.passed { "PASS" } else { "FAIL" });
+}
+
+#[derive(Debug, serde::Serialize)]
+struct RunReport<'a> {
+    rule: String,
+    stats: &'a crate::pipeline::Stats,
+    dead_letters: Vec<crate::dead_letter::DeadLetter>,
+    states: Vec<crate::store::Stored>,
+    unconverged: Vec<Unconverged>,
+    converged: bool,
+}
+
+fn run_embedded(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let compiled = args.engine.load(&args.rule)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let config = PipelineConfig {
+            batch_size: args.batch_size.max(1),
+            ..PipelineConfig::default()
+        };
+        let mut pipeline = Pipeline::new(
+            compiled.instance(),
+            MemoryStore::new(),
+            MemoryDeadLetters::new(),
+            config,
+        )
+        .with_audit();
+        let shutdown = async {
+            // If the signal handler cannot be installed, run to the end of the input.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        if args.input == Path::new("-") {
+            let mut source = JsonLinesSource::new(tokio::io::BufReader::new(tokio::io::stdin()));
+            pipeline.run(&mut source, shutdown).await?;
+        } else {
+            let file = tokio::fs::File::open(&args.input)
+                .await
+                .with_context(|| format!("cannot open input {}", args.input.display()))?;
+            let mut source = JsonLinesSource::new(tokio::io::BufReader::new(file));
+            pipeline.run(&mut source, shutdown).await?;
+        }
+        let unconverged = pipeline.verify().await?;
+        let report = RunReport {
+            rule: pipeline.rule().info().stamp(),
+            stats: pipeline.stats(),
+            dead_letters: pipeline.dead_letters().letters(),
+            states: pipeline.store().snapshot(),
+            converged: unconverged.is_empty(),
+            unconverged,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_run(&report);
+        }
+        Ok(if report.converged {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILED)
+        })
+    })
+}
+
+fn print_run(report: &RunReport<'_>) {
+    println!("rule {}", report.rule);
+    for letter in &report.dead_letters {
+        println!(
+            "{}: {}: {}",
+            letter.position,
+            letter.kind.as_str(),
+            letter.reason
+        );
+    }
+    println!("final states ({} keys):", report.states.len());
+    for stored in &report.states {
+        let state = &stored.state;
+        println!(
+            "  {:<14} {:<10} v{:<3} t={:<14} rev={:<3} {}",
+            state.key,
+            state.status,
+            state.version,
+            state.timestamp_ms,
+            stored.revision,
+            state.payload
+        );
+    }
+    let stats = report.stats;
+    let decisions: Vec<String> = crate::entity::DecisionKind::ALL
+        .iter()
+        .map(|kind| format!("{kind} {}", stats.decisions.get(kind).copied().unwrap_or(0)))
+        .collect();
+    println!(
+        "messages {} in {} batches; decisions: {}; writes {}; dead letters {}",
+        stats.messages,
+        stats.batches,
+        decisions.join(", "),
+        stats.writes,
+        report.dead_letters.len()
+    );
+    for key in &report.unconverged {
+        println!(
+            "NOT CONVERGED {}: stored {} but event {} would replace it",
+            key.key,
+            serde_json::to_string(&key.stored).unwrap_or_default(),
+            serde_json::to_string(&key.superseded_by).unwrap_or_default()
+        );
+    }
+    if report.converged {
+        println!(
+            "converged: every one of {} keys ended on its latest state (no delivered event would replace it)",
+            report.states.len()
+        );
+    } else {
+        println!(
+            "NOT converged: {} of {} keys did not end on their latest state",
+            report.unconverged.len(),
+            report.states.len()
+        );
+    }
+}

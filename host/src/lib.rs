@@ -1,0 +1,35 @@
+//! converge: order-insensitive stream consumption.
+//!
+//! A business rule compiled to WebAssembly decides, per key, whether an incoming state is newer
+//! than the stored one; converge writes the answer atomically, so the stored state converges
+//! whatever the delivery order. See ARCHITECTURE.md for the data flow and invariants.
+//!
+//! # Layout
+//! - [`entity`]: the rule's vocabulary (entity, decision, rule info), generated from the WIT
+//!   contract, and its JSON form.
+//! - [`rule`]: the [`rule::Rule`] trait every rule runner implements; decision validation.
+//! - [`imports`]: the import allowlist a rule component must stay within.
+//! - [`engine`]: compiles and runs rule components under a deadline and a memory cap.
+//! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written.
+//! - [`check`]: the convergence property check and its minimal counterexamples.
+//! - [`message`]: a message as a source delivers it, and its position.
+//! - [`decode`]: message -> event, by field mapping.
+//! - [`source`]: the [`source::Source`] trait and the JSON-lines source.
+//! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision) and the in-memory store.
+//! - [`dead_letter`]: dead letters and where they go.
+//! - [`pipeline`]: one batch through decode, coalesce, load, decide, write, dead-letter.
+//! - [`cli`]: the `converge` command line.
+
+pub mod check;
+pub mod cli;
+pub mod dead_letter;
+pub mod decode;
+pub mod engine;
+pub mod entity;
+pub mod imports;
+pub mod message;
+pub mod pipeline;
+pub mod rule;
+pub mod source;
+pub mod store;
+pub mod vectors;

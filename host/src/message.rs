@@ -1,0 +1,40 @@
+//! A message as a source delivers it, before decoding.
+
+use std::fmt;
+
+/// Where a message sits in its source; offsets are stored (acknowledged) by position.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    /// A line of a JSON-lines file or stream, counted from 1.
+    Line { line: u64 },
+    /// An offset in a partition of a topic.
+    Partition {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Line { line } => write!(f, "line {line}"),
+            Position::Partition {
+                topic,
+                partition,
+                offset,
+            } => write!(f, "{topic}[{partition}]@{offset}"),
+        }
+    }
+}
+
+/// One message: its raw bytes and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub position: Position,
+    /// The message key, if the transport has one (a Kafka record key).
+    pub key: Option<Vec<u8>>,
+    /// The message body; `None` for a tombstone (a keyed record with no value).
+    pub payload: Option<Vec<u8>>,
+}

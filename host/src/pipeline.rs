@@ -1,0 +1,419 @@
+//! One batch through the data path: decode, coalesce, load, decide, write, dead-letter.
+//!
+//! Events of one key within a batch are folded through the rule locally (coalesced), starting
+//! from the state loaded for the key, so a key is written at most once per batch. The write is
+//! a compare-and-set on the revision the fold started from; on conflict the key is reloaded and
+//! folded again. Decisions are asked in rounds — the first event of every key in one
+//! `decide-batch` call, then the second of every key, and so on — so the per-call cost of the
+//! rule is paid once per round rather than once per event.
+//!
+//! Nothing is dropped: an undecodable message, a rejected event or an event the rule fails on
+//! is dead-lettered with its reason, and the batch is acknowledged only after its writes and
+//! dead letters are.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink};
+use crate::decode::{Decoded, FieldMapping};
+use crate::entity::{Decision, DecisionKind, Event, State};
+use crate::message::Message;
+use crate::rule::{DecideError, Rule};
+use crate::source::{Source, SourceError};
+use crate::store::{Store, StoreError, Write, WriteOutcome};
+
+/// Pipeline settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The most messages in one batch.
+    pub batch_size: usize,
+    /// How a message's fields map to an event.
+    pub mapping: FieldMapping,
+    /// How often a key is reloaded and decided again after losing a compare-and-set race
+    /// before the batch fails (and, unacknowledged, is delivered again).
+    pub max_write_attempts: u32,
+    /// How often a failed decision is retried on a fresh rule instance before the event is
+    /// dead-lettered.
+    pub rule_retries: u32,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 512,
+            mapping: FieldMapping::default(),
+            max_write_attempts: 16,
+            rule_retries: 1,
+        }
+    }
+}
+
+/// Why a batch could not be completed. The batch is not acknowledged; after a restart it is
+/// delivered again, which the rule makes harmless.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("keys still conflicting after {attempts} attempts: {keys:?}")]
+    Contended { attempts: u32, keys: Vec<String> },
+}
+
+/// Counters since the pipeline started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub batches: u64,
+    pub messages: u64,
+    /// Decisions by outcome, one per decided event.
+    pub decisions: BTreeMap<DecisionKind, u64>,
+    /// Dead letters by kind.
+    pub dead_letters: BTreeMap<DeadLetterKind, u64>,
+    /// States written (at most one per key per batch).
+    pub writes: u64,
+    /// Compare-and-set conflicts that made a key be decided again.
+    pub conflicts: u64,
+}
+
+/// The data path, generic over its rule, store and dead-letter sink.
+#[derive(Debug)]
+pub struct Pipeline<R, S, D> {
+    rule: R,
+    store: S,
+    dead_letters: D,
+    config: PipelineConfig,
+    stats: Stats,
+    audit: Option<HashMap<String, Vec<Event>>>,
+}
+
+/// The events of one key in a batch, in delivery order, with the index of their message.
+struct KeyEvents {
+    key: String,
+    events: Vec<(usize, Event)>,
+}
+
+/// What folding one key's events produced.
+struct Folded {
+    start_revision: u64,
+    changed: Option<State>,
+    outcomes: Vec<(usize, Result<Decision, DecideError>)>,
+}
+
+impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
+    pub fn new(rule: R, store: S, dead_letters: D, config: PipelineConfig) -> Self {
+        Self {
+            rule,
+            store,
+            dead_letters,
+            config,
+            stats: Stats::default(),
+            audit: None,
+        }
+    }
+
+    /// Keeps a copy of every decoded event, so that [`Pipeline::verify`] can check afterwards
+    /// that every key converged. Memory grows with the input: for bounded runs only.
+    pub fn with_audit(mut self) -> Self {
+        self.audit = Some(HashMap::new());
+        self
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn dead_letters(&self) -> &D {
+        &self.dead_letters
+    }
+
+    pub fn rule(&self) -> &R {
+        &self.rule
+    }
+
+    /// Reads, processes and acknowledges batches until the source ends or `shutdown` resolves.
+    /// A batch in progress when `shutdown` resolves is finished first.
+    pub async fn run<Src: Source>(
+        &mut self,
+        source: &mut Src,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), PipelineError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let batch = tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                batch = source.next_batch(self.config.batch_size) => batch?,
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.process(&batch).await?;
+            source.ack(&batch).await?;
+        }
+    }
+
+    /// Takes one batch through the data path. Returns once its writes and dead letters are
+    /// acknowledged; the caller then acknowledges the batch to its source.
+    pub async fn process(&mut self, batch: &[Message]) -> Result<(), PipelineError> {
+        let stamp = self.rule.info().stamp();
+        let mut letters = Vec::new();
+        let mut groups: Vec<KeyEvents> = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        for (index, message) in batch.iter().enumerate() {
+            let event = match self.config.mapping.decode(message) {
+                Ok(Decoded::Event(event)) => event,
+                Ok(Decoded::IdOnly { key }) => {
+                    letters.push(letter(
+                        message,
+                        DeadLetterKind::NotEnriched,
+                        format!("id-only message for key {key:?} and no enrichment configured"),
+                        &stamp,
+                    ));
+                    continue;
+                }
+                Err(error) => {
+                    letters.push(letter(
+                        message,
+                        DeadLetterKind::Undecodable,
+                        error.to_string(),
+                        &stamp,
+                    ));
+                    continue;
+                }
+            };
+            if let Some(audit) = &mut self.audit {
+                audit
+                    .entry(event.key.clone())
+                    .or_default()
+                    .push(event.clone());
+            }
+            let group = *group_of.entry(event.key.clone()).or_insert_with(|| {
+                groups.push(KeyEvents {
+                    key: event.key.clone(),
+                    events: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            groups[group].events.push((index, event));
+        }
+
+        let mut pending: Vec<&KeyEvents> = groups.iter().collect();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            if attempt > self.config.max_write_attempts {
+                return Err(PipelineError::Contended {
+                    attempts: self.config.max_write_attempts,
+                    keys: pending.iter().map(|g| g.key.clone()).collect(),
+                });
+            }
+            let keys: Vec<String> = pending.iter().map(|g| g.key.clone()).collect();
+            let loaded = self.store.load(&keys).await?;
+            let folded = self.fold(&pending, loaded);
+            let mut writes = Vec::new();
+            let mut written_groups = Vec::new();
+            for (slot, fold) in folded.iter().enumerate() {
+                if let Some(state) = &fold.changed {
+                    let group = pending[slot];
+                    let last_index = group.events.last().map_or(0, |(index, _)| *index);
+                    writes.push(Write {
+                        key: group.key.clone(),
+                        expected_revision: fold.start_revision,
+                        state: state.clone(),
+                        rule: stamp.clone(),
+                        position: batch[last_index].position.to_string(),
+                    });
+                    written_groups.push(slot);
+                }
+            }
+            let outcomes = self.store.write(&writes).await?;
+            let mut conflicted = vec![false; pending.len()];
+            for (slot, outcome) in written_groups.into_iter().zip(outcomes) {
+                match outcome {
+                    WriteOutcome::Written { .. } => self.stats.writes += 1,
+                    WriteOutcome::Conflict => {
+                        self.stats.conflicts += 1;
+                        conflicted[slot] = true;
+                    }
+                }
+            }
+            let mut retry = Vec::new();
+            for ((group, fold), conflicted) in pending.into_iter().zip(folded).zip(conflicted) {
+                if conflicted {
+                    retry.push(group);
+                    continue;
+                }
+                for (index, outcome) in fold.outcomes {
+                    self.count(&batch[index], outcome, &stamp, &mut letters);
+                }
+            }
+            pending = retry;
+        }
+
+        if !letters.is_empty() {
+            self.dead_letters.send(&letters).await?;
+            for letter in &letters {
+                *self.stats.dead_letters.entry(letter.kind).or_default() += 1;
+            }
+        }
+        self.stats.batches += 1;
+        self.stats.messages += batch.len() as u64;
+        Ok(())
+    }
+
+    /// Folds each group's events over its loaded state, in rounds of one event per key.
+    fn fold(
+        &mut self,
+        groups: &[&KeyEvents],
+        loaded: Vec<Option<crate::store::Stored>>,
+    ) -> Vec<Folded> {
+        let mut states: Vec<Option<State>> = Vec::with_capacity(groups.len());
+        let mut folded: Vec<Folded> = Vec::with_capacity(groups.len());
+        for stored in loaded {
+            folded.push(Folded {
+                start_revision: stored.as_ref().map_or(0, |s| s.revision),
+                changed: None,
+                outcomes: Vec::new(),
+            });
+            states.push(stored.map(|s| s.state));
+        }
+        let rounds = groups.iter().map(|g| g.events.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            let members: Vec<usize> = (0..groups.len())
+                .filter(|&slot| round < groups[slot].events.len())
+                .collect();
+            let items: Vec<(Option<State>, Event)> = members
+                .iter()
+                .map(|&slot| (states[slot].clone(), groups[slot].events[round].1.clone()))
+                .collect();
+            let decisions = self.decide_all(&items);
+            for (slot, decision) in members.into_iter().zip(decisions) {
+                if let Ok(decision) = &decision
+                    && let Some(state) = decision.stored_state()
+                {
+                    states[slot] = Some(state.clone());
+                    folded[slot].changed = Some(state.clone());
+                }
+                folded[slot]
+                    .outcomes
+                    .push((groups[slot].events[round].0, decision));
+            }
+        }
+        folded
+    }
+
+    /// Decides a round in one batch call; if the batch fails, decides each pair alone (with
+    /// retries) so that only the culprit fails.
+    fn decide_all(
+        &mut self,
+        items: &[(Option<State>, Event)],
+    ) -> Vec<Result<Decision, DecideError>> {
+        match self.rule.decide_batch(items) {
+            Ok(decisions) => decisions.into_iter().map(Ok).collect(),
+            Err(_) => items
+                .iter()
+                .map(|(current, incoming)| self.decide_with_retries(current.as_ref(), incoming))
+                .collect(),
+        }
+    }
+
+    fn decide_with_retries(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        let mut result = self.rule.decide(current, incoming);
+        for _ in 0..self.config.rule_retries {
+            if result.is_ok() {
+                break;
+            }
+            result = self.rule.decide(current, incoming);
+        }
+        result
+    }
+
+    /// Records one applied event's outcome; rejects and failures become dead letters.
+    fn count(
+        &mut self,
+        message: &Message,
+        outcome: Result<Decision, DecideError>,
+        stamp: &str,
+        letters: &mut Vec<DeadLetter>,
+    ) {
+        match outcome {
+            Ok(decision) => {
+                *self.stats.decisions.entry(decision.kind()).or_default() += 1;
+                if let Decision::Reject(reason) = decision {
+                    letters.push(letter(message, DeadLetterKind::Rejected, reason, stamp));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(position = %message.position, %error, "rule failed; dead-lettering the event");
+                letters.push(letter(
+                    message,
+                    DeadLetterKind::RuleFailed,
+                    error.to_string(),
+                    stamp,
+                ));
+            }
+        }
+    }
+
+    /// Checks, for every key the audit saw, that the stored state is the rule's fixed point:
+    /// no event delivered for the key would change it any more. Returns the keys that are not.
+    pub async fn verify(&mut self) -> Result<Vec<Unconverged>, PipelineError> {
+        let Some(audit) = &self.audit else {
+            return Ok(Vec::new());
+        };
+        let mut keys: Vec<String> = audit.keys().cloned().collect();
+        keys.sort();
+        let stored = self.store.load(&keys).await?;
+        let mut unconverged = Vec::new();
+        for (key, stored) in keys.into_iter().zip(stored) {
+            let state = stored.map(|s| s.state);
+            for event in &audit[&key] {
+                let moved = match self.rule.decide(state.as_ref(), event) {
+                    Ok(decision) => decision
+                        .stored_state()
+                        .is_some_and(|s| Some(s) != state.as_ref()),
+                    Err(_) => false,
+                };
+                if moved {
+                    unconverged.push(Unconverged {
+                        key: key.clone(),
+                        stored: state.clone(),
+                        superseded_by: event.clone(),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(unconverged)
+    }
+}
+
+/// A key whose stored state a delivered event would still change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unconverged {
+    pub key: String,
+    pub stored: Option<State>,
+    pub superseded_by: Event,
+}
+
+fn letter(message: &Message, kind: DeadLetterKind, reason: String, stamp: &str) -> DeadLetter {
+    DeadLetter {
+        kind,
+        reason,
+        position: message.position.clone(),
+        bytes: message.payload.clone().unwrap_or_default(),
+        rule: stamp.to_owned(),
+    }
+}
