@@ -26,6 +26,9 @@ use serde::Serialize;
 use crate::entity::{Decision, Event, RuleInfo, State};
 use crate::rule::Rule;
 
+/// A found violation; boxed because it carries whole histories.
+type Found<T> = Result<T, Box<Violation>>;
+
 /// How hard to look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckConfig {
@@ -151,7 +154,7 @@ pub fn check(rule: &mut dyn Rule, config: &CheckConfig) -> CheckReport {
                 histories: done + 1,
                 orders: checker.orders,
                 decisions: checker.decisions,
-                violation: Some(violation),
+                violation: Some(*violation),
             };
         }
     }
@@ -205,7 +208,7 @@ struct Walk<'e> {
 impl Checker<'_> {
     /// Checks convergence over every (or many random) delivery orders first — a divergence is
     /// the clearest counterexample — and then, over the same orders, redelivery.
-    fn check_history(&mut self, events: &[Event], rng: &mut StdRng) -> Result<(), Violation> {
+    fn check_history(&mut self, events: &[Event], rng: &mut StdRng) -> Found<()> {
         let random_seed = rng.random();
         for redelivery in [false, true] {
             let mut walk = Walk {
@@ -237,7 +240,7 @@ impl Checker<'_> {
 
     /// Delivers every remaining event in every order, sharing prefixes. Events equal to one
     /// already tried at this depth are skipped: they lead to the same orders.
-    fn every_order(&mut self, walk: &mut Walk<'_>, state: Option<State>) -> Result<(), Violation> {
+    fn every_order(&mut self, walk: &mut Walk<'_>, state: Option<State>) -> Found<()> {
         if walk.order.len() == walk.events.len() {
             return self.finish(walk, state);
         }
@@ -261,7 +264,7 @@ impl Checker<'_> {
         walk: &mut Walk<'_>,
         state: Option<State>,
         next: usize,
-    ) -> Result<Option<State>, Violation> {
+    ) -> Found<Option<State>> {
         walk.order.push(next);
         let after = self.apply(walk, state.as_ref(), next)?;
         let Some(stored) = after.filter(|new| Some(new) != state.as_ref()) else {
@@ -278,7 +281,7 @@ impl Checker<'_> {
             let duplicate = position + 1 == walk.order.len();
             let (events, order) = (walk.events.to_vec(), walk.order.clone());
             let stored = stored.clone();
-            return Err(if duplicate {
+            return Err(Box::new(if duplicate {
                 Violation::NotIdempotent {
                     events,
                     order,
@@ -294,7 +297,7 @@ impl Checker<'_> {
                     redelivered: earlier,
                     moved_to,
                 }
-            });
+            }));
         }
         Ok(Some(stored))
     }
@@ -305,21 +308,21 @@ impl Checker<'_> {
         walk: &Walk<'_>,
         state: Option<&State>,
         event: usize,
-    ) -> Result<Option<State>, Violation> {
+    ) -> Found<Option<State>> {
         self.decisions += 1;
         match self.rule.decide(state, &walk.events[event]) {
             Ok(Decision::Insert(new) | Decision::Update(new)) => Ok(Some(new)),
             Ok(Decision::Ignore(_) | Decision::Reject(_)) => Ok(state.cloned()),
-            Err(error) => Err(Violation::RuleFailed {
+            Err(error) => Err(Box::new(Violation::RuleFailed {
                 events: walk.events.to_vec(),
                 order: walk.order.clone(),
                 error: error.to_string(),
-            }),
+            })),
         }
     }
 
     /// Compares a complete order's final state with the first order's.
-    fn finish(&mut self, walk: &mut Walk<'_>, state: Option<State>) -> Result<(), Violation> {
+    fn finish(&mut self, walk: &mut Walk<'_>, state: Option<State>) -> Found<()> {
         self.orders += 1;
         let delivery = Delivery {
             order: walk.order.clone(),
@@ -331,16 +334,16 @@ impl Checker<'_> {
                 Ok(())
             }
             Some(first) if first.final_state == delivery.final_state => Ok(()),
-            Some(first) => Err(Violation::Diverges {
+            Some(first) => Err(Box::new(Violation::Diverges {
                 events: walk.events.to_vec(),
                 first: first.clone(),
                 second: delivery,
-            }),
+            })),
         }
     }
 
     /// Drops events from the failing history while it still fails.
-    fn shrink(&mut self, mut violation: Violation, rng: &mut StdRng) -> Violation {
+    fn shrink(&mut self, mut violation: Box<Violation>, rng: &mut StdRng) -> Box<Violation> {
         let mut events = violation.events().to_vec();
         let mut index = 0;
         while index < events.len() && events.len() > 1 {

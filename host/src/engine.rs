@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::entity::{Decision, Event, RuleBindings, RuleBindingsPre, RuleInfo, State};
 use crate::imports;
@@ -78,7 +77,6 @@ pub struct RuleEngine {
 struct EngineInner {
     engine: Engine,
     limits: EngineLimits,
-    linker: Linker<RuleCtx>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -101,10 +99,6 @@ impl RuleEngine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(LoadError::Engine)?;
-        let mut linker = Linker::new(&engine);
-        // Only interfaces on the allowlist are ever reached: components importing anything else
-        // are refused before linking.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(LoadError::Engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), Arc::clone(&ticker_stop))
             .map_err(|error| LoadError::Engine(error.into()))?;
@@ -112,7 +106,6 @@ impl RuleEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 limits,
-                linker,
                 ticker_stop,
             }),
         })
@@ -141,8 +134,14 @@ impl RuleEngine {
         if !forbidden.is_empty() {
             return Err(LoadError::ForbiddenImports(forbidden));
         }
-        let instance_pre = inner
-            .linker
+        // The allowed imports are linked to functions that trap when called: a rule has no
+        // environment, files, clocks or output, and one that reaches for them (a panic writing
+        // its message to stderr, say) fails its call like any other trap.
+        let mut linker = Linker::new(&inner.engine);
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(LoadError::Link)?;
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(LoadError::Link)?;
         let pre = RuleBindingsPre::new(instance_pre).map_err(LoadError::Link)?;
@@ -304,8 +303,6 @@ impl Live {
     fn new(engine: &RuleEngine, pre: &RuleBindingsPre<RuleCtx>) -> Result<Self, DecideError> {
         let limits = engine.limits();
         let ctx = RuleCtx {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
             limiter: MemoryCap {
                 cap: limits.memory_cap_bytes,
                 refused: None,
@@ -361,20 +358,9 @@ fn deadline_ticks(deadline: Duration) -> u64 {
         .max(1)
 }
 
-/// What a rule's store holds: a deny-all WASI context and the memory cap.
+/// What a rule's store holds: nothing but its memory cap.
 struct RuleCtx {
-    wasi: WasiCtx,
-    table: ResourceTable,
     limiter: MemoryCap,
-}
-
-impl WasiView for RuleCtx {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
 }
 
 /// Refuses memory growth past the cap and remembers the refusal, so the trap that follows

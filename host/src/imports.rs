@@ -3,13 +3,15 @@
 //! A rule must be a pure function of its arguments, so the contract's world imports nothing. A
 //! Rust `wasm32-wasip2` component still imports a few WASI 0.2 interfaces that the standard
 //! library links in whether or not the rule uses them (environment, exit, the three standard
-//! streams, terminals, and the `wasi:io` types those streams are made of). The host satisfies
-//! them with a deny-all context: no environment variables or arguments, empty stdin, output
-//! discarded, exit ends the call with an error. Files (`wasi:filesystem`), sockets
-//! (`wasi:sockets`), clocks (`wasi:clocks`) and randomness (`wasi:random`) are refused, as is any
-//! interface not named here: a component importing one never loads.
+//! streams, terminals, and the `wasi:io` types those streams are made of). Those, and only
+//! those, are allowed — and the host links every one of them to a function that traps when
+//! called: a rule has no environment, no input, no output and cannot exit; one that reaches for
+//! them (a panic writing its message to stderr, say) fails that call like any other trap.
+//! Files (`wasi:filesystem`), sockets (`wasi:sockets`), clocks (`wasi:clocks`), randomness
+//! (`wasi:random`) and any interface not named here are refused: a component importing one
+//! never loads.
 
-/// Interfaces a rule may import, without version. Every one is served by a deny-all context.
+/// Interfaces a rule may import, without version. Every function in them traps when called.
 pub const ALLOWED_INTERFACES: &[&str] = &[
     "wasi:io/error",
     "wasi:io/poll",

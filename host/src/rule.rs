@@ -98,7 +98,7 @@ pub fn validate(
                 state.key, incoming.key
             ));
         }
-        if !info.statuses.iter().any(|status| *status == state.status) {
+        if !info.statuses.contains(&state.status) {
             return bug(format!(
                 "answered status {:?}, which is not among its declared statuses {:?}",
                 state.status, info.statuses

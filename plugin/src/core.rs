@@ -183,3 +183,76 @@ mod tests {
         );
     }
 }
+
+/// The conformance vectors shipped beside the rule (`vectors/order-status.json`), run against
+/// the pure core. The host runs the same file through the compiled component.
+#[cfg(test)]
+mod conformance {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    #[derive(Deserialize)]
+    struct VectorFile {
+        vectors: Vec<Vector>,
+    }
+
+    #[derive(Deserialize)]
+    struct Vector {
+        name: String,
+        current: Option<Value>,
+        incoming: Value,
+        expect: Value,
+    }
+
+    /// The JSON form of an entity (see the host's `entity` module): payload as a JSON value,
+    /// passed to the rule as canonical text.
+    fn entity(value: &Value) -> Entity {
+        let text = |field: &str| value[field].as_str().unwrap_or_default().to_owned();
+        let number = |field: &str| value[field].as_u64().unwrap_or(0);
+        Entity {
+            key: text("key"),
+            status: text("status"),
+            version: number("version"),
+            timestamp_ms: number("timestamp_ms"),
+            payload: value.get("payload").unwrap_or(&Value::Null).to_string(),
+        }
+    }
+
+    fn expected(expect: &Value) -> Decision {
+        match expect {
+            Value::String(kind) if kind == "ignore" => Decision::Ignore(String::new()),
+            Value::String(kind) if kind == "reject" => Decision::Reject(String::new()),
+            Value::Object(map) if map.contains_key("insert") => {
+                Decision::Insert(entity(&map["insert"]))
+            }
+            Value::Object(map) if map.contains_key("update") => {
+                Decision::Update(entity(&map["update"]))
+            }
+            other => panic!("unknown expectation {other}"),
+        }
+    }
+
+    #[test]
+    fn shipped_vectors_pass_natively() {
+        let text = include_str!("../vectors/order-status.json");
+        let file: VectorFile = serde_json::from_str(text).expect("vectors parse");
+        assert!(file.vectors.len() >= 15, "the vector file lost cases");
+        for vector in file.vectors {
+            let got = decide(
+                vector.current.as_ref().map(entity),
+                entity(&vector.incoming),
+            );
+            let ok = match (expected(&vector.expect), &got) {
+                (Decision::Ignore(_), Decision::Ignore(_))
+                | (Decision::Reject(_), Decision::Reject(_)) => true,
+                (want, got) => want == *got,
+            };
+            assert!(
+                ok,
+                "{}: expected {}, got {got:?}",
+                vector.name, vector.expect
+            );
+        }
+    }
+}

@@ -1,1 +1,6 @@
+//! converge's integration tests: one binary, real components, real processes.
 
+mod check;
+mod cli;
+mod engine;
+mod pipeline;

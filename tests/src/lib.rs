@@ -1,1 +1,73 @@
+//! Support for converge's integration tests and benchmarks.
+//!
+//! # Layout
+//! - [`build`]: builds the rule components and the `converge` binary the tests run.
+//! - [`NativeOrderRule`]: the order-status rule's pure core behind the host's `Rule` trait, to
+//!   compare the compiled component against.
+//! - [`orders`]: generated order histories with a known final state per order.
 
+use converge::entity::{Decision, Event, RuleInfo, State};
+use converge::rule::{self, DecideError, Rule};
+use converge_order_rule::core;
+
+pub mod build;
+pub mod orders;
+
+/// The order-status rule called natively, validated like a component's decisions.
+#[derive(Debug)]
+pub struct NativeOrderRule {
+    info: RuleInfo,
+}
+
+impl Default for NativeOrderRule {
+    fn default() -> Self {
+        Self {
+            info: RuleInfo {
+                name: core::NAME.to_owned(),
+                version: core::VERSION.to_owned(),
+                statuses: core::STATUSES.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        }
+    }
+}
+
+fn to_core(entity: &Event) -> core::Entity {
+    core::Entity {
+        key: entity.key.clone(),
+        status: entity.status.clone(),
+        version: entity.version,
+        timestamp_ms: entity.timestamp_ms,
+        payload: entity.payload.clone(),
+    }
+}
+
+fn from_core(entity: core::Entity) -> State {
+    State {
+        key: entity.key,
+        status: entity.status,
+        version: entity.version,
+        timestamp_ms: entity.timestamp_ms,
+        payload: entity.payload,
+    }
+}
+
+impl Rule for NativeOrderRule {
+    fn info(&self) -> &RuleInfo {
+        &self.info
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        let decision = match core::decide(current.map(to_core), to_core(incoming)) {
+            core::Decision::Insert(state) => Decision::Insert(from_core(state)),
+            core::Decision::Update(state) => Decision::Update(from_core(state)),
+            core::Decision::Ignore(reason) => Decision::Ignore(reason),
+            core::Decision::Reject(reason) => Decision::Reject(reason),
+        };
+        rule::validate(&self.info, current, incoming, &decision)?;
+        Ok(decision)
+    }
+}

@@ -1,0 +1,173 @@
+//! The `converge` binary as a user runs it: exit codes, reports, the shipped sample stream.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use converge_tests::build;
+use serde_json::Value;
+
+fn converge(args: &[&str]) -> Output {
+    Command::new(build::converge_binary())
+        .args(args)
+        .current_dir(build::workspace_root())
+        .output()
+        .expect("converge runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn check_passes_the_shipped_rule_with_its_vectors() {
+    let rule = build::rule("order-status");
+    let output = converge(&[
+        "check",
+        path(&rule),
+        "--vectors",
+        "plugin/vectors/order-status.json",
+        "--histories",
+        "40",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("vectors: ok"), "{text}");
+    assert!(text.contains("convergence: ok"), "{text}");
+}
+
+#[test]
+fn check_fails_last_write_wins_with_two_orders_and_their_states() {
+    let rule = build::rule("last-write-wins");
+    let output = converge(&["check", path(&rule)]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the final state depends on delivery order"),
+        "{text}"
+    );
+    assert_eq!(text.matches("  delivered [").count(), 2, "{text}");
+    assert!(text.contains("#0 {\"key\""), "{text}");
+
+    let json = converge(&["check", path(&rule), "--json"]);
+    let report: Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    assert_eq!(report["passed"], Value::Bool(false));
+    assert_eq!(report["property"]["violation"]["property"], "diverges");
+}
+
+#[test]
+fn check_exits_2_when_the_rule_cannot_load() {
+    let missing = converge(&["check", "no/such/rule.wasm"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no/such/rule.wasm"));
+
+    let forbidden = build::rule("forbidden-import");
+    let refused = converge(&["check", path(&forbidden)]);
+    assert_eq!(refused.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(message.contains("wasi:clocks/wall-clock"), "{message}");
+
+    let usage = converge(&["check"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn decide_prints_the_decision_as_json() {
+    let rule = build::rule("order-status");
+    let output = converge(&[
+        "decide",
+        "--rule",
+        path(&rule),
+        "--current",
+        r#"{"key":"o-1","status":"refunded","version":4}"#,
+        "--incoming",
+        r#"{"key":"o-1","status":"completed","version":3}"#,
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let decision: Value = serde_json::from_slice(&output.stdout).expect("JSON decision");
+    assert_eq!(decision, serde_json::json!({"ignore": "stale"}));
+
+    let inserted = converge(&[
+        "decide",
+        "--rule",
+        path(&rule),
+        "--incoming",
+        r#"{"key":"o-1","status":"paid","payload":{"table":3}}"#,
+    ]);
+    let decision: Value = serde_json::from_slice(&inserted.stdout).expect("JSON decision");
+    assert_eq!(decision["insert"]["payload"]["table"], 3);
+
+    let bad = converge(&["decide", "--rule", path(&rule), "--incoming", "{oops"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// The README's first command runs this: every order of the shipped sample must end on the
+/// final state its generator recorded, and every planted bad line must be reported.
+#[test]
+fn run_converges_the_shipped_sample_stream() {
+    let rule = build::rule("order-status");
+    let sample = "deploy/sample/orders.jsonl";
+    let output = converge(&["run", "--rule", path(&rule), "--input", sample, "--json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            build::workspace_root().join("deploy/sample/orders.expected.json"),
+        )
+        .expect("expected file"),
+    )
+    .expect("expected JSON");
+
+    let states: Vec<&Value> = report["states"]
+        .as_array()
+        .expect("states")
+        .iter()
+        .map(|stored| &stored["state"])
+        .collect();
+    let expected_states: Vec<&Value> = expected["final_states"]
+        .as_array()
+        .expect("final states")
+        .iter()
+        .collect();
+    assert_eq!(states, expected_states);
+    assert_eq!(report["stats"]["messages"], expected["events"]);
+
+    let letters = report["dead_letters"].as_array().expect("dead letters");
+    let bad_lines = expected["bad_lines"].as_array().expect("bad lines");
+    assert_eq!(letters.len(), bad_lines.len());
+    for (letter, bad) in letters.iter().zip(bad_lines) {
+        assert_eq!(letter["position"]["line"]["line"], bad["line"], "{letter}");
+        assert_eq!(letter["kind"], bad["kind"], "{letter}");
+        let reason = letter["reason"].as_str().expect("reason");
+        assert!(
+            reason.contains(bad["reason_contains"].as_str().expect("text")),
+            "{letter}"
+        );
+    }
+    assert_eq!(report["converged"], Value::Bool(true));
+
+    let text = converge(&["run", "--rule", path(&rule), "--input", sample]);
+    let text = stdout(&text);
+    assert!(text.contains("converged: every one of 800 keys"), "{text}");
+}
+
+#[test]
+fn run_reports_a_rule_that_does_not_converge() {
+    let stream = converge_tests::orders::generate("order-", 50, 20, 9);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("orders.jsonl");
+    std::fs::write(&input, stream.to_json_lines()).expect("write input");
+    let rule = build::rule("last-write-wins");
+    let output = converge(&["run", "--rule", path(&rule), "--input", path(&input)]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("NOT converged"), "{text}");
+}

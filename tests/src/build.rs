@@ -1,0 +1,75 @@
+//! Builds what the tests run: rule components (`wasm32-wasip2`) and the `converge` binary.
+//!
+//! Each is built once per test process with cargo itself, so `cargo test` alone is enough; the
+//! build is a no-op when nothing changed. Building needs the `wasm32-wasip2` target
+//! (`rustup target add wasm32-wasip2`, which the README's test command runs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The rule crates the tests use, by the name tests refer to them.
+const RULES: &[(&str, &str)] = &[
+    ("order-status", "converge-order-rule"),
+    ("last-write-wins", "converge-test-rule-last-write-wins"),
+    ("faulty", "converge-test-rule-faulty"),
+    ("forbidden-import", "converge-test-rule-forbidden-import"),
+];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "cargo {} failed", args.join(" "));
+}
+
+/// The compiled component of rule `name` (see [`RULES`]).
+pub fn rule(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut args = vec!["build", "--quiet", "--release", "--target", "wasm32-wasip2"];
+        for (_, package) in RULES {
+            args.extend(["-p", package]);
+        }
+        cargo(&args);
+    });
+    let (_, package) = RULES
+        .iter()
+        .find(|(rule, _)| *rule == name)
+        .unwrap_or_else(|| panic!("no test rule named {name}"));
+    target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")))
+}
+
+/// The `converge` binary, built with the profile these tests were built with.
+pub fn converge_binary() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let release = !cfg!(debug_assertions);
+    BUILT.get_or_init(|| {
+        let mut args = vec!["build", "--quiet", "-p", "converge", "--bin", "converge"];
+        if release {
+            args.push("--release");
+        }
+        cargo(&args);
+    });
+    target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("converge")
+}
