@@ -1,5 +1,6 @@
 //! The `converge` command line.
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -207,7 +208,7 @@ fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
-        print_check(&output);
+        print_check(&mut io::stdout().lock(), &output)?;
     }
     Ok(if passed {
         ExitCode::SUCCESS
@@ -216,44 +217,52 @@ fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_check(output: &CheckOutput) {
-    println!("rule {}", output.rule);
+fn print_check(out: &mut impl Write, output: &CheckOutput) -> io::Result<()> {
+    writeln!(out, "rule {}", output.rule)?;
     match &output.vectors_file {
-        None => println!("vectors: none given and no sidecar file; skipped"),
+        None => writeln!(out, "vectors: none given and no sidecar file; skipped")?,
         Some(path) => {
             let failed = output.vector_failures.len();
             let status = if failed == 0 { "ok" } else { "FAIL" };
-            println!(
+            writeln!(
+                out,
                 "vectors: {status} — {} of {} passed ({})",
                 output.vectors_run - failed,
                 output.vectors_run,
                 path.display()
-            );
+            )?;
             for failure in &output.vector_failures {
                 let got = match &failure.got {
                     Ok(decision) => serde_json::to_string(decision).unwrap_or_default(),
                     Err(error) => format!("error: {error}"),
                 };
                 let expected = serde_json::to_string(&failure.expected).unwrap_or_default();
-                println!("  FAIL {}: expected {expected}, got {got}", failure.name);
+                writeln!(
+                    out,
+                    "  FAIL {}: expected {expected}, got {got}",
+                    failure.name
+                )?;
             }
         }
     }
     let property = &output.property;
     match &property.violation {
-        None => println!(
+        None => writeln!(
+            out,
             "convergence: ok — {} histories, {} delivery orders, {} decisions",
             property.histories, property.orders, property.decisions
-        ),
+        )?,
         Some(violation) => {
-            println!(
+            writeln!(
+                out,
                 "convergence: FAIL after {} histories, {} delivery orders",
                 property.histories, property.orders
-            );
-            print!("{violation}");
+            )?;
+            write!(out, "{violation}")?;
         }
     }
-    println!("{}", if output.passed { "PASS" } else { "FAIL" });
+    writeln!(out, "{}", if output.passed { "PASS" } else { "FAIL" })?;
+    Ok(())
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -311,7 +320,7 @@ fn run_embedded(args: &RunArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            print_run(&report);
+            print_run(&mut io::BufWriter::new(io::stdout().lock()), &report)?;
         }
         Ok(if report.converged {
             ExitCode::SUCCESS
@@ -321,20 +330,22 @@ fn run_embedded(args: &RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_run(report: &RunReport<'_>) {
-    println!("rule {}", report.rule);
+fn print_run(out: &mut impl Write, report: &RunReport<'_>) -> io::Result<()> {
+    writeln!(out, "rule {}", report.rule)?;
     for letter in &report.dead_letters {
-        println!(
+        writeln!(
+            out,
             "{}: {}: {}",
             letter.position,
             letter.kind.as_str(),
             letter.reason
-        );
+        )?;
     }
-    println!("final states ({} keys):", report.states.len());
+    writeln!(out, "final states ({} keys):", report.states.len())?;
     for stored in &report.states {
         let state = &stored.state;
-        println!(
+        writeln!(
+            out,
             "  {:<14} {:<10} v{:<3} t={:<14} rev={:<3} {}",
             state.key,
             state.status,
@@ -342,39 +353,44 @@ fn print_run(report: &RunReport<'_>) {
             state.timestamp_ms,
             stored.revision,
             state.payload
-        );
+        )?;
     }
     let stats = report.stats;
     let decisions: Vec<String> = crate::entity::DecisionKind::ALL
         .iter()
         .map(|kind| format!("{kind} {}", stats.decisions.get(kind).copied().unwrap_or(0)))
         .collect();
-    println!(
+    writeln!(
+        out,
         "messages {} in {} batches; decisions: {}; writes {}; dead letters {}",
         stats.messages,
         stats.batches,
         decisions.join(", "),
         stats.writes,
         report.dead_letters.len()
-    );
+    )?;
     for key in &report.unconverged {
-        println!(
+        writeln!(
+            out,
             "NOT CONVERGED {}: stored {} but event {} would replace it",
             key.key,
             serde_json::to_string(&key.stored).unwrap_or_default(),
             serde_json::to_string(&key.superseded_by).unwrap_or_default()
-        );
+        )?;
     }
     if report.converged {
-        println!(
+        writeln!(
+            out,
             "converged: every one of {} keys ended on its latest state (no delivered event would replace it)",
             report.states.len()
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            out,
             "NOT converged: {} of {} keys did not end on their latest state",
             report.unconverged.len(),
             report.states.len()
-        );
+        )?;
     }
+    Ok(())
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, then runs every
+# test of the workspace once, in release mode (the rule engine and the convergence check are
+# compute-heavy; one optimised build serves the tests, the benchmarks and the demo).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# The rule crates are built for wasm32-wasip2 by the tests themselves (tests/src/build.rs);
+# building them here first only makes a failure show up with cargo's own message.
+cargo build --release --target wasm32-wasip2 \
+  -p converge-order-rule \
+  -p converge-test-rule-last-write-wins \
+  -p converge-test-rule-faulty \
+  -p converge-test-rule-forbidden-import
+# The default members: host (unit tests), plugin (the rule core and its vectors, natively) and
+# tests (integration tests against the compiled components and the binary).
+cargo test --release "$@"
