@@ -45,6 +45,9 @@ enum Command {
     /// Bad lines are reported with their line number and reason and counted; the run goes on.
     Run(RunArgs),
     /// Ask a rule for one decision and print it as JSON.
+    ///
+    /// Exits 0 with the decision, 1 when the rule failed (trap, deadline, memory cap, a
+    /// decision against the contract), 2 on a usage or load error.
     Decide(DecideArgs),
     /// Check a rule: its conformance vectors, then convergence on generated event histories
     /// (every delivery order, duplicates, redelivery). Prints a minimal counterexample on
