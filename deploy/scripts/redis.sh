@@ -27,6 +27,8 @@ start() { # port [extra redis-server arguments...]
   fi
   local dir=$home/redis-$port
   mkdir -p "$dir"
+  # Nothing is persisted: a node that is not running starts empty, with no stale cluster state.
+  rm -f "$dir"/nodes-*.conf
   redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --save "" --appendonly no \
     --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@"
   for _ in $(seq 1 100); do

@@ -16,6 +16,7 @@
 //! - [`decode`]: message -> event, by field mapping.
 //! - [`source`]: the [`source::Source`] trait and the JSON-lines source.
 //! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision) and the in-memory store.
+//! - [`redis_store`]: the Redis and Redis Cluster store, compare-and-set in Lua.
 //! - [`dead_letter`]: dead letters and where they go.
 //! - [`pipeline`]: one batch through decode, coalesce, load, decide, write, dead-letter.
 //! - [`cli`]: the `converge` command line.
@@ -29,6 +30,7 @@ pub mod entity;
 pub mod imports;
 pub mod message;
 pub mod pipeline;
+pub mod redis_store;
 pub mod rule;
 pub mod source;
 pub mod store;

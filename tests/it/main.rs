@@ -4,3 +4,4 @@ mod check;
 mod cli;
 mod engine;
 mod pipeline;
+mod redis_store;

@@ -5,6 +5,7 @@
 //! - [`NativeOrderRule`]: the order-status rule's pure core behind the host's `Rule` trait, to
 //!   compare the compiled component against.
 //! - [`orders`]: generated order histories with a known final state per order.
+//! - [`services`]: the real Redis the tests use, under unique key prefixes.
 
 use converge::entity::{Decision, Event, RuleInfo, State};
 use converge::rule::{self, DecideError, Rule};
@@ -12,6 +13,7 @@ use converge_order_rule::core;
 
 pub mod build;
 pub mod orders;
+pub mod services;
 
 /// The order-status rule called natively, validated like a component's decisions.
 #[derive(Debug)]
