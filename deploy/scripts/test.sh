@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what the tests need (the
-# wasm32-wasip2 target, Redis and a Redis Cluster on loopback), then runs every
+# wasm32-wasip2 target, Redis, a Redis Cluster and Kafka on loopback), then runs every
 # test of the workspace once, in release mode (the rule engine and the convergence check are
 # compute-heavy; one optimised build serves the tests, the benchmarks and the demo).
 set -euo pipefail
@@ -8,9 +8,10 @@ cd "$(dirname "$0")/../.."
 
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# Real services on loopback: Redis, a 3-master Redis Cluster.
+# Real services on loopback: Redis, a 3-master Redis Cluster, Apache Kafka (KRaft).
 bash deploy/scripts/redis.sh
 bash deploy/scripts/redis.sh --cluster
+bash deploy/scripts/kafka.sh
 
 # The rule crates are built for wasm32-wasip2 by the tests themselves (tests/src/build.rs);
 # building them here first only makes a failure show up with cargo's own message.

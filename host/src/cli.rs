@@ -44,6 +44,11 @@ enum Command {
     /// Exits 0 when every key converged, 1 when one did not, 2 on a usage or load error.
     /// Bad lines are reported with their line number and reason and counted; the run goes on.
     Run(RunArgs),
+    /// Run the pipeline as configured (Kafka -> rule -> Redis), until SIGINT or SIGTERM.
+    ///
+    /// On a signal the batch in flight is finished, its offsets committed and the consumer
+    /// group left. Exits 0 after a clean stop, 2 on a configuration or connection error.
+    Serve(ServeArgs),
     /// Ask a rule for one decision and print it as JSON.
     ///
     /// Exits 0 with the decision, 1 when the rule failed (trap, deadline, memory cap, a
@@ -98,6 +103,13 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+struct ServeArgs {
+    /// The configuration file (TOML); see deploy/converge.example.toml.
+    #[arg(long, short, env = "CONVERGE_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct DecideArgs {
     /// The rule component (.wasm).
     #[arg(long, value_name = "RULE.wasm")]
@@ -145,9 +157,45 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .init();
     match cli.command {
         Command::Run(args) => run_embedded(&args),
+        Command::Serve(args) => serve(&args),
         Command::Decide(args) => decide(&args),
         Command::Check(args) => check_rule(&args),
     }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        crate::serve::serve(&config, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops serving");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested; finishing the batch in flight");
 }
 
 fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {

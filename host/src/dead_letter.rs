@@ -38,6 +38,9 @@ pub struct DeadLetter {
     pub kind: DeadLetterKind,
     pub reason: String,
     pub position: Position,
+    /// The message key as received, if the transport has keys.
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
     /// The message body as received (lossy UTF-8 in JSON output; the bytes are kept).
     #[serde(serialize_with = "lossy_text")]
     pub bytes: Vec<u8>,

@@ -19,19 +19,29 @@
 //! - [`redis_store`]: the Redis and Redis Cluster store, compare-and-set in Lua.
 //! - [`dead_letter`]: dead letters and where they go.
 //! - [`pipeline`]: one batch through decode, coalesce, load, decide, write, dead-letter.
+//! - [`kafka_source`]: the Kafka consumer-group source, offsets stored after acknowledgement.
+//! - [`kafka_dead_letters`]: dead letters to a Kafka topic.
+//! - [`redis_dead_letters`]: dead letters to a Redis stream.
+//! - [`config`]: the `serve` configuration (TOML), validated before connecting.
+//! - [`serve`]: the pipeline built from a configuration, run until shutdown.
 //! - [`cli`]: the `converge` command line.
 
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod engine;
 pub mod entity;
 pub mod imports;
+pub mod kafka_dead_letters;
+pub mod kafka_source;
 pub mod message;
 pub mod pipeline;
+pub mod redis_dead_letters;
 pub mod redis_store;
 pub mod rule;
+pub mod serve;
 pub mod source;
 pub mod store;
 pub mod vectors;

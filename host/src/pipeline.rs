@@ -413,6 +413,7 @@ fn letter(message: &Message, kind: DeadLetterKind, reason: String, stamp: &str) 
         kind,
         reason,
         position: message.position.clone(),
+        key: message.key.clone(),
         bytes: message.payload.clone().unwrap_or_default(),
         rule: stamp.to_owned(),
     }

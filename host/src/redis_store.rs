@@ -110,6 +110,11 @@ impl RedisStore {
         }
     }
 
+    /// The prefix of every key this store writes.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The Redis key holding `key`'s state.
     pub fn redis_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)

@@ -8,6 +8,8 @@ use crate::message::{Message, Position};
 pub enum SourceError {
     #[error("cannot read input: {0}")]
     Io(#[from] std::io::Error),
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 /// A stream of messages, read in batches and acknowledged by position.

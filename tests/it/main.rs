@@ -3,5 +3,6 @@
 mod check;
 mod cli;
 mod engine;
+mod kafka;
 mod pipeline;
 mod redis_store;

@@ -6,12 +6,14 @@
 //!   compare the compiled component against.
 //! - [`orders`]: generated order histories with a known final state per order.
 //! - [`services`]: the real Redis the tests use, under unique key prefixes.
+//! - [`kafka`]: the real Kafka the tests use: unique topics, producing, committed offsets.
 
 use converge::entity::{Decision, Event, RuleInfo, State};
 use converge::rule::{self, DecideError, Rule};
 use converge_order_rule::core;
 
 pub mod build;
+pub mod kafka;
 pub mod orders;
 pub mod services;
 

@@ -1,0 +1,299 @@
+//! Configuration of `converge serve`: plain serde data, read from TOML, validated before any
+//! connection opens.
+//!
+//! Secrets stay out of the file: any string may contain `${NAME}`, replaced by the environment
+//! variable `NAME` when the file is loaded (a missing variable is an error).
+//!
+//! ```toml
+//! [rule]
+//! path = "order_status.wasm"
+//!
+//! [source]
+//! kind = "kafka"
+//! brokers = "127.0.0.1:9092"
+//! group_id = "kitchen"
+//! topics = ["orders"]
+//! [source.properties]            # passed to librdkafka as they are
+//! "security.protocol" = "SASL_SSL"
+//! "sasl.password" = "${KAFKA_PASSWORD}"
+//!
+//! [store]
+//! kind = "redis"                 # or "redis-cluster" with `urls`, or "memory"
+//! url = "rediss://converge:${REDIS_PASSWORD}@redis.internal:6380"
+//!
+//! [dead_letter]
+//! kind = "kafka"                 # or "redis-stream" with `stream`
+//! topic = "orders.dlq"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::PipelineConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub rule: RuleConfig,
+    pub source: SourceConfig,
+    pub store: StoreConfig,
+    pub dead_letter: DeadLetterConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+/// Which rule serves, and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: usize,
+}
+
+fn default_deadline_ms() -> u64 {
+    100
+}
+
+fn default_memory_mib() -> usize {
+    64
+}
+
+/// Where messages come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// JSON lines from a file, or stdin with path `-`.
+    File { path: PathBuf },
+    /// A Kafka consumer group.
+    Kafka {
+        brokers: String,
+        group_id: String,
+        topics: Vec<String>,
+        #[serde(default = "default_batch_timeout_ms")]
+        batch_timeout_ms: u64,
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
+}
+
+fn default_batch_timeout_ms() -> u64 {
+    20
+}
+
+/// Where states are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In this process's memory: for trials; lost at exit.
+    Memory,
+    /// A standalone Redis (`redis://` or `rediss://`, user and password in the URL).
+    Redis {
+        url: String,
+        #[serde(default = "default_prefix")]
+        prefix: String,
+    },
+    /// A Redis Cluster, reached through any of `urls`.
+    RedisCluster {
+        urls: Vec<String>,
+        #[serde(default = "default_prefix")]
+        prefix: String,
+    },
+}
+
+fn default_prefix() -> String {
+    crate::redis_store::DEFAULT_PREFIX.to_owned()
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DeadLetterConfig {
+    /// A Kafka topic, through the source's brokers and properties.
+    Kafka { topic: String },
+    /// A Redis stream on the store's server.
+    RedisStream { stream: String },
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: environment variable {name} is not set")]
+    MissingVariable { path: PathBuf, name: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, expands `${NAME}` references and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let text = expand_variables(&text, |name| std::env::var(name).ok()).map_err(|name| {
+            ConfigError::MissingVariable {
+                path: path.to_owned(),
+                name,
+            }
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what can be checked without connecting anywhere.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if !self.rule.path.is_file() {
+            return invalid(format!(
+                "rule.path {} is not a file",
+                self.rule.path.display()
+            ));
+        }
+        if self.rule.deadline_ms == 0 || self.rule.memory_mib == 0 {
+            return invalid("rule.deadline_ms and rule.memory_mib must be positive".to_owned());
+        }
+        if self.pipeline.batch_size == 0 || self.pipeline.max_write_attempts == 0 {
+            return invalid(
+                "pipeline.batch_size and pipeline.max_write_attempts must be positive".to_owned(),
+            );
+        }
+        if let SourceConfig::Kafka {
+            brokers,
+            group_id,
+            topics,
+            ..
+        } = &self.source
+        {
+            if brokers.trim().is_empty() || group_id.trim().is_empty() {
+                return invalid("source.brokers and source.group_id must not be empty".to_owned());
+            }
+            if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+                return invalid("source.topics must name at least one topic".to_owned());
+            }
+        }
+        match &self.store {
+            StoreConfig::Redis { prefix, .. } | StoreConfig::RedisCluster { prefix, .. }
+                if prefix.is_empty() =>
+            {
+                return invalid("store.prefix must not be empty".to_owned());
+            }
+            StoreConfig::RedisCluster { urls, .. } if urls.is_empty() => {
+                return invalid("store.urls must name at least one cluster node".to_owned());
+            }
+            _ => {}
+        }
+        match (&self.dead_letter, &self.source, &self.store) {
+            (DeadLetterConfig::Kafka { .. }, SourceConfig::File { .. }, _) => invalid(
+                "dead_letter.kind = \"kafka\" needs a Kafka source (its brokers are used)"
+                    .to_owned(),
+            ),
+            (DeadLetterConfig::RedisStream { .. }, _, StoreConfig::Memory) => invalid(
+                "dead_letter.kind = \"redis-stream\" needs a Redis store (its server is used)"
+                    .to_owned(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Replaces every `${NAME}` with `lookup(NAME)`; `Err(NAME)` for the first one missing.
+fn expand_variables(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        out.push_str(&lookup(name).ok_or_else(|| name.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_expanded_and_missing_ones_named() {
+        let lookup = |name: &str| (name == "PASSWORD").then(|| "s3cret".to_owned());
+        assert_eq!(
+            expand_variables("url = \"redis://:${PASSWORD}@h\"", lookup),
+            Ok("url = \"redis://:s3cret@h\"".to_owned())
+        );
+        assert_eq!(expand_variables("${NOPE}", lookup), Err("NOPE".to_owned()));
+    }
+
+    fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    const VALID: &str = r#"
+        [rule]
+        path = "Cargo.toml"
+        [source]
+        kind = "kafka"
+        brokers = "127.0.0.1:9092"
+        group_id = "g"
+        topics = ["orders"]
+        [store]
+        kind = "redis"
+        url = "redis://127.0.0.1"
+        [dead_letter]
+        kind = "kafka"
+        topic = "orders.dlq"
+    "#;
+
+    #[test]
+    fn a_full_configuration_parses_and_validates() {
+        let config = parse(VALID).expect("parses");
+        assert!(
+            matches!(config.store, StoreConfig::Redis { ref prefix, .. } if prefix == "converge:state:")
+        );
+        assert_eq!(config.pipeline, PipelineConfig::default());
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let typo = VALID.replace("group_id", "groupid");
+        assert!(parse(&typo).is_err());
+        let extra = VALID.replace("[store]", "[store]\nttl = 5");
+        assert!(parse(&extra).is_err());
+    }
+
+    #[test]
+    fn inconsistent_choices_are_refused_before_connecting() {
+        let mut config = parse(VALID).expect("parses");
+        config.source = SourceConfig::File { path: "-".into() };
+        assert!(config.validate().is_err());
+        let mut config = parse(VALID).expect("parses");
+        config.rule.path = "does/not/exist.wasm".into();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! Dead letters to a Redis stream: one entry per letter with fields `kind`, `reason`,
+//! `position`, `rule`, `key` (the message key, if any) and `bytes` (the original body).
+
+use redis::aio::ConnectionManager;
+
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
+
+/// A Redis stream receiving dead letters.
+#[derive(Clone)]
+pub struct RedisDeadLetters {
+    connection: ConnectionManager,
+    stream: String,
+}
+
+impl std::fmt::Debug for RedisDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDeadLetters")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl RedisDeadLetters {
+    pub async fn connect(url: &str, stream: &str) -> Result<Self, DeadLetterError> {
+        let error = |e: redis::RedisError| DeadLetterError(e.to_string());
+        let client = redis::Client::open(url).map_err(error)?;
+        let connection = client.get_connection_manager().await.map_err(error)?;
+        Ok(Self {
+            connection,
+            stream: stream.to_owned(),
+        })
+    }
+}
+
+impl DeadLetterSink for RedisDeadLetters {
+    async fn send(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for letter in letters {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("kind")
+                .arg(letter.kind.as_str())
+                .arg("reason")
+                .arg(&letter.reason)
+                .arg("position")
+                .arg(letter.position.to_string())
+                .arg("rule")
+                .arg(&letter.rule)
+                .arg("key")
+                .arg(letter.key.as_deref().unwrap_or_default())
+                .arg("bytes")
+                .arg(letter.bytes.as_slice())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(|e| DeadLetterError(e.to_string()))
+    }
+}

@@ -1,0 +1,181 @@
+//! `converge serve`: the pipeline built from a [`Config`], running until the source ends or
+//! `shutdown` resolves; then the batch in flight is finished, its offsets stored and committed,
+//! and the consumer leaves its group.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, BufReader};
+
+use crate::config::{Config, DeadLetterConfig, SourceConfig, StoreConfig};
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
+use crate::engine::{EngineLimits, LoadError, RuleEngine};
+use crate::kafka_dead_letters::KafkaDeadLetters;
+use crate::kafka_source::{KafkaSource, KafkaSourceConfig};
+use crate::message::Message;
+use crate::pipeline::{Pipeline, PipelineError, Stats};
+use crate::redis_dead_letters::RedisDeadLetters;
+use crate::redis_store::RedisStore;
+use crate::source::{JsonLinesSource, Source, SourceError};
+use crate::store::{MemoryStore, Store, StoreError, Stored, Write, WriteOutcome};
+
+/// Why serving stopped with an error. Unacknowledged messages are delivered again on restart.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Rule(#[from] LoadError),
+    #[error("cannot open the source: {0}")]
+    Source(#[from] SourceError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot open the dead-letter queue: {0}")]
+    DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Builds the pipeline from `config` and runs it until the source ends or `shutdown` resolves.
+pub async fn serve(
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stats, ServeError> {
+    let engine = RuleEngine::new(EngineLimits {
+        memory_cap_bytes: config.rule.memory_mib.saturating_mul(1 << 20),
+        deadline: Duration::from_millis(config.rule.deadline_ms),
+    })?;
+    let compiled = engine.compile_file(&config.rule.path)?;
+    tracing::info!(rule = %compiled.info().stamp(), "rule loaded");
+
+    let store = match &config.store {
+        StoreConfig::Memory => AnyStore::Memory(MemoryStore::new()),
+        StoreConfig::Redis { url, prefix } => {
+            AnyStore::Redis(RedisStore::connect(url, prefix).await?)
+        }
+        StoreConfig::RedisCluster { urls, prefix } => {
+            AnyStore::Redis(RedisStore::connect_cluster(urls, prefix).await?)
+        }
+    };
+    let dead_letters = match (&config.dead_letter, &config.source, &config.store) {
+        (
+            DeadLetterConfig::Kafka { topic },
+            SourceConfig::Kafka {
+                brokers,
+                properties,
+                ..
+            },
+            _,
+        ) => AnyDeadLetters::Kafka(KafkaDeadLetters::new(brokers, topic, properties)?),
+        (DeadLetterConfig::RedisStream { stream }, _, StoreConfig::Redis { url, .. }) => {
+            AnyDeadLetters::Redis(RedisDeadLetters::connect(url, stream).await?)
+        }
+        (DeadLetterConfig::RedisStream { stream }, _, StoreConfig::RedisCluster { urls, .. }) => {
+            let url = urls.first().map(String::as_str).unwrap_or_default();
+            AnyDeadLetters::Redis(RedisDeadLetters::connect(url, stream).await?)
+        }
+        _ => {
+            return Err(ServeError::DeadLetter(DeadLetterError(
+                "the dead-letter queue does not fit the source and store (see Config::validate)"
+                    .to_owned(),
+            )));
+        }
+    };
+    let mut source = match &config.source {
+        SourceConfig::File { path } => {
+            let reader: Box<dyn AsyncBufRead + Unpin + Send> = if path.as_os_str() == "-" {
+                Box::new(BufReader::new(tokio::io::stdin()))
+            } else {
+                Box::new(BufReader::new(
+                    tokio::fs::File::open(path).await.map_err(SourceError::Io)?,
+                ))
+            };
+            AnySource::File(JsonLinesSource::new(reader))
+        }
+        SourceConfig::Kafka {
+            brokers,
+            group_id,
+            topics,
+            batch_timeout_ms,
+            properties,
+        } => AnySource::Kafka(KafkaSource::subscribe(&KafkaSourceConfig {
+            brokers: brokers.clone(),
+            group_id: group_id.clone(),
+            topics: topics.clone(),
+            batch_timeout: Duration::from_millis(*batch_timeout_ms),
+            properties: properties.clone(),
+        })?),
+    };
+
+    let mut pipeline = Pipeline::new(
+        compiled.instance(),
+        store,
+        dead_letters,
+        config.pipeline.clone(),
+    );
+    tracing::info!("serving");
+    let result = pipeline.run(&mut source, shutdown).await;
+    if let AnySource::Kafka(kafka) = source {
+        kafka.close();
+    }
+    result?;
+    let stats = pipeline.stats().clone();
+    tracing::info!(messages = stats.messages, writes = stats.writes, "stopped");
+    Ok(stats)
+}
+
+/// The sources `serve` can read.
+enum AnySource {
+    File(JsonLinesSource<Box<dyn AsyncBufRead + Unpin + Send>>),
+    Kafka(KafkaSource),
+}
+
+impl Source for AnySource {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        match self {
+            AnySource::File(source) => source.next_batch(max).await,
+            AnySource::Kafka(source) => source.next_batch(max).await,
+        }
+    }
+
+    async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
+        match self {
+            AnySource::File(source) => source.ack(batch).await,
+            AnySource::Kafka(source) => source.ack(batch).await,
+        }
+    }
+}
+
+/// The stores `serve` can write.
+enum AnyStore {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store for AnyStore {
+    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.load(keys).await,
+            AnyStore::Redis(store) => store.load(keys).await,
+        }
+    }
+
+    async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.write(writes).await,
+            AnyStore::Redis(store) => store.write(writes).await,
+        }
+    }
+}
+
+/// The dead-letter queues `serve` can feed.
+enum AnyDeadLetters {
+    Kafka(KafkaDeadLetters),
+    Redis(RedisDeadLetters),
+}
+
+impl DeadLetterSink for AnyDeadLetters {
+    async fn send(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+        match self {
+            AnyDeadLetters::Kafka(sink) => sink.send(letters).await,
+            AnyDeadLetters::Redis(sink) => sink.send(letters).await,
+        }
+    }
+}

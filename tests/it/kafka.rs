@@ -1,0 +1,164 @@
+//! T3 (basic): Kafka -> rule -> Redis with two `converge serve` processes in one consumer group,
+//! one killed with SIGKILL mid-stream and restarted. Afterwards every key holds its order's
+//! final state and the group's committed offsets reach the end of every partition.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use converge::entity::State;
+use converge::store::Store;
+use converge_tests::kafka::{self, TestTopic};
+use converge_tests::services::{TestStore, redis_url};
+use converge_tests::{build, orders};
+
+fn write_config(dir: &Path, topic: &str, dead_letters: &str, group: &str, prefix: &str) -> PathBuf {
+    let config = format!(
+        r#"
+[rule]
+path = "{rule}"
+
+[source]
+kind = "kafka"
+brokers = "{brokers}"
+group_id = "{group}"
+topics = ["{topic}"]
+batch_timeout_ms = 10
+[source.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+
+[store]
+kind = "redis"
+url = "{redis}"
+prefix = "{prefix}"
+
+[dead_letter]
+kind = "kafka"
+topic = "{dead_letters}"
+
+[pipeline]
+batch_size = 64
+"#,
+        rule = build::rule("order-status").display(),
+        brokers = kafka::brokers(),
+        redis = redis_url(),
+    );
+    let path = dir.join("converge.toml");
+    std::fs::write(&path, config).expect("config written");
+    path
+}
+
+fn serve(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(build::converge_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("converge serve starts")
+}
+
+fn terminate(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let exit = child.wait().expect("serve exits");
+    assert!(exit.success(), "serve did not stop cleanly: {exit}");
+}
+
+async fn stored(
+    store: &converge::redis_store::RedisStore,
+    keys: &[String],
+) -> BTreeMap<String, State> {
+    store
+        .load(keys)
+        .await
+        .expect("loads")
+        .into_iter()
+        .flatten()
+        .map(|stored| (stored.state.key.clone(), stored.state))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t3_two_consumers_one_killed_and_restarted_converge() {
+    let topic = TestTopic::create("t3", 6).await;
+    let dead_letters = TestTopic::create("t3-dlq", 1).await;
+    let redis = TestStore::standalone("t3").await;
+    let group = format!("{}-group", topic.name);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        &topic.name,
+        &dead_letters.name,
+        &group,
+        redis.store.prefix(),
+    );
+
+    let stream = orders::generate("order-", 1_500, 30, 3);
+    let keys: Vec<String> = stream.expected.keys().cloned().collect();
+    let (first_half, second_half) = stream.events.split_at(stream.events.len() / 2);
+    topic.produce(first_half).await;
+
+    let first = serve(&config, &dir.path().join("first.log"));
+    let second = serve(&config, &dir.path().join("second.log"));
+
+    // Kill the first consumer once the group is writing, while the rest is still arriving.
+    let started = Instant::now();
+    while stored(&redis.store, &keys).await.len() < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no progress; see {}",
+            dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let producing = topic.produce(second_half);
+    let mut first = first;
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    producing.await;
+    let restarted = serve(&config, &dir.path().join("restarted.log"));
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let states = stored(&redis.store, &keys).await;
+        let progress = topic.progress(&group);
+        if states == stream.expected && progress.iter().all(|(committed, high)| committed == high) {
+            assert_eq!(
+                progress.iter().map(|(_, high)| high).sum::<i64>(),
+                stream.events.len() as i64
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged after 120 s: {} of {} keys right, progress {progress:?}; logs in {}",
+            states
+                .iter()
+                .filter(|(k, v)| stream.expected.get(*k) == Some(v))
+                .count(),
+            keys.len(),
+            dir.keep().display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    terminate(second);
+    terminate(restarted);
+    // Nothing in this stream is bad: nothing may have been dead-lettered.
+    assert_eq!(
+        dead_letters
+            .progress("unused")
+            .iter()
+            .map(|(_, high)| high)
+            .sum::<i64>(),
+        0
+    );
+}
