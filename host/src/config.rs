@@ -24,6 +24,9 @@
 //! [dead_letter]
 //! kind = "kafka"                 # or "redis-stream" with `stream`
 //! topic = "orders.dlq"
+//!
+//! [enrich]                       # optional: fetch id-only messages' latest state
+//! url = "http://orders.internal/orders/{key}"
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,6 +44,9 @@ pub struct Config {
     pub source: SourceConfig,
     pub store: StoreConfig,
     pub dead_letter: DeadLetterConfig,
+    /// The order-detail API that completes id-only messages; without it they are dead-lettered.
+    #[serde(default)]
+    pub enrich: Option<crate::enrich::EnrichConfig>,
     #[serde(default)]
     pub pipeline: PipelineConfig,
 }
@@ -201,6 +207,9 @@ impl Config {
                 return invalid("store.urls must name at least one cluster node".to_owned());
             }
             _ => {}
+        }
+        if let Some(enrich) = &self.enrich {
+            crate::enrich::Enricher::new(enrich.clone()).map_err(ConfigError::Invalid)?;
         }
         match (&self.dead_letter, &self.source, &self.store) {
             (DeadLetterConfig::Kafka { .. }, SourceConfig::File { .. }, _) => invalid(

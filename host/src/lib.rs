@@ -14,6 +14,7 @@
 //! - [`check`]: the convergence property check and its minimal counterexamples.
 //! - [`message`]: a message as a source delivers it, and its position.
 //! - [`decode`]: message -> event, by field mapping.
+//! - [`enrich`]: id-only message -> latest entity, from the order-detail HTTP API.
 //! - [`source`]: the [`source::Source`] trait and the JSON-lines source.
 //! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision) and the in-memory store.
 //! - [`redis_store`]: the Redis and Redis Cluster store, compare-and-set in Lua.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod engine;
+pub mod enrich;
 pub mod entity;
 pub mod imports;
 pub mod kafka_dead_letters;

@@ -1,4 +1,4 @@
-//! One batch through the data path: decode, coalesce, load, decide, write, dead-letter.
+//! One batch through the data path: decode, enrich, coalesce, load, decide, write, dead-letter.
 //!
 //! Events of one key within a batch are folded through the rule locally (coalesced), starting
 //! from the state loaded for the key, so a key is written at most once per batch. The write is
@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink};
 use crate::decode::{Decoded, FieldMapping};
+use crate::enrich::Enricher;
 use crate::entity::{Decision, DecisionKind, Event, State};
 use crate::message::Message;
 use crate::rule::{DecideError, Rule};
@@ -88,6 +89,7 @@ pub struct Pipeline<R, S, D> {
     config: PipelineConfig,
     stats: Stats,
     audit: Option<HashMap<String, Vec<Event>>>,
+    enricher: Option<Enricher>,
 }
 
 /// The events of one key in a batch, in delivery order, with the index of their message.
@@ -112,7 +114,15 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             config,
             stats: Stats::default(),
             audit: None,
+            enricher: None,
         }
+    }
+
+    /// Completes id-only messages by fetching their entity (see [`crate::enrich`]); without an
+    /// enricher they are dead-lettered.
+    pub fn with_enricher(mut self, enricher: Enricher) -> Self {
+        self.enricher = Some(enricher);
+        self
     }
 
     /// Keeps a copy of every decoded event, so that [`Pipeline::verify`] can check afterwards
@@ -165,20 +175,10 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     pub async fn process(&mut self, batch: &[Message]) -> Result<(), PipelineError> {
         let stamp = self.rule.info().stamp();
         let mut letters = Vec::new();
-        let mut groups: Vec<KeyEvents> = Vec::new();
-        let mut group_of: HashMap<String, usize> = HashMap::new();
+        let mut decoded: Vec<(usize, Decoded)> = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
-            let event = match self.config.mapping.decode(message) {
-                Ok(Decoded::Event(event)) => event,
-                Ok(Decoded::IdOnly { key }) => {
-                    letters.push(letter(
-                        message,
-                        DeadLetterKind::NotEnriched,
-                        format!("id-only message for key {key:?} and no enrichment configured"),
-                        &stamp,
-                    ));
-                    continue;
-                }
+            match self.config.mapping.decode(message) {
+                Ok(event) => decoded.push((index, event)),
                 Err(error) => {
                     letters.push(letter(
                         message,
@@ -186,8 +186,47 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                         error.to_string(),
                         &stamp,
                     ));
-                    continue;
                 }
+            }
+        }
+        let fetched = match &self.enricher {
+            Some(enricher) => {
+                let id_only = decoded.iter().filter_map(|(_, d)| match d {
+                    Decoded::IdOnly { key } => Some(key.clone()),
+                    Decoded::Event(_) => None,
+                });
+                enricher.fetch_all(id_only, &self.config.mapping).await
+            }
+            None => HashMap::new(),
+        };
+
+        let mut groups: Vec<KeyEvents> = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        for (index, decoded) in decoded {
+            let message = &batch[index];
+            let event = match decoded {
+                Decoded::Event(event) => event,
+                Decoded::IdOnly { key } => match fetched.get(&key) {
+                    Some(Ok(event)) => event.clone(),
+                    Some(Err(error)) => {
+                        letters.push(letter(
+                            message,
+                            DeadLetterKind::NotEnriched,
+                            error.to_string(),
+                            &stamp,
+                        ));
+                        continue;
+                    }
+                    None => {
+                        letters.push(letter(
+                            message,
+                            DeadLetterKind::NotEnriched,
+                            format!("id-only message for key {key:?} and no enrichment configured"),
+                            &stamp,
+                        ));
+                        continue;
+                    }
+                },
             };
             if let Some(audit) = &mut self.audit {
                 audit

@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufRead, BufReader};
 use crate::config::{Config, DeadLetterConfig, SourceConfig, StoreConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::engine::{EngineLimits, LoadError, RuleEngine};
+use crate::enrich::Enricher;
 use crate::kafka_dead_letters::KafkaDeadLetters;
 use crate::kafka_source::{KafkaSource, KafkaSourceConfig};
 use crate::message::Message;
@@ -31,6 +32,8 @@ pub enum ServeError {
     DeadLetter(#[from] DeadLetterError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("cannot set up enrichment: {0}")]
+    Enrich(String),
 }
 
 /// Builds the pipeline from `config` and runs it until the source ends or `shutdown` resolves.
@@ -110,6 +113,10 @@ pub async fn serve(
         dead_letters,
         config.pipeline.clone(),
     );
+    if let Some(enrich) = &config.enrich {
+        pipeline =
+            pipeline.with_enricher(Enricher::new(enrich.clone()).map_err(ServeError::Enrich)?);
+    }
     tracing::info!("serving");
     let result = pipeline.run(&mut source, shutdown).await;
     if let AnySource::Kafka(kafka) = source {

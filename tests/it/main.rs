@@ -3,6 +3,7 @@
 mod check;
 mod cli;
 mod engine;
+mod enrich;
 mod kafka;
 mod pipeline;
 mod redis_store;

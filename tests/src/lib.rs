@@ -6,6 +6,7 @@
 //!   compare the compiled component against.
 //! - [`orders`]: generated order histories with a known final state per order.
 //! - [`services`]: the real Redis the tests use, under unique key prefixes.
+//! - [`order_api`]: a real HTTP order-detail API on loopback, for enrichment.
 //! - [`kafka`]: the real Kafka the tests use: unique topics, producing, committed offsets.
 
 use converge::entity::{Decision, Event, RuleInfo, State};
@@ -14,6 +15,7 @@ use converge_order_rule::core;
 
 pub mod build;
 pub mod kafka;
+pub mod order_api;
 pub mod orders;
 pub mod services;
 

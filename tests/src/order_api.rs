@@ -1,0 +1,81 @@
+//! A real HTTP order-detail API on loopback for the enrichment tests: `GET /orders/{id}`
+//! answers the order's latest state as JSON, 404 for an unknown id, and — for ids chosen by the
+//! test — a 500 the first few times, or a body that is not an order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use converge::entity::Event;
+
+#[derive(Debug, Default)]
+pub struct OrderApiState {
+    pub orders: Mutex<HashMap<String, Event>>,
+    /// Ids answered with 500 this many more times.
+    pub failing: Mutex<HashMap<String, usize>>,
+    /// Ids answered with a body that is not an order.
+    pub garbled: Mutex<Vec<String>>,
+    pub requests: AtomicUsize,
+}
+
+/// A running API; its address is `http://{addr}`.
+#[derive(Debug)]
+pub struct OrderApi {
+    pub url: String,
+    pub state: Arc<OrderApiState>,
+}
+
+async fn order(State(state): State<Arc<OrderApiState>>, Path(id): Path<String>) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut failing = state.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(left) = failing.get_mut(&id).filter(|left| **left > 0) {
+            *left -= 1;
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    if state
+        .garbled
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&id)
+    {
+        return (StatusCode::OK, "<html>maintenance</html>").into_response();
+    }
+    let orders = state.orders.lock().unwrap_or_else(PoisonError::into_inner);
+    match orders.get(&id) {
+        Some(event) => (
+            StatusCode::OK,
+            serde_json::to_string(event).unwrap_or_default(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+impl OrderApi {
+    pub async fn start() -> Self {
+        let state = Arc::new(OrderApiState::default());
+        let app = Router::new()
+            .route("/orders/{id}", get(order))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
