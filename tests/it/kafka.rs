@@ -40,6 +40,8 @@ topic = "{dead_letters}"
 
 [pipeline]
 batch_size = 64
+[pipeline.mapping]
+max_message_bytes = 100000
 "#,
         rule = build::rule("order-status").display(),
         brokers = kafka::brokers(),
@@ -161,4 +163,87 @@ async fn t3_two_consumers_one_killed_and_restarted_converge() {
             .sum::<i64>(),
         0
     );
+}
+
+/// T8 over Kafka: each bad message lands on the dead-letter topic with its original bytes and
+/// its reason in a header; the good ones are stored and the partition does not stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
+    let topic = TestTopic::create("t8", 1).await;
+    let dead_letters = TestTopic::create("t8-dlq", 1).await;
+    let redis = TestStore::standalone("t8").await;
+    let group = format!("{}-group", topic.name);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        &topic.name,
+        &dead_letters.name,
+        &group,
+        redis.store.prefix(),
+    );
+
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"{\"key\":\"order-x\",\"status\":".to_vec(),
+            "malformed JSON",
+        ),
+        (
+            b"{\"key\":\"order-\xff\",\"status\":\"paid\"}".to_vec(),
+            "UTF-8",
+        ),
+        (br#"{"status":"paid","version":1}"#.to_vec(), "empty key"),
+        (
+            br#"{"key":"order-9","status":"shipped"}"#.to_vec(),
+            "unknown status",
+        ),
+        (
+            format!(
+                r#"{{"key":"big","status":"paid","payload":"{}"}}"#,
+                "x".repeat(200_000)
+            )
+            .into_bytes(),
+            "exceeds the limit",
+        ),
+    ];
+    let stream = orders::generate("order-", 20, 0, 4);
+    topic.produce(&stream.events[..10]).await;
+    // Keyed by "": a missing "key" field falls back to the record key, which is empty here.
+    topic
+        .produce_raw(
+            "",
+            &bad.iter().map(|(body, _)| body.clone()).collect::<Vec<_>>(),
+        )
+        .await;
+    topic.produce(&stream.events[10..]).await;
+
+    let server = serve(&config, &dir.path().join("serve.log"));
+    let letters = dead_letters.read(bad.len(), Duration::from_secs(60));
+    let keys: Vec<String> = stream.expected.keys().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored(&redis.store, &keys).await != stream.expected
+        || topic.progress(&group)[0].0 != topic.progress(&group)[0].1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the partition stalled; see {}",
+            dir.keep().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    terminate(server);
+
+    assert_eq!(letters.len(), bad.len());
+    // Rejections are decided after decoding, so the topic's order is not the input's: match by body.
+    for (sent, reason) in &bad {
+        let (_, headers) = letters
+            .iter()
+            .find(|(body, _)| body == sent)
+            .unwrap_or_else(|| {
+                panic!("no dead letter for the message that should fail with {reason}")
+            });
+        let got = &headers["converge-reason"];
+        assert!(got.contains(reason), "{got} should mention {reason}");
+        assert_eq!(headers["converge-rule"], "order-status@0.1.0");
+        assert!(headers["converge-position"].starts_with(&topic.name));
+    }
 }

@@ -1,6 +1,7 @@
 //! The real Kafka broker the tests use (started by `deploy/scripts/kafka.sh`): topics under
 //! unique names, producing, and reading a group's committed offsets.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use converge::entity::Event;
@@ -8,6 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -92,6 +94,50 @@ impl TestTopic {
                 .map_err(|(error, _)| error)
                 .expect("delivered");
         }
+    }
+
+    /// Reads `count` records from the start of every partition: (body, headers) each.
+    pub fn read(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+        let consumer: BaseConsumer = client()
+            .set("group.id", format!("{}-reader", self.name))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            partitions
+                .add_partition_offset(&self.name, partition, Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&partitions).expect("assigned");
+        let deadline = std::time::Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.len() < count && std::time::Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.expect("record");
+            let headers = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push((message.payload().unwrap_or_default().to_vec(), headers));
+        }
+        records
     }
 
     /// (committed offset of `group`, high watermark) per partition.
