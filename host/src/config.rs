@@ -47,6 +47,9 @@ pub struct Config {
     /// The order-detail API that completes id-only messages; without it they are dead-lettered.
     #[serde(default)]
     pub enrich: Option<crate::enrich::EnrichConfig>,
+    /// The admin endpoint (health, readiness, Prometheus metrics); off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub pipeline: PipelineConfig,
 }
@@ -68,6 +71,14 @@ fn default_deadline_ms() -> u64 {
 
 fn default_memory_mib() -> usize {
     64
+}
+
+/// Where the admin endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// e.g. "127.0.0.1:9898"
+    pub listen: std::net::SocketAddr,
 }
 
 /// Where messages come from.

@@ -25,8 +25,10 @@
 //! - [`redis_dead_letters`]: dead letters to a Redis stream.
 //! - [`config`]: the `serve` configuration (TOML), validated before connecting.
 //! - [`serve`]: the pipeline built from a configuration, run until shutdown.
+//! - [`admin`]: health, readiness and Prometheus metrics over HTTP.
 //! - [`cli`]: the `converge` command line.
 
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -12,9 +12,11 @@
 //! dead letters are.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::admin::Metrics;
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink};
 use crate::decode::{Decoded, FieldMapping};
 use crate::enrich::Enricher;
@@ -90,6 +92,7 @@ pub struct Pipeline<R, S, D> {
     stats: Stats,
     audit: Option<HashMap<String, Vec<Event>>>,
     enricher: Option<Enricher>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The events of one key in a batch, in delivery order, with the index of their message.
@@ -115,7 +118,14 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             stats: Stats::default(),
             audit: None,
             enricher: None,
+            metrics: None,
         }
+    }
+
+    /// Reports every batch, decision and dead letter to `metrics` (see [`crate::admin`]).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Completes id-only messages by fetching their entity (see [`crate::enrich`]); without an
@@ -173,6 +183,8 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     /// Takes one batch through the data path. Returns once its writes and dead letters are
     /// acknowledged; the caller then acknowledges the batch to its source.
     pub async fn process(&mut self, batch: &[Message]) -> Result<(), PipelineError> {
+        let started = std::time::Instant::now();
+        let (writes_before, conflicts_before) = (self.stats.writes, self.stats.conflicts);
         let stamp = self.rule.info().stamp();
         let mut letters = Vec::new();
         let mut decoded: Vec<(usize, Decoded)> = Vec::with_capacity(batch.len());
@@ -301,10 +313,22 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             self.dead_letters.send(&letters).await?;
             for letter in &letters {
                 *self.stats.dead_letters.entry(letter.kind).or_default() += 1;
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_dead_letter(letter.kind);
+                }
             }
         }
         self.stats.batches += 1;
         self.stats.messages += batch.len() as u64;
+        if let Some(metrics) = &self.metrics {
+            metrics.record_batch(
+                batch.len(),
+                self.stats.writes - writes_before,
+                self.stats.conflicts - conflicts_before,
+                started.elapsed(),
+            );
+        }
+        tracing::debug!(messages = batch.len(), dead_letters = letters.len(), took = ?started.elapsed(), "batch done");
         Ok(())
     }
 
@@ -390,6 +414,9 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         match outcome {
             Ok(decision) => {
                 *self.stats.decisions.entry(decision.kind()).or_default() += 1;
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_decision(decision.kind());
+                }
                 if let Decision::Reject(reason) = decision {
                     letters.push(letter(message, DeadLetterKind::Rejected, reason, stamp));
                 }

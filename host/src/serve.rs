@@ -2,10 +2,12 @@
 //! `shutdown` resolves; then the batch in flight is finished, its offsets stored and committed,
 //! and the consumer leaves its group.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, BufReader};
 
+use crate::admin::Metrics;
 use crate::config::{Config, DeadLetterConfig, SourceConfig, StoreConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::engine::{EngineLimits, LoadError, RuleEngine};
@@ -34,6 +36,8 @@ pub enum ServeError {
     Pipeline(#[from] PipelineError),
     #[error("cannot set up enrichment: {0}")]
     Enrich(String),
+    #[error("cannot listen on {0} for the admin endpoint: {1}")]
+    Admin(std::net::SocketAddr, std::io::Error),
 }
 
 /// Builds the pipeline from `config` and runs it until the source ends or `shutdown` resolves.
@@ -41,12 +45,27 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stats, ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match &config.admin {
+        Some(admin) => {
+            let listener = crate::admin::bind(admin.listen)
+                .await
+                .map_err(|error| ServeError::Admin(admin.listen, error))?;
+            let server = crate::admin::serve_admin(listener, Arc::clone(&metrics), async {
+                let _ = admin_stopped.await;
+            });
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
     let engine = RuleEngine::new(EngineLimits {
         memory_cap_bytes: config.rule.memory_mib.saturating_mul(1 << 20),
         deadline: Duration::from_millis(config.rule.deadline_ms),
     })?;
     let compiled = engine.compile_file(&config.rule.path)?;
     tracing::info!(rule = %compiled.info().stamp(), "rule loaded");
+    metrics.set_rule(compiled.info());
 
     let store = match &config.store {
         StoreConfig::Memory => AnyStore::Memory(MemoryStore::new()),
@@ -117,8 +136,19 @@ pub async fn serve(
         pipeline =
             pipeline.with_enricher(Enricher::new(enrich.clone()).map_err(ServeError::Enrich)?);
     }
+    pipeline = pipeline.with_metrics(Arc::clone(&metrics));
+    metrics.set_ready(true);
     tracing::info!("serving");
     let result = pipeline.run(&mut source, shutdown).await;
+    metrics.set_ready(false);
+    let _ = admin_stop.send(());
+    if let Some(admin) = admin {
+        match admin.await {
+            Ok(Err(error)) => tracing::error!(%error, "admin endpoint failed"),
+            Err(error) => tracing::error!(%error, "admin endpoint panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let AnySource::Kafka(kafka) = source {
         kafka.close();
     }

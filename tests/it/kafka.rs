@@ -14,6 +14,17 @@ use converge_tests::services::{TestStore, redis_url};
 use converge_tests::{build, orders};
 
 fn write_config(dir: &Path, topic: &str, dead_letters: &str, group: &str, prefix: &str) -> PathBuf {
+    write_config_with(dir, topic, dead_letters, group, prefix, "")
+}
+
+fn write_config_with(
+    dir: &Path,
+    topic: &str,
+    dead_letters: &str,
+    group: &str,
+    prefix: &str,
+    extra: &str,
+) -> PathBuf {
     let config = format!(
         r#"
 [rule]
@@ -42,6 +53,7 @@ topic = "{dead_letters}"
 batch_size = 64
 [pipeline.mapping]
 max_message_bytes = 100000
+{extra}
 "#,
         rule = build::rule("order-status").display(),
         brokers = kafka::brokers(),
@@ -174,12 +186,17 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
     let redis = TestStore::standalone("t8").await;
     let group = format!("{}-group", topic.name);
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(
+    let admin = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("address")
+    };
+    let config = write_config_with(
         dir.path(),
         &topic.name,
         &dead_letters.name,
         &group,
         redis.store.prefix(),
+        &format!("[admin]\nlisten = \"{admin}\""),
     );
 
     let bad: Vec<(Vec<u8>, &str)> = vec![
@@ -230,6 +247,36 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let get = |path: &str| {
+        let url = format!("http://{admin}{path}");
+        async move {
+            let response = reqwest::get(&url).await.expect("admin answers");
+            (
+                response.status().as_u16(),
+                response.text().await.expect("body"),
+            )
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "converge_dead_letters_total{kind=\"undecodable\"} 4",
+        "converge_dead_letters_total{kind=\"rejected\"} 1",
+        "converge_decisions_total{decision=\"insert\"} 20",
+        "converge_rule_info{rule=\"order-status@0.1.0\"} 1",
+        &format!(
+            "converge_messages_total {}",
+            stream.events.len() + bad.len()
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    assert!(get("/rule").await.1.contains("\"statuses\""));
     terminate(server);
 
     assert_eq!(letters.len(), bad.len());

@@ -1,0 +1,243 @@
+//! The admin endpoint: `/healthz` (the process is up), `/readyz` (the rule is loaded and the
+//! source, store and dead-letter queue are connected), `/metrics` (Prometheus text format) and
+//! `/rule` (the active rule's info as JSON).
+//!
+//! Metrics, all prefixed `converge_`: `decisions_total{decision}`, `dead_letters_total{kind}`,
+//! `batches_total`, `batch_duration_seconds` (histogram), `messages_total`, `writes_total`,
+//! `conflicts_total`, and `rule_info{rule}` (1 for the active rule).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::dead_letter::DeadLetterKind;
+use crate::entity::{DecisionKind, RuleInfo};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// Everything the admin endpoint reports; shared by the pipeline and the HTTP server.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabel, Counter>,
+    dead_letters: Family<KindLabel, Counter>,
+    batches: Counter,
+    batch_duration: Histogram,
+    messages: Counter,
+    writes: Counter,
+    conflicts: Counter,
+    rule_info: Family<RuleLabel, Gauge>,
+    rule: Mutex<Option<RuleInfo>>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("converge");
+        let decisions = Family::<DecisionLabel, Counter>::default();
+        let dead_letters = Family::<KindLabel, Counter>::default();
+        let batches = Counter::default();
+        // 100 µs .. ~6.5 s
+        let batch_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 17));
+        let messages = Counter::default();
+        let writes = Counter::default();
+        let conflicts = Counter::default();
+        let rule_info = Family::<RuleLabel, Gauge>::default();
+        registry.register(
+            "decisions",
+            "Decisions by outcome, one per decided event",
+            decisions.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages dead-lettered, by kind",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "batches",
+            "Batches processed and acknowledged",
+            batches.clone(),
+        );
+        registry.register(
+            "batch_duration_seconds",
+            "Time from a batch's arrival to its acknowledgement",
+            batch_duration.clone(),
+        );
+        registry.register("messages", "Messages processed", messages.clone());
+        registry.register(
+            "writes",
+            "States written (at most one per key per batch)",
+            writes.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Compare-and-set races lost and decided again",
+            conflicts.clone(),
+        );
+        registry.register("rule_info", "The active rule (value 1)", rule_info.clone());
+        Self {
+            registry,
+            decisions,
+            dead_letters,
+            batches,
+            batch_duration,
+            messages,
+            writes,
+            conflicts,
+            rule_info,
+            rule: Mutex::new(None),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Records the rule now serving.
+    pub fn set_rule(&self, info: &RuleInfo) {
+        let mut rule = self.rule.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(previous) = rule.as_ref() {
+            self.rule_info
+                .get_or_create(&RuleLabel {
+                    rule: previous.stamp(),
+                })
+                .set(0);
+        }
+        self.rule_info
+            .get_or_create(&RuleLabel { rule: info.stamp() })
+            .set(1);
+        *rule = Some(info.clone());
+    }
+
+    pub(crate) fn record_decision(&self, kind: DecisionKind) {
+        self.decisions
+            .get_or_create(&DecisionLabel {
+                decision: kind.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn record_dead_letter(&self, kind: DeadLetterKind) {
+        self.dead_letters
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn record_batch(
+        &self,
+        messages: usize,
+        writes: u64,
+        conflicts: u64,
+        took: Duration,
+    ) {
+        self.batches.inc();
+        self.messages.inc_by(messages as u64);
+        self.writes.inc_by(writes);
+        self.conflicts.inc_by(conflicts);
+        self.batch_duration.observe(took.as_secs_f64());
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+async fn rule(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    let rule = metrics
+        .rule
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    match rule {
+        Some(info) => (
+            StatusCode::OK,
+            serde_json::to_string(&info).unwrap_or_default(),
+        ),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "{}".to_owned()),
+    }
+}
+
+/// Binds the admin endpoint's address, so that a taken port fails at start-up.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin endpoint listening");
+    Ok(listener)
+}
+
+/// Serves the admin endpoint until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/rule", get(rule))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
