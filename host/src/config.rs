@@ -300,6 +300,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let example = include_str!("../../deploy/converge.example.toml");
+        let config = parse(example).expect("deploy/converge.example.toml parses");
+        assert!(config.admin.is_some());
+        assert!(matches!(config.source, SourceConfig::Kafka { .. }));
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let typo = VALID.replace("group_id", "groupid");
         assert!(parse(&typo).is_err());
