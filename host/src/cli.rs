@@ -363,7 +363,12 @@ fn run_embedded(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let report = RunReport {
             rule: pipeline.rule().info().stamp(),
             stats: pipeline.stats(),
-            dead_letters: pipeline.dead_letters().letters(),
+            dead_letters: {
+                // Reported in input order, whichever step of a batch refused them.
+                let mut letters = pipeline.dead_letters().letters();
+                letters.sort_by(|a, b| a.position.cmp(&b.position));
+                letters
+            },
             states: pipeline.store().snapshot(),
             converged: unconverged.is_empty(),
             unconverged,

@@ -8,7 +8,6 @@ use std::hint::black_box;
 use converge::dead_letter::MemoryDeadLetters;
 use converge::engine::{EngineLimits, RuleEngine};
 use converge::entity::{Event, State};
-use converge::message::{Message, Position};
 use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::rule::Rule;
 use converge::store::MemoryStore;
@@ -70,18 +69,7 @@ fn decide(c: &mut Criterion) {
 
 fn pipeline(c: &mut Criterion) {
     let stream = orders::generate("bench-", PIPELINE_EVENTS / 3, 20, 1);
-    let messages: Vec<Message> = stream
-        .events
-        .iter()
-        .enumerate()
-        .map(|(index, event)| Message {
-            position: Position::Line {
-                line: index as u64 + 1,
-            },
-            key: None,
-            payload: Some(serde_json::to_vec(event).expect("serialises")),
-        })
-        .collect();
+    let messages = converge_tests::event_messages(&stream.events);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");

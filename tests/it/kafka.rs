@@ -2,16 +2,13 @@
 //! one killed with SIGKILL mid-stream and restarted. Afterwards every key holds its order's
 //! final state and the group's committed offsets reach the end of every partition.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use converge::entity::State;
-use converge::store::Store;
 use converge_tests::kafka::{self, TestTopic};
 use converge_tests::services::{TestStore, redis_url};
-use converge_tests::{build, orders};
+use converge_tests::{build, orders, stored_states};
 
 fn write_config(dir: &Path, topic: &str, dead_letters: &str, group: &str, prefix: &str) -> PathBuf {
     write_config_with(dir, topic, dead_letters, group, prefix, "")
@@ -86,20 +83,6 @@ fn terminate(mut child: Child) {
     assert!(exit.success(), "serve did not stop cleanly: {exit}");
 }
 
-async fn stored(
-    store: &converge::redis_store::RedisStore,
-    keys: &[String],
-) -> BTreeMap<String, State> {
-    store
-        .load(keys)
-        .await
-        .expect("loads")
-        .into_iter()
-        .flatten()
-        .map(|stored| (stored.state.key.clone(), stored.state))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t3_two_consumers_one_killed_and_restarted_converge() {
     let topic = TestTopic::create("t3", 6).await;
@@ -125,7 +108,7 @@ async fn t3_two_consumers_one_killed_and_restarted_converge() {
 
     // Kill the first consumer once the group is writing, while the rest is still arriving.
     let started = Instant::now();
-    while stored(&redis.store, &keys).await.len() < 100 {
+    while stored_states(&redis.store, &keys).await.len() < 100 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no progress; see {}",
@@ -142,7 +125,7 @@ async fn t3_two_consumers_one_killed_and_restarted_converge() {
 
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let states = stored(&redis.store, &keys).await;
+        let states = stored_states(&redis.store, &keys).await;
         let progress = topic.progress(&group);
         if states == stream.expected && progress.iter().all(|(committed, high)| committed == high) {
             assert_eq!(
@@ -237,7 +220,7 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
     let letters = dead_letters.read(bad.len(), Duration::from_secs(60));
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stored(&redis.store, &keys).await != stream.expected
+    while stored_states(&redis.store, &keys).await != stream.expected
         || topic.progress(&group)[0].0 != topic.progress(&group)[0].1
     {
         assert!(

@@ -11,7 +11,7 @@ use converge::entity::{DecisionKind, Event, State};
 use converge::message::{Message, Position};
 use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::store::{MemoryStore, Store, StoreError, Stored, Write, WriteOutcome};
-use converge_tests::{build, orders};
+use converge_tests::{build, line_messages, orders};
 
 fn rule(name: &str) -> WasmRule {
     RuleEngine::new(EngineLimits {
@@ -22,20 +22,6 @@ fn rule(name: &str) -> WasmRule {
     .compile_file(&build::rule(name))
     .expect("rule loads")
     .instance()
-}
-
-fn messages(lines: &[Vec<u8>]) -> Vec<Message> {
-    lines
-        .iter()
-        .enumerate()
-        .map(|(index, line)| Message {
-            position: Position::Line {
-                line: index as u64 + 1,
-            },
-            key: None,
-            payload: Some(line.clone()),
-        })
-        .collect()
 }
 
 fn json_line(event: &Event) -> Vec<u8> {
@@ -71,7 +57,7 @@ async fn shuffled_duplicated_stream_converges_to_each_orders_last_step() {
         PipelineConfig::default(),
     )
     .with_audit();
-    run_batches(&mut pipeline, &messages(&lines), 97).await;
+    run_batches(&mut pipeline, &line_messages(&lines), 97).await;
 
     assert_eq!(stored_states(pipeline.store()), stream.expected);
     let stats = pipeline.stats().clone();
@@ -106,7 +92,7 @@ async fn the_same_events_in_another_order_store_the_same_states() {
             MemoryDeadLetters::new(),
             PipelineConfig::default(),
         );
-        run_batches(&mut pipeline, &messages(&lines), batch_size).await;
+        run_batches(&mut pipeline, &line_messages(&lines), batch_size).await;
         finals.push(stored_states(pipeline.store()));
     }
     assert_eq!(finals[0], finals[1]);
@@ -124,7 +110,7 @@ async fn last_write_wins_does_not_converge_and_verify_says_so() {
         PipelineConfig::default(),
     )
     .with_audit();
-    run_batches(&mut pipeline, &messages(&lines), 64).await;
+    run_batches(&mut pipeline, &line_messages(&lines), 64).await;
     assert_ne!(stored_states(pipeline.store()), stream.expected);
     assert!(!pipeline.verify().await.expect("verifies").is_empty());
 }
@@ -155,7 +141,7 @@ async fn bad_input_is_dead_lettered_with_a_reason_and_good_events_flow() {
         br#"{"key":"order-7"}"#.to_vec(),
         good("order-2", "paid"),
     ];
-    let mut batch = messages(&lines);
+    let mut batch = line_messages(&lines);
     batch.push(Message {
         position: Position::Line { line: 11 },
         key: Some(b"order-3".to_vec()),
@@ -225,7 +211,7 @@ async fn rule_faults_are_dead_lettered_and_other_keys_keep_flowing() {
         PipelineConfig::default(),
     );
     pipeline
-        .process(&messages(&lines))
+        .process(&line_messages(&lines))
         .await
         .expect("batch processed");
 
@@ -297,7 +283,7 @@ async fn a_lost_compare_and_set_is_decided_again_and_never_moves_backward() {
         json_line(&state("created", 1)),
     ];
     pipeline
-        .process(&messages(&lines))
+        .process(&line_messages(&lines))
         .await
         .expect("batch processed");
 

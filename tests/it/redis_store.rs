@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use converge::dead_letter::MemoryDeadLetters;
 use converge::engine::{CompiledRule, EngineLimits, RuleEngine};
-use converge::entity::{Event, State};
-use converge::message::{Message, Position};
+use converge::entity::State;
 use converge::pipeline::{Pipeline, PipelineConfig};
-use converge::redis_store::RedisStore;
 use converge::store::{Store, Write, WriteOutcome};
 use converge_tests::services::TestStore;
-use converge_tests::{build, orders};
+use converge_tests::{build, event_messages, orders, stored_states};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -24,20 +22,6 @@ fn compiled_rule() -> CompiledRule {
         .expect("engine starts")
         .compile_file(&build::rule("order-status"))
         .expect("rule loads")
-}
-
-fn messages(events: &[Event]) -> Vec<Message> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(index, event)| Message {
-            position: Position::Line {
-                line: index as u64 + 1,
-            },
-            key: None,
-            payload: Some(serde_json::to_vec(event).expect("serialises")),
-        })
-        .collect()
 }
 
 fn state(key: &str, status: &str, version: u64) -> State {
@@ -58,17 +42,6 @@ fn write(key: &str, expected_revision: u64, status: &str, version: u64) -> Write
         rule: "order-status@0.1.0".to_owned(),
         position: "orders[0]@1".to_owned(),
     }
-}
-
-async fn stored_states(store: &RedisStore, keys: &[String]) -> BTreeMap<String, State> {
-    store
-        .load(keys)
-        .await
-        .expect("loads")
-        .into_iter()
-        .flatten()
-        .map(|stored| (stored.state.key.clone(), stored.state))
-        .collect()
 }
 
 #[tokio::test]
@@ -210,7 +183,7 @@ async fn concurrent_writers_converge(test: TestStore) {
                         MemoryDeadLetters::new(),
                         PipelineConfig::default(),
                     );
-                    for batch in messages(&events).chunks(8 + writer as usize * 13) {
+                    for batch in event_messages(&events).chunks(8 + writer as usize * 13) {
                         pipeline.process(batch).await.expect("batch processed");
                     }
                     pipeline.stats().clone()

@@ -9,8 +9,12 @@
 //! - [`order_api`]: a real HTTP order-detail API on loopback, for enrichment.
 //! - [`kafka`]: the real Kafka the tests use: unique topics, producing, committed offsets.
 
+use std::collections::BTreeMap;
+
 use converge::entity::{Decision, Event, RuleInfo, State};
+use converge::message::{Message, Position};
 use converge::rule::{self, DecideError, Rule};
+use converge::store::Store;
 use converge_order_rule::core;
 
 pub mod build;
@@ -76,4 +80,40 @@ impl Rule for NativeOrderRule {
         rule::validate(&self.info, current, incoming, &decision)?;
         Ok(decision)
     }
+}
+
+/// One message per body, positioned at lines 1, 2, ….
+pub fn line_messages(bodies: &[Vec<u8>]) -> Vec<Message> {
+    bodies
+        .iter()
+        .enumerate()
+        .map(|(index, body)| Message {
+            position: Position::Line {
+                line: index as u64 + 1,
+            },
+            key: None,
+            payload: Some(body.clone()),
+        })
+        .collect()
+}
+
+/// Events as JSON-line messages.
+pub fn event_messages(events: &[Event]) -> Vec<Message> {
+    let bodies: Vec<Vec<u8>> = events
+        .iter()
+        .map(|event| serde_json::to_vec(event).expect("an event serialises"))
+        .collect();
+    line_messages(&bodies)
+}
+
+/// The stored states of `keys`, by key (absent keys left out).
+pub async fn stored_states<S: Store>(store: &S, keys: &[String]) -> BTreeMap<String, State> {
+    store
+        .load(keys)
+        .await
+        .expect("the store answers")
+        .into_iter()
+        .flatten()
+        .map(|stored| (stored.state.key.clone(), stored.state))
+        .collect()
 }
