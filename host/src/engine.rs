@@ -245,11 +245,10 @@ impl WasmRule {
         f: impl FnOnce(&mut Store<RuleCtx>, &RuleBindings) -> wasmtime::Result<T>,
     ) -> Result<T, DecideError> {
         let limits = self.compiled.engine.limits();
-        let live = match self.live.take() {
+        let mut live = match self.live.take() {
             Some(live) => live,
             None => Live::new(&self.compiled.engine, &self.compiled.pre)?,
         };
-        let mut live = live;
         let result = live.call(limits, f);
         if result.is_ok() {
             self.live = Some(live);
