@@ -14,6 +14,7 @@ use crate::engine::{CompiledRule, EngineLimits, RuleEngine};
 use crate::entity::{Event, State};
 use crate::pipeline::{Pipeline, PipelineConfig, Unconverged};
 use crate::rule::Rule;
+use crate::simulator::{MessageShape, Publisher, Simulator, SimulatorConfig};
 use crate::source::JsonLinesSource;
 use crate::store::MemoryStore;
 use crate::vectors::{self, VectorFailure, VectorFile};
@@ -32,8 +33,19 @@ const EXIT_FAILED: u8 = 1;
     max_term_width = 100
 )]
 pub struct Cli {
+    /// How log lines (on stderr) are written: `text` for people, `json` (one object per line)
+    /// for log collectors. The level is set with RUST_LOG (default `warn`; `info` logs every
+    /// named event).
+    #[arg(long, global = true, env = "CONVERGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +72,14 @@ enum Command {
     ///
     /// Exits 0 when the rule passes, 1 when a check fails, 2 on a usage or load error.
     Check(CheckArgs),
+    /// Simulate the order system: create orders, move them through their statuses, serve
+    /// `GET /orders/{id}`, and publish every change keyed by order id — full or id-only — through
+    /// a network that shuffles, duplicates and delays messages.
+    ///
+    /// Publishes to Kafka with --brokers, else writes JSON lines to stdout (the input of
+    /// `converge run`). A summary goes to stderr. With --serve the order API stays up after
+    /// the simulated orders are published, until SIGINT or SIGTERM.
+    Simulate(SimulateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +127,57 @@ struct ServeArgs {
     /// The configuration file (TOML); see deploy/converge.example.toml.
     #[arg(long, short, env = "CONVERGE_CONFIG", value_name = "FILE")]
     config: PathBuf,
+    /// Overrides one setting of the file, by its dotted path, e.g.
+    /// `--set source.brokers=kafka:9092` or `--set pipeline.batch_size=1024`. The value is read
+    /// as TOML (a number, boolean, array...) and otherwise as a string. Repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Orders to create and move through their lifecycle.
+    #[arg(long, value_name = "N", default_value_t = SimulatorConfig::default().orders)]
+    orders: usize,
+    /// Order ids are this prefix and a number.
+    #[arg(long, value_name = "PREFIX", default_value = "order-")]
+    key_prefix: String,
+    /// What a message carries: the whole order, or only its id (to be enriched).
+    #[arg(long, value_enum, default_value_t = MessageShape::Full)]
+    messages: MessageShape,
+    /// Percent of messages published twice.
+    #[arg(long, value_name = "PERCENT", default_value_t = SimulatorConfig::default().duplicate_percent)]
+    duplicate_percent: u8,
+    /// Messages held at once and let out in random order (1: keep the order).
+    #[arg(long, value_name = "N", default_value_t = SimulatorConfig::default().shuffle_window)]
+    shuffle_window: usize,
+    /// Hold each message up to this long before publishing it.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    max_delay_ms: u64,
+    /// Status changes per second; 0: as fast as possible.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    rate: u32,
+    /// Seed of the simulation; the same seed makes the same orders and disorder.
+    #[arg(long, value_name = "N", default_value_t = SimulatorConfig::default().seed)]
+    seed: u64,
+    /// Kafka bootstrap servers; without them, messages are written to stdout as JSON lines.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    brokers: Option<String>,
+    /// The topic to publish to.
+    #[arg(long, value_name = "TOPIC", default_value = "orders")]
+    topic: String,
+    /// A librdkafka producer property (e.g. security.protocol=SASL_SSL). Repeatable.
+    #[arg(long = "property", value_name = "NAME=VALUE")]
+    properties: Vec<String>,
+    /// Serve the order API (GET /orders/{id}, POST /orders, POST /orders/{id}/advance) here.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Write every order's final state here (JSON, by order id): what a converged store holds.
+    #[arg(long, value_name = "FILE")]
+    expected: Option<PathBuf>,
+    /// Keep serving the order API after publishing, until SIGINT or SIGTERM.
+    #[arg(long, requires = "listen")]
+    serve: bool,
 }
 
 #[derive(Debug, Args)]
@@ -148,28 +219,104 @@ struct CheckArgs {
 /// Parses the command line and runs the command. Errors are usage or load errors (exit 2).
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        );
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     match cli.command {
         Command::Run(args) => run_embedded(&args),
         Command::Serve(args) => serve(&args),
         Command::Decide(args) => decide(&args),
         Command::Check(args) => check_rule(&args),
+        Command::Simulate(args) => simulate(&args),
     }
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = crate::config::Config::load(&args.config)?;
+    let config = crate::config::Config::load_with_overrides(&args.config, &args.overrides)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         crate::serve::serve(&config, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    let mut properties = std::collections::BTreeMap::new();
+    for property in &args.properties {
+        let (name, value) = property
+            .split_once('=')
+            .with_context(|| format!("--property {property:?} is not NAME=VALUE"))?;
+        properties.insert(name.to_owned(), value.to_owned());
+    }
+    let config = SimulatorConfig {
+        orders: args.orders,
+        key_prefix: args.key_prefix.clone(),
+        shape: args.messages,
+        duplicate_percent: args.duplicate_percent.min(100),
+        shuffle_window: args.shuffle_window,
+        max_delay: Duration::from_millis(args.max_delay_ms),
+        rate: args.rate,
+        seed: args.seed,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let publisher = match &args.brokers {
+            Some(brokers) => Publisher::kafka(brokers, &args.topic, &properties)?,
+            None => Publisher::Lines(Box::new(io::BufWriter::new(io::stdout()))),
+        };
+        let simulator = Simulator::new(config, publisher);
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = match args.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                eprintln!(
+                    "order API on http://{}/orders/{{id}}",
+                    listener.local_addr()?
+                );
+                let app = simulator.router();
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = api_stopped.await;
+                        })
+                        .await
+                }))
+            }
+            None => None,
+        };
+        let summary = simulator.run().await?;
+        if let Some(path) = &args.expected {
+            let json = serde_json::to_string_pretty(&summary.expected)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        eprintln!("{}", serde_json::to_string(&summary)?);
+        if args.serve {
+            eprintln!("serving the order API until SIGINT or SIGTERM");
+            shutdown_signal().await;
+            simulator.drain().await?;
+        }
+        let _ = stop_api.send(());
+        if let Some(api) = api {
+            api.await??;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -114,17 +114,27 @@ pub enum StoreConfig {
         url: String,
         #[serde(default = "default_prefix")]
         prefix: String,
+        /// A connection attempt or an answer taking longer fails, and is retried after a
+        /// backoff (`pipeline.backoff_ms`).
+        #[serde(default = "default_store_timeout_ms")]
+        timeout_ms: u64,
     },
     /// A Redis Cluster, reached through any of `urls`.
     RedisCluster {
         urls: Vec<String>,
         #[serde(default = "default_prefix")]
         prefix: String,
+        #[serde(default = "default_store_timeout_ms")]
+        timeout_ms: u64,
     },
 }
 
 fn default_prefix() -> String {
     crate::redis_store::DEFAULT_PREFIX.to_owned()
+}
+
+fn default_store_timeout_ms() -> u64 {
+    crate::redis_store::DEFAULT_TIMEOUT.as_millis() as u64
 }
 
 /// Where dead letters go.
@@ -154,11 +164,23 @@ pub enum ConfigError {
     MissingVariable { path: PathBuf, name: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("--set {0:?}: {1}")]
+    Override(String, String),
 }
 
 impl Config {
     /// Reads, expands `${NAME}` references and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_overrides(path, &[] as &[&str])
+    }
+
+    /// As [`Config::load`], with settings replaced by `PATH=VALUE` overrides (from flags) before
+    /// the result is validated. A VALUE that parses as TOML is taken as such (`1024`, `true`,
+    /// `["a","b"]`), anything else as a string.
+    pub fn load_with_overrides(
+        path: &Path,
+        overrides: &[impl AsRef<str>],
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -169,10 +191,15 @@ impl Config {
                 name,
             }
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let parse_error = |source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        for assignment in overrides {
+            apply_override(&mut table, assignment.as_ref())?;
+        }
+        let config = Config::deserialize(table).map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -217,6 +244,10 @@ impl Config {
             StoreConfig::RedisCluster { urls, .. } if urls.is_empty() => {
                 return invalid("store.urls must name at least one cluster node".to_owned());
             }
+            StoreConfig::Redis { timeout_ms: 0, .. }
+            | StoreConfig::RedisCluster { timeout_ms: 0, .. } => {
+                return invalid("store.timeout_ms must be positive".to_owned());
+            }
             _ => {}
         }
         if let Some(enrich) = &self.enrich {
@@ -234,6 +265,32 @@ impl Config {
             _ => Ok(()),
         }
     }
+}
+
+/// Sets `a.b.c=value` in `table`, creating tables on the way.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
+    let refuse = |why: &str| ConfigError::Override(assignment.to_owned(), why.to_owned());
+    let (path, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| refuse("expected PATH=VALUE"))?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut parsed| parsed.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let mut names: Vec<&str> = path.trim().split('.').collect();
+    let last = names.pop().filter(|name| !name.is_empty());
+    let last = last.ok_or_else(|| refuse("empty setting name"))?;
+    let mut current = table;
+    for name in names {
+        let entry = current
+            .entry(name.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| refuse(&format!("{name:?} is not a table")))?;
+    }
+    current.insert(last.to_owned(), value);
+    Ok(())
 }
 
 /// Replaces every `${NAME}` with `lookup(NAME)`; `Err(NAME)` for the first one missing.
@@ -305,6 +362,28 @@ mod tests {
         let config = parse(example).expect("deploy/converge.example.toml parses");
         assert!(config.admin.is_some());
         assert!(matches!(config.source, SourceConfig::Kafka { .. }));
+    }
+
+    #[test]
+    fn overrides_replace_settings_and_keep_types() {
+        let mut table: toml::Table = toml::from_str(VALID).expect("parses");
+        apply_override(&mut table, "source.brokers=kafka-1:9092,kafka-2:9092").expect("set");
+        apply_override(&mut table, "pipeline.batch_size=1024").expect("set");
+        apply_override(&mut table, "source.topics=[\"a\", \"b\"]").expect("set");
+        let config = Config::deserialize(table).expect("still a configuration");
+        assert_eq!(config.pipeline.batch_size, 1024);
+        match config.source {
+            SourceConfig::Kafka {
+                brokers, topics, ..
+            } => {
+                assert_eq!(brokers, "kafka-1:9092,kafka-2:9092");
+                assert_eq!(topics, ["a", "b"]);
+            }
+            other => panic!("source changed kind: {other:?}"),
+        }
+        let mut table: toml::Table = toml::from_str(VALID).expect("parses");
+        assert!(apply_override(&mut table, "no-equals-sign").is_err());
+        assert!(apply_override(&mut table, "rule.path.deeper=1").is_err());
     }
 
     #[test]

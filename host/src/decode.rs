@@ -167,6 +167,7 @@ mod tests {
             position: Position::Line { line: 1 },
             key: None,
             payload: Some(body.to_vec()),
+            produced_at_ms: None,
         }
     }
 

@@ -174,6 +174,7 @@ impl Enricher {
             position: Position::Line { line: 0 },
             key: Some(key.as_bytes().to_vec()),
             payload: Some(body.to_vec()),
+            produced_at_ms: None,
         };
         match mapping.decode(&message) {
             Ok(Decoded::Event(event)) if event.key == key => Ok(event),

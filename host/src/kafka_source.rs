@@ -9,6 +9,7 @@
 //! - Every librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`, …) passes through.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -18,6 +19,7 @@ use rdkafka::consumer::{
 use rdkafka::message::Message as _;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::admin::Metrics;
 use crate::message::{Message, Position};
 use crate::source::{Source, SourceError};
 
@@ -34,10 +36,34 @@ pub struct KafkaSourceConfig {
 }
 
 /// Commits stored offsets before partitions are taken away, so their next owner starts where
-/// this consumer stopped rather than at the last periodic commit.
-struct CommitOnRevoke;
+/// this consumer stopped rather than at the last periodic commit; reports consumer lag from
+/// the client's periodic statistics.
+struct CommitOnRevoke {
+    metrics: Option<Arc<Metrics>>,
+}
 
-impl ClientContext for CommitOnRevoke {}
+impl ClientContext for CommitOnRevoke {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        for (name, topic) in &statistics.topics {
+            for partition in topic.partitions.values() {
+                // Partition -1 is librdkafka's bookkeeping; a negative lag means "not known yet".
+                if partition.partition >= 0
+                    && partition.desired
+                    && partition.consumer_lag_stored >= 0
+                {
+                    metrics.set_consumer_lag(
+                        name,
+                        partition.partition,
+                        partition.consumer_lag_stored,
+                    );
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for CommitOnRevoke {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -71,8 +97,13 @@ fn kafka_error(error: rdkafka::error::KafkaError) -> SourceError {
 }
 
 impl KafkaSource {
-    /// Creates the consumer and subscribes; the group is joined on the first poll.
-    pub fn subscribe(config: &KafkaSourceConfig) -> Result<Self, SourceError> {
+    /// Creates the consumer and subscribes; the group is joined on the first poll. With
+    /// `metrics`, each partition's lag behind its end (from the last acknowledged message) is
+    /// reported every `statistics.interval.ms` (default 5 s).
+    pub fn subscribe(
+        config: &KafkaSourceConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, SourceError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
@@ -83,11 +114,14 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
+        if metrics.is_some() {
+            client.set("statistics.interval.ms", "5000");
+        }
         for (name, value) in &config.properties {
             client.set(name, value);
         }
         let consumer: StreamConsumer<CommitOnRevoke> = client
-            .create_with_context(CommitOnRevoke)
+            .create_with_context(CommitOnRevoke { metrics })
             .map_err(kafka_error)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error)?;
@@ -114,6 +148,10 @@ impl KafkaSource {
             },
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
+            produced_at_ms: match message.timestamp() {
+                rdkafka::Timestamp::CreateTime(ms) => Some(ms),
+                _ => None,
+            },
         }
     }
 }
@@ -151,12 +189,13 @@ impl Source for KafkaSource {
             }
         }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in highest {
+        for (&(topic, partition), &offset) in &highest {
             // The offset to commit is the next one to read.
             offsets
                 .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
                 .map_err(kafka_error)?;
         }
+
         if let Err(error) = self.consumer.store_offsets(&offsets) {
             // A partition revoked while its batch was in flight: its new owner re-reads the
             // batch, which the rule makes harmless.

@@ -26,6 +26,7 @@
 //! - [`config`]: the `serve` configuration (TOML), validated before connecting.
 //! - [`serve`]: the pipeline built from a configuration, run until shutdown.
 //! - [`admin`]: health, readiness and Prometheus metrics over HTTP.
+//! - [`simulator`]: the order-system simulator: order API and a misbehaving publisher.
 //! - [`cli`]: the `converge` command line.
 
 pub mod admin;
@@ -46,6 +47,7 @@ pub mod redis_dead_letters;
 pub mod redis_store;
 pub mod rule;
 pub mod serve;
+pub mod simulator;
 pub mod source;
 pub mod store;
 pub mod vectors;

@@ -37,4 +37,7 @@ pub struct Message {
     pub key: Option<Vec<u8>>,
     /// The message body; `None` for a tombstone (a keyed record with no value).
     pub payload: Option<Vec<u8>>,
+    /// When the producer created the message (Unix milliseconds), if the transport records it
+    /// (Kafka's CreateTime): the start of the event-to-stored latency.
+    pub produced_at_ms: Option<i64>,
 }

@@ -10,9 +10,15 @@
 //! Nothing is dropped: an undecodable message, a rejected event or an event the rule fails on
 //! is dead-lettered with its reason, and the batch is acknowledged only after its writes and
 //! dead letters are.
+//!
+//! An unavailable store or dead-letter queue (an outage, a timeout, a reset) does not fail the
+//! batch: the step is retried with exponential backoff until it succeeds or shutdown is asked
+//! for. A write whose answer was lost is harmless to retry: the retry reloads the key, and the
+//! compare-and-set makes a write that did land count as a newer revision to decide against.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -40,6 +46,11 @@ pub struct PipelineConfig {
     /// How often a failed decision is retried on a fresh rule instance before the event is
     /// dead-lettered.
     pub rule_retries: u32,
+    /// The first wait after the store or the dead-letter queue was unavailable, in
+    /// milliseconds; each further wait doubles, up to `max_backoff_ms`. Retries go on until
+    /// the step succeeds or shutdown is asked for: the batch is never skipped.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -49,6 +60,8 @@ impl Default for PipelineConfig {
             mapping: FieldMapping::default(),
             max_write_attempts: 16,
             rule_retries: 1,
+            backoff_ms: 50,
+            max_backoff_ms: 5_000,
         }
     }
 }
@@ -65,6 +78,10 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error("keys still conflicting after {attempts} attempts: {keys:?}")]
     Contended { attempts: u32, keys: Vec<String> },
+    /// Shutdown was asked for while the batch waited for the store or dead-letter queue to
+    /// come back; the batch is left unacknowledged.
+    #[error("interrupted by shutdown while waiting for {0}")]
+    Interrupted(&'static str),
 }
 
 /// Counters since the pipeline started.
@@ -93,6 +110,8 @@ pub struct Pipeline<R, S, D> {
     audit: Option<HashMap<String, Vec<Event>>>,
     enricher: Option<Enricher>,
     metrics: Option<Arc<Metrics>>,
+    /// Becomes true when shutdown is asked for; ends waits for an unavailable store.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The events of one key in a batch, in delivery order, with the index of their message.
@@ -119,6 +138,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             audit: None,
             enricher: None,
             metrics: None,
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -159,12 +179,15 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     }
 
     /// Reads, processes and acknowledges batches until the source ends or `shutdown` resolves.
-    /// A batch in progress when `shutdown` resolves is finished first.
+    /// A batch in progress when `shutdown` resolves is finished first — unless it is waiting
+    /// for an unavailable store or dead-letter queue; then it is left unacknowledged, to be
+    /// delivered again.
     pub async fn run<Src: Source>(
         &mut self,
         source: &mut Src,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), PipelineError> {
+        let stopping = Arc::clone(&self.stopping);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let batch = tokio::select! {
@@ -175,8 +198,32 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             if batch.is_empty() {
                 return Ok(());
             }
-            self.process(&batch).await?;
-            source.ack(&batch).await?;
+            let processed = {
+                let mut processing = std::pin::pin!(self.process(&batch));
+                tokio::select! {
+                    biased;
+                    result = &mut processing => result,
+                    () = &mut shutdown => {
+                        stopping.send_replace(true);
+                        processing.await
+                    }
+                }
+            };
+            match processed {
+                Ok(()) => source.ack(&batch).await?,
+                Err(PipelineError::Interrupted(what)) => {
+                    tracing::warn!(
+                        waiting_for = what,
+                        messages = batch.len(),
+                        "shutdown while waiting; batch left unacknowledged"
+                    );
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            }
+            if *stopping.borrow() {
+                return Ok(());
+            }
         }
     }
 
@@ -207,7 +254,14 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                     Decoded::IdOnly { key } => Some(key.clone()),
                     Decoded::Event(_) => None,
                 });
-                enricher.fetch_all(id_only, &self.config.mapping).await
+                let asked = Instant::now();
+                let fetched = enricher.fetch_all(id_only, &self.config.mapping).await;
+                if let Some(metrics) = &self.metrics
+                    && !fetched.is_empty()
+                {
+                    metrics.record_enrichment(fetched.len(), asked.elapsed());
+                }
+                fetched
             }
             None => HashMap::new(),
         };
@@ -267,7 +321,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                 });
             }
             let keys: Vec<String> = pending.iter().map(|g| g.key.clone()).collect();
-            let loaded = self.store.load(&keys).await?;
+            let loaded = self.load(&keys).await?;
             let folded = self.fold(&pending, loaded);
             let mut writes = Vec::new();
             let mut written_groups = Vec::new();
@@ -285,7 +339,15 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                     written_groups.push(slot);
                 }
             }
-            let outcomes = self.store.write(&writes).await?;
+            let outcomes = match self.write(&writes).await? {
+                Some(outcomes) => outcomes,
+                // The store failed mid-write: some writes may have landed. Reload and decide
+                // again; the compare-and-set keeps a landed write from being applied twice.
+                None => {
+                    attempt -= 1;
+                    continue;
+                }
+            };
             let mut conflicted = vec![false; pending.len()];
             for (slot, outcome) in written_groups.into_iter().zip(outcomes) {
                 match outcome {
@@ -310,8 +372,9 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         }
 
         if !letters.is_empty() {
-            self.dead_letters.send(&letters).await?;
+            self.send_dead_letters(&letters).await?;
             for letter in &letters {
+                tracing::info!(kind = letter.kind.as_str(), position = %letter.position, reason = %letter.reason, "dead-lettered");
                 *self.stats.dead_letters.entry(letter.kind).or_default() += 1;
                 if let Some(metrics) = &self.metrics {
                     metrics.record_dead_letter(letter.kind);
@@ -321,6 +384,12 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         self.stats.batches += 1;
         self.stats.messages += batch.len() as u64;
         if let Some(metrics) = &self.metrics {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64);
+            for produced_at_ms in batch.iter().filter_map(|message| message.produced_at_ms) {
+                metrics.record_stored_latency(now_ms.saturating_sub(produced_at_ms));
+            }
             metrics.record_batch(
                 batch.len(),
                 self.stats.writes - writes_before,
@@ -329,6 +398,97 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             );
         }
         tracing::debug!(messages = batch.len(), dead_letters = letters.len(), took = ?started.elapsed(), "batch done");
+        Ok(())
+    }
+
+    /// Loads `keys`, waiting out store outages.
+    async fn load(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<crate::store::Stored>>, PipelineError> {
+        let mut backoff = self.backoff();
+        loop {
+            let asked = Instant::now();
+            match self.store.load(keys).await {
+                Ok(loaded) => {
+                    self.observe_store("load", asked);
+                    return Ok(loaded);
+                }
+                Err(StoreError::Unavailable(reason)) => {
+                    self.wait_out("store", "load", &reason, &mut backoff)
+                        .await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Writes, or `None` when the store failed and the caller must reload before trying
+    /// again (after the backoff has been waited).
+    async fn write(&self, writes: &[Write]) -> Result<Option<Vec<WriteOutcome>>, PipelineError> {
+        let asked = Instant::now();
+        match self.store.write(writes).await {
+            Ok(outcomes) => {
+                self.observe_store("write", asked);
+                Ok(Some(outcomes))
+            }
+            Err(StoreError::Unavailable(reason)) => {
+                let mut backoff = self.backoff();
+                self.wait_out("store", "write", &reason, &mut backoff)
+                    .await?;
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn send_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), PipelineError> {
+        let mut backoff = self.backoff();
+        loop {
+            match self.dead_letters.send(letters).await {
+                Ok(()) => return Ok(()),
+                Err(DeadLetterError(reason)) => {
+                    self.wait_out("dead-letter queue", "send", &reason, &mut backoff)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self) -> Duration {
+        Duration::from_millis(self.config.backoff_ms.max(1))
+    }
+
+    fn observe_store(&self, operation: &'static str, asked: Instant) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_store_call(operation, asked.elapsed());
+        }
+    }
+
+    /// Logs and counts one failure of `what`, then waits `backoff` (doubled for next time),
+    /// or returns `Interrupted` if shutdown is asked for meanwhile.
+    async fn wait_out(
+        &self,
+        what: &'static str,
+        operation: &'static str,
+        reason: &str,
+        backoff: &mut Duration,
+    ) -> Result<(), PipelineError> {
+        tracing::warn!(%what, %operation, %reason, retry_in = ?*backoff, "unavailable; retrying");
+        if let Some(metrics) = &self.metrics {
+            metrics.record_unavailable(what, operation);
+        }
+        let mut stopping = self.stopping.subscribe();
+        let interrupted = tokio::select! {
+            () = tokio::time::sleep(*backoff) => false,
+            changed = stopping.wait_for(|stopping| *stopping) => changed.is_ok(),
+        };
+        if interrupted {
+            return Err(PipelineError::Interrupted(what));
+        }
+        *backoff = (*backoff * 2).min(Duration::from_millis(
+            self.config.max_backoff_ms.max(self.config.backoff_ms),
+        ));
         Ok(())
     }
 

@@ -20,6 +20,7 @@
 //! with `EVAL` for exactly the writes that met `NOSCRIPT`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
@@ -82,21 +83,56 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// How long a connection attempt or an answer may take unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
 impl RedisStore {
-    /// Connects to a standalone server (`redis://`, `rediss://` URLs with user and password).
+    /// Connects to a standalone server (`redis://`, `rediss://` URLs with user and password)
+    /// with the default timeout.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, prefix, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects to a standalone server; a connection attempt or an answer taking longer than
+    /// `timeout` fails as unavailable (and the pipeline retries after a backoff). A lost
+    /// connection is re-established on the next call.
+    pub async fn connect_with_timeout(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let manager = client.get_connection_manager().await.map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Reconnection is retried by the pipeline, with its own backoff.
+            .set_number_of_retries(1);
+        let manager = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
         Ok(Self::new(Connection::Standalone(manager), prefix))
     }
 
-    /// Connects to a Redis Cluster through any of its nodes.
+    /// Connects to a Redis Cluster through any of its nodes, with the default timeout.
     pub async fn connect_cluster(urls: &[String], prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::cluster::ClusterClient::new(urls.iter().map(String::as_str))
+        Self::connect_cluster_with_timeout(urls, prefix, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects to a Redis Cluster; `timeout` as for [`RedisStore::connect_with_timeout`].
+    pub async fn connect_cluster_with_timeout(
+        urls: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .build()
             .map_err(unavailable)?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;
         Ok(Self::new(Connection::Cluster(connection), prefix))

@@ -69,12 +69,26 @@ pub async fn serve(
 
     let store = match &config.store {
         StoreConfig::Memory => AnyStore::Memory(MemoryStore::new()),
-        StoreConfig::Redis { url, prefix } => {
-            AnyStore::Redis(RedisStore::connect(url, prefix).await?)
-        }
-        StoreConfig::RedisCluster { urls, prefix } => {
-            AnyStore::Redis(RedisStore::connect_cluster(urls, prefix).await?)
-        }
+        StoreConfig::Redis {
+            url,
+            prefix,
+            timeout_ms,
+        } => AnyStore::Redis(
+            RedisStore::connect_with_timeout(url, prefix, Duration::from_millis(*timeout_ms))
+                .await?,
+        ),
+        StoreConfig::RedisCluster {
+            urls,
+            prefix,
+            timeout_ms,
+        } => AnyStore::Redis(
+            RedisStore::connect_cluster_with_timeout(
+                urls,
+                prefix,
+                Duration::from_millis(*timeout_ms),
+            )
+            .await?,
+        ),
     };
     let dead_letters = match (&config.dead_letter, &config.source, &config.store) {
         (
@@ -117,13 +131,16 @@ pub async fn serve(
             topics,
             batch_timeout_ms,
             properties,
-        } => AnySource::Kafka(KafkaSource::subscribe(&KafkaSourceConfig {
-            brokers: brokers.clone(),
-            group_id: group_id.clone(),
-            topics: topics.clone(),
-            batch_timeout: Duration::from_millis(*batch_timeout_ms),
-            properties: properties.clone(),
-        })?),
+        } => AnySource::Kafka(KafkaSource::subscribe(
+            &KafkaSourceConfig {
+                brokers: brokers.clone(),
+                group_id: group_id.clone(),
+                topics: topics.clone(),
+                batch_timeout: Duration::from_millis(*batch_timeout_ms),
+                properties: properties.clone(),
+            },
+            Some(Arc::clone(&metrics)),
+        )?),
     };
 
     let mut pipeline = Pipeline::new(

@@ -58,6 +58,7 @@ impl<R: AsyncBufRead + Unpin> Source for JsonLinesSource<R> {
                 position: Position::Line { line: self.line },
                 key: None,
                 payload: Some(bytes),
+                produced_at_ms: None,
             });
         }
         Ok(batch)

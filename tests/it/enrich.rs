@@ -18,6 +18,7 @@ fn id_only(key: &str, line: u64) -> Message {
         position: Position::Line { line },
         key: None,
         payload: Some(format!(r#"{{"key":"{key}"}}"#).into_bytes()),
+        produced_at_ms: None,
     }
 }
 
