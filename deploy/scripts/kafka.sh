@@ -76,6 +76,8 @@ offsets.topic.num.partitions=6
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Large enough for the 10 MB message of the bad-input test (T8); the default is 1 MiB.
+message.max.bytes=16777216
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 PROPS

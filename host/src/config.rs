@@ -133,6 +133,10 @@ fn default_prefix() -> String {
     crate::redis_store::DEFAULT_PREFIX.to_owned()
 }
 
+fn default_max_body_bytes() -> usize {
+    crate::kafka_dead_letters::DEFAULT_MAX_BODY_BYTES
+}
+
 fn default_store_timeout_ms() -> u64 {
     crate::redis_store::DEFAULT_TIMEOUT.as_millis() as u64
 }
@@ -142,7 +146,13 @@ fn default_store_timeout_ms() -> u64 {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DeadLetterConfig {
     /// A Kafka topic, through the source's brokers and properties.
-    Kafka { topic: String },
+    Kafka {
+        topic: String,
+        /// Bodies beyond this are cut (with a `converge-truncated-from` header); keep it under
+        /// the topic's `max.message.bytes`.
+        #[serde(default = "default_max_body_bytes")]
+        max_body_bytes: usize,
+    },
     /// A Redis stream on the store's server.
     RedisStream { stream: String },
 }

@@ -1,6 +1,11 @@
 //! Dead letters to a Kafka topic: the original bytes as the record value, the original key as
 //! its key, and why in headers (`converge-kind`, `converge-reason`, `converge-position`,
 //! `converge-rule`). A batch's dead letters are acknowledged only when the broker has them all.
+//!
+//! A body larger than `max_body_bytes` (a 10 MB message refused as too large, say) is cut to
+//! that size and the record gets a `converge-truncated-from` header with the original size: a
+//! record the broker refuses would otherwise stall the partition forever. The whole message is
+//! still in the source topic, at `converge-position`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +20,11 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 pub struct KafkaDeadLetters {
     producer: FutureProducer,
     topic: String,
+    max_body_bytes: usize,
 }
+
+/// Below Kafka's default record limit (`message.max.bytes`, 1 MiB), leaving room for headers.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 900 * 1024;
 
 impl std::fmt::Debug for KafkaDeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,6 +39,7 @@ impl KafkaDeadLetters {
     pub fn new(
         brokers: &str,
         topic: &str,
+        max_body_bytes: usize,
         properties: &BTreeMap<String, String>,
     ) -> Result<Self, DeadLetterError> {
         let mut client = ClientConfig::new();
@@ -52,6 +62,7 @@ impl KafkaDeadLetters {
         Ok(Self {
             producer,
             topic: topic.to_owned(),
+            max_body_bytes,
         })
     }
 }
@@ -60,7 +71,9 @@ impl DeadLetterSink for KafkaDeadLetters {
     async fn send(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
         let deliveries = letters.iter().map(|letter| {
             let position = letter.position.to_string();
-            let headers = OwnedHeaders::new()
+            let size = letter.bytes.len();
+            let body = &letter.bytes[..size.min(self.max_body_bytes)];
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "converge-kind",
                     value: Some(letter.kind.as_str()),
@@ -77,9 +90,14 @@ impl DeadLetterSink for KafkaDeadLetters {
                     key: "converge-rule",
                     value: Some(letter.rule.as_str()),
                 });
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
-                .payload(letter.bytes.as_slice())
-                .headers(headers);
+            if body.len() < size {
+                headers = headers.insert(Header {
+                    key: "converge-truncated-from",
+                    value: Some(size.to_string().as_str()),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).payload(body).headers(headers);
             if let Some(key) = &letter.key {
                 record = record.key(key.as_slice());
             }

@@ -92,14 +92,22 @@ pub async fn serve(
     };
     let dead_letters = match (&config.dead_letter, &config.source, &config.store) {
         (
-            DeadLetterConfig::Kafka { topic },
+            DeadLetterConfig::Kafka {
+                topic,
+                max_body_bytes,
+            },
             SourceConfig::Kafka {
                 brokers,
                 properties,
                 ..
             },
             _,
-        ) => AnyDeadLetters::Kafka(KafkaDeadLetters::new(brokers, topic, properties)?),
+        ) => AnyDeadLetters::Kafka(KafkaDeadLetters::new(
+            brokers,
+            topic,
+            *max_body_bytes,
+            properties,
+        )?),
         (DeadLetterConfig::RedisStream { stream }, _, StoreConfig::Redis { url, .. }) => {
             AnyDeadLetters::Redis(RedisDeadLetters::connect(url, stream).await?)
         }

@@ -6,4 +6,6 @@ mod engine;
 mod enrich;
 mod kafka;
 mod pipeline;
+mod redis_faults;
 mod redis_store;
+mod simulator;

@@ -83,7 +83,11 @@ impl TestTopic {
 
     /// Produces raw bodies (for bad input), keyed by `key`.
     pub async fn produce_raw(&self, key: &str, bodies: &[Vec<u8>]) {
-        let producer: FutureProducer = client().create().expect("producer");
+        // Room for the 10 MB message of the bad-input test (the broker allows 16 MiB).
+        let producer: FutureProducer = client()
+            .set("message.max.bytes", "16777216")
+            .create()
+            .expect("producer");
         for body in bodies {
             producer
                 .send(
