@@ -35,7 +35,7 @@ pub const DEFAULT_PREFIX: &str = "converge:state:";
 
 /// Writes the state only if the stored revision is the expected one; answers the new revision,
 /// or -1 when the revision did not match (nothing written).
-const COMPARE_AND_SET: &str = r"
+pub const COMPARE_AND_SET: &str = r"
 local stored = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
 if stored ~= tonumber(ARGV[1]) then
   return -1

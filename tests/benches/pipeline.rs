@@ -1,0 +1,382 @@
+//! End to end, Kafka -> rule -> Redis, against the real broker and Redis on this machine, in one
+//! run:
+//!
+//! 1. **throughput**: the simulator publishes a backlog of order changes (shuffled, 20%
+//!    duplicated); the pipeline drains it once with the compiled component and once with the
+//!    same rule compiled natively (separate consumer groups and key prefixes). Reports events/s
+//!    and the ratio, and checks that every order ended on its final state.
+//! 2. **latency**: the simulator publishes at a fixed rate while the pipeline (component) runs;
+//!    reports event-to-stored latency percentiles — from the producer's timestamp to the
+//!    acknowledgement after the write.
+//! 3. **store**: converge's pipelined compare-and-set writes (batches as the pipeline sends them)
+//!    against `redis-benchmark` running the same Lua script, pipelined, on the same server.
+//!
+//! `bash deploy/scripts/bench.sh` starts the services and runs this; or, with them running,
+//! `cargo bench -p converge-tests --bench pipeline`. Sizes: `BENCH_ORDERS` (default 40000),
+//! `BENCH_RATE` (changes/s for the latency run, default 10000), `BENCH_LATENCY_SECONDS`
+//! (default 6).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use converge::dead_letter::MemoryDeadLetters;
+use converge::engine::{EngineLimits, RuleEngine};
+use converge::entity::{Event, State};
+use converge::kafka_source::{KafkaSource, KafkaSourceConfig};
+use converge::message::Message;
+use converge::pipeline::{Pipeline, PipelineConfig};
+use converge::redis_store::{COMPARE_AND_SET, RedisStore};
+use converge::rule::Rule;
+use converge::simulator::{Publisher, Simulator, SimulatorConfig};
+use converge::source::{Source, SourceError};
+use converge::store::{Store, Write, WriteOutcome};
+use converge_tests::kafka::{self, TestTopic};
+use converge_tests::services::{TestStore, redis_url};
+use converge_tests::{NativeOrderRule, build};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A source that ends once `target` messages are acknowledged, timing the run and recording
+/// each message's event-to-stored latency at its acknowledgement.
+struct Measured<S> {
+    inner: S,
+    target: Arc<AtomicUsize>,
+    acked: usize,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    latencies_ms: Vec<i64>,
+}
+
+impl<S> Measured<S> {
+    fn new(inner: S, target: Arc<AtomicUsize>) -> Self {
+        Self {
+            inner,
+            target,
+            acked: 0,
+            first: None,
+            last: None,
+            latencies_ms: Vec::new(),
+        }
+    }
+
+    fn events_per_second(&self) -> f64 {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) => self.acked as f64 / (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+impl<S: Source> Source for Measured<S> {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        if self.acked >= self.target.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        let batch = self.inner.next_batch(max).await?;
+        self.first.get_or_insert_with(Instant::now);
+        Ok(batch)
+    }
+
+    async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
+        self.inner.ack(batch).await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        self.latencies_ms
+            .extend(batch.iter().filter_map(|m| Some(now_ms - m.produced_at_ms?)));
+        self.acked += batch.len();
+        self.last = Some(Instant::now());
+        Ok(())
+    }
+}
+
+fn kafka_source(topic: &str, group: &str) -> KafkaSource {
+    KafkaSource::subscribe(
+        &KafkaSourceConfig {
+            brokers: kafka::brokers(),
+            group_id: group.to_owned(),
+            topics: vec![topic.to_owned()],
+            batch_timeout: Duration::from_millis(5),
+            properties: BTreeMap::new(),
+        },
+        None,
+    )
+    .expect("consumer")
+}
+
+fn pipeline_config() -> PipelineConfig {
+    PipelineConfig {
+        batch_size: 1024,
+        ..PipelineConfig::default()
+    }
+}
+
+/// Drains `target` messages of `topic` through `rule` into `store`.
+async fn drain<R: Rule>(
+    rule: R,
+    store: &RedisStore,
+    topic: &str,
+    group: &str,
+    target: Arc<AtomicUsize>,
+) -> Measured<KafkaSource> {
+    let mut source = Measured::new(kafka_source(topic, group), target);
+    let mut pipeline = Pipeline::new(
+        rule,
+        store.clone(),
+        MemoryDeadLetters::new(),
+        pipeline_config(),
+    );
+    pipeline
+        .run(&mut source, std::future::pending())
+        .await
+        .expect("the pipeline runs");
+    assert!(
+        pipeline.dead_letters().letters().is_empty(),
+        "nothing in a simulated stream is bad"
+    );
+    source
+}
+
+async fn assert_converged(store: &RedisStore, expected: &BTreeMap<String, Event>) {
+    let keys: Vec<String> = expected.keys().cloned().collect();
+    for chunk in keys.chunks(5_000) {
+        let loaded = store.load(chunk).await.expect("loads");
+        for (key, stored) in chunk.iter().zip(loaded) {
+            let state: Option<State> = stored.map(|s| s.state);
+            assert_eq!(state.as_ref(), expected.get(key), "key {key} did not converge");
+        }
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn simulate_into(topic: &str, config: SimulatorConfig) -> converge::simulator::Summary {
+    let publisher =
+        Publisher::kafka(&kafka::brokers(), topic, &BTreeMap::new()).expect("producer");
+    Simulator::new(config, publisher)
+        .run()
+        .await
+        .expect("simulated")
+}
+
+/// converge's own pipelined CAS writes: `count` fresh keys in batches of `batch`.
+async fn store_write_rate(store: &RedisStore, count: usize, batch: usize) -> f64 {
+    let state = |n: usize| State {
+        key: format!("w{n}"),
+        status: "paid".to_owned(),
+        version: 2,
+        timestamp_ms: 1_763_971_200_000,
+        payload: r#"{"table":12}"#.to_owned(),
+    };
+    let started = Instant::now();
+    for start in (0..count).step_by(batch) {
+        let writes: Vec<Write> = (start..(start + batch).min(count))
+            .map(|n| Write {
+                key: state(n).key.clone(),
+                expected_revision: 0,
+                state: state(n),
+                rule: "order-status@0.1.0".to_owned(),
+                position: format!("bench[0]@{n}"),
+            })
+            .collect();
+        let outcomes = store.write(&writes).await.expect("writes");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, WriteOutcome::Written { .. }))
+        );
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `redis-benchmark` running the same script on fresh random keys, pipelined.
+fn redis_benchmark_rate(sha: &str, prefix: &str, count: usize, pipeline: usize) -> f64 {
+    let port = redis_url()
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.trim_end_matches('/').parse::<u16>().ok())
+        .unwrap_or(6379);
+    let output = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-n", &count.to_string(), "-c", "50", "-r", "100000000"])
+        .args(["-P", &pipeline.to_string(), "--csv"])
+        .args(["EVALSHA", sha, "1", &format!("{prefix}rb:__rand_int__")])
+        .args(["0", "paid", "2", "1763971200000", r#"{"table":12}"#])
+        .args(["order-status@0.1.0", "bench[0]@1"])
+        .output()
+        .expect("redis-benchmark runs (Debian package redis-tools)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(',');
+            let _test = fields.next()?;
+            fields.next()?.trim_matches('"').parse::<f64>().ok()
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no rate in redis-benchmark's output: {text}"))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
+    let orders: usize = env_or("BENCH_ORDERS", 40_000);
+    let rate: u32 = env_or("BENCH_RATE", 10_000);
+    let latency_seconds: u32 = env_or("BENCH_LATENCY_SECONDS", 6);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let compiled = RuleEngine::new(EngineLimits::default())
+            .expect("engine")
+            .compile_file(&build::rule("order-status"))
+            .expect("rule loads");
+
+        // 1. Throughput over a backlog.
+        let topic = TestTopic::create("bench", 6).await;
+        let backlog = simulate_into(
+            &topic.name,
+            SimulatorConfig {
+                orders,
+                duplicate_percent: 20,
+                shuffle_window: 1024,
+                ..SimulatorConfig::default()
+            },
+        )
+        .await;
+        let target = Arc::new(AtomicUsize::new(backlog.published as usize));
+        let wasm_store = TestStore::standalone("bench-wasm").await;
+        let wasm = drain(
+            compiled.instance(),
+            &wasm_store.store,
+            &topic.name,
+            &format!("{}-wasm", topic.name),
+            Arc::clone(&target),
+        )
+        .await;
+        assert_converged(&wasm_store.store, &backlog.expected).await;
+        let native_store = TestStore::standalone("bench-native").await;
+        let native = drain(
+            NativeOrderRule::default(),
+            &native_store.store,
+            &topic.name,
+            &format!("{}-native", topic.name),
+            Arc::clone(&target),
+        )
+        .await;
+        assert_converged(&native_store.store, &backlog.expected).await;
+        drop(wasm_store);
+        drop(native_store);
+
+        // 2. Latency at a fixed rate.
+        let paced = TestTopic::create("bench-latency", 6).await;
+        let latency_store = TestStore::standalone("bench-latency").await;
+        let target = Arc::new(AtomicUsize::new(usize::MAX));
+        let producer = {
+            let topic = paced.name.clone();
+            let target = Arc::clone(&target);
+            let orders = (rate as usize * latency_seconds as usize) / 3;
+            tokio::spawn(async move {
+                let summary = simulate_into(
+                    &topic,
+                    SimulatorConfig {
+                        orders,
+                        rate,
+                        duplicate_percent: 0,
+                        shuffle_window: 1,
+                        seed: 2,
+                        ..SimulatorConfig::default()
+                    },
+                )
+                .await;
+                target.store(summary.published as usize, Ordering::Release);
+                summary
+            })
+        };
+        let paced_run = drain(
+            compiled.instance(),
+            &latency_store.store,
+            &paced.name,
+            &format!("{}-group", paced.name),
+            Arc::clone(&target),
+        )
+        .await;
+        let paced_summary = producer.await.expect("the simulator ran");
+        assert_converged(&latency_store.store, &paced_summary.expected).await;
+        drop(latency_store);
+        let mut latencies = paced_run.latencies_ms.clone();
+        latencies.sort_unstable();
+
+        // 3. The store against redis-benchmark, same script.
+        let store_bench = TestStore::standalone("bench-store").await;
+        let writes = 100_000;
+        let converge_rate = store_write_rate(&store_bench.store, writes, 1024).await;
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connects");
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(COMPARE_AND_SET)
+            .query_async(&mut connection)
+            .await
+            .expect("script loads");
+        let prefix = store_bench.store.prefix().to_owned();
+        let benchmark_16 = redis_benchmark_rate(&sha, &prefix, writes, 16);
+        let benchmark_64 = redis_benchmark_rate(&sha, &prefix, writes, 64);
+        drop(store_bench);
+
+        let report = serde_json::json!({
+            "throughput": {
+                "events": backlog.published,
+                "orders": backlog.orders,
+                "component_events_per_s": wasm.events_per_second().round(),
+                "native_events_per_s": native.events_per_second().round(),
+                "component_over_native": wasm.events_per_second() / native.events_per_second(),
+            },
+            "latency": {
+                "rate_changes_per_s": rate,
+                "events": paced_run.acked,
+                "achieved_events_per_s": paced_run.events_per_second().round(),
+                "p50_ms": percentile(&latencies, 50.0),
+                "p99_ms": percentile(&latencies, 99.0),
+                "max_ms": latencies.last().copied().unwrap_or(0),
+            },
+            "store": {
+                "converge_cas_writes_per_s": converge_rate.round(),
+                "redis_benchmark_cas_p16_per_s": benchmark_16.round(),
+                "redis_benchmark_cas_p64_per_s": benchmark_64.round(),
+                "converge_over_redis_benchmark_p16": converge_rate / benchmark_16,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+        println!(
+            "end to end: {:.0} events/s with the component, {:.0} natively ({:.1}%); \
+             p99 event-to-stored {} ms at {} changes/s; \
+             CAS writes {:.0}/s = {:.1}% of redis-benchmark -P 16 ({:.0}/s)",
+            wasm.events_per_second(),
+            native.events_per_second(),
+            100.0 * wasm.events_per_second() / native.events_per_second(),
+            percentile(&latencies, 99.0),
+            rate,
+            converge_rate,
+            100.0 * converge_rate / benchmark_16,
+            benchmark_16,
+        );
+    });
+}
