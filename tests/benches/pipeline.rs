@@ -51,8 +51,20 @@ struct Measured<S> {
     target: Arc<AtomicUsize>,
     acked: usize,
     first: Option<Instant>,
+    /// Unix ms when the first batch arrived: messages produced before it waited for the
+    /// consumer to join its group, which is start-up, not latency.
+    first_ms: Option<i64>,
     last: Option<Instant>,
     latencies_ms: Vec<i64>,
+}
+
+/// Messages produced this soon after the first batch still carry the group join's delay.
+const WARM_UP_MS: i64 = 1_000;
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }
 
 impl<S> Measured<S> {
@@ -62,6 +74,7 @@ impl<S> Measured<S> {
             target,
             acked: 0,
             first: None,
+            first_ms: None,
             last: None,
             latencies_ms: Vec::new(),
         }
@@ -82,16 +95,21 @@ impl<S: Source> Source for Measured<S> {
         }
         let batch = self.inner.next_batch(max).await?;
         self.first.get_or_insert_with(Instant::now);
+        self.first_ms.get_or_insert_with(unix_ms);
         Ok(batch)
     }
 
     async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
         self.inner.ack(batch).await?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as i64);
-        self.latencies_ms
-            .extend(batch.iter().filter_map(|m| Some(now_ms - m.produced_at_ms?)));
+        let now_ms = unix_ms();
+        let warm_from = self.first_ms.unwrap_or(now_ms) + WARM_UP_MS;
+        self.latencies_ms.extend(
+            batch
+                .iter()
+                .filter_map(|m| m.produced_at_ms)
+                .filter(|produced| *produced >= warm_from)
+                .map(|produced| now_ms - produced),
+        );
         self.acked += batch.len();
         self.last = Some(Instant::now());
         Ok(())
@@ -105,7 +123,15 @@ fn kafka_source(topic: &str, group: &str) -> KafkaSource {
             group_id: group.to_owned(),
             topics: vec![topic.to_owned()],
             batch_timeout: Duration::from_millis(5),
-            properties: BTreeMap::new(),
+            properties: std::env::var("BENCH_CONSUMER")
+                .ok()
+                .map(|list| {
+                    list.split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         },
         None,
     )
@@ -151,7 +177,11 @@ async fn assert_converged(store: &RedisStore, expected: &BTreeMap<String, Event>
         let loaded = store.load(chunk).await.expect("loads");
         for (key, stored) in chunk.iter().zip(loaded) {
             let state: Option<State> = stored.map(|s| s.state);
-            assert_eq!(state.as_ref(), expected.get(key), "key {key} did not converge");
+            assert_eq!(
+                state.as_ref(),
+                expected.get(key),
+                "key {key} did not converge"
+            );
         }
     }
 }
@@ -165,8 +195,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 async fn simulate_into(topic: &str, config: SimulatorConfig) -> converge::simulator::Summary {
-    let publisher =
-        Publisher::kafka(&kafka::brokers(), topic, &BTreeMap::new()).expect("producer");
+    let publisher = Publisher::kafka(&kafka::brokers(), topic, &BTreeMap::new()).expect("producer");
     Simulator::new(config, publisher)
         .run()
         .await
