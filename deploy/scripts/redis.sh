@@ -10,13 +10,15 @@ set -euo pipefail
 
 home=${CONVERGE_HOME:-$HOME/.cache/converge}
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "redis: installing the Debian package redis-server"
+# openssl makes the certificates of the TLS test (rediss://).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
+  || ! command -v openssl >/dev/null; then
+  echo "redis: installing the Debian packages redis-server and openssl"
   export DEBIAN_FRONTEND=noninteractive
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+  $sudo_cmd apt-get install -y -qq redis-server openssl >/dev/null
 fi
 
 start() { # port [extra redis-server arguments...]

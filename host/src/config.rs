@@ -333,7 +333,10 @@ fn expand_strings(
 }
 
 /// Replaces every `${NAME}` with `lookup(NAME)`; `Err(NAME)` for the first one missing.
-fn expand_variables(text: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+fn expand_variables(
+    text: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {

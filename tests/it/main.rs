@@ -8,4 +8,5 @@ mod kafka;
 mod pipeline;
 mod redis_faults;
 mod redis_store;
+mod redis_tls;
 mod simulator;

@@ -71,21 +71,98 @@ impl Drop for TestStore {
 #[derive(Debug)]
 pub struct PrivateRedis {
     pub port: u16,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     process: Option<std::process::Child>,
+    /// Configuration file lines beyond the defaults; their paths relative to `dir`.
+    config: Vec<String>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
+        Self::start_with(tempfile::tempdir().expect("temp dir"), Vec::new())
+    }
+
+    /// A server speaking only TLS on its port, with a certificate for 127.0.0.1 signed by a
+    /// fresh CA (`dir/ca.pem`), the default user off and user `user` with `password`.
+    pub fn start_tls(user: &str, password: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl runs (installed by deploy/scripts/redis.sh)");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=converge test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.path().join("san.cnf"), "subjectAltName=IP:127.0.0.1\n")
+            .expect("extension file");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        let config = vec![
+            "tls-cert-file server.pem".to_owned(),
+            "tls-key-file server.key".to_owned(),
+            "tls-ca-cert-file ca.pem".to_owned(),
+            "tls-auth-clients no".to_owned(),
+            "user default off".to_owned(),
+            format!("user {user} on >{password} ~* &* +@all"),
+        ];
+        Self::start_with(dir, config)
+    }
+
+    fn start_with(dir: tempfile::TempDir, config: Vec<String>) -> Self {
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("address").port()
         };
-        let dir = tempfile::tempdir().expect("temp dir");
         let mut redis = Self {
             port,
             dir,
             process: None,
+            config,
         };
         redis.restart();
         redis
@@ -97,18 +174,27 @@ impl PrivateRedis {
 
     /// Starts the server (again) on the same port and data, and waits until it answers.
     pub fn restart(&mut self) {
+        let tls = self.config.iter().any(|line| line.starts_with("tls-"));
+        let port = self.port.to_string();
+        let mut lines = vec![
+            "bind 127.0.0.1".to_owned(),
+            format!("dir {}", self.dir.path().display()),
+            "save \"\"".to_owned(),
+            "appendonly yes".to_owned(),
+            "appendfsync always".to_owned(),
+        ];
+        if tls {
+            lines.push("port 0".to_owned());
+            lines.push(format!("tls-port {port}"));
+        } else {
+            lines.push(format!("port {port}"));
+        }
+        lines.extend(self.config.iter().cloned());
+        let config = self.dir.path().join("redis.conf");
+        std::fs::write(&config, lines.join("\n") + "\n").expect("redis.conf written");
         let process = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
+            .arg(&config)
+            .current_dir(self.dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts (install it with deploy/scripts/redis.sh)");
