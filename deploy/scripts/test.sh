@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# Rule components are wasm32-wasip2; the Fluvio SmartModule is a core module (wasm32-unknown-unknown).
+for target in wasm32-wasip2 wasm32-unknown-unknown; do
+  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+done
 
 # Real services on loopback: Redis, a 3-master Redis Cluster, Apache Kafka (KRaft).
 bash deploy/scripts/redis.sh
@@ -20,6 +23,7 @@ cargo build --release --target wasm32-wasip2 \
   -p converge-test-rule-last-write-wins \
   -p converge-test-rule-faulty \
   -p converge-test-rule-forbidden-import
+cargo build --release --target wasm32-unknown-unknown -p converge-order-smartmodule
 # The default members: host (unit tests), plugin (the rule core and its vectors, natively) and
 # tests (integration tests against the compiled components and the binary).
 cargo test --release "$@"

@@ -9,11 +9,14 @@
 //!
 //! # Layout
 //! - [`core`]: the pure decision function, ordinary Rust, tested natively.
-//! - `component` (wasm32 only): the wit-bindgen glue exporting the core as `converge:rule`.
+//! - `component` (wasm32-wasip2 only): the wit-bindgen glue exporting the core as
+//!   `converge:rule`.
+//!
+//! The same core runs inside Fluvio as a SmartModule: see `plugin/smartmodule`.
 
 pub mod core;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 #[allow(unsafe_code)] // wit-bindgen's generated ABI glue is unsafe by nature.
 mod component;
 

@@ -10,3 +10,4 @@ mod redis_faults;
 mod redis_store;
 mod redis_tls;
 mod simulator;
+mod smartmodule;

@@ -1,8 +1,9 @@
-//! Builds what the tests run: rule components (`wasm32-wasip2`) and the `converge` binary.
+//! Builds what the tests run: rule components (`wasm32-wasip2`), the order-status SmartModule
+//! (`wasm32-unknown-unknown`) and the `converge` binary.
 //!
 //! Each is built once per test process with cargo itself, so `cargo test` alone is enough; the
-//! build is a no-op when nothing changed. Building needs the `wasm32-wasip2` target
-//! (`rustup target add wasm32-wasip2`, which the README's test command runs).
+//! build is a no-op when nothing changed. Building needs the `wasm32-wasip2` and
+//! `wasm32-unknown-unknown` targets (`rustup target add`, which the README's test command runs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +57,23 @@ pub fn rule(name: &str) -> PathBuf {
     target_dir()
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", package.replace('-', "_")))
+}
+
+/// The order-status rule as a Fluvio SmartModule (a core wasm module).
+pub fn smartmodule() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo(&[
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+            "-p",
+            "converge-order-smartmodule",
+        ]);
+    });
+    target_dir().join("wasm32-unknown-unknown/release/converge_order_smartmodule.wasm")
 }
 
 /// The `converge` binary, built with the profile these tests were built with.
