@@ -97,6 +97,23 @@ pub enum SourceConfig {
         #[serde(default)]
         properties: BTreeMap<String, String>,
     },
+    /// A Fluvio topic, offsets kept under the offset consumer `consumer`.
+    Fluvio {
+        /// The cluster's SC endpoint (`host:port`); absent: the fluvio CLI's current profile.
+        #[serde(default)]
+        endpoint: Option<String>,
+        topic: String,
+        /// Partitions to read; empty (the default) reads them all. Instances sharing a topic
+        /// take disjoint partitions: Fluvio has no consumer groups.
+        #[serde(default)]
+        partitions: Vec<u32>,
+        consumer: String,
+        #[serde(default = "default_batch_timeout_ms")]
+        batch_timeout_ms: u64,
+        /// Verified TLS to the cluster.
+        #[serde(default)]
+        tls: Option<crate::fluvio_source::FluvioTls>,
+    },
 }
 
 fn default_batch_timeout_ms() -> u64 {
@@ -247,6 +264,13 @@ impl Config {
                 return invalid("source.topics must name at least one topic".to_owned());
             }
         }
+        if let SourceConfig::Fluvio {
+            topic, consumer, ..
+        } = &self.source
+            && (topic.trim().is_empty() || consumer.trim().is_empty())
+        {
+            return invalid("source.topic and source.consumer must not be empty".to_owned());
+        }
         match &self.store {
             StoreConfig::Redis { prefix, .. } | StoreConfig::RedisCluster { prefix, .. }
                 if prefix.is_empty() =>
@@ -266,7 +290,11 @@ impl Config {
             crate::enrich::Enricher::new(enrich.clone()).map_err(ConfigError::Invalid)?;
         }
         match (&self.dead_letter, &self.source, &self.store) {
-            (DeadLetterConfig::Kafka { .. }, SourceConfig::File { .. }, _) => invalid(
+            (
+                DeadLetterConfig::Kafka { .. },
+                SourceConfig::File { .. } | SourceConfig::Fluvio { .. },
+                _,
+            ) => invalid(
                 "dead_letter.kind = \"kafka\" needs a Kafka source (its brokers are used)"
                     .to_owned(),
             ),

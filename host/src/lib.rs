@@ -21,6 +21,7 @@
 //! - [`dead_letter`]: dead letters and where they go.
 //! - [`pipeline`]: one batch through decode, coalesce, load, decide, write, dead-letter.
 //! - [`kafka_source`]: the Kafka consumer-group source, offsets stored after acknowledgement.
+//! - [`fluvio_source`]: the Fluvio source, offsets committed after acknowledgement.
 //! - [`kafka_dead_letters`]: dead letters to a Kafka topic.
 //! - [`redis_dead_letters`]: dead letters to a Redis stream.
 //! - [`config`]: the `serve` configuration (TOML), validated before connecting.
@@ -38,6 +39,7 @@ pub mod decode;
 pub mod engine;
 pub mod enrich;
 pub mod entity;
+pub mod fluvio_source;
 pub mod imports;
 pub mod kafka_dead_letters;
 pub mod kafka_source;

@@ -12,6 +12,7 @@ use crate::config::{Config, DeadLetterConfig, SourceConfig, StoreConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::engine::{EngineLimits, LoadError, RuleEngine};
 use crate::enrich::Enricher;
+use crate::fluvio_source::{FluvioConsumer, FluvioSource, FluvioSourceConfig};
 use crate::kafka_dead_letters::KafkaDeadLetters;
 use crate::kafka_source::{KafkaSource, KafkaSourceConfig};
 use crate::message::Message;
@@ -149,6 +150,29 @@ pub async fn serve(
             },
             Some(Arc::clone(&metrics)),
         )?),
+        SourceConfig::Fluvio {
+            endpoint,
+            topic,
+            partitions,
+            consumer,
+            batch_timeout_ms,
+            tls,
+        } => {
+            let consumer = FluvioConsumer::connect(&FluvioSourceConfig {
+                endpoint: endpoint.clone(),
+                tls: tls.clone(),
+                topic: topic.clone(),
+                partitions: partitions.clone(),
+                consumer: consumer.clone(),
+                batch_timeout: Duration::from_millis(*batch_timeout_ms),
+            })
+            .await?;
+            AnySource::Fluvio(FluvioSource::new(
+                consumer,
+                topic,
+                Duration::from_millis(*batch_timeout_ms),
+            ))
+        }
     };
 
     let mut pipeline = Pipeline::new(
@@ -187,6 +211,7 @@ pub async fn serve(
 enum AnySource {
     File(JsonLinesSource<Box<dyn AsyncBufRead + Unpin + Send>>),
     Kafka(KafkaSource),
+    Fluvio(FluvioSource<FluvioConsumer>),
 }
 
 impl Source for AnySource {
@@ -194,6 +219,7 @@ impl Source for AnySource {
         match self {
             AnySource::File(source) => source.next_batch(max).await,
             AnySource::Kafka(source) => source.next_batch(max).await,
+            AnySource::Fluvio(source) => source.next_batch(max).await,
         }
     }
 
@@ -201,6 +227,7 @@ impl Source for AnySource {
         match self {
             AnySource::File(source) => source.ack(batch).await,
             AnySource::Kafka(source) => source.ack(batch).await,
+            AnySource::Fluvio(source) => source.ack(batch).await,
         }
     }
 }

@@ -10,6 +10,8 @@ pub enum SourceError {
     Io(#[from] std::io::Error),
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error("fluvio: {0}")]
+    Fluvio(String),
 }
 
 /// A stream of messages, read in batches and acknowledged by position.

@@ -4,6 +4,7 @@ mod check;
 mod cli;
 mod engine;
 mod enrich;
+mod fluvio;
 mod kafka;
 mod pipeline;
 mod redis_faults;
