@@ -2,6 +2,12 @@
 //! source, store and dead-letter queue are connected), `/metrics` (Prometheus text format) and
 //! `/rule` (the active rule's info as JSON).
 //!
+//! Rule swaps on this instance only (see [`crate::swap`]): `POST /rule` with a component as the
+//! body (`?role=shadow` to run it as a shadow) gates it and swaps it in, answering the new
+//! rule or, with 422, the refusal; `GET /rule/status` shows active, previous and shadow rules,
+//! the last swap and shadow disagreements; `POST /rule/promote` and `POST /rule/rollback`. The
+//! endpoint has no authentication: keep it on loopback or a private network.
+//!
 //! Metrics, all prefixed `converge_`: `decisions_total{decision}`, `dead_letters_total{kind}`,
 //! `batches_total`, `batch_duration_seconds` (histogram), `messages_total`, `writes_total`,
 //! `conflicts_total`, `event_to_stored_seconds` (histogram: from the producer's timestamp to the
@@ -10,7 +16,8 @@
 //! `enrichment_keys_total`, `unavailable_total{service,operation}` (failed calls to the store or
 //! dead-letter queue, each retried after a backoff), `consumer_lag{topic,partition}` (messages
 //! behind the partition's end, as last seen when acknowledging), and `rule_info{rule}` (1 for
-//! the active rule).
+//! the active rule), `rule_swaps_total{role,result,gate}`, `shadow_decisions_total`,
+//! `shadow_disagreements_total`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,10 +25,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +39,10 @@ use prometheus_client::registry::Registry;
 
 use crate::dead_letter::DeadLetterKind;
 use crate::entity::{DecisionKind, RuleInfo};
+use crate::swap::{Refusal, Role, RuleControl, RuleRef};
+
+/// The largest rule component the admin endpoint accepts.
+const MAX_RULE_BYTES: usize = 64 << 20;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
@@ -50,6 +62,14 @@ struct RuleLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
     operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SwapLabel {
+    role: &'static str,
+    result: &'static str,
+    /// The gate that refused; empty when applied.
+    gate: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +102,9 @@ pub struct Metrics {
     stored_latency: Histogram,
     unavailable: Family<UnavailableLabel, Counter>,
     consumer_lag: Family<PartitionLabel, Gauge>,
+    swaps: Family<SwapLabel, Counter>,
+    shadow_decisions: Counter,
+    shadow_disagreements: Counter,
     rule: Mutex<Option<RuleInfo>>,
     ready: AtomicBool,
 }
@@ -171,6 +194,24 @@ impl Default for Metrics {
             "Messages between the last acknowledged offset and the partition's end",
             consumer_lag.clone(),
         );
+        let swaps = Family::<SwapLabel, Counter>::default();
+        registry.register(
+            "rule_swaps",
+            "Rule candidates offered, by role (active, shadow), result (applied, refused) and refusing gate",
+            swaps.clone(),
+        );
+        let shadow_decisions = Counter::default();
+        registry.register(
+            "shadow_decisions",
+            "Events the shadow rule decided beside the active rule",
+            shadow_decisions.clone(),
+        );
+        let shadow_disagreements = Counter::default();
+        registry.register(
+            "shadow_disagreements",
+            "Events the shadow rule decided otherwise than the active rule",
+            shadow_disagreements.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -187,6 +228,9 @@ impl Default for Metrics {
             stored_latency,
             unavailable,
             consumer_lag,
+            swaps,
+            shadow_decisions,
+            shadow_disagreements,
             rule: Mutex::new(None),
             ready: AtomicBool::new(false),
         }
@@ -216,6 +260,21 @@ impl Metrics {
             .get_or_create(&RuleLabel { rule: info.stamp() })
             .set(1);
         *rule = Some(info.clone());
+    }
+
+    pub(crate) fn record_swap(&self, role: &'static str, result: &'static str, gate: Option<&str>) {
+        self.swaps
+            .get_or_create(&SwapLabel {
+                role,
+                result,
+                gate: gate.unwrap_or_default().to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn record_shadow(&self, decisions: u64, disagreements: u64) {
+        self.shadow_decisions.inc_by(decisions);
+        self.shadow_disagreements.inc_by(disagreements);
     }
 
     pub(crate) fn record_decision(&self, kind: DecisionKind) {
@@ -288,30 +347,39 @@ impl Metrics {
     }
 }
 
+/// What the admin endpoint serves from: the metrics, and the rule control when rules can be
+/// swapped.
+#[derive(Debug, Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    control: Option<Arc<RuleControl>>,
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.ready.load(Ordering::Acquire) {
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.metrics.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.render(),
+        state.metrics.render(),
     )
 }
 
-async fn rule(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    let rule = metrics
+async fn rule(State(state): State<AdminState>) -> impl IntoResponse {
+    let rule = state
+        .metrics
         .rule
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -322,6 +390,80 @@ async fn rule(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
             serde_json::to_string(&info).unwrap_or_default(),
         ),
         None => (StatusCode::SERVICE_UNAVAILABLE, "{}".to_owned()),
+    }
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> axum::response::Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn no_control() -> axum::response::Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "this instance does not swap rules"}),
+    )
+}
+
+fn swap_response(result: Result<RuleRef, Refusal>) -> axum::response::Response {
+    match result {
+        Ok(applied) => json_response(StatusCode::OK, &applied),
+        Err(refusal) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &refusal),
+    }
+}
+
+async fn rule_status(State(state): State<AdminState>) -> axum::response::Response {
+    match &state.control {
+        Some(control) => json_response(StatusCode::OK, &control.status()),
+        None => no_control(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct UploadQuery {
+    #[serde(default = "default_role")]
+    role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Active
+}
+
+/// Gates an uploaded component and swaps it in on this instance only.
+async fn upload_rule(
+    State(state): State<AdminState>,
+    Query(query): Query<UploadQuery>,
+    body: Bytes,
+) -> axum::response::Response {
+    let Some(control) = state.control else {
+        return no_control();
+    };
+    let offered =
+        tokio::task::spawn_blocking(move || control.offer(&body, None, "admin", query.role)).await;
+    match offered {
+        Ok(result) => swap_response(result),
+        Err(error) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": error.to_string()}),
+        ),
+    }
+}
+
+async fn promote_rule(State(state): State<AdminState>) -> axum::response::Response {
+    match &state.control {
+        Some(control) => swap_response(control.promote("admin")),
+        None => no_control(),
+    }
+}
+
+async fn rollback_rule(State(state): State<AdminState>) -> axum::response::Response {
+    match &state.control {
+        Some(control) => swap_response(control.rollback("admin")),
+        None => no_control(),
     }
 }
 
@@ -336,14 +478,23 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    control: Option<Arc<RuleControl>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/rule", get(rule))
-        .with_state(metrics);
+        .route(
+            "/rule",
+            get(rule)
+                .post(upload_rule)
+                .layer(DefaultBodyLimit::max(MAX_RULE_BYTES)),
+        )
+        .route("/rule/status", get(rule_status))
+        .route("/rule/promote", post(promote_rule))
+        .route("/rule/rollback", post(rollback_rule))
+        .with_state(AdminState { metrics, control });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

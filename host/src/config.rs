@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::gate::GateConfig;
 use crate::pipeline::PipelineConfig;
 
 /// The whole configuration.
@@ -58,11 +59,34 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
+    /// The rule served at start (unless the fleet has an active rule).
     pub path: PathBuf,
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
+    /// Swap in the rule file whenever it changes (after the gates).
+    #[serde(default)]
+    pub watch: bool,
+    /// What a rule must pass before it serves, at start and on every swap.
+    #[serde(default)]
+    pub gates: GateConfig,
+    /// Follow a fleet's rule, published with `converge rule publish`.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The fleet an instance follows (see [`crate::fleet`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The Redis holding the fleet's rules, e.g. "redis://127.0.0.1:6379" or "rediss://...".
+    pub redis: String,
+    /// Instances with the same name serve the same rule.
+    pub name: String,
+    /// This instance's name in `converge rule status`; default: host name and process id.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 fn default_deadline_ms() -> u64 {
@@ -285,6 +309,17 @@ impl Config {
                 return invalid("store.timeout_ms must be positive".to_owned());
             }
             _ => {}
+        }
+        if let Some(fleet) = &self.rule.fleet {
+            if fleet.name.trim().is_empty() || fleet.name.contains(['{', '}']) {
+                return invalid("rule.fleet.name must not be empty nor contain braces".to_owned());
+            }
+            if let Err(error) = redis::Client::open(fleet.redis.as_str()) {
+                return invalid(format!("rule.fleet.redis is not a Redis URL: {error}"));
+            }
+        }
+        if self.rule.gates.check_histories == 0 {
+            return invalid("rule.gates.check_histories must be positive".to_owned());
         }
         if let Some(enrich) = &self.enrich {
             crate::enrich::Enricher::new(enrich.clone()).map_err(ConfigError::Invalid)?;

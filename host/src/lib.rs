@@ -11,6 +11,10 @@
 //! - [`imports`]: the import allowlist a rule component must stay within.
 //! - [`engine`]: compiles and runs rule components under a deadline and a memory cap.
 //! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written.
+//! - [`gate`]: what a rule passes before it serves; vectors carried in a custom section.
+//! - [`swap`]: the serving rule (active, previous, shadow), swapped between batches.
+//! - [`rule_file`]: the watched rule file.
+//! - [`fleet`]: rules published to every instance through Redis; status of live instances.
 //! - [`check`]: the convergence property check and its minimal counterexamples.
 //! - [`message`]: a message as a source delivers it, and its position.
 //! - [`decode`]: message -> event, by field mapping.
@@ -39,7 +43,9 @@ pub mod decode;
 pub mod engine;
 pub mod enrich;
 pub mod entity;
+pub mod fleet;
 pub mod fluvio_source;
+pub mod gate;
 pub mod imports;
 pub mod kafka_dead_letters;
 pub mod kafka_source;
@@ -48,8 +54,10 @@ pub mod pipeline;
 pub mod redis_dead_letters;
 pub mod redis_store;
 pub mod rule;
+pub mod rule_file;
 pub mod serve;
 pub mod simulator;
 pub mod source;
 pub mod store;
+pub mod swap;
 pub mod vectors;

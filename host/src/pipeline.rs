@@ -232,6 +232,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     pub async fn process(&mut self, batch: &[Message]) -> Result<(), PipelineError> {
         let started = std::time::Instant::now();
         let (writes_before, conflicts_before) = (self.stats.writes, self.stats.conflicts);
+        self.rule.before_batch();
         let stamp = self.rule.info().stamp();
         let mut letters = Vec::new();
         let mut decoded: Vec<(usize, Decoded)> = Vec::with_capacity(batch.len());

@@ -25,6 +25,10 @@ pub trait Rule {
     /// The rule's name, version and statuses.
     fn info(&self) -> &RuleInfo;
 
+    /// Called by the pipeline before each batch, and only then: the one point where a rule that
+    /// can be swapped takes up a new version, so that no batch is decided by two rules.
+    fn before_batch(&mut self) {}
+
     /// Decides for one event. Implementations validate the decision with [`validate`].
     fn decide(
         &mut self,
@@ -48,6 +52,10 @@ pub trait Rule {
 impl<R: Rule + ?Sized> Rule for Box<R> {
     fn info(&self) -> &RuleInfo {
         (**self).info()
+    }
+
+    fn before_batch(&mut self) {
+        (**self).before_batch();
     }
 
     fn decide(

@@ -2,6 +2,7 @@
 //! `shutdown` resolves; then the batch in flight is finished, its offsets stored and committed,
 //! and the consumer leaves its group.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,15 +13,19 @@ use crate::config::{Config, DeadLetterConfig, SourceConfig, StoreConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::engine::{EngineLimits, LoadError, RuleEngine};
 use crate::enrich::Enricher;
+use crate::fleet::{Fleet, FleetError};
 use crate::fluvio_source::{FluvioConsumer, FluvioSource, FluvioSourceConfig};
+use crate::gate::{GateError, Gates};
 use crate::kafka_dead_letters::KafkaDeadLetters;
 use crate::kafka_source::{KafkaSource, KafkaSourceConfig};
 use crate::message::Message;
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::redis_dead_letters::RedisDeadLetters;
 use crate::redis_store::RedisStore;
+use crate::rule_file::{self, WatchError};
 use crate::source::{JsonLinesSource, Source, SourceError};
 use crate::store::{MemoryStore, Store, StoreError, Stored, Write, WriteOutcome};
+use crate::swap::RuleControl;
 
 /// Why serving stopped with an error. Unacknowledged messages are delivered again on restart.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,12 @@ pub enum ServeError {
     Enrich(String),
     #[error("cannot listen on {0} for the admin endpoint: {1}")]
     Admin(std::net::SocketAddr, std::io::Error),
+    #[error("rule {path} refused: {source}")]
+    Refused { path: PathBuf, source: GateError },
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 /// Builds the pipeline from `config` and runs it until the source ends or `shutdown` resolves.
@@ -47,26 +58,78 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stats, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = RuleEngine::new(EngineLimits {
+        memory_cap_bytes: config.rule.memory_mib.saturating_mul(1 << 20),
+        deadline: Duration::from_millis(config.rule.deadline_ms),
+    })?;
+    let gates = Gates::new(engine, config.rule.gates.clone());
+    let path = &config.rule.path;
+    let (bytes, sidecar) = rule_file::read(path).map_err(|source| LoadError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let admitted = gates
+        .admit(&bytes, sidecar)
+        .map_err(|source| ServeError::Refused {
+            path: path.clone(),
+            source,
+        })?;
+    let control = Arc::new(RuleControl::new(
+        gates,
+        admitted,
+        &format!("file:{}", path.display()),
+        Some(Arc::clone(&metrics)),
+    ));
+    tracing::info!(rule = %control.active_info().stamp(), "rule loaded");
+
+    // Background tasks (admin, file watch, fleet) stop when the pipeline has.
+    let (stopped, stop) = tokio::sync::watch::channel(false);
+    let stop_signal = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let mut background = Vec::new();
+    if let Some(fleet_config) = &config.rule.fleet {
+        let fleet = Fleet::connect(&fleet_config.redis, &fleet_config.name).await?;
+        // The fleet's rule, if it has one, serves from the first batch.
+        let mut seen = (None, None);
+        fleet.sync(&control, &mut seen).await?;
+        let instance = fleet_config
+            .instance
+            .clone()
+            .unwrap_or_else(default_instance_name);
+        tracing::info!(fleet = %fleet.name(), %instance, "following the fleet's rule");
+        background.push(tokio::spawn(fleet.follow(
+            Arc::clone(&control),
+            instance,
+            seen,
+            stop_signal(),
+        )));
+    }
+    if config.rule.watch {
+        background.push(rule_file::watch(
+            path.clone(),
+            Arc::clone(&control),
+            stop_signal(),
+        )?);
+    }
     let admin = match &config.admin {
         Some(admin) => {
             let listener = crate::admin::bind(admin.listen)
                 .await
                 .map_err(|error| ServeError::Admin(admin.listen, error))?;
-            let server = crate::admin::serve_admin(listener, Arc::clone(&metrics), async {
-                let _ = admin_stopped.await;
-            });
+            let server = crate::admin::serve_admin(
+                listener,
+                Arc::clone(&metrics),
+                Some(Arc::clone(&control)),
+                stop_signal(),
+            );
             Some(tokio::spawn(server))
         }
         None => None,
     };
-    let engine = RuleEngine::new(EngineLimits {
-        memory_cap_bytes: config.rule.memory_mib.saturating_mul(1 << 20),
-        deadline: Duration::from_millis(config.rule.deadline_ms),
-    })?;
-    let compiled = engine.compile_file(&config.rule.path)?;
-    tracing::info!(rule = %compiled.info().stamp(), "rule loaded");
-    metrics.set_rule(compiled.info());
 
     let store = match &config.store {
         StoreConfig::Memory => AnyStore::Memory(MemoryStore::new()),
@@ -175,12 +238,7 @@ pub async fn serve(
         }
     };
 
-    let mut pipeline = Pipeline::new(
-        compiled.instance(),
-        store,
-        dead_letters,
-        config.pipeline.clone(),
-    );
+    let mut pipeline = Pipeline::new(control.rule(), store, dead_letters, config.pipeline.clone());
     if let Some(enrich) = &config.enrich {
         pipeline =
             pipeline.with_enricher(Enricher::new(enrich.clone()).map_err(ServeError::Enrich)?);
@@ -190,7 +248,10 @@ pub async fn serve(
     tracing::info!("serving");
     let result = pipeline.run(&mut source, shutdown).await;
     metrics.set_ready(false);
-    let _ = admin_stop.send(());
+    let _ = stopped.send(true);
+    for task in background {
+        let _ = task.await;
+    }
     if let Some(admin) = admin {
         match admin.await {
             Ok(Err(error)) => tracing::error!(%error, "admin endpoint failed"),
@@ -267,4 +328,15 @@ impl DeadLetterSink for AnyDeadLetters {
             AnyDeadLetters::Redis(sink) => sink.send(letters).await,
         }
     }
+}
+
+/// `host-pid`: unique among instances on one host, recognisable in `converge rule status`.
+fn default_instance_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "converge".to_owned());
+    format!("{host}-{}", std::process::id())
 }

@@ -4,6 +4,14 @@ wit_bindgen::generate!({ world: "rule", path: "../wit" });
 
 use crate::core;
 
+/// The rule's conformance vectors travel inside the component, as the custom section converge's
+/// gates read before the rule may serve (see converge's ARCHITECTURE.md, "Rule gates").
+const VECTORS: &[u8] = include_bytes!("../vectors/order-status.json");
+
+#[unsafe(link_section = "converge:vectors")]
+#[used]
+static EMBEDDED_VECTORS: [u8; VECTORS.len()] = *include_bytes!("../vectors/order-status.json");
+
 struct OrderStatusRule;
 
 impl Guest for OrderStatusRule {

@@ -5,8 +5,13 @@ use std::cmp::Ordering;
 /// The rule's name, stamped on every state it writes.
 pub const NAME: &str = "order-status";
 
-/// The rule's version, stamped with [`NAME`] on every state it writes.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The rule's version, stamped with [`NAME`] on every state it writes: the crate's version, or
+/// `CONVERGE_RULE_VERSION` when set at build time (to publish a rebuilt rule as a new version
+/// without touching its code).
+pub const VERSION: &str = match option_env!("CONVERGE_RULE_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// The order lifecycle, oldest first. An order never moves to an earlier status.
 pub const STATUSES: [&str; 4] = ["created", "paid", "completed", "refunded"];
