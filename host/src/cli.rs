@@ -20,6 +20,8 @@ use crate::store::MemoryStore;
 use crate::vectors::{self, VectorFailure, VectorFile};
 
 /// Exit code: the check or run found a problem with the rule or the data.
+mod rule_command;
+
 const EXIT_FAILED: u8 = 1;
 
 /// converge makes consuming a stream of entity changes order-insensitive: a business rule
@@ -80,6 +82,16 @@ enum Command {
     /// `converge run`). A summary goes to stderr. With --serve the order API stays up after
     /// the simulated orders are published, until SIGINT or SIGTERM.
     Simulate(SimulateArgs),
+    /// Change the rule a fleet serves, without a redeploy: publish, status, promote, rollback,
+    /// pack. See `converge rule --help`.
+    #[command(subcommand)]
+    Rule(rule_command::RuleCommand),
+    /// Fold recorded events through a rule from scratch and report which keys' final states
+    /// differ from the stored ones; --rebuild writes the replayed states.
+    ///
+    /// Exits 0 when nothing differs (with --rebuild: when every difference was rebuilt), 1
+    /// otherwise, 2 on a usage, load or connection error.
+    Replay(rule_command::ReplayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,12 +105,15 @@ struct EngineArgs {
 }
 
 impl EngineArgs {
-    fn load(&self, rule: &Path) -> anyhow::Result<CompiledRule> {
-        let engine = RuleEngine::new(EngineLimits {
+    fn engine(&self) -> anyhow::Result<RuleEngine> {
+        Ok(RuleEngine::new(EngineLimits {
             memory_cap_bytes: self.memory_mib.saturating_mul(1 << 20),
             deadline: Duration::from_millis(self.deadline_ms),
-        })?;
-        engine
+        })?)
+    }
+
+    fn load(&self, rule: &Path) -> anyhow::Result<CompiledRule> {
+        self.engine()?
             .compile_file(rule)
             .with_context(|| format!("cannot load rule {}", rule.display()))
     }
@@ -200,7 +215,8 @@ struct CheckArgs {
     /// The rule component (.wasm).
     #[arg(value_name = "RULE.wasm")]
     rule: PathBuf,
-    /// Conformance vectors (JSON). Default: RULE.vectors.json beside the rule, if present.
+    /// Conformance vectors (JSON). Default: RULE.vectors.json beside the rule, if present, else
+    /// the vectors packed into the component.
     #[arg(long, value_name = "FILE")]
     vectors: Option<PathBuf>,
     /// Print the report as one JSON document instead of text.
@@ -239,6 +255,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Decide(args) => decide(&args),
         Command::Check(args) => check_rule(&args),
         Command::Simulate(args) => simulate(&args),
+        Command::Rule(command) => rule_command::rule(&command),
+        Command::Replay(args) => rule_command::replay(&args),
     }
 }
 
@@ -384,7 +402,10 @@ fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let vectors = match &vectors_file {
         Some(path) => VectorFile::load(path)?.vectors,
-        None => Vec::new(),
+        // Otherwise the vectors the component carries, if any.
+        None => crate::gate::embedded_vectors(&std::fs::read(&args.rule)?)?
+            .map(|file| file.vectors)
+            .unwrap_or_default(),
     };
     let mut rule = compiled.instance();
     let vector_failures = vectors::run(&mut rule, &vectors);
@@ -418,8 +439,15 @@ fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 fn print_check(out: &mut impl Write, output: &CheckOutput) -> io::Result<()> {
     writeln!(out, "rule {}", output.rule)?;
     match &output.vectors_file {
-        None => writeln!(out, "vectors: none given and no sidecar file; skipped")?,
-        Some(path) => {
+        None if output.vectors_run == 0 => writeln!(
+            out,
+            "vectors: none given, no sidecar file and none packed in the component; skipped"
+        )?,
+        source => {
+            let source = source.as_ref().map_or_else(
+                || format!("packed in the component as {}", crate::gate::VECTORS_SECTION),
+                |path| path.display().to_string(),
+            );
             let failed = output.vector_failures.len();
             let status = if failed == 0 { "ok" } else { "FAIL" };
             writeln!(
@@ -427,7 +455,7 @@ fn print_check(out: &mut impl Write, output: &CheckOutput) -> io::Result<()> {
                 "vectors: {status} — {} of {} passed ({})",
                 output.vectors_run - failed,
                 output.vectors_run,
-                path.display()
+                source
             )?;
             for failure in &output.vector_failures {
                 let got = match &failure.got {

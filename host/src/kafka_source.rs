@@ -204,3 +204,139 @@ impl Source for KafkaSource {
         Ok(())
     }
 }
+
+/// Topics read from their first retained offset to their end as of opening, outside any
+/// consumer group (nothing is committed): what `converge replay` reads.
+pub struct KafkaRange {
+    consumer: StreamConsumer,
+    /// Per partition, the offset where reading stops (the end when the range was opened).
+    ends: HashMap<(String, i32), i64>,
+    batch_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaRange")
+            .field("ends", &self.ends)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaRange {
+    /// Assigns every partition of `topics` from its beginning. Blocks while it asks the
+    /// brokers for partitions and ends.
+    pub fn open(
+        brokers: &str,
+        topics: &[String],
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self, SourceError> {
+        const ASK: Duration = Duration::from_secs(10);
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", brokers)
+            // librdkafka wants a group id even for assigned partitions; nothing is committed.
+            .set("group.id", format!("converge-replay-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        for (name, value) in properties {
+            client.set(name, value);
+        }
+        let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), ASK)
+                .map_err(kafka_error)?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect::<Vec<_>>();
+            if partitions.is_empty() {
+                return Err(SourceError::Kafka(format!("topic {topic} has no partitions")));
+            }
+            for partition in partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, ASK)
+                    .map_err(kafka_error)?;
+                if high > low {
+                    assignment
+                        .add_partition_offset(topic, partition, Offset::Offset(low))
+                        .map_err(kafka_error)?;
+                    ends.insert((topic.clone(), partition), high);
+                }
+            }
+        }
+        consumer.assign(&assignment).map_err(kafka_error)?;
+        Ok(Self {
+            consumer,
+            ends,
+            batch_timeout: Duration::from_millis(100),
+        })
+    }
+}
+
+/// How long a range waits for a record before checking whether its partitions are done.
+const IDLE: Duration = Duration::from_secs(2);
+
+impl KafkaRange {
+    fn drop_finished(&mut self) -> Result<(), SourceError> {
+        let positions = self.consumer.position().map_err(kafka_error)?;
+        for element in positions.elements() {
+            if let Offset::Offset(position) = element.offset() {
+                let partition = (element.topic().to_owned(), element.partition());
+                if self.ends.get(&partition).is_some_and(|&end| position >= end) {
+                    self.ends.remove(&partition);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Source for KafkaRange {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        let mut batch = Vec::new();
+        let mut deadline = None;
+        while batch.len() < max && !self.ends.is_empty() {
+            let received = match deadline {
+                None => match tokio::time::timeout(IDLE, self.consumer.recv()).await {
+                    Ok(received) => received.map_err(kafka_error)?,
+                    Err(_idle) => {
+                        // Compaction or transaction markers can leave a partition's last
+                        // offsets without a record: its position tells it is done.
+                        self.drop_finished()?;
+                        continue;
+                    }
+                },
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                        Ok(received) => received.map_err(kafka_error)?,
+                        Err(_elapsed) => break,
+                    }
+                }
+            };
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.batch_timeout);
+            let partition = (received.topic().to_owned(), received.partition());
+            let Some(&end) = self.ends.get(&partition) else {
+                continue;
+            };
+            if received.offset() >= end {
+                self.ends.remove(&partition);
+                continue;
+            }
+            batch.push(KafkaSource::owned(&received));
+            if received.offset() + 1 >= end {
+                self.ends.remove(&partition);
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&mut self, _batch: &[Message]) -> Result<(), SourceError> {
+        Ok(())
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`gate`]: what a rule passes before it serves; vectors carried in a custom section.
 //! - [`swap`]: the serving rule (active, previous, shadow), swapped between batches.
 //! - [`rule_file`]: the watched rule file.
+//! - [`replay`]: a rule folded over recorded events, compared with (or rebuilding) the store.
 //! - [`fleet`]: rules published to every instance through Redis; status of live instances.
 //! - [`check`]: the convergence property check and its minimal counterexamples.
 //! - [`message`]: a message as a source delivers it, and its position.
@@ -53,6 +54,7 @@ pub mod message;
 pub mod pipeline;
 pub mod redis_dead_letters;
 pub mod redis_store;
+pub mod replay;
 pub mod rule;
 pub mod rule_file;
 pub mod serve;

@@ -131,29 +131,7 @@ pub async fn serve(
         None => None,
     };
 
-    let store = match &config.store {
-        StoreConfig::Memory => AnyStore::Memory(MemoryStore::new()),
-        StoreConfig::Redis {
-            url,
-            prefix,
-            timeout_ms,
-        } => AnyStore::Redis(
-            RedisStore::connect_with_timeout(url, prefix, Duration::from_millis(*timeout_ms))
-                .await?,
-        ),
-        StoreConfig::RedisCluster {
-            urls,
-            prefix,
-            timeout_ms,
-        } => AnyStore::Redis(
-            RedisStore::connect_cluster_with_timeout(
-                urls,
-                prefix,
-                Duration::from_millis(*timeout_ms),
-            )
-            .await?,
-        ),
-    };
+    let store = open_store(&config.store).await?;
     let dead_letters = match (&config.dead_letter, &config.source, &config.store) {
         (
             DeadLetterConfig::Kafka {
@@ -268,6 +246,33 @@ pub async fn serve(
     Ok(stats)
 }
 
+/// Connects to the configured store.
+pub(crate) async fn open_store(config: &StoreConfig) -> Result<AnyStore, StoreError> {
+    Ok(match config {
+        StoreConfig::Memory => AnyStore::Memory(MemoryStore::new()),
+        StoreConfig::Redis {
+            url,
+            prefix,
+            timeout_ms,
+        } => AnyStore::Redis(
+            RedisStore::connect_with_timeout(url, prefix, Duration::from_millis(*timeout_ms))
+                .await?,
+        ),
+        StoreConfig::RedisCluster {
+            urls,
+            prefix,
+            timeout_ms,
+        } => AnyStore::Redis(
+            RedisStore::connect_cluster_with_timeout(
+                urls,
+                prefix,
+                Duration::from_millis(*timeout_ms),
+            )
+            .await?,
+        ),
+    })
+}
+
 /// The sources `serve` can read.
 enum AnySource {
     File(JsonLinesSource<Box<dyn AsyncBufRead + Unpin + Send>>),
@@ -294,7 +299,7 @@ impl Source for AnySource {
 }
 
 /// The stores `serve` can write.
-enum AnyStore {
+pub(crate) enum AnyStore {
     Memory(MemoryStore),
     Redis(RedisStore),
 }
