@@ -22,7 +22,8 @@ cargo build --release --target wasm32-wasip2 \
   -p converge-order-rule \
   -p converge-test-rule-last-write-wins \
   -p converge-test-rule-faulty \
-  -p converge-test-rule-forbidden-import
+  -p converge-test-rule-forbidden-import \
+  -p converge-test-rule-version-rank
 cargo build --release --target wasm32-unknown-unknown -p converge-order-smartmodule
 # The default members: host (unit tests), plugin (the rule core and its vectors, natively) and
 # tests (integration tests against the compiled components and the binary).

@@ -445,7 +445,12 @@ fn print_check(out: &mut impl Write, output: &CheckOutput) -> io::Result<()> {
         )?,
         source => {
             let source = source.as_ref().map_or_else(
-                || format!("packed in the component as {}", crate::gate::VECTORS_SECTION),
+                || {
+                    format!(
+                        "packed in the component as {}",
+                        crate::gate::VECTORS_SECTION
+                    )
+                },
                 |path| path.display().to_string(),
             );
             let failed = output.vector_failures.len();

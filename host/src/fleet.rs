@@ -8,7 +8,8 @@
 //!
 //! Keys, all under `converge:fleet:{NAME}:` (one hash tag, so one slot on a cluster):
 //! `rule:blob:HASH` (component bytes), `rule:active`, `rule:shadow` (hashes), `rule:history`
-//! (list of hashes made active, newest first; what rollback walks back), `instances` (set of
+//! (list of hashes made active, newest first; what rollback walks back), `rule:refused` (hashes
+//! an instance refused at its gates; rollback skips them), `instances` (set of
 //! instance ids), `instance:ID` (its [`InstanceReport`] as JSON, with a time to live) and the
 //! channel `rule:events`.
 
@@ -93,17 +94,20 @@ redis.call('PUBLISH', KEYS[4], 'active ' .. ARGV[1])
 return 1
 ";
 
-/// Returns to the version before the active one: drops the history's head and points at the
-/// next. Answers the new active hash, or false when there is nothing to go back to.
+/// Returns to the newest version before the active one that no instance refused: drops the
+/// history down to it and points at it. Answers its hash, or false when there is none (and
+/// then changes nothing).
 const ROLLBACK: &str = r"
-if redis.call('LLEN', KEYS[2]) < 2 then
-  return false
+local history = redis.call('LRANGE', KEYS[2], 0, -1)
+for i = 2, #history do
+  if redis.call('SISMEMBER', KEYS[4], history[i]) == 0 then
+    redis.call('LTRIM', KEYS[2], i - 1, -1)
+    redis.call('SET', KEYS[1], history[i])
+    redis.call('PUBLISH', KEYS[3], 'active ' .. history[i])
+    return history[i]
+  end
 end
-redis.call('LPOP', KEYS[2])
-local previous = redis.call('LINDEX', KEYS[2], 0)
-redis.call('SET', KEYS[1], previous)
-redis.call('PUBLISH', KEYS[3], 'active ' .. previous)
-return previous
+return false
 ";
 
 impl Fleet {
@@ -186,6 +190,7 @@ impl Fleet {
             .key(self.pointer(Role::Active))
             .key(self.key("rule:history"))
             .key(self.key("rule:events"))
+            .key(self.key("rule:refused"))
             .invoke_async(&mut connection)
             .await?;
         previous.ok_or_else(|| {
@@ -321,8 +326,16 @@ impl Fleet {
         let control = Arc::clone(control);
         // A refusal is recorded by the control (log, metric, status); the pointer is not
         // retried until it moves again.
-        let _ =
+        let offered =
             tokio::task::spawn_blocking(move || control.offer(&bytes, None, "fleet", role)).await;
+        if let Ok(Err(_refused)) = offered {
+            // Rollback never returns the fleet to a version an instance refused.
+            let _: () = self
+                .connection
+                .clone()
+                .sadd(self.key("rule:refused"), hash)
+                .await?;
+        }
         Ok(())
     }
 

@@ -235,7 +235,10 @@ impl KafkaRange {
         client
             .set("bootstrap.servers", brokers)
             // librdkafka wants a group id even for assigned partitions; nothing is committed.
-            .set("group.id", format!("converge-replay-{}", std::process::id()))
+            .set(
+                "group.id",
+                format!("converge-replay-{}", std::process::id()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
@@ -256,7 +259,9 @@ impl KafkaRange {
                 .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                 .collect::<Vec<_>>();
             if partitions.is_empty() {
-                return Err(SourceError::Kafka(format!("topic {topic} has no partitions")));
+                return Err(SourceError::Kafka(format!(
+                    "topic {topic} has no partitions"
+                )));
             }
             for partition in partitions {
                 let (low, high) = consumer
@@ -288,7 +293,11 @@ impl KafkaRange {
         for element in positions.elements() {
             if let Offset::Offset(position) = element.offset() {
                 let partition = (element.topic().to_owned(), element.partition());
-                if self.ends.get(&partition).is_some_and(|&end| position >= end) {
+                if self
+                    .ends
+                    .get(&partition)
+                    .is_some_and(|&end| position >= end)
+                {
                     self.ends.remove(&partition);
                 }
             }

@@ -12,3 +12,4 @@ mod redis_store;
 mod redis_tls;
 mod simulator;
 mod smartmodule;
+mod swap;

@@ -15,6 +15,7 @@ const RULES: &[(&str, &str)] = &[
     ("last-write-wins", "converge-test-rule-last-write-wins"),
     ("faulty", "converge-test-rule-faulty"),
     ("forbidden-import", "converge-test-rule-forbidden-import"),
+    ("version-rank", "converge-test-rule-version-rank"),
 ];
 
 pub fn workspace_root() -> PathBuf {
@@ -31,13 +32,48 @@ fn target_dir() -> PathBuf {
 }
 
 fn cargo(args: &[&str]) {
+    cargo_with(args, &[]);
+}
+
+fn cargo_with(args: &[&str], env: &[(&str, &str)]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .status()
         .expect("cargo runs");
     assert!(status.success(), "cargo {} failed", args.join(" "));
+}
+
+/// The order-status rule rebuilt unchanged but stamped `order-status@{version}` (through
+/// `CONVERGE_RULE_VERSION`), in a target directory of its own so that builds of different
+/// versions do not overwrite each other.
+pub fn order_status_version(version: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let dir = target_dir().join("rule-versions").join(version);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|v| v == version) {
+        let dir_text = dir.display().to_string();
+        cargo_with(
+            &[
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "converge-order-rule",
+                "--target-dir",
+                &dir_text,
+            ],
+            &[("CONVERGE_RULE_VERSION", version)],
+        );
+        built.push(version.to_owned());
+    }
+    dir.join("wasm32-wasip2/release/converge_order_rule.wasm")
 }
 
 /// The compiled component of rule `name` (see [`RULES`]).

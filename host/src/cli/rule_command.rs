@@ -199,7 +199,12 @@ fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         Role::Active
     };
     runtime()?.block_on(async {
-        let hash = args.fleet.connect().await?.publish(&component, role).await?;
+        let hash = args
+            .fleet
+            .connect()
+            .await?
+            .publish(&component, role)
+            .await?;
         println!(
             "published {} as the {} rule of fleet {} ({hash})",
             args.rule.display(),
@@ -239,7 +244,9 @@ fn print_status(out: &mut impl Write, status: &FleetStatus) -> io::Result<()> {
         )?;
         if let Some(swap) = &rule.last_swap {
             let outcome = match &swap.refusal {
-                Some(refusal) => format!("refused by the {} gate: {}", refusal.gate, refusal.reason),
+                Some(refusal) => {
+                    format!("refused by the {} gate: {}", refusal.gate, refusal.reason)
+                }
                 None => "applied".to_owned(),
             };
             writeln!(
