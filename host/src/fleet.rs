@@ -375,14 +375,6 @@ impl Fleet {
                         }
                     }
                     _ = poll.tick() => {
-                        let report = InstanceReport {
-                            instance: instance.clone(),
-                            reported_at_ms: now_ms(),
-                            rule: control.status(),
-                        };
-                        if let Err(error) = self.report(&report).await {
-                            tracing::warn!(fleet = %self.name, %error, "cannot report status");
-                        }
                         if pubsub.is_none() {
                             pubsub = self.subscribe().await.ok();
                         }
@@ -390,6 +382,15 @@ impl Fleet {
                 }
                 if let Err(error) = self.sync(&control, &mut seen).await {
                     tracing::warn!(fleet = %self.name, %error, "cannot read the fleet's rule");
+                }
+                // Reported after every sync, so a swap shows in status as soon as it is made.
+                let report = InstanceReport {
+                    instance: instance.clone(),
+                    reported_at_ms: now_ms(),
+                    rule: control.status(),
+                };
+                if let Err(error) = self.report(&report).await {
+                    tracing::warn!(fleet = %self.name, %error, "cannot report status");
                 }
             }
         }

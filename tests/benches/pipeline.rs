@@ -8,6 +8,10 @@
 //! 2. **latency**: the simulator publishes at a fixed rate while the pipeline (component) runs;
 //!    reports event-to-stored latency percentiles — from the producer's timestamp to the
 //!    acknowledgement after the write.
+//! 4. **swap**: the latency run again, while the rule is swapped between two equivalent versions
+//!    every 200 ms; reports the pause each swap adds (taking up the new rule between batches
+//!    plus the first call on it) and the longest gap between acknowledgements, against the
+//!    same gap in run 2 without swaps.
 //! 3. **store**: converge's pipelined compare-and-set writes (batches as the pipeline sends them)
 //!    against `redis-benchmark` running the same Lua script, pipelined, on the same server.
 //!
@@ -24,15 +28,19 @@ use std::time::{Duration, Instant};
 
 use converge::dead_letter::MemoryDeadLetters;
 use converge::engine::{EngineLimits, RuleEngine};
+use converge::entity::Decision;
 use converge::entity::{Event, State};
+use converge::gate::{GateConfig, Gates};
 use converge::kafka_source::{KafkaSource, KafkaSourceConfig};
 use converge::message::Message;
 use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::redis_store::{COMPARE_AND_SET, RedisStore};
+use converge::rule::DecideError;
 use converge::rule::Rule;
 use converge::simulator::{Publisher, Simulator, SimulatorConfig};
 use converge::source::{Source, SourceError};
 use converge::store::{Store, Write, WriteOutcome};
+use converge::swap::{Role, RuleControl};
 use converge_tests::kafka::{self, TestTopic};
 use converge_tests::services::{TestStore, redis_url};
 use converge_tests::{NativeOrderRule, build};
@@ -56,6 +64,8 @@ struct Measured<S> {
     first_ms: Option<i64>,
     last: Option<Instant>,
     latencies_ms: Vec<i64>,
+    /// The longest time between two acknowledgements: the longest processing gap.
+    max_gap: Duration,
 }
 
 /// Messages produced this soon after the first batch still carry the group join's delay.
@@ -77,6 +87,7 @@ impl<S> Measured<S> {
             first_ms: None,
             last: None,
             latencies_ms: Vec::new(),
+            max_gap: Duration::ZERO,
         }
     }
 
@@ -111,7 +122,11 @@ impl<S: Source> Source for Measured<S> {
                 .map(|produced| now_ms - produced),
         );
         self.acked += batch.len();
-        self.last = Some(Instant::now());
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            self.max_gap = self.max_gap.max(now - last);
+        }
+        self.last = Some(now);
         Ok(())
     }
 }
@@ -136,6 +151,53 @@ fn kafka_source(topic: &str, group: &str) -> KafkaSource {
         None,
     )
     .expect("consumer")
+}
+
+/// A swappable rule that times each swap's pause: taking up the new rule in `before_batch`
+/// and the first call on it (which instantiates it).
+struct TimedSwaps<R> {
+    inner: R,
+    pending: Option<Duration>,
+    pauses: Vec<Duration>,
+}
+
+impl<R: Rule> Rule for TimedSwaps<R> {
+    fn info(&self) -> &converge::entity::RuleInfo {
+        self.inner.info()
+    }
+
+    fn before_batch(&mut self) {
+        let before = self.inner.info().stamp();
+        let started = Instant::now();
+        self.inner.before_batch();
+        if self.inner.info().stamp() != before {
+            self.pending = Some(started.elapsed());
+        }
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        self.inner.decide(current, incoming)
+    }
+
+    fn decide_batch(
+        &mut self,
+        items: &[(Option<State>, Event)],
+    ) -> Result<Vec<Decision>, DecideError> {
+        let Some(taken_up) = self.pending.take() else {
+            return self.inner.decide_batch(items);
+        };
+        // The first call on a new rule instantiates it: that is part of the swap's pause.
+        let started = Instant::now();
+        let first = self.inner.decide_batch(&items[..1]);
+        self.pauses.push(taken_up + started.elapsed());
+        let mut decisions = first?;
+        decisions.extend(self.inner.decide_batch(&items[1..])?);
+        Ok(decisions)
+    }
 }
 
 fn pipeline_config() -> PipelineConfig {
@@ -350,6 +412,92 @@ fn main() {
         let mut latencies = paced_run.latencies_ms.clone();
         latencies.sort_unstable();
 
+        // 4. Swaps under the same load: two equivalent versions, alternating every 200 ms. Both
+        // are gated once beforehand, as a fleet instance gates a version once.
+        let v1 = std::fs::read(build::rule("order-status")).expect("rule");
+        let v2 = std::fs::read(build::order_status_version("0.2.0-next")).expect("rule");
+        let gates = Gates::new(
+            RuleEngine::new(EngineLimits::default()).expect("engine"),
+            GateConfig::default(),
+        );
+        let initial = gates.admit(&v1, None).expect("gates");
+        let control = Arc::new(RuleControl::new(gates, initial, "bench", None));
+        control.offer(&v2, None, "bench", Role::Active).expect("v2");
+        control.offer(&v1, None, "bench", Role::Active).expect("v1");
+        let swapped = TestTopic::create("bench-swap", 6).await;
+        let swap_store = TestStore::standalone("bench-swap").await;
+        let target = Arc::new(AtomicUsize::new(usize::MAX));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer = {
+            let topic = swapped.name.clone();
+            let target = Arc::clone(&target);
+            let done = Arc::clone(&done);
+            let orders = (rate as usize * latency_seconds as usize) / 3;
+            tokio::spawn(async move {
+                let summary = simulate_into(
+                    &topic,
+                    SimulatorConfig {
+                        orders,
+                        rate,
+                        duplicate_percent: 0,
+                        shuffle_window: 1,
+                        seed: 3,
+                        ..SimulatorConfig::default()
+                    },
+                )
+                .await;
+                target.store(summary.published as usize, Ordering::Release);
+                done.store(true, Ordering::Release);
+                summary
+            })
+        };
+        let swapper = {
+            let control = Arc::clone(&control);
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut swaps = 0usize;
+                while !done.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let next = if swaps.is_multiple_of(2) { &v2 } else { &v1 };
+                    control
+                        .offer(next, None, "bench", Role::Active)
+                        .expect("swap");
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        let timed = TimedSwaps {
+            inner: control.rule(),
+            pending: None,
+            pauses: Vec::new(),
+        };
+        let mut swap_source = Measured::new(
+            kafka_source(&swapped.name, &format!("{}-group", swapped.name)),
+            Arc::clone(&target),
+        );
+        let mut pipeline = Pipeline::new(
+            timed,
+            swap_store.store.clone(),
+            MemoryDeadLetters::new(),
+            pipeline_config(),
+        );
+        pipeline
+            .run(&mut swap_source, std::future::pending())
+            .await
+            .expect("the pipeline runs");
+        let swap_summary = producer.await.expect("the simulator ran");
+        let swaps = swapper.await.expect("the swapper ran");
+        assert_converged(&swap_store.store, &swap_summary.expected).await;
+        drop(swap_store);
+        let mut pauses = pipeline.rule().pauses.clone();
+        pauses.sort_unstable();
+        let pause_ms = |p: f64| {
+            pauses
+                .get(((pauses.len() as f64 - 1.0) * p / 100.0).round() as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+
         // 3. The store against redis-benchmark, same script.
         let store_bench = TestStore::standalone("bench-store").await;
         let writes = 100_000;
@@ -386,6 +534,14 @@ fn main() {
                 "p99_ms": percentile(&latencies, 99.0),
                 "max_ms": latencies.last().copied().unwrap_or(0),
             },
+            "swap": {
+                "swaps_offered": swaps,
+                "swaps_taken_up": pauses.len(),
+                "pause_p50_ms": pause_ms(50.0),
+                "pause_max_ms": pause_ms(100.0),
+                "longest_ack_gap_with_swaps_ms": swap_source.max_gap.as_secs_f64() * 1000.0,
+                "longest_ack_gap_without_swaps_ms": paced_run.max_gap.as_secs_f64() * 1000.0,
+            },
             "store": {
                 "converge_cas_writes_per_s": converge_rate.round(),
                 "redis_benchmark_cas_p16_per_s": benchmark_16.round(),
@@ -406,6 +562,15 @@ fn main() {
             converge_rate,
             100.0 * converge_rate / benchmark_16,
             benchmark_16,
+        );
+        println!(
+            "swaps: {} taken up under load, pause p50 {:.3} ms, max {:.3} ms; longest gap between \
+             batches {:.1} ms with swaps, {:.1} ms without",
+            pauses.len(),
+            pause_ms(50.0),
+            pause_ms(100.0),
+            swap_source.max_gap.as_secs_f64() * 1000.0,
+            paced_run.max_gap.as_secs_f64() * 1000.0,
         );
     });
 }
