@@ -498,6 +498,17 @@ fn main() {
                 .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
         };
 
+        // Printed now as well: the store run below can take a while.
+        println!(
+            "swaps: {} taken up under load, pause p50 {:.3} ms, max {:.3} ms; longest gap between \
+             batches {:.1} ms with swaps, {:.1} ms without",
+            pauses.len(),
+            pause_ms(50.0),
+            pause_ms(100.0),
+            swap_source.max_gap.as_secs_f64() * 1000.0,
+            paced_run.max_gap.as_secs_f64() * 1000.0,
+        );
+
         // 3. The store against redis-benchmark, same script.
         let store_bench = TestStore::standalone("bench-store").await;
         let writes = 100_000;
@@ -562,15 +573,6 @@ fn main() {
             converge_rate,
             100.0 * converge_rate / benchmark_16,
             benchmark_16,
-        );
-        println!(
-            "swaps: {} taken up under load, pause p50 {:.3} ms, max {:.3} ms; longest gap between \
-             batches {:.1} ms with swaps, {:.1} ms without",
-            pauses.len(),
-            pause_ms(50.0),
-            pause_ms(100.0),
-            swap_source.max_gap.as_secs_f64() * 1000.0,
-            paced_run.max_gap.as_secs_f64() * 1000.0,
         );
     });
 }

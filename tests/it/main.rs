@@ -10,6 +10,7 @@ mod pipeline;
 mod redis_faults;
 mod redis_store;
 mod redis_tls;
+mod replay;
 mod simulator;
 mod smartmodule;
 mod swap;
