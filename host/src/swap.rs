@@ -377,7 +377,7 @@ impl RuleControl {
         }
     }
 
-    fn serving(&self) -> (u64, WasmRule, Option<WasmRule>) {
+    fn serving(&self) -> (u64, WasmRule, Option<(WasmRule, String)>) {
         let state = self.lock();
         (
             self.generation.load(Ordering::Acquire),
@@ -385,7 +385,7 @@ impl RuleControl {
             state
                 .shadow
                 .as_ref()
-                .map(|(serving, _)| serving.compiled.instance()),
+                .map(|(serving, _)| (serving.compiled.instance(), serving.reference.hash.clone())),
         )
     }
 
@@ -458,7 +458,8 @@ pub struct SwappableRule {
     control: Arc<RuleControl>,
     generation: u64,
     active: WasmRule,
-    shadow: Option<WasmRule>,
+    /// The shadow and its hash, taken up with the active rule.
+    shadow: Option<(WasmRule, String)>,
 }
 
 impl SwappableRule {
@@ -467,8 +468,7 @@ impl SwappableRule {
         items: &[(Option<State>, Event)],
         active: &[Decision],
     ) -> Option<()> {
-        let shadow = self.shadow.as_mut()?;
-        let shadow_hash = self.control.shadow_hash()?;
+        let (shadow, shadow_hash) = self.shadow.as_mut()?;
         let answers: Vec<Result<Decision, String>> = match shadow.decide_batch(items) {
             Ok(decisions) => decisions.into_iter().map(Ok).collect(),
             Err(_) => items
@@ -497,7 +497,7 @@ impl SwappableRule {
             })
             .collect();
         self.control
-            .record_shadow(&shadow_hash, items.len() as u64, disagreements);
+            .record_shadow(shadow_hash, items.len() as u64, disagreements);
         Some(())
     }
 }
