@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use converge::dead_letter::MemoryDeadLetters;
@@ -44,6 +44,7 @@ use converge::swap::{Role, RuleControl};
 use converge_tests::kafka::{self, TestTopic};
 use converge_tests::services::{TestStore, redis_url};
 use converge_tests::{NativeOrderRule, build};
+use tokio::sync::watch;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -54,9 +55,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// A source that ends once `target` messages are acknowledged, timing the run and recording
 /// each message's event-to-stored latency at its acknowledgement.
+///
+/// The target is a watch: under a paced producer it is only known once the producer is done,
+/// and by then the consumer may have taken everything and be waiting for a message that will
+/// never come, so the wait has to wake up when the target arrives.
 struct Measured<S> {
     inner: S,
-    target: Arc<AtomicUsize>,
+    target: watch::Receiver<usize>,
     acked: usize,
     first: Option<Instant>,
     /// Unix ms when the first batch arrived: messages produced before it waited for the
@@ -78,7 +83,7 @@ fn unix_ms() -> i64 {
 }
 
 impl<S> Measured<S> {
-    fn new(inner: S, target: Arc<AtomicUsize>) -> Self {
+    fn new(inner: S, target: watch::Receiver<usize>) -> Self {
         Self {
             inner,
             target,
@@ -101,10 +106,22 @@ impl<S> Measured<S> {
 
 impl<S: Source> Source for Measured<S> {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        if self.acked >= self.target.load(Ordering::Acquire) {
-            return Ok(Vec::new());
-        }
-        let batch = self.inner.next_batch(max).await?;
+        let acked = self.acked;
+        let mut target = self.target.clone();
+        let reached = async move {
+            // A sender dropped before the target is reached means the producer failed; its
+            // task's panic ends the run, so keep waiting for messages here.
+            if target.wait_for(|target| acked >= *target).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        // Abandoning a half-collected batch is safe only because the target is reached: every
+        // published message is acknowledged, so there is nothing left to collect.
+        let batch = tokio::select! {
+            biased;
+            () = reached => return Ok(Vec::new()),
+            batch = self.inner.next_batch(max) => batch?,
+        };
         self.first.get_or_insert_with(Instant::now);
         self.first_ms.get_or_insert_with(unix_ms);
         Ok(batch)
@@ -213,7 +230,7 @@ async fn drain<R: Rule>(
     store: &RedisStore,
     topic: &str,
     group: &str,
-    target: Arc<AtomicUsize>,
+    target: watch::Receiver<usize>,
 ) -> Measured<KafkaSource> {
     let mut source = Measured::new(kafka_source(topic, group), target);
     let mut pipeline = Pipeline::new(
@@ -349,14 +366,14 @@ fn main() {
             },
         )
         .await;
-        let target = Arc::new(AtomicUsize::new(backlog.published as usize));
+        let (_fixed_target, target) = watch::channel(backlog.published as usize);
         let wasm_store = TestStore::standalone("bench-wasm").await;
         let wasm = drain(
             compiled.instance(),
             &wasm_store.store,
             &topic.name,
             &format!("{}-wasm", topic.name),
-            Arc::clone(&target),
+            target.clone(),
         )
         .await;
         assert_converged(&wasm_store.store, &backlog.expected).await;
@@ -366,7 +383,7 @@ fn main() {
             &native_store.store,
             &topic.name,
             &format!("{}-native", topic.name),
-            Arc::clone(&target),
+            target.clone(),
         )
         .await;
         assert_converged(&native_store.store, &backlog.expected).await;
@@ -376,10 +393,10 @@ fn main() {
         // 2. Latency at a fixed rate.
         let paced = TestTopic::create("bench-latency", 6).await;
         let latency_store = TestStore::standalone("bench-latency").await;
-        let target = Arc::new(AtomicUsize::new(usize::MAX));
+        let (report_target, target) = watch::channel(usize::MAX);
         let producer = {
             let topic = paced.name.clone();
-            let target = Arc::clone(&target);
+            let target = report_target;
             let orders = (rate as usize * latency_seconds as usize) / 3;
             tokio::spawn(async move {
                 let summary = simulate_into(
@@ -394,7 +411,7 @@ fn main() {
                     },
                 )
                 .await;
-                target.store(summary.published as usize, Ordering::Release);
+                target.send_replace(summary.published as usize);
                 summary
             })
         };
@@ -403,7 +420,7 @@ fn main() {
             &latency_store.store,
             &paced.name,
             &format!("{}-group", paced.name),
-            Arc::clone(&target),
+            target.clone(),
         )
         .await;
         let paced_summary = producer.await.expect("the simulator ran");
@@ -426,11 +443,11 @@ fn main() {
         control.offer(&v1, None, "bench", Role::Active).expect("v1");
         let swapped = TestTopic::create("bench-swap", 6).await;
         let swap_store = TestStore::standalone("bench-swap").await;
-        let target = Arc::new(AtomicUsize::new(usize::MAX));
+        let (report_target, target) = watch::channel(usize::MAX);
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let producer = {
             let topic = swapped.name.clone();
-            let target = Arc::clone(&target);
+            let target = report_target;
             let done = Arc::clone(&done);
             let orders = (rate as usize * latency_seconds as usize) / 3;
             tokio::spawn(async move {
@@ -446,7 +463,7 @@ fn main() {
                     },
                 )
                 .await;
-                target.store(summary.published as usize, Ordering::Release);
+                target.send_replace(summary.published as usize);
                 done.store(true, Ordering::Release);
                 summary
             })
@@ -474,7 +491,7 @@ fn main() {
         };
         let mut swap_source = Measured::new(
             kafka_source(&swapped.name, &format!("{}-group", swapped.name)),
-            Arc::clone(&target),
+            target.clone(),
         );
         let mut pipeline = Pipeline::new(
             timed,
