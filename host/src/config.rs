@@ -132,8 +132,6 @@ pub enum SourceConfig {
         #[serde(default)]
         partitions: Vec<u32>,
         consumer: String,
-        #[serde(default = "default_batch_timeout_ms")]
-        batch_timeout_ms: u64,
         /// Verified TLS to the cluster.
         #[serde(default)]
         tls: Option<crate::fluvio_source::FluvioTls>,

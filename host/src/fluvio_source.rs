@@ -8,11 +8,18 @@
 //! of the acknowledged batch. A restart resumes after the last committed offset: at most the
 //! unacknowledged tail is delivered again, which the rule makes harmless.
 //!
+//! A batch is one record. fluvio's consumer stream (0.50) keeps a lock on its partitions while
+//! a read is pending and only lets go when that read is polled again; committing after a read
+//! that was given up (a batch closed by a timeout, with no record waiting) therefore blocks
+//! until the next record arrives, and committing then would cover that unprocessed record.
+//! Reading exactly one record per batch and never abandoning a read is the only way the public
+//! client lets us commit exactly what was written; found against a real cluster, where a
+//! timed-out batch stalled the consumer and made it deaf to SIGTERM.
+//!
 //! Fluvio has no consumer groups: run several instances with disjoint `partitions` (and one
 //! offset consumer name each, or a shared one — offsets are kept per partition).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -43,8 +50,6 @@ pub struct FluvioSourceConfig {
     pub partitions: Vec<u32>,
     /// The offset consumer under which committed offsets are kept.
     pub consumer: String,
-    /// How long a batch waits for more records after its first one.
-    pub batch_timeout: Duration,
 }
 
 /// One record as the source needs it.
@@ -61,7 +66,9 @@ pub struct FluvioRecord {
 /// A stream of records with offset commits: fluvio's consumer stream, or a test's own.
 #[allow(async_fn_in_trait)] // Used through generics only.
 pub trait RecordStream {
-    /// The next record; `None` when the stream has ended.
+    /// The next record; `None` when the stream has ended. A call that is given up before it
+    /// yields may keep the stream from committing until the next record arrives (see the
+    /// module docs), so the source awaits every call to the end.
     async fn next_record(&mut self) -> Option<Result<FluvioRecord, SourceError>>;
 
     /// Commits the offsets of every record yielded so far and waits until the cluster has them.
@@ -158,20 +165,18 @@ impl RecordStream for FluvioConsumer {
     }
 }
 
-/// Batches records from a [`RecordStream`]; commits on acknowledgement.
+/// Records from a [`RecordStream`], one per batch; commits on acknowledgement.
 #[derive(Debug)]
 pub struct FluvioSource<S> {
     stream: S,
     topic: String,
-    batch_timeout: Duration,
 }
 
 impl<S: RecordStream> FluvioSource<S> {
-    pub fn new(stream: S, topic: &str, batch_timeout: Duration) -> Self {
+    pub fn new(stream: S, topic: &str) -> Self {
         Self {
             stream,
             topic: topic.to_owned(),
-            batch_timeout,
         }
     }
 
@@ -190,21 +195,17 @@ impl<S: RecordStream> FluvioSource<S> {
 }
 
 impl<S: RecordStream> Source for FluvioSource<S> {
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        let Some(first) = self.stream.next_record().await else {
-            return Ok(Vec::new());
-        };
-        let mut batch = Vec::with_capacity(max);
-        batch.push(self.message(first?));
-        let deadline = tokio::time::Instant::now() + self.batch_timeout;
-        while batch.len() < max {
-            // Polling a stream is cancel-safe: a record not yet yielded stays in the stream.
-            match tokio::time::timeout_at(deadline, self.stream.next_record()).await {
-                Ok(Some(record)) => batch.push(self.message(record?)),
-                Ok(None) | Err(_) => break,
-            }
+    /// One record (see the module docs). The stream only ends when the client has given up
+    /// reconnecting, so an end is an error, not the end of the input.
+    async fn next_batch(&mut self, _max: usize) -> Result<Vec<Message>, SourceError> {
+        match self.stream.next_record().await {
+            Some(record) => Ok(vec![self.message(record?)]),
+            None => Err(SourceError::Fluvio(format!(
+                "the stream of topic {} ended: the client lost the cluster and gave up \
+                 reconnecting; a restart resumes after the last committed offset",
+                self.topic
+            ))),
         }
-        Ok(batch)
     }
 
     async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
@@ -259,44 +260,45 @@ mod tests {
     #[tokio::test]
     async fn offsets_are_committed_only_when_a_batch_is_acknowledged() {
         let stream = Recorded {
-            waiting: records(5),
+            waiting: records(3),
             ..Recorded::default()
         };
-        let mut source = FluvioSource::new(stream, "orders", Duration::from_millis(5));
-        let first = source.next_batch(3).await.expect("batch");
-        assert_eq!(first.len(), 3);
+        let mut source = FluvioSource::new(stream, "orders");
+        let first = source.next_batch(64).await.expect("batch");
+        assert_eq!(first.len(), 1, "one record per batch");
         assert!(
             source.stream.committed.is_empty(),
             "nothing is committed before the batch is acknowledged"
         );
         assert_eq!(
             source.stream.yielded.len(),
-            3,
+            1,
             "nothing is read past the batch before its acknowledgement"
         );
         source.ack(&first).await.expect("ack");
-        assert_eq!(source.stream.committed, [(0, 0), (1, 1), (0, 2)]);
+        assert_eq!(source.stream.committed, [(0, 0)]);
 
-        let second = source.next_batch(3).await.expect("batch");
+        let second = source.next_batch(64).await.expect("batch");
+        let third = source.next_batch(64).await.expect("batch");
         assert_eq!(
-            second.len(),
-            2,
-            "the batch closes when the stream has no more"
-        );
-        assert_eq!(
-            second[1].position,
+            third[0].position,
             Position::Partition {
                 topic: "orders".to_owned(),
                 partition: 0,
-                offset: 4
+                offset: 2
             }
         );
-        assert_eq!(second[1].produced_at_ms, Some(1_700_000_000_004));
-        // A crash now would replay exactly the unacknowledged second batch.
-        assert_eq!(source.stream.committed.len(), 3);
+        assert_eq!(third[0].produced_at_ms, Some(1_700_000_000_002));
         source.ack(&second).await.expect("ack");
-        assert_eq!(source.stream.committed.len(), 5);
-        assert!(source.next_batch(3).await.expect("end").is_empty());
-        assert_eq!(source.stream.commits, 2);
+        source.ack(&third).await.expect("ack");
+        assert_eq!(source.stream.committed.len(), 3);
+        assert_eq!(source.stream.commits, 3);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_is_an_error_not_the_end_of_the_input() {
+        let mut source = FluvioSource::new(Recorded::default(), "orders");
+        let error = source.next_batch(64).await.expect_err("the stream ended");
+        assert!(error.to_string().contains("topic orders ended"), "{error}");
     }
 }

@@ -196,7 +196,6 @@ pub async fn serve(
             topic,
             partitions,
             consumer,
-            batch_timeout_ms,
             tls,
         } => {
             let consumer = FluvioConsumer::connect(&FluvioSourceConfig {
@@ -205,14 +204,9 @@ pub async fn serve(
                 topic: topic.clone(),
                 partitions: partitions.clone(),
                 consumer: consumer.clone(),
-                batch_timeout: Duration::from_millis(*batch_timeout_ms),
             })
             .await?;
-            AnySource::Fluvio(FluvioSource::new(
-                consumer,
-                topic,
-                Duration::from_millis(*batch_timeout_ms),
-            ))
+            AnySource::Fluvio(FluvioSource::new(consumer, topic))
         }
     };
 

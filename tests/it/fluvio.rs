@@ -5,7 +5,8 @@
 //!
 //! Shuffled, duplicated order events go to a fresh two-partition topic; `converge serve` reads
 //! them through the Fluvio source into Redis, is stopped halfway (SIGKILL) and restarted, and
-//! every order must end on its final state.
+//! every order must end on its final state, every record's position must be committed, and
+//! `serve` must stop on SIGTERM.
 
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,29 @@ batch_size = 64
             Instant::now() < deadline,
             "not converged; logs in {}",
             dir.keep().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every record's position is committed once its write is acknowledged, the last ones too:
+    // a commit that waits for a record that never comes would leave the tail uncommitted.
+    let committed = |offsets: &[fluvio::consumer::ConsumerOffset]| -> i64 {
+        offsets
+            .iter()
+            .filter(|o| o.consumer_id == format!("{topic}-consumer") && o.topic == topic)
+            .map(|o| o.offset + 1)
+            .sum()
+    };
+    let total = stream.events.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let offsets = fluvio.consumer_offsets().await.expect("consumer offsets");
+        if committed(&offsets) == total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed offsets cover {} of {total} records",
+            committed(&offsets)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -89,7 +89,19 @@ pub fn terminate(mut child: Child) {
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let exit = child.wait().expect("serve exits");
+    // A serve that ignores SIGTERM must fail the test, not hang it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("serve's status") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(exit.success(), "serve did not stop cleanly: {exit}");
 }
 
