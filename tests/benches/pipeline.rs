@@ -23,7 +23,6 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use converge::dead_letter::MemoryDeadLetters;
@@ -444,11 +443,9 @@ fn main() {
         let swapped = TestTopic::create("bench-swap", 6).await;
         let swap_store = TestStore::standalone("bench-swap").await;
         let (report_target, target) = watch::channel(usize::MAX);
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let producer = {
             let topic = swapped.name.clone();
             let target = report_target;
-            let done = Arc::clone(&done);
             let orders = (rate as usize * latency_seconds as usize) / 3;
             tokio::spawn(async move {
                 let summary = simulate_into(
@@ -464,16 +461,16 @@ fn main() {
                 )
                 .await;
                 target.send_replace(summary.published as usize);
-                done.store(true, Ordering::Release);
                 summary
             })
         };
         let swapper = {
             let control = Arc::clone(&control);
-            let done = Arc::clone(&done);
+            // The producer is done once it has reported its count.
+            let producing = target.clone();
             tokio::spawn(async move {
                 let mut swaps = 0usize;
-                while !done.load(Ordering::Acquire) {
+                while *producing.borrow() == usize::MAX {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let next = if swaps.is_multiple_of(2) { &v2 } else { &v1 };
                     control

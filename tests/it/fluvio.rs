@@ -98,10 +98,11 @@ batch_size = 64
     }
     // Every record's position is committed once its write is acknowledged, the last ones too:
     // a commit that waits for a record that never comes would leave the tail uncommitted.
+    let consumer = format!("{topic}-consumer");
     let committed = |offsets: &[fluvio::consumer::ConsumerOffset]| -> i64 {
         offsets
             .iter()
-            .filter(|o| o.consumer_id == format!("{topic}-consumer") && o.topic == topic)
+            .filter(|o| o.consumer_id == consumer && o.topic == topic)
             .map(|o| o.offset + 1)
             .sum()
     };
