@@ -4,6 +4,9 @@
 # with the compiled component and with the rule compiled natively, event-to-stored latency
 # percentiles at a fixed rate, and converge's CAS write rate against redis-benchmark running the
 # same Lua script. Sizes: BENCH_ORDERS, BENCH_RATE, BENCH_LATENCY_SECONDS (see the bench's docs).
+# With CONVERGE_BENCH_FLUVIO=host:port (a Fluvio cluster's SC), the throughput backlog also goes
+# through the Fluvio source. The report is written to target/bench/pipeline.json
+# (kafka_events_per_s and fluvio_events_per_s from the same run).
 # The Wasm-tax micro-benchmarks are `cargo bench -p converge-tests --bench rule`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

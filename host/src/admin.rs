@@ -102,6 +102,8 @@ pub struct Metrics {
     stored_latency: Histogram,
     unavailable: Family<UnavailableLabel, Counter>,
     consumer_lag: Family<PartitionLabel, Gauge>,
+    source_gaps: Family<PartitionLabel, Counter>,
+    source_reconnects: Family<PartitionLabel, Counter>,
     swaps: Family<SwapLabel, Counter>,
     shadow_decisions: Counter,
     shadow_disagreements: Counter,
@@ -194,6 +196,18 @@ impl Default for Metrics {
             "Messages between the last acknowledged offset and the partition's end",
             consumer_lag.clone(),
         );
+        let source_gaps = Family::<PartitionLabel, Counter>::default();
+        registry.register(
+            "source_gaps",
+            "Ranges of offsets a partition's stream skipped; each is read again, or dead-lettered as lost when the records no longer exist",
+            source_gaps.clone(),
+        );
+        let source_reconnects = Family::<PartitionLabel, Counter>::default();
+        registry.register(
+            "source_reconnects",
+            "Partition streams opened again after they failed, ended or skipped offsets",
+            source_reconnects.clone(),
+        );
         let swaps = Family::<SwapLabel, Counter>::default();
         registry.register(
             "rule_swaps",
@@ -228,6 +242,8 @@ impl Default for Metrics {
             stored_latency,
             unavailable,
             consumer_lag,
+            source_gaps,
+            source_reconnects,
             swaps,
             shadow_decisions,
             shadow_disagreements,
@@ -336,6 +352,26 @@ impl Metrics {
                 partition,
             })
             .set(lag.max(0));
+    }
+
+    /// Records a range of offsets a partition's stream skipped.
+    pub(crate) fn record_source_gap(&self, topic: &str, partition: i32) {
+        self.source_gaps
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_owned(),
+                partition,
+            })
+            .inc();
+    }
+
+    /// Records a partition stream opened again.
+    pub(crate) fn record_source_reconnect(&self, topic: &str, partition: i32) {
+        self.source_reconnects
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_owned(),
+                partition,
+            })
+            .inc();
     }
 
     /// The metrics in Prometheus text format.

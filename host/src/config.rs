@@ -135,11 +135,22 @@ pub enum SourceConfig {
         /// Verified TLS to the cluster.
         #[serde(default)]
         tls: Option<crate::fluvio_source::FluvioTls>,
+        /// How long a batch waits for more records after its first one.
+        #[serde(default = "default_batch_timeout_ms")]
+        batch_timeout_ms: u64,
+        /// The most bytes one response of a partition's stream may carry: at least the largest
+        /// record batch the producers write (1 MiB to 2 GiB; default 32 MiB).
+        #[serde(default = "default_fetch_max_bytes")]
+        fetch_max_bytes: u32,
     },
 }
 
 fn default_batch_timeout_ms() -> u64 {
     20
+}
+
+fn default_fetch_max_bytes() -> u32 {
+    crate::fluvio_source::DEFAULT_FETCH_MAX_BYTES
 }
 
 /// Where states are stored.
@@ -287,11 +298,20 @@ impl Config {
             }
         }
         if let SourceConfig::Fluvio {
-            topic, consumer, ..
+            topic,
+            consumer,
+            fetch_max_bytes,
+            ..
         } = &self.source
-            && (topic.trim().is_empty() || consumer.trim().is_empty())
         {
-            return invalid("source.topic and source.consumer must not be empty".to_owned());
+            if topic.trim().is_empty() || consumer.trim().is_empty() {
+                return invalid("source.topic and source.consumer must not be empty".to_owned());
+            }
+            if !(1 << 20..=i32::MAX as u32).contains(fetch_max_bytes) {
+                return invalid(format!(
+                    "source.fetch_max_bytes must be between 1 MiB and 2 GiB, not {fetch_max_bytes}"
+                ));
+            }
         }
         match &self.store {
             StoreConfig::Redis { prefix, .. } | StoreConfig::RedisCluster { prefix, .. }

@@ -19,6 +19,9 @@ pub enum DeadLetterKind {
     RuleFailed,
     /// An id-only message that could not be enriched.
     NotEnriched,
+    /// Records the source could not read because they no longer exist (removed by retention
+    /// before they were read); the position is the range's first offset, the reason names it.
+    Lost,
 }
 
 impl DeadLetterKind {
@@ -28,6 +31,7 @@ impl DeadLetterKind {
             Self::Rejected => "rejected",
             Self::RuleFailed => "rule_failed",
             Self::NotEnriched => "not_enriched",
+            Self::Lost => "lost",
         }
     }
 }

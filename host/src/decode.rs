@@ -168,6 +168,7 @@ mod tests {
             key: None,
             payload: Some(body.to_vec()),
             produced_at_ms: None,
+            lost: None,
         }
     }
 

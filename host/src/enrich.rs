@@ -175,6 +175,7 @@ impl Enricher {
             key: Some(key.as_bytes().to_vec()),
             payload: Some(body.to_vec()),
             produced_at_ms: None,
+            lost: None,
         };
         match mapping.decode(&message) {
             Ok(Decoded::Event(event)) if event.key == key => Ok(event),

@@ -1,31 +1,58 @@
-//! The Fluvio source: a topic's partitions through the `fluvio` client, with offsets managed
-//! manually under a named offset consumer.
+//! The Fluvio source: each partition of a topic read by a stream of its own and checked for
+//! gaps, batches handed to the pipeline, and exactly the acknowledged offsets committed under
+//! a named offset consumer.
 //!
-//! A position is committed only by [`Source::ack`], i.e. after the batch's writes and dead
-//! letters are acknowledged: the stream commits the offset of the last record it yielded and
-//! flushes it to the cluster, waiting for the answer. The source never reads past the batch it
-//! handed out before that batch is acknowledged, so "the last record yielded" is exactly the end
-//! of the acknowledged batch. A restart resumes after the last committed offset: at most the
-//! unacknowledged tail is delivered again, which the rule makes harmless.
+//! # Why it is built this way
 //!
-//! A batch is one record. fluvio's consumer stream (0.50) keeps a lock on its partitions while
-//! a read is pending and only lets go when that read is polled again; committing after a read
-//! that was given up (a batch closed by a timeout, with no record waiting) therefore blocks
-//! until the next record arrives, and committing then would cover that unprocessed record.
-//! Reading exactly one record per batch and never abandoning a read is the only way the public
-//! client lets us commit exactly what was written; found against a real cluster, where a
-//! timed-out batch stalled the consumer and made it deaf to SIGTERM.
+//! The fluvio client (0.50.1, the newest on crates.io) cannot be trusted with positions:
+//! - a fetch is capped in bytes, and a record batch cut by the cap is taken as complete: the
+//!   stream jumps past the rest of it (about one gap per megabyte of a partition);
+//! - its reconnecting wrapper keeps one next offset for all partitions of a stream, and jumps
+//!   over records removed by retention without a word;
+//! - a stream commits only "the highest offset it has handed out", and a pending read blocks
+//!   a commit until the next record arrives.
 //!
-//! Fluvio has no consumer groups: run several instances with disjoint `partitions` (and one
-//! offset consumer name each, or a shared one — offsets are kept per partition).
+//! So converge keeps the positions itself:
+//! - **one reader per partition** ([`reader`]) hands out every offset once and in order. A
+//!   record past the next expected offset is a gap: it is counted, logged, and the stream is
+//!   reopened at the first missing offset. Records removed by retention are handed out as one
+//!   `lost` message (dead-lettered with the range); a gap that comes back on every one of ten
+//!   re-reads is reported the same way. Nothing is skipped in silence.
+//! - A stream that fails or ends is reopened with backoff at that partition's own next offset.
+//! - Readers never commit, so a read given up on is harmless, and batches can close on a
+//!   timeout ([`FluvioSourceConfig::batch_timeout`]).
+//! - **Acknowledgements** go into a per-partition ledger ([`ledger`]); the committable offset
+//!   is the end of the longest acknowledged prefix of handed-out batches.
+//! - **One committer per partition** ([`committer`]) commits that offset exactly: it opens a
+//!   short-lived stream at the offset, reads that one record, commits and flushes. Commits run
+//!   beside the pipeline and coalesce (the newest committable offset wins), and
+//!   [`FluvioSource::close`] commits the last one before the process exits.
+//!
+//! At-least-once holds: nothing is committed past an unacknowledged record, and a restart (or
+//! a SIGKILL) re-reads from the last committed offset + 1; the rule makes the redelivered
+//! tail harmless.
+//!
+//! Fluvio has no consumer groups: run several instances with disjoint `partitions`.
 
+mod committer;
+mod ledger;
+mod link;
+mod reader;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
+use crate::admin::Metrics;
 use crate::message::{Message, Position};
 use crate::source::{Source, SourceError};
+
+pub use link::{FluvioLink, Link, ReadError, Records, Start};
 
 /// TLS to the cluster, verifying its certificate (all paths PEM files).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +66,11 @@ pub struct FluvioTls {
     pub key: PathBuf,
 }
 
+/// The largest fetch the SPU is asked for by default: the SPU's own preferred read size
+/// (`FileReplica::PREFER_MAX_LEN`, 32 MiB). A fetch must hold the largest record batch, and a
+/// large one makes the client's cut-batch gaps rare (they are caught either way).
+pub const DEFAULT_FETCH_MAX_BYTES: u32 = 32 << 20;
+
 /// What the Fluvio consumer needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FluvioSourceConfig {
@@ -50,6 +82,16 @@ pub struct FluvioSourceConfig {
     pub partitions: Vec<u32>,
     /// The offset consumer under which committed offsets are kept.
     pub consumer: String,
+    /// The most bytes the SPU sends in one response of a partition's stream.
+    pub fetch_max_bytes: i32,
+    /// How long a batch waits for more records after its first one.
+    pub batch_timeout: Duration,
+    /// Records read ahead of the pipeline, over all partitions.
+    pub read_ahead: usize,
+    /// The first wait before a failed stream or commit is tried again; it doubles up to
+    /// `max_backoff` while the cluster stays unreachable.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 /// One record as the source needs it.
@@ -63,242 +105,265 @@ pub struct FluvioRecord {
     pub timestamp_ms: Option<i64>,
 }
 
-/// A stream of records with offset commits: fluvio's consumer stream, or a test's own.
-#[allow(async_fn_in_trait)] // Used through generics only.
-pub trait RecordStream {
-    /// The next record; `None` when the stream has ended. A call that is given up before it
-    /// yields may keep the stream from committing until the next record arrives (see the
-    /// module docs), so the source awaits every call to the end.
-    async fn next_record(&mut self) -> Option<Result<FluvioRecord, SourceError>>;
-
-    /// Commits the offsets of every record yielded so far and waits until the cluster has them.
-    async fn commit(&mut self) -> Result<(), SourceError>;
+/// Exponential backoff between attempts at something that failed.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    current: Duration,
 }
 
-type FluvioStream = Box<
-    dyn fluvio::consumer::ConsumerStream<
-            Item = Result<fluvio::consumer::Record, fluvio::dataplane::link::ErrorCode>,
-        > + Send,
->;
-
-/// fluvio's consumer stream behind [`RecordStream`].
-pub struct FluvioConsumer {
-    stream: FluvioStream,
-    topic: String,
-}
-
-impl std::fmt::Debug for FluvioConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FluvioConsumer")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
-
-fn fluvio_error(error: impl std::fmt::Display) -> SourceError {
-    SourceError::Fluvio(error.to_string())
-}
-
-impl FluvioConsumer {
-    /// Connects and opens the topic's partitions under the offset consumer, resuming after
-    /// its committed offsets (from the beginning for a new consumer).
-    pub async fn connect(config: &FluvioSourceConfig) -> Result<Self, SourceError> {
-        let cluster = match &config.endpoint {
-            Some(endpoint) => {
-                let mut cluster = fluvio::FluvioClusterConfig::new(endpoint);
-                if let Some(tls) = &config.tls {
-                    cluster = cluster.with_tls(fluvio::config::TlsPolicy::Verified(
-                        fluvio::config::TlsConfig::Files(fluvio::config::TlsPaths {
-                            domain: tls.domain.clone(),
-                            key: tls.key.clone(),
-                            cert: tls.cert.clone(),
-                            ca_cert: tls.ca_cert.clone(),
-                        }),
-                    ));
-                }
-                cluster
-            }
-            None => fluvio::FluvioClusterConfig::load().map_err(fluvio_error)?,
-        };
-        let client = fluvio::Fluvio::connect_with_config(&cluster)
-            .await
-            .map_err(fluvio_error)?;
-        let mut builder = fluvio::consumer::ConsumerConfigExt::builder();
-        builder
-            .topic(config.topic.clone())
-            .offset_consumer(config.consumer.clone())
-            .offset_start(fluvio::Offset::beginning())
-            .offset_strategy(fluvio::consumer::OffsetManagementStrategy::Manual);
-        for partition in &config.partitions {
-            builder.partition(*partition);
-        }
-        let consumer_config = builder.build().map_err(fluvio_error)?;
-        let stream = client
-            .consumer_with_config(consumer_config)
-            .await
-            .map_err(fluvio_error)?;
-        Ok(Self {
-            stream: Box::new(stream),
-            topic: config.topic.clone(),
-        })
-    }
-}
-
-impl RecordStream for FluvioConsumer {
-    async fn next_record(&mut self) -> Option<Result<FluvioRecord, SourceError>> {
-        let record = self.stream.next().await?;
-        Some(record.map_err(fluvio_error).map(|record| {
-            let timestamp = record.timestamp();
-            FluvioRecord {
-                partition: record.partition(),
-                offset: record.offset(),
-                key: record.key().map(<[u8]>::to_vec),
-                value: record.value().to_vec(),
-                timestamp_ms: (timestamp > 0).then_some(timestamp),
-            }
-        }))
-    }
-
-    async fn commit(&mut self) -> Result<(), SourceError> {
-        self.stream.offset_commit().await.map_err(fluvio_error)?;
-        self.stream.offset_flush().await.map_err(fluvio_error)
-    }
-}
-
-/// Records from a [`RecordStream`], one per batch; commits on acknowledgement.
-#[derive(Debug)]
-pub struct FluvioSource<S> {
-    stream: S,
-    topic: String,
-}
-
-impl<S: RecordStream> FluvioSource<S> {
-    pub fn new(stream: S, topic: &str) -> Self {
+impl Backoff {
+    pub(crate) fn new(first: Duration, max: Duration) -> Self {
         Self {
-            stream,
-            topic: topic.to_owned(),
+            first,
+            max,
+            current: first,
         }
     }
 
-    fn message(&self, record: FluvioRecord) -> Message {
-        Message {
-            position: Position::Partition {
-                topic: self.topic.clone(),
-                partition: i32::try_from(record.partition).unwrap_or(i32::MAX),
-                offset: record.offset,
-            },
-            key: record.key,
-            payload: Some(record.value),
-            produced_at_ms: record.timestamp_ms,
+    /// The wait before the next attempt; each call doubles the following one.
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        let wait = self.current;
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+/// A partition's bookkeeping on the source's side.
+#[derive(Debug)]
+struct Partition {
+    ledger: ledger::Ledger,
+    /// The committable offset, watched by the partition's committer.
+    acked: watch::Sender<Option<i64>>,
+}
+
+/// Records of a topic's partitions, in batches; commits on acknowledgement.
+#[derive(Debug)]
+pub struct FluvioSource {
+    topic: Arc<str>,
+    records: mpsc::Receiver<Message>,
+    batch_timeout: Duration,
+    partitions: HashMap<i32, Partition>,
+    stop: watch::Sender<bool>,
+    readers: Vec<JoinHandle<()>>,
+    committers: Vec<JoinHandle<()>>,
+}
+
+/// How long [`FluvioSource::close`] waits for the last commits.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl FluvioSource {
+    /// Connects to the cluster and starts reading every configured partition after its
+    /// committed offset (from the beginning for a partition never committed).
+    pub async fn connect(
+        config: &FluvioSourceConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, SourceError> {
+        let link = FluvioLink::new(config)?;
+        let another = link.another();
+        Self::start(link, move || another.another(), config, metrics).await
+    }
+
+    /// Starts reading with `first` for the set-up calls and `new_link()` for every reader and
+    /// committer: the cluster behind a [`Link`], real or a test's own.
+    pub async fn start<L: Link>(
+        mut first: L,
+        new_link: impl Fn() -> L,
+        config: &FluvioSourceConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, SourceError> {
+        let available = first.partitions().await?;
+        let partitions = if config.partitions.is_empty() {
+            available
+        } else {
+            if let Some(missing) = config.partitions.iter().find(|p| !available.contains(p)) {
+                return Err(SourceError::Fluvio(format!(
+                    "topic {} has no partition {missing} (it has {})",
+                    config.topic,
+                    available.len()
+                )));
+            }
+            config.partitions.clone()
+        };
+        let committed = first.committed().await?;
+        let topic: Arc<str> = Arc::from(config.topic.as_str());
+        let (out, records) = mpsc::channel(config.read_ahead.max(1));
+        let (stop, _) = watch::channel(false);
+        let backoff = Backoff::new(config.backoff, config.max_backoff);
+        let mut source = Self {
+            topic: Arc::clone(&topic),
+            records,
+            batch_timeout: config.batch_timeout,
+            partitions: HashMap::new(),
+            stop,
+            readers: Vec::new(),
+            committers: Vec::new(),
+        };
+        for partition in partitions {
+            let committed = committed.get(&partition).copied();
+            tracing::info!(
+                %topic,
+                partition,
+                committed = ?committed,
+                "reading partition"
+            );
+            let (acked, watched) = watch::channel(committed);
+            source.readers.push(tokio::spawn(
+                reader::Reader {
+                    link: new_link(),
+                    topic: Arc::clone(&topic),
+                    partition,
+                    next: committed.map(|offset| offset + 1),
+                    out: out.clone(),
+                    stop: source.stop.subscribe(),
+                    metrics: metrics.clone(),
+                    backoff: backoff.clone(),
+                    rereads: None,
+                }
+                .run(),
+            ));
+            source
+                .committers
+                .push(tokio::spawn(committer::commit_partition(
+                    new_link(),
+                    Arc::clone(&topic),
+                    partition,
+                    watched,
+                    committed,
+                    backoff.clone(),
+                )));
+            source.partitions.insert(
+                i32::try_from(partition).unwrap_or(i32::MAX),
+                Partition {
+                    ledger: ledger::Ledger::default(),
+                    acked,
+                },
+            );
+        }
+        Ok(source)
+    }
+
+    /// Stops reading and commits the last acknowledged offsets, waiting up to 10 s for the
+    /// cluster. Records handed out but not acknowledged are read again after a restart.
+    pub async fn close(mut self) {
+        self.stop.send_replace(true);
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        // Dropping the senders tells each committer to commit its last offset and return.
+        self.partitions.clear();
+        let committers = std::mem::take(&mut self.committers);
+        let aborts: Vec<_> = committers.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(CLOSE_TIMEOUT, futures::future::join_all(committers))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                topic = %self.topic,
+                "the last commits did not finish within {CLOSE_TIMEOUT:?}; a restart re-reads \
+                 from the offsets committed before"
+            );
+            for abort in aborts {
+                abort.abort();
+            }
         }
     }
 }
 
-impl<S: RecordStream> Source for FluvioSource<S> {
-    /// One record (see the module docs). The stream only ends when the client has given up
-    /// reconnecting, so an end is an error, not the end of the input.
-    async fn next_batch(&mut self, _max: usize) -> Result<Vec<Message>, SourceError> {
-        match self.stream.next_record().await {
-            Some(record) => Ok(vec![self.message(record?)]),
-            None => Err(SourceError::Fluvio(format!(
-                "the stream of topic {} ended: the client lost the cluster and gave up \
-                 reconnecting; a restart resumes after the last committed offset",
-                self.topic
-            ))),
+impl Drop for FluvioSource {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Each partition's first and last offset in `batch` (a lost range counts to its end).
+fn runs(batch: &[Message]) -> Vec<(i32, i64, i64)> {
+    let mut runs: Vec<(i32, i64, i64)> = Vec::new();
+    for message in batch {
+        let Position::Partition {
+            partition, offset, ..
+        } = &message.position
+        else {
+            continue;
+        };
+        let last = message
+            .lost
+            .as_ref()
+            .map_or(*offset, |lost| lost.last_offset);
+        match runs.iter_mut().find(|run| run.0 == *partition) {
+            Some(run) => {
+                run.1 = run.1.min(*offset);
+                run.2 = run.2.max(last);
+            }
+            None => runs.push((*partition, *offset, last)),
         }
     }
+    runs
+}
 
-    async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
-        if batch.is_empty() {
-            return Ok(());
+impl Source for FluvioSource {
+    /// Up to `max` records, waiting at most `batch_timeout` for more after the first. Readers
+    /// only stop on shutdown, so a closed channel is an error, not the end of the input.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        let Some(first) = self.records.recv().await else {
+            return Err(SourceError::Fluvio(format!(
+                "every partition reader of topic {} stopped",
+                self.topic
+            )));
+        };
+        let mut batch = Vec::with_capacity(max.max(1));
+        batch.push(first);
+        let linger = tokio::time::sleep(self.batch_timeout);
+        tokio::pin!(linger);
+        while batch.len() < max {
+            tokio::select! {
+                biased;
+                message = self.records.recv() => match message {
+                    Some(message) => batch.push(message),
+                    None => break,
+                },
+                () = &mut linger => break,
+            }
         }
-        self.stream.commit().await
+        for (partition, first, last) in runs(&batch) {
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.ledger.handed_out(first, last);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Marks the batch's offsets acknowledged; the committers commit the new committable
+    /// offsets beside the pipeline.
+    async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
+        for (partition, first, last) in runs(batch) {
+            let Some(state) = self.partitions.get_mut(&partition) else {
+                return Err(SourceError::Fluvio(format!(
+                    "acknowledged partition {partition} of topic {} is not read here",
+                    self.topic
+                )));
+            };
+            match state.ledger.acknowledged(first, last) {
+                Ok(Some(offset)) => {
+                    state.acked.send_replace(Some(offset));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(SourceError::Fluvio(format!(
+                        "partition {partition} of topic {}: {error}",
+                        self.topic
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-
-    use super::*;
-
-    /// Records in memory; `committed` is what a restarted consumer would resume after.
-    #[derive(Default)]
-    struct Recorded {
-        waiting: VecDeque<FluvioRecord>,
-        yielded: Vec<(u32, i64)>,
-        committed: Vec<(u32, i64)>,
-        commits: usize,
-    }
-
-    impl RecordStream for Recorded {
-        async fn next_record(&mut self) -> Option<Result<FluvioRecord, SourceError>> {
-            let record = self.waiting.pop_front()?;
-            self.yielded.push((record.partition, record.offset));
-            Some(Ok(record))
-        }
-
-        async fn commit(&mut self) -> Result<(), SourceError> {
-            self.commits += 1;
-            self.committed = self.yielded.clone();
-            Ok(())
-        }
-    }
-
-    fn records(count: i64) -> VecDeque<FluvioRecord> {
-        (0..count)
-            .map(|offset| FluvioRecord {
-                partition: (offset % 2) as u32,
-                offset,
-                key: Some(format!("o-{offset}").into_bytes()),
-                value: b"{}".to_vec(),
-                timestamp_ms: Some(1_700_000_000_000 + offset),
-            })
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn offsets_are_committed_only_when_a_batch_is_acknowledged() {
-        let stream = Recorded {
-            waiting: records(3),
-            ..Recorded::default()
-        };
-        let mut source = FluvioSource::new(stream, "orders");
-        let first = source.next_batch(64).await.expect("batch");
-        assert_eq!(first.len(), 1, "one record per batch");
-        assert!(
-            source.stream.committed.is_empty(),
-            "nothing is committed before the batch is acknowledged"
-        );
-        assert_eq!(
-            source.stream.yielded.len(),
-            1,
-            "nothing is read past the batch before its acknowledgement"
-        );
-        source.ack(&first).await.expect("ack");
-        assert_eq!(source.stream.committed, [(0, 0)]);
-
-        let second = source.next_batch(64).await.expect("batch");
-        let third = source.next_batch(64).await.expect("batch");
-        assert_eq!(
-            third[0].position,
-            Position::Partition {
-                topic: "orders".to_owned(),
-                partition: 0,
-                offset: 2
-            }
-        );
-        assert_eq!(third[0].produced_at_ms, Some(1_700_000_000_002));
-        source.ack(&second).await.expect("ack");
-        source.ack(&third).await.expect("ack");
-        assert_eq!(source.stream.committed.len(), 3);
-        assert_eq!(source.stream.commits, 3);
-    }
-
-    #[tokio::test]
-    async fn a_stream_that_ends_is_an_error_not_the_end_of_the_input() {
-        let mut source = FluvioSource::new(Recorded::default(), "orders");
-        let error = source.next_batch(64).await.expect_err("the stream ended");
-        assert!(error.to_string().contains("topic orders ended"), "{error}");
-    }
-}
+mod tests;

@@ -152,6 +152,7 @@ impl KafkaSource {
                 rdkafka::Timestamp::CreateTime(ms) => Some(ms),
                 _ => None,
             },
+            lost: None,
         }
     }
 }

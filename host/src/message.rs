@@ -40,4 +40,17 @@ pub struct Message {
     /// When the producer created the message (Unix milliseconds), if the transport records it
     /// (Kafka's CreateTime): the start of the event-to-stored latency.
     pub produced_at_ms: Option<i64>,
+    /// Set when the message stands for records the source could not read (removed by
+    /// retention before they were read): it carries no body and is dead-lettered as `lost`,
+    /// so the range is reported rather than skipped in silence.
+    pub lost: Option<Lost>,
+}
+
+/// Records of a partition that no longer exist, from the message's position to `last_offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// The last offset of the range (inclusive); the first is the message's position.
+    pub last_offset: i64,
+    /// Why the range could not be read, for the dead letter.
+    pub reason: String,
 }

@@ -237,6 +237,15 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let mut letters = Vec::new();
         let mut decoded: Vec<(usize, Decoded)> = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
+            if let Some(lost) = &message.lost {
+                letters.push(letter(
+                    message,
+                    DeadLetterKind::Lost,
+                    lost.reason.clone(),
+                    &stamp,
+                ));
+                continue;
+            }
             match self.config.mapping.decode(message) {
                 Ok(event) => decoded.push((index, event)),
                 Err(error) => {

@@ -14,7 +14,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::engine::{EngineLimits, LoadError, RuleEngine};
 use crate::enrich::Enricher;
 use crate::fleet::{Fleet, FleetError};
-use crate::fluvio_source::{FluvioConsumer, FluvioSource, FluvioSourceConfig};
+use crate::fluvio_source::{FluvioSource, FluvioSourceConfig};
 use crate::gate::{GateError, Gates};
 use crate::kafka_dead_letters::KafkaDeadLetters;
 use crate::kafka_source::{KafkaSource, KafkaSourceConfig};
@@ -197,17 +197,26 @@ pub async fn serve(
             partitions,
             consumer,
             tls,
-        } => {
-            let consumer = FluvioConsumer::connect(&FluvioSourceConfig {
-                endpoint: endpoint.clone(),
-                tls: tls.clone(),
-                topic: topic.clone(),
-                partitions: partitions.clone(),
-                consumer: consumer.clone(),
-            })
-            .await?;
-            AnySource::Fluvio(FluvioSource::new(consumer, topic))
-        }
+            batch_timeout_ms,
+            fetch_max_bytes,
+        } => AnySource::Fluvio(
+            FluvioSource::connect(
+                &FluvioSourceConfig {
+                    endpoint: endpoint.clone(),
+                    tls: tls.clone(),
+                    topic: topic.clone(),
+                    partitions: partitions.clone(),
+                    consumer: consumer.clone(),
+                    fetch_max_bytes: i32::try_from(*fetch_max_bytes).unwrap_or(i32::MAX),
+                    batch_timeout: Duration::from_millis(*batch_timeout_ms),
+                    read_ahead: config.pipeline.batch_size.saturating_mul(2),
+                    backoff: Duration::from_millis(config.pipeline.backoff_ms),
+                    max_backoff: Duration::from_millis(config.pipeline.max_backoff_ms),
+                },
+                Some(Arc::clone(&metrics)),
+            )
+            .await?,
+        ),
     };
 
     let mut pipeline = Pipeline::new(control.rule(), store, dead_letters, config.pipeline.clone());
@@ -231,8 +240,10 @@ pub async fn serve(
             Ok(Ok(())) => {}
         }
     }
-    if let AnySource::Kafka(kafka) = source {
-        kafka.close();
+    match source {
+        AnySource::Kafka(kafka) => kafka.close(),
+        AnySource::Fluvio(fluvio) => fluvio.close().await,
+        AnySource::File(_) => {}
     }
     result?;
     let stats = pipeline.stats().clone();
@@ -271,7 +282,7 @@ pub(crate) async fn open_store(config: &StoreConfig) -> Result<AnyStore, StoreEr
 enum AnySource {
     File(JsonLinesSource<Box<dyn AsyncBufRead + Unpin + Send>>),
     Kafka(KafkaSource),
-    Fluvio(FluvioSource<FluvioConsumer>),
+    Fluvio(FluvioSource),
 }
 
 impl Source for AnySource {

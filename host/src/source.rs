@@ -61,6 +61,7 @@ impl<R: AsyncBufRead + Unpin> Source for JsonLinesSource<R> {
                 key: None,
                 payload: Some(bytes),
                 produced_at_ms: None,
+                lost: None,
             });
         }
         Ok(batch)

@@ -12,8 +12,14 @@
 //!    every 200 ms; reports the pause each swap adds (taking up the new rule between batches
 //!    plus the first call on it) and the longest gap between acknowledgements, against the
 //!    same gap in run 2 without swaps.
+//! 5. **fluvio** (when `CONVERGE_BENCH_FLUVIO=host:port` names a cluster): the throughput
+//!    run's backlog again, through a Fluvio topic and the Fluvio source; reports events/s
+//!    beside run 1's Kafka figure.
 //! 3. **store**: converge's pipelined compare-and-set writes (batches as the pipeline sends them)
 //!    against `redis-benchmark` running the same Lua script, pipelined, on the same server.
+//!
+//! The report is printed and written to `target/bench/pipeline.json`
+//! (`kafka_events_per_s`, `fluvio_events_per_s` at the top).
 //!
 //! `bash deploy/scripts/bench.sh` starts the services and runs this; or, with them running,
 //! `cargo bench -p converge-tests --bench pipeline`. Sizes: `BENCH_ORDERS` (default 40000),
@@ -280,6 +286,122 @@ async fn simulate_into(topic: &str, config: SimulatorConfig) -> converge::simula
         .expect("simulated")
 }
 
+/// A `Write` into a buffer the caller keeps: the simulator's JSON lines, collected.
+#[derive(Clone, Default)]
+struct Collected(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Collected {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The throughput run's backlog again, through a Fluvio topic of as many partitions and the
+/// Fluvio source (`serve`'s settings); returns events/s. The simulator is deterministic for a
+/// seed, so publishing it again as lines gives the same messages, which are produced to Fluvio
+/// keyed by order before the clock starts.
+async fn fluvio_throughput(
+    endpoint: &str,
+    orders: usize,
+    backlog: &converge::simulator::Summary,
+    compiled: &converge::engine::CompiledRule,
+) -> f64 {
+    use fluvio::metadata::topic::TopicSpec;
+
+    let lines = Collected::default();
+    let again = Simulator::new(
+        SimulatorConfig {
+            orders,
+            duplicate_percent: 20,
+            shuffle_window: 1024,
+            ..SimulatorConfig::default()
+        },
+        Publisher::Lines(Box::new(lines.clone())),
+    )
+    .run()
+    .await
+    .expect("simulated");
+    assert_eq!(
+        again.published, backlog.published,
+        "the simulator is deterministic"
+    );
+    let lines = std::mem::take(
+        &mut *lines
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+
+    let cluster = fluvio::FluvioClusterConfig::new(endpoint);
+    let client = fluvio::Fluvio::connect_with_config(&cluster)
+        .await
+        .expect("the Fluvio cluster answers");
+    let topic = format!("converge-bench-{:016x}", rand::random::<u64>());
+    let admin = client.admin().await;
+    admin
+        .create(topic.clone(), false, TopicSpec::new_computed(6, 1, None))
+        .await
+        .expect("topic created");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let producer = client.topic_producer(&topic).await.expect("producer");
+    for line in lines.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
+        let key = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|body| body.get("key")?.as_str().map(str::to_owned))
+            .expect("every simulated message has a key");
+        producer.send(key, line.to_vec()).await.expect("sent");
+    }
+    producer.flush().await.expect("flushed");
+
+    let store = TestStore::standalone("bench-fluvio").await;
+    let (_fixed_target, target) = watch::channel(backlog.published as usize);
+    let source = converge::fluvio_source::FluvioSource::connect(
+        &converge::fluvio_source::FluvioSourceConfig {
+            endpoint: Some(endpoint.to_owned()),
+            tls: None,
+            topic: topic.clone(),
+            partitions: Vec::new(),
+            consumer: format!("{topic}-bench"),
+            fetch_max_bytes: converge::fluvio_source::DEFAULT_FETCH_MAX_BYTES as i32,
+            batch_timeout: Duration::from_millis(20),
+            read_ahead: pipeline_config().batch_size * 2,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        },
+        None,
+    )
+    .await
+    .expect("the Fluvio source starts");
+    let mut measured = Measured::new(source, target);
+    let mut pipeline = Pipeline::new(
+        compiled.instance(),
+        store.store.clone(),
+        MemoryDeadLetters::new(),
+        pipeline_config(),
+    );
+    pipeline
+        .run(&mut measured, std::future::pending())
+        .await
+        .expect("the pipeline runs");
+    assert!(
+        pipeline.dead_letters().letters().is_empty(),
+        "nothing in a simulated stream is bad, and nothing was lost"
+    );
+    let rate = measured.events_per_second();
+    measured.inner.close().await;
+    assert_converged(&store.store, &backlog.expected).await;
+    let _ = admin.delete::<TopicSpec>(topic).await;
+    rate
+}
+
 /// converge's own pipelined CAS writes: `count` fresh keys in batches of `batch`.
 async fn store_write_rate(store: &RedisStore, count: usize, batch: usize) -> f64 {
     let state = |n: usize| State {
@@ -388,6 +510,21 @@ fn main() {
         assert_converged(&native_store.store, &backlog.expected).await;
         drop(wasm_store);
         drop(native_store);
+
+        // 5. The same backlog through the Fluvio source, when a cluster is given.
+        let fluvio = match std::env::var("CONVERGE_BENCH_FLUVIO") {
+            Ok(endpoint) => {
+                let run = fluvio_throughput(&endpoint, orders, &backlog, &compiled).await;
+                println!(
+                    "fluvio: {:.0} events/s against {:.0} through Kafka ({:.1}%)",
+                    run,
+                    wasm.events_per_second(),
+                    100.0 * run / wasm.events_per_second()
+                );
+                Some(run)
+            }
+            Err(_) => None,
+        };
 
         // 2. Latency at a fixed rate.
         let paced = TestTopic::create("bench-latency", 6).await;
@@ -544,6 +681,9 @@ fn main() {
         drop(store_bench);
 
         let report = serde_json::json!({
+            "kafka_events_per_s": wasm.events_per_second().round(),
+            "fluvio_events_per_s": fluvio.map(f64::round),
+            "fluvio_over_kafka": fluvio.map(|fluvio| fluvio / wasm.events_per_second()),
             "throughput": {
                 "events": backlog.published,
                 "orders": backlog.orders,
@@ -574,7 +714,17 @@ fn main() {
                 "converge_over_redis_benchmark_p16": converge_rate / benchmark_16,
             },
         });
-        println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+        let report_text = serde_json::to_string_pretty(&report).expect("JSON");
+        println!("{report_text}");
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(
+                || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+                std::path::PathBuf::from,
+            )
+            .join("bench");
+        std::fs::create_dir_all(&dir).expect("target/bench");
+        std::fs::write(dir.join("pipeline.json"), report_text + "\n").expect("report written");
+        println!("written to {}", dir.join("pipeline.json").display());
         println!(
             "end to end: {:.0} events/s with the component, {:.0} natively ({:.1}%); \
              p99 event-to-stored {} ms at {} changes/s; \

@@ -19,6 +19,7 @@ fn id_only(key: &str, line: u64) -> Message {
         key: None,
         payload: Some(format!(r#"{{"key":"{key}"}}"#).into_bytes()),
         produced_at_ms: None,
+        lost: None,
     }
 }
 

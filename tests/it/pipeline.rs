@@ -147,6 +147,7 @@ async fn bad_input_is_dead_lettered_with_a_reason_and_good_events_flow() {
         key: Some(b"order-3".to_vec()),
         payload: None,
         produced_at_ms: None,
+        lost: None,
     });
     let mut pipeline = Pipeline::new(
         rule("order-status"),

@@ -94,6 +94,7 @@ pub fn line_messages(bodies: &[Vec<u8>]) -> Vec<Message> {
             key: None,
             payload: Some(body.clone()),
             produced_at_ms: None,
+            lost: None,
         })
         .collect()
 }
