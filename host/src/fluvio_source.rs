@@ -170,14 +170,42 @@ impl FluvioSource {
     }
 
     /// Starts reading with `first` for the set-up calls and `new_link()` for every reader and
-    /// committer: the cluster behind a [`Link`], real or a test's own.
+    /// committer: the cluster behind a [`Link`], real or a test's own. An unreachable cluster
+    /// is waited for with backoff; a topic that does not exist is an error.
     pub async fn start<L: Link>(
         mut first: L,
         new_link: impl Fn() -> L,
         config: &FluvioSourceConfig,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, SourceError> {
-        let available = first.partitions().await?;
+        // The cluster may be down when converge starts: wait for it as for a lost connection.
+        let mut backoff = Backoff::new(config.backoff, config.max_backoff);
+        let (available, committed) = loop {
+            let setup = async {
+                let Some(available) = first.partitions().await? else {
+                    return Ok(None);
+                };
+                Ok::<_, SourceError>(Some((available, first.committed().await?)))
+            };
+            match setup.await {
+                Ok(Some(found)) => break found,
+                Ok(None) => {
+                    return Err(SourceError::Fluvio(format!(
+                        "topic {} does not exist",
+                        config.topic
+                    )));
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        topic = %config.topic,
+                        error = %error,
+                        "cannot reach the Fluvio cluster; retrying after a backoff"
+                    );
+                    first.reset();
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+            }
+        };
         let partitions = if config.partitions.is_empty() {
             available
         } else {
@@ -190,7 +218,6 @@ impl FluvioSource {
             }
             config.partitions.clone()
         };
-        let committed = first.committed().await?;
         let topic: Arc<str> = Arc::from(config.topic.as_str());
         let (out, records) = mpsc::channel(config.read_ahead.max(1));
         let (stop, _) = watch::channel(false);

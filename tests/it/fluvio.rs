@@ -15,9 +15,10 @@
 //! command line, environment and directory (a cluster from `fluvio cluster start --local`).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use converge::entity::Event;
 use converge_tests::services::TestStore;
 use converge_tests::{build, orders, stored_states};
 use fluvio::metadata::topic::TopicSpec;
@@ -50,14 +51,16 @@ async fn fluvio_source_converges_across_kills_and_an_spu_restart() {
 
     let redis = TestStore::standalone("fluvio").await;
     let stream = orders::generate("order-", ORDERS, 30, 31);
-    let producer = fluvio.topic_producer(&topic).await.expect("producer");
-    let mut bytes = 0;
-    for event in &stream.events {
-        let body = serde_json::to_vec(event).expect("serialises");
-        bytes += body.len() + event.key.len();
-        producer.send(event.key.clone(), body).await.expect("sent");
-    }
-    producer.flush().await.expect("flushed");
+    // The first half is produced before `serve` starts, the second after the SPU restart: only
+    // a source that reconnects reads it.
+    let (first_half, second_half) = stream.events.split_at(stream.events.len() / 2);
+    let bytes = produce(&fluvio, &topic, first_half).await + {
+        let mut size = 0;
+        for event in second_half {
+            size += serde_json::to_vec(event).expect("serialises").len() + event.key.len();
+        }
+        size
+    };
     assert!(
         bytes / PARTITIONS as usize > 2 << 20,
         "the stream must exceed the client's 1 MB fetch several times per partition \
@@ -96,27 +99,53 @@ stream = "{dead_letters}"
     .expect("config written");
 
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    let logs = dir.path().to_owned();
-    let wait_for_keys = async |count: usize, what: &str| {
+    let consumer = format!("{topic}-consumer");
+    let committed = async || -> i64 {
+        // The test's own client may be reconnecting after the SPU restart: ask again.
+        for _ in 0..100 {
+            if let Ok(offsets) = fluvio.consumer_offsets().await {
+                return offsets
+                    .iter()
+                    .filter(|o| o.consumer_id == consumer && o.topic == topic)
+                    .map(|o| o.offset + 1)
+                    .sum();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("the cluster does not answer for consumer offsets");
+    };
+    let wait_for_commits = async |at_least: i64, what: &str| {
         let started = Instant::now();
-        while stored_states(&redis.store, &keys).await.len() < count {
+        loop {
+            let covered = committed().await;
+            if covered >= at_least {
+                return covered;
+            }
             assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "no progress {what}; logs in {}",
-                logs.display()
+                started.elapsed() < Duration::from_secs(180),
+                "{what}: committed offsets cover {covered} of {at_least} records; logs in {}",
+                dir.path().display()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
 
+    // Killed as soon as it has committed anything: mid-stream.
     let mut first = serve(&config, &dir.path().join("first.log"));
-    wait_for_keys(ORDERS / 10, "before the kill").await;
+    let covered = wait_for_commits(1, "before the kill").await;
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
+    eprintln!(
+        "killed after {covered} of {} records were committed",
+        first_half.len()
+    );
 
+    // Restarted, it reads the rest of the first half and waits at the end of each partition;
+    // then the SPU goes away under its streams, comes back, and the second half is produced.
     let restarted = serve(&config, &dir.path().join("restarted.log"));
-    wait_for_keys(ORDERS / 3, "after the restart").await;
+    wait_for_commits(first_half.len() as i64, "after the restart").await;
     restart_spu();
+    produce(&fluvio, &topic, second_half).await;
 
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -140,35 +169,11 @@ stream = "{dead_letters}"
 
     // Every record's position is committed once its write is acknowledged, the last ones too,
     // and not one more: the committed offsets of the partitions add up to the records.
-    let consumer = format!("{topic}-consumer");
-    let committed = |offsets: &[fluvio::consumer::ConsumerOffset]| -> i64 {
-        offsets
-            .iter()
-            .filter(|o| o.consumer_id == consumer && o.topic == topic)
-            .map(|o| o.offset + 1)
-            .sum()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let offsets = match fluvio.consumer_offsets().await {
-            Ok(offsets) => offsets,
-            // The test's own client may still be reconnecting after the SPU restart.
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            Err(error) => panic!("consumer offsets: {error:#}"),
-        };
-        if committed(&offsets) == total {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committed offsets cover {} of {total} records",
-            committed(&offsets)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_eq!(
+        wait_for_commits(total, "at the end").await,
+        total,
+        "committed past the records"
+    );
     terminate(restarted);
 
     let mut connection = redis::Client::open(converge_tests::services::redis_url())
@@ -188,6 +193,30 @@ stream = "{dead_letters}"
         dir.keep().display()
     );
     let _ = admin.delete::<TopicSpec>(topic).await;
+}
+
+/// Produces `events` keyed by order; returns their size in bytes. A new producer each time: the
+/// SPU may have restarted since the last.
+async fn produce(fluvio: &fluvio::Fluvio, topic: &str, events: &[Event]) -> usize {
+    let mut bytes = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let producer = loop {
+        match fluvio.topic_producer(topic).await {
+            Ok(producer) => break producer,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("producer not ready yet: {error:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("producer: {error:#}"),
+        }
+    };
+    for event in events {
+        let body = serde_json::to_vec(event).expect("serialises");
+        bytes += body.len() + event.key.len();
+        producer.send(event.key.clone(), body).await.expect("sent");
+    }
+    producer.flush().await.expect("flushed");
+    bytes
 }
 
 /// Restarts the cluster's SPU (see the module docs) and waits until it runs again.
@@ -237,16 +266,35 @@ fn restart_spu() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = std::env::temp_dir().join(format!("converge-test-spu-{pid}.log"));
-    Command::new(executable)
+    // Started by a shell that returns at once: the SPU outlives the test, like the cluster.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(r#"log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null &"#)
+        .arg("sh")
+        .arg(&log)
+        .arg(executable)
         .args(&args[1..])
         .env_clear()
         .envs(env)
         .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).expect("SPU log"))
-        .stderr(std::fs::File::create(&log).expect("SPU log"))
-        .spawn()
+        .status()
         .expect("the SPU starts again");
+    assert!(status.success(), "the SPU did not start again: {status}");
+    // Back when its public port answers (`-p host:port`), plus time to register with the SC.
+    let port = args
+        .windows(2)
+        .find(|pair| pair[0] == "-p" || pair[0] == "--public-server")
+        .and_then(|pair| pair[1].rsplit(':').next()?.parse::<u16>().ok())
+        .unwrap_or(9010);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the SPU did not come back on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
     eprintln!("SPU restarted; its log is {}", log.display());
 }
 

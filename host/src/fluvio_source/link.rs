@@ -42,8 +42,8 @@ pub type Records = BoxStream<'static, Result<FluvioRecord, ReadError>>;
 /// A connection to the cluster for one reader or committer. Calls after a failure reconnect
 /// once [`Link::reset`] has dropped the failed connection.
 pub trait Link: Send + 'static {
-    /// The topic's partitions.
-    fn partitions(&mut self) -> impl Future<Output = Result<Vec<u32>, SourceError>> + Send;
+    /// The topic's partitions; `None` when the topic does not exist.
+    fn partitions(&mut self) -> impl Future<Output = Result<Option<Vec<u32>>, SourceError>> + Send;
 
     /// The offset last committed for each partition under the offset consumer; partitions
     /// never committed are absent.
@@ -185,7 +185,7 @@ fn record(record: fluvio::consumer::Record) -> FluvioRecord {
 }
 
 impl Link for FluvioLink {
-    async fn partitions(&mut self) -> Result<Vec<u32>, SourceError> {
+    async fn partitions(&mut self) -> Result<Option<Vec<u32>>, SourceError> {
         let topic = self.topic.clone();
         let admin = self.client().await?.admin().await;
         let topics = admin
@@ -193,11 +193,10 @@ impl Link for FluvioLink {
             .await
             .map_err(fluvio_error)?;
         // The cluster filters by substring: pick the topic by its exact name.
-        let spec = topics
+        Ok(topics
             .into_iter()
             .find(|metadata| metadata.name == topic)
-            .ok_or_else(|| SourceError::Fluvio(format!("topic {topic} does not exist")))?;
-        Ok((0..spec.spec.partitions()).collect())
+            .map(|metadata| (0..metadata.spec.partitions()).collect()))
     }
 
     async fn committed(&mut self) -> Result<HashMap<u32, i64>, SourceError> {

@@ -21,6 +21,8 @@ struct Cluster {
     skip_always: HashMap<u32, (i64, i64)>,
     /// Per partition: the next stream opened ends after this many records.
     end_next_open_after: HashMap<u32, usize>,
+    /// This many set-up calls fail before one succeeds.
+    failing_setup: u32,
     /// Per partition: this many opens fail before one succeeds.
     failing_opens: HashMap<u32, u32>,
     opens: Vec<(u32, Start)>,
@@ -47,8 +49,14 @@ fn record(partition: u32, offset: i64) -> FluvioRecord {
 }
 
 impl Link for Fake {
-    async fn partitions(&mut self) -> Result<Vec<u32>, SourceError> {
-        Ok(self.with(|c| c.logs.keys().copied().collect()))
+    async fn partitions(&mut self) -> Result<Option<Vec<u32>>, SourceError> {
+        self.with(|c| {
+            if c.failing_setup > 0 {
+                c.failing_setup -= 1;
+                return Err(SourceError::Fluvio("SC unreachable".to_owned()));
+            }
+            Ok((!c.logs.is_empty()).then(|| c.logs.keys().copied().collect()))
+        })
     }
 
     async fn committed(&mut self) -> Result<HashMap<u32, i64>, SourceError> {
@@ -400,4 +408,30 @@ async fn close_commits_the_last_acknowledged_offset() {
     source.ack(&batch).await.expect("ack");
     source.close().await;
     assert_eq!(fake.with(|c| c.committed.get(&0).copied()), Some(49));
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_at_start_is_waited_for() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 10));
+        c.failing_setup = 3;
+    });
+    let mut source = source(&fake, 64).await;
+    let all = read_all(&mut source, 10).await;
+    assert_eq!(per_partition(&all)[&0], (0..10).collect::<Vec<_>>());
+    source.close().await;
+}
+
+#[tokio::test]
+async fn a_topic_that_does_not_exist_is_an_error_at_once() {
+    let fake = Fake::default();
+    let another = fake.clone();
+    let error = FluvioSource::start(fake.clone(), move || another.clone(), &config(8), None)
+        .await
+        .expect_err("no such topic");
+    assert!(
+        error.to_string().contains("topic orders does not exist"),
+        "{error}"
+    );
 }
