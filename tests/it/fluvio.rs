@@ -175,6 +175,15 @@ stream = "{dead_letters}"
         "committed past the records"
     );
     terminate(restarted);
+    // What the source caught: the client's skipped ranges (read again) and reconnects.
+    for log in ["first.log", "restarted.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+        eprintln!(
+            "{log}: {} skipped ranges read again, {} streams reopened after a failure",
+            text.matches("the stream skipped records").count(),
+            text.matches("reopening it where it stopped").count(),
+        );
+    }
 
     let mut connection = redis::Client::open(converge_tests::services::redis_url())
         .expect("url")
