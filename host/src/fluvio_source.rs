@@ -115,6 +115,8 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(first: Duration, max: Duration) -> Self {
+        // A zero first wait would never double: retries would spin.
+        let first = first.max(Duration::from_millis(1));
         Self {
             first,
             max,
