@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::GateConfig;
 use crate::pipeline::PipelineConfig;
+use crate::rule::GateConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,7 +47,7 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     /// The order-detail API that completes id-only messages; without it they are dead-lettered.
     #[serde(default)]
-    pub enrich: Option<crate::enrich::EnrichConfig>,
+    pub enrich: Option<EnrichConfig>,
     /// The admin endpoint (health, readiness, Prometheus metrics); off when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -76,7 +76,7 @@ pub struct RuleConfig {
     pub fleet: Option<FleetConfig>,
 }
 
-/// The fleet an instance follows (see [`crate::fleet`]).
+/// The fleet an instance follows (see [`crate::swap`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
@@ -107,125 +107,292 @@ pub struct AdminConfig {
 
 /// Where messages come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SourceConfig {
     /// JSON lines from a file, or stdin with path `-`.
-    File { path: PathBuf },
-    /// A Kafka consumer group.
-    Kafka {
-        brokers: String,
-        group_id: String,
-        topics: Vec<String>,
-        #[serde(default = "default_batch_timeout_ms")]
-        batch_timeout_ms: u64,
-        #[serde(default)]
-        properties: BTreeMap<String, String>,
-    },
-    /// A Fluvio topic, offsets kept under the offset consumer `consumer`.
-    Fluvio {
-        /// The cluster's SC endpoint (`host:port`); absent: the fluvio CLI's current profile.
-        #[serde(default)]
-        endpoint: Option<String>,
-        topic: String,
-        /// Partitions to read; empty (the default) reads them all. Instances sharing a topic
-        /// take disjoint partitions: Fluvio has no consumer groups.
-        #[serde(default)]
-        partitions: Vec<u32>,
-        consumer: String,
-        /// Verified TLS to the cluster.
-        #[serde(default)]
-        tls: Option<crate::fluvio_source::FluvioTls>,
-        /// How long a batch waits for more records after its first one.
-        #[serde(default = "default_batch_timeout_ms")]
-        batch_timeout_ms: u64,
-        /// The most bytes one response of a partition's stream may carry: at least the largest
-        /// record batch the producers write (1 MiB to 2 GiB; default 32 MiB).
-        #[serde(default = "default_fetch_max_bytes")]
-        fetch_max_bytes: u32,
-    },
+    File(FileSourceConfig),
+    /// A Kafka consumer group (feature `kafka`).
+    Kafka(KafkaSourceConfig),
+    /// A Fluvio topic, offsets kept under a named offset consumer (feature `fluvio`).
+    Fluvio(FluvioSourceConfig),
 }
+
+/// `source.kind = "file"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The JSON-lines file; `-` reads stdin.
+    pub path: PathBuf,
+}
+
+/// `source.kind = "kafka"`: a consumer-group member that stores offsets after acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port,...`.
+    pub brokers: String,
+    /// The consumer group; instances sharing it share the topics' partitions.
+    pub group_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// How long a batch waits for more messages after its first one.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub batch_timeout_ms: u64,
+    /// librdkafka properties, applied last (they may override converge's defaults).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `source.kind = "fluvio"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FluvioSourceConfig {
+    /// The cluster's SC endpoint (`host:port`); absent: the fluvio CLI's current profile.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The topic to read.
+    pub topic: String,
+    /// Partitions to read; empty (the default) reads them all. Instances sharing a topic
+    /// take disjoint partitions: Fluvio has no consumer groups.
+    #[serde(default)]
+    pub partitions: Vec<u32>,
+    /// The offset consumer under which committed offsets are kept.
+    pub consumer: String,
+    /// Verified TLS to the cluster.
+    #[serde(default)]
+    pub tls: Option<FluvioTls>,
+    /// How long a batch waits for more records after its first one.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub batch_timeout_ms: u64,
+    /// The most bytes one response of a partition's stream may carry: at least the largest
+    /// record batch the producers write (1 MiB to 2 GiB; default 32 MiB).
+    #[serde(default = "default_fetch_max_bytes")]
+    pub fetch_max_bytes: u32,
+}
+
+/// TLS to a Fluvio cluster, verifying its certificate (all paths PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FluvioTls {
+    /// The name the cluster's certificate is issued for.
+    pub domain: String,
+    /// The CA that issued the cluster's certificate.
+    pub ca_cert: PathBuf,
+    /// This client's certificate.
+    pub cert: PathBuf,
+    /// This client's private key.
+    pub key: PathBuf,
+}
+
+/// The largest fetch the SPU is asked for by default: the SPU's own preferred read size
+/// (`FileReplica::PREFER_MAX_LEN`, 32 MiB). A fetch must hold the largest record batch, and a
+/// large one makes the client's cut-batch gaps rare (they are caught either way).
+pub const DEFAULT_FETCH_MAX_BYTES: u32 = 32 << 20;
 
 fn default_batch_timeout_ms() -> u64 {
     20
 }
 
 fn default_fetch_max_bytes() -> u32 {
-    crate::fluvio_source::DEFAULT_FETCH_MAX_BYTES
+    DEFAULT_FETCH_MAX_BYTES
 }
 
 /// Where states are stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum StoreConfig {
     /// In this process's memory: for trials; lost at exit.
     Memory,
-    /// A standalone Redis (`redis://` or `rediss://`, user and password in the URL).
-    Redis {
-        url: String,
-        #[serde(default = "default_prefix")]
-        prefix: String,
-        /// A connection attempt or an answer taking longer fails, and is retried after a
-        /// backoff (`pipeline.backoff_ms`).
-        #[serde(default = "default_store_timeout_ms")]
-        timeout_ms: u64,
-    },
-    /// A Redis Cluster, reached through any of `urls`.
-    RedisCluster {
-        urls: Vec<String>,
-        #[serde(default = "default_prefix")]
-        prefix: String,
-        #[serde(default = "default_store_timeout_ms")]
-        timeout_ms: u64,
-    },
+    /// A standalone Redis (feature `redis`).
+    Redis(RedisStoreConfig),
+    /// A Redis Cluster (feature `redis`).
+    RedisCluster(RedisClusterConfig),
 }
+
+/// `store.kind = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreConfig {
+    /// `redis://` or `rediss://`, user and password in the URL.
+    pub url: String,
+    /// Prepended to every key: a state lives at `{prefix}{key}`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// A connection attempt or an answer taking longer fails, and is retried after a
+    /// backoff (`pipeline.backoff_ms`).
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// `store.kind = "redis-cluster"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisClusterConfig {
+    /// Any of the cluster's nodes; the rest are discovered.
+    pub urls: Vec<String>,
+    /// Prepended to every key: a state lives at `{prefix}{key}`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// As for a standalone Redis.
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The key prefix of stored states by default.
+pub const DEFAULT_PREFIX: &str = "converge:state:";
+
+/// How long a store connection attempt or answer may take by default, in milliseconds.
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 2_000;
 
 fn default_prefix() -> String {
-    crate::redis_store::DEFAULT_PREFIX.to_owned()
-}
-
-fn default_max_body_bytes() -> usize {
-    crate::kafka_dead_letters::DEFAULT_MAX_BODY_BYTES
+    DEFAULT_PREFIX.to_owned()
 }
 
 fn default_store_timeout_ms() -> u64 {
-    crate::redis_store::DEFAULT_TIMEOUT.as_millis() as u64
+    DEFAULT_STORE_TIMEOUT_MS
 }
 
 /// Where dead letters go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum DeadLetterConfig {
-    /// A Kafka topic, through the source's brokers and properties.
-    Kafka {
-        topic: String,
-        /// Bodies beyond this are cut (with a `converge-truncated-from` header); keep it under
-        /// the topic's `max.message.bytes`.
-        #[serde(default = "default_max_body_bytes")]
-        max_body_bytes: usize,
-    },
-    /// A Redis stream on the store's server.
-    RedisStream { stream: String },
+    /// A Kafka topic, through the source's brokers and properties (feature `kafka`).
+    Kafka(KafkaDeadLetterConfig),
+    /// A Redis stream on the store's server (feature `redis`).
+    RedisStream(RedisStreamConfig),
+}
+
+/// `dead_letter.kind = "kafka"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaDeadLetterConfig {
+    /// The dead-letter topic.
+    pub topic: String,
+    /// Bodies beyond this are cut (with a `converge-truncated-from` header); keep it under
+    /// the topic's `max.message.bytes`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+/// `dead_letter.kind = "redis-stream"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamConfig {
+    /// The stream's key.
+    pub stream: String,
+}
+
+/// The largest dead-letter body sent to Kafka by default: under Kafka's default record limit
+/// of 1 MB, with room for headers.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 900 * 1024;
+
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// How to reach the order-detail API that completes id-only messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// The URL of one entity, `{key}` standing for its (percent-encoded) key,
+    /// e.g. `http://orders.internal/orders/{key}`.
+    pub url: String,
+    /// The most requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How long one request may take, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries after the first attempt, for transient failures only.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The first retry waits this long; each further one twice as long.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+fn default_timeout_ms() -> u64 {
+    2_000
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_backoff_ms() -> u64 {
+    50
 }
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The configuration file.
         path: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The file is not TOML, or not a configuration.
     #[error("{path}: {source}")]
     Parse {
+        /// The configuration file.
         path: PathBuf,
+        /// What the parser found.
         source: Box<toml::de::Error>,
     },
+    /// A `${NAME}` names an environment variable that is not set.
     #[error("{path}: environment variable {name} is not set")]
-    MissingVariable { path: PathBuf, name: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-    #[error("--set {0:?}: {1}")]
-    Override(String, String),
+    MissingVariable {
+        /// The configuration file.
+        path: PathBuf,
+        /// The variable.
+        name: String,
+    },
+    /// A setting has a value converge cannot work with.
+    #[error("invalid configuration: {setting} {problem}")]
+    Invalid {
+        /// The setting, by its dotted path.
+        setting: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A setting chooses something this build of converge was compiled without.
+    #[error(
+        "{setting} needs converge built with the `{feature}` feature (cargo build --features {feature})"
+    )]
+    NeedsFeature {
+        /// The setting that chose it.
+        setting: &'static str,
+        /// The Cargo feature it needs.
+        feature: &'static str,
+    },
+    /// A `--set PATH=VALUE` override cannot be applied.
+    #[error("--set {assignment:?}: {problem}")]
+    Override {
+        /// The override as given.
+        assignment: String,
+        /// Why it cannot be applied.
+        problem: String,
+    },
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    })
+}
+
+/// Refuses a choice of `setting` when `feature` is not compiled in.
+fn needs(setting: &'static str, feature: &'static str, built: bool) -> Result<(), ConfigError> {
+    if built {
+        Ok(())
+    } else {
+        Err(ConfigError::NeedsFeature { setting, feature })
+    }
 }
 
 impl Config {
@@ -255,114 +422,178 @@ impl Config {
         }
         // In string values only: a comment may mention ${NAME}, and a secret's characters
         // cannot change the file's structure.
-        expand_strings(&mut table, &|name| std::env::var(name).ok()).map_err(|name| {
-            ConfigError::MissingVariable {
+        expand_strings(&mut table, &|name| std::env::var(name).ok()).map_err(
+            |UnsetVariable(name)| ConfigError::MissingVariable {
                 path: path.to_owned(),
                 name,
-            }
-        })?;
+            },
+        )?;
         let config = Config::deserialize(table).map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks what can be checked without connecting anywhere.
+    /// Checks what can be checked without connecting anywhere: values, the combination of
+    /// source, store and dead-letter queue, and that every choice is compiled in.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |message: String| Err(ConfigError::Invalid(message));
-        if !self.rule.path.is_file() {
-            return invalid(format!(
-                "rule.path {} is not a file",
-                self.rule.path.display()
-            ));
+        self.validate_rule()?;
+        if self.pipeline.batch_size == 0 {
+            return invalid("pipeline.batch_size", "must be positive");
         }
-        if self.rule.deadline_ms == 0 || self.rule.memory_mib == 0 {
-            return invalid("rule.deadline_ms and rule.memory_mib must be positive".to_owned());
+        if self.pipeline.max_write_attempts == 0 {
+            return invalid("pipeline.max_write_attempts", "must be positive");
         }
-        if self.pipeline.batch_size == 0 || self.pipeline.max_write_attempts == 0 {
-            return invalid(
-                "pipeline.batch_size and pipeline.max_write_attempts must be positive".to_owned(),
-            );
-        }
-        if let SourceConfig::Kafka {
-            brokers,
-            group_id,
-            topics,
-            ..
-        } = &self.source
-        {
-            if brokers.trim().is_empty() || group_id.trim().is_empty() {
-                return invalid("source.brokers and source.group_id must not be empty".to_owned());
-            }
-            if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
-                return invalid("source.topics must name at least one topic".to_owned());
-            }
-        }
-        if let SourceConfig::Fluvio {
-            topic,
-            consumer,
-            fetch_max_bytes,
-            ..
-        } = &self.source
-        {
-            if topic.trim().is_empty() || consumer.trim().is_empty() {
-                return invalid("source.topic and source.consumer must not be empty".to_owned());
-            }
-            if !(1 << 20..=i32::MAX as u32).contains(fetch_max_bytes) {
-                return invalid(format!(
-                    "source.fetch_max_bytes must be between 1 MiB and 2 GiB, not {fetch_max_bytes}"
-                ));
-            }
-        }
-        match &self.store {
-            StoreConfig::Redis { prefix, .. } | StoreConfig::RedisCluster { prefix, .. }
-                if prefix.is_empty() =>
-            {
-                return invalid("store.prefix must not be empty".to_owned());
-            }
-            StoreConfig::RedisCluster { urls, .. } if urls.is_empty() => {
-                return invalid("store.urls must name at least one cluster node".to_owned());
-            }
-            StoreConfig::Redis { timeout_ms: 0, .. }
-            | StoreConfig::RedisCluster { timeout_ms: 0, .. } => {
-                return invalid("store.timeout_ms must be positive".to_owned());
-            }
-            _ => {}
-        }
-        if let Some(fleet) = &self.rule.fleet {
-            if fleet.name.trim().is_empty() || fleet.name.contains(['{', '}']) {
-                return invalid("rule.fleet.name must not be empty nor contain braces".to_owned());
-            }
-            if let Err(error) = redis::Client::open(fleet.redis.as_str()) {
-                return invalid(format!("rule.fleet.redis is not a Redis URL: {error}"));
-            }
-        }
-        if self.rule.gates.check_histories == 0 {
-            return invalid("rule.gates.check_histories must be positive".to_owned());
-        }
+        self.source.validate()?;
+        self.store.validate()?;
         if let Some(enrich) = &self.enrich {
-            crate::enrich::Enricher::new(enrich.clone()).map_err(ConfigError::Invalid)?;
+            needs("enrich", "http", cfg!(feature = "http"))?;
+            enrich.validate()?;
+        }
+        if self.admin.is_some() {
+            needs("admin", "http", cfg!(feature = "http"))?;
         }
         match (&self.dead_letter, &self.source, &self.store) {
-            (
-                DeadLetterConfig::Kafka { .. },
-                SourceConfig::File { .. } | SourceConfig::Fluvio { .. },
-                _,
-            ) => invalid(
-                "dead_letter.kind = \"kafka\" needs a Kafka source (its brokers are used)"
-                    .to_owned(),
+            (DeadLetterConfig::Kafka(_), SourceConfig::Kafka(_), _) => needs(
+                "dead_letter.kind = \"kafka\"",
+                "kafka",
+                cfg!(feature = "kafka"),
             ),
-            (DeadLetterConfig::RedisStream { .. }, _, StoreConfig::Memory) => invalid(
-                "dead_letter.kind = \"redis-stream\" needs a Redis store (its server is used)"
-                    .to_owned(),
+            (DeadLetterConfig::Kafka(_), _, _) => invalid(
+                "dead_letter.kind = \"kafka\"",
+                "needs a Kafka source (its brokers are used)",
             ),
-            _ => Ok(()),
+            (DeadLetterConfig::RedisStream(_), _, StoreConfig::Memory) => invalid(
+                "dead_letter.kind = \"redis-stream\"",
+                "needs a Redis store (its server is used)",
+            ),
+            (DeadLetterConfig::RedisStream(_), _, _) => needs(
+                "dead_letter.kind = \"redis-stream\"",
+                "redis",
+                cfg!(feature = "redis"),
+            ),
         }
+    }
+
+    fn validate_rule(&self) -> Result<(), ConfigError> {
+        let rule = &self.rule;
+        if !rule.path.is_file() {
+            return invalid(
+                "rule.path",
+                format!("{} is not a file", rule.path.display()),
+            );
+        }
+        if rule.deadline_ms == 0 {
+            return invalid("rule.deadline_ms", "must be positive");
+        }
+        if rule.memory_mib == 0 {
+            return invalid("rule.memory_mib", "must be positive");
+        }
+        if rule.gates.check_histories == 0 {
+            return invalid("rule.gates.check_histories", "must be positive");
+        }
+        if let Some(fleet) = &rule.fleet {
+            needs("rule.fleet", "redis", cfg!(feature = "redis"))?;
+            if fleet.name.trim().is_empty() || fleet.name.contains(['{', '}']) {
+                return invalid("rule.fleet.name", "must not be empty nor contain braces");
+            }
+            #[cfg(feature = "redis")]
+            if let Err(error) = redis::Client::open(fleet.redis.as_str()) {
+                return invalid("rule.fleet.redis", format!("is not a Redis URL: {error}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            SourceConfig::File(_) => Ok(()),
+            SourceConfig::Kafka(kafka) => {
+                needs("source.kind = \"kafka\"", "kafka", cfg!(feature = "kafka"))?;
+                if kafka.brokers.trim().is_empty() {
+                    return invalid("source.brokers", "must not be empty");
+                }
+                if kafka.group_id.trim().is_empty() {
+                    return invalid("source.group_id", "must not be empty");
+                }
+                if kafka.topics.is_empty() || kafka.topics.iter().any(|t| t.trim().is_empty()) {
+                    return invalid("source.topics", "must name at least one topic, none empty");
+                }
+                Ok(())
+            }
+            SourceConfig::Fluvio(fluvio) => {
+                needs(
+                    "source.kind = \"fluvio\"",
+                    "fluvio",
+                    cfg!(feature = "fluvio"),
+                )?;
+                if fluvio.topic.trim().is_empty() {
+                    return invalid("source.topic", "must not be empty");
+                }
+                if fluvio.consumer.trim().is_empty() {
+                    return invalid("source.consumer", "must not be empty");
+                }
+                if !(1 << 20..=i32::MAX as u32).contains(&fluvio.fetch_max_bytes) {
+                    return invalid(
+                        "source.fetch_max_bytes",
+                        format!(
+                            "must be between 1 MiB and 2 GiB, not {}",
+                            fluvio.fetch_max_bytes
+                        ),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (prefix, timeout_ms) = match self {
+            StoreConfig::Memory => return Ok(()),
+            StoreConfig::Redis(redis) => (&redis.prefix, redis.timeout_ms),
+            StoreConfig::RedisCluster(cluster) => {
+                if cluster.urls.is_empty() {
+                    return invalid("store.urls", "must name at least one cluster node");
+                }
+                (&cluster.prefix, cluster.timeout_ms)
+            }
+        };
+        needs("store.kind", "redis", cfg!(feature = "redis"))?;
+        if prefix.is_empty() {
+            return invalid("store.prefix", "must not be empty");
+        }
+        if timeout_ms == 0 {
+            return invalid("store.timeout_ms", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+impl EnrichConfig {
+    /// Checks the URL template and limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.url.contains("{key}") {
+            return invalid(
+                "enrich.url",
+                format!("{:?} has no {{key}} placeholder", self.url),
+            );
+        }
+        if self.concurrency == 0 {
+            return invalid("enrich.concurrency", "must be positive");
+        }
+        Ok(())
     }
 }
 
 /// Sets `a.b.c=value` in `table`, creating tables on the way.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
-    let refuse = |why: &str| ConfigError::Override(assignment.to_owned(), why.to_owned());
+    let refuse = |why: &str| ConfigError::Override {
+        assignment: assignment.to_owned(),
+        problem: why.to_owned(),
+    };
     let (path, raw) = assignment
         .split_once('=')
         .ok_or_else(|| refuse("expected PATH=VALUE"))?;
@@ -390,11 +621,11 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
 fn expand_strings(
     table: &mut toml::Table,
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<(), String> {
+) -> Result<(), UnsetVariable> {
     fn expand_value(
         value: &mut toml::Value,
         lookup: &impl Fn(&str) -> Option<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), UnsetVariable> {
         match value {
             toml::Value::String(text) => *text = expand_variables(text, lookup)?,
             toml::Value::Array(items) => {
@@ -413,11 +644,15 @@ fn expand_strings(
     Ok(())
 }
 
-/// Replaces every `${NAME}` with `lookup(NAME)`; `Err(NAME)` for the first one missing.
+/// The name of an environment variable a `${NAME}` refers to that is not set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UnsetVariable(String);
+
+/// Replaces every `${NAME}` with `lookup(NAME)`; the first one missing is an error.
 fn expand_variables(
     text: &str,
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+) -> Result<String, UnsetVariable> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -428,7 +663,7 @@ fn expand_variables(
             return Ok(out);
         };
         let name = &after[..end];
-        out.push_str(&lookup(name).ok_or_else(|| name.to_owned())?);
+        out.push_str(&lookup(name).ok_or_else(|| UnsetVariable(name.to_owned()))?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -446,7 +681,10 @@ mod tests {
             expand_variables("redis://:${PASSWORD}@h", &lookup),
             Ok("redis://:s3cret@h".to_owned())
         );
-        assert_eq!(expand_variables("${NOPE}", &lookup), Err("NOPE".to_owned()));
+        assert_eq!(
+            expand_variables("${NOPE}", &lookup),
+            Err(UnsetVariable("NOPE".to_owned()))
+        );
         // Only values are expanded: comments may mention ${ANYTHING}.
         let mut table: toml::Table =
             toml::from_str("# uses ${NOPE}\n[store]\nurls = [\"redis://:${PASSWORD}@h\"]")
@@ -482,7 +720,7 @@ mod tests {
     fn a_full_configuration_parses_and_validates() {
         let config = parse(VALID).expect("parses");
         assert!(
-            matches!(config.store, StoreConfig::Redis { ref prefix, .. } if prefix == "converge:state:")
+            matches!(config.store, StoreConfig::Redis(ref redis) if redis.prefix == "converge:state:")
         );
         assert_eq!(config.pipeline, PipelineConfig::default());
         config.validate().expect("valid");
@@ -494,13 +732,19 @@ mod tests {
         // Loaded as `serve` loads it (variables expanded), short of validating the rule path.
         let error = Config::load(&path).expect_err("the example's rule is not built here");
         assert!(
-            matches!(error, ConfigError::Invalid(ref why) if why.contains("rule.path")),
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    setting: "rule.path",
+                    ..
+                }
+            ),
             "{error}"
         );
         let example = include_str!("../../deploy/converge.example.toml");
         let config = parse(example).expect("deploy/converge.example.toml parses");
         assert!(config.admin.is_some());
-        assert!(matches!(config.source, SourceConfig::Kafka { .. }));
+        assert!(matches!(config.source, SourceConfig::Kafka(_)));
     }
 
     #[test]
@@ -512,11 +756,9 @@ mod tests {
         let config = Config::deserialize(table).expect("still a configuration");
         assert_eq!(config.pipeline.batch_size, 1024);
         match config.source {
-            SourceConfig::Kafka {
-                brokers, topics, ..
-            } => {
-                assert_eq!(brokers, "kafka-1:9092,kafka-2:9092");
-                assert_eq!(topics, ["a", "b"]);
+            SourceConfig::Kafka(kafka) => {
+                assert_eq!(kafka.brokers, "kafka-1:9092,kafka-2:9092");
+                assert_eq!(kafka.topics, ["a", "b"]);
             }
             other => panic!("source changed kind: {other:?}"),
         }
@@ -536,7 +778,7 @@ mod tests {
     #[test]
     fn inconsistent_choices_are_refused_before_connecting() {
         let mut config = parse(VALID).expect("parses");
-        config.source = SourceConfig::File { path: "-".into() };
+        config.source = SourceConfig::File(FileSourceConfig { path: "-".into() });
         assert!(config.validate().is_err());
         let mut config = parse(VALID).expect("parses");
         config.rule.path = "does/not/exist.wasm".into();

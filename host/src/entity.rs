@@ -18,16 +18,7 @@ pub(crate) use bindings::Rule as RuleBindings;
 pub(crate) use bindings::RulePre as RuleBindingsPre;
 pub use bindings::{Decision, Entity, Event, RuleInfo, State};
 
-/// The payload of an entity that came with none.
-pub const NULL_PAYLOAD: &str = "null";
-
-/// The canonical text of a JSON value: compact, object keys sorted. Two payloads that differ
-/// only in whitespace or key order are the same payload to a rule.
-pub fn canonical_json(value: &serde_json::Value) -> String {
-    // serde_json's default map is a BTreeMap, so serialising sorts keys. The unit test
-    // `payload_text_is_canonical` fails if a dependency turns on `preserve_order`.
-    value.to_string()
-}
+pub use converge_codec::{NULL_PAYLOAD, canonical_json};
 
 impl Entity {
     /// The payload parsed back into a JSON value (a string value if it is not JSON text).

@@ -7,59 +7,62 @@
 //! # Layout
 //! - [`entity`]: the rule's vocabulary (entity, decision, rule info), generated from the WIT
 //!   contract, and its JSON form.
-//! - [`rule`]: the [`rule::Rule`] trait every rule runner implements; decision validation.
-//! - [`imports`]: the import allowlist a rule component must stay within.
-//! - [`engine`]: compiles and runs rule components under a deadline and a memory cap.
-//! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written.
-//! - [`gate`]: what a rule passes before it serves; vectors carried in a custom section.
-//! - [`swap`]: the serving rule (active, previous, shadow), swapped between batches.
-//! - [`rule_file`]: the watched rule file.
+//! - [`rule`]: the [`rule::Rule`] trait; the engine that runs rule components; the import
+//!   allowlist; conformance vectors; the convergence check; the gates a candidate passes.
+//! - [`swap`]: the serving rule (active, previous, shadow) and every way a new one arrives:
+//!   the watched file, the fleet (Redis), the admin endpoint.
+//! - [`source`]: the [`source::Source`] trait; messages and positions; JSON lines, Kafka,
+//!   Fluvio.
+//! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision); memory, Redis.
+//! - [`dead_letter`]: dead letters and their sinks: memory, Kafka, Redis stream.
+//! - [`pipeline`]: one batch through decode, enrich, group, settle (load, fold, compare-and-set),
+//!   dead-letter, record.
+//! - [`telemetry`]: the metrics every component reports to, and named events (log + metric).
+//! - [`config`]: the `serve` configuration (TOML); each section builds its component.
 //! - [`replay`]: a rule folded over recorded events, compared with (or rebuilding) the store.
-//! - [`fleet`]: rules published to every instance through Redis; status of live instances.
-//! - [`check`]: the convergence property check and its minimal counterexamples.
-//! - [`message`]: a message as a source delivers it, and its position.
-//! - [`decode`]: message -> event, by field mapping.
-//! - [`enrich`]: id-only message -> latest entity, from the order-detail HTTP API.
-//! - [`source`]: the [`source::Source`] trait and the JSON-lines source.
-//! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision) and the in-memory store.
-//! - [`redis_store`]: the Redis and Redis Cluster store, compare-and-set in Lua.
-//! - [`dead_letter`]: dead letters and where they go.
-//! - [`pipeline`]: one batch through decode, coalesce, load, decide, write, dead-letter.
-//! - [`kafka_source`]: the Kafka consumer-group source, offsets stored after acknowledgement.
-//! - [`fluvio_source`]: the Fluvio source, offsets committed after acknowledgement.
-//! - [`kafka_dead_letters`]: dead letters to a Kafka topic.
-//! - [`redis_dead_letters`]: dead letters to a Redis stream.
-//! - [`config`]: the `serve` configuration (TOML), validated before connecting.
-//! - [`serve`]: the pipeline built from a configuration, run until shutdown.
-//! - [`admin`]: health, readiness and Prometheus metrics over HTTP.
-//! - [`simulator`]: the order-system simulator: order API and a misbehaving publisher.
-//! - [`cli`]: the `converge` command line.
+//! - [`simulator`]: the order system's stand-in (publishing to Kafka with `kafka`, its order
+//!   API with `http`).
+//! - `serve`: the pipeline built from a configuration, run until shutdown ([`serve()`]).
+//! - `admin` (feature `http`): health, readiness, metrics and rule swaps over HTTP.
+//! - `embedded`: `converge run`, the pipeline on embedded defaults with a convergence audit.
+//! - `backoff`: exponential backoff between attempts at something that failed.
+//! - `cli`: the `converge` command line ([`run_cli`]).
+//!
+//! # Features
+//! Transports are Cargo features, all on by default: `kafka` (rdkafka), `fluvio`, `redis`
+//! (store, stream dead letters, fleet) and `http` (admin endpoint, enrichment, simulator API).
+//! Without them converge still runs rules on JSON lines into memory (`converge run`, `check`,
+//! `decide`), and says which feature a command or a configuration needs.
 
-pub mod admin;
-pub mod check;
-pub mod cli;
+#![warn(missing_docs)]
+
+#[cfg(feature = "http")]
+mod admin;
+mod backoff;
+mod cli;
 pub mod config;
 pub mod dead_letter;
-pub mod decode;
-pub mod engine;
-pub mod enrich;
+mod embedded;
 pub mod entity;
-pub mod fleet;
-pub mod fluvio_source;
-pub mod gate;
-pub mod imports;
-pub mod kafka_dead_letters;
-pub mod kafka_source;
-pub mod message;
 pub mod pipeline;
-pub mod redis_dead_letters;
-pub mod redis_store;
 pub mod replay;
 pub mod rule;
-pub mod rule_file;
-pub mod serve;
+mod serve;
 pub mod simulator;
 pub mod source;
 pub mod store;
 pub mod swap;
-pub mod vectors;
+pub mod telemetry;
+
+pub use backoff::Backoff;
+pub use cli::run as run_cli;
+pub use embedded::{Audit, Unconverged};
+pub use serve::{ServeError, serve};
+
+/// The transport features this build of converge has, as `(feature, built in)`.
+pub const FEATURES: [(&str, bool); 4] = [
+    ("kafka", cfg!(feature = "kafka")),
+    ("fluvio", cfg!(feature = "fluvio")),
+    ("redis", cfg!(feature = "redis")),
+    ("http", cfg!(feature = "http")),
+];

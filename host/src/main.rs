@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match converge::cli::run() {
+    match converge::run_cli() {
         Ok(code) => code,
         // A reader that stopped reading (`converge run | head`) is not an error.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

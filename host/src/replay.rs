@@ -10,10 +10,10 @@
 use serde::Serialize;
 
 use crate::dead_letter::MemoryDeadLetters;
-use crate::engine::WasmRule;
 use crate::entity::State;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError};
 use crate::rule::Rule;
+use crate::rule::WasmRule;
 use crate::source::Source;
 use crate::store::{MemoryStore, Store, StoreError, Write, WriteOutcome};
 

@@ -31,21 +31,23 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use converge::config::KafkaSourceConfig;
 use converge::dead_letter::MemoryDeadLetters;
-use converge::engine::{EngineLimits, RuleEngine};
 use converge::entity::Decision;
 use converge::entity::{Event, State};
-use converge::gate::{GateConfig, Gates};
-use converge::kafka_source::{KafkaSource, KafkaSourceConfig};
-use converge::message::Message;
 use converge::pipeline::{Pipeline, PipelineConfig};
-use converge::redis_store::{COMPARE_AND_SET, RedisStore};
 use converge::rule::DecideError;
 use converge::rule::Rule;
+use converge::rule::{EngineLimits, RuleEngine};
+use converge::rule::{GateConfig, Gates};
 use converge::simulator::{Publisher, Simulator, SimulatorConfig};
+use converge::source::KafkaSource;
+use converge::source::Message;
 use converge::source::{Source, SourceError};
+use converge::store::{COMPARE_AND_SET, RedisStore};
 use converge::store::{Store, Write, WriteOutcome};
 use converge::swap::{Role, RuleControl};
+use converge::telemetry::Metrics;
 use converge_tests::kafka::{self, TestTopic};
 use converge_tests::services::{TestStore, redis_url};
 use converge_tests::{NativeOrderRule, build};
@@ -159,7 +161,7 @@ fn kafka_source(topic: &str, group: &str) -> KafkaSource {
             brokers: kafka::brokers(),
             group_id: group.to_owned(),
             topics: vec![topic.to_owned()],
-            batch_timeout: Duration::from_millis(5),
+            batch_timeout_ms: 5,
             properties: std::env::var("BENCH_CONSUMER")
                 .ok()
                 .map(|list| {
@@ -170,7 +172,7 @@ fn kafka_source(topic: &str, group: &str) -> KafkaSource {
                 })
                 .unwrap_or_default(),
         },
-        None,
+        Arc::new(Metrics::new()),
     )
     .expect("consumer")
 }
@@ -322,7 +324,7 @@ async fn fluvio_throughput(
     endpoint: &str,
     orders: usize,
     backlog: &converge::simulator::Summary,
-    compiled: &converge::engine::CompiledRule,
+    compiled: &converge::rule::CompiledRule,
 ) -> f64 {
     use fluvio::metadata::topic::TopicSpec;
 
@@ -375,20 +377,18 @@ async fn fluvio_throughput(
 
     let store = TestStore::standalone("bench-fluvio").await;
     let (_fixed_target, target) = watch::channel(backlog.published as usize);
-    let source = converge::fluvio_source::FluvioSource::connect(
-        &converge::fluvio_source::FluvioSourceConfig {
+    let source = converge::source::FluvioSource::connect(
+        &converge::config::FluvioSourceConfig {
             endpoint: Some(endpoint.to_owned()),
             tls: None,
             topic: topic.clone(),
             partitions: Vec::new(),
             consumer: format!("{topic}-bench"),
-            fetch_max_bytes: converge::fluvio_source::DEFAULT_FETCH_MAX_BYTES as i32,
-            batch_timeout: Duration::from_millis(20),
-            read_ahead: pipeline_config().batch_size * 2,
-            backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(5),
+            fetch_max_bytes: converge::config::DEFAULT_FETCH_MAX_BYTES,
+            batch_timeout_ms: 20,
         },
-        None,
+        &pipeline_config(),
+        Arc::new(Metrics::new()),
     )
     .await
     .expect("the Fluvio source starts");
@@ -572,7 +572,12 @@ fn main() {
             GateConfig::default(),
         );
         let initial = gates.admit(&v1, None).expect("gates");
-        let control = Arc::new(RuleControl::new(gates, initial, "bench", None));
+        let control = Arc::new(RuleControl::new(
+            gates,
+            initial,
+            "bench",
+            Arc::new(Metrics::new()),
+        ));
         control.offer(&v2, None, "bench", Role::Active).expect("v2");
         control.offer(&v1, None, "bench", Role::Active).expect("v1");
         let swapped = TestTopic::create("bench-swap", 6).await;

@@ -6,10 +6,10 @@
 use std::hint::black_box;
 
 use converge::dead_letter::MemoryDeadLetters;
-use converge::engine::{EngineLimits, RuleEngine};
 use converge::entity::{Event, State};
 use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::rule::Rule;
+use converge::rule::{EngineLimits, RuleEngine};
 use converge::store::MemoryStore;
 use converge_tests::{NativeOrderRule, build, orders};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};

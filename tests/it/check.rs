@@ -1,11 +1,11 @@
 //! T1: the convergence property check, against the compiled component and the native core,
 //! and the conformance vectors through the component.
 
-use converge::check::{self, CheckConfig, Violation};
-use converge::engine::{EngineLimits, RuleEngine, WasmRule};
 use converge::entity::{Decision, Event};
 use converge::rule::Rule;
-use converge::vectors::{self, Expectation, VectorFile};
+use converge::rule::check::{self, CheckConfig, Violation};
+use converge::rule::vectors::{self, Expectation, VectorFile};
+use converge::rule::{EngineLimits, RuleEngine, WasmRule};
 use converge_tests::{NativeOrderRule, build};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

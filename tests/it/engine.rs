@@ -4,9 +4,9 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use converge::engine::{EngineLimits, LoadError, RuleEngine, WasmRule};
 use converge::entity::{Decision, Event, State};
 use converge::rule::{DecideError, Rule};
+use converge::rule::{EngineLimits, LoadError, RuleEngine, WasmRule};
 use converge_tests::build;
 
 fn event(key: &str, status: &str, version: u64) -> Event {

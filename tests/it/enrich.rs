@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use converge::config::EnrichConfig;
 use converge::dead_letter::{DeadLetterKind, MemoryDeadLetters};
-use converge::engine::{EngineLimits, RuleEngine};
-use converge::enrich::{EnrichConfig, Enricher};
-use converge::message::{Message, Position};
+use converge::pipeline::Enricher;
 use converge::pipeline::{Pipeline, PipelineConfig};
+use converge::rule::{EngineLimits, RuleEngine};
+use converge::source::{Message, Position};
 use converge::store::MemoryStore;
 use converge_tests::order_api::OrderApi;
 use converge_tests::{build, orders};

@@ -2,6 +2,7 @@
 
 mod check;
 mod cli;
+mod codec;
 mod engine;
 mod enrich;
 mod fluvio;

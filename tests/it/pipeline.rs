@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use converge::dead_letter::{DeadLetterKind, MemoryDeadLetters};
-use converge::engine::{EngineLimits, RuleEngine, WasmRule};
 use converge::entity::{DecisionKind, Event, State};
-use converge::message::{Message, Position};
 use converge::pipeline::{Pipeline, PipelineConfig};
+use converge::rule::{EngineLimits, RuleEngine, WasmRule};
+use converge::source::JsonLinesSource;
+use converge::source::{Message, Position};
 use converge::store::{MemoryStore, Store, StoreError, Stored, Write, WriteOutcome};
+use converge::{Audit, Unconverged};
 use converge_tests::{build, line_messages, orders};
 
 fn rule(name: &str) -> WasmRule {
@@ -46,6 +48,28 @@ async fn run_batches<S: Store>(
     }
 }
 
+/// Runs `lines` through the pipeline as `converge run` does (batches of the pipeline's
+/// `batch_size`, the source audited), then verifies every key converged.
+async fn run_audited(
+    pipeline: &mut Pipeline<WasmRule, MemoryStore, MemoryDeadLetters>,
+    lines: &[Vec<u8>],
+    verifier: &mut WasmRule,
+) -> Vec<Unconverged> {
+    let text = lines.join(&b'\n');
+    let mut audit = Audit::new(
+        JsonLinesSource::new(text.as_slice()),
+        pipeline.config().mapping.clone(),
+    );
+    pipeline
+        .run(&mut audit, std::future::pending())
+        .await
+        .expect("the input is processed");
+    audit
+        .verify(verifier, pipeline.store())
+        .await
+        .expect("verifies")
+}
+
 #[tokio::test]
 async fn shuffled_duplicated_stream_converges_to_each_orders_last_step() {
     let stream = orders::generate("t1-", 400, 30, 11);
@@ -54,10 +78,12 @@ async fn shuffled_duplicated_stream_converges_to_each_orders_last_step() {
         rule("order-status"),
         MemoryStore::new(),
         MemoryDeadLetters::new(),
-        PipelineConfig::default(),
-    )
-    .with_audit();
-    run_batches(&mut pipeline, &line_messages(&lines), 97).await;
+        PipelineConfig {
+            batch_size: 97,
+            ..PipelineConfig::default()
+        },
+    );
+    let unconverged = run_audited(&mut pipeline, &lines, &mut rule("order-status")).await;
 
     assert_eq!(stored_states(pipeline.store()), stream.expected);
     let stats = pipeline.stats().clone();
@@ -67,7 +93,7 @@ async fn shuffled_duplicated_stream_converges_to_each_orders_last_step() {
     let batches = stream.events.len().div_ceil(97) as u64;
     assert!(stats.writes <= 400 * batches);
     assert!(pipeline.dead_letters().letters().is_empty());
-    assert!(pipeline.verify().await.expect("verifies").is_empty());
+    assert!(unconverged.is_empty(), "{unconverged:?}");
     // Every stored state carries the stamp of the rule that wrote it.
     assert!(
         pipeline
@@ -107,12 +133,14 @@ async fn last_write_wins_does_not_converge_and_verify_says_so() {
         rule("last-write-wins"),
         MemoryStore::new(),
         MemoryDeadLetters::new(),
-        PipelineConfig::default(),
-    )
-    .with_audit();
-    run_batches(&mut pipeline, &line_messages(&lines), 64).await;
+        PipelineConfig {
+            batch_size: 64,
+            ..PipelineConfig::default()
+        },
+    );
+    let unconverged = run_audited(&mut pipeline, &lines, &mut rule("last-write-wins")).await;
     assert_ne!(stored_states(pipeline.store()), stream.expected);
-    assert!(!pipeline.verify().await.expect("verifies").is_empty());
+    assert!(!unconverged.is_empty());
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use converge::redis_store::RedisStore;
+use converge::store::RedisStore;
 use converge::store::Store as _;
 use converge_tests::kafka::TestTopic;
 use converge_tests::services::{PrivateRedis, unique_prefix};

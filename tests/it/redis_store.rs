@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use converge::dead_letter::MemoryDeadLetters;
-use converge::engine::{CompiledRule, EngineLimits, RuleEngine};
 use converge::entity::State;
 use converge::pipeline::{Pipeline, PipelineConfig};
+use converge::rule::{CompiledRule, EngineLimits, RuleEngine};
 use converge::store::{Store, Write, WriteOutcome};
 use converge_tests::services::TestStore;
 use converge_tests::{build, event_messages, orders, stored_states};

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use converge::redis_store::RedisStore;
+use converge::store::RedisStore;
 use converge_tests::services::{PrivateRedis, unique_prefix};
 use converge_tests::{build, orders, stored_states};
 

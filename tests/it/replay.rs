@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use converge::dead_letter::MemoryDeadLetters;
-use converge::engine::{EngineLimits, RuleEngine};
 use converge::entity::Event;
 use converge::pipeline::{Pipeline, PipelineConfig};
+use converge::rule::{EngineLimits, RuleEngine};
 use converge::store::Store;
 use converge_tests::kafka::TestTopic;
 use converge_tests::services::TestStore;

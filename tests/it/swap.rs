@@ -9,14 +9,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use converge::engine::{EngineLimits, RuleEngine};
 use converge::entity::{Decision, Event};
-use converge::fleet::{Fleet, FleetStatus};
-use converge::gate::{self, GateConfig, Gates, embedded_vectors};
 use converge::rule::Rule;
+use converge::rule::vectors::VectorFile;
+use converge::rule::{EngineLimits, RuleEngine};
+use converge::rule::{GateConfig, Gates, embedded_vectors};
 use converge::store::Store;
+use converge::swap::{Fleet, FleetStatus};
 use converge::swap::{Role, RuleControl};
-use converge::vectors::VectorFile;
+use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
 use converge_tests::services::{TestStore, redis_url};
 use converge_tests::{build, orders, stored_states};
@@ -53,7 +54,7 @@ fn last_write_wins_packed() -> Vec<u8> {
               "expect": {"insert": {"key": "o-1", "status": "paid"}} } ] }"#,
     )
     .expect("vectors");
-    gate::pack(&read(&build::rule("last-write-wins")), &vectors).expect("packed")
+    converge::rule::pack(&read(&build::rule("last-write-wins")), &vectors).expect("packed")
 }
 
 fn control() -> Arc<RuleControl> {
@@ -61,7 +62,12 @@ fn control() -> Arc<RuleControl> {
     let initial = gates
         .admit(&read(&build::rule("order-status")), None)
         .expect("order-status passes its gates");
-    Arc::new(RuleControl::new(gates, initial, "test", None))
+    Arc::new(RuleControl::new(
+        gates,
+        initial,
+        "test",
+        Arc::new(Metrics::new()),
+    ))
 }
 
 #[test]
@@ -78,7 +84,7 @@ fn vectors_travel_inside_the_component_and_pack_overrides_them() {
     let one = VectorFile {
         vectors: sidecar.vectors[..1].to_vec(),
     };
-    let packed = gate::pack(&order_status, &one).expect("packed");
+    let packed = converge::rule::pack(&order_status, &one).expect("packed");
     let read_back = embedded_vectors(&packed)
         .expect("readable")
         .expect("packed vectors");
@@ -105,7 +111,7 @@ fn each_gate_refuses_its_kind_of_bad_rule_and_the_old_rule_keeps_serving() {
         // Another rule's vectors, which it fails.
         (
             "vectors",
-            gate::pack(
+            converge::rule::pack(
                 &read(&build::rule("last-write-wins")),
                 &order_status_vectors,
             )
@@ -210,7 +216,7 @@ async fn a_changed_rule_file_is_gated_and_swapped_in() {
     std::fs::write(&path, read(&build::rule("order-status"))).expect("written");
     let control = control();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let watching = converge::rule_file::watch(path.clone(), Arc::clone(&control), async {
+    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), async {
         let _ = stopped.await;
     })
     .expect("watching");
@@ -410,7 +416,7 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     // A candidate that fails its gates: refused on every instance, the rule keeps serving.
     let serving = fleet.status().await.active.expect("an active rule");
     let bad = last_write_wins_packed();
-    let bad_hash = gate::content_hash(&bad);
+    let bad_hash = converge::rule::content_hash(&bad);
     let published = fleet
         .fleet
         .publish(&bad, Role::Active)

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use converge::entity::{Decision, Event, RuleInfo, State};
-use converge::message::{Message, Position};
 use converge::rule::{self, DecideError, Rule};
+use converge::source::{Message, Position};
 use converge::store::Store;
 use converge_order_rule::core;
 

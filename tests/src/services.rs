@@ -2,7 +2,7 @@
 //! command runs them). Each test works under its own random key prefix and removes its keys
 //! when it ends, passed or failed.
 
-use converge::redis_store::RedisStore;
+use converge::store::RedisStore;
 
 /// Where the standalone Redis listens; `CONVERGE_TEST_REDIS_URL` overrides.
 pub fn redis_url() -> String {

@@ -8,14 +8,11 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use super::{EXIT_FAILED, EngineArgs};
-use crate::config::{Config, SourceConfig};
-use crate::fleet::{Fleet, FleetStatus};
-use crate::gate::{self, GateConfig, Gates};
-use crate::kafka_source::KafkaRange;
-use crate::replay::ReplayReport;
-use crate::source::JsonLinesSource;
-use crate::swap::Role;
-use crate::vectors::VectorFile;
+use crate::config::{Config, FileSourceConfig, SourceConfig};
+use crate::replay::{ReplayReport, replay};
+use crate::rule::pack;
+use crate::rule::vectors::VectorFile;
+use crate::source::open_lines;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum RuleCommand {
@@ -42,47 +39,39 @@ pub(super) enum RuleCommand {
 pub(super) struct FleetArgs {
     /// The Redis holding the fleet's rules.
     #[arg(long, env = "CONVERGE_FLEET_REDIS", value_name = "URL")]
-    redis: String,
+    pub(super) redis: String,
     /// The fleet's name (`rule.fleet.name` of its instances).
     #[arg(long, env = "CONVERGE_FLEET", value_name = "NAME")]
-    fleet: String,
-}
-
-impl FleetArgs {
-    async fn connect(&self) -> anyhow::Result<Fleet> {
-        Fleet::connect(&self.redis, &self.fleet)
-            .await
-            .with_context(|| format!("cannot reach the fleet's Redis at {}", self.redis))
-    }
+    pub(super) fleet: String,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct PublishArgs {
     /// The rule component (.wasm).
     #[arg(value_name = "RULE.wasm")]
-    rule: PathBuf,
+    pub(super) rule: PathBuf,
     /// Conformance vectors to pack into the component. Default: RULE.vectors.json, if present.
     #[arg(long, value_name = "FILE")]
-    vectors: Option<PathBuf>,
+    pub(super) vectors: Option<PathBuf>,
     /// Run the rule beside the active one, counting disagreements, without applying it.
     #[arg(long)]
-    shadow: bool,
+    pub(super) shadow: bool,
     /// Publish without gating here first (the instances still gate it).
     #[arg(long)]
-    skip_local_gates: bool,
+    pub(super) skip_local_gates: bool,
     #[command(flatten)]
-    fleet: FleetArgs,
+    pub(super) fleet: FleetArgs,
     #[command(flatten)]
-    engine: EngineArgs,
+    pub(super) engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct StatusArgs {
     /// Print the status as one JSON document.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     #[command(flatten)]
-    fleet: FleetArgs,
+    pub(super) fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -123,7 +112,7 @@ pub(super) struct ReplayArgs {
     engine: EngineArgs,
 }
 
-fn runtime() -> io::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -131,30 +120,10 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
 
 pub(super) fn rule(command: &RuleCommand) -> anyhow::Result<ExitCode> {
     match command {
-        RuleCommand::Publish(args) => publish(args),
-        RuleCommand::Status(args) => runtime()?.block_on(async {
-            let status = args.fleet.connect().await?.status().await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print_status(&mut io::BufWriter::new(io::stdout().lock()), &status)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }),
-        RuleCommand::Promote(fleet) => runtime()?.block_on(async {
-            let hash = fleet.connect().await?.promote().await?;
-            println!("promoted {hash} to active in fleet {}", fleet.fleet);
-            Ok(ExitCode::SUCCESS)
-        }),
-        RuleCommand::Rollback(fleet) => runtime()?.block_on(async {
-            let hash = fleet.connect().await?.rollback().await?;
-            println!("fleet {} rolled back to {hash}", fleet.fleet);
-            Ok(ExitCode::SUCCESS)
-        }),
         RuleCommand::Pack(args) => {
             let component = read(&args.rule)?;
             let vectors = VectorFile::load(&args.vectors)?;
-            let packed = gate::pack(&component, &vectors)?;
+            let packed = pack(&component, &vectors)?;
             std::fs::write(&args.output, packed)
                 .with_context(|| format!("cannot write {}", args.output.display()))?;
             println!(
@@ -164,158 +133,45 @@ pub(super) fn rule(command: &RuleCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "redis")]
+        fleet_command => super::fleet::run(fleet_command),
+        #[cfg(not(feature = "redis"))]
+        _ => Err(super::needs_feature(
+            "converge rule publish, status, promote and rollback",
+            "redis",
+        )),
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read rule {}", path.display()))
 }
 
-fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
-    let mut component = read(&args.rule)?;
-    let sidecar = VectorFile::sidecar_path(&args.rule);
-    let vectors = match &args.vectors {
-        Some(path) => Some(VectorFile::load(path)?),
-        None if sidecar.exists() => Some(VectorFile::load(&sidecar)?),
-        None => None,
-    };
-    if let Some(vectors) = &vectors {
-        component = gate::pack(&component, vectors)?;
-    }
-    if !args.skip_local_gates {
-        let gates = Gates::new(args.engine.engine()?, GateConfig::default());
-        if let Err(error) = gates.admit(&component, None) {
-            eprintln!(
-                "not published: {} refused by the {} gate: {error}",
-                args.rule.display(),
-                error.gate()
-            );
-            return Ok(ExitCode::from(EXIT_FAILED));
-        }
-    }
-    let role = if args.shadow {
-        Role::Shadow
-    } else {
-        Role::Active
-    };
-    runtime()?.block_on(async {
-        let hash = args
-            .fleet
-            .connect()
-            .await?
-            .publish(&component, role)
-            .await?;
-        println!(
-            "published {} as the {} rule of fleet {} ({hash})",
-            args.rule.display(),
-            role.as_str(),
-            args.fleet.fleet
-        );
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
-}
-
-fn print_status(out: &mut impl Write, status: &FleetStatus) -> io::Result<()> {
-    let pointer = |hash: &Option<String>| hash.as_deref().map_or("-", short).to_owned();
-    writeln!(
-        out,
-        "fleet {}: active {}, shadow {}, {} versions in history",
-        status.fleet,
-        pointer(&status.active),
-        pointer(&status.shadow),
-        status.history.len()
-    )?;
-    if status.instances.is_empty() {
-        writeln!(out, "no live instances")?;
-    }
-    for instance in &status.instances {
-        let rule = &instance.rule;
-        writeln!(
-            out,
-            "{}: {} ({}) from {}",
-            instance.instance,
-            rule.active.rule,
-            short(&rule.active.hash),
-            rule.active.origin
-        )?;
-        if let Some(swap) = &rule.last_swap {
-            let outcome = match &swap.refusal {
-                Some(refusal) => {
-                    format!("refused by the {} gate: {}", refusal.gate, refusal.reason)
-                }
-                None => "applied".to_owned(),
-            };
-            writeln!(
-                out,
-                "  last swap: {} {} ({}) from {}: {outcome}",
-                swap.role.as_str(),
-                swap.rule.as_deref().unwrap_or("?"),
-                short(&swap.hash),
-                swap.origin
-            )?;
-        }
-        if let Some(shadow) = &rule.shadow {
-            writeln!(
-                out,
-                "  shadow {} ({}): {} disagreements in {} decisions",
-                shadow.rule.rule,
-                short(&shadow.rule.hash),
-                shadow.disagreements,
-                shadow.decisions
-            )?;
-            for sample in &shadow.samples {
-                writeln!(
-                    out,
-                    "    {}",
-                    serde_json::to_string(sample).unwrap_or_default()
-                )?;
-            }
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load_with_overrides(&args.config, &args.overrides)?;
     let compiled = args.engine.load(&args.rule)?;
     runtime()?.block_on(async {
-        let store = crate::serve::open_store(&config.store).await?;
+        let store = config.store.open().await?;
         let pipeline = config.pipeline.clone();
+        let rebuild = args.rebuild;
         let report = match (&args.input, &config.source) {
-            (Some(path), _) => {
-                let file = tokio::fs::File::open(path)
+            (Some(path), _) | (None, SourceConfig::File(FileSourceConfig { path })) => {
+                let mut source = open_lines(path)
                     .await
                     .with_context(|| format!("cannot open input {}", path.display()))?;
-                let mut source = JsonLinesSource::new(tokio::io::BufReader::new(file));
-                crate::replay::replay(compiled.instance(), &mut source, pipeline, &store, args.rebuild)
-                    .await?
+                replay(compiled.instance(), &mut source, pipeline, &store, rebuild).await?
             }
-            (
-                None,
-                SourceConfig::Kafka {
-                    brokers,
-                    topics,
-                    properties,
-                    ..
-                },
-            ) => {
-                let mut source = KafkaRange::open(brokers, topics, properties)?;
-                crate::replay::replay(compiled.instance(), &mut source, pipeline, &store, args.rebuild)
-                    .await?
+            #[cfg(feature = "kafka")]
+            (None, SourceConfig::Kafka(kafka)) => {
+                let mut source =
+                    crate::source::KafkaRange::open(&kafka.brokers, &kafka.topics, &kafka.properties)?;
+                replay(compiled.instance(), &mut source, pipeline, &store, rebuild).await?
             }
-            (None, SourceConfig::File { path }) => {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .with_context(|| format!("cannot open input {}", path.display()))?;
-                let mut source = JsonLinesSource::new(tokio::io::BufReader::new(file));
-                crate::replay::replay(compiled.instance(), &mut source, pipeline, &store, args.rebuild)
-                    .await?
+            #[cfg(not(feature = "kafka"))]
+            (None, SourceConfig::Kafka(_)) => {
+                return Err(super::needs_feature("converge replay from a Kafka source", "kafka"));
             }
-            (None, SourceConfig::Fluvio { .. }) => anyhow::bail!(
+            (None, SourceConfig::Fluvio(_)) => anyhow::bail!(
                 "replay reads a Kafka source or a file; for a Fluvio topic, export it as JSON lines and pass --input"
             ),
         };

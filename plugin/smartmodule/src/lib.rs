@@ -7,10 +7,16 @@
 //! feeds it the topic's last records (look-back, as the consumer configures it), which warm that
 //! memory without passing anything.
 //!
-//! Records the rule cannot judge — not JSON, no key, id-only (no status), a status the rule
-//! rejects — pass through unchanged: a filter has no dead-letter queue, so they are left to the
-//! consumer downstream (converge dead-letters them with the reason) rather than dropped
-//! silently.
+//! A record is read by converge's own codec (`converge_codec`, with the default field mapping
+//! and the record key as the transport key), so the SmartModule refuses exactly the records
+//! converge dead-letters, for the same reason: a blank (empty or whitespace-only) or mistyped
+//! key, malformed JSON, a bad status, version or timestamp, an oversized or empty body.
+//!
+//! Records the rule cannot judge — those the codec refuses, id-only ones (no status), a status
+//! the rule rejects — pass through unchanged with the reason ([`Verdict::Unjudged`]): a filter
+//! has no dead-letter queue, so they are left to the consumer downstream (converge dead-letters
+//! them with the reason, or enriches an id-only one) rather than dropped silently. They are never
+//! remembered.
 //!
 //! The memory holds one state per order seen; look-back only reaches as far back as configured,
 //! so an order whose last event is older than that may let one stale event pass. That never
@@ -18,13 +24,15 @@
 //!
 //! # Layout
 //! - [`Latest`]: the per-order memory and the pass/drop verdict, plain Rust (tested natively).
-//! - [`entity_of`]: a record's JSON -> the rule's entity, with converge's default field names.
+//! - [`entity_of`]: a record -> the rule's entity, through `converge_codec` with converge's
+//!   default field mapping; [`Unjudgeable`] says why a record is not one.
 //! - `smartmodule` (wasm32 only): the `filter` and `look_back` entry points.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
+use converge_codec::{DecodeError, Decoded, FieldMapping};
 use converge_order_rule::{Decision, Entity, decide};
-use serde_json::{Map, Value};
 
 /// What the filter does with a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +66,7 @@ impl Latest {
     pub fn judge(&mut self, key: Option<&[u8]>, value: &[u8]) -> Verdict {
         let incoming = match entity_of(key, value) {
             Ok(entity) => entity,
-            Err(reason) => return Verdict::Unjudged(reason),
+            Err(unjudgeable) => return Verdict::Unjudged(unjudgeable.to_string()),
         };
         let current = self.orders.get(&incoming.key).cloned();
         match decide(current, incoming) {
@@ -86,49 +94,47 @@ impl Latest {
     }
 }
 
-/// Reads an event the way converge's default field mapping does: `key` (string or integer;
-/// else the record key), `status` (string, required here), `version` and `timestamp_ms`
-/// (non-negative integers, default 0), `payload` (any JSON, compared in canonical form).
-pub fn entity_of(record_key: Option<&[u8]>, value: &[u8]) -> Result<Entity, String> {
-    let json: Value =
-        serde_json::from_slice(value).map_err(|error| format!("malformed JSON: {error}"))?;
-    let Value::Object(fields) = json else {
-        return Err("not a JSON object".to_owned());
-    };
-    let key = match fields.get("key") {
-        Some(Value::String(key)) => key.clone(),
-        Some(Value::Number(number)) if number.is_u64() || number.is_i64() => number.to_string(),
-        Some(_) => return Err("field \"key\" is neither a string nor an integer".to_owned()),
-        None => match record_key {
-            Some(bytes) => String::from_utf8(bytes.to_vec())
-                .map_err(|_| "the record key is not UTF-8".to_owned())?,
-            None => return Err("no key: no field \"key\" and no record key".to_owned()),
-        },
-    };
-    if key.is_empty() {
-        return Err("empty key".to_owned());
-    }
-    let status = match fields.get("status") {
-        Some(Value::String(status)) => status.clone(),
-        Some(_) => return Err("field \"status\" is not a string".to_owned()),
-        None => return Err("id-only message (no status): enrich it downstream".to_owned()),
-    };
-    Ok(Entity {
-        key,
-        status,
-        version: integer(&fields, "version")?,
-        timestamp_ms: integer(&fields, "timestamp_ms")?,
-        // serde_json's map is sorted: this is the canonical text converge compares too.
-        payload: fields.get("payload").unwrap_or(&Value::Null).to_string(),
-    })
+/// Why a record is not an entity the rule can judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unjudgeable {
+    /// converge would dead-letter it: the codec's reason, word for word.
+    Undecodable(DecodeError),
+    /// It names its order but not its state; converge enriches it downstream.
+    IdOnly {
+        /// The order's key.
+        key: String,
+    },
 }
 
-fn integer(fields: &Map<String, Value>, name: &str) -> Result<u64, String> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(0),
-        Some(value) => value
-            .as_u64()
-            .ok_or_else(|| format!("field {name:?} is not a non-negative integer")),
+impl std::fmt::Display for Unjudgeable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unjudgeable::Undecodable(error) => error.fmt(f),
+            Unjudgeable::IdOnly { .. } => {
+                f.write_str("id-only message (no status): enrich it downstream")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Unjudgeable {}
+
+/// Reads an event the way converge's default field mapping does ([`FieldMapping::decode`]):
+/// `key` (string or integer, not blank; else the record key), `status` (non-empty string,
+/// required here), `version` and `timestamp_ms` (non-negative integers, default 0), `payload`
+/// (any JSON, compared in canonical form).
+pub fn entity_of(record_key: Option<&[u8]>, value: &[u8]) -> Result<Entity, Unjudgeable> {
+    static MAPPING: LazyLock<FieldMapping> = LazyLock::new(FieldMapping::default);
+    match MAPPING.decode(Some(value), record_key) {
+        Ok(Decoded::Event(fields)) => Ok(Entity {
+            key: fields.key,
+            status: fields.status,
+            version: fields.version,
+            timestamp_ms: fields.timestamp_ms,
+            payload: fields.payload,
+        }),
+        Ok(Decoded::IdOnly { key }) => Err(Unjudgeable::IdOnly { key }),
+        Err(error) => Err(Unjudgeable::Undecodable(error)),
     }
 }
 
@@ -200,9 +206,13 @@ mod tests {
         let mut latest = Latest::new();
         for (record, reason) in [
             (&b"{not json"[..], "malformed JSON"),
-            (br#"[1,2]"#, "not a JSON object"),
+            (br#"[1,2]"#, "not an object"),
             (br#"{"key":"o-1"}"#, "id-only"),
-            (br#"{"status":"paid"}"#, "no key"),
+            (br#"{"status":"paid"}"#, "missing key"),
+            (br#"{"key":" \t","status":"paid"}"#, "empty key"),
+            (br#"{"key":"\u3000","status":"paid"}"#, "empty key"),
+            (br#"{"key":true,"status":"paid"}"#, "string or an integer"),
+            (br#"{"key":"o-1","status":""}"#, "non-empty string"),
             (br#"{"key":"o-1","status":"shipped"}"#, "unknown status"),
             (
                 br#"{"key":"o-1","status":"paid","version":-1}"#,
@@ -213,6 +223,20 @@ mod tests {
                 Verdict::Unjudged(why) => assert!(why.contains(reason), "{why}"),
                 other => panic!("{record:?} judged {other:?}"),
             }
+        }
+        assert!(latest.is_empty());
+    }
+
+    #[test]
+    fn bad_keys_are_refused_as_converge_refuses_them() {
+        let mut latest = Latest::new();
+        for case in converge_codec::BAD_KEY_CORPUS {
+            assert_eq!(
+                latest.judge(case.transport_key, case.record.as_bytes()),
+                Verdict::Unjudged(case.refusal.to_owned()),
+                "{}",
+                case.case
+            );
         }
         assert!(latest.is_empty());
     }

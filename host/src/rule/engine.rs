@@ -1,0 +1,394 @@
+//! Runs rule components safely: compiled once, instantiated cheaply, every call bounded.
+//!
+//! - A component is compiled once ([`RuleEngine::compile`]) and pre-linked ([`CompiledRule`]), so
+//!   a fresh instance costs microseconds.
+//! - Its imports are checked against [`crate::rule`] before it is linked.
+//! - Every call runs under an epoch deadline and a memory cap. A call that traps, runs out of
+//!   time or memory, or answers a decision that breaks the contract is reported as a
+//!   [`DecideError`]; the instance is dropped and the next call instantiates a fresh one, so a
+//!   half-run call never leaks state into the next.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
+
+use super::imports;
+use crate::entity::{Decision, Event, RuleBindings, RuleBindingsPre, RuleInfo, State};
+use crate::rule::{self, DecideError, Rule};
+
+/// How often the engine's clock ticks; deadlines are rounded up to whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Limits applied to every rule call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// The most linear memory one rule instance may hold.
+    pub memory_cap_bytes: usize,
+    /// How long one call (`decide`, `decide-batch` or `info`) may run.
+    pub deadline: Duration,
+}
+
+impl Default for EngineLimits {
+    /// 64 MiB and 100 ms: a decision takes microseconds and a few KiB, so these leave room for
+    /// any honest rule while stopping a runaway one quickly.
+    fn default() -> Self {
+        Self {
+            memory_cap_bytes: 64 << 20,
+            deadline: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a rule could not be loaded. Nothing of a rule that failed to load ever runs a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read rule {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a valid rule component: {0:#}")]
+    Compile(wasmtime::Error),
+    #[error(
+        "rule imports {} outside the allowlist; a rule must not touch files, network, clocks or randomness",
+        .0.join(", ")
+    )]
+    ForbiddenImports(Vec<String>),
+    #[error("rule does not implement the converge:rule world: {0:#}")]
+    Link(wasmtime::Error),
+    #[error("rule's info() failed: {0}")]
+    Info(DecideError),
+    #[error("rule's info() is invalid: {0}")]
+    InvalidInfo(String),
+    #[error("cannot start the rule engine: {0:#}")]
+    Engine(wasmtime::Error),
+}
+
+/// A wasmtime engine configured for rules, with the clock thread that enforces deadlines.
+#[derive(Clone, Debug)]
+pub struct RuleEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    engine: Engine,
+    limits: EngineLimits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for EngineInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineInner")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl RuleEngine {
+    pub fn new(limits: EngineLimits) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(LoadError::Engine)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), Arc::clone(&ticker_stop))
+            .map_err(|error| LoadError::Engine(error.into()))?;
+        Ok(Self {
+            inner: Arc::new(EngineInner {
+                engine,
+                limits,
+                ticker_stop,
+            }),
+        })
+    }
+
+    pub fn limits(&self) -> EngineLimits {
+        self.inner.limits
+    }
+
+    /// Reads and compiles the component at `path`.
+    pub fn compile_file(&self, path: &Path) -> Result<CompiledRule, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.compile(&bytes)
+    }
+
+    /// Compiles a component, checks its imports, links it and asks it for its info.
+    pub fn compile(&self, bytes: &[u8]) -> Result<CompiledRule, LoadError> {
+        let inner = &self.inner;
+        let component = Component::new(&inner.engine, bytes).map_err(LoadError::Compile)?;
+        let component_type = component.component_type();
+        let forbidden =
+            imports::forbidden(component_type.imports(&inner.engine).map(|(name, _)| name));
+        if !forbidden.is_empty() {
+            return Err(LoadError::ForbiddenImports(forbidden));
+        }
+        // The allowed imports are linked to functions that trap when called: a rule has no
+        // environment, files, clocks or output, and one that reaches for them (a panic writing
+        // its message to stderr, say) fails its call like any other trap.
+        let mut linker = Linker::new(&inner.engine);
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(LoadError::Link)?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::Link)?;
+        let pre = RuleBindingsPre::new(instance_pre).map_err(LoadError::Link)?;
+        let mut live = Live::new(self, &pre).map_err(LoadError::Info)?;
+        let info = live.call(self.inner.limits, |store, bindings| {
+            bindings.call_info(store)
+        });
+        let info = info.map_err(LoadError::Info)?;
+        check_info(&info)?;
+        Ok(CompiledRule {
+            engine: self.clone(),
+            pre,
+            info: Arc::new(info),
+        })
+    }
+}
+
+fn check_info(info: &RuleInfo) -> Result<(), LoadError> {
+    let invalid = |message: &str| Err(LoadError::InvalidInfo(message.to_owned()));
+    if info.name.trim().is_empty() {
+        return invalid("empty name");
+    }
+    if info.version.trim().is_empty() {
+        return invalid("empty version");
+    }
+    if info.statuses.is_empty() {
+        return invalid("no statuses");
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(duplicate) = info.statuses.iter().find(|s| !seen.insert(s.as_str())) {
+        return Err(LoadError::InvalidInfo(format!(
+            "status {duplicate:?} listed twice"
+        )));
+    }
+    Ok(())
+}
+
+/// Advances the engine's epoch every tick until `stop` is set, so deadlines fire.
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("converge-epoch".to_owned())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+    Ok(())
+}
+
+/// A compiled, linked rule: cheap to clone, cheap to instantiate.
+#[derive(Clone)]
+pub struct CompiledRule {
+    engine: RuleEngine,
+    pre: RuleBindingsPre<RuleCtx>,
+    info: Arc<RuleInfo>,
+}
+
+impl std::fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRule")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompiledRule {
+    pub fn info(&self) -> &RuleInfo {
+        &self.info
+    }
+
+    /// A rule to call. The instance is created on first use and again after any failed call.
+    pub fn instance(&self) -> WasmRule {
+        WasmRule {
+            compiled: self.clone(),
+            live: None,
+        }
+    }
+}
+
+/// A rule component ready to decide. Not `Sync`: give each worker its own.
+pub struct WasmRule {
+    compiled: CompiledRule,
+    live: Option<Live>,
+}
+
+impl std::fmt::Debug for WasmRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRule")
+            .field("info", &self.compiled.info)
+            .field("instantiated", &self.live.is_some())
+            .finish()
+    }
+}
+
+impl WasmRule {
+    /// Runs one call on the live instance (creating it if needed); drops the instance if the
+    /// call fails, so that no state of a half-run call survives.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store<RuleCtx>, &RuleBindings) -> wasmtime::Result<T>,
+    ) -> Result<T, DecideError> {
+        let limits = self.compiled.engine.limits();
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => Live::new(&self.compiled.engine, &self.compiled.pre)?,
+        };
+        let result = live.call(limits, f);
+        if result.is_ok() {
+            self.live = Some(live);
+        }
+        result
+    }
+}
+
+impl Rule for WasmRule {
+    fn info(&self) -> &RuleInfo {
+        &self.compiled.info
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        let decision =
+            self.call(|store, bindings| bindings.call_decide(store, current, incoming))?;
+        rule::validate(&self.compiled.info, current, incoming, &decision)?;
+        Ok(decision)
+    }
+
+    fn decide_batch(
+        &mut self,
+        items: &[(Option<State>, Event)],
+    ) -> Result<Vec<Decision>, DecideError> {
+        let decisions = self.call(|store, bindings| bindings.call_decide_batch(store, items))?;
+        if decisions.len() != items.len() {
+            return Err(DecideError::InvalidDecision(format!(
+                "answered {} decisions for a batch of {}",
+                decisions.len(),
+                items.len()
+            )));
+        }
+        for ((current, incoming), decision) in items.iter().zip(&decisions) {
+            rule::validate(&self.compiled.info, current.as_ref(), incoming, decision)?;
+        }
+        Ok(decisions)
+    }
+}
+
+/// One instance and the store that owns it.
+struct Live {
+    store: Store<RuleCtx>,
+    bindings: RuleBindings,
+}
+
+impl Live {
+    fn new(engine: &RuleEngine, pre: &RuleBindingsPre<RuleCtx>) -> Result<Self, DecideError> {
+        let limits = engine.limits();
+        let ctx = RuleCtx {
+            limiter: MemoryCap {
+                cap: limits.memory_cap_bytes,
+                refused: None,
+            },
+        };
+        let mut store = Store::new(&engine.inner.engine, ctx);
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.set_epoch_deadline(deadline_ticks(limits.deadline));
+        let bindings = pre
+            .instantiate(&mut store)
+            .map_err(|error| classify(error, &mut store, limits, DecideError::Instantiate))?;
+        Ok(Self { store, bindings })
+    }
+
+    fn call<T>(
+        &mut self,
+        limits: EngineLimits,
+        f: impl FnOnce(&mut Store<RuleCtx>, &RuleBindings) -> wasmtime::Result<T>,
+    ) -> Result<T, DecideError> {
+        self.store
+            .set_epoch_deadline(deadline_ticks(limits.deadline));
+        f(&mut self.store, &self.bindings)
+            .map_err(|error| classify(error, &mut self.store, limits, DecideError::Trap))
+    }
+}
+
+/// Turns a wasmtime error into the reason a call failed.
+fn classify(
+    error: wasmtime::Error,
+    store: &mut Store<RuleCtx>,
+    limits: EngineLimits,
+    otherwise: fn(String) -> DecideError,
+) -> DecideError {
+    if let Some(requested) = store.data_mut().limiter.refused.take() {
+        return DecideError::MemoryCap {
+            requested,
+            cap: limits.memory_cap_bytes,
+        };
+    }
+    if matches!(
+        error.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) {
+        return DecideError::Deadline(limits.deadline);
+    }
+    otherwise(format!("{error:#}"))
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    u64::try_from(deadline.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// What a rule's store holds: nothing but its memory cap.
+struct RuleCtx {
+    limiter: MemoryCap,
+}
+
+/// Refuses memory growth past the cap and remembers the refusal, so the trap that follows
+/// (a Rust guest aborts when allocation fails) is reported as what it is.
+struct MemoryCap {
+    cap: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap || maximum.is_some_and(|max| desired > max) {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|max| desired <= max) && desired <= 1_000_000)
+    }
+}

@@ -1,0 +1,219 @@
+//! The gates a rule passes before it may serve: compile, import allowlist, its own conformance
+//! vectors, and a quick convergence check.
+//!
+//! A rule's vectors travel inside the component, as a custom section named
+//! [`VECTORS_SECTION`] holding a vector file (see [`crate::rule::vectors`]). Rules built in Rust embed
+//! it with `#[link_section]` (see `plugin/src/component.rs`); any other component gets one with
+//! `converge rule pack` ([`pack`]). A rule read from a file may instead have its vectors in the
+//! sidecar file `RULE.vectors.json`; an embedded section wins over a sidecar.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasm_encoder::ComponentSection;
+
+use crate::rule::check::{self, CheckConfig};
+use crate::rule::vectors::{self, VectorFile};
+use crate::rule::{CompiledRule, LoadError, RuleEngine};
+
+/// The custom section that carries a rule's conformance vectors.
+pub const VECTORS_SECTION: &str = "converge:vectors";
+
+/// How strict the gates are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Refuse a rule that brings no conformance vectors. On by default: vectors are the rule
+    /// author's statement of intent, and the only gate that catches a rule that converges to the
+    /// wrong answer.
+    #[serde(default = "default_true")]
+    pub require_vectors: bool,
+    /// How many generated histories the quick convergence check runs (the full `converge
+    /// check` runs 200). Small enough that a swap gates in well under a second.
+    #[serde(default = "default_check_histories")]
+    pub check_histories: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_check_histories() -> usize {
+    40
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            require_vectors: true,
+            check_histories: default_check_histories(),
+        }
+    }
+}
+
+/// Why a candidate was refused. Nothing of a refused candidate ever decides a served event.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the {VECTORS_SECTION} section is not a valid vector file: {0}")]
+    Vectors(serde_json::Error),
+    #[error(
+        "the rule brings no conformance vectors (a {VECTORS_SECTION} custom section, or RULE.vectors.json beside a rule file); set rule.gates.require_vectors = false to accept it anyway"
+    )]
+    NoVectors,
+    #[error("{} of {total} conformance vectors failed: {}", .failures.len(), describe_failures(.failures))]
+    VectorsFailed {
+        total: usize,
+        failures: Vec<vectors::VectorFailure>,
+    },
+    #[error("the rule does not converge: {0}")]
+    NotConvergent(String),
+}
+
+impl GateError {
+    /// Which gate refused, for metrics and status.
+    pub fn gate(&self) -> &'static str {
+        match self {
+            GateError::Load(LoadError::ForbiddenImports(_)) => "imports",
+            GateError::Load(_) => "compile",
+            GateError::Vectors(_) | GateError::NoVectors | GateError::VectorsFailed { .. } => {
+                "vectors"
+            }
+            GateError::NotConvergent(_) => "convergence",
+        }
+    }
+}
+
+fn describe_failures(failures: &[vectors::VectorFailure]) -> String {
+    failures
+        .iter()
+        .map(|failure| {
+            let got = match &failure.got {
+                Ok(decision) => decision.kind().as_str().to_owned(),
+                Err(error) => format!("error ({error})"),
+            };
+            format!(
+                "{:?} expected {} got {got}",
+                failure.name,
+                failure.expected.kind().as_str()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A candidate that passed every gate.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub compiled: CompiledRule,
+    /// The component's content hash (see [`content_hash`]).
+    pub hash: String,
+}
+
+/// Runs the gates with one engine (and so one set of limits) for every candidate.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    engine: RuleEngine,
+    config: GateConfig,
+}
+
+impl Gates {
+    pub fn new(engine: RuleEngine, config: GateConfig) -> Self {
+        Self { engine, config }
+    }
+
+    /// Runs every gate on `bytes`. `sidecar` holds vectors found beside a rule file; vectors
+    /// embedded in the component take precedence. CPU-bound (compiling, checking): call it
+    /// from a blocking thread in async code.
+    pub fn admit(&self, bytes: &[u8], sidecar: Option<VectorFile>) -> Result<Admitted, GateError> {
+        let compiled = self.engine.compile(bytes)?;
+        let vectors = match embedded_vectors(bytes)? {
+            Some(vectors) => Some(vectors),
+            None => sidecar,
+        };
+        let vectors = match vectors {
+            Some(file) => file.vectors,
+            None if self.config.require_vectors => return Err(GateError::NoVectors),
+            None => Vec::new(),
+        };
+        let mut rule = compiled.instance();
+        let failures = vectors::run(&mut rule, &vectors);
+        if !failures.is_empty() {
+            return Err(GateError::VectorsFailed {
+                total: vectors.len(),
+                failures,
+            });
+        }
+        let report = check::check(
+            &mut rule,
+            &CheckConfig {
+                histories: self.config.check_histories,
+                max_events: 6,
+                exhaustive_up_to: 5,
+                random_orders: 100,
+                ..CheckConfig::default()
+            },
+        );
+        if let Some(violation) = report.violation {
+            return Err(GateError::NotConvergent(
+                violation.to_string().trim_end().to_owned(),
+            ));
+        }
+        Ok(Admitted {
+            compiled,
+            hash: content_hash(bytes),
+        })
+    }
+}
+
+/// The SHA-256 of a component, in hex: how a fleet names a rule version in Redis.
+pub fn content_hash(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// The vectors a component carries: the last [`VECTORS_SECTION`] of the component itself (which
+/// [`pack`] appends), else the last one inside any of its modules (where `#[link_section]`
+/// puts it). `Ok(None)` when it carries none; bytes that are not wasm carry none (compiling
+/// them fails on its own, with a better message).
+pub fn embedded_vectors(bytes: &[u8]) -> Result<Option<VectorFile>, GateError> {
+    let mut outer: Option<&[u8]> = None;
+    let mut nested: Option<&[u8]> = None;
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Ok(None);
+        };
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::CustomSection(section) if section.name() == VECTORS_SECTION => {
+                if depth == 0 {
+                    outer = Some(section.data());
+                } else {
+                    nested = Some(section.data());
+                }
+            }
+            _ => {}
+        }
+    }
+    outer
+        .or(nested)
+        .map(|data| serde_json::from_slice(data).map_err(GateError::Vectors))
+        .transpose()
+}
+
+/// `component` with `vectors` appended as its [`VECTORS_SECTION`], which then takes precedence
+/// over any section it already had.
+pub fn pack(component: &[u8], vectors: &VectorFile) -> Result<Vec<u8>, serde_json::Error> {
+    let data = serde_json::to_vec(vectors)?;
+    let mut packed = component.to_vec();
+    wasm_encoder::CustomSection {
+        name: Cow::Borrowed(VECTORS_SECTION),
+        data: Cow::Owned(data),
+    }
+    .append_to_component(&mut packed);
+    Ok(packed)
+}

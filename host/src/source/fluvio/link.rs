@@ -1,0 +1,294 @@
+//! The cluster as the Fluvio source needs it ([`Link`]), and its implementation over the
+//! `fluvio` client ([`FluvioLink`]).
+//!
+//! Reading and committing are separate on purpose: a reader's stream never commits (so a read
+//! it gives up is harmless), and a commit opens its own short-lived stream at the exact offset
+//! to commit, reads that one record and commits it. That is the only way the public client
+//! (0.50) commits an offset of our choosing: a stream always commits the highest offset it has
+//! handed out.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+
+use super::{FluvioRecord, Settings};
+use crate::source::SourceError;
+
+/// Where a partition's stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The first retained record: for a partition this consumer never committed.
+    Beginning,
+    /// This offset exactly.
+    At(i64),
+}
+
+/// Why a partition's stream stopped yielding records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The offset asked for was removed by retention; `next_available` is the first that
+    /// still exists.
+    Evicted { next_available: i64 },
+    /// The connection or the cluster failed; the stream yields nothing more.
+    Failed(String),
+}
+
+/// A stream of one partition's records.
+pub type Records = BoxStream<'static, Result<FluvioRecord, ReadError>>;
+
+/// A connection to the cluster for one reader or committer. Calls after a failure reconnect
+/// once [`Link::reset`] has dropped the failed connection.
+pub trait Link: Send + 'static {
+    /// The topic's partitions; `None` when the topic does not exist.
+    fn partitions(&mut self) -> impl Future<Output = Result<Option<Vec<u32>>, SourceError>> + Send;
+
+    /// The offset last committed for each partition under the offset consumer; partitions
+    /// never committed are absent.
+    fn committed(&mut self) -> impl Future<Output = Result<HashMap<u32, i64>, SourceError>> + Send;
+
+    /// Opens a stream of one partition that never commits.
+    fn open(
+        &mut self,
+        partition: u32,
+        start: Start,
+    ) -> impl Future<Output = Result<Records, SourceError>> + Send;
+
+    /// Commits exactly `offset` of `partition` under the offset consumer (a restart resumes at
+    /// `offset + 1`) and returns once the cluster has it.
+    fn commit(
+        &mut self,
+        partition: u32,
+        offset: i64,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// Drops the connection after a failure, so that the next call connects anew.
+    fn reset(&mut self);
+}
+
+fn fluvio_error(error: impl std::fmt::Display) -> SourceError {
+    SourceError::Fluvio(format!("{error:#}"))
+}
+
+/// How long a commit waits for the record it commits before asking again with a larger fetch
+/// (a fetch smaller than the record's batch never yields it).
+const COMMIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first fetch size of a commit stream: enough for the producer's usual batches, small
+/// enough not to ship megabytes of records just to commit one offset.
+const COMMIT_FETCH_BYTES: i32 = 256 << 10;
+
+/// [`Link`] over the `fluvio` client.
+pub struct FluvioLink {
+    cluster: fluvio::FluvioClusterConfig,
+    topic: String,
+    consumer: String,
+    fetch_max_bytes: i32,
+    client: Option<fluvio::Fluvio>,
+}
+
+impl std::fmt::Debug for FluvioLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FluvioLink")
+            .field("endpoint", &self.cluster.endpoint)
+            .field("topic", &self.topic)
+            .field("consumer", &self.consumer)
+            .field("connected", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FluvioLink {
+    /// A link that connects on first use.
+    pub(crate) fn new(config: &Settings) -> Result<Self, SourceError> {
+        let cluster = match &config.endpoint {
+            Some(endpoint) => {
+                let mut cluster = fluvio::FluvioClusterConfig::new(endpoint);
+                if let Some(tls) = &config.tls {
+                    cluster = cluster.with_tls(fluvio::config::TlsPolicy::Verified(
+                        fluvio::config::TlsConfig::Files(fluvio::config::TlsPaths {
+                            domain: tls.domain.clone(),
+                            key: tls.key.clone(),
+                            cert: tls.cert.clone(),
+                            ca_cert: tls.ca_cert.clone(),
+                        }),
+                    ));
+                }
+                cluster
+            }
+            None => fluvio::FluvioClusterConfig::load().map_err(fluvio_error)?,
+        };
+        Ok(Self {
+            cluster,
+            topic: config.topic.clone(),
+            consumer: config.consumer.clone(),
+            fetch_max_bytes: config.fetch_max_bytes,
+            client: None,
+        })
+    }
+
+    /// Another link to the same cluster with a connection of its own.
+    pub fn another(&self) -> Self {
+        Self {
+            cluster: self.cluster.clone(),
+            topic: self.topic.clone(),
+            consumer: self.consumer.clone(),
+            fetch_max_bytes: self.fetch_max_bytes,
+            client: None,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&fluvio::Fluvio, SourceError> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => fluvio::Fluvio::connect_with_config(&self.cluster)
+                .await
+                .map_err(fluvio_error)?,
+        };
+        Ok(self.client.insert(client))
+    }
+
+    fn stream_config(
+        &self,
+        partition: u32,
+        start: fluvio::Offset,
+        max_bytes: i32,
+    ) -> fluvio::consumer::ConsumerConfigExtBuilder {
+        let mut builder = fluvio::consumer::ConsumerConfigExt::builder();
+        builder
+            .topic(self.topic.clone())
+            .partition(partition)
+            .offset_start(start)
+            .max_bytes(max_bytes)
+            // Reconnecting is ours to do: the client's retry keeps one position for all
+            // partitions and jumps over evicted records without a word.
+            .retry_mode(fluvio::consumer::RetryMode::Disabled);
+        builder
+    }
+}
+
+fn offset(offset: i64) -> Result<fluvio::Offset, SourceError> {
+    fluvio::Offset::absolute(offset).map_err(fluvio_error)
+}
+
+fn record(record: fluvio::consumer::Record) -> FluvioRecord {
+    let timestamp = record.timestamp();
+    FluvioRecord {
+        partition: record.partition(),
+        offset: record.offset(),
+        key: record.key().map(<[u8]>::to_vec),
+        value: record.value().to_vec(),
+        timestamp_ms: (timestamp > 0).then_some(timestamp),
+    }
+}
+
+impl Link for FluvioLink {
+    async fn partitions(&mut self) -> Result<Option<Vec<u32>>, SourceError> {
+        let topic = self.topic.clone();
+        let admin = self.client().await?.admin().await;
+        let topics = admin
+            .list::<fluvio::metadata::topic::TopicSpec, String>(vec![topic.clone()])
+            .await
+            .map_err(fluvio_error)?;
+        // The cluster filters by substring: pick the topic by its exact name.
+        Ok(topics
+            .into_iter()
+            .find(|metadata| metadata.name == topic)
+            .map(|metadata| (0..metadata.spec.partitions()).collect()))
+    }
+
+    async fn committed(&mut self) -> Result<HashMap<u32, i64>, SourceError> {
+        let (topic, consumer) = (self.topic.clone(), self.consumer.clone());
+        let offsets = self
+            .client()
+            .await?
+            .consumer_offsets()
+            .await
+            .map_err(fluvio_error)?;
+        Ok(offsets
+            .into_iter()
+            .filter(|o| o.consumer_id == consumer && o.topic == topic)
+            .map(|o| (o.partition, o.offset))
+            .collect())
+    }
+
+    async fn open(&mut self, partition: u32, start: Start) -> Result<Records, SourceError> {
+        let start = match start {
+            Start::Beginning => fluvio::Offset::beginning(),
+            Start::At(at) => offset(at)?,
+        };
+        let config = self
+            .stream_config(partition, start, self.fetch_max_bytes)
+            .build()
+            .map_err(fluvio_error)?;
+        let stream = self
+            .client()
+            .await?
+            .consumer_with_config(config)
+            .await
+            .map_err(fluvio_error)?;
+        Ok(stream
+            .map(|item| match item {
+                Ok(found) => Ok(record(found)),
+                Err(fluvio::dataplane::link::ErrorCode::OffsetEvicted {
+                    next_available, ..
+                }) => Err(ReadError::Evicted { next_available }),
+                Err(error) => Err(ReadError::Failed(error.to_string())),
+            })
+            .boxed())
+    }
+
+    async fn commit(&mut self, partition: u32, at: i64) -> Result<(), SourceError> {
+        let mut max_bytes = COMMIT_FETCH_BYTES.min(self.fetch_max_bytes);
+        loop {
+            let mut config = self.stream_config(partition, offset(at)?, max_bytes);
+            config
+                .offset_consumer(self.consumer.clone())
+                .offset_strategy(fluvio::consumer::OffsetManagementStrategy::Manual);
+            let config = config.build().map_err(fluvio_error)?;
+            let mut stream = self
+                .client()
+                .await?
+                .consumer_with_config(config)
+                .await
+                .map_err(fluvio_error)?;
+            let first = match tokio::time::timeout(COMMIT_READ_TIMEOUT, stream.next()).await {
+                Ok(first) => first,
+                Err(_) if max_bytes < self.fetch_max_bytes => {
+                    max_bytes = max_bytes.saturating_mul(4).min(self.fetch_max_bytes);
+                    continue;
+                }
+                Err(_) => {
+                    return Err(SourceError::Fluvio(format!(
+                        "committing offset {at} of partition {partition}: the record did not \
+                         arrive within {COMMIT_READ_TIMEOUT:?}"
+                    )));
+                }
+            };
+            return match first {
+                Some(Ok(found)) if found.offset() == at => {
+                    use fluvio::consumer::ConsumerStream as _;
+                    stream.offset_commit().await.map_err(fluvio_error)?;
+                    stream.offset_flush().await.map_err(fluvio_error)
+                }
+                Some(Ok(found)) => Err(SourceError::Fluvio(format!(
+                    "committing offset {at} of partition {partition}: the stream began at \
+                     offset {} instead; nothing committed",
+                    found.offset()
+                ))),
+                Some(Err(error)) => Err(SourceError::Fluvio(format!(
+                    "committing offset {at} of partition {partition}: {error}"
+                ))),
+                None => Err(SourceError::Fluvio(format!(
+                    "committing offset {at} of partition {partition}: the stream ended"
+                ))),
+            };
+        }
+    }
+
+    fn reset(&mut self) {
+        self.client = None;
+    }
+}

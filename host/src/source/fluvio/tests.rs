@@ -1,0 +1,443 @@
+//! The source against a cluster in memory that misbehaves as the real client does: streams
+//! that skip offsets, streams that end, records evicted by retention.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+
+use super::link::{ReadError, Records, Start};
+use super::*;
+
+/// Partition logs and everything the source asked of them.
+#[derive(Debug, Default)]
+struct Cluster {
+    /// Per partition: the first retained offset and the end (records are `start..end`).
+    logs: BTreeMap<u32, (i64, i64)>,
+    committed: HashMap<u32, i64>,
+    /// Per partition: offset ranges the next stream opened leaves out (the client's gap).
+    skip_next_open: HashMap<u32, Vec<(i64, i64)>>,
+    /// Per partition: ranges every stream leaves out.
+    skip_always: HashMap<u32, (i64, i64)>,
+    /// Per partition: the next stream opened ends after this many records.
+    end_next_open_after: HashMap<u32, usize>,
+    /// This many set-up calls fail before one succeeds.
+    failing_setup: u32,
+    /// Per partition: this many opens fail before one succeeds.
+    failing_opens: HashMap<u32, u32>,
+    opens: Vec<(u32, Start)>,
+    commits: Vec<(u32, i64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Fake(Arc<Mutex<Cluster>>);
+
+impl Fake {
+    fn with<T>(&self, f: impl FnOnce(&mut Cluster) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+fn record(partition: u32, offset: i64) -> FluvioRecord {
+    FluvioRecord {
+        partition,
+        offset,
+        key: Some(format!("p{partition}-o{offset}").into_bytes()),
+        value: format!("{{\"offset\":{offset}}}").into_bytes(),
+        timestamp_ms: Some(1_700_000_000_000 + offset),
+    }
+}
+
+impl Link for Fake {
+    async fn partitions(&mut self) -> Result<Option<Vec<u32>>, SourceError> {
+        self.with(|c| {
+            if c.failing_setup > 0 {
+                c.failing_setup -= 1;
+                return Err(SourceError::Fluvio("SC unreachable".to_owned()));
+            }
+            Ok((!c.logs.is_empty()).then(|| c.logs.keys().copied().collect()))
+        })
+    }
+
+    async fn committed(&mut self) -> Result<HashMap<u32, i64>, SourceError> {
+        Ok(self.with(|c| c.committed.clone()))
+    }
+
+    async fn open(&mut self, partition: u32, start: Start) -> Result<Records, SourceError> {
+        self.with(|c| {
+            c.opens.push((partition, start));
+            if let Some(failing) = c.failing_opens.get_mut(&partition)
+                && *failing > 0
+            {
+                *failing -= 1;
+                return Err(SourceError::Fluvio("SPU unreachable".to_owned()));
+            }
+            let (log_start, end) = c.logs[&partition];
+            let from = match start {
+                Start::Beginning => log_start,
+                Start::At(offset) if offset < log_start => {
+                    let evicted: Vec<Result<FluvioRecord, ReadError>> =
+                        vec![Err(ReadError::Evicted {
+                            next_available: log_start,
+                        })];
+                    return Ok(futures::stream::iter(evicted)
+                        .chain(futures::stream::pending())
+                        .boxed());
+                }
+                Start::At(offset) => offset,
+            };
+            let skips = c.skip_next_open.remove(&partition).unwrap_or_default();
+            let always = c.skip_always.get(&partition).copied();
+            let skipped = |offset: i64| {
+                skips
+                    .iter()
+                    .chain(always.iter())
+                    .any(|(a, b)| (*a..=*b).contains(&offset))
+            };
+            // A real stream may start at the beginning of the batch holding `from`.
+            let mut records: Vec<Result<FluvioRecord, ReadError>> = ((from - 2).max(log_start)
+                ..end)
+                .filter(|offset| !skipped(*offset))
+                .map(|offset| Ok(record(partition, offset)))
+                .collect();
+            match c.end_next_open_after.remove(&partition) {
+                Some(count) => {
+                    records.truncate(count);
+                    Ok(futures::stream::iter(records).boxed())
+                }
+                None => Ok(futures::stream::iter(records)
+                    .chain(futures::stream::pending())
+                    .boxed()),
+            }
+        })
+    }
+
+    async fn commit(&mut self, partition: u32, offset: i64) -> Result<(), SourceError> {
+        self.with(|c| {
+            c.commits.push((partition, offset));
+            c.committed.insert(partition, offset);
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {}
+}
+
+fn config(read_ahead: usize) -> Settings {
+    Settings {
+        endpoint: None,
+        tls: None,
+        topic: "orders".to_owned(),
+        partitions: Vec::new(),
+        consumer: "converge".to_owned(),
+        fetch_max_bytes: crate::config::DEFAULT_FETCH_MAX_BYTES as i32,
+        batch_timeout: Duration::from_millis(5),
+        read_ahead,
+        backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(4),
+    }
+}
+
+async fn source(fake: &Fake, read_ahead: usize) -> FluvioSource {
+    let another = fake.clone();
+    FluvioSource::start(
+        fake.clone(),
+        move || another.clone(),
+        &config(read_ahead),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .expect("source starts")
+}
+
+fn offsets(batch: &[Message]) -> Vec<(i32, i64)> {
+    batch
+        .iter()
+        .map(|message| match &message.position {
+            Position::Partition {
+                partition, offset, ..
+            } => (*partition, *offset),
+            Position::Line { .. } => panic!("a line position from the Fluvio source"),
+        })
+        .collect()
+}
+
+/// Reads batches until `count` messages arrived, acknowledging each.
+async fn read_all(source: &mut FluvioSource, count: usize) -> Vec<Message> {
+    let mut all = Vec::new();
+    while all.len() < count {
+        let batch = tokio::time::timeout(Duration::from_secs(5), source.next_batch(64))
+            .await
+            .expect("a batch within 5 s")
+            .expect("batch");
+        source.ack(&batch).await.expect("ack");
+        all.extend(batch);
+    }
+    all
+}
+
+/// Waits until the committers caught up with `expected`.
+async fn committed(fake: &Fake, expected: &[(u32, i64)]) -> HashMap<u32, i64> {
+    let expected: HashMap<u32, i64> = expected.iter().copied().collect();
+    for _ in 0..500 {
+        let committed = fake.with(|c| c.committed.clone());
+        if committed == expected {
+            return committed;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fake.with(|c| c.committed.clone())
+}
+
+fn per_partition(messages: &[Message]) -> BTreeMap<i32, Vec<i64>> {
+    let mut per: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (partition, offset) in offsets(messages) {
+        per.entry(partition).or_default().push(offset);
+    }
+    per
+}
+
+#[tokio::test]
+async fn a_gap_is_read_again_and_every_offset_handed_out_once_in_order() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 300));
+        c.logs.insert(1, (0, 300));
+        // The client's cut batch: 120..=149 of partition 1 are jumped over, once.
+        c.skip_next_open.insert(1, vec![(120, 149)]);
+    });
+    let mut source = source(&fake, 256).await;
+    let all = read_all(&mut source, 600).await;
+    let per = per_partition(&all);
+    assert_eq!(per[&0], (0..300).collect::<Vec<_>>());
+    assert_eq!(
+        per[&1],
+        (0..300).collect::<Vec<_>>(),
+        "the skipped range is read again, nothing twice"
+    );
+    assert!(
+        fake.with(|c| c.opens.contains(&(1, Start::At(120)))),
+        "partition 1 reopened at its first missing offset: {:?}",
+        fake.with(|c| c.opens.clone())
+    );
+    assert!(all.iter().all(|m| m.lost.is_none()));
+    assert_eq!(
+        committed(&fake, &[(0, 299), (1, 299)]).await,
+        HashMap::from([(0, 299), (1, 299)])
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn nothing_is_committed_before_its_batch_is_acknowledged() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 100));
+    });
+    let mut source = source(&fake, 16).await;
+    let first = source.next_batch(10).await.expect("batch");
+    assert_eq!(offsets(&first), (0..10).map(|o| (0, o)).collect::<Vec<_>>());
+    let second = source.next_batch(10).await.expect("batch");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        fake.with(|c| c.commits.is_empty()),
+        "read ahead but nothing acknowledged: nothing committed"
+    );
+    source.ack(&second).await.expect("ack");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        fake.with(|c| c.commits.is_empty()),
+        "the later batch is acknowledged, the earlier one is not: still nothing committed"
+    );
+    source.ack(&first).await.expect("ack");
+    assert_eq!(committed(&fake, &[(0, 19)]).await, HashMap::from([(0, 19)]));
+    assert!(
+        fake.with(|c| c.commits.iter().all(|(_, offset)| *offset <= 19)),
+        "never more than acknowledged: {:?}",
+        fake.with(|c| c.commits.clone())
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn partitions_acknowledged_out_of_step_are_committed_each_to_its_own_offset() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 40));
+        c.logs.insert(1, (0, 40));
+        c.logs.insert(2, (0, 40));
+    });
+    let mut source = source(&fake, 128).await;
+    let mut batches = Vec::new();
+    let mut seen = 0;
+    while seen < 120 {
+        let batch = source.next_batch(7).await.expect("batch");
+        seen += batch.len();
+        batches.push(batch);
+    }
+    // Acknowledge every batch but the second, in reverse order.
+    for batch in batches.iter().enumerate().rev().filter(|(i, _)| *i != 1) {
+        source.ack(batch.1).await.expect("ack");
+    }
+    let held: HashMap<i32, i64> = runs(&batches[1])
+        .into_iter()
+        .map(|(partition, first, _)| (partition, first))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (partition, offset) in fake.with(|c| c.committed.clone()) {
+        if let Some(first_held) = held.get(&(partition as i32)) {
+            assert!(
+                offset < *first_held,
+                "partition {partition} committed {offset}, past its unacknowledged {first_held}"
+            );
+        } else {
+            assert_eq!(offset, 39, "partition {partition} has nothing held back");
+        }
+    }
+    source.ack(&batches[1]).await.expect("ack");
+    assert_eq!(
+        committed(&fake, &[(0, 39), (1, 39), (2, 39)]).await,
+        HashMap::from([(0, 39), (1, 39), (2, 39)])
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn a_restart_resumes_each_partition_after_its_own_committed_offset() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 50));
+        c.logs.insert(1, (0, 50));
+        c.committed.insert(0, 29);
+        c.committed.insert(1, 9);
+    });
+    let mut source = source(&fake, 64).await;
+    let all = read_all(&mut source, 20 + 40).await;
+    let per = per_partition(&all);
+    assert_eq!(per[&0], (30..50).collect::<Vec<_>>());
+    assert_eq!(per[&1], (10..50).collect::<Vec<_>>());
+    let opens = fake.with(|c| c.opens.clone());
+    assert!(opens.contains(&(0, Start::At(30))) && opens.contains(&(1, Start::At(10))));
+    source.close().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_or_fails_to_open_is_reopened_at_its_partitions_own_position() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 100));
+        c.logs.insert(1, (0, 100));
+        c.end_next_open_after.insert(0, 37);
+        c.end_next_open_after.insert(1, 61);
+        c.failing_opens.insert(1, 2);
+    });
+    let mut source = source(&fake, 256).await;
+    let all = read_all(&mut source, 200).await;
+    let per = per_partition(&all);
+    assert_eq!(per[&0], (0..100).collect::<Vec<_>>());
+    assert_eq!(per[&1], (0..100).collect::<Vec<_>>());
+    let opens = fake.with(|c| c.opens.clone());
+    assert!(
+        opens.contains(&(0, Start::At(37))) && opens.contains(&(1, Start::At(61))),
+        "each partition reopened where it stopped: {opens:?}"
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn records_removed_by_retention_are_handed_out_as_one_lost_range() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (500, 600));
+        c.committed.insert(0, 99);
+    });
+    let mut source = source(&fake, 256).await;
+    let all = read_all(&mut source, 101).await;
+    let lost = all[0]
+        .lost
+        .as_ref()
+        .expect("the first message is the lost range");
+    assert_eq!(offsets(&all[..1]), [(0, 100)]);
+    assert_eq!(lost.last_offset, 499);
+    assert!(lost.reason.contains("100..=499"), "{}", lost.reason);
+    assert!(lost.reason.contains("retention"), "{}", lost.reason);
+    assert_eq!(
+        offsets(&all[1..]),
+        (500..600).map(|o| (0, o)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        committed(&fake, &[(0, 599)]).await,
+        HashMap::from([(0, 599)])
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn a_gap_on_every_reread_is_reported_as_lost_not_skipped() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 30));
+        c.skip_always.insert(0, (10, 12));
+    });
+    let mut source = source(&fake, 256).await;
+    let all = tokio::time::timeout(Duration::from_secs(60), read_all(&mut source, 28))
+        .await
+        .expect("the partition does not stall");
+    let lost: Vec<_> = all.iter().filter(|m| m.lost.is_some()).collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(offsets(&[lost[0].clone()]), [(0, 10)]);
+    assert_eq!(lost[0].lost.as_ref().map(|l| l.last_offset), Some(12));
+    let opens_at_gap = fake
+        .with(|c| c.opens.clone())
+        .into_iter()
+        .filter(|open| *open == (0, Start::At(10)))
+        .count();
+    assert_eq!(opens_at_gap as u32, reader::MAX_REREADS);
+    assert_eq!(committed(&fake, &[(0, 29)]).await, HashMap::from([(0, 29)]));
+    source.close().await;
+}
+
+#[tokio::test]
+async fn close_commits_the_last_acknowledged_offset() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 1000));
+    });
+    let mut source = source(&fake, 64).await;
+    let batch = source.next_batch(50).await.expect("batch");
+    source.ack(&batch).await.expect("ack");
+    source.close().await;
+    assert_eq!(fake.with(|c| c.committed.get(&0).copied()), Some(49));
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_at_start_is_waited_for() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 10));
+        c.failing_setup = 3;
+    });
+    let mut source = source(&fake, 64).await;
+    let all = read_all(&mut source, 10).await;
+    assert_eq!(per_partition(&all)[&0], (0..10).collect::<Vec<_>>());
+    source.close().await;
+}
+
+#[tokio::test]
+async fn a_topic_that_does_not_exist_is_an_error_at_once() {
+    let fake = Fake::default();
+    let another = fake.clone();
+    let error = FluvioSource::start(
+        fake.clone(),
+        move || another.clone(),
+        &config(8),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .expect_err("no such topic");
+    assert!(
+        error.to_string().contains("topic orders does not exist"),
+        "{error}"
+    );
+}

@@ -1,0 +1,337 @@
+//! The Kafka source: a consumer-group member that acknowledges by storing offsets.
+//!
+//! - Cooperative-sticky assignment: a rebalance moves only the partitions it must.
+//! - `enable.auto.offset.store=false`: an offset is stored only by [`Source::ack`], i.e. after
+//!   the batch's writes and dead letters are acknowledged; stored offsets are committed by the
+//!   client every `auto.commit.interval.ms`, synchronously before partitions are revoked, and
+//!   on shutdown ([`KafkaSource::close`]). A crash replays at most the unacknowledged tail.
+//! - Batches close at `batch_size` messages or `batch_timeout` after their first message.
+//! - Every librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`, …) passes through.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::config::KafkaSourceConfig;
+use crate::source::{Message, Position};
+use crate::source::{Source, SourceError};
+use crate::telemetry::Metrics;
+
+/// Commits stored offsets before partitions are taken away, so their next owner starts where
+/// this consumer stopped rather than at the last periodic commit; reports consumer lag from
+/// the client's periodic statistics.
+struct CommitOnRevoke {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for CommitOnRevoke {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let metrics = &self.metrics;
+        for (name, topic) in &statistics.topics {
+            for partition in topic.partitions.values() {
+                // Partition -1 is librdkafka's bookkeeping; a negative lag means "not known yet".
+                if partition.partition >= 0
+                    && partition.desired
+                    && partition.consumer_lag_stored >= 0
+                {
+                    metrics.set_consumer_lag(
+                        name,
+                        partition.partition,
+                        partition.consumer_lag_stored,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for CommitOnRevoke {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            // Nothing stored since the last commit is not an error.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::info!(
+                    partitions = partitions.count(),
+                    "committed offsets before revoke"
+                ),
+                Err(error) => tracing::debug!(%error, "no offsets committed before revoke"),
+            }
+        }
+    }
+}
+
+/// A Kafka consumer-group member delivering batches.
+pub struct KafkaSource {
+    consumer: StreamConsumer<CommitOnRevoke>,
+    batch_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource").finish_non_exhaustive()
+    }
+}
+
+fn kafka_error(error: rdkafka::error::KafkaError) -> SourceError {
+    SourceError::Kafka(error.to_string())
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes; the group is joined on the first poll. Each
+    /// partition's lag behind its end (from the last acknowledged message) is
+    /// reported every `statistics.interval.ms` (default 5 s).
+    pub fn subscribe(
+        config: &KafkaSourceConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SourceError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        client.set("statistics.interval.ms", "5000");
+        for (name, value) in &config.properties {
+            client.set(name, value);
+        }
+        let consumer: StreamConsumer<CommitOnRevoke> = client
+            .create_with_context(CommitOnRevoke { metrics })
+            .map_err(kafka_error)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka_error)?;
+        Ok(Self {
+            consumer,
+            batch_timeout: Duration::from_millis(config.batch_timeout_ms),
+        })
+    }
+
+    /// Commits what was acknowledged and leaves the group, handing partitions over at once.
+    pub fn close(self) {
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "nothing to commit at shutdown");
+        }
+        self.consumer.unsubscribe();
+    }
+
+    fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+        Message {
+            position: Position::Partition {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            produced_at_ms: match message.timestamp() {
+                rdkafka::Timestamp::CreateTime(ms) => Some(ms),
+                _ => None,
+            },
+            lost: None,
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        let first = self.consumer.recv().await.map_err(kafka_error)?;
+        let mut batch = Vec::with_capacity(max);
+        batch.push(Self::owned(&first));
+        drop(first);
+        let deadline = tokio::time::Instant::now() + self.batch_timeout;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(Self::owned(&message)),
+                Ok(Err(error)) => return Err(kafka_error(error)),
+                Err(_elapsed) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
+        let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
+        for message in batch {
+            if let Position::Partition {
+                topic,
+                partition,
+                offset,
+            } = &message.position
+            {
+                let entry = highest
+                    .entry((topic.as_str(), *partition))
+                    .or_insert(*offset);
+                *entry = (*entry).max(*offset);
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (&(topic, partition), &offset) in &highest {
+            // The offset to commit is the next one to read.
+            offsets
+                .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+                .map_err(kafka_error)?;
+        }
+
+        if let Err(error) = self.consumer.store_offsets(&offsets) {
+            // A partition revoked while its batch was in flight: its new owner re-reads the
+            // batch, which the rule makes harmless.
+            tracing::warn!(%error, "offsets not stored; a rebalance moved their partitions");
+        }
+        Ok(())
+    }
+}
+
+/// Topics read from their first retained offset to their end as of opening, outside any
+/// consumer group (nothing is committed): what `converge replay` reads.
+pub struct KafkaRange {
+    consumer: StreamConsumer,
+    /// Per partition, the offset where reading stops (the end when the range was opened).
+    ends: HashMap<(String, i32), i64>,
+    batch_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaRange")
+            .field("ends", &self.ends)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaRange {
+    /// Assigns every partition of `topics` from its beginning. Blocks while it asks the
+    /// brokers for partitions and ends.
+    pub fn open(
+        brokers: &str,
+        topics: &[String],
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self, SourceError> {
+        const ASK: Duration = Duration::from_secs(10);
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", brokers)
+            // librdkafka wants a group id even for assigned partitions; nothing is committed.
+            .set(
+                "group.id",
+                format!("converge-replay-{}", std::process::id()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        for (name, value) in properties {
+            client.set(name, value);
+        }
+        let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), ASK)
+                .map_err(kafka_error)?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect::<Vec<_>>();
+            if partitions.is_empty() {
+                return Err(SourceError::Kafka(format!(
+                    "topic {topic} has no partitions"
+                )));
+            }
+            for partition in partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, ASK)
+                    .map_err(kafka_error)?;
+                if high > low {
+                    assignment
+                        .add_partition_offset(topic, partition, Offset::Offset(low))
+                        .map_err(kafka_error)?;
+                    ends.insert((topic.clone(), partition), high);
+                }
+            }
+        }
+        consumer.assign(&assignment).map_err(kafka_error)?;
+        Ok(Self {
+            consumer,
+            ends,
+            batch_timeout: Duration::from_millis(100),
+        })
+    }
+}
+
+/// How long a range waits for a record before checking whether its partitions are done.
+const IDLE: Duration = Duration::from_secs(2);
+
+impl KafkaRange {
+    fn drop_finished(&mut self) -> Result<(), SourceError> {
+        let positions = self.consumer.position().map_err(kafka_error)?;
+        for element in positions.elements() {
+            if let Offset::Offset(position) = element.offset() {
+                let partition = (element.topic().to_owned(), element.partition());
+                if self
+                    .ends
+                    .get(&partition)
+                    .is_some_and(|&end| position >= end)
+                {
+                    self.ends.remove(&partition);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Source for KafkaRange {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        let mut batch = Vec::new();
+        let mut deadline = None;
+        while batch.len() < max && !self.ends.is_empty() {
+            let received = match deadline {
+                None => match tokio::time::timeout(IDLE, self.consumer.recv()).await {
+                    Ok(received) => received.map_err(kafka_error)?,
+                    Err(_idle) => {
+                        // Compaction or transaction markers can leave a partition's last
+                        // offsets without a record: its position tells it is done.
+                        self.drop_finished()?;
+                        continue;
+                    }
+                },
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                        Ok(received) => received.map_err(kafka_error)?,
+                        Err(_elapsed) => break,
+                    }
+                }
+            };
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.batch_timeout);
+            let partition = (received.topic().to_owned(), received.partition());
+            let Some(&end) = self.ends.get(&partition) else {
+                continue;
+            };
+            if received.offset() >= end {
+                self.ends.remove(&partition);
+                continue;
+            }
+            batch.push(KafkaSource::owned(&received));
+            if received.offset() + 1 >= end {
+                self.ends.remove(&partition);
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&mut self, _batch: &[Message]) -> Result<(), SourceError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! The in-memory store: the embedded default, with the same compare-and-set semantics as Redis.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use super::{Store, StoreError, Stored, Write, WriteOutcome};
+
+/// The embedded default: states in this process's memory, same semantics as the Redis store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    states: Mutex<HashMap<String, Stored>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every stored state, sorted by key.
+    pub fn snapshot(&self) -> Vec<Stored> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<Stored> = states.values().cloned().collect();
+        all.sort_by(|a, b| a.state.key.cmp(&b.state.key));
+        all
+    }
+}
+
+impl Store for MemoryStore {
+    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(keys.iter().map(|key| states.get(key).cloned()).collect())
+    }
+
+    async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(writes
+            .iter()
+            .map(|write| {
+                let stored_revision = states.get(&write.key).map_or(0, |s| s.revision);
+                if stored_revision != write.expected_revision {
+                    return WriteOutcome::Conflict;
+                }
+                let revision = stored_revision + 1;
+                states.insert(
+                    write.key.clone(),
+                    Stored {
+                        state: write.state.clone(),
+                        revision,
+                        rule: write.rule.clone(),
+                        position: write.position.clone(),
+                    },
+                );
+                WriteOutcome::Written { revision }
+            })
+            .collect())
+    }
+}

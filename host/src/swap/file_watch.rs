@@ -1,0 +1,114 @@
+//! The watched rule file: when `rule.watch` is on, a change to the rule file (or its sidecar
+//! vectors) offers the new component to [`RuleControl`] as the active rule.
+//!
+//! The rule file's directory is watched rather than the file, because deploy tools and editors
+//! replace a file by renaming a new one over it; changes are debounced so that a file still
+//! being written is read once, complete.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::rule::content_hash;
+use crate::rule::vectors::VectorFile;
+use crate::swap::{Role, RuleControl};
+
+/// How long the file must stay quiet before it is read.
+const SETTLE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch rule file {path}: {source}")]
+pub struct WatchError {
+    path: PathBuf,
+    source: notify::Error,
+}
+
+/// Reads the rule at `path` and the vectors beside it, if any.
+pub fn read_rule_file(path: &Path) -> std::io::Result<(Vec<u8>, Option<VectorFile>)> {
+    let bytes = std::fs::read(path)?;
+    let sidecar = VectorFile::sidecar_path(path);
+    let vectors = match VectorFile::load(&sidecar) {
+        Ok(vectors) => Some(vectors),
+        Err(crate::rule::vectors::VectorError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(error) => return Err(std::io::Error::other(error.to_string())),
+    };
+    Ok((bytes, vectors))
+}
+
+/// Starts watching `path`; the returned task offers every settled change to `control` until
+/// `shutdown` resolves.
+pub fn watch_rule_file(
+    path: PathBuf,
+    control: Arc<RuleControl>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, WatchError> {
+    let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let file_name = path.file_name().map(ToOwned::to_owned);
+    let sidecar_name = VectorFile::sidecar_path(&path)
+        .file_name()
+        .map(ToOwned::to_owned);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let ours = event.paths.iter().any(|changed_path| {
+            let name = changed_path.file_name();
+            name.is_some() && (name == file_name.as_deref() || name == sidecar_name.as_deref())
+        });
+        if ours && !event.kind.is_access() {
+            let _ = changed.send(());
+        }
+    })
+    .map_err(|source| WatchError {
+        path: path.clone(),
+        source,
+    })?;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    watcher
+        .watch(&directory, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            path: path.clone(),
+            source,
+        })?;
+    tracing::info!(path = %path.display(), "watching the rule file");
+    Ok(tokio::spawn(async move {
+        // The watcher stops when dropped: it lives as long as this task.
+        let _watcher = watcher;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                change = changes.recv() => if change.is_none() { return },
+            }
+            // Debounce: wait until no change arrived for SETTLE.
+            while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}
+            offer(&path, &control).await;
+        }
+    }))
+}
+
+async fn offer(path: &Path, control: &Arc<RuleControl>) {
+    let (bytes, vectors) = match read_rule_file(path) {
+        Ok(read) => read,
+        Err(error) => {
+            // A file deleted or half-replaced: the next change brings it back.
+            tracing::warn!(path = %path.display(), %error, "cannot read the changed rule file");
+            return;
+        }
+    };
+    if content_hash(&bytes) == control.active_hash() {
+        return;
+    }
+    let control = Arc::clone(control);
+    let origin = format!("file:{}", path.display());
+    let _ =
+        tokio::task::spawn_blocking(move || control.offer(&bytes, vectors, &origin, Role::Active))
+            .await;
+}

@@ -1,0 +1,23 @@
+//! Rule swaps: a candidate passes the gates ([`crate::rule::Gates`]), then replaces the serving
+//! rule — or runs beside it as a shadow — at the pipeline's next batch boundary.
+//!
+//! # Layout
+//! - `control`: [`RuleControl`], shared by every way a candidate arrives, and the
+//!   [`SwappableRule`] the pipeline runs;
+//! - `file_watch`: the watched rule file ([`watch_rule_file`]);
+//! - `fleet` (feature `redis`): rules published to every instance through Redis ([`Fleet`]).
+
+mod control;
+mod file_watch;
+#[cfg(feature = "redis")]
+mod fleet;
+
+#[cfg(feature = "redis")]
+pub(crate) use control::now_ms;
+pub use control::{
+    Disagreement, Refusal, Role, RuleControl, RuleRef, RuleStatus, ShadowStatus, SwapRecord,
+    SwappableRule,
+};
+pub use file_watch::{WatchError, read_rule_file, watch_rule_file};
+#[cfg(feature = "redis")]
+pub use fleet::{Fleet, FleetError, FleetStatus, InstanceReport};

@@ -1,0 +1,408 @@
+//! Telemetry: the metrics every component reports to, and the named events that go with them.
+//!
+//! One [`Metrics`] registry is created per `serve` and shared (an `Arc`) by the source, the
+//! pipeline and the rule control; the admin endpoint only renders it. Components that run
+//! without `serve` (tests, `converge run`) get a registry of their own, so reporting is never
+//! optional and never branches.
+//!
+//! Where a log line and a counter always go together they are one named event ([`events`], in
+//! the style of Vector's internal events): the event logs its line and counts itself, so the two
+//! cannot drift apart.
+//!
+//! Metrics, all prefixed `converge_`: `decisions_total{decision}`, `dead_letters_total{kind}`,
+//! `batches_total`, `batch_duration_seconds` (histogram), `messages_total`, `writes_total`,
+//! `conflicts_total`, `event_to_stored_seconds` (histogram: from the producer's timestamp to the
+//! state stored or dead-lettered, for sources that record one),
+//! `store_duration_seconds{operation}` (one pipelined round trip, load or write),
+//! `enrichment_duration_seconds` (fetching one batch's distinct keys), `enrichment_keys_total`,
+//! `unavailable_total{service,operation}` (failed calls to the store or dead-letter queue, each
+//! retried after a backoff), `consumer_lag{topic,partition}` (messages behind the partition's
+//! end, as last seen when acknowledging), `source_gaps_total{topic,partition}`,
+//! `source_reconnects_total{topic,partition}`, `rule_info{rule}` (1 for the active rule),
+//! `rule_swaps_total{role,result,gate}`, `shadow_decisions_total`,
+//! `shadow_disagreements_total`.
+
+// Every metric is registered (and exported, at zero) in every build; a build without a
+// transport never records the ones only that transport reports.
+#![cfg_attr(
+    not(all(feature = "kafka", feature = "fluvio", feature = "http")),
+    allow(dead_code)
+)]
+
+pub(crate) mod events;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::dead_letter::DeadLetterKind;
+use crate::entity::{DecisionKind, RuleInfo};
+
+pub(crate) use events::InternalEvent;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SwapLabel {
+    role: &'static str,
+    result: &'static str,
+    /// The gate that refused; empty when applied.
+    gate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnavailableLabel {
+    service: &'static str,
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    topic: String,
+    partition: i32,
+}
+
+/// Every metric converge exports; shared by the source, the pipeline and the rule control, and
+/// rendered by the admin endpoint.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabel, Counter>,
+    dead_letters: Family<KindLabel, Counter>,
+    batches: Counter,
+    batch_duration: Histogram,
+    messages: Counter,
+    writes: Counter,
+    conflicts: Counter,
+    rule_info: Family<RuleLabel, Gauge>,
+    store_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
+    enrichment_duration: Histogram,
+    enrichment_keys: Counter,
+    stored_latency: Histogram,
+    unavailable: Family<UnavailableLabel, Counter>,
+    consumer_lag: Family<PartitionLabel, Gauge>,
+    source_gaps: Family<PartitionLabel, Counter>,
+    source_reconnects: Family<PartitionLabel, Counter>,
+    swaps: Family<SwapLabel, Counter>,
+    shadow_decisions: Counter,
+    shadow_disagreements: Counter,
+    /// The stamp `rule_info` shows as 1, so a swap can set it back to 0.
+    active_rule: Mutex<Option<String>>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("converge");
+        let decisions = Family::<DecisionLabel, Counter>::default();
+        let dead_letters = Family::<KindLabel, Counter>::default();
+        let batches = Counter::default();
+        // 100 µs .. ~6.5 s
+        let batch_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 17));
+        let messages = Counter::default();
+        let writes = Counter::default();
+        let conflicts = Counter::default();
+        let rule_info = Family::<RuleLabel, Gauge>::default();
+        registry.register(
+            "decisions",
+            "Decisions by outcome, one per decided event",
+            decisions.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages dead-lettered, by kind",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "batches",
+            "Batches processed and acknowledged",
+            batches.clone(),
+        );
+        registry.register(
+            "batch_duration_seconds",
+            "Time from a batch's arrival to its acknowledgement",
+            batch_duration.clone(),
+        );
+        registry.register("messages", "Messages processed", messages.clone());
+        registry.register(
+            "writes",
+            "States written (at most one per key per batch)",
+            writes.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Compare-and-set races lost and decided again",
+            conflicts.clone(),
+        );
+        registry.register("rule_info", "The active rule (value 1)", rule_info.clone());
+        // 50 µs .. ~3.3 s: a pipelined round trip on loopback is well under a millisecond.
+        let store_duration =
+            Family::<OperationLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00005, 2.0, 17))
+            });
+        registry.register(
+            "store_duration_seconds",
+            "One pipelined store round trip for a batch, by operation (load, write)",
+            store_duration.clone(),
+        );
+        let enrichment_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 17));
+        registry.register(
+            "enrichment_duration_seconds",
+            "Fetching the distinct id-only keys of one batch from the order API",
+            enrichment_duration.clone(),
+        );
+        // 1 ms .. ~65 s
+        let stored_latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "event_to_stored_seconds",
+            "From the producer's timestamp of a message to its state stored (or dead-lettered)",
+            stored_latency.clone(),
+        );
+        let enrichment_keys = Counter::default();
+        registry.register(
+            "enrichment_keys",
+            "Keys fetched from the order API",
+            enrichment_keys.clone(),
+        );
+        let unavailable = Family::<UnavailableLabel, Counter>::default();
+        registry.register(
+            "unavailable",
+            "Failed calls to the store or dead-letter queue, each retried after a backoff",
+            unavailable.clone(),
+        );
+        let consumer_lag = Family::<PartitionLabel, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Messages between the last acknowledged offset and the partition's end",
+            consumer_lag.clone(),
+        );
+        let source_gaps = Family::<PartitionLabel, Counter>::default();
+        registry.register(
+            "source_gaps",
+            "Ranges of offsets a partition's stream skipped; each is read again, or dead-lettered as lost when the records no longer exist",
+            source_gaps.clone(),
+        );
+        let source_reconnects = Family::<PartitionLabel, Counter>::default();
+        registry.register(
+            "source_reconnects",
+            "Partition streams opened again after they failed, ended or skipped offsets",
+            source_reconnects.clone(),
+        );
+        let swaps = Family::<SwapLabel, Counter>::default();
+        registry.register(
+            "rule_swaps",
+            "Rule candidates offered, by role (active, shadow), result (applied, refused) and refusing gate",
+            swaps.clone(),
+        );
+        let shadow_decisions = Counter::default();
+        registry.register(
+            "shadow_decisions",
+            "Events the shadow rule decided beside the active rule",
+            shadow_decisions.clone(),
+        );
+        let shadow_disagreements = Counter::default();
+        registry.register(
+            "shadow_disagreements",
+            "Events the shadow rule decided otherwise than the active rule",
+            shadow_disagreements.clone(),
+        );
+        Self {
+            registry,
+            decisions,
+            dead_letters,
+            batches,
+            batch_duration,
+            messages,
+            writes,
+            conflicts,
+            rule_info,
+            store_duration,
+            enrichment_duration,
+            enrichment_keys,
+            stored_latency,
+            unavailable,
+            consumer_lag,
+            source_gaps,
+            source_reconnects,
+            swaps,
+            shadow_decisions,
+            shadow_disagreements,
+            active_rule: Mutex::new(None),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero, not ready.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets what `/readyz` answers: ready once the rule is loaded and the source, store and
+    /// dead-letter queue are connected; not ready again when serving stops.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// What `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Records the rule now serving: `rule_info{rule}` is 1 for it and 0 for the one before.
+    pub(crate) fn set_rule(&self, info: &RuleInfo) {
+        let stamp = info.stamp();
+        let mut active = self
+            .active_rule
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(previous) = active.take() {
+            self.rule_info
+                .get_or_create(&RuleLabel { rule: previous })
+                .set(0);
+        }
+        self.rule_info
+            .get_or_create(&RuleLabel {
+                rule: stamp.clone(),
+            })
+            .set(1);
+        *active = Some(stamp);
+    }
+
+    pub(crate) fn record_swap(&self, role: &'static str, result: &'static str, gate: Option<&str>) {
+        self.swaps
+            .get_or_create(&SwapLabel {
+                role,
+                result,
+                gate: gate.unwrap_or_default().to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn record_shadow(&self, decisions: u64, disagreements: u64) {
+        self.shadow_decisions.inc_by(decisions);
+        self.shadow_disagreements.inc_by(disagreements);
+    }
+
+    pub(crate) fn record_decisions(&self, kind: DecisionKind, count: u64) {
+        self.decisions
+            .get_or_create(&DecisionLabel {
+                decision: kind.as_str(),
+            })
+            .inc_by(count);
+    }
+
+    pub(crate) fn record_dead_letter(&self, kind: DeadLetterKind) {
+        self.dead_letters
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn record_batch(
+        &self,
+        messages: usize,
+        writes: u64,
+        conflicts: u64,
+        took: Duration,
+    ) {
+        self.batches.inc();
+        self.messages.inc_by(messages as u64);
+        self.writes.inc_by(writes);
+        self.conflicts.inc_by(conflicts);
+        self.batch_duration.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn record_store_call(&self, operation: &'static str, took: Duration) {
+        self.store_duration
+            .get_or_create(&OperationLabel { operation })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn record_enrichment(&self, keys: usize, took: Duration) {
+        self.enrichment_keys.inc_by(keys as u64);
+        self.enrichment_duration.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn record_stored_latency(&self, millis: i64) {
+        self.stored_latency.observe(millis.max(0) as f64 / 1000.0);
+    }
+
+    pub(crate) fn record_unavailable(&self, service: &'static str, operation: &'static str) {
+        self.unavailable
+            .get_or_create(&UnavailableLabel { service, operation })
+            .inc();
+    }
+
+    /// Records how far behind its partition's end this consumer is.
+    pub(crate) fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_owned(),
+                partition,
+            })
+            .set(lag.max(0));
+    }
+
+    /// Records a range of offsets a partition's stream skipped.
+    pub(crate) fn record_source_gap(&self, topic: &str, partition: i32) {
+        self.source_gaps
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_owned(),
+                partition,
+            })
+            .inc();
+    }
+
+    /// Records a partition stream opened again.
+    pub(crate) fn record_source_reconnect(&self, topic: &str, partition: i32) {
+        self.source_reconnects
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_owned(),
+                partition,
+            })
+            .inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Metrics {
+    /// Emits a named event: its log line and its count.
+    pub(crate) fn emit(&self, event: impl InternalEvent) {
+        event.emit(self);
+    }
+}

@@ -1,0 +1,29 @@
+//! A payload's text as a rule sees it.
+
+/// The payload of an entity that came with none.
+pub const NULL_PAYLOAD: &str = "null";
+
+/// The canonical text of a JSON value: compact, object keys sorted. Two payloads that differ
+/// only in whitespace or key order are the same payload to a rule.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    // serde_json's default map is a BTreeMap, so serialising sorts keys. The unit test
+    // `canonical_text_is_compact_and_sorted` fails if a dependency turns on `preserve_order`.
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_text_is_compact_and_sorted() {
+        let value: serde_json::Value =
+            serde_json::from_str(r#"{ "b": 1, "a": [true, null, {"d": 2, "c": 3}] }"#)
+                .expect("valid JSON");
+        assert_eq!(
+            canonical_json(&value),
+            r#"{"a":[true,null,{"c":3,"d":2}],"b":1}"#
+        );
+        assert_eq!(canonical_json(&serde_json::Value::Null), NULL_PAYLOAD);
+    }
+}
