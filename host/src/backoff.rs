@@ -6,6 +6,8 @@ use std::time::Duration;
 /// The waits between attempts: `first`, then doubled after each attempt, up to `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    /// Read only by [`Backoff::reset`], which only the Fluvio source needs.
+    #[cfg_attr(not(feature = "fluvio"), allow(dead_code))]
     first: Duration,
     max: Duration,
     current: Duration,
@@ -30,7 +32,9 @@ impl Backoff {
         wait
     }
 
-    /// Starts again from the first wait, after a success.
+    /// Starts again from the first wait, after a success: for a backoff kept across
+    /// successes (the Fluvio source's); the pipeline takes a fresh one per outage.
+    #[cfg_attr(not(feature = "fluvio"), allow(dead_code))]
     pub fn reset(&mut self) {
         self.current = self.first;
     }

@@ -34,16 +34,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::PipelineConfig;
 use crate::rule::GateConfig;
+use converge_codec::FieldMapping;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[rule]`: which rule serves, its limits and how it may be swapped.
     pub rule: RuleConfig,
+    /// `[source]`: where messages come from.
     pub source: SourceConfig,
+    /// `[store]`: where states are stored.
     pub store: StoreConfig,
+    /// `[dead_letter]`: where messages that cannot be stored go.
     pub dead_letter: DeadLetterConfig,
     /// The order-detail API that completes id-only messages; without it they are dead-lettered.
     #[serde(default)]
@@ -51,8 +55,44 @@ pub struct Config {
     /// The admin endpoint (health, readiness, Prometheus metrics); off when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// `[pipeline]`: batching, decoding and retries.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+}
+
+/// `[pipeline]`: batches, field mapping, retries and backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The most messages in one batch.
+    pub batch_size: usize,
+    /// How a message's fields map to an event.
+    pub mapping: FieldMapping,
+    /// How often a key is reloaded and decided again after losing a compare-and-set race
+    /// before the batch fails (and, unacknowledged, is delivered again).
+    pub max_write_attempts: u32,
+    /// How often a failed decision is retried on a fresh rule instance before the event is
+    /// dead-lettered.
+    pub rule_retries: u32,
+    /// The first wait after the store or the dead-letter queue was unavailable, in
+    /// milliseconds; each further wait doubles, up to `max_backoff_ms`. Retries go on until
+    /// the step succeeds or shutdown is asked for: the batch is never skipped.
+    pub backoff_ms: u64,
+    /// The longest wait between two attempts, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 512,
+            mapping: FieldMapping::default(),
+            max_write_attempts: 16,
+            rule_retries: 1,
+            backoff_ms: 50,
+            max_backoff_ms: 5_000,
+        }
+    }
 }
 
 /// Which rule serves, and its limits.
@@ -61,8 +101,10 @@ pub struct Config {
 pub struct RuleConfig {
     /// The rule served at start (unless the fleet has an active rule).
     pub path: PathBuf,
+    /// How long one rule call may run, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
+    /// The most memory one rule instance may use, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
     /// Swap in the rule file whenever it changes (after the gates).
@@ -76,7 +118,7 @@ pub struct RuleConfig {
     pub fleet: Option<FleetConfig>,
 }
 
-/// The fleet an instance follows (see [`crate::swap`]).
+/// The fleet an instance follows: rules published with `converge rule publish`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
@@ -357,7 +399,8 @@ pub enum ConfigError {
         /// The setting, by its dotted path.
         setting: &'static str,
         /// What is wrong with it.
-        problem: String,
+        #[source]
+        problem: Problem,
     },
     /// A setting chooses something this build of converge was compiled without.
     #[error(
@@ -375,15 +418,66 @@ pub enum ConfigError {
         /// The override as given.
         assignment: String,
         /// Why it cannot be applied.
-        problem: String,
+        #[source]
+        problem: OverrideProblem,
     },
 }
 
-fn invalid(setting: &'static str, problem: impl Into<String>) -> Result<(), ConfigError> {
-    Err(ConfigError::Invalid {
-        setting,
-        problem: problem.into(),
-    })
+/// What is wrong with a setting's value (in [`ConfigError::Invalid`], after the setting's name).
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// A count or duration is zero.
+    #[error("must be positive")]
+    NotPositive,
+    /// A name, address or prefix is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// The rule path names no file.
+    #[error("{} is not a file", .0.display())]
+    NotAFile(PathBuf),
+    /// A Kafka source subscribes to no topic, or to an empty name.
+    #[error("must name at least one topic, none empty")]
+    NoTopics,
+    /// A Redis Cluster store names no node.
+    #[error("must name at least one cluster node")]
+    NoClusterNode,
+    /// A fleet name is empty or has braces (it becomes a Redis hash tag).
+    #[error("must not be empty nor contain braces")]
+    FleetName,
+    /// The fleet's Redis URL does not parse.
+    #[cfg(feature = "redis")]
+    #[error("is not a Redis URL: {0}")]
+    NotARedisUrl(#[source] redis::RedisError),
+    /// A Fluvio fetch size outside 1 MiB ..= 2 GiB (the value).
+    #[error("must be between 1 MiB and 2 GiB, not {0}")]
+    FetchSize(u32),
+    /// An enrichment URL (the value) without a `{key}` placeholder.
+    #[error("{0:?} has no {{key}} placeholder")]
+    NoKeyPlaceholder(String),
+    /// Kafka dead letters without a Kafka source, whose brokers they use.
+    #[error("needs a Kafka source (its brokers are used)")]
+    NeedsKafkaSource,
+    /// Redis-stream dead letters without a Redis store, whose server they use.
+    #[error("needs a Redis store (its server is used)")]
+    NeedsRedisStore,
+}
+
+/// Why a `--set PATH=VALUE` override cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideProblem {
+    /// There is no `=`.
+    #[error("expected PATH=VALUE")]
+    NotAnAssignment,
+    /// The path ends in an empty name.
+    #[error("empty setting name")]
+    EmptyName,
+    /// A name on the path (the value) holds a value, not a table.
+    #[error("{0:?} is not a table")]
+    NotATable(String),
+}
+
+fn invalid(setting: &'static str, problem: Problem) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { setting, problem })
 }
 
 /// Refuses a choice of `setting` when `feature` is not compiled in.
@@ -438,10 +532,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_rule()?;
         if self.pipeline.batch_size == 0 {
-            return invalid("pipeline.batch_size", "must be positive");
+            return invalid("pipeline.batch_size", Problem::NotPositive);
         }
         if self.pipeline.max_write_attempts == 0 {
-            return invalid("pipeline.max_write_attempts", "must be positive");
+            return invalid("pipeline.max_write_attempts", Problem::NotPositive);
         }
         self.source.validate()?;
         self.store.validate()?;
@@ -458,13 +552,12 @@ impl Config {
                 "kafka",
                 cfg!(feature = "kafka"),
             ),
-            (DeadLetterConfig::Kafka(_), _, _) => invalid(
-                "dead_letter.kind = \"kafka\"",
-                "needs a Kafka source (its brokers are used)",
-            ),
+            (DeadLetterConfig::Kafka(_), _, _) => {
+                invalid("dead_letter.kind = \"kafka\"", Problem::NeedsKafkaSource)
+            }
             (DeadLetterConfig::RedisStream(_), _, StoreConfig::Memory) => invalid(
                 "dead_letter.kind = \"redis-stream\"",
-                "needs a Redis store (its server is used)",
+                Problem::NeedsRedisStore,
             ),
             (DeadLetterConfig::RedisStream(_), _, _) => needs(
                 "dead_letter.kind = \"redis-stream\"",
@@ -477,28 +570,25 @@ impl Config {
     fn validate_rule(&self) -> Result<(), ConfigError> {
         let rule = &self.rule;
         if !rule.path.is_file() {
-            return invalid(
-                "rule.path",
-                format!("{} is not a file", rule.path.display()),
-            );
+            return invalid("rule.path", Problem::NotAFile(rule.path.clone()));
         }
         if rule.deadline_ms == 0 {
-            return invalid("rule.deadline_ms", "must be positive");
+            return invalid("rule.deadline_ms", Problem::NotPositive);
         }
         if rule.memory_mib == 0 {
-            return invalid("rule.memory_mib", "must be positive");
+            return invalid("rule.memory_mib", Problem::NotPositive);
         }
         if rule.gates.check_histories == 0 {
-            return invalid("rule.gates.check_histories", "must be positive");
+            return invalid("rule.gates.check_histories", Problem::NotPositive);
         }
         if let Some(fleet) = &rule.fleet {
             needs("rule.fleet", "redis", cfg!(feature = "redis"))?;
             if fleet.name.trim().is_empty() || fleet.name.contains(['{', '}']) {
-                return invalid("rule.fleet.name", "must not be empty nor contain braces");
+                return invalid("rule.fleet.name", Problem::FleetName);
             }
             #[cfg(feature = "redis")]
             if let Err(error) = redis::Client::open(fleet.redis.as_str()) {
-                return invalid("rule.fleet.redis", format!("is not a Redis URL: {error}"));
+                return invalid("rule.fleet.redis", Problem::NotARedisUrl(error));
             }
         }
         Ok(())
@@ -512,13 +602,13 @@ impl SourceConfig {
             SourceConfig::Kafka(kafka) => {
                 needs("source.kind = \"kafka\"", "kafka", cfg!(feature = "kafka"))?;
                 if kafka.brokers.trim().is_empty() {
-                    return invalid("source.brokers", "must not be empty");
+                    return invalid("source.brokers", Problem::Empty);
                 }
                 if kafka.group_id.trim().is_empty() {
-                    return invalid("source.group_id", "must not be empty");
+                    return invalid("source.group_id", Problem::Empty);
                 }
                 if kafka.topics.is_empty() || kafka.topics.iter().any(|t| t.trim().is_empty()) {
-                    return invalid("source.topics", "must name at least one topic, none empty");
+                    return invalid("source.topics", Problem::NoTopics);
                 }
                 Ok(())
             }
@@ -529,18 +619,15 @@ impl SourceConfig {
                     cfg!(feature = "fluvio"),
                 )?;
                 if fluvio.topic.trim().is_empty() {
-                    return invalid("source.topic", "must not be empty");
+                    return invalid("source.topic", Problem::Empty);
                 }
                 if fluvio.consumer.trim().is_empty() {
-                    return invalid("source.consumer", "must not be empty");
+                    return invalid("source.consumer", Problem::Empty);
                 }
                 if !(1 << 20..=i32::MAX as u32).contains(&fluvio.fetch_max_bytes) {
                     return invalid(
                         "source.fetch_max_bytes",
-                        format!(
-                            "must be between 1 MiB and 2 GiB, not {}",
-                            fluvio.fetch_max_bytes
-                        ),
+                        Problem::FetchSize(fluvio.fetch_max_bytes),
                     );
                 }
                 Ok(())
@@ -556,17 +643,17 @@ impl StoreConfig {
             StoreConfig::Redis(redis) => (&redis.prefix, redis.timeout_ms),
             StoreConfig::RedisCluster(cluster) => {
                 if cluster.urls.is_empty() {
-                    return invalid("store.urls", "must name at least one cluster node");
+                    return invalid("store.urls", Problem::NoClusterNode);
                 }
                 (&cluster.prefix, cluster.timeout_ms)
             }
         };
         needs("store.kind", "redis", cfg!(feature = "redis"))?;
         if prefix.is_empty() {
-            return invalid("store.prefix", "must not be empty");
+            return invalid("store.prefix", Problem::Empty);
         }
         if timeout_ms == 0 {
-            return invalid("store.timeout_ms", "must be positive");
+            return invalid("store.timeout_ms", Problem::NotPositive);
         }
         Ok(())
     }
@@ -576,13 +663,10 @@ impl EnrichConfig {
     /// Checks the URL template and limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.url.contains("{key}") {
-            return invalid(
-                "enrich.url",
-                format!("{:?} has no {{key}} placeholder", self.url),
-            );
+            return invalid("enrich.url", Problem::NoKeyPlaceholder(self.url.clone()));
         }
         if self.concurrency == 0 {
-            return invalid("enrich.concurrency", "must be positive");
+            return invalid("enrich.concurrency", Problem::NotPositive);
         }
         Ok(())
     }
@@ -590,20 +674,20 @@ impl EnrichConfig {
 
 /// Sets `a.b.c=value` in `table`, creating tables on the way.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
-    let refuse = |why: &str| ConfigError::Override {
+    let refuse = |problem| ConfigError::Override {
         assignment: assignment.to_owned(),
-        problem: why.to_owned(),
+        problem,
     };
     let (path, raw) = assignment
         .split_once('=')
-        .ok_or_else(|| refuse("expected PATH=VALUE"))?;
+        .ok_or_else(|| refuse(OverrideProblem::NotAnAssignment))?;
     let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut parsed| parsed.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
     let mut names: Vec<&str> = path.trim().split('.').collect();
     let last = names.pop().filter(|name| !name.is_empty());
-    let last = last.ok_or_else(|| refuse("empty setting name"))?;
+    let last = last.ok_or_else(|| refuse(OverrideProblem::EmptyName))?;
     let mut current = table;
     for name in names {
         let entry = current
@@ -611,7 +695,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         current = entry
             .as_table_mut()
-            .ok_or_else(|| refuse(&format!("{name:?} is not a table")))?;
+            .ok_or_else(|| refuse(OverrideProblem::NotATable(name.to_owned())))?;
     }
     current.insert(last.to_owned(), value);
     Ok(())

@@ -52,15 +52,21 @@ impl Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DecisionKind {
+    /// Store a state for a key that has none.
     Insert,
+    /// Replace the key's stored state.
     Update,
+    /// Keep the stored state: the event is stale or a duplicate.
     Ignore,
+    /// Keep the stored state and dead-letter the event: it is invalid.
     Reject,
 }
 
 impl DecisionKind {
+    /// Every kind, in the order reports list them.
     pub const ALL: [DecisionKind; 4] = [Self::Insert, Self::Update, Self::Ignore, Self::Reject];
 
+    /// `insert`, `update`, `ignore` or `reject`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Insert => "insert",

@@ -54,7 +54,6 @@ pub mod store;
 pub mod swap;
 pub mod telemetry;
 
-pub use backoff::Backoff;
 pub use cli::run as run_cli;
 pub use embedded::{Audit, Unconverged};
 pub use serve::{ServeError, serve};

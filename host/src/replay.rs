@@ -20,10 +20,13 @@ use crate::store::{MemoryStore, Store, StoreError, Write, WriteOutcome};
 /// Keys loaded from the store per round trip.
 const CHUNK: usize = 500;
 
+/// Why a replay stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// Folding the recorded events failed (reading the source, most likely).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// Loading or writing the store compared with failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -31,6 +34,7 @@ pub enum ReplayError {
 /// One key whose replayed state is not the stored one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyDifference {
+    /// The key.
     pub key: String,
     /// What the store holds (`None`: nothing).
     pub stored: Option<State>,
@@ -45,6 +49,7 @@ pub struct KeyDifference {
 pub struct ReplayReport {
     /// The replayed rule's stamp.
     pub rule: String,
+    /// Messages read from the source.
     pub messages: u64,
     /// Messages that would be dead-lettered (undecodable, rejected, ...).
     pub dead_letters: usize,
@@ -52,6 +57,7 @@ pub struct ReplayReport {
     pub keys: usize,
     /// Keys whose stored state equals the replayed one.
     pub same: usize,
+    /// Keys whose stored state is not the replayed one, in key order.
     pub differences: Vec<KeyDifference>,
     /// Keys written with their replayed state (with `rebuild`).
     pub rebuilt: usize,

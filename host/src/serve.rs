@@ -15,15 +15,18 @@ use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::rule::{EngineLimits, GateError, Gates, LoadError, RuleEngine};
 use crate::source::SourceError;
 use crate::store::StoreError;
-use crate::swap::{RuleControl, WatchError, read_rule_file, watch_rule_file};
+use crate::swap::{RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file};
 use crate::telemetry::Metrics;
 
 /// Why serving stopped with an error. Unacknowledged messages are delivered again on restart.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The rule cannot be read or compiled.
+    /// The rule engine cannot start.
     #[error(transparent)]
     Rule(#[from] LoadError),
+    /// The rule file, or the vectors beside it, cannot be read.
+    #[error(transparent)]
+    RuleFile(#[from] RuleFileError),
     /// The rule was refused by a gate.
     #[error("rule {path} refused: {source}")]
     Refused {
@@ -118,10 +121,7 @@ fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl,
     })?;
     let gates = Gates::new(engine, config.gates.clone());
     let path = &config.path;
-    let (bytes, sidecar) = read_rule_file(path).map_err(|source| LoadError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let (bytes, sidecar) = read_rule_file(path)?;
     let admitted = gates
         .admit(&bytes, sidecar)
         .map_err(|source| ServeError::Refused {

@@ -5,7 +5,7 @@
 //! without `serve` (tests, `converge run`) get a registry of their own, so reporting is never
 //! optional and never branches.
 //!
-//! Where a log line and a counter always go together they are one named event ([`events`], in
+//! Where a log line and a counter always go together they are one named event (`events`, in
 //! the style of Vector's internal events): the event logs its line and counts itself, so the two
 //! cannot drift apart.
 //!
@@ -42,7 +42,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::dead_letter::DeadLetterKind;
 use crate::entity::{DecisionKind, RuleInfo};
 
 pub(crate) use events::InternalEvent;
@@ -72,7 +71,7 @@ struct SwapLabel {
     role: &'static str,
     result: &'static str,
     /// The gate that refused; empty when applied.
-    gate: String,
+    gate: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -295,12 +294,17 @@ impl Metrics {
         *active = Some(stamp);
     }
 
-    pub(crate) fn record_swap(&self, role: &'static str, result: &'static str, gate: Option<&str>) {
+    pub(crate) fn record_swap(
+        &self,
+        role: &'static str,
+        result: &'static str,
+        gate: Option<&'static str>,
+    ) {
         self.swaps
             .get_or_create(&SwapLabel {
                 role,
                 result,
-                gate: gate.unwrap_or_default().to_owned(),
+                gate: gate.unwrap_or_default(),
             })
             .inc();
     }
@@ -318,12 +322,8 @@ impl Metrics {
             .inc_by(count);
     }
 
-    pub(crate) fn record_dead_letter(&self, kind: DeadLetterKind) {
-        self.dead_letters
-            .get_or_create(&KindLabel {
-                kind: kind.as_str(),
-            })
-            .inc();
+    pub(crate) fn record_dead_letter(&self, kind: &'static str) {
+        self.dead_letters.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub(crate) fn record_batch(

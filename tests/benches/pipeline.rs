@@ -50,7 +50,7 @@ use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::{self, TestTopic};
 use converge_tests::services::{TestStore, redis_url};
-use converge_tests::{NativeOrderRule, build};
+use converge_tests::{Convergence, NativeOrderRule, build};
 use tokio::sync::watch;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -267,21 +267,6 @@ async fn drain_source<R: Rule, S: Source>(
     source
 }
 
-async fn assert_converged(store: &RedisStore, expected: &BTreeMap<String, Event>) {
-    let keys: Vec<String> = expected.keys().cloned().collect();
-    for chunk in keys.chunks(5_000) {
-        let loaded = store.load(chunk).await.expect("loads");
-        for (key, stored) in chunk.iter().zip(loaded) {
-            let state: Option<State> = stored.map(|s| s.state);
-            assert_eq!(
-                state.as_ref(),
-                expected.get(key),
-                "key {key} did not converge"
-            );
-        }
-    }
-}
-
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -395,7 +380,9 @@ async fn fluvio_throughput(
     let measured = drain_source(compiled.instance(), &store.store, source, target).await;
     let rate = measured.events_per_second();
     measured.inner.close().await;
-    assert_converged(&store.store, &again.expected).await;
+    Convergence::new(&store.store, &again.expected)
+        .assert_now()
+        .await;
     let _ = admin.delete::<TopicSpec>(topic).await;
     rate
 }
@@ -495,7 +482,9 @@ fn main() {
             target.clone(),
         )
         .await;
-        assert_converged(&wasm_store.store, &backlog.expected).await;
+        Convergence::new(&wasm_store.store, &backlog.expected)
+            .assert_now()
+            .await;
         let native_store = TestStore::standalone("bench-native").await;
         let native = drain(
             NativeOrderRule::default(),
@@ -505,7 +494,9 @@ fn main() {
             target.clone(),
         )
         .await;
-        assert_converged(&native_store.store, &backlog.expected).await;
+        Convergence::new(&native_store.store, &backlog.expected)
+            .assert_now()
+            .await;
         drop(wasm_store);
         drop(native_store);
 
@@ -558,7 +549,9 @@ fn main() {
         )
         .await;
         let paced_summary = producer.await.expect("the simulator ran");
-        assert_converged(&latency_store.store, &paced_summary.expected).await;
+        Convergence::new(&latency_store.store, &paced_summary.expected)
+            .assert_now()
+            .await;
         drop(latency_store);
         let mut latencies = paced_run.latencies_ms.clone();
         latencies.sort_unstable();
@@ -642,7 +635,9 @@ fn main() {
             .expect("the pipeline runs");
         let swap_summary = producer.await.expect("the simulator ran");
         let swaps = swapper.await.expect("the swapper ran");
-        assert_converged(&swap_store.store, &swap_summary.expected).await;
+        Convergence::new(&swap_store.store, &swap_summary.expected)
+            .assert_now()
+            .await;
         drop(swap_store);
         let mut pauses = pipeline.rule().pauses.clone();
         pauses.sort_unstable();

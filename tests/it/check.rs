@@ -1,10 +1,14 @@
 //! T1: the convergence property check, against the compiled component and the native core,
-//! and the conformance vectors through the component.
+//! and the conformance vectors through the component. Each property the check enforces is
+//! shown broken on its own, by a rule that breaks only it, and reported as that violation with
+//! a minimal counterexample that replays.
 
-use converge::entity::{Decision, Event};
-use converge::rule::Rule;
-use converge::rule::check::{self, CheckConfig, Violation};
+use std::collections::BTreeSet;
+
+use converge::entity::{Decision, Event, RuleInfo, State};
+use converge::rule::check::{self, CheckConfig, CheckReport, Violation};
 use converge::rule::vectors::{self, Expectation, VectorFile};
+use converge::rule::{DecideError, Rule};
 use converge::rule::{EngineLimits, RuleEngine, WasmRule};
 use converge_tests::{NativeOrderRule, build};
 use rand::rngs::StdRng;
@@ -40,11 +44,181 @@ fn the_compiled_component_converges() {
 #[test]
 fn last_write_wins_fails_with_a_minimal_counterexample() {
     let report = check::check(&mut component("last-write-wins"), &CheckConfig::default());
+    assert_diverges(&report, &mut component("last-write-wins"));
+}
+
+/// The state `order` of `events` stores through `rule`, from nothing.
+fn fold(rule: &mut dyn Rule, events: &[Event], order: &[usize]) -> Option<State> {
+    let mut state = None;
+    for &index in order {
+        if let Some(next) = rule
+            .decide(state.as_ref(), &events[index])
+            .expect("decides")
+            .stored_state()
+        {
+            state = Some(next.clone());
+        }
+    }
+    state
+}
+
+/// `state` after `rule` decides `incoming` over it.
+fn apply(rule: &mut dyn Rule, state: &State, incoming: &Event) -> State {
+    rule.decide(Some(state), incoming)
+        .expect("decides")
+        .stored_state()
+        .cloned()
+        .unwrap_or_else(|| state.clone())
+}
+
+fn info(name: &str) -> RuleInfo {
+    RuleInfo {
+        name: name.to_owned(),
+        version: "0.1.0".to_owned(),
+        statuses: ["created", "paid", "completed", "refunded"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
+/// A total order over one key's events: version, then timestamp, status and payload.
+fn rank(event: &Event) -> (u64, u64, &str, &str) {
+    (
+        event.version,
+        event.timestamp_ms,
+        &event.status,
+        &event.payload,
+    )
+}
+
+/// `event` stored with what a rule remembers beside it, in the payload.
+fn remembering(event: &Event, memory: serde_json::Value) -> State {
+    State {
+        payload: serde_json::json!({ "payload": event.payload, "memory": memory }).to_string(),
+        ..event.clone()
+    }
+}
+
+/// The event a [`remembering`] state holds, and the memory.
+fn recall(state: &State) -> (Event, serde_json::Value) {
+    let payload: serde_json::Value =
+        serde_json::from_str(&state.payload).expect("a remembering payload");
+    let event = Event {
+        payload: payload["payload"]
+            .as_str()
+            .expect("the event's payload")
+            .to_owned(),
+        ..state.clone()
+    };
+    (event, payload["memory"].clone())
+}
+
+/// Breaks convergence only: the first event stored stays, whatever comes after. Every
+/// redelivery is ignored, so it neither moves backward nor minds a duplicate; only the order of
+/// delivery decides what is stored.
+#[derive(Debug)]
+struct FirstWriteWins(RuleInfo);
+
+impl Rule for FirstWriteWins {
+    fn info(&self) -> &RuleInfo {
+        &self.0
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        Ok(match current {
+            None => Decision::Insert(incoming.clone()),
+            Some(_) => Decision::Ignore("first write wins".to_owned()),
+        })
+    }
+}
+
+/// Breaks idempotence only: the highest-ranked event wins, and the stored state counts how
+/// often it was delivered. Over any set of distinct events every order stores the same state,
+/// and an earlier (lower) event delivered again is ignored, but the duplicate of the event just
+/// stored changes the count.
+#[derive(Debug)]
+struct CountsDeliveries(RuleInfo);
+
+impl Rule for CountsDeliveries {
+    fn info(&self) -> &RuleInfo {
+        &self.0
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        let Some(current) = current else {
+            return Ok(Decision::Insert(remembering(incoming, 1.into())));
+        };
+        let (stored, deliveries) = recall(current);
+        let deliveries = deliveries.as_u64().expect("a count");
+        Ok(if *incoming == stored {
+            Decision::Update(remembering(incoming, (deliveries + 1).into()))
+        } else if rank(incoming) > rank(&stored) {
+            Decision::Update(remembering(incoming, 1.into()))
+        } else {
+            Decision::Ignore("lower".to_owned())
+        })
+    }
+}
+
+/// Breaks "no regression" only: the highest-ranked event wins and the rule remembers every
+/// event it has seen; once it has seen two, an event seen before is taken as a correction and
+/// restored (marked so). Over distinct events every order stores the same state; the event just
+/// stored, delivered again, changes nothing (it is the one stored, or the only one seen); but an
+/// earlier event delivered again moves the key back to it.
+#[derive(Debug)]
+struct TakesRedeliveryAsCorrection(RuleInfo);
+
+impl Rule for TakesRedeliveryAsCorrection {
+    fn info(&self) -> &RuleInfo {
+        &self.0
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        let text = serde_json::to_string(incoming).expect("an event serialises");
+        let Some(current) = current else {
+            let memory = serde_json::json!({ "seen": [text], "corrected": false });
+            return Ok(Decision::Insert(remembering(incoming, memory)));
+        };
+        let (stored, memory) = recall(current);
+        let mut seen: BTreeSet<String> =
+            serde_json::from_value(memory["seen"].clone()).expect("the events seen");
+        if seen.insert(text) {
+            let top = if rank(incoming) > rank(&stored) {
+                incoming
+            } else {
+                &stored
+            };
+            let memory = serde_json::json!({ "seen": seen, "corrected": false });
+            return Ok(Decision::Update(remembering(top, memory)));
+        }
+        if seen.len() < 2 {
+            return Ok(Decision::Ignore("the only event seen".to_owned()));
+        }
+        let memory = serde_json::json!({ "seen": seen, "corrected": true });
+        Ok(Decision::Update(remembering(incoming, memory)))
+    }
+}
+
+/// `report` found a divergence of two events that `rule` folds, in the two orders reported,
+/// to the two different states reported.
+pub(crate) fn assert_diverges(report: &CheckReport, rule: &mut dyn Rule) {
     let Some(Violation::Diverges {
         events,
         first,
         second,
-    }) = report.violation
+    }) = &report.violation
     else {
         panic!("expected a divergence, got {:?}", report.violation);
     };
@@ -53,54 +227,92 @@ fn last_write_wins_fails_with_a_minimal_counterexample() {
     assert_ne!(events[0], events[1]);
     assert_ne!(first.order, second.order);
     assert_ne!(first.final_state, second.final_state);
-    // Each order really ends on what the counterexample claims: replay it natively.
-    let mut rule = component("last-write-wins");
-    for delivery in [&first, &second] {
-        let mut state = None;
-        for &index in &delivery.order {
-            if let Some(next) = rule
-                .decide(state.as_ref(), &events[index])
-                .expect("decides")
-                .stored_state()
-            {
-                state = Some(next.clone());
-            }
-        }
-        assert_eq!(state, delivery.final_state);
+    // Each order really ends on what the counterexample claims: replay it.
+    for delivery in [first, second] {
+        assert_eq!(fold(rule, events, &delivery.order), delivery.final_state);
     }
 }
 
-/// A rule that lets a stale event replace the stored state moves keys backward; the check must
-/// fail it.
-#[derive(Debug, Default)]
-struct FlipFlop {
-    native: NativeOrderRule,
+/// `report` found an earlier event (not the one just stored) that, delivered again, moved the
+/// stored state; replayed through `rule`.
+pub(crate) fn assert_moves_backward(report: &CheckReport, rule: &mut dyn Rule) {
+    let Some(Violation::MovesBackward {
+        events,
+        order,
+        stored,
+        redelivered,
+        moved_to,
+    }) = &report.violation
+    else {
+        panic!("expected a move backward, got {:?}", report.violation);
+    };
+    // Shrunk: two events, the first delivered again after the second.
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(order.len(), 2, "{order:?}");
+    let position = order
+        .iter()
+        .position(|index| index == redelivered)
+        .expect("the redelivered event was delivered");
+    assert!(
+        position + 1 < order.len(),
+        "an earlier event, not the duplicate of the last: {order:?}, #{redelivered}"
+    );
+    assert_ne!(stored, moved_to);
+    assert_eq!(fold(rule, events, order).as_ref(), Some(stored));
+    assert_eq!(&apply(rule, stored, &events[*redelivered]), moved_to);
 }
 
-impl Rule for FlipFlop {
-    fn info(&self) -> &converge::entity::RuleInfo {
-        self.native.info()
-    }
-
-    fn decide(
-        &mut self,
-        current: Option<&converge::entity::State>,
-        incoming: &Event,
-    ) -> Result<Decision, converge::rule::DecideError> {
-        match self.native.decide(current, incoming)? {
-            // An older event replaces the stored state: the key moves backward.
-            Decision::Ignore(_) if current.is_some_and(|c| c != incoming) => {
-                Ok(Decision::Update(incoming.clone()))
-            }
-            decision => Ok(decision),
-        }
-    }
+/// `report` found that the duplicate of the event just stored changed the state; replayed
+/// through `rule`.
+pub(crate) fn assert_not_idempotent(report: &CheckReport, rule: &mut dyn Rule) {
+    let Some(Violation::NotIdempotent {
+        events,
+        order,
+        stored,
+        redelivered,
+        moved_to,
+    }) = &report.violation
+    else {
+        panic!(
+            "expected a non-idempotent duplicate, got {:?}",
+            report.violation
+        );
+    };
+    // Shrunk: one event, delivered twice.
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        order.last(),
+        Some(redelivered),
+        "the duplicate of the last event"
+    );
+    assert_ne!(stored, moved_to);
+    assert_eq!(fold(rule, events, order).as_ref(), Some(stored));
+    assert_eq!(&apply(rule, stored, &events[*redelivered]), moved_to);
 }
 
 #[test]
+fn a_rule_that_only_depends_on_delivery_order_diverges() {
+    let mut rule = FirstWriteWins(info("first-write-wins"));
+    let report = check::check(&mut rule, &CheckConfig::default());
+    assert_diverges(&report, &mut rule);
+}
+
+/// A rule that lets a stale event replace the stored state moves keys backward; the check must
+/// fail it as such — here a rule that converges over distinct events and ignores the duplicate
+/// of what it just stored, so only the redelivery of an earlier event can show it.
+#[test]
 fn a_rule_that_moves_backward_is_caught() {
-    let report = check::check(&mut FlipFlop::default(), &CheckConfig::default());
+    let mut rule = TakesRedeliveryAsCorrection(info("takes-redelivery-as-correction"));
+    let report = check::check(&mut rule, &CheckConfig::default());
     assert!(!report.passed());
+    assert_moves_backward(&report, &mut rule);
+}
+
+#[test]
+fn a_rule_that_counts_duplicates_is_not_idempotent() {
+    let mut rule = CountsDeliveries(info("counts-deliveries"));
+    let report = check::check(&mut rule, &CheckConfig::default());
+    assert_not_idempotent(&report, &mut rule);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The Fluvio source against a real cluster, when one is given: `CONVERGE_TEST_FLUVIO=host:port`
 //! (the cluster's SC endpoint). CI has no Fluvio cluster (its binaries are not on crates.io),
-//! so there the test says so and returns; the source's gap checks, commit bookkeeping and
-//! reconnects are tested without a cluster in `host/src/fluvio_source/tests.rs`.
+//! so there the test prints `SKIPPED: …` to the test output (past cargo's capture, so it shows
+//! in every run) and returns; the source's gap checks, commit bookkeeping and reconnects are
+//! tested without a cluster in `host/src/source/fluvio/tests.rs`.
 //!
 //! 20,000 orders' shuffled, duplicated events (several megabytes per partition, past the
 //! client's 1 MB fetch cap where the fluvio client skips records) go to a fresh three-partition
@@ -22,12 +23,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use converge::config::{
+    Config, DeadLetterConfig, FluvioSourceConfig, RedisStreamConfig, SourceConfig,
+};
 use converge::entity::Event;
+use converge::pipeline::PipelineConfig;
+use converge_tests::process::{serve, terminate};
 use converge_tests::services::TestStore;
-use converge_tests::{build, orders, stored_states};
+use converge_tests::{Convergence, build, config, orders};
 use fluvio::metadata::topic::TopicSpec;
-
-use crate::kafka::{serve, terminate};
 
 const ORDERS: usize = 20_000;
 const PARTITIONS: u32 = 3;
@@ -35,7 +39,10 @@ const PARTITIONS: u32 = 3;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fluvio_source_converges_across_kills_and_an_spu_restart() {
     let Ok(endpoint) = std::env::var("CONVERGE_TEST_FLUVIO") else {
-        eprintln!("no Fluvio cluster given (CONVERGE_TEST_FLUVIO=host:port); not run");
+        converge_tests::skipped(
+            "fluvio::fluvio_source_converges_across_kills_and_an_spu_restart",
+            "set CONVERGE_TEST_FLUVIO=host:port (a Fluvio cluster's SC endpoint) to run it",
+        );
         return;
     };
     let fluvio = fluvio::Fluvio::connect_with_config(&fluvio::FluvioClusterConfig::new(&endpoint))
@@ -73,40 +80,29 @@ async fn fluvio_source_converges_across_kills_and_an_spu_restart() {
     let total = stream.events.len() as i64;
     eprintln!("{total} records, {bytes} bytes, over {PARTITIONS} partitions of {topic}");
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("converge.toml");
+    let mut dir = tempfile::tempdir().expect("temp dir");
     let dead_letters = format!("{}dead-letters", redis.store.prefix());
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[rule]
-path = "{rule}"
-[source]
-kind = "fluvio"
-endpoint = "{endpoint}"
-topic = "{topic}"
-consumer = "{topic}-consumer"
-# The client's default fetch, where it cuts batches and skips records: the gap checks must
-# catch every one (the default, 32 MiB, makes the cut rare).
-fetch_max_bytes = 1048576
-[store]
-kind = "redis"
-url = "{redis}"
-prefix = "{prefix}"
-[dead_letter]
-kind = "redis-stream"
-stream = "{dead_letters}"
-"#,
-            rule = build::rule("order-status").display(),
-            redis = converge_tests::services::redis_url(),
-            prefix = redis.store.prefix(),
-        ),
-    )
-    .expect("config written");
-
-    let keys: Vec<String> = stream.expected.keys().cloned().collect();
     let consumer = format!("{topic}-consumer");
+    let config = config::write(
+        dir.path(),
+        &Config {
+            rule: config::rule(&build::rule("order-status")),
+            source: SourceConfig::Fluvio(FluvioSourceConfig {
+                // The client's default fetch, where it cuts batches and skips records: the gap
+                // checks must catch every one (the default, 32 MiB, makes the cut rare).
+                fetch_max_bytes: 1 << 20,
+                ..config::fluvio_source(&endpoint, &topic, &consumer)
+            }),
+            store: config::standalone_store(redis.store.prefix()),
+            dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig {
+                stream: dead_letters.clone(),
+            }),
+            enrich: None,
+            admin: None,
+            pipeline: PipelineConfig::default(),
+        },
+    );
+
     let committed = async || -> i64 {
         // The test's own client may be reconnecting after the SPU restart: ask again.
         for _ in 0..100 {
@@ -121,6 +117,7 @@ stream = "{dead_letters}"
         }
         panic!("the cluster does not answer for consumer offsets");
     };
+    let logs = dir.path().to_owned();
     let wait_for_commits = async |at_least: i64, what: &str| {
         let started = Instant::now();
         loop {
@@ -131,7 +128,7 @@ stream = "{dead_letters}"
             assert!(
                 started.elapsed() < Duration::from_secs(180),
                 "{what}: committed offsets cover {covered} of {at_least} records; logs in {}",
-                dir.path().display()
+                logs.display()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -154,33 +151,15 @@ stream = "{dead_letters}"
     restart_spu();
     produce(&fluvio, &topic, second_half).await;
 
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let stored = stored_states(&redis.store, &keys).await;
-        if stored == stream.expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            let wrong = stream
-                .expected
-                .iter()
-                .filter(|(key, event)| stored.get(*key).is_none_or(|state| state != *event))
-                .count();
-            panic!(
-                "{wrong} of {ORDERS} orders not on their final state; logs in {}",
-                dir.keep().display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
-    // Every record's position is committed once its write is acknowledged, the last ones too,
-    // and not one more: the committed offsets of the partitions add up to the records.
-    assert_eq!(
-        wait_for_commits(total, "at the end").await,
-        total,
-        "committed past the records"
-    );
+    // Every order on its final state, and every record's position committed once its write is
+    // acknowledged, the last ones too, and not one more: the committed offsets of the
+    // partitions add up to the records.
+    Convergence::new(&redis.store, &stream.expected)
+        .within(Duration::from_secs(300))
+        .every(Duration::from_millis(500))
+        .logs(&mut dir)
+        .wait_with_offsets(async || vec![(committed().await, total)])
+        .await;
     terminate(restarted);
     // What the source caught: the client's skipped ranges (read again) and reconnects.
     for log in ["first.log", "restarted.log"] {

@@ -2,136 +2,37 @@
 //! one killed with SIGKILL mid-stream and restarted. Afterwards every key holds its order's
 //! final state and the group's committed offsets reach the end of every partition.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use converge_tests::kafka::{self, TestTopic};
-use converge_tests::services::{TestStore, redis_cluster_urls, redis_url};
-use converge_tests::{build, orders, stored_states};
-
-/// The `[store]` section for the standalone Redis, under `prefix`.
-pub fn standalone_store(prefix: &str) -> String {
-    format!(
-        "kind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"",
-        redis_url()
-    )
-}
-
-/// The `[store]` section for the Redis Cluster, under `prefix`.
-pub fn cluster_store(prefix: &str) -> String {
-    format!(
-        "kind = \"redis-cluster\"\nurls = {:?}\nprefix = \"{prefix}\"",
-        redis_cluster_urls()
-    )
-}
-
-/// A `converge serve` configuration reading `topic` in `group`, storing per `store` (the body
-/// of the `[store]` section) and dead-lettering to `dead_letters`; `extra` is appended.
-pub fn write_config(
-    dir: &Path,
-    topic: &str,
-    dead_letters: &str,
-    group: &str,
-    store: &str,
-    extra: &str,
-) -> PathBuf {
-    let config = format!(
-        r#"
-[rule]
-path = "{rule}"
-
-[source]
-kind = "kafka"
-brokers = "{brokers}"
-group_id = "{group}"
-topics = ["{topic}"]
-batch_timeout_ms = 10
-[source.properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-
-[store]
-{store}
-
-[dead_letter]
-kind = "kafka"
-topic = "{dead_letters}"
-
-[pipeline]
-batch_size = 64
-{extra}
-"#,
-        rule = build::rule("order-status").display(),
-        brokers = kafka::brokers(),
-    );
-    let path = dir.join("converge.toml");
-    std::fs::write(&path, config).expect("config written");
-    path
-}
-
-pub fn serve(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(build::converge_binary())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("converge serve starts")
-}
-
-/// Stops a `converge` process with SIGTERM and checks that it exits cleanly.
-pub fn terminate(mut child: Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    // A serve that ignores SIGTERM must fail the test, not hang it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().expect("serve's status") {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve did not stop within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "serve did not stop cleanly: {exit}");
-}
+use converge::config::{AdminConfig, StoreConfig};
+use converge_tests::kafka::TestTopic;
+use converge_tests::process::{serve, terminate};
+use converge_tests::services::{TestStore, free_loopback_addr};
+use converge_tests::{Convergence, config, orders, stored_states};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t3_two_consumers_one_killed_and_restarted_converge() {
     let redis = TestStore::standalone("t3").await;
-    let store = standalone_store(redis.store.prefix());
-    two_consumers_one_killed(&redis, &store).await;
+    let store = config::standalone_store(redis.store.prefix());
+    two_consumers_one_killed(&redis, store).await;
 }
 
 /// T3 again with the states on the Redis Cluster: keys spread over three masters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t3_on_redis_cluster_converges() {
     let redis = TestStore::cluster("t3-cluster").await;
-    let store = cluster_store(redis.store.prefix());
-    two_consumers_one_killed(&redis, &store).await;
+    let store = config::cluster_store(redis.store.prefix());
+    two_consumers_one_killed(&redis, store).await;
 }
 
-async fn two_consumers_one_killed(redis: &TestStore, store: &str) {
+async fn two_consumers_one_killed(redis: &TestStore, store: StoreConfig) {
     let topic = TestTopic::create("t3", 6).await;
     let dead_letters = TestTopic::create("t3-dlq", 1).await;
     let group = format!("{}-group", topic.name);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    let config = config::write(
         dir.path(),
-        &topic.name,
-        &dead_letters.name,
-        &group,
-        store,
-        "",
+        &config::kafka_serve(&topic.name, &dead_letters.name, &group, store),
     );
 
     let stream = orders::generate("order-", 1_500, 30, 3);
@@ -159,29 +60,16 @@ async fn two_consumers_one_killed(redis: &TestStore, store: &str) {
     producing.await;
     let restarted = serve(&config, &dir.path().join("restarted.log"));
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let states = stored_states(&redis.store, &keys).await;
-        let progress = topic.progress(&group);
-        if states == stream.expected && progress.iter().all(|(committed, high)| committed == high) {
-            assert_eq!(
-                progress.iter().map(|(_, high)| high).sum::<i64>(),
-                stream.events.len() as i64
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not converged after 120 s: {} of {} keys right, progress {progress:?}; logs in {}",
-            states
-                .iter()
-                .filter(|(k, v)| stream.expected.get(*k) == Some(v))
-                .count(),
-            keys.len(),
-            dir.keep().display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let positions = Convergence::new(&redis.store, &stream.expected)
+        .within(Duration::from_secs(120))
+        .every(Duration::from_millis(250))
+        .logs(&mut dir)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
+    assert_eq!(
+        positions.iter().map(|(_, end)| end).sum::<i64>(),
+        stream.events.len() as i64
+    );
 
     terminate(second);
     terminate(restarted);
@@ -204,19 +92,16 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
     let dead_letters = TestTopic::create("t8-dlq", 1).await;
     let redis = TestStore::standalone("t8").await;
     let group = format!("{}-group", topic.name);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let admin = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        probe.local_addr().expect("address")
-    };
-    let config = write_config(
-        dir.path(),
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    let admin = free_loopback_addr();
+    let mut settings = config::kafka_serve(
         &topic.name,
         &dead_letters.name,
         &group,
-        &standalone_store(redis.store.prefix()),
-        &format!("[admin]\nlisten = \"{admin}\""),
+        config::standalone_store(redis.store.prefix()),
     );
+    settings.admin = Some(AdminConfig { listen: admin });
+    let config = config::write(dir.path(), &settings);
 
     let bad: Vec<(Vec<u8>, &str)> = vec![
         (
@@ -253,22 +138,15 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
     topic.produce(&stream.events[10..]).await;
 
     let server = serve(&config, &dir.path().join("serve.log"));
-    let letters = dead_letters.read(bad.len(), Duration::from_secs(60));
-    let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stored_states(&redis.store, &keys).await != stream.expected
-        || topic
-            .progress(&group)
-            .iter()
-            .any(|(committed, high)| committed != high)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the partition stalled; see {}",
-            dir.keep().display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The partition must not stall: every good message stored, every offset committed.
+    Convergence::new(&redis.store, &stream.expected)
+        .within(Duration::from_secs(60))
+        .logs(&mut dir)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
+    // Dead letters are acknowledged before the offsets of their batch are committed: all of
+    // them are on the topic now, and nothing else may be.
+    let letters = dead_letters.read_all(Duration::from_secs(30));
     let get = |path: &str| {
         let url = format!("http://{admin}{path}");
         async move {

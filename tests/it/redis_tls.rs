@@ -6,9 +6,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use converge::config::{
+    Config, DeadLetterConfig, FileSourceConfig, RedisStreamConfig, SourceConfig,
+};
+use converge::pipeline::PipelineConfig;
 use converge::store::RedisStore;
 use converge_tests::services::{PrivateRedis, unique_prefix};
-use converge_tests::{build, orders, stored_states};
+use converge_tests::{build, config, orders, stored_states};
 
 const USER: &str = "converge";
 const PASSWORD: &str = "tls-test-s3cret";
@@ -34,30 +38,27 @@ async fn serve_writes_over_tls_as_an_acl_user() {
     let stream = orders::generate("order-", 200, 20, 8);
     let input = redis.dir.path().join("orders.jsonl");
     std::fs::write(&input, stream.to_json_lines() + "{not json\n").expect("input written");
-    let config = redis.dir.path().join("converge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[rule]
-path = "{rule}"
-[source]
-kind = "file"
-path = "{input}"
-[store]
-kind = "redis"
-url = "rediss://{USER}:${{CONVERGE_TEST_REDIS_PASSWORD}}@127.0.0.1:{port}"
-prefix = "{prefix}"
-[dead_letter]
-kind = "redis-stream"
-stream = "{prefix}dead-letters"
-"#,
-            rule = build::rule("order-status").display(),
-            input = input.display(),
-            port = redis.port,
-        ),
-    )
-    .expect("config written");
+    // The password stays out of the file: `serve` expands `${NAME}` from its environment.
+    let config = config::write(
+        redis.dir.path(),
+        &Config {
+            rule: config::rule(&build::rule("order-status")),
+            source: SourceConfig::File(FileSourceConfig { path: input }),
+            store: config::redis_store(
+                &format!(
+                    "rediss://{USER}:${{CONVERGE_TEST_REDIS_PASSWORD}}@127.0.0.1:{}",
+                    redis.port
+                ),
+                &prefix,
+            ),
+            dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig {
+                stream: format!("{prefix}dead-letters"),
+            }),
+            enrich: None,
+            admin: None,
+            pipeline: PipelineConfig::default(),
+        },
+    );
 
     let untrusted = serve_file(&config, None, PASSWORD);
     assert_eq!(untrusted.status.code(), Some(2), "{untrusted:?}");

@@ -12,9 +12,7 @@ use converge::rule::{EngineLimits, RuleEngine};
 use converge::store::Store;
 use converge_tests::kafka::TestTopic;
 use converge_tests::services::TestStore;
-use converge_tests::{build, event_messages, orders};
-
-use crate::kafka::{standalone_store, write_config};
+use converge_tests::{build, config, event_messages, orders};
 
 fn replay(args: &[&str]) -> (i32, serde_json::Value) {
     let output = Command::new(build::converge_binary())
@@ -70,13 +68,14 @@ async fn replay_finds_the_keys_a_new_ranking_changes_and_rebuilds_them() {
     let topic = TestTopic::create("replay", 3).await;
     topic.produce(&events).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(
+    let config = config::write(
         dir.path(),
-        &topic.name,
-        "unused-dlq",
-        "unused-group",
-        &standalone_store(redis.store.prefix()),
-        "",
+        &config::kafka_serve(
+            &topic.name,
+            "unused-dlq",
+            "unused-group",
+            config::standalone_store(redis.store.prefix()),
+        ),
     );
     let config = config.to_str().expect("utf-8 path");
     let version_rank = build::rule("version-rank");

@@ -8,12 +8,12 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use converge::config::EnrichConfig;
 use converge::entity::Event;
 use converge_tests::kafka::{self, TestTopic};
+use converge_tests::process::{serve, terminate};
 use converge_tests::services::TestStore;
-use converge_tests::{build, stored_states};
-
-use crate::kafka::{serve, standalone_store, terminate, write_config};
+use converge_tests::{Convergence, build, config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn id_only_messages_from_the_simulator_are_enriched_and_converge() {
@@ -21,7 +21,7 @@ async fn id_only_messages_from_the_simulator_are_enriched_and_converge() {
     let dead_letters = TestTopic::create("simulated-dlq", 1).await;
     let redis = TestStore::standalone("simulated").await;
     let group = format!("{}-group", topic.name);
-    let dir = tempfile::tempdir().expect("temp dir");
+    let mut dir = tempfile::tempdir().expect("temp dir");
     let expected_file = dir.path().join("expected.json");
     let key_prefix = format!("order-{:08x}-", rand::random::<u32>());
 
@@ -49,14 +49,17 @@ async fn id_only_messages_from_the_simulator_are_enriched_and_converge() {
     // Keep draining stderr so the simulator never blocks on a full pipe.
     std::thread::spawn(move || for _ in announcements.lines() {});
 
-    let config = write_config(
-        dir.path(),
+    let mut settings = config::kafka_serve(
         &topic.name,
         &dead_letters.name,
         &group,
-        &standalone_store(redis.store.prefix()),
-        &format!("[enrich]\nurl = \"{api}/orders/{{key}}\"\nconcurrency = 8"),
+        config::standalone_store(redis.store.prefix()),
     );
+    settings.enrich = Some(EnrichConfig {
+        concurrency: 8,
+        ..config::enrich(&format!("{api}/orders/{{key}}"))
+    });
+    let config = config::write(dir.path(), &settings);
     let server = serve(&config, &dir.path().join("serve.log"));
     // An order the API never heard of.
     let unknown = format!("{key_prefix}unknown");
@@ -79,32 +82,22 @@ async fn id_only_messages_from_the_simulator_are_enriched_and_converge() {
         serde_json::from_slice(&std::fs::read(&expected_file).expect("expected states"))
             .expect("expected states are JSON");
     assert_eq!(expected.len(), 400);
-    let keys: Vec<String> = expected.keys().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let states = stored_states(&redis.store, &keys).await;
-        let progress = topic.progress(&group);
-        if states == expected && progress.iter().all(|(committed, high)| committed == high) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not converged: {} of {} orders right, progress {progress:?}; logs in {}",
-            states
-                .iter()
-                .filter(|(k, v)| expected.get(*k) == Some(v))
-                .count(),
-            keys.len(),
-            dir.keep().display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Convergence::new(&redis.store, &expected)
+        .logs(&mut dir)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
 
-    let letters = dead_letters.read(1, Duration::from_secs(30));
+    // Dead letters are acknowledged before their batch's offsets are committed: every one is
+    // on the topic by now. Read them all: exactly one, the unknown order.
+    let letters = dead_letters.read_all(Duration::from_secs(30));
     assert_eq!(
         letters.len(),
         1,
-        "exactly the unknown order is dead-lettered"
+        "exactly the unknown order is dead-lettered: {:?}",
+        letters
+            .iter()
+            .map(|(body, headers)| (String::from_utf8_lossy(body), headers))
+            .collect::<Vec<_>>()
     );
     let (body, headers) = &letters[0];
     assert!(String::from_utf8_lossy(body).contains(&unknown));

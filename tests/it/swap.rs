@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use converge::config::{AdminConfig, FleetConfig, StoreConfig};
 use converge::entity::{Decision, Event};
 use converge::rule::Rule;
 use converge::rule::vectors::VectorFile;
@@ -19,10 +20,9 @@ use converge::swap::{Fleet, FleetStatus};
 use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
-use converge_tests::services::{TestStore, redis_url};
-use converge_tests::{build, orders, stored_states};
-
-use crate::kafka::{serve, standalone_store, terminate, write_config};
+use converge_tests::process::{serve, terminate};
+use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
+use converge_tests::{Convergence, build, config, orders, stored_states};
 
 fn gates() -> Gates {
     Gates::new(
@@ -123,12 +123,12 @@ fn each_gate_refuses_its_kind_of_bad_rule_and_the_old_rule_keeps_serving() {
         let refusal = control
             .offer(&bytes, None, "test", Role::Active)
             .expect_err("a bad rule is refused");
-        assert_eq!(refusal.gate, gate, "{refusal}");
+        assert_eq!(refusal.gate.as_str(), gate, "{refusal}");
         let status = control.status();
         assert_eq!(status.active.rule, "order-status@0.1.0");
         let last = status.last_swap.expect("the refusal is recorded");
-        assert_eq!(last.result, "refused");
-        assert_eq!(last.refusal.expect("with its reason").gate, gate);
+        assert_eq!(last.result.as_str(), "refused");
+        assert_eq!(last.refusal.expect("with its reason").gate.as_str(), gate);
         rule.before_batch();
         assert_eq!(rule.info().stamp(), "order-status@0.1.0");
     }
@@ -161,7 +161,14 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
         control.status().previous.expect("previous").rule,
         "order-status@0.2.0-next"
     );
-    assert_eq!(control.promote("test").expect_err("no shadow").gate, "swap");
+    assert_eq!(
+        control
+            .promote("test")
+            .expect_err("no shadow")
+            .gate
+            .as_str(),
+        "swap"
+    );
 }
 
 #[test]
@@ -241,7 +248,7 @@ async fn a_changed_rule_file_is_gated_and_swapped_in() {
             control
                 .status()
                 .last_swap
-                .is_some_and(|swap| swap.result == "refused")
+                .is_some_and(|swap| swap.result.as_str() == "refused")
         },
     )
     .await;
@@ -326,26 +333,20 @@ fn instance_config(
     name: &str,
     topic: &str,
     dlq: &str,
-    store: &str,
+    store: StoreConfig,
     fleet: &str,
 ) -> (PathBuf, std::net::SocketAddr) {
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|probe| probe.local_addr())
-        .expect("a free port");
+    let admin = free_loopback_addr();
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).expect("dir");
-    let config = write_config(
-        &dir,
-        topic,
-        dlq,
-        &format!("{topic}-group"),
-        store,
-        &format!(
-            "[admin]\nlisten = \"{admin}\"\n\n[rule.fleet]\nredis = \"{}\"\nname = \"{fleet}\"\ninstance = \"{name}\"\n",
-            redis_url()
-        ),
-    );
-    (config, admin)
+    let mut settings = config::kafka_serve(topic, dlq, &format!("{topic}-group"), store);
+    settings.admin = Some(AdminConfig { listen: admin });
+    settings.rule.fleet = Some(FleetConfig {
+        redis: redis_url(),
+        name: fleet.to_owned(),
+        instance: Some(name.to_owned()),
+    });
+    (config::write(&dir, &settings), admin)
 }
 
 fn all_active(rule: &str) -> impl Fn(&FleetStatus) -> bool + '_ {
@@ -359,14 +360,14 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     let dead_letters = TestTopic::create("t7-dlq", 1).await;
     let redis = TestStore::standalone("t7").await;
     let fleet = TestFleet::new().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = standalone_store(redis.store.prefix());
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    let store = config::standalone_store(redis.store.prefix());
     let (first_config, first_admin) = instance_config(
         dir.path(),
         "first",
         &topic.name,
         &dead_letters.name,
-        &store,
+        store.clone(),
         &fleet.name,
     );
     let (second_config, _) = instance_config(
@@ -374,7 +375,7 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
         "second",
         &topic.name,
         &dead_letters.name,
-        &store,
+        store,
         &fleet.name,
     );
     let v1 = read(&build::rule("order-status"));
@@ -432,7 +433,7 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
                             && swap
                                 .refusal
                                 .as_ref()
-                                .is_some_and(|r| r.gate == "convergence")
+                                .is_some_and(|r| r.gate.as_str() == "convergence")
                     })
             })
         })
@@ -468,25 +469,11 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     topic.produce(&advanced).await;
 
     let group = format!("{}-group", topic.name);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let states = stored_states(&redis.store, &keys).await;
-        let progress = topic.progress(&group);
-        if states == stream.expected && progress.iter().all(|(committed, high)| committed == high) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not converged: {} of {} keys right, progress {progress:?}; logs in {}",
-            states
-                .iter()
-                .filter(|(k, v)| stream.expected.get(*k) == Some(v))
-                .count(),
-            keys.len(),
-            dir.keep().display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Convergence::new(&redis.store, &stream.expected)
+        .every(Duration::from_millis(250))
+        .logs(&mut dir)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
     let stored = redis.store.load(&keys).await.expect("loaded");
     for stored in stored.iter().flatten() {
         assert!(

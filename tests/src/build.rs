@@ -9,14 +9,68 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The rule crates the tests use, by the name tests refer to them.
-const RULES: &[(&str, &str)] = &[
-    ("order-status", "converge-order-rule"),
-    ("last-write-wins", "converge-test-rule-last-write-wins"),
-    ("faulty", "converge-test-rule-faulty"),
-    ("forbidden-import", "converge-test-rule-forbidden-import"),
-    ("version-rank", "converge-test-rule-version-rank"),
-];
+/// A rule crate of the workspace: a package declaring `[package.metadata.converge] rule =
+/// "<name>"`, the name tests refer to it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCrate {
+    /// The name tests use (`build::rule("order-status")`).
+    pub rule: String,
+    /// The cargo package.
+    pub package: String,
+    /// The component's file name: the package's `cdylib` target, as cargo names its output.
+    pub file: String,
+}
+
+/// The workspace's rule crates, as `cargo metadata` describes them: the list is written once,
+/// in the crates' own manifests (`deploy/scripts/rule-crates.sh` reads the same metadata).
+pub fn rule_crates() -> &'static [RuleCrate] {
+    static CRATES: OnceLock<Vec<RuleCrate>> = OnceLock::new();
+    CRATES.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = Command::new(cargo)
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .current_dir(workspace_root())
+            .output()
+            .expect("cargo metadata runs");
+        assert!(
+            output.status.success(),
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("cargo metadata answers JSON");
+        let crates: Vec<RuleCrate> = metadata["packages"]
+            .as_array()
+            .expect("packages")
+            .iter()
+            .filter_map(|package| {
+                let rule = package["metadata"]["converge"]["rule"].as_str()?;
+                let name = package["name"].as_str().expect("a package name");
+                let target = package["targets"]
+                    .as_array()
+                    .expect("targets")
+                    .iter()
+                    .find(|target| {
+                        target["crate_types"]
+                            .as_array()
+                            .is_some_and(|types| types.iter().any(|t| t == "cdylib"))
+                    })
+                    .unwrap_or_else(|| panic!("rule crate {name} has no cdylib target"));
+                let target = target["name"].as_str().expect("a target name");
+                Some(RuleCrate {
+                    rule: rule.to_owned(),
+                    package: name.to_owned(),
+                    file: format!("{}.wasm", target.replace('-', "_")),
+                })
+            })
+            .collect();
+        assert!(
+            crates.iter().any(|c| c.rule == "order-status"),
+            "no rule crate declares rule = \"order-status\" in cargo metadata"
+        );
+        crates
+    })
+}
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,6 +104,7 @@ fn cargo_with(args: &[&str], env: &[(&str, &str)]) {
 /// `CONVERGE_RULE_VERSION`), in a target directory of its own so that builds of different
 /// versions do not overwrite each other.
 pub fn order_status_version(version: &str) -> PathBuf {
+    let order_status = rule_crate("order-status");
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let dir = target_dir().join("rule-versions").join(version);
     let mut built = BUILT
@@ -65,7 +120,7 @@ pub fn order_status_version(version: &str) -> PathBuf {
                 "--target",
                 "wasm32-wasip2",
                 "-p",
-                "converge-order-rule",
+                &order_status.package,
                 "--target-dir",
                 &dir_text,
             ],
@@ -73,26 +128,29 @@ pub fn order_status_version(version: &str) -> PathBuf {
         );
         built.push(version.to_owned());
     }
-    dir.join("wasm32-wasip2/release/converge_order_rule.wasm")
+    dir.join("wasm32-wasip2/release").join(&order_status.file)
 }
 
-/// The compiled component of rule `name` (see [`RULES`]).
+/// The compiled component of rule `name` (see [`rule_crates`]).
 pub fn rule(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let mut args = vec!["build", "--quiet", "--release", "--target", "wasm32-wasip2"];
-        for (_, package) in RULES {
-            args.extend(["-p", package]);
+        for rule in rule_crates() {
+            args.extend(["-p", &rule.package]);
         }
         cargo(&args);
     });
-    let (_, package) = RULES
-        .iter()
-        .find(|(rule, _)| *rule == name)
-        .unwrap_or_else(|| panic!("no test rule named {name}"));
     target_dir()
         .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", package.replace('-', "_")))
+        .join(&rule_crate(name).file)
+}
+
+fn rule_crate(name: &str) -> &'static RuleCrate {
+    rule_crates()
+        .iter()
+        .find(|rule| rule.rule == name)
+        .unwrap_or_else(|| panic!("no rule crate declares rule = {name:?}"))
 }
 
 /// The order-status rule as a Fluvio SmartModule (a core wasm module).

@@ -1,5 +1,5 @@
 //! The real Kafka broker the tests use (started by `deploy/scripts/kafka.sh`): topics under
-//! unique names, producing, and reading a group's committed offsets.
+//! unique names, producing, reading a topic to its end, and a group's committed offsets.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -100,31 +100,44 @@ impl TestTopic {
         }
     }
 
-    /// Reads `count` records from the start of every partition: (body, headers) each.
-    pub fn read(
-        &self,
-        count: usize,
-        timeout: Duration,
-    ) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    /// Reads every record of the topic, from the start of each partition to its end as it is
+    /// now: (body, headers) each. Panics unless it reaches the end of every partition within
+    /// `timeout`, so an empty answer means the topic is empty, not that nothing was read.
+    pub fn read_all(&self, timeout: Duration) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
         let consumer: BaseConsumer = client()
             .set("group.id", format!("{}-reader", self.name))
             .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
         let mut partitions = TopicPartitionList::new();
+        // The next offset to read and the end, per partition.
+        let mut progress: Vec<(i64, i64)> = Vec::new();
         for partition in 0..self.partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.name, partition, Duration::from_secs(10))
+                .expect("watermarks");
             partitions
                 .add_partition_offset(&self.name, partition, Offset::Beginning)
                 .expect("partition");
+            progress.push((low, high));
         }
         consumer.assign(&partitions).expect("assigned");
         let deadline = std::time::Instant::now() + timeout;
         let mut records = Vec::new();
-        while records.len() < count && std::time::Instant::now() < deadline {
+        while progress.iter().any(|(next, end)| next < end) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {} records of {} but not to the end of every partition within {timeout:?}: \
+                 (next, end) {progress:?}",
+                records.len(),
+                self.name
+            );
             let Some(message) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
             let message = message.expect("record");
+            let partition = usize::try_from(message.partition()).expect("a partition index");
+            progress[partition].0 = message.offset() + 1;
             let headers = message
                 .headers()
                 .map(|headers| {

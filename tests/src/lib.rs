@@ -1,13 +1,21 @@
 //! Support for converge's integration tests and benchmarks.
 //!
 //! # Layout
-//! - [`build`]: builds the rule components and the `converge` binary the tests run.
+//! - [`build`]: builds the rule components and the `converge` binary the tests run; finds the
+//!   rule crates by their `[package.metadata.converge] rule` name.
 //! - [`NativeOrderRule`]: the order-status rule's pure core behind the host's `Rule` trait, to
 //!   compare the compiled component against.
 //! - [`orders`]: generated order histories with a known final state per order.
-//! - [`services`]: the real Redis the tests use, under unique key prefixes.
+//! - [`convergence`]: [`Convergence`], the one wait for every key on its expected state and a
+//!   consumer's offsets at the end of every partition.
+//! - [`config`]: `converge serve` configurations built from the host's config types, written
+//!   as TOML.
+//! - [`process`]: `converge serve` as a process: started with its log, stopped with SIGTERM.
+//! - [`services`]: the real Redis the tests use, under unique key prefixes; private Redis
+//!   servers; free loopback ports.
 //! - [`order_api`]: a real HTTP order-detail API on loopback, for enrichment.
-//! - [`kafka`]: the real Kafka the tests use: unique topics, producing, committed offsets.
+//! - [`kafka`]: the real Kafka the tests use: unique topics, producing, reading a topic to its
+//!   end, committed offsets.
 
 use std::collections::BTreeMap;
 
@@ -18,10 +26,23 @@ use converge::store::Store;
 use converge_order_rule::core;
 
 pub mod build;
+pub mod config;
+pub mod convergence;
 pub mod kafka;
 pub mod order_api;
 pub mod orders;
+pub mod process;
 pub mod services;
+
+pub use convergence::Convergence;
+
+/// Reports a test that cannot run here and returns without checking anything: `SKIPPED: {test}:
+/// {how_to_run}` on the process's standard error, written past the test harness's capture so
+/// that it shows in a plain `cargo test` run as well as under `--nocapture`.
+pub fn skipped(test: &str, how_to_run: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {how_to_run}");
+}
 
 /// The order-status rule called natively, validated like a component's decisions.
 #[derive(Debug)]

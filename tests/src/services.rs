@@ -20,6 +20,13 @@ pub fn redis_cluster_urls() -> Vec<String> {
         .collect()
 }
 
+/// A loopback address with a port free right now (for an admin endpoint, say).
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|probe| probe.local_addr())
+        .expect("a free port")
+}
+
 /// A fresh prefix no other test uses.
 pub fn unique_prefix(test: &str) -> String {
     format!("converge-test:{test}:{:016x}:", rand::random::<u64>())
@@ -154,10 +161,7 @@ impl PrivateRedis {
     }
 
     fn start_with(dir: tempfile::TempDir, config: Vec<String>) -> Self {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            probe.local_addr().expect("address").port()
-        };
+        let port = free_loopback_addr().port();
         let mut redis = Self {
             port,
             dir,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::dead_letter::MemoryDeadLetters;
 use crate::embedded::{Audit, Unconverged};
@@ -62,7 +62,7 @@ fn built_features() -> String {
     propagate_version = true,
     max_term_width = 100
 )]
-pub struct Cli {
+struct Cli {
     /// How log lines (on stderr) are written: `text` for people, `json` (one object per line)
     /// for log collectors. The level is set with RUST_LOG (default `warn`; `info` logs every
     /// named event).
@@ -90,6 +90,10 @@ enum Command {
     ///
     /// On a signal the batch in flight is finished, its offsets committed and the consumer
     /// group left. Exits 0 after a clean stop, 2 on a configuration or connection error.
+    ///
+    /// Each transport the configuration names needs its feature in this build: `kafka`
+    /// (Kafka source and dead letters), `fluvio` (Fluvio source), `redis` (Redis store,
+    /// stream dead letters, fleet), `http` (admin endpoint, enrichment).
     Serve(ServeArgs),
     /// Ask a rule for one decision and print it as JSON.
     ///
@@ -109,9 +113,11 @@ enum Command {
     /// Publishes to Kafka with --brokers, else writes JSON lines to stdout (the input of
     /// `converge run`). A summary goes to stderr. With --serve the order API stays up after
     /// the simulated orders are published, until SIGINT or SIGTERM.
+    ///
+    /// --brokers needs the `kafka` feature, --listen the `http` feature.
     Simulate(SimulateArgs),
     /// Change the rule a fleet serves, without a redeploy: publish, status, promote, rollback,
-    /// pack. See `converge rule --help`.
+    /// pack. See `converge rule --help`. Every subcommand but `pack` needs the `redis` feature.
     #[command(subcommand)]
     Rule(rule_command::RuleCommand),
     /// Fold recorded events through a rule from scratch and report which keys' final states
@@ -119,6 +125,8 @@ enum Command {
     ///
     /// Exits 0 when nothing differs (with --rebuild: when every difference was rebuilt), 1
     /// otherwise, 2 on a usage, load or connection error.
+    ///
+    /// Reading a Kafka source needs the `kafka` feature; a Redis store the `redis` feature.
     Replay(rule_command::ReplayArgs),
 }
 
@@ -260,9 +268,32 @@ struct CheckArgs {
     engine: EngineArgs,
 }
 
+/// The `--help` footer: which transport features this binary was built with.
+fn features_help() -> String {
+    let list: Vec<String> = crate::FEATURES
+        .iter()
+        .map(|(name, built)| {
+            format!(
+                "{name} {}",
+                if *built {
+                    "(built in)"
+                } else {
+                    "(not built in)"
+                }
+            )
+        })
+        .collect();
+    format!(
+        "Transport features: {}. A command or configuration that needs a feature this build \
+         lacks is refused with the feature's name; rebuild with `cargo build --features NAME`.",
+        list.join(", ")
+    )
+}
+
 /// Parses the command line and runs the command. Errors are usage or load errors (exit 2).
 pub fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let command = Cli::command().after_help(features_help());
+    let cli = Cli::from_arg_matches(&command.get_matches())?;
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -342,14 +373,9 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
                     "order API on http://{}/orders/{{id}}",
                     listener.local_addr()?
                 );
-                let app = simulator.router();
-                Some(tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = api_stopped.await;
-                        })
-                        .await
-                }))
+                Some(tokio::spawn(simulator.serve_api(listener, async move {
+                    let _ = api_stopped.await;
+                })))
             }
             #[cfg(not(feature = "http"))]
             Some(_) => return Err(needs_feature("converge simulate --listen", "http")),

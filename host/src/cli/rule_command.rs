@@ -23,12 +23,20 @@ pub(super) enum RuleCommand {
     /// Vectors given with --vectors, or found beside the rule as RULE.vectors.json, are packed
     /// into the component first, so they travel with it. The gates run here too before
     /// anything is published. Exits 0 once published, 1 when the rule fails the gates here.
+    ///
+    /// Needs the `redis` feature.
     Publish(PublishArgs),
     /// List the fleet's live instances with their active rule, shadow and last swap.
+    ///
+    /// Needs the `redis` feature.
     Status(StatusArgs),
     /// Make the fleet's shadow rule its active rule.
+    ///
+    /// Needs the `redis` feature.
     Promote(FleetArgs),
     /// Return the fleet to the rule active before the current one.
+    ///
+    /// Needs the `redis` feature.
     Rollback(FleetArgs),
     /// Embed conformance vectors into a component (custom section `converge:vectors`), so that
     /// they travel with the rule.

@@ -53,9 +53,10 @@ impl KafkaDeadLetters {
                 client.set(name, value);
             }
         }
-        let producer = client
-            .create()
-            .map_err(|error| DeadLetterError(error.to_string()))?;
+        let producer = client.create().map_err(|source| DeadLetterError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        })?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
@@ -101,7 +102,10 @@ impl DeadLetterSink for KafkaDeadLetters {
             self.producer.send(record, Duration::from_secs(30))
         });
         for delivery in futures::future::join_all(deliveries).await {
-            delivery.map_err(|(error, _)| DeadLetterError(error.to_string()))?;
+            delivery.map_err(|(source, _)| DeadLetterError::Kafka {
+                topic: self.topic.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

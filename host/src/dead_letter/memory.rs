@@ -11,10 +11,12 @@ pub struct MemoryDeadLetters {
 }
 
 impl MemoryDeadLetters {
+    /// An empty queue.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Every dead letter sent so far, in the order sent.
     pub fn letters(&self) -> Vec<DeadLetter> {
         self.letters
             .lock()

@@ -43,6 +43,8 @@ pub enum DeadLetterKind {
 }
 
 impl DeadLetterKind {
+    /// The kind's name in dead letters (the `converge-kind` header, the stream's `kind`
+    /// field), in logs and in metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Undecodable => "undecodable",
@@ -57,8 +59,11 @@ impl DeadLetterKind {
 /// A message that was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetter {
+    /// Why, in one word.
     pub kind: DeadLetterKind,
+    /// Why, for a person: the decode error, the rule's refusal, the failure.
     pub reason: String,
+    /// Where the message is in its source, to find or replay it.
     pub position: Position,
     /// The message key as received, if the transport has keys.
     #[serde(skip)]
@@ -74,14 +79,75 @@ fn lossy_text<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok
     serializer.serialize_str(&String::from_utf8_lossy(bytes))
 }
 
+/// Why dead letters could not be sent, or the queue could not be opened.
+/// [`DeadLetterError::is_transient`] tells an outage, which the pipeline waits out, from a
+/// configuration that retrying would not change.
 #[derive(Debug, thiserror::Error)]
-#[error("dead-letter queue unavailable: {0}")]
-pub struct DeadLetterError(pub String);
+pub enum DeadLetterError {
+    /// The Kafka producer could not be created, or the broker did not acknowledge a dead
+    /// letter (unreachable, timed out, refused).
+    #[cfg(feature = "kafka")]
+    #[error("dead-letter queue unavailable: topic {topic}: {source}")]
+    Kafka {
+        /// The dead-letter topic.
+        topic: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Redis failed: unreachable, connection lost, or the entries refused.
+    #[cfg(feature = "redis")]
+    #[error("dead-letter queue unavailable: stream {stream}: {source}")]
+    Redis {
+        /// The dead-letter stream.
+        stream: String,
+        /// The client's error.
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// Another [`DeadLetterSink`] could not take the dead letters. Transient.
+    #[error("dead-letter queue unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The configured queue needs a Cargo feature this build lacks.
+    #[error("this converge was built without the `{0}` feature, which the dead-letter queue needs")]
+    NotBuiltIn(&'static str),
+    /// The configured queue does not fit the source and store: a Kafka topic is reached
+    /// through the Kafka source's brokers, a Redis stream through the Redis store's server.
+    /// `Config::validate` refuses such a configuration first.
+    #[error("dead_letter.kind = \"{kind}\" needs {needs}")]
+    Unfit {
+        /// The configured `dead_letter.kind`.
+        kind: &'static str,
+        /// What it needs: "a Kafka source" or "a Redis store".
+        needs: &'static str,
+    },
+}
+
+impl DeadLetterError {
+    /// Whether the failure is an outage to wait out and retry (the broker or server down, a
+    /// connection lost, a timeout, a refusal), rather than a configuration retrying would not
+    /// change (a missing feature, a queue that does not fit, a Kafka client that cannot be
+    /// created). Every error of a send is transient: the pipeline never skips dead letters.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            #[cfg(feature = "kafka")]
+            DeadLetterError::Kafka { source, .. } => {
+                !matches!(source, rdkafka::error::KafkaError::ClientCreation(_))
+            }
+            #[cfg(feature = "redis")]
+            DeadLetterError::Redis { .. } => true,
+            DeadLetterError::Unavailable(_) => true,
+            DeadLetterError::NotBuiltIn(_) | DeadLetterError::Unfit { .. } => false,
+        }
+    }
+}
 
 /// Where dead letters go. A batch's offsets are stored only after its dead letters are
 /// acknowledged here.
 #[allow(async_fn_in_trait)] // Used through generics only.
 pub trait DeadLetterSink {
+    /// Sends `letters` and returns once the queue has them all; an error means some may not
+    /// have arrived, and the whole batch is sent again.
     async fn send(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError>;
 }
 
@@ -127,11 +193,24 @@ impl DeadLetterConfig {
                     RedisDeadLetters::connect(url, &stream.stream).await?,
                 ))
             }
-            _ => Err(DeadLetterError(
-                "the dead-letter queue does not fit the source and store, or is not built in \
-                 (see Config::validate)"
-                    .to_owned(),
-            )),
+            #[cfg(not(feature = "kafka"))]
+            (DeadLetterConfig::Kafka(_), SourceConfig::Kafka(_), _) => {
+                Err(DeadLetterError::NotBuiltIn("kafka"))
+            }
+            #[cfg(not(feature = "redis"))]
+            (
+                DeadLetterConfig::RedisStream(_),
+                _,
+                StoreConfig::Redis(_) | StoreConfig::RedisCluster(_),
+            ) => Err(DeadLetterError::NotBuiltIn("redis")),
+            (DeadLetterConfig::Kafka(_), _, _) => Err(DeadLetterError::Unfit {
+                kind: "kafka",
+                needs: "a Kafka source",
+            }),
+            (DeadLetterConfig::RedisStream(_), _, _) => Err(DeadLetterError::Unfit {
+                kind: "redis-stream",
+                needs: "a Redis store",
+            }),
         }
     }
 }
@@ -145,5 +224,43 @@ impl DeadLetterSink for AnyDeadLetters {
             #[cfg(feature = "redis")]
             AnyDeadLetters::Redis(sink) => sink.send(letters).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_transient_and_configurations_are_not() {
+        assert!(DeadLetterError::Unavailable("broker down".into()).is_transient());
+        assert!(!DeadLetterError::NotBuiltIn("kafka").is_transient());
+        let unfit = DeadLetterError::Unfit {
+            kind: "redis-stream",
+            needs: "a Redis store",
+        };
+        assert!(!unfit.is_transient());
+        assert_eq!(
+            unfit.to_string(),
+            "dead_letter.kind = \"redis-stream\" needs a Redis store"
+        );
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn a_failed_delivery_is_transient_a_client_that_cannot_be_created_is_not() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        let delivery = DeadLetterError::Kafka {
+            topic: "dead-letters".to_owned(),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+        };
+        assert!(delivery.is_transient());
+        assert!(delivery.to_string().contains("dead-letters"), "{delivery}");
+        let creation = DeadLetterError::Kafka {
+            topic: "dead-letters".to_owned(),
+            source: KafkaError::ClientCreation("bad property".to_owned()),
+        };
+        assert!(!creation.is_transient());
     }
 }

@@ -21,8 +21,14 @@ impl std::fmt::Debug for RedisDeadLetters {
 }
 
 impl RedisDeadLetters {
+    /// Connects to the server at `url` (as the store's URL, user and password included); the
+    /// stream is created by the first dead letter. A lost connection is re-established on
+    /// the next send.
     pub async fn connect(url: &str, stream: &str) -> Result<Self, DeadLetterError> {
-        let error = |e: redis::RedisError| DeadLetterError(e.to_string());
+        let error = |source| DeadLetterError::Redis {
+            stream: stream.to_owned(),
+            source,
+        };
         let client = redis::Client::open(url).map_err(error)?;
         let connection = client.get_connection_manager().await.map_err(error)?;
         Ok(Self {
@@ -58,6 +64,9 @@ impl DeadLetterSink for RedisDeadLetters {
         }
         pipe.query_async::<()>(&mut self.connection.clone())
             .await
-            .map_err(|e| DeadLetterError(e.to_string()))
+            .map_err(|source| DeadLetterError::Redis {
+                stream: self.stream.clone(),
+                source,
+            })
     }
 }

@@ -13,22 +13,74 @@ use futures::StreamExt as _;
 
 use crate::config::{ConfigError, EnrichConfig};
 use crate::entity::Event;
-use crate::pipeline::{Decoded, FieldMapping, decode_bytes};
+use crate::pipeline::{DecodeError, Decoded, FieldMapping, decode_bytes};
 
-/// Why an entity could not be fetched.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an entity could not be fetched. Each is final for the batch: the messages of the key
+/// are dead-lettered as `not_enriched` with this as the reason.
+#[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
-    #[error("order API has no entity {0:?} (404)")]
-    NotFound(String),
-    #[error("order API refused the request for {key:?}: HTTP {status}")]
-    Refused { key: String, status: u16 },
-    #[error("order API answered for {key:?} with a body that is not an event: {reason}")]
-    Malformed { key: String, reason: String },
-    #[error("order API unavailable for {key:?} after {attempts} attempts: {reason}")]
-    Unavailable {
+    /// The API has no entity of the key (HTTP 404).
+    #[error("order API has no entity {key:?} (404)")]
+    NotFound {
+        /// The key asked for.
         key: String,
+    },
+    /// The API refused the request with a 4xx other than 404 and 429, which a retry would
+    /// not change.
+    #[error("order API refused the request for {key:?}: HTTP {status}")]
+    Refused {
+        /// The key asked for.
+        key: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The body does not decode into an event.
+    #[error("order API answered for {key:?} with a body that is not an event: {source}")]
+    Undecodable {
+        /// The key asked for.
+        key: String,
+        /// Why the body does not decode.
+        #[source]
+        source: DecodeError,
+    },
+    /// The body is an event of another key.
+    #[error(
+        "order API answered for {key:?} with a body that is not an event: it describes key \
+         {found:?}"
+    )]
+    OtherKey {
+        /// The key asked for.
+        key: String,
+        /// The key of the event the body describes.
+        found: String,
+    },
+    /// The body decodes to an id only (no status), so it cannot stand for the entity.
+    #[error("order API answered for {key:?} with a body that is not an event: it has no status")]
+    NoStatus {
+        /// The key asked for.
+        key: String,
+    },
+    /// Every attempt failed to reach the API or to read its answer (connection refused, reset,
+    /// timed out); the last failure is kept.
+    #[error("order API unavailable for {key:?} after {attempts} attempts: {source}")]
+    Unreachable {
+        /// The key asked for.
+        key: String,
+        /// How many requests were made.
         attempts: u32,
-        reason: String,
+        /// The last request's failure.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Every attempt was answered with a 5xx or 429; the last status is kept.
+    #[error("order API unavailable for {key:?} after {attempts} attempts: HTTP {status}")]
+    Unavailable {
+        /// The key asked for.
+        key: String,
+        /// How many requests were made.
+        attempts: u32,
+        /// The last answer's HTTP status.
+        status: u16,
     },
 }
 
@@ -41,8 +93,47 @@ pub struct Enricher {
 
 /// One attempt's failure: worth retrying or not.
 enum Attempt {
-    Transient(String),
+    /// Worth another attempt after a backoff.
+    Transient(Transient),
+    /// The answer for the key.
     Final(EnrichError),
+}
+
+/// A failure a later attempt may not meet.
+#[derive(Debug)]
+enum Transient {
+    /// The request or the body's transfer failed.
+    Request(reqwest::Error),
+    /// The API answered 5xx or 429.
+    Status(u16),
+}
+
+impl Transient {
+    /// The failure as the key's final answer, after `attempts` attempts.
+    fn into_error(self, key: &str, attempts: u32) -> EnrichError {
+        let key = key.to_owned();
+        match self {
+            Transient::Request(source) => EnrichError::Unreachable {
+                key,
+                attempts,
+                source,
+            },
+            Transient::Status(status) => EnrichError::Unavailable {
+                key,
+                attempts,
+                status,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transient::Request(error) => write!(f, "{error}"),
+            Transient::Status(status) => write!(f, "HTTP {status}"),
+        }
+    }
 }
 
 /// Why an [`Enricher`] cannot be set up.
@@ -93,12 +184,8 @@ impl Enricher {
             match self.attempt(key, mapping).await {
                 Ok(event) => return Ok(event),
                 Err(Attempt::Final(error)) => return Err(error),
-                Err(Attempt::Transient(reason)) if attempts > self.config.retries => {
-                    return Err(EnrichError::Unavailable {
-                        key: key.to_owned(),
-                        attempts,
-                        reason,
-                    });
+                Err(Attempt::Transient(failure)) if attempts > self.config.retries => {
+                    return Err(failure.into_error(key, attempts));
                 }
                 Err(Attempt::Transient(reason)) => {
                     tracing::debug!(key, %reason, attempts, "order API attempt failed; retrying");
@@ -116,13 +203,15 @@ impl Enricher {
             .get(&url)
             .send()
             .await
-            .map_err(|error| Attempt::Transient(error.to_string()))?;
+            .map_err(|error| Attempt::Transient(Transient::Request(error)))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(Attempt::Final(EnrichError::NotFound(key.to_owned())));
+            return Err(Attempt::Final(EnrichError::NotFound {
+                key: key.to_owned(),
+            }));
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(Attempt::Transient(format!("HTTP {}", status.as_u16())));
+            return Err(Attempt::Transient(Transient::Status(status.as_u16())));
         }
         if !status.is_success() {
             return Err(Attempt::Final(EnrichError::Refused {
@@ -133,20 +222,16 @@ impl Enricher {
         let body = response
             .bytes()
             .await
-            .map_err(|error| Attempt::Transient(error.to_string()))?;
-        let malformed = |reason: String| {
-            Attempt::Final(EnrichError::Malformed {
-                key: key.to_owned(),
-                reason,
-            })
-        };
+            .map_err(|error| Attempt::Transient(Transient::Request(error)))?;
+        let key = key.to_owned();
         match decode_bytes(mapping, Some(&body), Some(key.as_bytes())) {
             Ok(Decoded::Event(event)) if event.key == key => Ok(event),
-            Ok(Decoded::Event(event)) => {
-                Err(malformed(format!("it describes key {:?}", event.key)))
-            }
-            Ok(Decoded::IdOnly { .. }) => Err(malformed("it has no status".to_owned())),
-            Err(error) => Err(malformed(error.to_string())),
+            Ok(Decoded::Event(event)) => Err(Attempt::Final(EnrichError::OtherKey {
+                key,
+                found: event.key,
+            })),
+            Ok(Decoded::IdOnly { .. }) => Err(Attempt::Final(EnrichError::NoStatus { key })),
+            Err(source) => Err(Attempt::Final(EnrichError::Undecodable { key, source })),
         }
     }
 }

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::entity::{Decision, Event, RuleInfo, State};
-use crate::rule::Rule;
+use crate::rule::{DecideError, Rule};
 
 /// A found violation; boxed because it carries whole histories.
 type Found<T> = Result<T, Box<Violation>>;
@@ -59,7 +59,9 @@ impl Default for CheckConfig {
 /// A delivery order (indexes into the history's events) and the state it ended on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Delivery {
+    /// Indexes into the history's events, in delivery order.
     pub order: Vec<usize>,
+    /// The stored state after the last of them (`None`: nothing stored).
     pub final_state: Option<State>,
 }
 
@@ -69,36 +71,53 @@ pub struct Delivery {
 pub enum Violation {
     /// Two delivery orders of the same events end on different stored states.
     Diverges {
+        /// The history, for one key.
         events: Vec<Event>,
+        /// One order and where it ended.
         first: Delivery,
+        /// Another order of the same events, ending elsewhere.
         second: Delivery,
     },
     /// After `order` had been delivered and stored `stored`, re-delivering the earlier event
     /// `redelivered` changed it to `moved_to`.
     MovesBackward {
+        /// The history, for one key.
         events: Vec<Event>,
+        /// The events delivered, in order.
         order: Vec<usize>,
+        /// What they stored.
         stored: State,
+        /// The earlier event delivered again.
         redelivered: usize,
+        /// What the redelivery stored instead.
         moved_to: State,
     },
     /// Delivering the event that produced `stored` a second time changed it to `moved_to`.
     NotIdempotent {
+        /// The history, for one key.
         events: Vec<Event>,
+        /// The events delivered, in order.
         order: Vec<usize>,
+        /// What they stored.
         stored: State,
+        /// The last event of `order`, delivered again.
         redelivered: usize,
+        /// What the duplicate stored instead.
         moved_to: State,
     },
     /// The rule failed while `order` was delivered.
     RuleFailed {
+        /// The history, for one key.
         events: Vec<Event>,
+        /// The events delivered, in order, the last being the one the rule failed on.
         order: Vec<usize>,
-        error: String,
+        /// How the rule failed.
+        error: DecideError,
     },
 }
 
 impl Violation {
+    /// The (shrunk) history that shows the violation.
     pub fn events(&self) -> &[Event] {
         match self {
             Violation::Diverges { events, .. }
@@ -124,13 +143,18 @@ impl Violation {
 /// What the check did and what it found.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
+    /// Histories checked (up to and including the failing one).
     pub histories: usize,
+    /// Complete delivery orders folded.
     pub orders: u64,
+    /// Decisions asked of the rule.
     pub decisions: u64,
+    /// The first property broken, shrunk; `None` when the rule passed.
     pub violation: Option<Violation>,
 }
 
 impl CheckReport {
+    /// Whether no violation was found.
     pub fn passed(&self) -> bool {
         self.violation.is_none()
     }
@@ -316,7 +340,7 @@ impl Checker<'_> {
             Err(error) => Err(Box::new(Violation::RuleFailed {
                 events: walk.events.to_vec(),
                 order: walk.order.clone(),
-                error: error.to_string(),
+                error,
             })),
         }
     }

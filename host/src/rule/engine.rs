@@ -18,7 +18,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store};
 
 use super::imports;
 use crate::entity::{Decision, Event, RuleBindings, RuleBindingsPre, RuleInfo, State};
-use crate::rule::{self, DecideError, Rule};
+use crate::rule::{self, ContractViolation, DecideError, Rule};
 
 /// How often the engine's clock ticks; deadlines are rounded up to whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -46,26 +46,52 @@ impl Default for EngineLimits {
 /// Why a rule could not be loaded. Nothing of a rule that failed to load ever runs a decision.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The rule file cannot be read.
     #[error("cannot read rule {path}: {source}")]
     Read {
+        /// The rule file.
         path: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The bytes are not a WebAssembly component wasmtime can compile.
     #[error("not a valid rule component: {0:#}")]
-    Compile(wasmtime::Error),
+    Compile(#[source] wasmtime::Error),
+    /// The component imports interfaces outside [`crate::rule::ALLOWED_INTERFACES`] (named).
     #[error(
         "rule imports {} outside the allowlist; a rule must not touch files, network, clocks or randomness",
         .0.join(", ")
     )]
     ForbiddenImports(Vec<String>),
+    /// The component does not export what the `converge:rule` world asks for.
     #[error("rule does not implement the converge:rule world: {0:#}")]
-    Link(wasmtime::Error),
+    Link(#[source] wasmtime::Error),
+    /// Asking the rule for its info failed.
     #[error("rule's info() failed: {0}")]
-    Info(DecideError),
+    Info(#[source] DecideError),
+    /// The rule's info is unusable.
     #[error("rule's info() is invalid: {0}")]
-    InvalidInfo(String),
+    InvalidInfo(#[source] InvalidInfo),
+    /// The wasmtime engine (or its clock thread) cannot start.
     #[error("cannot start the rule engine: {0:#}")]
-    Engine(wasmtime::Error),
+    Engine(#[source] wasmtime::Error),
+}
+
+/// What is wrong with a rule's info: nothing could be stamped or checked against it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInfo {
+    /// The name is empty or blank.
+    #[error("empty name")]
+    EmptyName,
+    /// The version is empty or blank.
+    #[error("empty version")]
+    EmptyVersion,
+    /// The rule declares no status, so it could store nothing.
+    #[error("no statuses")]
+    NoStatuses,
+    /// A status is declared twice.
+    #[error("status {0:?} listed twice")]
+    DuplicateStatus(String),
 }
 
 /// A wasmtime engine configured for rules, with the clock thread that enforces deadlines.
@@ -95,6 +121,7 @@ impl Drop for EngineInner {
 }
 
 impl RuleEngine {
+    /// Starts an engine whose every rule call runs under `limits`, and its clock thread.
     pub fn new(limits: EngineLimits) -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -111,6 +138,7 @@ impl RuleEngine {
         })
     }
 
+    /// The limits every rule call runs under.
     pub fn limits(&self) -> EngineLimits {
         self.inner.limits
     }
@@ -150,7 +178,7 @@ impl RuleEngine {
             bindings.call_info(store)
         });
         let info = info.map_err(LoadError::Info)?;
-        check_info(&info)?;
+        check_info(&info).map_err(LoadError::InvalidInfo)?;
         Ok(CompiledRule {
             engine: self.clone(),
             pre,
@@ -159,22 +187,19 @@ impl RuleEngine {
     }
 }
 
-fn check_info(info: &RuleInfo) -> Result<(), LoadError> {
-    let invalid = |message: &str| Err(LoadError::InvalidInfo(message.to_owned()));
+fn check_info(info: &RuleInfo) -> Result<(), InvalidInfo> {
     if info.name.trim().is_empty() {
-        return invalid("empty name");
+        return Err(InvalidInfo::EmptyName);
     }
     if info.version.trim().is_empty() {
-        return invalid("empty version");
+        return Err(InvalidInfo::EmptyVersion);
     }
     if info.statuses.is_empty() {
-        return invalid("no statuses");
+        return Err(InvalidInfo::NoStatuses);
     }
     let mut seen = std::collections::HashSet::new();
     if let Some(duplicate) = info.statuses.iter().find(|s| !seen.insert(s.as_str())) {
-        return Err(LoadError::InvalidInfo(format!(
-            "status {duplicate:?} listed twice"
-        )));
+        return Err(InvalidInfo::DuplicateStatus(duplicate.clone()));
     }
     Ok(())
 }
@@ -209,6 +234,7 @@ impl std::fmt::Debug for CompiledRule {
 }
 
 impl CompiledRule {
+    /// The rule's name, version and statuses, as it answered when compiled.
     pub fn info(&self) -> &RuleInfo {
         &self.info
     }
@@ -279,11 +305,12 @@ impl Rule for WasmRule {
     ) -> Result<Vec<Decision>, DecideError> {
         let decisions = self.call(|store, bindings| bindings.call_decide_batch(store, items))?;
         if decisions.len() != items.len() {
-            return Err(DecideError::InvalidDecision(format!(
-                "answered {} decisions for a batch of {}",
-                decisions.len(),
-                items.len()
-            )));
+            return Err(DecideError::InvalidDecision(
+                ContractViolation::BatchLength {
+                    answered: decisions.len(),
+                    asked: items.len(),
+                },
+            ));
         }
         for ((current, incoming), decision) in items.iter().zip(&decisions) {
             rule::validate(&self.compiled.info, current.as_ref(), incoming, decision)?;
@@ -333,7 +360,7 @@ fn classify(
     error: wasmtime::Error,
     store: &mut Store<RuleCtx>,
     limits: EngineLimits,
-    otherwise: fn(String) -> DecideError,
+    otherwise: fn(rule::WasmError) -> DecideError,
 ) -> DecideError {
     if let Some(requested) = store.data_mut().limiter.refused.take() {
         return DecideError::MemoryCap {
@@ -347,7 +374,7 @@ fn classify(
     ) {
         return DecideError::Deadline(limits.deadline);
     }
-    otherwise(format!("{error:#}"))
+    otherwise(error.into())
 }
 
 fn deadline_ticks(deadline: Duration) -> u64 {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasm_encoder::ComponentSection;
 
-use crate::rule::check::{self, CheckConfig};
+use crate::rule::check::{self, CheckConfig, Violation};
 use crate::rule::vectors::{self, VectorFile};
 use crate::rule::{CompiledRule, LoadError, RuleEngine};
 
@@ -52,36 +52,79 @@ impl Default for GateConfig {
     }
 }
 
+/// What refuses a candidate: one of the gates, or (for a promotion or rollback) the swap
+/// itself. Its lowercase name labels metrics, logs and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    /// The bytes do not compile or link as a rule, or its info is invalid.
+    Compile,
+    /// The component imports outside the allowlist.
+    Imports,
+    /// The rule brings no conformance vectors, invalid ones, or fails them.
+    Vectors,
+    /// The quick convergence check found a counterexample.
+    Convergence,
+    /// Not a gate of the candidate: a promotion or rollback had nothing to act on.
+    Swap,
+}
+
+impl Gate {
+    /// The gate's name: `compile`, `imports`, `vectors`, `convergence` or `swap`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::Compile => "compile",
+            Gate::Imports => "imports",
+            Gate::Vectors => "vectors",
+            Gate::Convergence => "convergence",
+            Gate::Swap => "swap",
+        }
+    }
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a candidate was refused. Nothing of a refused candidate ever decides a served event.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
+    /// It does not compile, link or answer a valid info, or it imports outside the allowlist.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Its [`VECTORS_SECTION`] section does not parse as a vector file.
     #[error("the {VECTORS_SECTION} section is not a valid vector file: {0}")]
-    Vectors(serde_json::Error),
+    Vectors(#[source] serde_json::Error),
+    /// It brings no vectors, and [`GateConfig::require_vectors`] is on.
     #[error(
         "the rule brings no conformance vectors (a {VECTORS_SECTION} custom section, or RULE.vectors.json beside a rule file); set rule.gates.require_vectors = false to accept it anyway"
     )]
     NoVectors,
+    /// It answers some of its own vectors otherwise than they expect.
     #[error("{} of {total} conformance vectors failed: {}", .failures.len(), describe_failures(.failures))]
     VectorsFailed {
+        /// How many vectors it brings.
         total: usize,
+        /// The ones it failed.
         failures: Vec<vectors::VectorFailure>,
     },
-    #[error("the rule does not converge: {0}")]
-    NotConvergent(String),
+    /// The quick convergence check found this counterexample.
+    #[error("the rule does not converge: {}", .0.to_string().trim_end())]
+    NotConvergent(Box<Violation>),
 }
 
 impl GateError {
     /// Which gate refused, for metrics and status.
-    pub fn gate(&self) -> &'static str {
+    pub fn gate(&self) -> Gate {
         match self {
-            GateError::Load(LoadError::ForbiddenImports(_)) => "imports",
-            GateError::Load(_) => "compile",
+            GateError::Load(LoadError::ForbiddenImports(_)) => Gate::Imports,
+            GateError::Load(_) => Gate::Compile,
             GateError::Vectors(_) | GateError::NoVectors | GateError::VectorsFailed { .. } => {
-                "vectors"
+                Gate::Vectors
             }
-            GateError::NotConvergent(_) => "convergence",
+            GateError::NotConvergent(_) => Gate::Convergence,
         }
     }
 }
@@ -107,6 +150,7 @@ fn describe_failures(failures: &[vectors::VectorFailure]) -> String {
 /// A candidate that passed every gate.
 #[derive(Debug, Clone)]
 pub struct Admitted {
+    /// The compiled rule, ready to instantiate.
     pub compiled: CompiledRule,
     /// The component's content hash (see [`content_hash`]).
     pub hash: String,
@@ -120,6 +164,7 @@ pub struct Gates {
 }
 
 impl Gates {
+    /// Gates that compile with `engine` and are as strict as `config`.
     pub fn new(engine: RuleEngine, config: GateConfig) -> Self {
         Self { engine, config }
     }
@@ -157,9 +202,7 @@ impl Gates {
             },
         );
         if let Some(violation) = report.violation {
-            return Err(GateError::NotConvergent(
-                violation.to_string().trim_end().to_owned(),
-            ));
+            return Err(GateError::NotConvergent(Box::new(violation)));
         }
         Ok(Admitted {
             compiled,
@@ -216,4 +259,27 @@ pub fn pack(component: &[u8], vectors: &VectorFile) -> Result<Vec<u8>, serde_jso
     }
     .append_to_component(&mut packed);
     Ok(packed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_are_named_in_lowercase_everywhere() {
+        for (gate, name) in [
+            (Gate::Compile, "compile"),
+            (Gate::Imports, "imports"),
+            (Gate::Vectors, "vectors"),
+            (Gate::Convergence, "convergence"),
+            (Gate::Swap, "swap"),
+        ] {
+            assert_eq!(gate.as_str(), name);
+            assert_eq!(gate.to_string(), name);
+            let json = serde_json::to_string(&gate).expect("serialises");
+            assert_eq!(json, format!("{name:?}"));
+            assert_eq!(serde_json::from_str::<Gate>(&json).expect("parses"), gate);
+        }
+        assert_eq!(GateError::NoVectors.gate(), Gate::Vectors);
+    }
 }

@@ -32,7 +32,7 @@ pub const ALLOWED_INTERFACES: &[&str] = &[
 pub const ALLOWED_WASI_VERSION_PREFIX: &str = "0.2.";
 
 /// Whether a component may import `name` (e.g. `wasi:cli/stdout@0.2.6`).
-pub fn is_allowed(name: &str) -> bool {
+fn is_allowed(name: &str) -> bool {
     let Some((interface, version)) = name.split_once('@') else {
         return false;
     };
@@ -40,7 +40,7 @@ pub fn is_allowed(name: &str) -> bool {
 }
 
 /// The imports among `names` that are not allowed, in the order given.
-pub fn forbidden<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub(super) fn forbidden<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     names
         .into_iter()
         .filter(|name| !is_allowed(name))

@@ -17,30 +17,164 @@ mod gate;
 mod imports;
 pub mod vectors;
 
-pub use engine::{CompiledRule, EngineLimits, LoadError, RuleEngine, WasmRule};
+pub use engine::{CompiledRule, EngineLimits, InvalidInfo, LoadError, RuleEngine, WasmRule};
 pub use gate::{
-    Admitted, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors, pack,
+    Admitted, Gate, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors,
+    pack,
 };
 pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX};
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::entity::{Decision, Event, RuleInfo, State};
 
 /// Why one decision could not be had from a rule. The rule instance that failed is discarded;
 /// the next call starts from a fresh one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Its JSON form (in vector failures, counterexamples and shadow samples) names the variant in
+/// snake case; a deadline is in milliseconds and a wasmtime error is its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
 pub enum DecideError {
+    /// The call ran past the engine's deadline (the value) and was interrupted.
     #[error("rule ran past its deadline of {0:?} and was interrupted")]
-    Deadline(Duration),
+    Deadline(#[serde(with = "millis")] Duration),
+    /// The rule tried to grow its memory past the engine's cap.
     #[error("rule tried to grow its memory to {requested} bytes, past its cap of {cap} bytes")]
-    MemoryCap { requested: usize, cap: usize },
+    MemoryCap {
+        /// The memory size the rule asked for, in bytes.
+        requested: usize,
+        /// The cap, in bytes.
+        cap: usize,
+    },
+    /// The call trapped (a panic, an unreachable, a call to an import that traps...).
     #[error("rule trapped: {0}")]
-    Trap(String),
+    Trap(#[source] WasmError),
+    /// The rule answered a decision that breaks the contract: a bug in the rule.
     #[error("rule bug: {0}")]
-    InvalidDecision(String),
+    InvalidDecision(#[source] ContractViolation),
+    /// A fresh instance of the rule could not be created.
     #[error("rule instance could not be created: {0}")]
-    Instantiate(String),
+    Instantiate(#[source] WasmError),
+}
+
+/// The error wasmtime reported for a rule call or instantiation, cheap to clone.
+///
+/// It displays its whole chain of causes (where wasmtime puts the trap and the wasm
+/// backtrace), and two are equal when they report the same: wasmtime errors have no equality of
+/// their own. Its JSON form is that text; read back, it is an error holding only the text.
+#[derive(Debug, Clone)]
+pub struct WasmError(Arc<wasmtime::Error>);
+
+impl WasmError {
+    /// The error as wasmtime reported it, e.g. to find the [`wasmtime::Trap`] in it.
+    pub fn wasmtime(&self) -> &wasmtime::Error {
+        &self.0
+    }
+}
+
+impl From<wasmtime::Error> for WasmError {
+    fn from(error: wasmtime::Error) -> Self {
+        Self(Arc::new(error))
+    }
+}
+
+impl std::fmt::Display for WasmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for WasmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for WasmError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for WasmError {}
+
+impl Serialize for WasmError {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WasmError {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|message| wasmtime::Error::msg(message).into())
+    }
+}
+
+/// How a decision breaks the contract of `wit/rule.wit` (see [`validate`]). Always a bug in
+/// the rule, never the event's fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum ContractViolation {
+    /// `insert` over a key that already has a stored state.
+    #[error("answered insert for key {key:?}, which already has a stored state")]
+    InsertOverState {
+        /// The event's key.
+        key: String,
+    },
+    /// `update` over a key that has no stored state.
+    #[error("answered update for key {key:?}, which has no stored state")]
+    UpdateOverNothing {
+        /// The event's key.
+        key: String,
+    },
+    /// A state to store whose key is not the event's.
+    #[error("answered a state of key {answered:?} for an event of key {incoming:?}")]
+    OtherKey {
+        /// The key of the state answered.
+        answered: String,
+        /// The event's key.
+        incoming: String,
+    },
+    /// A state to store whose status the rule does not declare in its info.
+    #[error("answered status {status:?}, which is not among its declared statuses {declared:?}")]
+    UndeclaredStatus {
+        /// The status answered.
+        status: String,
+        /// The statuses the rule declares.
+        declared: Vec<String>,
+    },
+    /// A batch call answered another number of decisions than it was asked for.
+    #[error("answered {answered} decisions for a batch of {asked}")]
+    BatchLength {
+        /// Decisions answered.
+        answered: usize,
+        /// Pairs asked.
+        asked: usize,
+    },
+}
+
+/// A [`Duration`] as whole milliseconds, in JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        duration: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
 }
 
 /// A business rule: decides, per key, what to store (see `wit/rule.wit`).
@@ -106,34 +240,29 @@ pub fn validate(
     incoming: &Event,
     decision: &Decision,
 ) -> Result<(), DecideError> {
-    let bug = |message: String| Err(DecideError::InvalidDecision(message));
+    let bug = |violation| Err(DecideError::InvalidDecision(violation));
+    let key = || incoming.key.clone();
     match (decision, current) {
         (Decision::Insert(_), Some(_)) => {
-            return bug(format!(
-                "answered insert for key {:?}, which already has a stored state",
-                incoming.key
-            ));
+            return bug(ContractViolation::InsertOverState { key: key() });
         }
         (Decision::Update(_), None) => {
-            return bug(format!(
-                "answered update for key {:?}, which has no stored state",
-                incoming.key
-            ));
+            return bug(ContractViolation::UpdateOverNothing { key: key() });
         }
         _ => {}
     }
     if let Some(state) = decision.stored_state() {
         if state.key != incoming.key {
-            return bug(format!(
-                "answered a state of key {:?} for an event of key {:?}",
-                state.key, incoming.key
-            ));
+            return bug(ContractViolation::OtherKey {
+                answered: state.key.clone(),
+                incoming: key(),
+            });
         }
         if !info.statuses.contains(&state.status) {
-            return bug(format!(
-                "answered status {:?}, which is not among its declared statuses {:?}",
-                state.status, info.statuses
-            ));
+            return bug(ContractViolation::UndeclaredStatus {
+                status: state.status.clone(),
+                declared: info.statuses.clone(),
+            });
         }
     }
     Ok(())
@@ -171,7 +300,22 @@ mod tests {
             &incoming,
             &Decision::Insert(incoming.clone()),
         );
-        assert!(matches!(verdict, Err(DecideError::InvalidDecision(m)) if m.contains("insert")));
+        assert!(matches!(
+            verdict,
+            Err(DecideError::InvalidDecision(ContractViolation::InsertOverState { key })) if key == "k"
+        ));
+        let message = validate(
+            &info(),
+            Some(&stored),
+            &incoming,
+            &Decision::Insert(incoming.clone()),
+        )
+        .expect_err("a rule bug")
+        .to_string();
+        assert_eq!(
+            message,
+            "rule bug: answered insert for key \"k\", which already has a stored state"
+        );
     }
 
     #[test]
@@ -183,7 +327,12 @@ mod tests {
             &incoming,
             &Decision::Update(incoming.clone()),
         );
-        assert!(matches!(verdict, Err(DecideError::InvalidDecision(_))));
+        assert!(matches!(
+            verdict,
+            Err(DecideError::InvalidDecision(
+                ContractViolation::UpdateOverNothing { .. }
+            ))
+        ));
     }
 
     #[test]
@@ -217,6 +366,33 @@ mod tests {
                 &Decision::Insert(incoming.clone())
             ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_decide_error_keeps_its_cause_and_its_json_round_trips() {
+        let trap = DecideError::Trap(wasmtime::Error::msg("wasm trap: unreachable").into());
+        assert_eq!(trap.to_string(), "rule trapped: wasm trap: unreachable");
+        let DecideError::Trap(cause) = &trap else {
+            unreachable!()
+        };
+        assert_eq!(cause.wasmtime().to_string(), "wasm trap: unreachable");
+        for error in [
+            trap,
+            DecideError::Deadline(Duration::from_millis(100)),
+            DecideError::InvalidDecision(ContractViolation::BatchLength {
+                answered: 1,
+                asked: 2,
+            }),
+        ] {
+            let json = serde_json::to_string(&error).expect("serialises");
+            let back: DecideError = serde_json::from_str(&json).expect("deserialises");
+            assert_eq!(back, error, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&DecideError::Deadline(Duration::from_millis(100)))
+                .expect("serialises"),
+            r#"{"deadline":100}"#
         );
     }
 }

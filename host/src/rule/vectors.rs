@@ -22,12 +22,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::entity::{Decision, DecisionKind, Entity, Event, State};
-use crate::rule::Rule;
+use crate::rule::{DecideError, Rule};
 
 /// A vector file's contents.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VectorFile {
+    /// The cases, run in order.
     pub vectors: Vec<Vector>,
 }
 
@@ -35,10 +36,14 @@ pub struct VectorFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vector {
+    /// What the case shows, as failures name it.
     pub name: String,
+    /// The stored state the rule decides over (absent: nothing stored).
     #[serde(default)]
     pub current: Option<State>,
+    /// The event the rule decides for.
     pub incoming: Event,
+    /// What the rule must answer.
     pub expect: Expectation,
 }
 
@@ -46,13 +51,19 @@ pub struct Vector {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Expectation {
+    /// `insert` of exactly this state.
     Insert(Entity),
+    /// `update` to exactly this state.
     Update(Entity),
+    /// `ignore`, whatever the reason.
     Ignore,
+    /// `reject`, whatever the reason.
     Reject,
 }
 
 impl Expectation {
+    /// Whether `decision` answers as expected (reasons of `ignore` and `reject` are free text
+    /// and not compared).
     pub fn is_met_by(&self, decision: &Decision) -> bool {
         match (self, decision) {
             (Expectation::Insert(want), Decision::Insert(got))
@@ -63,6 +74,7 @@ impl Expectation {
         }
     }
 
+    /// The kind of decision expected.
     pub fn kind(&self) -> DecisionKind {
         match self {
             Expectation::Insert(_) => DecisionKind::Insert,
@@ -73,21 +85,29 @@ impl Expectation {
     }
 }
 
+/// Why a vector file cannot be had.
 #[derive(Debug, thiserror::Error)]
 pub enum VectorError {
+    /// The file cannot be read.
     #[error("cannot read vectors {path}: {source}")]
     Read {
+        /// The vector file.
         path: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The file is not a vector file.
     #[error("invalid vectors {path}: {source}")]
     Parse {
+        /// The vector file.
         path: PathBuf,
+        /// What the parser found.
         source: serde_json::Error,
     },
 }
 
 impl VectorFile {
+    /// Reads and parses the vector file at `path`.
     pub fn load(path: &Path) -> Result<Self, VectorError> {
         let text = std::fs::read_to_string(path).map_err(|source| VectorError::Read {
             path: path.to_owned(),
@@ -108,10 +128,12 @@ impl VectorFile {
 /// A vector the rule answered otherwise than expected.
 #[derive(Debug, Clone, Serialize)]
 pub struct VectorFailure {
+    /// The vector's name.
     pub name: String,
+    /// What it expects.
     pub expected: Expectation,
     /// The decision, or the error the rule failed with.
-    pub got: Result<Decision, String>,
+    pub got: Result<Decision, DecideError>,
 }
 
 /// Runs every vector; returns the ones that failed.
@@ -119,9 +141,7 @@ pub fn run(rule: &mut dyn Rule, vectors: &[Vector]) -> Vec<VectorFailure> {
     vectors
         .iter()
         .filter_map(|vector| {
-            let got = rule
-                .decide(vector.current.as_ref(), &vector.incoming)
-                .map_err(|error| error.to_string());
+            let got = rule.decide(vector.current.as_ref(), &vector.incoming);
             let passed = got
                 .as_ref()
                 .is_ok_and(|decision| vector.expect.is_met_by(decision));

@@ -12,7 +12,18 @@ use axum::routing::{get, post};
 use super::{OrderSystem, SimulatorError};
 use crate::entity::Event;
 
-pub(super) fn router(system: Arc<OrderSystem>) -> Router {
+/// Serves the order API on `listener` until `shutdown` resolves.
+pub(super) async fn serve(
+    system: Arc<OrderSystem>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(system))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(system: Arc<OrderSystem>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/orders", post(create_order))

@@ -53,7 +53,9 @@ pub enum MessageShape {
 pub struct SimulatorConfig {
     /// Orders created and moved through their lifecycle at start.
     pub orders: usize,
+    /// Order ids are this prefix and a number.
     pub key_prefix: String,
+    /// What a published message carries.
     pub shape: MessageShape,
     /// Percent of messages published twice.
     pub duplicate_percent: u8,
@@ -63,6 +65,7 @@ pub struct SimulatorConfig {
     pub max_delay: Duration,
     /// Status changes per second; 0 runs as fast as the producer takes them.
     pub rate: u32,
+    /// Seed of the simulation: the same seed makes the same orders and disorder.
     pub seed: u64,
 }
 
@@ -333,12 +336,15 @@ fn order_state(key: &str, step: usize, timestamp_ms: u64) -> Event {
 /// What a simulation did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    /// Orders created.
     pub orders: usize,
     /// Status changes, one message each before duplication.
     pub changes: u64,
     /// Messages published, duplicates included.
     pub published: u64,
+    /// Messages published a second time.
     pub duplicated: u64,
+    /// How long the simulation took, until every message was delivered.
     pub seconds: f64,
     /// Every order's latest state: what a converged consumer stores.
     #[serde(skip)]
@@ -360,6 +366,7 @@ impl std::fmt::Debug for Simulator {
 }
 
 impl Simulator {
+    /// A simulator of `config`'s orders, publishing through `publisher`.
     pub fn new(config: SimulatorConfig, publisher: Publisher) -> Self {
         let network = Network {
             publisher,
@@ -383,10 +390,15 @@ impl Simulator {
         Self { system, config }
     }
 
-    /// The order-detail API and order-creation endpoints.
+    /// Serves the order API (the order-detail and order-creation endpoints) on `listener`
+    /// until `shutdown` resolves.
     #[cfg(feature = "http")]
-    pub fn router(&self) -> axum::Router {
-        api::router(Arc::clone(&self.system))
+    pub fn serve_api(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        api::serve(Arc::clone(&self.system), listener, shutdown)
     }
 
     /// Creates `config.orders` orders and moves each through its lifecycle, changes of

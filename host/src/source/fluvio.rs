@@ -47,8 +47,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
+use crate::config::PipelineConfig;
 use crate::config::{FluvioSourceConfig, FluvioTls};
-use crate::pipeline::PipelineConfig;
 use crate::source::{Message, Position};
 use crate::source::{Source, SourceError};
 use crate::telemetry::Metrics;
@@ -58,29 +58,32 @@ use link::{FluvioLink, Link};
 /// What the readers and committers run with: the configuration section, with the pipeline's
 /// batch size and backoff.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Settings {
+struct Settings {
     /// The cluster's SC endpoint (`host:port`); `None` uses the fluvio CLI's current profile.
-    pub endpoint: Option<String>,
-    pub tls: Option<FluvioTls>,
-    pub topic: String,
+    endpoint: Option<String>,
+    /// Client certificate and CA for a TLS endpoint.
+    tls: Option<FluvioTls>,
+    /// The topic read.
+    topic: String,
     /// Partitions to read; empty reads them all.
-    pub partitions: Vec<u32>,
+    partitions: Vec<u32>,
     /// The offset consumer under which committed offsets are kept.
-    pub consumer: String,
+    consumer: String,
     /// The most bytes the SPU sends in one response of a partition's stream.
-    pub fetch_max_bytes: i32,
+    fetch_max_bytes: i32,
     /// How long a batch waits for more records after its first one.
-    pub batch_timeout: Duration,
+    batch_timeout: Duration,
     /// Records read ahead of the pipeline, over all partitions.
-    pub read_ahead: usize,
+    read_ahead: usize,
     /// The first wait before a failed stream or commit is tried again; it doubles up to
     /// `max_backoff` while the cluster stays unreachable.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
+    backoff: Duration,
+    /// The longest wait between two attempts.
+    max_backoff: Duration,
 }
 
 impl Settings {
-    pub(crate) fn new(config: &FluvioSourceConfig, pipeline: &PipelineConfig) -> Self {
+    fn new(config: &FluvioSourceConfig, pipeline: &PipelineConfig) -> Self {
         Self {
             endpoint: config.endpoint.clone(),
             tls: config.tls.clone(),
@@ -97,15 +100,19 @@ impl Settings {
     }
 }
 
-/// One record as the source needs it.
+/// One record as the source needs it, whatever the client's record type.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FluvioRecord {
-    pub partition: u32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
+struct FluvioRecord {
+    /// The partition it was read from.
+    partition: u32,
+    /// Its offset in the partition.
+    offset: i64,
+    /// The record key, if any.
+    key: Option<Vec<u8>>,
+    /// The record value.
+    value: Vec<u8>,
     /// Unix milliseconds, if the record carries a timestamp.
-    pub timestamp_ms: Option<i64>,
+    timestamp_ms: Option<i64>,
 }
 
 /// A partition's bookkeeping on the source's side.
@@ -150,7 +157,7 @@ impl FluvioSource {
     /// Starts reading with `first` for the set-up calls and `new_link()` for every reader and
     /// committer: the cluster behind a [`Link`], real or a test's own. An unreachable cluster
     /// is waited for with backoff; a topic that does not exist is an error.
-    pub(crate) async fn start<L: Link>(
+    async fn start<L: Link>(
         mut first: L,
         new_link: impl Fn() -> L,
         config: &Settings,
@@ -168,10 +175,9 @@ impl FluvioSource {
             match setup.await {
                 Ok(Some(found)) => break found,
                 Ok(None) => {
-                    return Err(SourceError::Fluvio(format!(
-                        "topic {} does not exist",
-                        config.topic
-                    )));
+                    return Err(SourceError::TopicMissing {
+                        topic: config.topic.clone(),
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -187,12 +193,12 @@ impl FluvioSource {
         let partitions = if config.partitions.is_empty() {
             available
         } else {
-            if let Some(missing) = config.partitions.iter().find(|p| !available.contains(p)) {
-                return Err(SourceError::Fluvio(format!(
-                    "topic {} has no partition {missing} (it has {})",
-                    config.topic,
-                    available.len()
-                )));
+            if let Some(&missing) = config.partitions.iter().find(|p| !available.contains(p)) {
+                return Err(SourceError::NoPartition {
+                    topic: config.topic.clone(),
+                    partition: missing,
+                    available: available.len(),
+                });
             }
             config.partitions.clone()
         };
@@ -316,10 +322,9 @@ impl Source for FluvioSource {
     /// only stop on shutdown, so a closed channel is an error, not the end of the input.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
         let Some(first) = self.records.recv().await else {
-            return Err(SourceError::Fluvio(format!(
-                "every partition reader of topic {} stopped",
-                self.topic
-            )));
+            return Err(SourceError::ReadersStopped {
+                topic: self.topic.to_string(),
+            });
         };
         let mut batch = Vec::with_capacity(max.max(1));
         batch.push(first);
@@ -348,21 +353,23 @@ impl Source for FluvioSource {
     async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
         for (partition, first, last) in runs(batch) {
             let Some(state) = self.partitions.get_mut(&partition) else {
-                return Err(SourceError::Fluvio(format!(
-                    "acknowledged partition {partition} of topic {} is not read here",
-                    self.topic
-                )));
+                return Err(SourceError::NotReadHere {
+                    topic: self.topic.to_string(),
+                    partition,
+                });
             };
             match state.ledger.acknowledged(first, last) {
                 Ok(Some(offset)) => {
                     state.acked.send_replace(Some(offset));
                 }
                 Ok(None) => {}
-                Err(error) => {
-                    return Err(SourceError::Fluvio(format!(
-                        "partition {partition} of topic {}: {error}",
-                        self.topic
-                    )));
+                Err(ledger::UnknownRun { first, last }) => {
+                    return Err(SourceError::NotHandedOut {
+                        topic: self.topic.to_string(),
+                        partition,
+                        first,
+                        last,
+                    });
                 }
             }
         }

@@ -79,10 +79,6 @@ impl std::fmt::Debug for KafkaSource {
     }
 }
 
-fn kafka_error(error: rdkafka::error::KafkaError) -> SourceError {
-    SourceError::Kafka(error.to_string())
-}
-
 impl KafkaSource {
     /// Creates the consumer and subscribes; the group is joined on the first poll. Each
     /// partition's lag behind its end (from the last acknowledged message) is
@@ -105,11 +101,10 @@ impl KafkaSource {
         for (name, value) in &config.properties {
             client.set(name, value);
         }
-        let consumer: StreamConsumer<CommitOnRevoke> = client
-            .create_with_context(CommitOnRevoke { metrics })
-            .map_err(kafka_error)?;
+        let consumer: StreamConsumer<CommitOnRevoke> =
+            client.create_with_context(CommitOnRevoke { metrics })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(kafka_error)?;
+        consumer.subscribe(&topics)?;
         Ok(Self {
             consumer,
             batch_timeout: Duration::from_millis(config.batch_timeout_ms),
@@ -144,7 +139,7 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        let first = self.consumer.recv().await.map_err(kafka_error)?;
+        let first = self.consumer.recv().await?;
         let mut batch = Vec::with_capacity(max);
         batch.push(Self::owned(&first));
         drop(first);
@@ -152,7 +147,7 @@ impl Source for KafkaSource {
         while batch.len() < max {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(message)) => batch.push(Self::owned(&message)),
-                Ok(Err(error)) => return Err(kafka_error(error)),
+                Ok(Err(error)) => return Err(error.into()),
                 Err(_elapsed) => break,
             }
         }
@@ -177,9 +172,7 @@ impl Source for KafkaSource {
         let mut offsets = TopicPartitionList::new();
         for (&(topic, partition), &offset) in &highest {
             // The offset to commit is the next one to read.
-            offsets
-                .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
-                .map_err(kafka_error)?;
+            offsets.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
         }
 
         if let Err(error) = self.consumer.store_offsets(&offsets) {
@@ -231,13 +224,11 @@ impl KafkaRange {
         for (name, value) in properties {
             client.set(name, value);
         }
-        let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
+        let consumer: StreamConsumer = client.create()?;
         let mut assignment = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for topic in topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), ASK)
-                .map_err(kafka_error)?;
+            let metadata = consumer.fetch_metadata(Some(topic), ASK)?;
             let partitions = metadata
                 .topics()
                 .iter()
@@ -245,23 +236,19 @@ impl KafkaRange {
                 .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                 .collect::<Vec<_>>();
             if partitions.is_empty() {
-                return Err(SourceError::Kafka(format!(
-                    "topic {topic} has no partitions"
-                )));
+                return Err(SourceError::NoPartitions {
+                    topic: topic.clone(),
+                });
             }
             for partition in partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, partition, ASK)
-                    .map_err(kafka_error)?;
+                let (low, high) = consumer.fetch_watermarks(topic, partition, ASK)?;
                 if high > low {
-                    assignment
-                        .add_partition_offset(topic, partition, Offset::Offset(low))
-                        .map_err(kafka_error)?;
+                    assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
                     ends.insert((topic.clone(), partition), high);
                 }
             }
         }
-        consumer.assign(&assignment).map_err(kafka_error)?;
+        consumer.assign(&assignment)?;
         Ok(Self {
             consumer,
             ends,
@@ -275,7 +262,7 @@ const IDLE: Duration = Duration::from_secs(2);
 
 impl KafkaRange {
     fn drop_finished(&mut self) -> Result<(), SourceError> {
-        let positions = self.consumer.position().map_err(kafka_error)?;
+        let positions = self.consumer.position()?;
         for element in positions.elements() {
             if let Offset::Offset(position) = element.offset() {
                 let partition = (element.topic().to_owned(), element.partition());
@@ -299,7 +286,7 @@ impl Source for KafkaRange {
         while batch.len() < max && !self.ends.is_empty() {
             let received = match deadline {
                 None => match tokio::time::timeout(IDLE, self.consumer.recv()).await {
-                    Ok(received) => received.map_err(kafka_error)?,
+                    Ok(received) => received?,
                     Err(_idle) => {
                         // Compaction or transaction markers can leave a partition's last
                         // offsets without a record: its position tells it is done.
@@ -309,7 +296,7 @@ impl Source for KafkaRange {
                 },
                 Some(deadline) => {
                     match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                        Ok(received) => received.map_err(kafka_error)?,
+                        Ok(received) => received?,
                         Err(_elapsed) => break,
                     }
                 }

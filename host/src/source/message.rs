@@ -6,12 +6,18 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Position {
-    /// A line of a JSON-lines file or stream, counted from 1.
-    Line { line: u64 },
-    /// An offset in a partition of a topic.
+    /// A line of a JSON-lines file or stream.
+    Line {
+        /// The line number, counted from 1.
+        line: u64,
+    },
+    /// An offset in a partition of a topic (Kafka, Fluvio).
     Partition {
+        /// The topic.
         topic: String,
+        /// The partition of the topic.
         partition: i32,
+        /// The record's offset in the partition.
         offset: i64,
     },
 }
@@ -32,6 +38,8 @@ impl fmt::Display for Position {
 /// One message: its raw bytes and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Where the message sits in its source: what acknowledging it stores, and what a dead
+    /// letter points back to.
     pub position: Position,
     /// The message key, if the transport has one (a Kafka record key).
     pub key: Option<Vec<u8>>,

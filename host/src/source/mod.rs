@@ -16,7 +16,7 @@ mod lines;
 mod message;
 
 #[cfg(feature = "fluvio")]
-pub use fluvio::{FluvioRecord, FluvioSource};
+pub use fluvio::FluvioSource;
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaRange, KafkaSource};
 pub use lines::{JsonLinesSource, LinesReader, open_lines};
@@ -24,21 +24,152 @@ pub use message::{Lost, Message, Position};
 
 use std::sync::Arc;
 
+use crate::config::PipelineConfig;
 use crate::config::SourceConfig;
-use crate::pipeline::PipelineConfig;
 use crate::telemetry::Metrics;
 
+/// Why a source could not read or acknowledge. The pipeline stops on it: positions are kept by
+/// the transport, so a restart reads again from the last acknowledged message.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The JSON lines (a file or stdin) could not be opened or read.
     #[error("cannot read input: {0}")]
     Io(#[from] std::io::Error),
+    /// The Kafka client failed: creating the consumer, subscribing, asking the brokers for
+    /// metadata or watermarks, receiving, or naming an offset.
+    #[cfg(feature = "kafka")]
     #[error("kafka: {0}")]
-    Kafka(String),
-    #[error("fluvio: {0}")]
-    Fluvio(String),
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A topic to replay has no partitions: it does not exist, or the brokers did not say.
+    #[cfg(feature = "kafka")]
+    #[error("kafka: topic {topic} has no partitions")]
+    NoPartitions {
+        /// The topic asked for.
+        topic: String,
+    },
+    /// The fluvio client failed. Its errors are opaque (`anyhow`), so the cause is kept boxed;
+    /// the message shows its whole chain.
+    #[cfg(feature = "fluvio")]
+    #[error("fluvio: {doing}: {}", Chain(&**.source))]
+    Fluvio {
+        /// What converge asked of the client, e.g. "connecting to the cluster".
+        doing: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The topic to read does not exist on the Fluvio cluster.
+    #[cfg(feature = "fluvio")]
+    #[error("fluvio: topic {topic} does not exist")]
+    TopicMissing {
+        /// The configured topic.
+        topic: String,
+    },
+    /// A configured partition is not one of the topic's.
+    #[cfg(feature = "fluvio")]
+    #[error("fluvio: topic {topic} has no partition {partition} (it has {available})")]
+    NoPartition {
+        /// The configured topic.
+        topic: String,
+        /// The configured partition that does not exist.
+        partition: u32,
+        /// How many partitions the topic has (numbered from 0).
+        available: usize,
+    },
+    /// Every partition reader ended. Readers only stop on shutdown, so this is an error, not
+    /// the end of the input.
+    #[cfg(feature = "fluvio")]
+    #[error("fluvio: every partition reader of topic {topic} stopped")]
+    ReadersStopped {
+        /// The topic read.
+        topic: String,
+    },
+    /// A batch acknowledged a partition this source does not read: the batch did not come
+    /// from this source.
+    #[cfg(feature = "fluvio")]
+    #[error("fluvio: acknowledged partition {partition} of topic {topic} is not read here")]
+    NotReadHere {
+        /// The topic read.
+        topic: String,
+        /// The partition the batch named.
+        partition: i32,
+    },
+    /// A batch acknowledged offsets that were not handed out as one batch of the partition:
+    /// acknowledging them could commit past records still in flight, so nothing is.
+    #[cfg(feature = "fluvio")]
+    #[error(
+        "fluvio: partition {partition} of topic {topic}: offsets {first}..={last} were \
+         acknowledged but never handed out as one batch"
+    )]
+    NotHandedOut {
+        /// The topic read.
+        topic: String,
+        /// The partition acknowledged.
+        partition: i32,
+        /// The first offset acknowledged.
+        first: i64,
+        /// The last offset acknowledged.
+        last: i64,
+    },
+    /// A commit's stream did not yield the record to commit in time, even with the largest
+    /// fetch; the commit is tried again later.
+    #[cfg(feature = "fluvio")]
+    #[error(
+        "fluvio: committing offset {offset} of partition {partition}: the record did not \
+         arrive within {waited:?}"
+    )]
+    CommitTimeout {
+        /// The partition committed.
+        partition: u32,
+        /// The offset to commit.
+        offset: i64,
+        /// How long the commit waited for the record.
+        waited: std::time::Duration,
+    },
+    /// A commit's stream began at another offset than the one to commit, so committing it
+    /// would store the wrong position; nothing was committed.
+    #[cfg(feature = "fluvio")]
+    #[error(
+        "fluvio: committing offset {offset} of partition {partition}: the stream began at \
+         offset {found} instead; nothing committed"
+    )]
+    CommitMismatch {
+        /// The partition committed.
+        partition: u32,
+        /// The offset to commit.
+        offset: i64,
+        /// The offset the stream began at.
+        found: i64,
+    },
+    /// A commit's stream ended before the record to commit.
+    #[cfg(feature = "fluvio")]
+    #[error("fluvio: committing offset {offset} of partition {partition}: the stream ended")]
+    CommitStreamEnded {
+        /// The partition committed.
+        partition: u32,
+        /// The offset to commit.
+        offset: i64,
+    },
     /// The configured source needs a Cargo feature this build lacks.
     #[error("this converge was built without the `{0}` feature, which the source needs")]
     NotBuiltIn(&'static str),
+}
+
+/// An error and its causes, joined by `: ` (as `anyhow` shows them with `{:#}`).
+#[cfg(feature = "fluvio")]
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+#[cfg(feature = "fluvio")]
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
 }
 
 /// A stream of messages, read in batches and acknowledged by position.
@@ -92,7 +223,8 @@ impl SourceConfig {
     }
 
     /// The Cargo feature the source needs, if any.
-    pub fn feature(&self) -> &'static str {
+    #[cfg(not(all(feature = "kafka", feature = "fluvio")))]
+    fn feature(&self) -> &'static str {
         match self {
             SourceConfig::File(_) => "",
             SourceConfig::Kafka(_) => "kafka",
@@ -134,5 +266,28 @@ impl Source for AnySource {
             #[cfg(feature = "fluvio")]
             AnySource::Fluvio(source) => source.ack(batch).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(feature = "fluvio")]
+    #[test]
+    fn a_fluvio_error_shows_its_whole_chain_and_keeps_it_as_its_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("socket error")]
+        struct Socket(#[source] std::io::Error);
+
+        let cause = Socket(std::io::Error::other("connection refused"));
+        let error = super::SourceError::Fluvio {
+            doing: "connecting to the cluster",
+            source: cause.into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "fluvio: connecting to the cluster: socket error: connection refused"
+        );
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(source.is::<Socket>());
     }
 }

@@ -87,10 +87,6 @@ impl std::fmt::Debug for RedisStore {
 pub const DEFAULT_TIMEOUT: Duration =
     Duration::from_millis(crate::config::DEFAULT_STORE_TIMEOUT_MS);
 
-fn unavailable(error: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(error.to_string())
-}
-
 impl RedisStore {
     /// Connects to a standalone server (`redis://`, `rediss://` URLs with user and password)
     /// with the default timeout.
@@ -106,7 +102,7 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let client = redis::Client::open(url).map_err(StoreError::Redis)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -115,7 +111,7 @@ impl RedisStore {
         let manager = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::Redis)?;
         Ok(Self::new(Connection::Standalone(manager), prefix))
     }
 
@@ -134,8 +130,11 @@ impl RedisStore {
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .build()
-            .map_err(unavailable)?;
-        let connection = client.get_async_connection().await.map_err(unavailable)?;
+            .map_err(StoreError::Redis)?;
+        let connection = client
+            .get_async_connection()
+            .await
+            .map_err(StoreError::Redis)?;
         Ok(Self::new(Connection::Cluster(connection), prefix))
     }
 
@@ -153,7 +152,7 @@ impl RedisStore {
     }
 
     /// The Redis key holding `key`'s state.
-    pub fn redis_key(&self, key: &str) -> String {
+    fn redis_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
@@ -198,7 +197,7 @@ impl RedisStore {
         for (_, redis_key) in group {
             pipe.cmd("HMGET").arg(redis_key).arg(&FIELDS[..]);
         }
-        self.query(&pipe).await.map_err(unavailable)
+        self.query(&pipe).await.map_err(StoreError::Redis)
     }
 
     async fn write_group(
@@ -217,7 +216,8 @@ impl RedisStore {
                 &writes[*index],
             );
         }
-        let mut results: Vec<RedisResult<i64>> = self.query(&pipe).await.map_err(unavailable)?;
+        let mut results: Vec<RedisResult<i64>> =
+            self.query(&pipe).await.map_err(StoreError::Redis)?;
         // The server forgot the script (restart, failover, SCRIPT FLUSH): send it again, with
         // EVAL, for exactly the writes that did not run.
         let forgotten: Vec<usize> = results
@@ -239,7 +239,8 @@ impl RedisStore {
                     &writes[*index],
                 );
             }
-            let retried: Vec<RedisResult<i64>> = self.query(&pipe).await.map_err(unavailable)?;
+            let retried: Vec<RedisResult<i64>> =
+                self.query(&pipe).await.map_err(StoreError::Redis)?;
             for (slot, result) in forgotten.into_iter().zip(retried) {
                 results[slot] = result;
             }
@@ -293,13 +294,13 @@ async fn delete_matching<C: ConnectionLike + Send>(
             .arg(1000)
             .query_async(connection)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::Redis)?;
         for key in keys {
             deleted += redis::cmd("DEL")
                 .arg(&key)
                 .query_async::<u64>(connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::Redis)?;
         }
         if next == 0 {
             return Ok(deleted);
@@ -324,29 +325,27 @@ async fn delete_matching_cluster(
     let answer = cluster
         .route_command(keys_command, routing)
         .await
-        .map_err(unavailable)?;
-    let keys: Vec<String> =
-        redis::from_redis_value(answer).map_err(|error| StoreError::Protocol(error.to_string()))?;
+        .map_err(StoreError::Redis)?;
+    let keys: Vec<String> = redis::from_redis_value(answer).map_err(StoreError::Parse)?;
     let mut deleted = 0;
     for key in keys {
         deleted += redis::cmd("DEL")
             .arg(&key)
             .query_async::<u64>(cluster)
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::Redis)?;
     }
     Ok(deleted)
 }
 
 /// Turns one HMGET answer into a stored state (`None`: the key is absent).
 fn parse_stored(key: &str, fields: Vec<Option<String>>) -> Result<Option<Stored>, StoreError> {
-    let bad = |field: &str| {
-        StoreError::Protocol(format!(
-            "state of key {key:?}: field {field:?} is missing or malformed"
-        ))
+    let bad = |field: &'static str| StoreError::MalformedState {
+        key: key.to_owned(),
+        field,
     };
     let mut fields = fields.into_iter();
-    let mut next = |name: &str| fields.next().flatten().ok_or_else(|| bad(name));
+    let mut next = |name: &'static str| fields.next().flatten().ok_or_else(|| bad(name));
     let revision = match next("rev") {
         Ok(revision) => revision.parse::<u64>().map_err(|_| bad("rev"))?,
         Err(_) => return Ok(None),
@@ -399,16 +398,12 @@ impl Store for RedisStore {
         let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];
         for (group, answer) in groups.iter().zip(answers) {
             for ((index, _), result) in group.iter().zip(answer) {
-                outcomes[*index] = match result.map_err(unavailable)? {
+                outcomes[*index] = match result.map_err(StoreError::Redis)? {
                     -1 => WriteOutcome::Conflict,
                     revision if revision > 0 => WriteOutcome::Written {
                         revision: revision as u64,
                     },
-                    other => {
-                        return Err(StoreError::Protocol(format!(
-                            "compare-and-set answered {other}"
-                        )));
-                    }
+                    answer => return Err(StoreError::UnexpectedAnswer { answer }),
                 };
             }
         }

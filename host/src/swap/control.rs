@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::{Decision, Event, RuleInfo, State};
 use crate::rule::vectors::VectorFile;
-use crate::rule::{Admitted, Gates, content_hash};
+use crate::rule::{Admitted, Gate, GateError, Gates, content_hash};
 use crate::rule::{CompiledRule, WasmRule};
 use crate::rule::{DecideError, Rule};
 use crate::telemetry::Metrics;
@@ -25,11 +25,14 @@ const KEPT_SAMPLES: usize = 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Decides and applies: the serving rule.
     Active,
+    /// Decides beside the active rule; its decisions are compared, never applied.
     Shadow,
 }
 
 impl Role {
+    /// `active` or `shadow`, as metrics, logs and the fleet's keys name it.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Active => "active",
@@ -52,43 +55,112 @@ pub struct RuleRef {
 }
 
 /// Why a candidate was not taken.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("refused by the {gate} gate: {reason}")]
+///
+/// Status reports it (across instances, through the fleet) as its gate and reason; the
+/// gate's error itself is kept as its source where the refusal was made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refusal {
-    /// `compile`, `imports`, `vectors`, `convergence`, or `swap` (nothing to promote or roll
-    /// back to).
-    pub gate: String,
+    /// The gate that refused; [`Gate::Swap`] when there was nothing to promote or roll back
+    /// to.
+    pub gate: Gate,
+    /// Why, as the gate's error says it.
     pub reason: String,
+    /// The gate's error, in the instance that refused (absent once read back from a status).
+    #[serde(skip)]
+    cause: Option<Arc<GateError>>,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused by the {} gate: {}", self.gate, self.reason)
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl Refusal {
+    fn by_gate(error: GateError) -> Self {
+        Self {
+            gate: error.gate(),
+            reason: error.to_string(),
+            cause: Some(Arc::new(error)),
+        }
+    }
+}
+
+/// Refusals are equal when they name the same gate and reason, wherever they were made.
+impl PartialEq for Refusal {
+    fn eq(&self, other: &Self) -> bool {
+        self.gate == other.gate && self.reason == other.reason
+    }
+}
+
+impl Eq for Refusal {}
+
+/// Whether a swap took place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapResult {
+    /// The candidate took its role.
+    Applied,
+    /// A gate refused it; nothing that serves changed.
+    Refused,
+}
+
+impl SwapResult {
+    /// `applied` or `refused`, as metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwapResult::Applied => "applied",
+            SwapResult::Refused => "refused",
+        }
+    }
 }
 
 /// The last swap attempted, applied or not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwapRecord {
+    /// When, in ms since the Unix epoch.
     pub at_ms: u64,
+    /// The role the candidate was offered for.
     pub role: Role,
+    /// Where it came from (as [`RuleRef::origin`]).
     pub origin: String,
+    /// Its content hash.
     pub hash: String,
     /// The candidate's stamp, when it compiled far enough to say.
     pub rule: Option<String>,
-    /// `applied` or `refused`.
-    pub result: String,
+    /// Whether it took its role.
+    pub result: SwapResult,
+    /// Why not, when refused.
     pub refusal: Option<Refusal>,
 }
 
 /// One event the shadow decided otherwise than the active rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disagreement {
+    /// When, in ms since the Unix epoch.
     pub at_ms: u64,
+    /// The stored state both rules decided over.
     pub current: Option<State>,
+    /// The event they decided for.
     pub incoming: Event,
+    /// The active rule's decision (the one applied).
     pub active: Decision,
     /// The shadow's decision, or the error it failed with.
-    pub shadow: Result<Decision, String>,
+    pub shadow: Result<Decision, DecideError>,
 }
 
 /// The shadow and what it has seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShadowStatus {
+    /// The shadow rule.
     pub rule: RuleRef,
     /// Events both rules decided.
     pub decisions: u64,
@@ -101,10 +173,13 @@ pub struct ShadowStatus {
 /// What one instance serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleStatus {
+    /// The rule deciding and applying.
     pub active: RuleRef,
     /// What a rollback returns to.
     pub previous: Option<RuleRef>,
+    /// The rule deciding beside it, if any, and what it has seen.
     pub shadow: Option<ShadowStatus>,
+    /// The last swap attempted, applied or not.
     pub last_swap: Option<SwapRecord>,
 }
 
@@ -209,10 +284,7 @@ impl RuleControl {
             None => match self.gates.admit(bytes, sidecar) {
                 Ok(admitted) => admitted.compiled,
                 Err(error) => {
-                    let refusal = Refusal {
-                        gate: error.gate().to_owned(),
-                        reason: format!("{error}"),
-                    };
+                    let refusal = Refusal::by_gate(error);
                     self.refuse(role, origin, &hash, refusal.clone());
                     return Err(refusal);
                 }
@@ -226,7 +298,7 @@ impl RuleControl {
             role: role.as_str(),
             hash,
             origin,
-            gate: &refusal.gate,
+            gate: refusal.gate.as_str(),
             reason: &refusal.reason,
         });
         let mut state = self.lock();
@@ -236,7 +308,7 @@ impl RuleControl {
             origin: origin.to_owned(),
             hash: hash.to_owned(),
             rule: None,
-            result: "refused".to_owned(),
+            result: SwapResult::Refused,
             refusal: Some(refusal.clone()),
         });
         state.refused.insert(hash.to_owned(), refusal);
@@ -270,7 +342,7 @@ impl RuleControl {
                 origin: origin.to_owned(),
                 hash: hash.to_owned(),
                 rule: Some(applied.rule.clone()),
-                result: "applied".to_owned(),
+                result: SwapResult::Applied,
                 refusal: None,
             });
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -328,10 +400,12 @@ impl RuleControl {
         }
     }
 
+    /// The content hash of the active rule.
     pub fn active_hash(&self) -> String {
         self.lock().active.reference.hash.clone()
     }
 
+    /// The content hash of the shadow rule, if one runs.
     pub fn shadow_hash(&self) -> Option<String> {
         self.lock()
             .shadow
@@ -339,10 +413,12 @@ impl RuleControl {
             .map(|(serving, _)| serving.reference.hash.clone())
     }
 
+    /// The active rule's name, version and statuses.
     pub fn active_info(&self) -> RuleInfo {
         self.lock().active.compiled.info().clone()
     }
 
+    /// What this instance serves, its last swap and what the shadow has seen.
     pub fn status(&self) -> RuleStatus {
         let state = self.lock();
         RuleStatus {
@@ -415,8 +491,9 @@ impl RuleControl {
 
 fn nothing_to(what: &str) -> Refusal {
     Refusal {
-        gate: "swap".to_owned(),
+        gate: Gate::Swap,
         reason: format!("nothing to {what}"),
+        cause: None,
     }
 }
 
@@ -459,15 +536,11 @@ impl SwappableRule {
         active: &[Decision],
     ) -> Option<()> {
         let (shadow, shadow_hash) = self.shadow.as_mut()?;
-        let answers: Vec<Result<Decision, String>> = match shadow.decide_batch(items) {
+        let answers: Vec<Result<Decision, DecideError>> = match shadow.decide_batch(items) {
             Ok(decisions) => decisions.into_iter().map(Ok).collect(),
             Err(_) => items
                 .iter()
-                .map(|(current, incoming)| {
-                    shadow
-                        .decide(current.as_ref(), incoming)
-                        .map_err(|error| error.to_string())
-                })
+                .map(|(current, incoming)| shadow.decide(current.as_ref(), incoming))
                 .collect(),
         };
         let at_ms = now_ms();
@@ -528,5 +601,36 @@ impl Rule for SwappableRule {
             self.shadow_compare(items, &decisions);
         }
         Ok(decisions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_back_as_its_gate_and_reason_and_keeps_its_cause_where_made() {
+        let refusal = Refusal::by_gate(GateError::NoVectors);
+        assert_eq!(refusal.gate, Gate::Vectors);
+        assert!(
+            std::error::Error::source(&refusal)
+                .is_some_and(|cause| cause.downcast_ref::<GateError>().is_some())
+        );
+        let json = serde_json::to_value(&refusal).expect("serialises");
+        assert_eq!(json["gate"], "vectors");
+        assert_eq!(json.as_object().map(|object| object.len()), Some(2));
+        let back: Refusal = serde_json::from_value(json).expect("deserialises");
+        assert_eq!(back, refusal);
+        assert!(std::error::Error::source(&back).is_none());
+        for (result, name) in [
+            (SwapResult::Applied, "applied"),
+            (SwapResult::Refused, "refused"),
+        ] {
+            assert_eq!(result.as_str(), name);
+            assert_eq!(
+                serde_json::to_value(result).expect("serialises"),
+                serde_json::json!(name)
+            );
+        }
     }
 }

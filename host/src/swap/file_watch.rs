@@ -12,12 +12,13 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 
 use crate::rule::content_hash;
-use crate::rule::vectors::VectorFile;
+use crate::rule::vectors::{VectorError, VectorFile};
 use crate::swap::{Role, RuleControl};
 
 /// How long the file must stay quiet before it is read.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// The rule file's directory cannot be watched.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot watch rule file {path}: {source}")]
 pub struct WatchError {
@@ -25,18 +26,35 @@ pub struct WatchError {
     source: notify::Error,
 }
 
+/// Why a rule file, or the vectors beside it, cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleFileError {
+    /// The rule file cannot be read.
+    #[error("cannot read rule {path}: {source}")]
+    Rule {
+        /// The rule file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// The sidecar vector file exists but cannot be read or parsed.
+    #[error(transparent)]
+    Vectors(#[from] VectorError),
+}
+
 /// Reads the rule at `path` and the vectors beside it, if any.
-pub fn read_rule_file(path: &Path) -> std::io::Result<(Vec<u8>, Option<VectorFile>)> {
-    let bytes = std::fs::read(path)?;
+pub fn read_rule_file(path: &Path) -> Result<(Vec<u8>, Option<VectorFile>), RuleFileError> {
+    let bytes = std::fs::read(path).map_err(|source| RuleFileError::Rule {
+        path: path.to_owned(),
+        source,
+    })?;
     let sidecar = VectorFile::sidecar_path(path);
     let vectors = match VectorFile::load(&sidecar) {
         Ok(vectors) => Some(vectors),
-        Err(crate::rule::vectors::VectorError::Read { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        Err(VectorError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             None
         }
-        Err(error) => return Err(std::io::Error::other(error.to_string())),
+        Err(error) => return Err(error.into()),
     };
     Ok((bytes, vectors))
 }

@@ -30,34 +30,58 @@ const REPORT_TTL_SECONDS: u64 = 10;
 /// How many versions the history keeps.
 const HISTORY: isize = 50;
 
+/// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
+    /// Redis refused or failed a command, or cannot be reached.
     #[error("fleet Redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("the fleet has no rule {0}")]
-    MissingBlob(String),
-    #[error("{0}")]
-    Nothing(String),
+    /// A pointer names a component the fleet does not hold.
+    #[error("the fleet has no rule {hash}")]
+    MissingBlob {
+        /// The component's content hash.
+        hash: String,
+    },
+    /// Promote: the fleet has no shadow rule.
+    #[error("fleet {fleet} has no shadow rule to promote")]
+    NoShadow {
+        /// The fleet's name.
+        fleet: String,
+    },
+    /// Rollback: no version before the active one is left that no instance refused.
+    #[error("fleet {fleet} has no earlier version to roll back to")]
+    NoEarlierVersion {
+        /// The fleet's name.
+        fleet: String,
+    },
+    /// An instance report cannot be written or read as JSON.
     #[error("invalid instance report: {0}")]
-    Report(serde_json::Error),
+    Report(#[source] serde_json::Error),
 }
 
 /// What one instance last said about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceReport {
+    /// The instance's name (`rule.fleet.instance`, or host and process id).
     pub instance: String,
+    /// When it reported, in ms since the Unix epoch.
     pub reported_at_ms: u64,
+    /// What it serves.
     pub rule: RuleStatus,
 }
 
 /// The fleet's pointers, as `converge rule status` shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetStatus {
+    /// The fleet's name.
     pub fleet: String,
+    /// The hash of the rule the fleet's instances are to serve.
     pub active: Option<String>,
+    /// The hash of the rule they are to run as a shadow.
     pub shadow: Option<String>,
     /// Hashes made active, newest first.
     pub history: Vec<String>,
+    /// Every live instance's last report, by name.
     pub instances: Vec<InstanceReport>,
 }
 
@@ -111,6 +135,7 @@ return false
 ";
 
 impl Fleet {
+    /// Connects to the fleet `name` in the Redis at `url`.
     pub async fn connect(url: &str, name: &str) -> Result<Self, FleetError> {
         let client = redis::Client::open(url)?;
         let connection = client.get_multiplexed_async_connection().await?;
@@ -121,6 +146,7 @@ impl Fleet {
         })
     }
 
+    /// The fleet's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -174,10 +200,9 @@ impl Fleet {
             .get(self.pointer(Role::Shadow))
             .await?;
         let Some(shadow) = shadow else {
-            return Err(FleetError::Nothing(format!(
-                "fleet {} has no shadow rule to promote",
-                self.name
-            )));
+            return Err(FleetError::NoShadow {
+                fleet: self.name.clone(),
+            });
         };
         self.activate(&shadow).await?;
         Ok(shadow)
@@ -193,14 +218,12 @@ impl Fleet {
             .key(self.key("rule:refused"))
             .invoke_async(&mut connection)
             .await?;
-        previous.ok_or_else(|| {
-            FleetError::Nothing(format!(
-                "fleet {} has no earlier version to roll back to",
-                self.name
-            ))
+        previous.ok_or_else(|| FleetError::NoEarlierVersion {
+            fleet: self.name.clone(),
         })
     }
 
+    /// The fleet's `active` and `shadow` pointers (content hashes).
     pub async fn pointers(&self) -> Result<(Option<String>, Option<String>), FleetError> {
         let mut connection = self.connection.clone();
         let (active, shadow): (Option<String>, Option<String>) = redis::pipe()
@@ -211,13 +234,16 @@ impl Fleet {
         Ok((active, shadow))
     }
 
+    /// The component stored under `hash`.
     pub async fn component(&self, hash: &str) -> Result<Vec<u8>, FleetError> {
         let bytes: Option<Vec<u8>> = self
             .connection
             .clone()
             .get(self.key(&format!("rule:blob:{hash}")))
             .await?;
-        bytes.ok_or_else(|| FleetError::MissingBlob(hash.to_owned()))
+        bytes.ok_or_else(|| FleetError::MissingBlob {
+            hash: hash.to_owned(),
+        })
     }
 
     /// Records what `instance` serves, for `converge rule status`.
@@ -330,7 +356,7 @@ impl Fleet {
     }
 
     /// Follows the fleet until `shutdown` resolves: acts on announcements at once, re-reads the
-    /// pointers every [`POLL`] and reports this instance's status as often. Redis errors are
+    /// pointers every 2 s and reports this instance's status as often. Redis errors are
     /// logged and retried; the rule serving meanwhile keeps serving.
     pub async fn follow(
         self,

@@ -16,8 +16,8 @@ mod fleet;
 pub(crate) use control::now_ms;
 pub use control::{
     Disagreement, Refusal, Role, RuleControl, RuleRef, RuleStatus, ShadowStatus, SwapRecord,
-    SwappableRule,
+    SwapResult, SwappableRule,
 };
-pub use file_watch::{WatchError, read_rule_file, watch_rule_file};
+pub use file_watch::{RuleFileError, WatchError, read_rule_file, watch_rule_file};
 #[cfg(feature = "redis")]
 pub use fleet::{Fleet, FleetError, FleetStatus, InstanceReport};

@@ -7,7 +7,6 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use super::Metrics;
-use crate::dead_letter::DeadLetter;
 
 /// Something worth a log line and a count.
 pub(crate) trait InternalEvent {
@@ -38,19 +37,21 @@ impl InternalEvent for Unavailable<'_> {
 
 /// A message was dead-lettered (and the dead-letter queue acknowledged it).
 pub(crate) struct DeadLettered<'a> {
-    pub letter: &'a DeadLetter,
+    /// The dead letter's kind, as metrics label it.
+    pub kind: &'static str,
+    pub position: &'a dyn Display,
+    pub reason: &'a str,
 }
 
 impl InternalEvent for DeadLettered<'_> {
     fn emit(self, metrics: &Metrics) {
-        let letter = self.letter;
         tracing::info!(
-            kind = letter.kind.as_str(),
-            position = %letter.position,
-            reason = %letter.reason,
+            kind = self.kind,
+            position = %self.position,
+            reason = %self.reason,
             "dead-lettered"
         );
-        metrics.record_dead_letter(letter.kind);
+        metrics.record_dead_letter(self.kind);
     }
 }
 
@@ -137,7 +138,7 @@ pub(crate) struct RuleRefused<'a> {
     pub hash: &'a str,
     pub origin: &'a str,
     /// The gate that refused, as metrics label it.
-    pub gate: &'a str,
+    pub gate: &'static str,
     pub reason: &'a dyn Display,
 }
 

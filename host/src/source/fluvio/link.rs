@@ -19,7 +19,7 @@ use crate::source::SourceError;
 
 /// Where a partition's stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
+pub(super) enum Start {
     /// The first retained record: for a partition this consumer never committed.
     Beginning,
     /// This offset exactly.
@@ -28,20 +28,22 @@ pub enum Start {
 
 /// Why a partition's stream stopped yielding records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadError {
-    /// The offset asked for was removed by retention; `next_available` is the first that
-    /// still exists.
-    Evicted { next_available: i64 },
+pub(super) enum ReadError {
+    /// The offset asked for was removed by retention.
+    Evicted {
+        /// The first offset that still exists.
+        next_available: i64,
+    },
     /// The connection or the cluster failed; the stream yields nothing more.
-    Failed(String),
+    Failed(fluvio::dataplane::link::ErrorCode),
 }
 
 /// A stream of one partition's records.
-pub type Records = BoxStream<'static, Result<FluvioRecord, ReadError>>;
+pub(super) type Records = BoxStream<'static, Result<FluvioRecord, ReadError>>;
 
 /// A connection to the cluster for one reader or committer. Calls after a failure reconnect
 /// once [`Link::reset`] has dropped the failed connection.
-pub trait Link: Send + 'static {
+pub(super) trait Link: Send + 'static {
     /// The topic's partitions; `None` when the topic does not exist.
     fn partitions(&mut self) -> impl Future<Output = Result<Option<Vec<u32>>, SourceError>> + Send;
 
@@ -68,8 +70,15 @@ pub trait Link: Send + 'static {
     fn reset(&mut self);
 }
 
-fn fluvio_error(error: impl std::fmt::Display) -> SourceError {
-    SourceError::Fluvio(format!("{error:#}"))
+/// The client failed while converge was `doing` something.
+fn fluvio_error<E>(doing: &'static str) -> impl FnOnce(E) -> SourceError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    move |error| SourceError::Fluvio {
+        doing,
+        source: error.into(),
+    }
 }
 
 /// How long a commit waits for the record it commits before asking again with a larger fetch
@@ -81,7 +90,7 @@ const COMMIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const COMMIT_FETCH_BYTES: i32 = 256 << 10;
 
 /// [`Link`] over the `fluvio` client.
-pub struct FluvioLink {
+pub(super) struct FluvioLink {
     cluster: fluvio::FluvioClusterConfig,
     topic: String,
     consumer: String,
@@ -102,7 +111,7 @@ impl std::fmt::Debug for FluvioLink {
 
 impl FluvioLink {
     /// A link that connects on first use.
-    pub(crate) fn new(config: &Settings) -> Result<Self, SourceError> {
+    pub(super) fn new(config: &Settings) -> Result<Self, SourceError> {
         let cluster = match &config.endpoint {
             Some(endpoint) => {
                 let mut cluster = fluvio::FluvioClusterConfig::new(endpoint);
@@ -118,7 +127,8 @@ impl FluvioLink {
                 }
                 cluster
             }
-            None => fluvio::FluvioClusterConfig::load().map_err(fluvio_error)?,
+            None => fluvio::FluvioClusterConfig::load()
+                .map_err(fluvio_error("loading the fluvio CLI's current profile"))?,
         };
         Ok(Self {
             cluster,
@@ -130,7 +140,7 @@ impl FluvioLink {
     }
 
     /// Another link to the same cluster with a connection of its own.
-    pub fn another(&self) -> Self {
+    pub(super) fn another(&self) -> Self {
         Self {
             cluster: self.cluster.clone(),
             topic: self.topic.clone(),
@@ -145,7 +155,7 @@ impl FluvioLink {
             Some(client) => client,
             None => fluvio::Fluvio::connect_with_config(&self.cluster)
                 .await
-                .map_err(fluvio_error)?,
+                .map_err(fluvio_error("connecting to the cluster"))?,
         };
         Ok(self.client.insert(client))
     }
@@ -170,7 +180,7 @@ impl FluvioLink {
 }
 
 fn offset(offset: i64) -> Result<fluvio::Offset, SourceError> {
-    fluvio::Offset::absolute(offset).map_err(fluvio_error)
+    fluvio::Offset::absolute(offset).map_err(fluvio_error("naming an offset"))
 }
 
 fn record(record: fluvio::consumer::Record) -> FluvioRecord {
@@ -191,7 +201,7 @@ impl Link for FluvioLink {
         let topics = admin
             .list::<fluvio::metadata::topic::TopicSpec, String>(vec![topic.clone()])
             .await
-            .map_err(fluvio_error)?;
+            .map_err(fluvio_error("listing topics"))?;
         // The cluster filters by substring: pick the topic by its exact name.
         Ok(topics
             .into_iter()
@@ -206,7 +216,7 @@ impl Link for FluvioLink {
             .await?
             .consumer_offsets()
             .await
-            .map_err(fluvio_error)?;
+            .map_err(fluvio_error("reading committed offsets"))?;
         Ok(offsets
             .into_iter()
             .filter(|o| o.consumer_id == consumer && o.topic == topic)
@@ -222,20 +232,20 @@ impl Link for FluvioLink {
         let config = self
             .stream_config(partition, start, self.fetch_max_bytes)
             .build()
-            .map_err(fluvio_error)?;
+            .map_err(fluvio_error("configuring a stream"))?;
         let stream = self
             .client()
             .await?
             .consumer_with_config(config)
             .await
-            .map_err(fluvio_error)?;
+            .map_err(fluvio_error("opening a stream"))?;
         Ok(stream
             .map(|item| match item {
                 Ok(found) => Ok(record(found)),
                 Err(fluvio::dataplane::link::ErrorCode::OffsetEvicted {
                     next_available, ..
                 }) => Err(ReadError::Evicted { next_available }),
-                Err(error) => Err(ReadError::Failed(error.to_string())),
+                Err(error) => Err(ReadError::Failed(error)),
             })
             .boxed())
     }
@@ -247,13 +257,15 @@ impl Link for FluvioLink {
             config
                 .offset_consumer(self.consumer.clone())
                 .offset_strategy(fluvio::consumer::OffsetManagementStrategy::Manual);
-            let config = config.build().map_err(fluvio_error)?;
+            let config = config
+                .build()
+                .map_err(fluvio_error("configuring a commit stream"))?;
             let mut stream = self
                 .client()
                 .await?
                 .consumer_with_config(config)
                 .await
-                .map_err(fluvio_error)?;
+                .map_err(fluvio_error("opening a commit stream"))?;
             let first = match tokio::time::timeout(COMMIT_READ_TIMEOUT, stream.next()).await {
                 Ok(first) => first,
                 Err(_) if max_bytes < self.fetch_max_bytes => {
@@ -261,29 +273,35 @@ impl Link for FluvioLink {
                     continue;
                 }
                 Err(_) => {
-                    return Err(SourceError::Fluvio(format!(
-                        "committing offset {at} of partition {partition}: the record did not \
-                         arrive within {COMMIT_READ_TIMEOUT:?}"
-                    )));
+                    return Err(SourceError::CommitTimeout {
+                        partition,
+                        offset: at,
+                        waited: COMMIT_READ_TIMEOUT,
+                    });
                 }
             };
             return match first {
                 Some(Ok(found)) if found.offset() == at => {
                     use fluvio::consumer::ConsumerStream as _;
-                    stream.offset_commit().await.map_err(fluvio_error)?;
-                    stream.offset_flush().await.map_err(fluvio_error)
+                    stream
+                        .offset_commit()
+                        .await
+                        .map_err(fluvio_error("committing an offset"))?;
+                    stream
+                        .offset_flush()
+                        .await
+                        .map_err(fluvio_error("flushing a commit"))
                 }
-                Some(Ok(found)) => Err(SourceError::Fluvio(format!(
-                    "committing offset {at} of partition {partition}: the stream began at \
-                     offset {} instead; nothing committed",
-                    found.offset()
-                ))),
-                Some(Err(error)) => Err(SourceError::Fluvio(format!(
-                    "committing offset {at} of partition {partition}: {error}"
-                ))),
-                None => Err(SourceError::Fluvio(format!(
-                    "committing offset {at} of partition {partition}: the stream ended"
-                ))),
+                Some(Ok(found)) => Err(SourceError::CommitMismatch {
+                    partition,
+                    offset: at,
+                    found: found.offset(),
+                }),
+                Some(Err(error)) => Err(fluvio_error("reading the record to commit")(error)),
+                None => Err(SourceError::CommitStreamEnded {
+                    partition,
+                    offset: at,
+                }),
             };
         }
     }

@@ -54,7 +54,10 @@ impl Link for Fake {
         self.with(|c| {
             if c.failing_setup > 0 {
                 c.failing_setup -= 1;
-                return Err(SourceError::Fluvio("SC unreachable".to_owned()));
+                return Err(SourceError::Fluvio {
+                    doing: "listing topics",
+                    source: "SC unreachable".into(),
+                });
             }
             Ok((!c.logs.is_empty()).then(|| c.logs.keys().copied().collect()))
         })
@@ -71,7 +74,10 @@ impl Link for Fake {
                 && *failing > 0
             {
                 *failing -= 1;
-                return Err(SourceError::Fluvio("SPU unreachable".to_owned()));
+                return Err(SourceError::Fluvio {
+                    doing: "opening a stream",
+                    source: "SPU unreachable".into(),
+                });
             }
             let (log_start, end) = c.logs[&partition];
             let from = match start {
@@ -440,4 +446,50 @@ async fn a_topic_that_does_not_exist_is_an_error_at_once() {
         error.to_string().contains("topic orders does not exist"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn an_acknowledgement_of_a_batch_not_handed_out_here_is_refused() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 10));
+    });
+    let mut source = source(&fake, 16).await;
+    let message = |partition: i32, offset: i64| Message {
+        position: Position::Partition {
+            topic: "orders".to_owned(),
+            partition,
+            offset,
+        },
+        key: None,
+        payload: None,
+        produced_at_ms: None,
+        lost: None,
+    };
+    let error = source
+        .ack(&[message(7, 0)])
+        .await
+        .expect_err("partition 7 is not read");
+    assert!(
+        matches!(error, SourceError::NotReadHere { partition: 7, .. }),
+        "{error}"
+    );
+    let error = source
+        .ack(&[message(0, 3)])
+        .await
+        .expect_err("offset 3 was never handed out");
+    assert!(
+        matches!(
+            error,
+            SourceError::NotHandedOut {
+                partition: 0,
+                first: 3,
+                last: 3,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(fake.with(|c| c.commits.is_empty()), "nothing committed");
+    source.close().await;
 }

@@ -1,0 +1,44 @@
+//! `converge serve` as a process of its own: started on a configuration file with its log in a
+//! file, and stopped with SIGTERM, which it must answer with a clean exit.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::build;
+
+/// Starts `converge serve --config config`, its log (`RUST_LOG=info`) written to `log`.
+pub fn serve(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(build::converge_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("converge serve starts")
+}
+
+/// Stops a `converge` process with SIGTERM and checks that it exits cleanly within 30 s.
+pub fn terminate(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    // A serve that ignores SIGTERM must fail the test, not hang it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("serve's status") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "serve did not stop cleanly: {exit}");
+}
