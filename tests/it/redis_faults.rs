@@ -89,14 +89,14 @@ async fn t4_redis_outage_is_waited_out_and_nothing_is_lost() {
     terminate(server);
     // Nothing may have been dead-lettered. A marker produced now must be all there is: a read
     // that saw nothing would not have read the topic at all.
-    let marker = format!("end of t4 {:016x}", rand::random::<u64>()).into_bytes();
+    let marker = format!("end of t4 {:016x}", rand::random::<u64>());
     dead_letters
-        .produce_raw("marker", std::slice::from_ref(&marker))
+        .produce_raw("marker", &[marker.clone().into_bytes()])
         .await;
-    let letters: Vec<Vec<u8>> = dead_letters
+    let letters: Vec<String> = dead_letters
         .read_all(Duration::from_secs(30))
         .into_iter()
-        .map(|(body, _)| body)
+        .map(|(body, _)| String::from_utf8_lossy(&body).into_owned())
         .collect();
     assert_eq!(
         letters,
