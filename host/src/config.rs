@@ -807,7 +807,16 @@ mod tests {
             matches!(config.store, StoreConfig::Redis(ref redis) if redis.prefix == "converge:state:")
         );
         assert_eq!(config.pipeline, PipelineConfig::default());
-        config.validate().expect("valid");
+        let validated = config.validate();
+        if cfg!(all(feature = "kafka", feature = "redis")) {
+            validated.expect("valid");
+        } else {
+            // A build without the transports refuses it, naming the feature.
+            assert!(
+                matches!(validated, Err(ConfigError::NeedsFeature { .. })),
+                "{validated:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 use crate::json::{NULL_PAYLOAD, canonical_json};
 
@@ -87,12 +88,12 @@ pub enum DecodeError {
         /// The limit in bytes.
         limit: usize,
     },
-    /// The body is not UTF-8 (the reason as the UTF-8 decoder gives it).
+    /// The body is not UTF-8.
     #[error("message is not valid UTF-8: {0}")]
-    InvalidUtf8(String),
-    /// The body is not JSON (the reason as the JSON parser gives it).
+    InvalidUtf8(#[source] core::str::Utf8Error),
+    /// The body is not JSON.
     #[error("malformed JSON: {0}")]
-    MalformedJson(String),
+    MalformedJson(#[source] JsonError),
     /// The body is JSON but not an object.
     #[error("message is JSON but not an object")]
     NotAnObject,
@@ -109,8 +110,40 @@ pub enum DecodeError {
         /// The field's name (`message key` for the transport key).
         field: String,
         /// What is wrong with it, e.g. `must be a non-negative integer`.
-        problem: String,
+        problem: &'static str,
     },
+}
+
+/// The JSON parser's error, shared so a [`DecodeError`] stays cheap to clone; two are equal when
+/// they say the same (same category, line and column).
+#[derive(Debug, Clone)]
+pub struct JsonError(Arc<serde_json::Error>);
+
+impl JsonError {
+    /// The parser's error.
+    pub fn get(&self) -> &serde_json::Error {
+        &self.0
+    }
+}
+
+impl PartialEq for JsonError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for JsonError {}
+
+impl core::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for JsonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// The key rule: a key that is empty or only whitespace — as [`char::is_whitespace`] has it,
@@ -142,10 +175,9 @@ impl FieldMapping {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(DecodeError::Tombstone);
         }
-        let text =
-            core::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidUtf8(e.to_string()))?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+        let text = core::str::from_utf8(bytes).map_err(DecodeError::InvalidUtf8)?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| DecodeError::MalformedJson(JsonError(Arc::new(e))))?;
         let Value::Object(object) = value else {
             return Err(DecodeError::NotAnObject);
         };
@@ -197,10 +229,10 @@ impl FieldMapping {
         }
     }
 
-    fn bad(&self, field: &str, problem: &str) -> DecodeError {
+    fn bad(&self, field: &str, problem: &'static str) -> DecodeError {
         DecodeError::BadField {
             field: field.to_owned(),
-            problem: problem.to_owned(),
+            problem,
         }
     }
 }

@@ -32,5 +32,5 @@ mod decode;
 mod json;
 
 pub use crate::corpus::{BAD_KEY_CORPUS, BadKey};
-pub use crate::decode::{DecodeError, Decoded, FieldMapping, Fields, validate_key};
+pub use crate::decode::{DecodeError, Decoded, FieldMapping, Fields, JsonError, validate_key};
 pub use crate::json::{NULL_PAYLOAD, canonical_json};
