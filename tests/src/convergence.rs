@@ -15,7 +15,7 @@ const LOAD_CHUNK: usize = 5_000;
 
 /// A wait for `store` to hold `expected` (by key).
 ///
-/// ```ignore
+/// ```text
 /// Convergence::new(&redis.store, &stream.expected)
 ///     .within(Duration::from_secs(120))
 ///     .logs(&mut dir)
