@@ -9,8 +9,8 @@
 //!   contract, and its JSON form.
 //! - [`rule`]: the [`rule::Rule`] trait; the engine that runs rule components; the import
 //!   allowlist; conformance vectors; the convergence check; the gates a candidate passes.
-//! - [`swap`]: the serving rule (active, previous, shadow) and every way a new one arrives:
-//!   the watched file, the fleet (Redis), the admin endpoint.
+//! - [`swap`]: the serving rule (active, previous, shadow), the watched rule file and the fleet
+//!   (Redis); the admin endpoint offers its uploads to the same control.
 //! - [`source`]: the [`source::Source`] trait; messages and positions; JSON lines, Kafka,
 //!   Fluvio.
 //! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision); memory, Redis.
@@ -24,7 +24,8 @@
 //!   API with `http`).
 //! - `serve`: the pipeline built from a configuration, run until shutdown ([`serve()`]).
 //! - `admin` (feature `http`): health, readiness, metrics and rule swaps over HTTP.
-//! - `embedded`: `converge run`, the pipeline on embedded defaults with a convergence audit.
+//! - `embedded`: `converge run`'s convergence audit ([`Audit`]): every delivered event kept and
+//!   checked against the store after the run.
 //! - `backoff`: exponential backoff between attempts at something that failed.
 //! - `cli`: the `converge` command line ([`run_cli`]).
 //!

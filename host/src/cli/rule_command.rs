@@ -1,4 +1,5 @@
-//! `converge rule ...` (publish, status, promote, rollback, pack) and `converge replay`.
+//! `converge rule ...`'s arguments and `rule pack`, and `converge replay`; the fleet commands
+//! (publish, status, promote, rollback) run in `fleet.rs`.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

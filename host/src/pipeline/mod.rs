@@ -10,8 +10,9 @@
 //! does not fail the batch: the step is retried with exponential backoff until it succeeds or
 //! shutdown is asked for.
 //!
-//! Each stage is a function of the batch in flight (`batch`) and the resources it needs, so
-//! stages can be run concurrently for different batches without changing what they do.
+//! Each stage is a function of the batch in flight (`batch`) and the resources it needs. Batches
+//! run one at a time: overlapping them also needs a rule instance per worker, per-key ordering
+//! and acknowledging only the contiguous prefix of finished batches.
 //!
 //! # Layout
 //! - this module: [`Pipeline`], its configuration and the run loop;
