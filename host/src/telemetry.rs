@@ -11,7 +11,11 @@
 //!
 //! Metrics, all prefixed `converge_`: `decisions_total{decision}`, `dead_letters_total{kind}`,
 //! `batches_total`, `batch_duration_seconds` (histogram), `messages_total`, `writes_total`,
-//! `conflicts_total`, `event_to_stored_seconds` (histogram: from the producer's timestamp to the
+//! `conflicts_total`, `batch_messages` (histogram: messages per batch),
+//! `stage_duration_seconds{stage}` (time a batch spends in each stage: decode, enrich, load,
+//! fold, write, dead_letter, ack), `cache_hits_total`, `cache_misses_total` (the write-through
+//! state cache), `in_flight_batches` (batches whose writes are in flight),
+//! `event_to_stored_seconds` (histogram: from the producer's timestamp to the
 //! state stored or dead-lettered, for sources that record one),
 //! `store_duration_seconds{operation}` (one pipelined round trip, load or write),
 //! `enrichment_duration_seconds` (fetching one batch's distinct keys), `enrichment_keys_total`,
@@ -67,6 +71,11 @@ struct OperationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SwapLabel {
     role: &'static str,
     result: &'static str,
@@ -95,6 +104,11 @@ pub struct Metrics {
     dead_letters: Family<KindLabel, Counter>,
     batches: Counter,
     batch_duration: Histogram,
+    batch_messages: Histogram,
+    stage_duration: Family<StageLabel, Histogram, fn() -> Histogram>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    in_flight: Gauge,
     messages: Counter,
     writes: Counter,
     conflicts: Counter,
@@ -123,6 +137,41 @@ impl Default for Metrics {
         let batches = Counter::default();
         // 100 µs .. ~6.5 s
         let batch_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 17));
+        // 1 .. 32768 messages
+        let batch_messages = Histogram::new(exponential_buckets(1.0, 2.0, 16));
+        registry.register(
+            "batch_messages",
+            "Messages per batch",
+            batch_messages.clone(),
+        );
+        // 10 µs .. ~0.65 s
+        let stage_duration =
+            Family::<StageLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00001, 2.0, 17))
+            });
+        registry.register(
+            "stage_duration_seconds",
+            "Time a batch spends in each stage (decode, enrich, load, fold, write, dead_letter, ack)",
+            stage_duration.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Keys decided from the write-through state cache, without a load",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Keys loaded from the store because the state cache did not hold them",
+            cache_misses.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_batches",
+            "Batches decided whose writes or dead letters are not acknowledged yet",
+            in_flight.clone(),
+        );
         let messages = Counter::default();
         let writes = Counter::default();
         let conflicts = Counter::default();
@@ -236,6 +285,11 @@ impl Default for Metrics {
             dead_letters,
             batches,
             batch_duration,
+            batch_messages,
+            stage_duration,
+            cache_hits,
+            cache_misses,
+            in_flight,
             messages,
             writes,
             conflicts,
@@ -338,6 +392,22 @@ impl Metrics {
         self.writes.inc_by(writes);
         self.conflicts.inc_by(conflicts);
         self.batch_duration.observe(took.as_secs_f64());
+        self.batch_messages.observe(messages as f64);
+    }
+
+    pub(crate) fn record_stage(&self, stage: &'static str, took: Duration) {
+        self.stage_duration
+            .get_or_create(&StageLabel { stage })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn record_cache(&self, hits: u64, misses: u64) {
+        self.cache_hits.inc_by(hits);
+        self.cache_misses.inc_by(misses);
+    }
+
+    pub(crate) fn set_in_flight(&self, batches: usize) {
+        self.in_flight.set(batches as i64);
     }
 
     pub(crate) fn record_store_call(&self, operation: &'static str, took: Duration) {
