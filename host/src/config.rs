@@ -80,6 +80,13 @@ pub struct PipelineConfig {
     pub backoff_ms: u64,
     /// The longest wait between two attempts, in milliseconds.
     pub max_backoff_ms: u64,
+    /// The most batches decided whose writes are not acknowledged yet: while they are on
+    /// their way, the next batch is decided. 1 runs batches one at a time.
+    pub max_in_flight: usize,
+    /// How many keys' acknowledged states the write-through cache keeps (least recently used
+    /// evicted), so a key written or read recently needs no load. 0 turns it off; keys of
+    /// batches in flight are kept regardless.
+    pub state_cache_keys: usize,
 }
 
 impl Default for PipelineConfig {
@@ -91,6 +98,8 @@ impl Default for PipelineConfig {
             rule_retries: 1,
             backoff_ms: 50,
             max_backoff_ms: 5_000,
+            max_in_flight: 4,
+            state_cache_keys: 262_144,
         }
     }
 }
@@ -177,7 +186,10 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// Topics to subscribe to.
     pub topics: Vec<String>,
-    /// How long a batch waits for more messages after its first one.
+    /// How long a batch waits for more messages after its first one. 0 (the default): a
+    /// batch takes what has arrived and closes at once; the pipeline asks for the next one as
+    /// soon as its write window has room, so batches grow under a backlog and stay small (and
+    /// quick) at low rates.
     #[serde(default = "default_batch_timeout_ms")]
     pub batch_timeout_ms: u64,
     /// librdkafka properties, applied last (they may override converge's defaults).
@@ -203,7 +215,8 @@ pub struct FluvioSourceConfig {
     /// Verified TLS to the cluster.
     #[serde(default)]
     pub tls: Option<FluvioTls>,
-    /// How long a batch waits for more records after its first one.
+    /// How long a batch waits for more records after its first one; 0 (the default): it
+    /// takes what has arrived (see the Kafka source's `batch_timeout_ms`).
     #[serde(default = "default_batch_timeout_ms")]
     pub batch_timeout_ms: u64,
     /// The most bytes one response of a partition's stream may carry: at least the largest
@@ -232,7 +245,7 @@ pub struct FluvioTls {
 pub const DEFAULT_FETCH_MAX_BYTES: u32 = 32 << 20;
 
 fn default_batch_timeout_ms() -> u64 {
-    20
+    0
 }
 
 fn default_fetch_max_bytes() -> u32 {
@@ -533,6 +546,9 @@ impl Config {
         self.validate_rule()?;
         if self.pipeline.batch_size == 0 {
             return invalid("pipeline.batch_size", Problem::NotPositive);
+        }
+        if self.pipeline.max_in_flight == 0 {
+            return invalid("pipeline.max_in_flight", Problem::NotPositive);
         }
         if self.pipeline.max_write_attempts == 0 {
             return invalid("pipeline.max_write_attempts", Problem::NotPositive);

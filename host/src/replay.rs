@@ -92,7 +92,7 @@ pub async fn replay<Src: Source, S: Store>(
     };
     for chunk in replayed.chunks(CHUNK) {
         let keys: Vec<String> = chunk.iter().map(|s| s.state.key.clone()).collect();
-        let stored = store.load(&keys).await?;
+        let stored = store.inspect(&keys).await?;
         let mut writes = Vec::new();
         for (replayed, stored) in chunk.iter().zip(stored) {
             if stored.as_ref().is_some_and(|s| s.state == replayed.state) {
@@ -102,6 +102,8 @@ pub async fn replay<Src: Source, S: Store>(
             writes.push(Write {
                 key: replayed.state.key.clone(),
                 expected_revision: stored.as_ref().map_or(0, |s| s.revision),
+                expected_writer: stored.as_ref().map_or(0, |s| s.writer),
+                writer: crate::store::new_writer_id(),
                 state: replayed.state.clone(),
                 rule: stamp.clone(),
                 position: "replay".to_owned(),
@@ -117,7 +119,7 @@ pub async fn replay<Src: Source, S: Store>(
             for (write, outcome) in writes.iter().zip(store.write(&writes).await?) {
                 match outcome {
                     WriteOutcome::Written { .. } => report.rebuilt += 1,
-                    WriteOutcome::Conflict => report.conflicts.push(write.key.clone()),
+                    WriteOutcome::Conflict { .. } => report.conflicts.push(write.key.clone()),
                 }
             }
         }

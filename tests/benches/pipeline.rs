@@ -402,6 +402,8 @@ async fn store_write_rate(store: &RedisStore, count: usize, batch: usize) -> f64
             .map(|n| Write {
                 key: state(n).key.clone(),
                 expected_revision: 0,
+                expected_writer: 0,
+                writer: converge::store::new_writer_id(),
                 state: state(n),
                 rule: "order-status@0.1.0".to_owned(),
                 position: format!("bench[0]@{n}"),

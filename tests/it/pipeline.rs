@@ -12,7 +12,7 @@ use converge::rule::Rule as _;
 use converge::rule::{EngineLimits, RuleEngine, WasmRule};
 use converge::source::JsonLinesSource;
 use converge::source::{Message, Position};
-use converge::store::{MemoryStore, Store, StoreError, Stored, Write, WriteOutcome};
+use converge::store::{Current, MemoryStore, Store, StoreError, Write, WriteOutcome};
 use converge::{Audit, Unconverged};
 use converge_tests::{NativeOrderRule, build, line_messages, orders};
 
@@ -299,7 +299,7 @@ struct RacingStore {
 }
 
 impl Store for RacingStore {
-    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Current>>, StoreError> {
         self.inner.load(keys).await
     }
 
@@ -327,6 +327,8 @@ async fn a_lost_compare_and_set_is_decided_again_and_never_moves_backward() {
         competitor: std::sync::Mutex::new(Some(Write {
             key: "order-1".to_owned(),
             expected_revision: 0,
+            expected_writer: 0,
+            writer: 42,
             state: state("refunded", 4),
             rule: "competitor".to_owned(),
             position: "elsewhere".to_owned(),
@@ -363,9 +365,22 @@ async fn a_lost_compare_and_set_is_decided_again_and_never_moves_backward() {
 #[tokio::test]
 async fn memory_store_compare_and_set() {
     let store = MemoryStore::new();
+    let current = |revision: u64, status: &str| Current {
+        state: State {
+            key: "k".to_owned(),
+            status: status.to_owned(),
+            version: 0,
+            timestamp_ms: 0,
+            payload: "null".to_owned(),
+        },
+        revision,
+        writer: revision,
+    };
     let write = |expected_revision: u64, status: &str| Write {
         key: "k".to_owned(),
         expected_revision,
+        expected_writer: expected_revision,
+        writer: expected_revision + 1,
         state: State {
             key: "k".to_owned(),
             status: status.to_owned(),
@@ -389,9 +404,13 @@ async fn memory_store_compare_and_set() {
         outcomes,
         [
             WriteOutcome::Written { revision: 1 },
-            WriteOutcome::Conflict,
+            WriteOutcome::Conflict {
+                current: Some(current(1, "created"))
+            },
             WriteOutcome::Written { revision: 2 },
-            WriteOutcome::Conflict,
+            WriteOutcome::Conflict {
+                current: Some(current(2, "paid"))
+            },
         ]
     );
     let loaded = store

@@ -10,7 +10,7 @@ use converge::dead_letter::MemoryDeadLetters;
 use converge::entity::State;
 use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::rule::{CompiledRule, EngineLimits, RuleEngine};
-use converge::store::{Store, Write, WriteOutcome};
+use converge::store::{Current, Store, Write, WriteOutcome};
 use converge_tests::services::TestStore;
 use converge_tests::{build, event_messages, orders, stored_states};
 use rand::SeedableRng;
@@ -34,10 +34,14 @@ fn state(key: &str, status: &str, version: u64) -> State {
     }
 }
 
+/// A write over `expected_revision`. Writers are numbered after the revision they store, so the
+/// write of revision r has writer r and a write over it expects writer r.
 fn write(key: &str, expected_revision: u64, status: &str, version: u64) -> Write {
     Write {
         key: key.to_owned(),
         expected_revision,
+        expected_writer: expected_revision,
+        writer: expected_revision + 1,
         state: state(key, status, version),
         rule: "order-status@0.1.0".to_owned(),
         position: "orders[0]@1".to_owned(),
@@ -68,11 +72,24 @@ async fn compare_and_set_writes_only_over_the_expected_revision() {
         ])
         .await
         .expect("writes");
+    // A refused write answers what is stored, so the key can be decided again without a load.
     assert_eq!(
         outcomes,
         [
-            WriteOutcome::Conflict,
-            WriteOutcome::Conflict,
+            WriteOutcome::Conflict {
+                current: Some(Current {
+                    state: state("o-1", "created", 1),
+                    revision: 1,
+                    writer: 1,
+                })
+            },
+            WriteOutcome::Conflict {
+                current: Some(Current {
+                    state: state("o-2", "paid", 2),
+                    revision: 1,
+                    writer: 1,
+                })
+            },
             WriteOutcome::Written { revision: 2 }
         ]
     );
@@ -83,13 +100,52 @@ async fn compare_and_set_writes_only_over_the_expected_revision() {
     let first = loaded[0].as_ref().expect("o-1 stored");
     assert_eq!(first.state, state("o-1", "completed", 3));
     assert_eq!(first.revision, 2);
-    assert_eq!(first.rule, "order-status@0.1.0");
-    assert_eq!(first.position, "orders[0]@1");
+    assert_eq!(first.writer, 2);
     assert_eq!(
         loaded[1].as_ref().map(|s| s.state.status.as_str()),
         Some("paid")
     );
     assert_eq!(loaded[2], None);
+    let inspected = store
+        .inspect(&["o-1".to_owned(), "absent".to_owned()])
+        .await
+        .expect("inspects");
+    let first = inspected[0].as_ref().expect("o-1 stored");
+    assert_eq!(first.state, state("o-1", "completed", 3));
+    assert_eq!(first.rule, "order-status@0.1.0");
+    assert_eq!(first.position, "orders[0]@1");
+    assert_eq!(inspected[1], None);
+    // A write to an absent key that expected a state answers that the key is absent.
+    let outcomes = store
+        .write(&[write("never-written", 3, "paid", 2)])
+        .await
+        .expect("writes");
+    assert_eq!(outcomes, [WriteOutcome::Conflict { current: None }]);
+}
+
+#[tokio::test]
+async fn a_write_fenced_on_another_writer_is_refused_even_when_the_revision_matches() {
+    let test = TestStore::standalone("fence").await;
+    let store = &test.store;
+    store
+        .write(&[write("o-1", 0, "created", 1)])
+        .await
+        .expect("writes");
+    // Decided on a write of our own that lost the race: same revision, another writer.
+    let fenced = Write {
+        expected_writer: 99,
+        ..write("o-1", 1, "paid", 2)
+    };
+    let outcomes = store.write(&[fenced]).await.expect("writes");
+    assert!(
+        matches!(&outcomes[0], WriteOutcome::Conflict { current: Some(c) } if c.writer == 1),
+        "{outcomes:?}"
+    );
+    let loaded = store.load(&["o-1".to_owned()]).await.expect("loads");
+    assert_eq!(
+        loaded[0].as_ref().map(|c| c.state.status.as_str()),
+        Some("created")
+    );
 }
 
 #[tokio::test]
@@ -119,7 +175,13 @@ async fn writes_survive_a_flushed_script_cache() {
         outcomes,
         [
             WriteOutcome::Written { revision: 2 },
-            WriteOutcome::Conflict
+            WriteOutcome::Conflict {
+                current: Some(Current {
+                    state: state("o-1", "paid", 2),
+                    revision: 2,
+                    writer: 2,
+                })
+            }
         ]
     );
 }

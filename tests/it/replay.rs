@@ -106,7 +106,7 @@ async fn replay_finds_the_keys_a_new_ranking_changes_and_rebuilds_them() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["rebuilt"], planted.len());
     let keys: Vec<String> = expected.iter().cloned().collect();
-    for stored in redis.store.load(&keys).await.expect("loaded") {
+    for stored in redis.store.inspect(&keys).await.expect("inspected") {
         let stored = stored.expect("stored");
         assert_eq!(stored.rule, "version-rank@0.1.0");
         assert_eq!(stored.state, stream.expected[&stored.state.key]);

@@ -474,7 +474,7 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
         .logs(&mut dir)
         .wait_with_offsets(async || topic.progress(&group))
         .await;
-    let stored = redis.store.load(&keys).await.expect("loaded");
+    let stored = redis.store.inspect(&keys).await.expect("inspected");
     for stored in stored.iter().flatten() {
         assert!(
             stamps.contains(stored.rule.as_str()),

@@ -2,18 +2,23 @@
 //! has produced so far and its tally. Every stage takes it and adds to it.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use crate::dead_letter::{DeadLetter, DeadLetterKind};
 use crate::entity::DecisionKind;
 use crate::source::Message;
 
 /// A batch as it moves through the stages.
-pub(super) struct Batch<'a> {
-    pub messages: &'a [Message],
+pub(super) struct Batch {
+    pub messages: Vec<Message>,
     /// `name@version` of the rule deciding this batch (one rule per batch).
     pub stamp: String,
+    /// Every dead letter of the batch; the first `letters_sent` went out with its writes.
     pub letters: Vec<DeadLetter>,
+    pub letters_sent: usize,
     pub tally: Tally,
+    /// When the batch arrived.
+    pub started: Instant,
 }
 
 /// What a batch did, counted once per batch into the stats and the metrics.
@@ -24,13 +29,15 @@ pub(super) struct Tally {
     pub conflicts: u64,
 }
 
-impl<'a> Batch<'a> {
-    pub fn new(messages: &'a [Message], stamp: String) -> Self {
+impl Batch {
+    pub fn new(messages: Vec<Message>, stamp: String) -> Self {
         Self {
             messages,
             stamp,
             letters: Vec::new(),
+            letters_sent: 0,
             tally: Tally::default(),
+            started: Instant::now(),
         }
     }
 
@@ -45,5 +52,10 @@ impl<'a> Batch<'a> {
             bytes: message.payload.clone().unwrap_or_default(),
             rule: self.stamp.clone(),
         });
+    }
+
+    /// The dead letters not sent yet.
+    pub fn unsent_letters(&self) -> &[DeadLetter] {
+        &self.letters[self.letters_sent..]
     }
 }

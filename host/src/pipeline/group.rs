@@ -16,19 +16,30 @@ pub(super) struct KeyEvents {
     pub events: Vec<(usize, Event)>,
 }
 
+impl KeyEvents {
+    /// The index of the key's last message in the batch: the position its state is written
+    /// with.
+    pub fn last_index(&self) -> usize {
+        self.events.last().map_or(0, |(index, _)| *index)
+    }
+}
+
 /// Decodes every message of the batch; lost ranges and undecodable messages are dead-lettered.
-pub(super) fn decode_all(batch: &mut Batch<'_>, mapping: &FieldMapping) -> Vec<(usize, Decoded)> {
+pub(super) fn decode_all(batch: &mut Batch, mapping: &FieldMapping) -> Vec<(usize, Decoded)> {
     let mut decoded = Vec::with_capacity(batch.messages.len());
+    let mut refused = Vec::new();
     for (index, message) in batch.messages.iter().enumerate() {
         if let Some(lost) = &message.lost {
-            let reason = lost.reason.clone();
-            batch.dead_letter(index, DeadLetterKind::Lost, reason);
+            refused.push((index, DeadLetterKind::Lost, lost.reason.clone()));
             continue;
         }
         match decode(mapping, message) {
             Ok(event) => decoded.push((index, event)),
-            Err(error) => batch.dead_letter(index, DeadLetterKind::Undecodable, error.to_string()),
+            Err(error) => refused.push((index, DeadLetterKind::Undecodable, error.to_string())),
         }
+    }
+    for (index, kind, reason) in refused {
+        batch.dead_letter(index, kind, reason);
     }
     decoded
 }
@@ -36,7 +47,7 @@ pub(super) fn decode_all(batch: &mut Batch<'_>, mapping: &FieldMapping) -> Vec<(
 /// Groups the decoded events by key, taking each id-only message's entity from `fetched`;
 /// one that was not fetched (or with no enrichment configured) is dead-lettered.
 pub(super) fn by_key<E: Display>(
-    batch: &mut Batch<'_>,
+    batch: &mut Batch,
     decoded: Vec<(usize, Decoded)>,
     fetched: &HashMap<String, Result<Event, E>>,
 ) -> Vec<KeyEvents> {

@@ -1,34 +1,52 @@
-//! The data path: one batch at a time through named stages, then acknowledged.
+//! The data path: batches through named stages, several in flight, acknowledged in order.
 //!
 //! ```text
-//! decode -> enrich -> group by key -> settle (load, fold, compare-and-set, retry) -> dead-letter -> record
+//!            ┌──────────────── main task (CPU) ───────────────┐   ┌──── write window ────┐
+//! source ──> decode -> enrich -> group by key -> current state -> fold ──> write + dead-letter ──> record, ack
+//!                                               (cache or load)         (up to max_in_flight
+//!                                                                        batches at once)
 //! ```
 //!
-//! Nothing is dropped: an undecodable message, a rejected event or an event the rule fails on
-//! is dead-lettered with its reason, and the batch is acknowledged only after its writes and
-//! dead letters are. An unavailable store or dead-letter queue (an outage, a timeout, a reset)
-//! does not fail the batch: the step is retried with exponential backoff until it succeeds or
-//! shutdown is asked for.
+//! The rule decides batch N+1 while batch N's writes are on their way: converge's CPU and the
+//! store work at the same time. Batches complete in the order they arrived, so the source is
+//! acknowledged only for a contiguous prefix of finished batches; a batch is finished when all
+//! its writes (retries included) and its dead letters are acknowledged.
 //!
-//! Each stage is a function of the batch in flight (`batch`) and the resources it needs. Batches
-//! run one at a time: overlapping them also needs a rule instance per worker, per-key ordering
-//! and acknowledging only the contiguous prefix of finished batches.
+//! A key in two batches in flight is decided in the later one on the state the earlier one is
+//! writing (the write-through [`cache`](StateCache)), and that write is *fenced*: its
+//! compare-and-set expects the earlier write's revision and writer, so it can never land on
+//! another base. If a write is refused or fails, the window is drained and each batch settles
+//! its unfinished keys in order on the sequential path (`settle`).
+//!
+//! Nothing is dropped: an undecodable message, a rejected event or an event the rule fails on
+//! is dead-lettered with its reason. An unavailable store or dead-letter queue (an outage, a
+//! timeout, a reset) does not fail the batch: the step is retried with exponential backoff
+//! until it succeeds or shutdown is asked for.
+//!
+//! Batches close as soon as the window has room: a source hands over what has arrived, so
+//! batches are large under a backlog (the window is full while they accumulate) and small at
+//! low rates, which keeps latency low without a fixed linger.
 //!
 //! # Layout
 //! - this module: [`Pipeline`], its configuration and the run loop;
 //! - `decode`: message -> event by [`FieldMapping`] (the shared codec);
 //! - `enrich` (feature `http`): id-only message -> latest entity from the order-detail HTTP
 //!   API ([`Enricher`]);
-//! - `batch`: one batch in flight: messages, rule stamp, dead letters, tally;
+//! - `batch`: one batch: messages, rule stamp, dead letters, tally;
 //! - `group`: the decode and group-by-key stages;
-//! - `settle`: load, fold through the rule, compare-and-set, conflict retry;
-//! - `outage`: waiting out an unavailable store or dead-letter queue; the dead-letter stage;
+//! - `cache`: the write-through state cache, with the states of writes in flight;
+//! - `settle`: current states, the fold through the rule, and the sequential compare-and-set
+//!   path with conflict retries;
+//! - `flight`: a batch in flight: prepared, landed, completed or repaired;
+//! - `outage`: waiting out an unavailable store or dead-letter queue;
 //! - `record`: stats and metrics, once per batch.
 
 mod batch;
+mod cache;
 mod decode;
 #[cfg(feature = "http")]
 mod enrich;
+mod flight;
 mod group;
 mod outage;
 mod record;
@@ -39,10 +57,13 @@ pub use decode::{DecodeError, Decoded, FieldMapping, decode, decode_bytes};
 #[cfg(feature = "http")]
 pub use enrich::{EnrichError, EnrichSetupError, Enricher};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use serde::Serialize;
 
 use crate::dead_letter::{DeadLetterError, DeadLetterKind, DeadLetterSink};
@@ -52,6 +73,8 @@ use crate::source::{Message, Source, SourceError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use batch::Batch;
+use cache::StateCache;
+use flight::{Deciding, Flight, Landed};
 use outage::Outage;
 
 /// Why a batch could not be completed. The batch is not acknowledged; after a restart it is
@@ -108,9 +131,21 @@ pub struct Pipeline<R, S, D> {
     stats: Stats,
     #[cfg(feature = "http")]
     enricher: Option<Enricher>,
+    #[cfg(not(feature = "http"))]
+    enricher: Option<Never>,
     metrics: Arc<Metrics>,
     /// Becomes true when shutdown is asked for; ends waits for an unavailable store.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    cache: StateCache,
+    /// Batches started, numbering flights.
+    started: u64,
+}
+
+/// What the run loop is woken by.
+enum Next {
+    Batch(Vec<Message>),
+    Landed(Landed),
+    Stop,
 }
 
 impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
@@ -120,12 +155,13 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             rule,
             store,
             dead_letters,
+            cache: StateCache::new(config.state_cache_keys),
             config,
             stats: Stats::default(),
-            #[cfg(feature = "http")]
             enricher: None,
             metrics: Arc::new(Metrics::new()),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            started: 0,
         }
     }
 
@@ -169,109 +205,342 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         &self.rule
     }
 
+    /// Forgets every cached state, so the next batch loads its keys: after something other
+    /// than this pipeline changed the store (e.g. `replay --rebuild`).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+
     /// Reads, processes and acknowledges batches until the source ends or `shutdown` resolves.
-    /// A batch in progress when `shutdown` resolves is finished first — unless it is waiting
-    /// for an unavailable store or dead-letter queue; then it is left unacknowledged, to be
-    /// delivered again.
+    /// Batches in flight when `shutdown` resolves are finished and acknowledged first — unless
+    /// one is waiting for an unavailable store or dead-letter queue; then it and the batches
+    /// after it are left unacknowledged, to be delivered again.
     pub async fn run<Src: Source>(
         &mut self,
         source: &mut Src,
-        shutdown: impl std::future::Future<Output = ()>,
+        shutdown: impl Future<Output = ()>,
     ) -> Result<(), PipelineError> {
         let stopping = Arc::clone(&self.stopping);
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let batch = tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                batch = source.next_batch(self.config.batch_size) => batch?,
-            };
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let processed = {
-                let mut processing = std::pin::pin!(self.process(&batch));
-                tokio::select! {
-                    biased;
-                    result = &mut processing => result,
-                    () = &mut shutdown => {
-                        stopping.send_replace(true);
-                        processing.await
-                    }
-                }
-            };
-            match processed {
-                Ok(()) => source.ack(&batch).await?,
-                Err(PipelineError::Interrupted(what)) => {
-                    tracing::warn!(
-                        waiting_for = what,
-                        messages = batch.len(),
-                        "shutdown while waiting; batch left unacknowledged"
-                    );
-                    return Ok(());
-                }
-                Err(error) => return Err(error),
-            }
-            if *stopping.borrow() {
-                return Ok(());
+        let work = self.work(source);
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            result = &mut work => return result,
+            () = shutdown => {
+                stopping.send_replace(true);
             }
         }
+        work.await
     }
 
-    /// Takes one batch through the stages. Returns once its writes and dead letters are
-    /// acknowledged; the caller then acknowledges the batch to its source.
+    /// Takes one batch through every stage and returns once its writes and dead letters are
+    /// acknowledged (one batch in flight; the caller acknowledges it to its source).
     pub async fn process(&mut self, messages: &[Message]) -> Result<(), PipelineError> {
-        let started = Instant::now();
-        self.rule.before_batch();
-        let mut batch = Batch::new(messages, self.rule.info().stamp());
-        let decoded = group::decode_all(&mut batch, &self.config.mapping);
-        let fetched = self.enrich(&decoded).await;
-        let groups = group::by_key(&mut batch, decoded, &fetched);
+        let mut window = FuturesOrdered::new();
+        let mut flights = VecDeque::new();
         let outage = Outage::new(&self.metrics, self.stopping.subscribe(), &self.config);
-        settle::settle(
-            &mut batch,
-            groups,
-            &mut self.rule,
-            &self.store,
-            &outage,
-            &self.config,
+        self.rule.before_batch();
+        self.started += 1;
+        let (flight, cargo) = flight::prepare(
+            Deciding {
+                rule: &mut self.rule,
+                store: &self.store,
+                cache: &mut self.cache,
+                outage: &outage,
+                config: &self.config,
+            },
+            messages.to_vec(),
+            self.started,
+            async |decoded| {
+                enrich(self.enricher.as_ref(), &self.config, &self.metrics, decoded).await
+            },
         )
         .await?;
-        outage
-            .send_dead_letters(&self.dead_letters, &batch.letters)
-            .await?;
-        record::record(&mut self.stats, &self.metrics, batch, started);
+        window.push_back(flight::land(&self.store, &self.dead_letters, cargo));
+        flights.push_back(flight);
+        let mut done = Vec::new();
+        while let Some(landed) = window.next().await {
+            let parts = Parts {
+                rule: &mut self.rule,
+                store: &self.store,
+                dead_letters: &self.dead_letters,
+                cache: &mut self.cache,
+                config: &self.config,
+                outage: &outage,
+            };
+            done.extend(settle_landed(landed, &mut window, &mut flights, parts).await?);
+        }
+        for batch in done {
+            record::record(&mut self.stats, &self.metrics, &batch);
+        }
         Ok(())
     }
 
-    /// Fetches the entity of every distinct id-only key of the batch, if an enricher is set.
-    #[cfg(feature = "http")]
-    async fn enrich(
-        &self,
-        decoded: &[(usize, Decoded)],
-    ) -> HashMap<String, Result<Event, EnrichError>> {
-        let Some(enricher) = &self.enricher else {
-            return HashMap::new();
+    /// The run loop: keeps the write window full, completes flights in order and acknowledges
+    /// them, until the source ends or stopping is asked for.
+    async fn work<Src: Source>(&mut self, source: &mut Src) -> Result<(), PipelineError> {
+        let outage = Outage::new(&self.metrics, self.stopping.subscribe(), &self.config);
+        let mut stop = self.stopping.subscribe();
+        let mut window = FuturesOrdered::new();
+        let mut flights: VecDeque<Flight> = VecDeque::new();
+        let mut stamp = self.rule.info().stamp();
+        let mut generation = source.generation();
+        let max_in_flight = self.config.max_in_flight.max(1);
+        let result = loop {
+            if *stop.borrow() {
+                break Ok(());
+            }
+            let next = if flights.len() < max_in_flight {
+                tokio::select! {
+                    biased;
+                    Some(landed) = window.next(), if !flights.is_empty() => Next::Landed(landed),
+                    batch = source.next_batch(self.config.batch_size) => match batch {
+                        Ok(batch) => Next::Batch(batch),
+                        Err(error) => break Err(error.into()),
+                    },
+                    _ = stop.changed() => Next::Stop,
+                }
+            } else {
+                match window.next().await {
+                    Some(landed) => Next::Landed(landed),
+                    None => continue,
+                }
+            };
+            let messages = match next {
+                Next::Stop => break Ok(()),
+                Next::Landed(landed) => {
+                    let parts = Parts {
+                        rule: &mut self.rule,
+                        store: &self.store,
+                        dead_letters: &self.dead_letters,
+                        cache: &mut self.cache,
+                        config: &self.config,
+                        outage: &outage,
+                    };
+                    match settle_landed(landed, &mut window, &mut flights, parts).await {
+                        Ok(done) => {
+                            if let Err(error) =
+                                finish(done, source, &mut self.stats, &self.metrics).await
+                            {
+                                break Err(error);
+                            }
+                        }
+                        Err(error) => break Err(error),
+                    }
+                    self.metrics.set_in_flight(flights.len());
+                    continue;
+                }
+                Next::Batch(messages) if messages.is_empty() => break Ok(()),
+                Next::Batch(messages) => messages,
+            };
+            self.rule.before_batch();
+            let now_stamp = self.rule.info().stamp();
+            let now_generation = source.generation();
+            if now_stamp != stamp || now_generation != generation {
+                // What is cached was decided by another rule, or about partitions another
+                // instance may have written meanwhile: finish what is in flight, then forget.
+                let parts = Parts {
+                    rule: &mut self.rule,
+                    store: &self.store,
+                    dead_letters: &self.dead_letters,
+                    cache: &mut self.cache,
+                    config: &self.config,
+                    outage: &outage,
+                };
+                let drained = match drain(&mut window, &mut flights, parts).await {
+                    Ok(done) => finish(done, source, &mut self.stats, &self.metrics).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = drained {
+                    break Err(error);
+                }
+                self.cache.clear();
+                stamp = now_stamp;
+                generation = now_generation;
+            }
+            self.started += 1;
+            let prepared = flight::prepare(
+                Deciding {
+                    rule: &mut self.rule,
+                    store: &self.store,
+                    cache: &mut self.cache,
+                    outage: &outage,
+                    config: &self.config,
+                },
+                messages,
+                self.started,
+                async |decoded| {
+                    enrich(self.enricher.as_ref(), &self.config, &self.metrics, decoded).await
+                },
+            )
+            .await;
+            match prepared {
+                Ok((flight, cargo)) => {
+                    window.push_back(flight::land(&self.store, &self.dead_letters, cargo));
+                    flights.push_back(flight);
+                    self.metrics.set_in_flight(flights.len());
+                }
+                Err(error) => break Err(error),
+            }
         };
-        let id_only = decoded.iter().filter_map(|(_, d)| match d {
-            Decoded::IdOnly { key } => Some(key.clone()),
-            Decoded::Event(_) => None,
-        });
-        let asked = Instant::now();
-        let fetched = enricher.fetch_all(id_only, &self.config.mapping).await;
-        if !fetched.is_empty() {
-            self.metrics
-                .record_enrichment(fetched.len(), asked.elapsed());
+        // Whatever ended the loop, batches in flight are finished (or, waiting for an outage
+        // at shutdown, left unacknowledged) before returning.
+        let parts = Parts {
+            rule: &mut self.rule,
+            store: &self.store,
+            dead_letters: &self.dead_letters,
+            cache: &mut self.cache,
+            config: &self.config,
+            outage: &outage,
+        };
+        let drained = match drain(&mut window, &mut flights, parts).await {
+            Ok(done) => finish(done, source, &mut self.stats, &self.metrics).await,
+            Err(error) => Err(error),
+        };
+        self.metrics.set_in_flight(0);
+        match (result, drained) {
+            (Err(error), _) | (Ok(()), Err(error)) => interrupted_is_done(error),
+            (Ok(()), Ok(())) => Ok(()),
         }
-        fetched
-    }
-
-    /// Without the `http` feature there is no enricher: id-only messages are dead-lettered.
-    #[cfg(not(feature = "http"))]
-    async fn enrich(
-        &self,
-        _decoded: &[(usize, Decoded)],
-    ) -> HashMap<String, Result<Event, std::convert::Infallible>> {
-        HashMap::new()
     }
 }
+
+/// A wait for an outage that shutdown interrupted leaves its batch unacknowledged, to be
+/// delivered again: that is a clean stop.
+fn interrupted_is_done(error: PipelineError) -> Result<(), PipelineError> {
+    match error {
+        PipelineError::Interrupted(what) => {
+            tracing::warn!(
+                waiting_for = what,
+                "shutdown while waiting; batches in flight left unacknowledged"
+            );
+            Ok(())
+        }
+        error => Err(error),
+    }
+}
+
+/// What completing or repairing a flight needs.
+struct Parts<'a, R, S, D> {
+    rule: &'a mut R,
+    store: &'a S,
+    dead_letters: &'a D,
+    cache: &'a mut StateCache,
+    config: &'a PipelineConfig,
+    outage: &'a Outage<'a>,
+}
+
+/// Settles the window's head, which has landed: completes it if it is clean; else drains the
+/// window, clears the cache and repairs every drained flight in order. Returns the finished
+/// batches, in order.
+async fn settle_landed<R: Rule, S: Store, D: DeadLetterSink, F: Future<Output = Landed>>(
+    landed: Landed,
+    window: &mut FuturesOrdered<F>,
+    flights: &mut VecDeque<Flight>,
+    parts: Parts<'_, R, S, D>,
+) -> Result<Vec<Batch>, PipelineError> {
+    let Some(head) = flights.pop_front() else {
+        return Ok(Vec::new());
+    };
+    if !flight::needs_repair(&landed) {
+        let batch =
+            flight::complete(head, landed, parts.cache, parts.dead_letters, parts.outage).await?;
+        return Ok(vec![batch]);
+    }
+    let mut drained = vec![(head, landed)];
+    while let Some(landed) = window.next().await {
+        if let Some(flight) = flights.pop_front() {
+            drained.push((flight, landed));
+        }
+    }
+    parts.cache.clear();
+    let mut done = Vec::with_capacity(drained.len());
+    for (flight, landed) in drained {
+        let deciding = Deciding {
+            rule: &mut *parts.rule,
+            store: parts.store,
+            cache: &mut *parts.cache,
+            outage: parts.outage,
+            config: parts.config,
+        };
+        done.push(flight::repair(flight, landed, deciding, parts.dead_letters).await?);
+    }
+    Ok(done)
+}
+
+/// Settles every flight in the window, in order.
+async fn drain<R: Rule, S: Store, D: DeadLetterSink, F: Future<Output = Landed>>(
+    window: &mut FuturesOrdered<F>,
+    flights: &mut VecDeque<Flight>,
+    parts: Parts<'_, R, S, D>,
+) -> Result<Vec<Batch>, PipelineError> {
+    let mut done = Vec::new();
+    while let Some(landed) = window.next().await {
+        let step = Parts {
+            rule: &mut *parts.rule,
+            store: parts.store,
+            dead_letters: parts.dead_letters,
+            cache: &mut *parts.cache,
+            config: parts.config,
+            outage: parts.outage,
+        };
+        done.extend(settle_landed(landed, window, flights, step).await?);
+    }
+    Ok(done)
+}
+
+/// Records finished batches and acknowledges them to the source, in order.
+async fn finish<Src: Source>(
+    done: Vec<Batch>,
+    source: &mut Src,
+    stats: &mut Stats,
+    metrics: &Metrics,
+) -> Result<(), PipelineError> {
+    for batch in done {
+        let acking = Instant::now();
+        source.ack(&batch.messages).await?;
+        metrics.record_stage("ack", acking.elapsed());
+        record::record(stats, metrics, &batch);
+    }
+    Ok(())
+}
+
+/// Fetches the entity of every distinct id-only key of the batch, if an enricher is set.
+#[cfg(feature = "http")]
+async fn enrich(
+    enricher: Option<&Enricher>,
+    config: &PipelineConfig,
+    metrics: &Metrics,
+    decoded: &[(usize, Decoded)],
+) -> HashMap<String, Result<Event, EnrichError>> {
+    let Some(enricher) = enricher else {
+        return HashMap::new();
+    };
+    let id_only = decoded.iter().filter_map(|(_, d)| match d {
+        Decoded::IdOnly { key } => Some(key.clone()),
+        Decoded::Event(_) => None,
+    });
+    let asked = Instant::now();
+    let fetched = enricher.fetch_all(id_only, &config.mapping).await;
+    if !fetched.is_empty() {
+        metrics.record_enrichment(fetched.len(), asked.elapsed());
+        metrics.record_stage("enrich", asked.elapsed());
+    }
+    fetched
+}
+
+/// Without the `http` feature there is no enricher: id-only messages are dead-lettered.
+#[cfg(not(feature = "http"))]
+async fn enrich(
+    _enricher: Option<&Never>,
+    _config: &PipelineConfig,
+    _metrics: &Metrics,
+    _decoded: &[(usize, Decoded)],
+) -> HashMap<String, Result<Event, std::convert::Infallible>> {
+    HashMap::new()
+}
+
+/// Stands in for the enricher in a build without one.
+#[cfg(not(feature = "http"))]
+#[derive(Debug)]
+enum Never {}

@@ -1,7 +1,7 @@
 //! The record stage: a finished batch's tally goes into the pipeline's stats and, aggregated
 //! once per batch, into the metrics; its dead letters are counted and logged.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Stats;
 use super::batch::Batch;
@@ -9,7 +9,8 @@ use crate::telemetry::Metrics;
 use crate::telemetry::events::DeadLettered;
 
 /// Records a batch whose writes and dead letters are acknowledged.
-pub(super) fn record(stats: &mut Stats, metrics: &Metrics, batch: Batch<'_>, started: Instant) {
+pub(super) fn record(stats: &mut Stats, metrics: &Metrics, batch: &Batch) {
+    let started = batch.started;
     for letter in &batch.letters {
         *stats.dead_letters.entry(letter.kind).or_default() += 1;
         metrics.emit(DeadLettered {

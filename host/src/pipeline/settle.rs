@@ -1,42 +1,104 @@
-//! The settle stage: each key's events are folded through the rule over its stored state and
-//! the result is written with one compare-and-set; a key that lost a race is reloaded and
-//! folded again.
+//! The settle stage: each key's events are folded through the rule over its current state and
+//! the result is written with one compare-and-set; a key that lost a race is decided again on
+//! the state the refusal answered.
 //!
 //! Folding a key's events locally (coalescing) writes a key at most once per batch. Decisions
 //! are asked in rounds — the first event of every key in one `decide-batch` call, then the
 //! second, … — so the per-call cost of the rule is paid once per round rather than once per
-//! event. A store that fails is waited out ([`Outage`]); a write whose answer was lost is
-//! harmless to redo, because it is redone from a fresh load and the compare-and-set makes a
-//! write that did land a newer revision to decide against.
+//! event. A key's current state comes from the [`StateCache`] when it is known there, else
+//! from one pipelined load of the batch's unknown keys.
+//!
+//! [`settle`] is the complete, sequential path: it returns once every key is written or
+//! decided against the latest state, and is what a batch falls back to after a refused or
+//! failed write (see `flight`). A store that fails is waited out ([`Outage`]); a write whose
+//! answer was lost is harmless to redo, because the compare-and-set makes a write that did land
+//! a newer revision to decide against.
 
 use std::time::Instant;
 
+use super::PipelineError;
 use super::batch::Batch;
+use super::cache::StateCache;
 use super::group::KeyEvents;
 use super::outage::Outage;
-use super::{PipelineConfig, PipelineError};
+use crate::config::PipelineConfig;
 use crate::dead_letter::DeadLetterKind;
 use crate::entity::{Decision, Event, State};
 use crate::rule::{DecideError, Rule};
-use crate::store::{Store, Stored, Write, WriteOutcome};
+use crate::store::{Current, Store, Write, WriteOutcome, new_writer_id};
 
 /// What folding one key's events produced.
-struct Folded {
+pub(super) struct Folded {
     /// The revision the fold started from: the compare-and-set's expectation.
-    start_revision: u64,
+    pub base_revision: u64,
+    /// The writer of that revision.
+    pub base_writer: u64,
     /// The state to write, if any event changed it.
-    changed: Option<State>,
+    pub changed: Option<State>,
     /// Each event's decision, by the index of its message.
-    outcomes: Vec<(usize, Result<Decision, DecideError>)>,
+    pub outcomes: Vec<(usize, Result<Decision, DecideError>)>,
 }
 
-/// Settles every key of the batch: decided, written, and the outcome of each event tallied
-/// (rejections and rule failures dead-lettered).
+impl Folded {
+    /// The write of the folded state, if it changed.
+    pub fn write(&self, key: &str, batch: &Batch, last_index: usize) -> Option<Write> {
+        Some(Write {
+            key: key.to_owned(),
+            expected_revision: self.base_revision,
+            expected_writer: self.base_writer,
+            writer: new_writer_id(),
+            state: self.changed.clone()?,
+            rule: batch.stamp.clone(),
+            position: batch.messages[last_index].position.to_string(),
+        })
+    }
+}
+
+/// The current state of every group's key: from the cache where it is known, else loaded (one
+/// pipelined round trip for all unknown keys, outages waited out). Loaded states are cached.
+pub(super) async fn current_states(
+    groups: &[KeyEvents],
+    cache: &mut StateCache,
+    store: &impl Store,
+    outage: &Outage<'_>,
+) -> Result<Vec<Option<Current>>, PipelineError> {
+    let mut currents = Vec::with_capacity(groups.len());
+    let mut unknown = Vec::new();
+    for (slot, group) in groups.iter().enumerate() {
+        match cache.get(&group.key) {
+            Some(known) => currents.push(known),
+            None => {
+                currents.push(None);
+                unknown.push(slot);
+            }
+        }
+    }
+    outage
+        .metrics
+        .record_cache((groups.len() - unknown.len()) as u64, unknown.len() as u64);
+    if unknown.is_empty() {
+        return Ok(currents);
+    }
+    let keys: Vec<String> = unknown
+        .iter()
+        .map(|&slot| groups[slot].key.clone())
+        .collect();
+    let loaded = load(store, &keys, outage).await?;
+    for ((slot, key), current) in unknown.into_iter().zip(keys).zip(loaded) {
+        cache.remember(key, current.clone());
+        currents[slot] = current;
+    }
+    Ok(currents)
+}
+
+/// Settles every key of `groups` completely: decided, written, the outcome of each event
+/// tallied (rejections and rule failures dead-lettered), and the cache told what was stored.
 pub(super) async fn settle(
-    batch: &mut Batch<'_>,
+    batch: &mut Batch,
     groups: Vec<KeyEvents>,
     rule: &mut impl Rule,
     store: &impl Store,
+    cache: &mut StateCache,
     outage: &Outage<'_>,
     config: &PipelineConfig,
 ) -> Result<(), PipelineError> {
@@ -50,38 +112,43 @@ pub(super) async fn settle(
                 keys: pending.into_iter().map(|group| group.key).collect(),
             });
         }
-        let keys: Vec<String> = pending.iter().map(|group| group.key.clone()).collect();
-        let loaded = load(store, &keys, outage).await?;
-        let folded = fold(rule, &pending, loaded, config.rule_retries);
+        let currents = current_states(&pending, cache, store, outage).await?;
+        let folded = fold(rule, &pending, currents, config.rule_retries);
         let mut writes = Vec::new();
         let mut written = Vec::new();
         for (slot, fold) in folded.iter().enumerate() {
-            if let Some(state) = &fold.changed {
-                let group = &pending[slot];
-                let last = group.events.last().map_or(0, |(index, _)| *index);
-                writes.push(Write {
-                    key: group.key.clone(),
-                    expected_revision: fold.start_revision,
-                    state: state.clone(),
-                    rule: batch.stamp.clone(),
-                    position: batch.messages[last].position.to_string(),
-                });
+            if let Some(write) = fold.write(&pending[slot].key, batch, pending[slot].last_index()) {
+                writes.push(write);
                 written.push(slot);
             }
         }
         let Some(outcomes) = write(store, &writes, outage).await? else {
-            // The store failed mid-write: some writes may have landed. Reload and decide
-            // again; the compare-and-set keeps a landed write from being applied twice.
+            // The store failed mid-write: some writes may have landed. Forget what is cached,
+            // reload and decide again; the compare-and-set keeps a landed write from being
+            // applied twice.
+            cache.clear();
             attempt -= 1;
             continue;
         };
         let mut conflicted = vec![false; pending.len()];
-        for (slot, outcome) in written.into_iter().zip(outcomes) {
+        for ((slot, write), outcome) in written.into_iter().zip(writes).zip(outcomes) {
             match outcome {
-                WriteOutcome::Written { .. } => batch.tally.writes += 1,
-                WriteOutcome::Conflict => {
+                WriteOutcome::Written { revision } => {
+                    batch.tally.writes += 1;
+                    cache.remember(
+                        write.key,
+                        Some(Current {
+                            state: write.state,
+                            revision,
+                            writer: write.writer,
+                        }),
+                    );
+                }
+                WriteOutcome::Conflict { current } => {
                     batch.tally.conflicts += 1;
                     conflicted[slot] = true;
+                    // Decided again on what the refusal answered, without a load.
+                    cache.remember(write.key, current);
                 }
             }
         }
@@ -105,13 +172,14 @@ async fn load(
     store: &impl Store,
     keys: &[String],
     outage: &Outage<'_>,
-) -> Result<Vec<Option<Stored>>, PipelineError> {
+) -> Result<Vec<Option<Current>>, PipelineError> {
     let mut backoff = outage.backoff();
     loop {
         let asked = Instant::now();
         match store.load(keys).await {
             Ok(loaded) => {
                 outage.metrics.record_store_call("load", asked.elapsed());
+                outage.metrics.record_stage("load", asked.elapsed());
                 return Ok(loaded);
             }
             Err(error) if error.is_transient() => {
@@ -129,6 +197,9 @@ async fn write(
     writes: &[Write],
     outage: &Outage<'_>,
 ) -> Result<Option<Vec<WriteOutcome>>, PipelineError> {
+    if writes.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
     let asked = Instant::now();
     match store.write(writes).await {
         Ok(outcomes) => {
@@ -144,75 +215,91 @@ async fn write(
     }
 }
 
-/// Folds each group's events over its loaded state, in rounds of one event per key.
-fn fold(
+/// Folds each group's events over its current state, in rounds of one event per key.
+pub(super) fn fold(
     rule: &mut impl Rule,
     groups: &[KeyEvents],
-    loaded: Vec<Option<Stored>>,
+    currents: Vec<Option<Current>>,
     retries: u32,
 ) -> Vec<Folded> {
     let mut states: Vec<Option<State>> = Vec::with_capacity(groups.len());
     let mut folded: Vec<Folded> = Vec::with_capacity(groups.len());
-    for stored in loaded {
+    for current in currents {
         folded.push(Folded {
-            start_revision: stored.as_ref().map_or(0, |s| s.revision),
+            base_revision: current.as_ref().map_or(0, |c| c.revision),
+            base_writer: current.as_ref().map_or(0, |c| c.writer),
             changed: None,
             outcomes: Vec::new(),
         });
-        states.push(stored.map(|s| s.state));
+        states.push(current.map(|c| c.state));
     }
     let rounds = groups.iter().map(|g| g.events.len()).max().unwrap_or(0);
+    let mut changed = vec![false; groups.len()];
+    let mut members: Vec<usize> = Vec::with_capacity(groups.len());
     for round in 0..rounds {
-        let members: Vec<usize> = (0..groups.len())
-            .filter(|&slot| round < groups[slot].events.len())
-            .collect();
+        members.clear();
+        members.extend((0..groups.len()).filter(|&slot| round < groups[slot].events.len()));
+        // The states move into the call and back out of it: only events are copied.
         let items: Vec<(Option<State>, Event)> = members
             .iter()
-            .map(|&slot| (states[slot].clone(), groups[slot].events[round].1.clone()))
+            .map(|&slot| (states[slot].take(), groups[slot].events[round].1.clone()))
             .collect();
-        let decisions = decide_all(rule, &items, retries);
-        for (slot, decision) in members.into_iter().zip(decisions) {
-            if let Ok(decision) = &decision
-                && let Some(state) = decision.stored_state()
-            {
-                states[slot] = Some(state.clone());
-                folded[slot].changed = Some(state.clone());
-            }
+        let (decisions, items) = decide_all(rule, items, retries);
+        for ((&slot, decision), (current, _)) in members.iter().zip(decisions).zip(items) {
+            states[slot] = match decision.as_ref().ok().and_then(Decision::stored_state) {
+                Some(state) => {
+                    changed[slot] = true;
+                    Some(state.clone())
+                }
+                None => current,
+            };
             folded[slot]
                 .outcomes
                 .push((groups[slot].events[round].0, decision));
+        }
+    }
+    for ((fold, state), changed) in folded.iter_mut().zip(states).zip(changed) {
+        if changed {
+            fold.changed = state;
         }
     }
     folded
 }
 
 /// Decides a round in one batch call; if the batch fails, decides each pair alone (with
-/// retries on a fresh instance) so that only the culprit fails.
+/// retries on a fresh instance) so that only the culprit fails. Gives the items back.
+#[allow(clippy::type_complexity)]
 fn decide_all(
     rule: &mut impl Rule,
-    items: &[(Option<State>, Event)],
+    items: Vec<(Option<State>, Event)>,
     retries: u32,
-) -> Vec<Result<Decision, DecideError>> {
-    match rule.decide_batch(items) {
-        Ok(decisions) => decisions.into_iter().map(Ok).collect(),
-        Err(_) => items
-            .iter()
-            .map(|(current, incoming)| {
-                let mut result = rule.decide(current.as_ref(), incoming);
-                for _ in 0..retries {
-                    if result.is_ok() {
-                        break;
+) -> (
+    Vec<Result<Decision, DecideError>>,
+    Vec<(Option<State>, Event)>,
+) {
+    match rule.decide_batch(&items) {
+        Ok(decisions) => (decisions.into_iter().map(Ok).collect(), items),
+        Err(_) => {
+            let decisions = items
+                .iter()
+                .map(|(current, incoming)| {
+                    let mut result = rule.decide(current.as_ref(), incoming);
+                    for _ in 0..retries {
+                        if result.is_ok() {
+                            break;
+                        }
+                        result = rule.decide(current.as_ref(), incoming);
                     }
-                    result = rule.decide(current.as_ref(), incoming);
-                }
-                result
-            })
-            .collect(),
+                    result
+                })
+                .collect();
+            (decisions, items)
+        }
     }
 }
 
 /// Tallies one applied event's outcome; rejections and failures become dead letters.
-fn tally(batch: &mut Batch<'_>, index: usize, outcome: Result<Decision, DecideError>) {
+pub(super) fn tally(batch: &mut Batch, index: usize, outcome: Result<Decision, DecideError>) {
     match outcome {
         Ok(decision) => {
             *batch.tally.decisions.entry(decision.kind()).or_default() += 1;

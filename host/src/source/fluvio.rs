@@ -129,6 +129,8 @@ pub struct FluvioSource {
     topic: Arc<str>,
     records: mpsc::Receiver<Message>,
     batch_timeout: Duration,
+    /// Records taken for a batch that was dropped before it was returned.
+    collected: Vec<Message>,
     partitions: HashMap<i32, Partition>,
     stop: watch::Sender<bool>,
     readers: Vec<JoinHandle<()>>,
@@ -210,6 +212,7 @@ impl FluvioSource {
             topic: Arc::clone(&topic),
             records,
             batch_timeout: config.batch_timeout,
+            collected: Vec::new(),
             partitions: HashMap::new(),
             stop,
             readers: Vec::new(),
@@ -321,25 +324,36 @@ impl Source for FluvioSource {
     /// Up to `max` records, waiting at most `batch_timeout` for more after the first. Readers
     /// only stop on shutdown, so a closed channel is an error, not the end of the input.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        let Some(first) = self.records.recv().await else {
-            return Err(SourceError::ReadersStopped {
-                topic: self.topic.to_string(),
-            });
-        };
-        let mut batch = Vec::with_capacity(max.max(1));
-        batch.push(first);
-        let linger = tokio::time::sleep(self.batch_timeout);
-        tokio::pin!(linger);
-        while batch.len() < max {
-            tokio::select! {
-                biased;
-                message = self.records.recv() => match message {
-                    Some(message) => batch.push(message),
-                    None => break,
-                },
-                () = &mut linger => break,
+        let max = max.max(1);
+        if self.collected.is_empty() {
+            let Some(first) = self.records.recv().await else {
+                return Err(SourceError::ReadersStopped {
+                    topic: self.topic.to_string(),
+                });
+            };
+            self.collected.push(first);
+        }
+        while self.collected.len() < max {
+            match self.records.try_recv() {
+                Ok(message) => self.collected.push(message),
+                Err(_empty_or_closed) => break,
             }
         }
+        if !self.batch_timeout.is_zero() {
+            let linger = tokio::time::sleep(self.batch_timeout);
+            tokio::pin!(linger);
+            while self.collected.len() < max {
+                tokio::select! {
+                    biased;
+                    message = self.records.recv() => match message {
+                        Some(message) => self.collected.push(message),
+                        None => break,
+                    },
+                    () = &mut linger => break,
+                }
+            }
+        }
+        let batch = std::mem::take(&mut self.collected);
         for (partition, first, last) in runs(&batch) {
             if let Some(state) = self.partitions.get_mut(&partition) {
                 state.ledger.handed_out(first, last);

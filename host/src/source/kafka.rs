@@ -5,12 +5,20 @@
 //!   the batch's writes and dead letters are acknowledged; stored offsets are committed by the
 //!   client every `auto.commit.interval.ms`, synchronously before partitions are revoked, and
 //!   on shutdown ([`KafkaSource::close`]). A crash replays at most the unacknowledged tail.
-//! - Batches close at `batch_size` messages or `batch_timeout` after their first message.
+//! - A batch takes the messages that have arrived, up to `batch_size`, and closes at once
+//!   (or, with `batch_timeout_ms`, waits that long after its first message for more).
+//!   Collecting is cancel-safe: messages taken by a batch that is dropped before it is
+//!   returned are kept for the next one.
+//! - Rebalances are counted ([`Source::generation`]), so the pipeline can drop what it cached
+//!   about partitions it may have lost.
 //! - Every librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`, …) passes through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -29,6 +37,8 @@ use crate::telemetry::Metrics;
 /// the client's periodic statistics.
 struct CommitOnRevoke {
     metrics: Arc<Metrics>,
+    /// Rebalances seen (assignments and revocations).
+    rebalances: AtomicU64,
 }
 
 impl ClientContext for CommitOnRevoke {
@@ -53,6 +63,10 @@ impl ClientContext for CommitOnRevoke {
 }
 
 impl ConsumerContext for CommitOnRevoke {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             // Nothing stored since the last commit is not an error.
@@ -71,6 +85,8 @@ impl ConsumerContext for CommitOnRevoke {
 pub struct KafkaSource {
     consumer: StreamConsumer<CommitOnRevoke>,
     batch_timeout: Duration,
+    /// Messages taken for a batch that was dropped before it was returned.
+    collected: Vec<Message>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -102,12 +118,16 @@ impl KafkaSource {
             client.set(name, value);
         }
         let consumer: StreamConsumer<CommitOnRevoke> =
-            client.create_with_context(CommitOnRevoke { metrics })?;
+            client.create_with_context(CommitOnRevoke {
+                metrics,
+                rebalances: AtomicU64::new(0),
+            })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {
             consumer,
             batch_timeout: Duration::from_millis(config.batch_timeout_ms),
+            collected: Vec::new(),
         })
     }
 
@@ -139,19 +159,32 @@ impl KafkaSource {
 
 impl Source for KafkaSource {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        let first = self.consumer.recv().await?;
-        let mut batch = Vec::with_capacity(max);
-        batch.push(Self::owned(&first));
-        drop(first);
-        let deadline = tokio::time::Instant::now() + self.batch_timeout;
-        while batch.len() < max {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(Self::owned(&message)),
-                Ok(Err(error)) => return Err(error.into()),
-                Err(_elapsed) => break,
+        let max = max.max(1);
+        if self.collected.is_empty() {
+            let first = self.consumer.recv().await?;
+            self.collected.push(Self::owned(&first));
+        }
+        // What has already arrived, without waiting.
+        while self.collected.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(received) => self.collected.push(Self::owned(&received?)),
+                None => break,
             }
         }
-        Ok(batch)
+        if !self.batch_timeout.is_zero() {
+            let deadline = tokio::time::Instant::now() + self.batch_timeout;
+            while self.collected.len() < max {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(received) => self.collected.push(Self::owned(&received?)),
+                    Err(_elapsed) => break,
+                }
+            }
+        }
+        Ok(std::mem::take(&mut self.collected))
+    }
+
+    fn generation(&self) -> u64 {
+        self.consumer.context().rebalances.load(Ordering::Relaxed)
     }
 
     async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {

@@ -11,6 +11,10 @@ use super::{Message, Position, Source, SourceError};
 pub struct JsonLinesSource<R> {
     reader: R,
     line: u64,
+    /// A line read in part by a batch that was dropped (reading resumes into it).
+    partial: Vec<u8>,
+    /// Messages taken by a batch that was dropped before it was returned.
+    collected: Vec<Message>,
 }
 
 impl<R> std::fmt::Debug for JsonLinesSource<R> {
@@ -24,20 +28,27 @@ impl<R> std::fmt::Debug for JsonLinesSource<R> {
 impl<R: AsyncBufRead + Unpin> JsonLinesSource<R> {
     /// Reads messages from `reader`, counting lines from 1.
     pub fn new(reader: R) -> Self {
-        Self { reader, line: 0 }
+        Self {
+            reader,
+            line: 0,
+            partial: Vec::new(),
+            collected: Vec::new(),
+        }
     }
 }
 
 impl<R: AsyncBufRead + Unpin> Source for JsonLinesSource<R> {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        let mut batch = Vec::with_capacity(max);
-        while batch.len() < max {
+        while self.collected.len() < max {
             // Bytes, not a String: a line of invalid UTF-8 is the message's problem (it is
-            // dead-lettered), not the source's.
-            let mut bytes = Vec::new();
-            if self.reader.read_until(b'\n', &mut bytes).await? == 0 {
+            // dead-lettered), not the source's. `read_until` appends what it read before a
+            // cancellation, so a dropped batch loses no part of a line.
+            if self.reader.read_until(b'\n', &mut self.partial).await? == 0
+                && self.partial.is_empty()
+            {
                 break;
             }
+            let mut bytes = std::mem::take(&mut self.partial);
             self.line += 1;
             while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 bytes.pop();
@@ -45,7 +56,7 @@ impl<R: AsyncBufRead + Unpin> Source for JsonLinesSource<R> {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            batch.push(Message {
+            self.collected.push(Message {
                 position: Position::Line { line: self.line },
                 key: None,
                 payload: Some(bytes),
@@ -53,7 +64,7 @@ impl<R: AsyncBufRead + Unpin> Source for JsonLinesSource<R> {
                 lost: None,
             });
         }
-        Ok(batch)
+        Ok(std::mem::take(&mut self.collected))
     }
 
     async fn ack(&mut self, _batch: &[Message]) -> Result<(), SourceError> {

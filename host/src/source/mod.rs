@@ -173,10 +173,23 @@ impl std::fmt::Display for Chain<'_> {
 }
 
 /// A stream of messages, read in batches and acknowledged by position.
+///
+/// Several batches may be in flight: they are acknowledged in the order they were delivered,
+/// each once its writes and dead letters are.
 #[allow(async_fn_in_trait)] // Used through generics only.
 pub trait Source {
     /// Up to `max` messages; an empty batch means the stream has ended.
+    ///
+    /// Cancel-safe: the pipeline drops this future when a batch in flight completes first,
+    /// so messages it had taken must be kept and delivered by the next call.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError>;
+
+    /// A number that changes whenever the set of partitions this source reads changes (a
+    /// rebalance): the pipeline then forgets what it cached about keys, since another
+    /// instance may have written them meanwhile.
+    fn generation(&self) -> u64 {
+        0
+    }
 
     /// Marks every message of a processed batch as done: its state (or dead letter) is
     /// acknowledged by the store, so it is never delivered again after a restart.
@@ -265,6 +278,16 @@ impl Source for AnySource {
             AnySource::Kafka(source) => source.ack(batch).await,
             #[cfg(feature = "fluvio")]
             AnySource::Fluvio(source) => source.ack(batch).await,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match self {
+            AnySource::Lines(source) => source.generation(),
+            #[cfg(feature = "kafka")]
+            AnySource::Kafka(source) => source.generation(),
+            #[cfg(feature = "fluvio")]
+            AnySource::Fluvio(source) => source.generation(),
         }
     }
 }

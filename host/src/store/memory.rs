@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use super::{Store, StoreError, Stored, Write, WriteOutcome};
+use super::{Current, Store, StoreError, Stored, Write, WriteOutcome, fence_holds};
 
 /// The embedded default: states in this process's memory, same semantics as the Redis store.
 #[derive(Debug, Default)]
@@ -27,7 +27,15 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Current>>, StoreError> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(keys
+            .iter()
+            .map(|key| states.get(key).map(current))
+            .collect())
+    }
+
+    async fn inspect(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
         let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(keys.iter().map(|key| states.get(key).cloned()).collect())
     }
@@ -37,16 +45,17 @@ impl Store for MemoryStore {
         Ok(writes
             .iter()
             .map(|write| {
-                let stored_revision = states.get(&write.key).map_or(0, |s| s.revision);
-                if stored_revision != write.expected_revision {
-                    return WriteOutcome::Conflict;
+                let stored = states.get(&write.key).map(current);
+                if !fence_holds(stored.as_ref(), write) {
+                    return WriteOutcome::Conflict { current: stored };
                 }
-                let revision = stored_revision + 1;
+                let revision = write.expected_revision + 1;
                 states.insert(
                     write.key.clone(),
                     Stored {
                         state: write.state.clone(),
                         revision,
+                        writer: write.writer,
                         rule: write.rule.clone(),
                         position: write.position.clone(),
                     },
@@ -54,5 +63,13 @@ impl Store for MemoryStore {
                 WriteOutcome::Written { revision }
             })
             .collect())
+    }
+}
+
+fn current(stored: &Stored) -> Current {
+    Current {
+        state: stored.state.clone(),
+        revision: stored.revision,
+        writer: stored.writer,
     }
 }

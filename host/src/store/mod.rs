@@ -7,7 +7,8 @@
 //! consumers race on it.
 //!
 //! # Layout
-//! - this module: the [`Store`] trait, [`Stored`], [`Write`], [`WriteOutcome`], [`StoreError`];
+//! - this module: the [`Store`] trait, [`Stored`], [`Current`], [`Write`], [`WriteOutcome`],
+//!   [`StoreError`];
 //! - `memory`: the in-memory store ([`MemoryStore`]), the embedded default;
 //! - `redis` (feature `redis`): Redis and Redis Cluster ([`RedisStore`]), compare-and-set in
 //!   Lua.
@@ -19,6 +20,25 @@ mod redis;
 #[cfg(feature = "redis")]
 pub use self::redis::{COMPARE_AND_SET, DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisStore};
 pub use memory::MemoryStore;
+
+/// A fresh write id ([`Write::writer`]): a random base per process, then counting, so ids do
+/// not repeat within a process and two processes collide with negligible probability. Never 0.
+pub fn new_writer_id() -> u64 {
+    static NEXT: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
+        std::sync::LazyLock::new(|| std::sync::atomic::AtomicU64::new(rand::random::<u64>()));
+    loop {
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Whether a stored revision and writer are what a write expects.
+pub fn fence_holds(current: Option<&Current>, write: &Write) -> bool {
+    let (revision, writer) = current.map_or((0, 0), |c| (c.revision, c.writer));
+    revision == write.expected_revision && writer == write.expected_writer
+}
 
 #[cfg(feature = "redis")]
 use std::time::Duration;
@@ -36,19 +56,45 @@ pub struct Stored {
     pub state: State,
     /// 1 for the first write of the key, +1 for each later one.
     pub revision: u64,
+    /// Who wrote this revision (see [`Write::writer`]); 0 when unknown.
+    pub writer: u64,
     /// `name@version` of the rule that decided this state.
     pub rule: String,
     /// The source position of the last event folded into this state.
     pub position: String,
 }
 
+/// A key's state as a decision needs it: what the rule decides against, and the revision and
+/// writer a compare-and-set based on it expects to find. Loads read only these fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Current {
+    /// The decided state.
+    pub state: State,
+    /// The stored revision (1 for the first write of the key).
+    pub revision: u64,
+    /// The id of the write that stored this revision; 0 when unknown (a state written before
+    /// writers were recorded).
+    pub writer: u64,
+}
+
 /// One compare-and-set write.
+///
+/// It lands only if the key's stored revision *and* writer are the expected ones. The revision
+/// alone protects a write based on a state read from the store; the writer also protects a
+/// write based on a state that an earlier write still in flight will store (the pipeline
+/// decides batch N+1 on batch N's result before N is acknowledged): if another writer got in
+/// between, the revision may match but the writer does not, and the write is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     /// The key written.
     pub key: String,
     /// The revision the decision was based on; 0 if the key was absent.
     pub expected_revision: u64,
+    /// The writer of that revision; 0 if the key was absent or its writer unknown.
+    pub expected_writer: u64,
+    /// This write's id, unique across instances (random base, counter): a later write may
+    /// expect it. Never 0.
+    pub writer: u64,
     /// The state to store.
     pub state: State,
     /// `name@version` of the rule that decided the state.
@@ -58,15 +104,19 @@ pub struct Write {
 }
 
 /// The answer to one write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// The state was stored.
     Written {
         /// The key's new revision.
         revision: u64,
     },
-    /// The stored revision was not the expected one; nothing was written.
-    Conflict,
+    /// The stored revision or writer was not the expected one; nothing was written.
+    Conflict {
+        /// What is stored instead (`None`: the key is absent), so the key can be decided
+        /// again without another load.
+        current: Option<Current>,
+    },
 }
 
 /// Why a store call failed. [`StoreError::is_transient`] tells an outage, which the pipeline
@@ -100,7 +150,7 @@ pub enum StoreError {
     #[error("store answered something unexpected: compare-and-set answered {answer}")]
     UnexpectedAnswer {
         /// What the script answered.
-        answer: i64,
+        answer: String,
     },
     /// An answer of Redis did not have the expected type.
     #[cfg(feature = "redis")]
@@ -133,11 +183,31 @@ impl StoreError {
 /// them in one round trip.
 #[allow(async_fn_in_trait)] // Used through generics only; no `dyn Store`, so no Send bound needed.
 pub trait Store {
-    /// The stored states of `keys`, in the same order (`None`: absent).
-    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError>;
+    /// The current states of `keys`, in the same order (`None`: absent).
+    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Current>>, StoreError>;
 
     /// Applies each write atomically and independently; answers in the same order.
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// The whole stored records of `keys`, with the rule and position beside each state
+    /// (`None`: absent), for reports rather than the data path. By default, what
+    /// [`Store::load`] reads, with rule and position unknown (empty).
+    async fn inspect(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+        Ok(self
+            .load(keys)
+            .await?
+            .into_iter()
+            .map(|current| {
+                current.map(|current| Stored {
+                    state: current.state,
+                    revision: current.revision,
+                    writer: current.writer,
+                    rule: String::new(),
+                    position: String::new(),
+                })
+            })
+            .collect())
+    }
 }
 
 /// A store built from its configuration ([`StoreConfig::open`]).
@@ -182,7 +252,7 @@ impl StoreConfig {
 }
 
 impl Store for AnyStore {
-    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Current>>, StoreError> {
         match self {
             AnyStore::Memory(store) => store.load(keys).await,
             #[cfg(feature = "redis")]
@@ -195,6 +265,14 @@ impl Store for AnyStore {
             AnyStore::Memory(store) => store.write(writes).await,
             #[cfg(feature = "redis")]
             AnyStore::Redis(store) => store.write(writes).await,
+        }
+    }
+
+    async fn inspect(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.inspect(keys).await,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(store) => store.inspect(keys).await,
         }
     }
 }
@@ -213,7 +291,12 @@ mod tests {
             }
             .is_transient()
         );
-        assert!(!StoreError::UnexpectedAnswer { answer: 0 }.is_transient());
+        assert!(
+            !StoreError::UnexpectedAnswer {
+                answer: "0".to_owned()
+            }
+            .is_transient()
+        );
         assert!(!StoreError::NotBuiltIn("redis").is_transient());
     }
 

@@ -7,6 +7,7 @@
 //! | field          | value                                                     |
 //! |----------------|-----------------------------------------------------------|
 //! | `rev`          | revision: 1 after the first write, +1 per write           |
+//! | `wid`          | id of the write that stored this revision (decimal u64)   |
 //! | `status`       | the entity's status                                       |
 //! | `version`      | the source's version counter, decimal                     |
 //! | `timestamp_ms` | the source timestamp, milliseconds, decimal               |
@@ -15,51 +16,119 @@
 //! | `position`     | source position of the last event folded into this state  |
 //!
 //! One hash per key keeps every write single-key, so the same script runs unchanged on Redis
-//! Cluster. Loads and writes of a batch go out as one pipeline (on a cluster, one pipeline per
-//! hash slot, all in flight at once). After a restart or `SCRIPT FLUSH` the script is re-sent
-//! with `EVAL` for exactly the writes that met `NOSCRIPT`.
+//! Cluster. Loads (`HMGET` of the fields a decision needs: not `rule` nor `position`) and
+//! writes of a batch go out as one pipeline; on a cluster, one pipeline per node, all in flight
+//! at once (keys grouped by the node that serves their slot, as the client last saw the
+//! cluster). After a restart or `SCRIPT FLUSH` the script is re-sent with `EVAL` for exactly the
+//! writes that met `NOSCRIPT`.
+//!
+//! The compare-and-set answers the new revision, or, on a conflict, the stored state, so a
+//! conflicted key is decided again without another load.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
-use redis::{Pipeline, RedisResult, Script};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{Pipeline, Script};
 
 use crate::entity::State;
-use crate::store::{Store, StoreError, Stored, Write, WriteOutcome};
+use crate::store::{Current, Store, StoreError, Stored, Write, WriteOutcome};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = crate::config::DEFAULT_PREFIX;
 
-/// Writes the state only if the stored revision is the expected one; answers the new revision,
-/// or -1 when the revision did not match (nothing written).
+/// Writes the state only if the stored revision and writer are the expected ones
+/// (`ARGV[1]`, `ARGV[2]`; an absent key has revision 0 and writer "0"); answers the new
+/// revision, or, when they did not match (nothing written), `{-1}` for an absent key and
+/// `{-1, rev, wid, status, version, timestamp_ms, payload}` otherwise. `ARGV[3..=8]`: status,
+/// version, timestamp_ms, payload, rule, position; `ARGV[9]`: this write's id.
+///
+/// Writers are compared as strings: Lua numbers are doubles and would round a 64-bit id.
 pub const COMPARE_AND_SET: &str = r"
-local stored = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
-if stored ~= tonumber(ARGV[1]) then
-  return -1
+local fence = redis.call('HMGET', KEYS[1], 'rev', 'wid')
+local stored = tonumber(fence[1] or '0')
+if stored ~= tonumber(ARGV[1]) or (fence[2] or '0') ~= ARGV[2] then
+  if not fence[1] then
+    return {-1}
+  end
+  local now = redis.call('HMGET', KEYS[1], 'rev', 'wid', 'status', 'version', 'timestamp_ms', 'payload')
+  return {-1, now[1], now[2] or '0', now[3] or '', now[4] or '', now[5] or '', now[6] or ''}
 end
 local rev = stored + 1
-redis.call('HSET', KEYS[1], 'rev', rev, 'status', ARGV[2], 'version', ARGV[3],
-  'timestamp_ms', ARGV[4], 'payload', ARGV[5], 'rule', ARGV[6], 'position', ARGV[7])
+redis.call('HSET', KEYS[1], 'rev', rev, 'wid', ARGV[9], 'status', ARGV[3], 'version', ARGV[4],
+  'timestamp_ms', ARGV[5], 'payload', ARGV[6], 'rule', ARGV[7], 'position', ARGV[8])
 return rev
 ";
 
-const FIELDS: [&str; 7] = [
-    "rev",
-    "status",
-    "version",
-    "timestamp_ms",
-    "payload",
-    "rule",
-    "position",
-];
+/// What a load reads: the fields a decision and its compare-and-set need.
+const FIELDS: [&str; 6] = ["rev", "wid", "status", "version", "timestamp_ms", "payload"];
 
 #[derive(Clone)]
 enum Connection {
     Standalone(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster {
+        connection: ClusterConnection,
+        /// Which node serves which slots, as last read; batches are split by node with it.
+        nodes: Arc<RwLock<SlotMap>>,
+    },
+}
+
+/// Slot ranges and the node serving each, from `CLUSTER SLOTS`. Only used to group keys: the
+/// client routes each group by its own map, and a group sent to a node that no longer serves
+/// one of its slots fails and is retried after the map is read again.
+#[derive(Debug, Default)]
+struct SlotMap {
+    /// The index of the node serving each slot the map covers.
+    node_of: HashMap<Slot, usize>,
+}
+
+impl SlotMap {
+    fn parse(answer: redis::Value) -> Result<Self, StoreError> {
+        let mut nodes: Vec<(String, i64)> = Vec::new();
+        let mut ranges = Vec::new();
+        let entries: Vec<redis::Value> =
+            redis::from_redis_value(answer).map_err(StoreError::Parse)?;
+        for entry in entries {
+            let items: Vec<redis::Value> =
+                redis::from_redis_value(entry).map_err(StoreError::Parse)?;
+            let mut items = items.into_iter();
+            let (Some(first), Some(last), Some(primary)) =
+                (items.next(), items.next(), items.next())
+            else {
+                continue;
+            };
+            let first: u16 = redis::from_redis_value(first).map_err(StoreError::Parse)?;
+            let last: u16 = redis::from_redis_value(last).map_err(StoreError::Parse)?;
+            let primary: Vec<redis::Value> =
+                redis::from_redis_value(primary).map_err(StoreError::Parse)?;
+            let mut primary = primary.into_iter();
+            let (Some(host), Some(port)) = (primary.next(), primary.next()) else {
+                continue;
+            };
+            let address: (String, i64) = (
+                redis::from_redis_value(host).map_err(StoreError::Parse)?,
+                redis::from_redis_value(port).map_err(StoreError::Parse)?,
+            );
+            let node = match nodes.iter().position(|known| *known == address) {
+                Some(node) => node,
+                None => {
+                    nodes.push(address);
+                    nodes.len() - 1
+                }
+            };
+            ranges.push((first, last, node));
+        }
+        let node_of = ranges
+            .into_iter()
+            .flat_map(|(first, last, node)| {
+                (first..=last).filter_map(move |slot| Some((Slot::new(slot)?, node)))
+            })
+            .collect();
+        Ok(Self { node_of })
+    }
 }
 
 /// States in Redis. Cheap to clone: clones share the connection.
@@ -74,7 +143,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.connection {
             Connection::Standalone(_) => "standalone",
-            Connection::Cluster(_) => "cluster",
+            Connection::Cluster { .. } => "cluster",
         };
         f.debug_struct("RedisStore")
             .field("kind", &kind)
@@ -135,7 +204,15 @@ impl RedisStore {
             .get_async_connection()
             .await
             .map_err(StoreError::Redis)?;
-        Ok(Self::new(Connection::Cluster(connection), prefix))
+        let store = Self::new(
+            Connection::Cluster {
+                connection,
+                nodes: Arc::default(),
+            },
+            prefix,
+        );
+        store.read_slot_map().await?;
+        Ok(store)
     }
 
     fn new(connection: Connection, prefix: &str) -> Self {
@@ -156,91 +233,144 @@ impl RedisStore {
         format!("{}{key}", self.prefix)
     }
 
-    /// Splits item indexes into groups that may share a pipeline: all of them on a standalone
-    /// server, one group per hash slot on a cluster.
-    fn groups(&self, keys: impl Iterator<Item = String>) -> Vec<Vec<(usize, String)>> {
-        match self.connection {
-            Connection::Standalone(_) => {
-                let all: Vec<(usize, String)> = keys.enumerate().collect();
-                // An empty pipeline is an error to Redis; no items, no round trip.
-                if all.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![all]
+    /// Reads which node serves which slots again (at connection, and after a cluster call
+    /// failed, which a moved slot makes it do).
+    async fn read_slot_map(&self) -> Result<(), StoreError> {
+        let Connection::Cluster { connection, nodes } = &self.connection else {
+            return Ok(());
+        };
+        let mut slots = redis::cmd("CLUSTER");
+        slots.arg("SLOTS");
+        let answer = connection
+            .clone()
+            .route_command(
+                slots,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(StoreError::Redis)?;
+        let map = SlotMap::parse(answer)?;
+        *nodes.write().unwrap_or_else(PoisonError::into_inner) = map;
+        Ok(())
+    }
+
+    /// Splits items into groups that may share a pipeline: all of them on a standalone server,
+    /// one group per node on a cluster (each with a slot of that node to route it by).
+    fn groups(&self, redis_keys: &[String]) -> Vec<Group> {
+        if redis_keys.is_empty() {
+            // An empty pipeline is an error to Redis; no items, no round trip.
+            return Vec::new();
+        }
+        match &self.connection {
+            Connection::Standalone(_) => vec![Group {
+                slot: None,
+                items: (0..redis_keys.len()).collect(),
+            }],
+            Connection::Cluster { nodes, .. } => {
+                let nodes = nodes.read().unwrap_or_else(PoisonError::into_inner);
+                // By node where the map knows it, else by slot (its own group).
+                let mut by_node: HashMap<Result<usize, Slot>, Group> = HashMap::new();
+                for (index, key) in redis_keys.iter().enumerate() {
+                    let slot = Slot::for_key(key);
+                    let node = nodes.node_of.get(&slot).copied().ok_or(slot);
+                    by_node
+                        .entry(node)
+                        .or_insert_with(|| Group {
+                            slot: Some(slot),
+                            items: Vec::new(),
+                        })
+                        .items
+                        .push(index);
                 }
-            }
-            Connection::Cluster(_) => {
-                let mut by_slot: HashMap<Slot, Vec<(usize, String)>> = HashMap::new();
-                for (index, key) in keys.enumerate() {
-                    by_slot
-                        .entry(Slot::for_key(&key))
-                        .or_default()
-                        .push((index, key));
-                }
-                by_slot.into_values().collect()
+                by_node.into_values().collect()
             }
         }
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
-        match &self.connection {
-            Connection::Standalone(manager) => pipe.query_async(&mut manager.clone()).await,
-            Connection::Cluster(cluster) => pipe.query_async(&mut cluster.clone()).await,
-        }
+    /// Sends one group's pipeline; a cluster group goes to the node serving its slot. Each
+    /// command's answer or error comes back in order.
+    async fn query(&self, group: &Group, pipe: Pipeline) -> Result<Vec<redis::Value>, StoreError> {
+        let answer = match (&self.connection, group.slot) {
+            (Connection::Standalone(manager), _) => pipe.query_async(&mut manager.clone()).await,
+            (Connection::Cluster { connection, .. }, slot) => {
+                let route = match slot {
+                    Some(slot) => SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+                        slot,
+                        SlotAddr::Master,
+                    )),
+                    None => SingleNodeRoutingInfo::RandomPrimary,
+                };
+                let count = pipe.cmd_iter().count();
+                let answer = connection
+                    .clone()
+                    .route_pipeline(pipe, 0, count, route)
+                    .await;
+                if answer.is_err() {
+                    // A slot may have moved: group by the cluster's current layout next time.
+                    let _ = self.read_slot_map().await;
+                }
+                answer
+            }
+        };
+        answer.map_err(StoreError::Redis)
     }
 
     async fn load_group(
         &self,
-        group: &[(usize, String)],
-    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        group: &Group,
+        redis_keys: &[String],
+    ) -> Result<Vec<redis::Value>, StoreError> {
         let mut pipe = redis::pipe();
-        for (_, redis_key) in group {
-            pipe.cmd("HMGET").arg(redis_key).arg(&FIELDS[..]);
+        pipe.ignore_errors();
+        for &index in &group.items {
+            pipe.cmd("HMGET").arg(&redis_keys[index]).arg(&FIELDS[..]);
         }
-        self.query(&pipe).await.map_err(StoreError::Redis)
+        self.query(group, pipe).await
     }
 
     async fn write_group(
         &self,
-        group: &[(usize, String)],
+        group: &Group,
+        redis_keys: &[String],
         writes: &[Write],
-    ) -> Result<Vec<RedisResult<i64>>, StoreError> {
+    ) -> Result<Vec<redis::Value>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for (index, redis_key) in group {
+        for &index in &group.items {
             cas_command(
                 &mut pipe,
                 "EVALSHA",
                 self.script.get_hash(),
-                redis_key,
-                &writes[*index],
+                &redis_keys[index],
+                &writes[index],
             );
         }
-        let mut results: Vec<RedisResult<i64>> =
-            self.query(&pipe).await.map_err(StoreError::Redis)?;
+        let mut results = self.query(group, pipe).await?;
         // The server forgot the script (restart, failover, SCRIPT FLUSH): send it again, with
         // EVAL, for exactly the writes that did not run.
         let forgotten: Vec<usize> = results
             .iter()
             .enumerate()
-            .filter(|(_, result)| matches!(result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)))
+            .filter(|(_, result)| {
+                matches!(result, redis::Value::ServerError(error)
+                    if error.code() == "NOSCRIPT")
+            })
             .map(|(slot, _)| slot)
             .collect();
         if !forgotten.is_empty() {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &slot in &forgotten {
-                let (index, redis_key) = &group[slot];
+                let index = group.items[slot];
                 cas_command(
                     &mut pipe,
                     "EVAL",
                     COMPARE_AND_SET,
-                    redis_key,
-                    &writes[*index],
+                    &redis_keys[index],
+                    &writes[index],
                 );
             }
-            let retried: Vec<RedisResult<i64>> =
-                self.query(&pipe).await.map_err(StoreError::Redis)?;
+            let retried = self.query(group, pipe).await?;
             for (slot, result) in forgotten.into_iter().zip(retried) {
                 results[slot] = result;
             }
@@ -256,8 +386,8 @@ impl RedisStore {
             Connection::Standalone(manager) => {
                 deleted += delete_matching(&mut manager.clone(), &pattern).await?;
             }
-            Connection::Cluster(cluster) => {
-                deleted += delete_matching_cluster(&mut cluster.clone(), &pattern).await?;
+            Connection::Cluster { connection, .. } => {
+                deleted += delete_matching_cluster(&mut connection.clone(), &pattern).await?;
             }
         }
         Ok(deleted)
@@ -271,12 +401,14 @@ fn cas_command(pipe: &mut Pipeline, verb: &str, script: &str, redis_key: &str, w
         .arg(1)
         .arg(redis_key)
         .arg(write.expected_revision)
+        .arg(write.expected_writer)
         .arg(&state.status)
         .arg(state.version)
         .arg(state.timestamp_ms)
         .arg(&state.payload)
         .arg(&write.rule)
-        .arg(&write.position);
+        .arg(&write.position)
+        .arg(write.writer);
 }
 
 async fn delete_matching<C: ConnectionLike + Send>(
@@ -338,8 +470,8 @@ async fn delete_matching_cluster(
     Ok(deleted)
 }
 
-/// Turns one HMGET answer into a stored state (`None`: the key is absent).
-fn parse_stored(key: &str, fields: Vec<Option<String>>) -> Result<Option<Stored>, StoreError> {
+/// Turns one HMGET answer of [`FIELDS`] into a current state (`None`: the key is absent).
+fn parse_current(key: &str, fields: Vec<Option<String>>) -> Result<Option<Current>, StoreError> {
     let bad = |field: &'static str| StoreError::MalformedState {
         key: key.to_owned(),
         field,
@@ -350,6 +482,11 @@ fn parse_stored(key: &str, fields: Vec<Option<String>>) -> Result<Option<Stored>
         Ok(revision) => revision.parse::<u64>().map_err(|_| bad("rev"))?,
         Err(_) => return Ok(None),
     };
+    // States written before writers were recorded have none: 0, as the script reads it.
+    let writer = match next("wid") {
+        Ok(writer) => writer.parse::<u64>().map_err(|_| bad("wid"))?,
+        Err(_) => 0,
+    };
     let status = next("status")?;
     let version = next("version")?
         .parse::<u64>()
@@ -358,9 +495,7 @@ fn parse_stored(key: &str, fields: Vec<Option<String>>) -> Result<Option<Stored>
         .parse::<u64>()
         .map_err(|_| bad("timestamp_ms"))?;
     let payload = next("payload")?;
-    let rule = next("rule")?;
-    let position = next("position")?;
-    Ok(Some(Stored {
+    Ok(Some(Current {
         state: State {
             key: key.to_owned(),
             status,
@@ -369,42 +504,114 @@ fn parse_stored(key: &str, fields: Vec<Option<String>>) -> Result<Option<Stored>
             payload,
         },
         revision,
-        rule,
-        position,
+        writer,
     }))
 }
 
+/// Turns the compare-and-set's answer into an outcome.
+fn parse_outcome(key: &str, answer: redis::Value) -> Result<WriteOutcome, StoreError> {
+    match answer {
+        redis::Value::Int(revision) if revision > 0 => Ok(WriteOutcome::Written {
+            revision: revision as u64,
+        }),
+        redis::Value::Array(items) if items.first() == Some(&redis::Value::Int(-1)) => {
+            let fields: Vec<Option<String>> = items
+                .into_iter()
+                .skip(1)
+                .map(|item| redis::from_redis_value(item).map_err(StoreError::Parse))
+                .collect::<Result<_, _>>()?;
+            Ok(WriteOutcome::Conflict {
+                current: parse_current(key, fields)?,
+            })
+        }
+        redis::Value::Int(answer) => Err(StoreError::UnexpectedAnswer {
+            answer: answer.to_string(),
+        }),
+        other => Err(StoreError::UnexpectedAnswer {
+            answer: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Items of one batch that share a pipeline, by index; `slot` routes a cluster group.
+struct Group {
+    slot: Option<Slot>,
+    items: Vec<usize>,
+}
+
+/// A per-command error inside a pipeline's answer (e.g. `MOVED` during a resharding, `WRONGTYPE`).
+fn command_error(value: redis::Value) -> Result<redis::Value, StoreError> {
+    match value {
+        redis::Value::ServerError(error) => Err(StoreError::Redis(error.into())),
+        value => Ok(value),
+    }
+}
+
 impl Store for RedisStore {
-    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
-        let groups = self.groups(keys.iter().map(|key| self.redis_key(key)));
-        let answers =
-            futures::future::try_join_all(groups.iter().map(|group| self.load_group(group)))
-                .await?;
-        let mut loaded: Vec<Option<Stored>> = vec![None; keys.len()];
+    async fn load(&self, keys: &[String]) -> Result<Vec<Option<Current>>, StoreError> {
+        let redis_keys: Vec<String> = keys.iter().map(|key| self.redis_key(key)).collect();
+        let groups = self.groups(&redis_keys);
+        let answers = futures::future::try_join_all(
+            groups
+                .iter()
+                .map(|group| self.load_group(group, &redis_keys)),
+        )
+        .await?;
+        let mut loaded: Vec<Option<Current>> = vec![None; keys.len()];
         for (group, answer) in groups.iter().zip(answers) {
-            for ((index, _), fields) in group.iter().zip(answer) {
-                loaded[*index] = parse_stored(&keys[*index], fields)?;
+            for (&index, value) in group.items.iter().zip(answer) {
+                let fields: Vec<Option<String>> =
+                    redis::from_redis_value(command_error(value)?).map_err(StoreError::Parse)?;
+                loaded[index] = parse_current(&keys[index], fields)?;
             }
         }
         Ok(loaded)
     }
 
+    async fn inspect(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, StoreError> {
+        let redis_keys: Vec<String> = keys.iter().map(|key| self.redis_key(key)).collect();
+        let groups = self.groups(&redis_keys);
+        let mut inspected: Vec<Option<Stored>> = vec![None; keys.len()];
+        for group in &groups {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &index in &group.items {
+                pipe.cmd("HMGET")
+                    .arg(&redis_keys[index])
+                    .arg(&FIELDS[..])
+                    .arg("rule")
+                    .arg("position");
+            }
+            for (&index, value) in group.items.iter().zip(self.query(group, pipe).await?) {
+                let mut fields: Vec<Option<String>> =
+                    redis::from_redis_value(command_error(value)?).map_err(StoreError::Parse)?;
+                let position = fields.pop().flatten().unwrap_or_default();
+                let rule = fields.pop().flatten().unwrap_or_default();
+                inspected[index] = parse_current(&keys[index], fields)?.map(|current| Stored {
+                    state: current.state,
+                    revision: current.revision,
+                    writer: current.writer,
+                    rule,
+                    position,
+                });
+            }
+        }
+        Ok(inspected)
+    }
+
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let groups = self.groups(writes.iter().map(|write| self.redis_key(&write.key)));
+        let redis_keys: Vec<String> = writes.iter().map(|w| self.redis_key(&w.key)).collect();
+        let groups = self.groups(&redis_keys);
         let answers = futures::future::try_join_all(
-            groups.iter().map(|group| self.write_group(group, writes)),
+            groups
+                .iter()
+                .map(|group| self.write_group(group, &redis_keys, writes)),
         )
         .await?;
-        let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];
+        let mut outcomes = vec![WriteOutcome::Conflict { current: None }; writes.len()];
         for (group, answer) in groups.iter().zip(answers) {
-            for ((index, _), result) in group.iter().zip(answer) {
-                outcomes[*index] = match result.map_err(StoreError::Redis)? {
-                    -1 => WriteOutcome::Conflict,
-                    revision if revision > 0 => WriteOutcome::Written {
-                        revision: revision as u64,
-                    },
-                    answer => return Err(StoreError::UnexpectedAnswer { answer }),
-                };
+            for (&index, value) in group.items.iter().zip(answer) {
+                outcomes[index] = parse_outcome(&writes[index].key, command_error(value)?)?;
             }
         }
         Ok(outcomes)
