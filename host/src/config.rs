@@ -99,7 +99,7 @@ impl Default for PipelineConfig {
             backoff_ms: 50,
             max_backoff_ms: 5_000,
             max_in_flight: 4,
-            state_cache_keys: 262_144,
+            state_cache_keys: 65_536,
         }
     }
 }

@@ -239,7 +239,12 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let mut window = FuturesOrdered::new();
         let mut flights = VecDeque::new();
         let outage = Outage::new(&self.metrics, self.stopping.subscribe(), &self.config);
+        let stamp = self.rule.info().stamp();
         self.rule.before_batch();
+        if self.rule.info().stamp() != stamp {
+            // What is cached was decided by another rule.
+            self.cache.clear();
+        }
         self.started += 1;
         let (flight, cargo) = flight::prepare(
             Deciding {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -160,23 +160,25 @@ impl KafkaSource {
 impl Source for KafkaSource {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
         let max = max.max(1);
+        // One stream for the whole batch: each `recv` would register a new waker.
+        let mut stream = self.consumer.stream();
         if self.collected.is_empty() {
-            let first = self.consumer.recv().await?;
+            let first = stream.next().await.ok_or(SourceError::StreamEnded)??;
             self.collected.push(Self::owned(&first));
         }
         // What has already arrived, without waiting.
         while self.collected.len() < max {
-            match self.consumer.recv().now_or_never() {
-                Some(received) => self.collected.push(Self::owned(&received?)),
-                None => break,
+            match stream.next().now_or_never() {
+                Some(Some(received)) => self.collected.push(Self::owned(&received?)),
+                _ => break,
             }
         }
         if !self.batch_timeout.is_zero() {
             let deadline = tokio::time::Instant::now() + self.batch_timeout;
             while self.collected.len() < max {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(received) => self.collected.push(Self::owned(&received?)),
-                    Err(_elapsed) => break,
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(received)) => self.collected.push(Self::owned(&received?)),
+                    Ok(None) | Err(_) => break,
                 }
             }
         }

@@ -40,6 +40,10 @@ pub enum SourceError {
     #[cfg(feature = "kafka")]
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The Kafka client's message stream ended, which it never does while the consumer lives.
+    #[cfg(feature = "kafka")]
+    #[error("kafka: the consumer's message stream ended")]
+    StreamEnded,
     /// A topic to replay has no partitions: it does not exist, or the brokers did not say.
     #[cfg(feature = "kafka")]
     #[error("kafka: topic {topic} has no partitions")]
