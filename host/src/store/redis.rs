@@ -68,9 +68,16 @@ const FIELDS: [&str; 6] = ["rev", "wid", "status", "version", "timestamp_ms", "p
 
 #[derive(Clone)]
 enum Connection {
-    Standalone(ConnectionManager),
+    /// Loads go on their own connection, so a batch's loads do not queue behind the writes
+    /// of the batches still in flight (keys in flight are never loaded; see the pipeline's
+    /// cache).
+    Standalone {
+        writes: ConnectionManager,
+        reads: ConnectionManager,
+    },
     Cluster {
         connection: ClusterConnection,
+        reads: ClusterConnection,
         /// Which node serves which slots, as last read; batches are split by node with it.
         nodes: Arc<RwLock<SlotMap>>,
     },
@@ -142,7 +149,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.connection {
-            Connection::Standalone(_) => "standalone",
+            Connection::Standalone { .. } => "standalone",
             Connection::Cluster { .. } => "cluster",
         };
         f.debug_struct("RedisStore")
@@ -177,11 +184,15 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             // Reconnection is retried by the pipeline, with its own backoff.
             .set_number_of_retries(1);
-        let manager = client
+        let writes = client
+            .get_connection_manager_with_config(config.clone())
+            .await
+            .map_err(StoreError::Redis)?;
+        let reads = client
             .get_connection_manager_with_config(config)
             .await
             .map_err(StoreError::Redis)?;
-        Ok(Self::new(Connection::Standalone(manager), prefix))
+        Ok(Self::new(Connection::Standalone { writes, reads }, prefix))
     }
 
     /// Connects to a Redis Cluster through any of its nodes, with the default timeout.
@@ -204,9 +215,14 @@ impl RedisStore {
             .get_async_connection()
             .await
             .map_err(StoreError::Redis)?;
+        let reads = client
+            .get_async_connection()
+            .await
+            .map_err(StoreError::Redis)?;
         let store = Self::new(
             Connection::Cluster {
                 connection,
+                reads,
                 nodes: Arc::default(),
             },
             prefix,
@@ -236,7 +252,10 @@ impl RedisStore {
     /// Reads which node serves which slots again (at connection, and after a cluster call
     /// failed, which a moved slot makes it do).
     async fn read_slot_map(&self) -> Result<(), StoreError> {
-        let Connection::Cluster { connection, nodes } = &self.connection else {
+        let Connection::Cluster {
+            connection, nodes, ..
+        } = &self.connection
+        else {
             return Ok(());
         };
         let mut slots = redis::cmd("CLUSTER");
@@ -262,7 +281,7 @@ impl RedisStore {
             return Vec::new();
         }
         match &self.connection {
-            Connection::Standalone(_) => vec![Group {
+            Connection::Standalone { .. } => vec![Group {
                 slot: None,
                 items: (0..redis_keys.len()).collect(),
             }],
@@ -289,10 +308,30 @@ impl RedisStore {
 
     /// Sends one group's pipeline; a cluster group goes to the node serving its slot. Each
     /// command's answer or error comes back in order.
-    async fn query(&self, group: &Group, pipe: Pipeline) -> Result<Vec<redis::Value>, StoreError> {
+    async fn query(
+        &self,
+        group: &Group,
+        pipe: Pipeline,
+        access: Access,
+    ) -> Result<Vec<redis::Value>, StoreError> {
         let answer = match (&self.connection, group.slot) {
-            (Connection::Standalone(manager), _) => pipe.query_async(&mut manager.clone()).await,
-            (Connection::Cluster { connection, .. }, slot) => {
+            (Connection::Standalone { writes, reads }, _) => {
+                let manager = match access {
+                    Access::Read => reads,
+                    Access::Write => writes,
+                };
+                pipe.query_async(&mut manager.clone()).await
+            }
+            (
+                Connection::Cluster {
+                    connection, reads, ..
+                },
+                slot,
+            ) => {
+                let connection = match access {
+                    Access::Read => reads,
+                    Access::Write => connection,
+                };
                 let route = match slot {
                     Some(slot) => SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
                         slot,
@@ -325,7 +364,7 @@ impl RedisStore {
         for &index in &group.items {
             pipe.cmd("HMGET").arg(&redis_keys[index]).arg(&FIELDS[..]);
         }
-        self.query(group, pipe).await
+        self.query(group, pipe, Access::Read).await
     }
 
     async fn write_group(
@@ -345,7 +384,7 @@ impl RedisStore {
                 &writes[index],
             );
         }
-        let mut results = self.query(group, pipe).await?;
+        let mut results = self.query(group, pipe, Access::Write).await?;
         // The server forgot the script (restart, failover, SCRIPT FLUSH): send it again, with
         // EVAL, for exactly the writes that did not run.
         let forgotten: Vec<usize> = results
@@ -370,7 +409,7 @@ impl RedisStore {
                     &writes[index],
                 );
             }
-            let retried = self.query(group, pipe).await?;
+            let retried = self.query(group, pipe, Access::Write).await?;
             for (slot, result) in forgotten.into_iter().zip(retried) {
                 results[slot] = result;
             }
@@ -383,8 +422,8 @@ impl RedisStore {
         let pattern = format!("{}*", self.prefix);
         let mut deleted = 0;
         match &self.connection {
-            Connection::Standalone(manager) => {
-                deleted += delete_matching(&mut manager.clone(), &pattern).await?;
+            Connection::Standalone { writes, .. } => {
+                deleted += delete_matching(&mut writes.clone(), &pattern).await?;
             }
             Connection::Cluster { connection, .. } => {
                 deleted += delete_matching_cluster(&mut connection.clone(), &pattern).await?;
@@ -533,6 +572,13 @@ fn parse_outcome(key: &str, answer: redis::Value) -> Result<WriteOutcome, StoreE
     }
 }
 
+/// Which connection a pipeline goes on.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
+
 /// Items of one batch that share a pipeline, by index; `slot` routes a cluster group.
 struct Group {
     slot: Option<Slot>,
@@ -582,7 +628,11 @@ impl Store for RedisStore {
                     .arg("rule")
                     .arg("position");
             }
-            for (&index, value) in group.items.iter().zip(self.query(group, pipe).await?) {
+            for (&index, value) in group
+                .items
+                .iter()
+                .zip(self.query(group, pipe, Access::Read).await?)
+            {
                 let mut fields: Vec<Option<String>> =
                     redis::from_redis_value(command_error(value)?).map_err(StoreError::Parse)?;
                 let position = fields.pop().flatten().unwrap_or_default();
