@@ -288,6 +288,17 @@ fn telemetry(run: &Run) -> (Value, Value, Value) {
     (batch_sizes, Value::Object(stage_ms), cache)
 }
 
+/// The 1-minute load average (Linux), to read the figures against: other work on the machine
+/// takes cores from the broker, Redis and converge alike.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Where the report goes: `target/bench` under the workspace root.
 fn report_dir() -> std::path::PathBuf {
     let dir = build::workspace_root().join("target").join("bench");
@@ -295,295 +306,449 @@ fn report_dir() -> std::path::PathBuf {
     dir
 }
 
+/// The sizes of the runs (environment overrides).
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    orders: usize,
+    rate: u32,
+    latency_seconds: u32,
+    cas_requests: usize,
+}
+
+/// The defaults the runs use, read from the host's own types.
+#[derive(Debug, Clone, Copy)]
+struct Defaults {
+    batch_size: usize,
+    /// `pipeline.max_in_flight`, once the pipeline has it.
+    max_in_flight: Option<u64>,
+    batch_timeout_ms: u64,
+}
+
+impl Defaults {
+    /// Read through serde, so that a setting added later (the batches in flight) is picked up
+    /// without changing this file.
+    fn read() -> Self {
+        let pipeline = serde_json::to_value(PipelineConfig::default()).expect("defaults serialise");
+        let kafka = serde_json::from_value::<KafkaSourceConfig>(json!({
+            "brokers": "", "group_id": "", "topics": [],
+        }))
+        .expect("a Kafka source section with only its required settings");
+        Self {
+            batch_size: pipeline["batch_size"].as_u64().expect("a batch size") as usize,
+            max_in_flight: pipeline.get("max_in_flight").and_then(Value::as_u64),
+            batch_timeout_ms: kafka.batch_timeout_ms,
+        }
+    }
+
+    /// redis-benchmark's connections: as many as batches converge has in flight.
+    fn clients(&self) -> usize {
+        self.max_in_flight.unwrap_or(1).max(1) as usize
+    }
+}
+
+/// Everything measured, for the report and the plots.
+struct Results {
+    /// The three component runs on the standalone Redis, in run order.
+    standalone: Vec<Run>,
+    native: Run,
+    cluster: Run,
+    backlog_events: usize,
+    consume_limit: f64,
+    cas_limit: f64,
+    paced: Run,
+    producer: Paced,
+    swapped: Run,
+    swaps_offered: usize,
+    /// Ascending.
+    pauses: Vec<Duration>,
+    fluvio: Option<f64>,
+    load_at_start: Option<f64>,
+}
+
+impl Results {
+    /// The standalone component runs' indexes, slowest first.
+    fn by_rate(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.standalone.len()).collect();
+        order.sort_by(|a, b| {
+            self.standalone[*a]
+                .events_per_s
+                .total_cmp(&self.standalone[*b].events_per_s)
+        });
+        order
+    }
+
+    fn median(&self) -> &Run {
+        let order = self.by_rate();
+        &self.standalone[order[order.len() / 2]]
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
-    let orders: usize = env_or("BENCH_ORDERS", 40_000);
-    let rate: u32 = env_or("BENCH_RATE", 10_000);
-    let latency_seconds: u32 = env_or("BENCH_LATENCY_SECONDS", 10);
-    let cas_requests: usize = env_or("BENCH_CAS_REQUESTS", 200_000);
-    // The pipeline's defaults, read through serde so that a setting added later (the batches
-    // in flight) is picked up without changing this file.
-    let defaults = serde_json::to_value(PipelineConfig::default()).expect("defaults serialise");
-    let batch_size = defaults["batch_size"].as_u64().expect("a batch size") as usize;
-    let max_in_flight = defaults.get("max_in_flight").and_then(Value::as_u64);
-    let clients = max_in_flight.unwrap_or(1).max(1) as usize;
+    let sizes = Sizes {
+        orders: env_or("BENCH_ORDERS", 40_000),
+        rate: env_or("BENCH_RATE", 10_000),
+        latency_seconds: env_or("BENCH_LATENCY_SECONDS", 10),
+        cas_requests: env_or("BENCH_CAS_REQUESTS", 200_000),
+    };
+    let defaults = Defaults::read();
     // As `converge serve` builds its runtime: a worker per core.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async move {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let dir = dir.path();
-        // Built before anything is timed.
-        let rule = build::rule("order-status");
-        build::converge_binary();
-        let v1 = std::fs::read(&rule).expect("rule");
-        let v2 = std::fs::read(build::order_status_version("0.2.0-next")).expect("rule");
-        let durable = tokio::task::spawn_blocking(limits::Durable::everysec)
-            .await
-            .expect("AOF on");
-        println!("redis: appendonly yes, appendfsync everysec (restored at the end)");
+    let results = runtime.block_on(measure(sizes, defaults));
+    let (report, notes) = report(&results, sizes, defaults);
+    for note in &notes {
+        println!("note: {note}");
+    }
+    let text = serde_json::to_string_pretty(&report).expect("JSON");
+    println!("{text}");
+    let out = report_dir();
+    std::fs::write(out.join("pipeline.json"), text + "\n").expect("report written");
+    let svg = out.join("pipeline.svg");
+    draw(&results, sizes, &svg);
+    println!(
+        "written to {} and {}",
+        out.join("pipeline.json").display(),
+        svg.display()
+    );
+    let median = results.median().events_per_s;
+    let lower_limit = results.consume_limit.min(results.cas_limit);
+    println!(
+        "end to end: {median:.0} events/s with the component (median of 3), {:.0} natively, \
+         {:.0} into the cluster; {:.0}% of the lower limit ({lower_limit:.0}/s); p99 {} ms at \
+         {}/s",
+        results.native.events_per_s,
+        results.cluster.events_per_s,
+        100.0 * median / lower_limit,
+        report["p99_ms"],
+        sizes.rate,
+    );
+}
 
-        // 1. Throughput over a backlog.
-        let mut standalone = Vec::new();
-        let mut kept_topic = None;
-        let mut backlog_events = 0;
-        for index in 1..=3 {
-            let name = format!("bench-{index}");
-            let (measured, events, topic) = backlog_run(
-                dir,
-                orders,
-                RuleKind::Component,
-                StoreKind::Standalone,
-                &name,
-            )
-            .await;
-            backlog_events = events;
-            standalone.push(measured);
-            kept_topic.get_or_insert(topic);
-        }
-        let (native, _, _) = backlog_run(
-            dir,
-            orders,
-            RuleKind::Native,
-            StoreKind::Standalone,
-            "bench-native",
-        )
-        .await;
-        let (cluster, _, _) = backlog_run(
+/// Runs everything, in order, with Redis durable for the duration.
+async fn measure(sizes: Sizes, defaults: Defaults) -> Results {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    // Built before anything is timed.
+    let rule = build::rule("order-status");
+    build::converge_binary();
+    let v1 = std::fs::read(&rule).expect("rule");
+    let v2 = std::fs::read(build::order_status_version("0.2.0-next")).expect("rule");
+    let load_at_start = load_average();
+    let durable = tokio::task::spawn_blocking(limits::Durable::everysec)
+        .await
+        .expect("AOF on");
+    println!("redis: appendonly yes, appendfsync everysec (restored at the end)");
+
+    // 1. Throughput over a backlog.
+    let orders = sizes.orders;
+    let mut standalone = Vec::new();
+    let mut kept_topic = None;
+    let mut backlog_events = 0;
+    for index in 1..=3 {
+        let name = format!("bench-{index}");
+        let (run, events, topic) = backlog_run(
             dir,
             orders,
             RuleKind::Component,
-            StoreKind::Cluster,
-            "bench-cluster",
+            StoreKind::Standalone,
+            &name,
         )
         .await;
-        let mut by_rate: Vec<usize> = (0..standalone.len()).collect();
-        by_rate.sort_by(|a, b| standalone[*a].events_per_s.total_cmp(&standalone[*b].events_per_s));
-        let median = &standalone[by_rate[1]];
-        let (min, max) = (
-            standalone[by_rate[0]].events_per_s,
-            standalone[by_rate[2]].events_per_s,
-        );
+        backlog_events = events;
+        standalone.push(run);
+        kept_topic.get_or_insert(topic);
+    }
+    let native = backlog_run(
+        dir,
+        orders,
+        RuleKind::Native,
+        StoreKind::Standalone,
+        "bench-native",
+    )
+    .await
+    .0;
+    let cluster = backlog_run(
+        dir,
+        orders,
+        RuleKind::Component,
+        StoreKind::Cluster,
+        "bench-cluster",
+    )
+    .await
+    .0;
 
-        // 2. The limits.
-        let topic = kept_topic.expect("a backlog topic");
-        let consume_limit = tokio::task::spawn_blocking(move || limits::consume_rate(&topic))
-            .await
-            .expect("the bare consumer ran");
-        println!("limit: librdkafka alone consumes {consume_limit:.0} messages/s");
-        let cas_prefix = unique_prefix("bench-cas");
-        let cas_keys = run::check_store(StoreKind::Standalone, &cas_prefix).await;
-        let cas_limit = {
-            let prefix = cas_prefix.clone();
-            tokio::task::spawn_blocking(move || {
-                limits::cas_rate(&prefix, cas_requests, batch_size, clients)
-            })
-            .await
-            .expect("redis-benchmark ran")
-        };
-        drop(cas_keys);
-        println!(
-            "limit: redis-benchmark runs the CAS script {cas_limit:.0} times/s \
-             (-P {batch_size} -c {clients})"
-        );
+    // 2. The limits.
+    let topic = kept_topic.expect("a backlog topic");
+    let consume_limit = tokio::task::spawn_blocking(move || limits::consume_rate(&topic))
+        .await
+        .expect("the bare consumer ran");
+    println!("limit: librdkafka alone consumes {consume_limit:.0} messages/s");
+    let cas_prefix = unique_prefix("bench-cas");
+    let cas_keys = run::check_store(StoreKind::Standalone, &cas_prefix).await;
+    let (depth, clients) = (defaults.batch_size, defaults.clients());
+    let cas_limit = tokio::task::spawn_blocking(move || {
+        limits::cas_rate(&cas_prefix, sizes.cas_requests, depth, clients)
+    })
+    .await
+    .expect("redis-benchmark ran");
+    drop(cas_keys);
+    println!(
+        "limit: redis-benchmark runs the CAS script {cas_limit:.0} times/s \
+         (-P {depth} -c {clients})"
+    );
 
-        // 3. Latency at a fixed rate.
-        let (paced, producer, _, _) =
-            paced_run(dir, rate, latency_seconds, 2, "bench-latency", None).await;
-        let latencies = sorted_latencies(&paced);
-        let (p50, p99, p999) = (
-            percentile(&latencies, 50.0),
-            percentile(&latencies, 99.0),
-            percentile(&latencies, 99.9),
-        );
-        println!(
-            "latency at {rate}/s (producer achieved {:.0}/s, at worst {:.1} ms behind schedule): \
-             p50 {p50} ms, p99 {p99} ms, p99.9 {p999} ms over {} messages ({} left out as warm-up)",
-            producer.achieved_rate(),
-            producer.max_behind_schedule_ms,
-            latencies.len(),
-            paced.warm_up,
-        );
+    // 3. Latency at a fixed rate.
+    let (rate, seconds) = (sizes.rate, sizes.latency_seconds);
+    let (paced, producer, _, _) = paced_run(dir, rate, seconds, 2, "bench-latency", None).await;
+    let latencies = sorted_latencies(&paced);
+    println!(
+        "latency at {rate}/s (producer achieved {:.0}/s, at worst {:.1} ms behind schedule): \
+         p50 {} ms, p99 {} ms, p99.9 {} ms over {} messages ({} left out as warm-up)",
+        producer.achieved_rate(),
+        producer.max_behind_schedule_ms,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 99.9),
+        latencies.len(),
+        paced.warm_up,
+    );
 
-        // 4. Swaps under the same load.
-        let (swapped, _, offered, pauses) = paced_run(
-            dir,
-            rate,
-            latency_seconds,
-            3,
-            "bench-swap",
-            Some((v1, v2)),
-        )
-        .await;
-        let pause_ms = |p: f64| ms(percentile(&pauses, p));
-        println!(
-            "swaps: {} taken up of {offered} offered, pause p50 {:.3} ms, max {:.3} ms; longest \
-             gap between acknowledgements {:.1} ms with swaps, {:.1} ms without",
-            pauses.len(),
-            pause_ms(50.0),
-            pause_ms(100.0),
-            ms(swapped.max_gap),
-            ms(paced.max_gap),
-        );
+    // 4. Swaps under the same load.
+    let (swapped, _, swaps_offered, pauses) =
+        paced_run(dir, rate, seconds, 3, "bench-swap", Some((v1, v2))).await;
+    println!(
+        "swaps: {} taken up of {swaps_offered} offered, pause p50 {:.3} ms, max {:.3} ms; \
+         longest gap between acknowledgements {:.1} ms with swaps, {:.1} ms without",
+        pauses.len(),
+        ms(percentile(&pauses, 50.0)),
+        ms(percentile(&pauses, 100.0)),
+        ms(swapped.max_gap),
+        ms(paced.max_gap),
+    );
 
-        // 5. The backlog through Fluvio, when a cluster is given.
-        let fluvio = match std::env::var("CONVERGE_BENCH_FLUVIO") {
-            Ok(endpoint) => {
-                let run = fluvio::throughput(dir, &rule, &endpoint, orders).await;
-                println!("fluvio: {:.0} events/s", run.events_per_s);
-                Some(run.events_per_s)
-            }
-            Err(_) => None,
-        };
-        drop(durable);
-
-        let (batch_sizes, stage_ms, cache) = telemetry(median);
-        if stage_ms.as_object().is_some_and(serde_json::Map::is_empty) {
-            println!("note: no converge_stage_duration_seconds recorded by this pipeline");
+    // 5. The backlog through Fluvio, when a cluster is given.
+    let fluvio = match std::env::var("CONVERGE_BENCH_FLUVIO") {
+        Ok(endpoint) => {
+            let run = fluvio::throughput(dir, &rule, &endpoint, orders).await;
+            println!("fluvio: {:.0} events/s", run.events_per_s);
+            Some(run.events_per_s)
         }
-        let paced_samples = prom::samples(&paced.metrics);
-        let stored = prom::histogram(&paced_samples, "converge_event_to_stored_seconds");
-        let lower_limit = consume_limit.min(cas_limit);
-        let events_per_s = median.events_per_s;
-        let batch_timeout_ms = serde_json::from_value::<KafkaSourceConfig>(json!({
-            "brokers": "", "group_id": "", "topics": [],
-        }))
-        .expect("a Kafka source section with only its required settings")
-        .batch_timeout_ms;
-        let lag_series: Vec<Value> = median
-            .series
-            .iter()
-            .map(|tick| {
-                json!({
-                    "t_s": round(tick.t_s, 3),
-                    "acked": tick.acked,
-                    "lag": backlog_events.saturating_sub(tick.acked),
-                    "in_flight": tick.in_flight,
-                })
-            })
-            .collect();
-        let report = json!({
-            "events_per_s": events_per_s.round(),
-            "events_per_s_min": min.round(),
-            "events_per_s_max": max.round(),
-            "events_per_s_runs": standalone.iter().map(|run| run.events_per_s.round()).collect::<Vec<_>>(),
-            "native_events_per_s": native.events_per_s.round(),
-            "cluster_events_per_s": cluster.events_per_s.round(),
-            "fluvio_events_per_s": fluvio.map(f64::round),
-            "component_vs_native": round(events_per_s / native.events_per_s, 3),
-            "cluster_vs_standalone": round(cluster.events_per_s / events_per_s, 3),
-            "consume_limit_per_s": consume_limit.round(),
-            "cas_limit_per_s": cas_limit.round(),
-            "vs_lower_limit": round(events_per_s / lower_limit, 3),
-            "p50_ms": p50,
-            "p99_ms": p99,
-            "p999_ms": p999,
-            "latency_max_ms": latencies.last().copied().unwrap_or(0),
-            "latency_rate_per_s": rate,
-            "producer_rate_per_s": producer.achieved_rate().round(),
-            "producer_max_behind_schedule_ms": round(producer.max_behind_schedule_ms, 1),
-            "swap_pause_max_ms": round(pause_ms(100.0), 3),
-            "lag_series": lag_series,
-            "batch_size_histogram": batch_sizes,
-            "stage_ms": stage_ms,
-            "cache": cache,
-            "pipeline_stats": median.stats,
-            "sizes": {
-                "orders": orders,
-                "backlog_events": backlog_events,
-                "latency_seconds": latency_seconds,
-                "latency_events": paced.acked,
-                "latency_measured": latencies.len(),
-                "latency_warm_up_left_out": paced.warm_up,
-                "cas_requests": cas_requests,
-            },
-            "latency": {
-                "metrics_event_to_stored_mean_ms": stored.mean().map(|mean| round(mean * 1000.0, 1)),
-                "group_joined_after_s": round(paced.first_batch_s, 2),
-                "longest_ack_gap_ms": round(ms(paced.max_gap), 1),
-            },
-            "swap": {
-                "swaps_offered": offered,
-                "swaps_taken_up": pauses.len(),
-                "pause_p50_ms": round(pause_ms(50.0), 3),
-                "pause_max_ms": round(pause_ms(100.0), 3),
-                "p99_ms_with_swaps": percentile(&sorted_latencies(&swapped), 99.0),
-                "longest_ack_gap_with_swaps_ms": round(ms(swapped.max_gap), 1),
-                "longest_ack_gap_without_swaps_ms": round(ms(paced.max_gap), 1),
-            },
-            "settings": {
-                "config": "serve's defaults: only rule, source, store, dead_letter and admin set",
-                "batch_size": batch_size,
-                "batch_timeout_ms": batch_timeout_ms,
-                "max_in_flight": max_in_flight,
-                "cas_benchmark": format!("redis-benchmark -P {batch_size} -c {clients}"),
-                "redis": "appendonly yes, appendfsync everysec",
-                "latency_warm_up_ms": run::WARM_UP_MS,
-                "lag_sample_ms": run::SAMPLE_EVERY.as_millis() as u64,
-                "cores": std::thread::available_parallelism().map_or(0, usize::from),
-            },
-        });
-        let text = serde_json::to_string_pretty(&report).expect("JSON");
-        println!("{text}");
-        let out = report_dir();
-        std::fs::write(out.join("pipeline.json"), text + "\n").expect("report written");
+        Err(_) => None,
+    };
+    drop(durable);
+    Results {
+        standalone,
+        native,
+        cluster,
+        backlog_events,
+        consume_limit,
+        cas_limit,
+        paced,
+        producer,
+        swapped,
+        swaps_offered,
+        pauses,
+        fluvio,
+        load_at_start,
+    }
+}
 
-        let colors = [
-            plotters::style::RGBColor(70, 110, 180),
-            plotters::style::RGBColor(110, 150, 215),
-            plotters::style::RGBColor(150, 185, 240),
-        ];
-        let acked: Vec<Vec<(f64, usize)>> = standalone
-            .iter()
-            .chain([&native, &cluster])
-            .map(|run| run.series.iter().map(|tick| (tick.t_s, tick.acked)).collect())
-            .collect();
-        let mut lines: Vec<plot::Line<'_>> = standalone
-            .iter()
-            .zip(colors)
-            .enumerate()
-            .map(|(index, (run, color))| plot::Line {
-                label: format!("component, standalone, run {} ({:.0}/s)", index + 1, run.events_per_s),
-                color,
-                acked: &acked[index],
+/// The report (`target/bench/pipeline.json`), and notes on reading it.
+fn report(results: &Results, sizes: Sizes, defaults: Defaults) -> (Value, Vec<String>) {
+    let median = results.median();
+    let events_per_s = median.events_per_s;
+    let order = results.by_rate();
+    let (min, max) = (
+        results.standalone[order[0]].events_per_s,
+        results.standalone[order[order.len() - 1]].events_per_s,
+    );
+    let (native, cluster) = (&results.native, &results.cluster);
+    let lower_limit = results.consume_limit.min(results.cas_limit);
+    let latencies = sorted_latencies(&results.paced);
+    let pause_ms = |p: f64| round(ms(percentile(&results.pauses, p)), 3);
+    let (batch_sizes, stage_ms, cache) = telemetry(median);
+    let stored = prom::histogram(
+        &prom::samples(&results.paced.metrics),
+        "converge_event_to_stored_seconds",
+    );
+    let lag_series: Vec<Value> = median
+        .series
+        .iter()
+        .map(|tick| {
+            json!({
+                "t_s": round(tick.t_s, 3),
+                "acked": tick.acked,
+                "lag": results.backlog_events.saturating_sub(tick.acked),
+                "in_flight": tick.in_flight,
             })
-            .collect();
-        lines.push(plot::Line {
-            label: format!("native, standalone ({:.0}/s)", native.events_per_s),
-            color: plotters::style::RGBColor(40, 140, 60),
-            acked: &acked[3],
-        });
-        lines.push(plot::Line {
-            label: format!("component, cluster ({:.0}/s)", cluster.events_per_s),
-            color: plotters::style::RGBColor(230, 140, 20),
-            acked: &acked[4],
-        });
-        let svg = out.join("pipeline.svg");
-        plot::draw(
-            &svg,
-            &plot::Latency {
-                sorted_ms: &latencies,
-                by_send: &paced.latencies_ms,
-                rate,
-                marks: [("p50", p50), ("p99", p99), ("p99.9", p999)],
-            },
-            &lines,
-        )
-        .expect("the plot is drawn");
-        println!(
-            "written to {} and {}",
-            out.join("pipeline.json").display(),
-            svg.display()
-        );
-        println!(
-            "end to end: {events_per_s:.0} events/s (min {min:.0}, max {max:.0}) with the \
-             component, {:.0} natively, {:.0} into the cluster; {:.0}% of the lower limit \
-             ({lower_limit:.0}/s); p99 {p99} ms at {rate}/s",
-            native.events_per_s,
-            cluster.events_per_s,
-            100.0 * events_per_s / lower_limit,
-        );
+        })
+        .collect();
+    let clients = defaults.clients();
+    let batch_size = defaults.batch_size;
+    let settings = json!({
+        "config": "serve's defaults: only rule, source, store, dead_letter and admin set",
+        "batch_size": batch_size,
+        "batch_timeout_ms": defaults.batch_timeout_ms,
+        "max_in_flight": defaults.max_in_flight,
+        "cas_benchmark": format!("redis-benchmark -P {batch_size} -c {clients}"),
+        "redis": "appendonly yes, appendfsync everysec",
+        "latency_warm_up_ms": run::WARM_UP_MS,
+        "lag_sample_ms": run::SAMPLE_EVERY.as_millis() as u64,
+        "cores": std::thread::available_parallelism().map_or(0, usize::from),
+        "load_average": { "at_start": results.load_at_start, "at_end": load_average() },
     });
+    let run_sizes = json!({
+        "orders": sizes.orders,
+        "backlog_events": results.backlog_events,
+        "latency_seconds": sizes.latency_seconds,
+        "latency_events": results.paced.acked,
+        "latency_measured": latencies.len(),
+        "latency_warm_up_left_out": results.paced.warm_up,
+        "cas_requests": sizes.cas_requests,
+    });
+    let latency = json!({
+        "metrics_event_to_stored_mean_ms": stored.mean().map(|mean| round(mean * 1000.0, 1)),
+        "group_joined_after_s": round(results.paced.first_batch_s, 2),
+        "longest_ack_gap_ms": round(ms(results.paced.max_gap), 1),
+        "producer_max_behind_schedule_ms": round(results.producer.max_behind_schedule_ms, 1),
+    });
+    let swap = json!({
+        "swaps_offered": results.swaps_offered,
+        "swaps_taken_up": results.pauses.len(),
+        "pause_p50_ms": pause_ms(50.0),
+        "pause_max_ms": pause_ms(100.0),
+        "p99_ms_with_swaps": percentile(&sorted_latencies(&results.swapped), 99.0),
+        "longest_ack_gap_with_swaps_ms": round(ms(results.swapped.max_gap), 1),
+        "longest_ack_gap_without_swaps_ms": round(ms(results.paced.max_gap), 1),
+    });
+    let runs: Vec<f64> = results
+        .standalone
+        .iter()
+        .map(|run| run.events_per_s.round())
+        .collect();
+    let report = json!({
+        "events_per_s": events_per_s.round(),
+        "events_per_s_min": min.round(),
+        "events_per_s_max": max.round(),
+        "events_per_s_runs": runs,
+        "native_events_per_s": native.events_per_s.round(),
+        "cluster_events_per_s": cluster.events_per_s.round(),
+        "fluvio_events_per_s": results.fluvio.map(f64::round),
+        "component_vs_native": round(events_per_s / native.events_per_s, 3),
+        "cluster_vs_standalone": round(cluster.events_per_s / events_per_s, 3),
+        "consume_limit_per_s": results.consume_limit.round(),
+        "cas_limit_per_s": results.cas_limit.round(),
+        "vs_lower_limit": round(events_per_s / lower_limit, 3),
+        "p50_ms": percentile(&latencies, 50.0),
+        "p99_ms": percentile(&latencies, 99.0),
+        "p999_ms": percentile(&latencies, 99.9),
+        "latency_max_ms": latencies.last().copied().unwrap_or(0),
+        "latency_rate_per_s": sizes.rate,
+        "producer_rate_per_s": results.producer.achieved_rate().round(),
+        "swap_pause_max_ms": pause_ms(100.0),
+        "lag_series": lag_series,
+        "batch_size_histogram": batch_sizes,
+        "stage_ms": stage_ms,
+        "cache": cache,
+        "pipeline_stats": median.stats,
+        "sizes": run_sizes,
+        "latency": latency,
+        "swap": swap,
+        "settings": settings,
+    });
+    let mut notes = vec![
+        "events/s run from the first batch to the last acknowledgement: joining the group is \
+         left out"
+            .to_owned(),
+        format!(
+            "latency: messages meant to be sent before the first batch plus {} ms are left out \
+             as warm-up",
+            run::WARM_UP_MS
+        ),
+        "the machine's cores are shared by the broker, Redis, the producer, converge and \
+         whatever else runs: see settings.load_average"
+            .to_owned(),
+    ];
+    if stage_ms.as_object().is_some_and(serde_json::Map::is_empty) {
+        notes.push(
+            "stage_ms is empty: this pipeline records no converge_stage_duration_seconds"
+                .to_owned(),
+        );
+    }
+    if defaults.max_in_flight.is_none() {
+        notes.push(
+            "pipeline.max_in_flight does not exist (one batch at a time): redis-benchmark runs \
+             with 1 client"
+                .to_owned(),
+        );
+    }
+    let mut report = report;
+    report["notes"] = json!(notes);
+    (report, notes)
+}
+
+/// `target/bench/pipeline.svg`.
+fn draw(results: &Results, sizes: Sizes, svg: &Path) {
+    use plotters::style::RGBColor;
+    let shades = [
+        RGBColor(70, 110, 180),
+        RGBColor(110, 150, 215),
+        RGBColor(150, 185, 240),
+    ];
+    let acked: Vec<Vec<(f64, usize)>> = results
+        .standalone
+        .iter()
+        .chain([&results.native, &results.cluster])
+        .map(|run| {
+            run.series
+                .iter()
+                .map(|tick| (tick.t_s, tick.acked))
+                .collect()
+        })
+        .collect();
+    let mut lines: Vec<plot::Line<'_>> = results
+        .standalone
+        .iter()
+        .zip(shades)
+        .enumerate()
+        .map(|(index, (run, color))| plot::Line {
+            label: format!(
+                "component, standalone, run {} ({:.0}/s)",
+                index + 1,
+                run.events_per_s
+            ),
+            color,
+            acked: &acked[index],
+        })
+        .collect();
+    lines.push(plot::Line {
+        label: format!("native, standalone ({:.0}/s)", results.native.events_per_s),
+        color: RGBColor(40, 140, 60),
+        acked: &acked[3],
+    });
+    lines.push(plot::Line {
+        label: format!("component, cluster ({:.0}/s)", results.cluster.events_per_s),
+        color: RGBColor(230, 140, 20),
+        acked: &acked[4],
+    });
+    let latencies = sorted_latencies(&results.paced);
+    let marks = [
+        ("p50", percentile(&latencies, 50.0)),
+        ("p99", percentile(&latencies, 99.0)),
+        ("p99.9", percentile(&latencies, 99.9)),
+    ];
+    plot::draw(
+        svg,
+        &plot::Latency {
+            sorted_ms: &latencies,
+            by_send: &results.paced.latencies_ms,
+            rate: sizes.rate,
+            marks,
+        },
+        &lines,
+    )
+    .expect("the plot is drawn");
 }

@@ -1,6 +1,7 @@
 //! `target/bench/pipeline.svg`: the latency distribution of the paced run and its latency over
-//! the run (steady, or growing?), and throughput over time in each backlog run. Drawn with plotters' SVG backend and no font rendering (labels
-//! are SVG text, laid out with plotters' built-in estimate), so it needs no system fonts.
+//! the run (steady, or growing?), and throughput over time in each backlog run. Drawn with
+//! plotters' SVG backend and no font rendering (labels are SVG text, laid out with plotters'
+//! built-in estimate), so it needs no system fonts.
 
 use std::path::Path;
 

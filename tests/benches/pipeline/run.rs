@@ -94,7 +94,8 @@ pub fn kafka_config(
 ) -> Config {
     let sections = format!(
         "[rule]\npath = {rule}\n\n\
-         [source]\nkind = \"kafka\"\nbrokers = {brokers}\ngroup_id = {group}\ntopics = [{topic}]\n\n\
+         [source]\nkind = \"kafka\"\nbrokers = {brokers}\ngroup_id = {group}\n\
+         topics = [{topic}]\n\n\
          [store]\n{store}\n\n\
          [dead_letter]\nkind = \"kafka\"\ntopic = {dead_letters}\n\n\
          [admin]\nlisten = {admin}\n",
@@ -121,7 +122,8 @@ pub fn fluvio_config(
 ) -> Config {
     let sections = format!(
         "[rule]\npath = {rule}\n\n\
-         [source]\nkind = \"fluvio\"\nendpoint = {endpoint}\ntopic = {topic}\nconsumer = {consumer}\n\n\
+         [source]\nkind = \"fluvio\"\nendpoint = {endpoint}\ntopic = {topic}\n\
+         consumer = {consumer}\n\n\
          [store]\n{store}\n\n\
          [dead_letter]\nkind = \"redis-stream\"\nstream = {stream}\n\n\
          [admin]\nlisten = {admin}\n",
