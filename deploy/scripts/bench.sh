@@ -1,17 +1,40 @@
 #!/usr/bin/env bash
-# The end-to-end benchmark (Kafka -> rule -> Redis) on this machine: starts Redis and Kafka on
-# loopback like the test command, then runs tests/benches/pipeline.rs, which prints events/s
-# with the compiled component and with the rule compiled natively, event-to-stored latency
-# percentiles at a fixed rate, and converge's CAS write rate against redis-benchmark running the
-# same Lua script. Sizes: BENCH_ORDERS, BENCH_RATE, BENCH_LATENCY_SECONDS (see the bench's docs).
-# With CONVERGE_BENCH_FLUVIO=host:port (a Fluvio cluster's SC), the throughput backlog also goes
-# through the Fluvio source. The report is written to target/bench/pipeline.json
-# (kafka_events_per_s and fluvio_events_per_s from the same run).
+# The end-to-end benchmark (Kafka -> rule -> Redis) on this machine, with `converge serve`'s
+# default configuration: starts Redis, the Redis Cluster and Kafka on loopback like the test
+# command, then runs tests/benches/pipeline.rs (its doc comment says what each run measures and
+# how). Redis is switched to AOF with appendfsync everysec for the run and back afterwards.
+#
+# It reports events/s draining a backlog (three runs: min, median, max; natively; into the Redis
+# Cluster), the limits on this machine (librdkafka's bare consume rate, redis-benchmark running
+# converge's compare-and-set script at converge's pipeline depth), latency percentiles under an
+# open-loop producer in its own process (`converge simulate --rate`, records stamped with their
+# intended send time; the first second after the group join is left out), the pause of a rule
+# swap, consumer lag over time, batch sizes and time per stage from converge's own metrics.
+# The report goes to target/bench/pipeline.json, the plots to target/bench/pipeline.svg.
+#
+# Sizes (environment):
+#   BENCH_ORDERS            orders per backlog (default 40000; ~2.9 changes each, 20% duplicated)
+#   BENCH_RATE              changes/s of the latency runs (default 10000)
+#   BENCH_LATENCY_SECONDS   length of each latency run (default 10)
+#   BENCH_CAS_REQUESTS      redis-benchmark calls (default 200000)
+# With CONVERGE_BENCH_FLUVIO=host:port (a Fluvio cluster's SC), the backlog also goes through
+# the Fluvio source (fluvio_events_per_s).
 # The Wasm-tax micro-benchmarks are `cargo bench -p converge-tests --bench rule`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 bash deploy/scripts/redis.sh
+bash deploy/scripts/redis.sh --cluster
+# redis-benchmark ships in Debian's redis-tools (a dependency of redis-server, which redis.sh
+# installs); installed the same way if it is missing.
+if ! command -v redis-benchmark >/dev/null; then
+  echo "bench: installing the Debian package redis-tools (redis-benchmark)"
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq redis-tools >/dev/null
+fi
 bash deploy/scripts/kafka.sh
 cargo bench -p converge-tests --bench pipeline "$@"

@@ -1,57 +1,77 @@
-//! End to end, Kafka -> rule -> Redis, against the real broker and Redis on this machine, in one
-//! run:
+//! End to end, Kafka -> rule -> Redis, against the real broker and Redis on this machine, with
+//! `converge serve`'s default configuration.
 //!
-//! 1. **throughput**: the simulator publishes a backlog of order changes (shuffled, 20%
-//!    duplicated); the pipeline drains it once with the compiled component and once with the
-//!    same rule compiled natively (separate consumer groups and key prefixes). Reports events/s
-//!    and the ratio, and checks that every order ended on its final state.
-//! 2. **latency**: the simulator publishes at a fixed rate while the pipeline (component) runs;
-//!    reports event-to-stored latency percentiles — from the producer's timestamp to the
-//!    acknowledgement after the write.
-//! 4. **swap**: the latency run again, while the rule is swapped between two equivalent versions
-//!    every 200 ms; reports the pause each swap adds (taking up the new rule between batches
-//!    plus the first call on it) and the longest gap between acknowledgements, against the
-//!    same gap in run 2 without swaps.
-//! 5. **fluvio** (when `CONVERGE_BENCH_FLUVIO=host:port` names a cluster): the throughput
-//!    run's backlog again, through a Fluvio topic and the Fluvio source; reports events/s
-//!    beside run 1's Kafka figure.
-//! 3. **store**: converge's pipelined compare-and-set writes (batches as the pipeline sends them)
-//!    against `redis-benchmark` running the same Lua script, pipelined, on the same server.
+//! Every run builds the pipeline as `serve` does, from a `Config` loaded from a minimal TOML
+//! file (rule path, Kafka brokers, topic and group, Redis URL and key prefix, a Kafka
+//! dead-letter topic, `[admin]`): `store.open()`, `dead_letter.build(..)`, `source.build(..)`,
+//! `Pipeline::new(..).with_metrics(..)`, one `Metrics` registry shared by the rule control, the
+//! source and the pipeline. No batch size, batch timeout or consumer property is set: the
+//! figures are the defaults'. The bench only wraps the source to time the run and each
+//! message's latency at its acknowledgement (after its write). Redis runs with AOF, `appendfsync
+//! everysec`, on the standalone server and every cluster node (set at the start, restored at
+//! the end).
 //!
-//! The report is printed and written to `target/bench/pipeline.json`
-//! (`kafka_events_per_s`, `fluvio_events_per_s` at the top).
+//! 1. **throughput**: a backlog of order changes (shuffled, 20% duplicated) is published, then
+//!    drained; three times with the compiled component on the standalone Redis (each time a
+//!    fresh topic, consumer group and key prefix: min, median, max), once with the same rule
+//!    compiled natively (the only change), once into the Redis Cluster. Events/s run from the
+//!    first batch to the last acknowledgement (the group join is left out); every order must
+//!    end on its final state. The acknowledged count is sampled every 250 ms (the lag series).
+//! 2. **limits**, on the same machine: librdkafka's bare consume rate of a backlog topic (a
+//!    plain consumer, start to end, no processing), and `redis-benchmark` running converge's
+//!    own compare-and-set script at the pipeline depth and concurrency converge uses (the
+//!    default `pipeline.batch_size`; as many clients as batches in flight — one until the
+//!    pipeline has a `max_in_flight` setting).
+//! 3. **latency**: `converge simulate --rate R --seconds S` in a process of its own publishes
+//!    open-loop, stamping each record with its intended send time, while the pipeline runs.
+//!    A message's latency is the acknowledgement of its batch minus that time, so a producer
+//!    or consumer stall counts in full (no coordinated omission). Messages meant to be sent
+//!    before the first batch plus 1 s are left out: joining the group is start-up.
+//! 4. **swap**: the latency run again, while the rule is swapped between two equivalent
+//!    versions every 200 ms; reports the pause each swap adds and the longest gap between
+//!    acknowledgements, beside the same gap without swaps.
+//! 5. **fluvio** (when `CONVERGE_BENCH_FLUVIO=host:port` names a Fluvio cluster's SC): the
+//!    throughput backlog through a Fluvio topic and the Fluvio source.
+//!
+//! The report is printed and written to `target/bench/pipeline.json` (under the workspace
+//! root), with the latency distribution and throughput over time drawn in
+//! `target/bench/pipeline.svg`.
 //!
 //! `bash deploy/scripts/bench.sh` starts the services and runs this; or, with them running,
-//! `cargo bench -p converge-tests --bench pipeline`. Sizes: `BENCH_ORDERS` (default 40000),
-//! `BENCH_RATE` (changes/s for the latency run, default 10000), `BENCH_LATENCY_SECONDS`
-//! (default 6).
+//! `cargo bench -p converge-tests --bench pipeline`. Sizes: `BENCH_ORDERS` (orders in each
+//! backlog, default 40000; each yields ~2.9 changes, 20% of messages are duplicates),
+//! `BENCH_RATE` (changes/s of the latency runs, default 10000), `BENCH_LATENCY_SECONDS`
+//! (default 10), `BENCH_CAS_REQUESTS` (redis-benchmark calls, default 200000).
 
-use std::collections::BTreeMap;
-use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[path = "pipeline/fluvio.rs"]
+mod fluvio;
+#[path = "pipeline/limits.rs"]
+mod limits;
+#[path = "pipeline/plot.rs"]
+mod plot;
+#[path = "pipeline/producer.rs"]
+mod producer;
+#[path = "pipeline/prom.rs"]
+mod prom;
+#[path = "pipeline/run.rs"]
+mod run;
+
+use std::path::Path;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use converge::config::KafkaSourceConfig;
-use converge::dead_letter::MemoryDeadLetters;
-use converge::entity::Decision;
-use converge::entity::{Event, State};
-use converge::pipeline::{Pipeline, PipelineConfig};
-use converge::rule::DecideError;
-use converge::rule::Rule;
-use converge::rule::{EngineLimits, RuleEngine};
-use converge::rule::{GateConfig, Gates};
-use converge::simulator::{Publisher, Simulator, SimulatorConfig};
-use converge::source::KafkaSource;
-use converge::source::Message;
-use converge::source::{Source, SourceError};
-use converge::store::{COMPARE_AND_SET, RedisStore};
-use converge::store::{Store, Write, WriteOutcome};
-use converge::swap::{Role, RuleControl};
+use converge::pipeline::PipelineConfig;
+use converge::swap::Role;
 use converge::telemetry::Metrics;
-use converge_tests::kafka::{self, TestTopic};
-use converge_tests::services::{TestStore, redis_url};
+use converge_tests::kafka::TestTopic;
+use converge_tests::services::unique_prefix;
 use converge_tests::{Convergence, NativeOrderRule, build};
+use serde_json::{Value, json};
 use tokio::sync::watch;
+
+use producer::Paced;
+use run::{Run, StoreKind, TimedSwaps};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -60,683 +80,675 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A source that ends once `target` messages are acknowledged, timing the run and recording
-/// each message's event-to-stored latency at its acknowledgement.
-///
-/// The target is a watch: under a paced producer it is only known once the producer is done,
-/// and by then the consumer may have taken everything and be waiting for a message that will
-/// never come, so the wait has to wake up when the target arrives.
-struct Measured<S> {
-    inner: S,
-    target: watch::Receiver<usize>,
-    acked: usize,
-    first: Option<Instant>,
-    /// Unix ms when the first batch arrived: messages produced before it waited for the
-    /// consumer to join its group, which is start-up, not latency.
-    first_ms: Option<i64>,
-    last: Option<Instant>,
-    latencies_ms: Vec<i64>,
-    /// The longest time between two acknowledgements: the longest processing gap.
-    max_gap: Duration,
+/// Which rule a backlog run decides with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleKind {
+    Component,
+    Native,
 }
 
-/// Messages produced this soon after the first batch still carry the group join's delay.
-const WARM_UP_MS: i64 = 1_000;
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as i64)
-}
-
-impl<S> Measured<S> {
-    fn new(inner: S, target: watch::Receiver<usize>) -> Self {
-        Self {
-            inner,
-            target,
-            acked: 0,
-            first: None,
-            first_ms: None,
-            last: None,
-            latencies_ms: Vec::new(),
-            max_gap: Duration::ZERO,
-        }
-    }
-
-    fn events_per_second(&self) -> f64 {
-        match (self.first, self.last) {
-            (Some(first), Some(last)) => self.acked as f64 / (last - first).as_secs_f64(),
-            _ => 0.0,
-        }
-    }
-}
-
-impl<S: Source> Source for Measured<S> {
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        let acked = self.acked;
-        let mut target = self.target.clone();
-        let reached = async move {
-            // A sender dropped before the target is reached means the producer failed; its
-            // task's panic ends the run, so keep waiting for messages here.
-            if target.wait_for(|target| acked >= *target).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        // Abandoning a half-collected batch is safe only because the target is reached: every
-        // published message is acknowledged, so there is nothing left to collect.
-        let batch = tokio::select! {
-            biased;
-            () = reached => return Ok(Vec::new()),
-            batch = self.inner.next_batch(max) => batch?,
-        };
-        self.first.get_or_insert_with(Instant::now);
-        self.first_ms.get_or_insert_with(unix_ms);
-        Ok(batch)
-    }
-
-    async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
-        self.inner.ack(batch).await?;
-        let now_ms = unix_ms();
-        let warm_from = self.first_ms.unwrap_or(now_ms) + WARM_UP_MS;
-        self.latencies_ms.extend(
-            batch
-                .iter()
-                .filter_map(|m| m.produced_at_ms)
-                .filter(|produced| *produced >= warm_from)
-                .map(|produced| now_ms - produced),
-        );
-        self.acked += batch.len();
-        let now = Instant::now();
-        if let Some(last) = self.last {
-            self.max_gap = self.max_gap.max(now - last);
-        }
-        self.last = Some(now);
-        Ok(())
-    }
-}
-
-fn kafka_source(topic: &str, group: &str) -> KafkaSource {
-    KafkaSource::subscribe(
-        &KafkaSourceConfig {
-            brokers: kafka::brokers(),
-            group_id: group.to_owned(),
-            topics: vec![topic.to_owned()],
-            batch_timeout_ms: 5,
-            properties: std::env::var("BENCH_CONSUMER")
-                .ok()
-                .map(|list| {
-                    list.split(',')
-                        .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        },
-        Arc::new(Metrics::new()),
-    )
-    .expect("consumer")
-}
-
-/// A swappable rule that times each swap's pause: taking up the new rule in `before_batch`
-/// and the first call on it (which instantiates it).
-struct TimedSwaps<R> {
-    inner: R,
-    pending: Option<Duration>,
-    pauses: Vec<Duration>,
-}
-
-impl<R: Rule> Rule for TimedSwaps<R> {
-    fn info(&self) -> &converge::entity::RuleInfo {
-        self.inner.info()
-    }
-
-    fn before_batch(&mut self) {
-        let before = self.inner.info().stamp();
-        let started = Instant::now();
-        self.inner.before_batch();
-        if self.inner.info().stamp() != before {
-            self.pending = Some(started.elapsed());
-        }
-    }
-
-    fn decide(
-        &mut self,
-        current: Option<&State>,
-        incoming: &Event,
-    ) -> Result<Decision, DecideError> {
-        self.inner.decide(current, incoming)
-    }
-
-    fn decide_batch(
-        &mut self,
-        items: &[(Option<State>, Event)],
-    ) -> Result<Vec<Decision>, DecideError> {
-        let Some(taken_up) = self.pending.take() else {
-            return self.inner.decide_batch(items);
-        };
-        // The first call on a new rule instantiates it: that is part of the swap's pause.
-        let started = Instant::now();
-        let first = self.inner.decide_batch(&items[..1]);
-        self.pauses.push(taken_up + started.elapsed());
-        let mut decisions = first?;
-        decisions.extend(self.inner.decide_batch(&items[1..])?);
-        Ok(decisions)
-    }
-}
-
-fn pipeline_config() -> PipelineConfig {
-    PipelineConfig {
-        batch_size: 1024,
-        ..PipelineConfig::default()
-    }
-}
-
-/// Drains `target` messages of `topic` through `rule` into `store`.
-async fn drain<R: Rule>(
-    rule: R,
-    store: &RedisStore,
-    topic: &str,
-    group: &str,
-    target: watch::Receiver<usize>,
-) -> Measured<KafkaSource> {
-    drain_source(rule, store, kafka_source(topic, group), target).await
-}
-
-/// Drains `target` messages of `source` through `rule` into `store`.
-async fn drain_source<R: Rule, S: Source>(
-    rule: R,
-    store: &RedisStore,
-    source: S,
-    target: watch::Receiver<usize>,
-) -> Measured<S> {
-    let mut source = Measured::new(source, target);
-    let mut pipeline = Pipeline::new(
-        rule,
-        store.clone(),
-        MemoryDeadLetters::new(),
-        pipeline_config(),
-    );
-    pipeline
-        .run(&mut source, std::future::pending())
-        .await
-        .expect("the pipeline runs");
-    assert!(
-        pipeline.dead_letters().letters().is_empty(),
-        "nothing in a simulated stream is bad"
-    );
-    source
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-async fn simulate_into(topic: &str, config: SimulatorConfig) -> converge::simulator::Summary {
-    let publisher = Publisher::kafka(&kafka::brokers(), topic, &BTreeMap::new()).expect("producer");
-    Simulator::new(config, publisher)
-        .run()
-        .await
-        .expect("simulated")
-}
-
-/// A `Write` into a buffer the caller keeps: the simulator's JSON lines, collected.
-#[derive(Clone, Default)]
-struct Collected(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Collected {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The throughput run's backlog again, through a Fluvio topic of as many partitions and the
-/// Fluvio source (`serve`'s settings); returns events/s. The simulator run again with the same
-/// seed publishes the same messages as lines, which are produced to Fluvio keyed by order
-/// before the clock starts.
-async fn fluvio_throughput(
-    endpoint: &str,
+/// A backlog run: publishes the backlog to a fresh topic, drains it with a fresh group into a
+/// fresh key prefix, and checks every order's final state. Returns the run, the backlog's size
+/// and its topic (deleted when dropped).
+async fn backlog_run(
+    dir: &Path,
     orders: usize,
-    backlog: &converge::simulator::Summary,
-    compiled: &converge::rule::CompiledRule,
-) -> f64 {
-    use fluvio::metadata::topic::TopicSpec;
-
-    let lines = Collected::default();
-    let again = Simulator::new(
-        SimulatorConfig {
-            orders,
-            duplicate_percent: 20,
-            shuffle_window: 1024,
-            ..SimulatorConfig::default()
-        },
-        Publisher::Lines(Box::new(lines.clone())),
-    )
-    .run()
-    .await
-    .expect("simulated");
-    // Same seed, same orders and messages in the same order; only the timestamps, taken as
-    // the simulator runs, differ, so this run is checked against its own final states.
-    assert_eq!(
-        again.published, backlog.published,
-        "the simulator is deterministic"
+    rule: RuleKind,
+    store: StoreKind,
+    name: &str,
+) -> (Run, usize, TestTopic) {
+    let topic = TestTopic::create(name, 6).await;
+    let backlog = producer::backlog(&topic.name, orders).await;
+    let prefix = unique_prefix(name);
+    let group = format!("{}-group", topic.name);
+    let config = run::kafka_config(
+        dir,
+        &build::rule("order-status"),
+        &topic.name,
+        &group,
+        store,
+        &prefix,
     );
-    let lines = std::mem::take(
-        &mut *lines
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
-
-    let cluster = fluvio::FluvioClusterConfig::new(endpoint);
-    let client = fluvio::Fluvio::connect_with_config(&cluster)
-        .await
-        .expect("the Fluvio cluster answers");
-    let topic = format!("converge-bench-{:016x}", rand::random::<u64>());
-    let admin = client.admin().await;
-    admin
-        .create(topic.clone(), false, TopicSpec::new_computed(6, 1, None))
-        .await
-        .expect("topic created");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let producer = client.topic_producer(&topic).await.expect("producer");
-    for line in lines.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
-        let key = serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .and_then(|body| body.get("key")?.as_str().map(str::to_owned))
-            .expect("every simulated message has a key");
-        producer.send(key, line.to_vec()).await.expect("sent");
-    }
-    producer.flush().await.expect("flushed");
-
-    let store = TestStore::standalone("bench-fluvio").await;
-    let (_fixed_target, target) = watch::channel(backlog.published as usize);
-    let source = converge::source::FluvioSource::connect(
-        &converge::config::FluvioSourceConfig {
-            endpoint: Some(endpoint.to_owned()),
-            tls: None,
-            topic: topic.clone(),
-            partitions: Vec::new(),
-            consumer: format!("{topic}-bench"),
-            fetch_max_bytes: converge::config::DEFAULT_FETCH_MAX_BYTES,
-            batch_timeout_ms: 20,
-        },
-        &pipeline_config(),
-        Arc::new(Metrics::new()),
-    )
-    .await
-    .expect("the Fluvio source starts");
-    let measured = drain_source(compiled.instance(), &store.store, source, target).await;
-    let rate = measured.events_per_second();
-    measured.inner.close().await;
-    Convergence::new(&store.store, &again.expected)
+    let metrics = Arc::new(Metrics::new());
+    let (_fixed, target) = watch::channel(backlog.published as usize);
+    let measured = match rule {
+        RuleKind::Component => {
+            let control = run::load_rule(&config.rule, &metrics);
+            run::run(&config, control.rule(), metrics, target).await
+        }
+        RuleKind::Native => run::run(&config, NativeOrderRule::default(), metrics, target).await,
+    };
+    let check = run::check_store(store, &prefix).await;
+    Convergence::new(&check.store, &backlog.expected)
         .assert_now()
         .await;
-    let _ = admin.delete::<TopicSpec>(topic).await;
-    rate
+    println!(
+        "{name}: {} messages at {:.0} events/s (group joined after {:.1} s)",
+        measured.acked, measured.events_per_s, measured.first_batch_s
+    );
+    (measured, backlog.published as usize, topic)
 }
 
-/// converge's own pipelined CAS writes: `count` fresh keys in batches of `batch`.
-async fn store_write_rate(store: &RedisStore, count: usize, batch: usize) -> f64 {
-    let state = |n: usize| State {
-        key: format!("w{n}"),
-        status: "paid".to_owned(),
-        version: 2,
-        timestamp_ms: 1_763_971_200_000,
-        payload: r#"{"table":12}"#.to_owned(),
+/// Starts the paced producer process on `topic`; the receiver turns from `usize::MAX` to the
+/// count it published once it is done.
+fn start_producer(
+    dir: &Path,
+    topic: &str,
+    rate: u32,
+    seconds: u32,
+    seed: u64,
+) -> (watch::Receiver<usize>, tokio::task::JoinHandle<Paced>) {
+    let (done, target) = watch::channel(usize::MAX);
+    let (dir, topic) = (dir.to_owned(), topic.to_owned());
+    let producer = tokio::task::spawn_blocking(move || {
+        let paced = producer::paced(&dir, &topic, rate, seconds, seed);
+        done.send_replace(paced.published as usize);
+        paced
+    });
+    (target, producer)
+}
+
+/// The latency run, or with `swaps` (the two versions' bytes) the swap run. Returns the run,
+/// what the producer reported, and the swaps offered and their pauses.
+async fn paced_run(
+    dir: &Path,
+    rate: u32,
+    seconds: u32,
+    seed: u64,
+    name: &str,
+    swaps: Option<(Vec<u8>, Vec<u8>)>,
+) -> (Run, Paced, usize, Vec<Duration>) {
+    let topic = TestTopic::create(name, 6).await;
+    let prefix = unique_prefix(name);
+    let config = run::kafka_config(
+        dir,
+        &build::rule("order-status"),
+        &topic.name,
+        &format!("{}-group", topic.name),
+        StoreKind::Standalone,
+        &prefix,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let control = run::load_rule(&config.rule, &metrics);
+    let (measured, paced, offered, pauses) = match swaps {
+        None => {
+            let (target, producer) = start_producer(dir, &topic.name, rate, seconds, seed);
+            let measured = run::run(&config, control.rule(), metrics, target).await;
+            let paced = producer.await.expect("the producer ran");
+            (measured, paced, 0, Vec::new())
+        }
+        Some((v1, v2)) => {
+            // Both versions are gated once beforehand, as a fleet instance gates a version
+            // once; the swaps under load then only take up an admitted rule.
+            control
+                .offer(&v2, None, "bench", Role::Active)
+                .expect("v2 is admitted");
+            control
+                .offer(&v1, None, "bench", Role::Active)
+                .expect("v1 is admitted");
+            let (target, producer) = start_producer(dir, &topic.name, rate, seconds, seed);
+            let swapper = {
+                let control = Arc::clone(&control);
+                let producing = target.clone();
+                tokio::spawn(async move {
+                    let mut swaps = 0usize;
+                    while *producing.borrow() == usize::MAX {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let next = if swaps.is_multiple_of(2) { &v2 } else { &v1 };
+                        control
+                            .offer(next, None, "bench", Role::Active)
+                            .expect("swap");
+                        swaps += 1;
+                    }
+                    swaps
+                })
+            };
+            let timed = TimedSwaps::new(control.rule());
+            let pauses = Arc::clone(&timed.pauses);
+            let measured = run::run(&config, timed, metrics, target).await;
+            let paced = producer.await.expect("the producer ran");
+            let offered = swapper.await.expect("the swapper ran");
+            let mut pauses = pauses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            pauses.sort_unstable();
+            (measured, paced, offered, pauses)
+        }
     };
-    let started = Instant::now();
-    for start in (0..count).step_by(batch) {
-        let writes: Vec<Write> = (start..(start + batch).min(count))
-            .map(|n| Write {
-                key: state(n).key.clone(),
-                expected_revision: 0,
-                expected_writer: 0,
-                writer: converge::store::new_writer_id(),
-                state: state(n),
-                rule: "order-status@0.1.0".to_owned(),
-                position: format!("bench[0]@{n}"),
-            })
-            .collect();
-        let outcomes = store.write(&writes).await.expect("writes");
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| matches!(o, WriteOutcome::Written { .. }))
-        );
-    }
-    count as f64 / started.elapsed().as_secs_f64()
+    let check = run::check_store(StoreKind::Standalone, &prefix).await;
+    Convergence::new(&check.store, &paced.expected)
+        .assert_now()
+        .await;
+    (measured, paced, offered, pauses)
 }
 
-/// `redis-benchmark` running the same script on fresh random keys, pipelined.
-fn redis_benchmark_rate(sha: &str, prefix: &str, count: usize, pipeline: usize) -> f64 {
-    let port = redis_url()
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.trim_end_matches('/').parse::<u16>().ok())
-        .unwrap_or(6379);
-    let output = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-n", &count.to_string(), "-c", "50", "-r", "100000000"])
-        .args(["-P", &pipeline.to_string(), "--csv"])
-        .args(["EVALSHA", sha, "1", &format!("{prefix}rb:__rand_int__")])
-        .args(["0", "paid", "2", "1763971200000", r#"{"table":12}"#])
-        .args(["order-status@0.1.0", "bench[0]@1"])
-        .output()
-        .expect("redis-benchmark runs (Debian package redis-tools)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(',');
-            let _test = fields.next()?;
-            fields.next()?.trim_matches('"').parse::<f64>().ok()
+/// Nearest-rank percentile of ascending `sorted`.
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A run's latencies in ms, ascending.
+fn sorted_latencies(run: &Run) -> Vec<i64> {
+    let mut sorted: Vec<i64> = run.latencies_ms.iter().map(|(_, ms)| *ms).collect();
+    sorted.sort_unstable();
+    sorted
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+/// The batch-size histogram, time per stage and state-cache figures of one run, from its
+/// metrics as the admin endpoint would serve them.
+fn telemetry(run: &Run) -> (Value, Value, Value) {
+    let samples = prom::samples(&run.metrics);
+    let batches = prom::histogram(&samples, "converge_batch_messages");
+    let batch_sizes = json!({
+        "source": "converge_batch_messages",
+        "batches": batches.count,
+        "mean": batches.mean().map(|mean| round(mean, 1)),
+        "buckets": batches.per_bucket().iter().map(|(le, count)| json!({
+            "le": if le.is_finite() { json!(le) } else { json!("+Inf") },
+            "batches": count,
+        })).collect::<Vec<_>>(),
+    });
+    let stages = prom::histograms(&samples, "converge_stage_duration_seconds", "stage");
+    let total: f64 = stages.values().map(|stage| stage.sum).sum();
+    let stage_ms: serde_json::Map<String, Value> = stages
+        .iter()
+        .filter(|(_, stage)| stage.count > 0)
+        .map(|(name, stage)| {
+            (
+                name.clone(),
+                json!({
+                    "mean_ms": round(stage.sum / stage.count as f64 * 1000.0, 3),
+                    "batches": stage.count,
+                    "share": if total > 0.0 { round(stage.sum / total, 3) } else { 0.0 },
+                }),
+            )
         })
-        .next()
-        .unwrap_or_else(|| panic!("no rate in redis-benchmark's output: {text}"))
+        .collect();
+    let hits = prom::total(&samples, "converge_cache_hits_total");
+    let misses = prom::total(&samples, "converge_cache_misses_total");
+    let cache = json!({
+        "hits": hits,
+        "misses": misses,
+        "hit_ratio": (hits + misses > 0.0).then(|| round(hits / (hits + misses), 3)),
+    });
+    (batch_sizes, Value::Object(stage_ms), cache)
+}
+
+/// The 1-minute load average (Linux), to read the figures against: other work on the machine
+/// takes cores from the broker, Redis and converge alike.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Where the report goes: `target/bench` under the workspace root.
+fn report_dir() -> std::path::PathBuf {
+    let dir = build::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
+    dir
+}
+
+/// The sizes of the runs (environment overrides).
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    orders: usize,
+    rate: u32,
+    latency_seconds: u32,
+    cas_requests: usize,
+}
+
+/// The defaults the runs use, read from the host's own types.
+#[derive(Debug, Clone, Copy)]
+struct Defaults {
+    batch_size: usize,
+    /// `pipeline.max_in_flight`, once the pipeline has it.
+    max_in_flight: Option<u64>,
+    batch_timeout_ms: u64,
+}
+
+impl Defaults {
+    /// Read through serde, so that a setting added later (the batches in flight) is picked up
+    /// without changing this file.
+    fn read() -> Self {
+        let pipeline = serde_json::to_value(PipelineConfig::default()).expect("defaults serialise");
+        let kafka = serde_json::from_value::<KafkaSourceConfig>(json!({
+            "brokers": "", "group_id": "", "topics": [],
+        }))
+        .expect("a Kafka source section with only its required settings");
+        Self {
+            batch_size: pipeline["batch_size"].as_u64().expect("a batch size") as usize,
+            max_in_flight: pipeline.get("max_in_flight").and_then(Value::as_u64),
+            batch_timeout_ms: kafka.batch_timeout_ms,
+        }
+    }
+
+    /// redis-benchmark's connections: as many as batches converge has in flight.
+    fn clients(&self) -> usize {
+        self.max_in_flight.unwrap_or(1).max(1) as usize
+    }
+}
+
+/// Everything measured, for the report and the plots.
+struct Results {
+    /// The three component runs on the standalone Redis, in run order.
+    standalone: Vec<Run>,
+    native: Run,
+    cluster: Run,
+    backlog_events: usize,
+    consume_limit: f64,
+    cas_limit: f64,
+    paced: Run,
+    producer: Paced,
+    swapped: Run,
+    swaps_offered: usize,
+    /// Ascending.
+    pauses: Vec<Duration>,
+    fluvio: Option<f64>,
+    load_at_start: Option<f64>,
+}
+
+impl Results {
+    /// The standalone component runs' indexes, slowest first.
+    fn by_rate(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.standalone.len()).collect();
+        order.sort_by(|a, b| {
+            self.standalone[*a]
+                .events_per_s
+                .total_cmp(&self.standalone[*b].events_per_s)
+        });
+        order
+    }
+
+    fn median(&self) -> &Run {
+        let order = self.by_rate();
+        &self.standalone[order[order.len() / 2]]
+    }
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
-    let orders: usize = env_or("BENCH_ORDERS", 40_000);
-    let rate: u32 = env_or("BENCH_RATE", 10_000);
-    let latency_seconds: u32 = env_or("BENCH_LATENCY_SECONDS", 6);
+    let sizes = Sizes {
+        orders: env_or("BENCH_ORDERS", 40_000),
+        rate: env_or("BENCH_RATE", 10_000),
+        latency_seconds: env_or("BENCH_LATENCY_SECONDS", 10),
+        cas_requests: env_or("BENCH_CAS_REQUESTS", 200_000),
+    };
+    let defaults = Defaults::read();
+    // As `converge serve` builds its runtime: a worker per core.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async move {
-        let compiled = RuleEngine::new(EngineLimits::default())
-            .expect("engine")
-            .compile_file(&build::rule("order-status"))
-            .expect("rule loads");
+    let results = runtime.block_on(measure(sizes, defaults));
+    let (report, notes) = report(&results, sizes, defaults);
+    for note in &notes {
+        println!("note: {note}");
+    }
+    let text = serde_json::to_string_pretty(&report).expect("JSON");
+    println!("{text}");
+    let out = report_dir();
+    std::fs::write(out.join("pipeline.json"), text + "\n").expect("report written");
+    let svg = out.join("pipeline.svg");
+    draw(&results, sizes, &svg);
+    println!(
+        "written to {} and {}",
+        out.join("pipeline.json").display(),
+        svg.display()
+    );
+    let median = results.median().events_per_s;
+    let lower_limit = results.consume_limit.min(results.cas_limit);
+    println!(
+        "end to end: {median:.0} events/s with the component (median of 3), {:.0} natively, \
+         {:.0} into the cluster; {:.0}% of the lower limit ({lower_limit:.0}/s); p99 {} ms at \
+         {}/s",
+        results.native.events_per_s,
+        results.cluster.events_per_s,
+        100.0 * median / lower_limit,
+        report["p99_ms"],
+        sizes.rate,
+    );
+}
 
-        // 1. Throughput over a backlog.
-        let topic = TestTopic::create("bench", 6).await;
-        let backlog = simulate_into(
-            &topic.name,
-            SimulatorConfig {
-                orders,
-                duplicate_percent: 20,
-                shuffle_window: 1024,
-                ..SimulatorConfig::default()
-            },
+/// Runs everything, in order, with Redis durable for the duration.
+async fn measure(sizes: Sizes, defaults: Defaults) -> Results {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    // Built before anything is timed.
+    let rule = build::rule("order-status");
+    build::converge_binary();
+    let v1 = std::fs::read(&rule).expect("rule");
+    let v2 = std::fs::read(build::order_status_version("0.2.0-next")).expect("rule");
+    let load_at_start = load_average();
+    let durable = tokio::task::spawn_blocking(limits::Durable::everysec)
+        .await
+        .expect("AOF on");
+    println!("redis: appendonly yes, appendfsync everysec (restored at the end)");
+
+    // 1. Throughput over a backlog.
+    let orders = sizes.orders;
+    let mut standalone = Vec::new();
+    let mut kept_topic = None;
+    let mut backlog_events = 0;
+    for index in 1..=3 {
+        let name = format!("bench-{index}");
+        let (run, events, topic) = backlog_run(
+            dir,
+            orders,
+            RuleKind::Component,
+            StoreKind::Standalone,
+            &name,
         )
         .await;
-        let (_fixed_target, target) = watch::channel(backlog.published as usize);
-        let wasm_store = TestStore::standalone("bench-wasm").await;
-        let wasm = drain(
-            compiled.instance(),
-            &wasm_store.store,
-            &topic.name,
-            &format!("{}-wasm", topic.name),
-            target.clone(),
-        )
-        .await;
-        Convergence::new(&wasm_store.store, &backlog.expected)
-            .assert_now()
-            .await;
-        let native_store = TestStore::standalone("bench-native").await;
-        let native = drain(
-            NativeOrderRule::default(),
-            &native_store.store,
-            &topic.name,
-            &format!("{}-native", topic.name),
-            target.clone(),
-        )
-        .await;
-        Convergence::new(&native_store.store, &backlog.expected)
-            .assert_now()
-            .await;
-        drop(wasm_store);
-        drop(native_store);
+        backlog_events = events;
+        standalone.push(run);
+        kept_topic.get_or_insert(topic);
+    }
+    let native = backlog_run(
+        dir,
+        orders,
+        RuleKind::Native,
+        StoreKind::Standalone,
+        "bench-native",
+    )
+    .await
+    .0;
+    let cluster = backlog_run(
+        dir,
+        orders,
+        RuleKind::Component,
+        StoreKind::Cluster,
+        "bench-cluster",
+    )
+    .await
+    .0;
 
-        // 5. The same backlog through the Fluvio source, when a cluster is given.
-        let fluvio = match std::env::var("CONVERGE_BENCH_FLUVIO") {
-            Ok(endpoint) => {
-                let run = fluvio_throughput(&endpoint, orders, &backlog, &compiled).await;
-                println!(
-                    "fluvio: {:.0} events/s against {:.0} through Kafka ({:.1}%)",
-                    run,
-                    wasm.events_per_second(),
-                    100.0 * run / wasm.events_per_second()
-                );
-                Some(run)
-            }
-            Err(_) => None,
-        };
+    // 2. The limits.
+    let topic = kept_topic.expect("a backlog topic");
+    let consume_limit = tokio::task::spawn_blocking(move || limits::consume_rate(&topic))
+        .await
+        .expect("the bare consumer ran");
+    println!("limit: librdkafka alone consumes {consume_limit:.0} messages/s");
+    let cas_prefix = unique_prefix("bench-cas");
+    let cas_keys = run::check_store(StoreKind::Standalone, &cas_prefix).await;
+    let (depth, clients) = (defaults.batch_size, defaults.clients());
+    let cas_limit = tokio::task::spawn_blocking(move || {
+        limits::cas_rate(&cas_prefix, sizes.cas_requests, depth, clients)
+    })
+    .await
+    .expect("redis-benchmark ran");
+    drop(cas_keys);
+    println!(
+        "limit: redis-benchmark runs the CAS script {cas_limit:.0} times/s \
+         (-P {depth} -c {clients})"
+    );
 
-        // 2. Latency at a fixed rate.
-        let paced = TestTopic::create("bench-latency", 6).await;
-        let latency_store = TestStore::standalone("bench-latency").await;
-        let (report_target, target) = watch::channel(usize::MAX);
-        let producer = {
-            let topic = paced.name.clone();
-            let target = report_target;
-            let orders = (rate as usize * latency_seconds as usize) / 3;
-            tokio::spawn(async move {
-                let summary = simulate_into(
-                    &topic,
-                    SimulatorConfig {
-                        orders,
-                        rate,
-                        duplicate_percent: 0,
-                        shuffle_window: 1,
-                        seed: 2,
-                        ..SimulatorConfig::default()
-                    },
-                )
-                .await;
-                target.send_replace(summary.published as usize);
-                summary
+    // 3. Latency at a fixed rate.
+    let (rate, seconds) = (sizes.rate, sizes.latency_seconds);
+    let (paced, producer, _, _) = paced_run(dir, rate, seconds, 2, "bench-latency", None).await;
+    let latencies = sorted_latencies(&paced);
+    println!(
+        "latency at {rate}/s (producer achieved {:.0}/s, at worst {:.1} ms behind schedule): \
+         p50 {} ms, p99 {} ms, p99.9 {} ms over {} messages ({} left out as warm-up)",
+        producer.achieved_rate(),
+        producer.max_behind_schedule_ms,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 99.9),
+        latencies.len(),
+        paced.warm_up,
+    );
+
+    // 4. Swaps under the same load.
+    let (swapped, _, swaps_offered, pauses) =
+        paced_run(dir, rate, seconds, 3, "bench-swap", Some((v1, v2))).await;
+    println!(
+        "swaps: {} taken up of {swaps_offered} offered, pause p50 {:.3} ms, max {:.3} ms; \
+         longest gap between acknowledgements {:.1} ms with swaps, {:.1} ms without",
+        pauses.len(),
+        ms(percentile(&pauses, 50.0)),
+        ms(percentile(&pauses, 100.0)),
+        ms(swapped.max_gap),
+        ms(paced.max_gap),
+    );
+
+    // 5. The backlog through Fluvio, when a cluster is given.
+    let fluvio = match std::env::var("CONVERGE_BENCH_FLUVIO") {
+        Ok(endpoint) => {
+            let run = fluvio::throughput(dir, &rule, &endpoint, orders).await;
+            println!("fluvio: {:.0} events/s", run.events_per_s);
+            Some(run.events_per_s)
+        }
+        Err(_) => None,
+    };
+    drop(durable);
+    Results {
+        standalone,
+        native,
+        cluster,
+        backlog_events,
+        consume_limit,
+        cas_limit,
+        paced,
+        producer,
+        swapped,
+        swaps_offered,
+        pauses,
+        fluvio,
+        load_at_start,
+    }
+}
+
+/// The report (`target/bench/pipeline.json`), and notes on reading it.
+fn report(results: &Results, sizes: Sizes, defaults: Defaults) -> (Value, Vec<String>) {
+    let median = results.median();
+    let events_per_s = median.events_per_s;
+    let order = results.by_rate();
+    let (min, max) = (
+        results.standalone[order[0]].events_per_s,
+        results.standalone[order[order.len() - 1]].events_per_s,
+    );
+    let (native, cluster) = (&results.native, &results.cluster);
+    let lower_limit = results.consume_limit.min(results.cas_limit);
+    let latencies = sorted_latencies(&results.paced);
+    let pause_ms = |p: f64| round(ms(percentile(&results.pauses, p)), 3);
+    let (batch_sizes, stage_ms, cache) = telemetry(median);
+    let stored = prom::histogram(
+        &prom::samples(&results.paced.metrics),
+        "converge_event_to_stored_seconds",
+    );
+    let lag_series: Vec<Value> = median
+        .series
+        .iter()
+        .map(|tick| {
+            json!({
+                "t_s": round(tick.t_s, 3),
+                "acked": tick.acked,
+                "lag": results.backlog_events.saturating_sub(tick.acked),
+                "in_flight": tick.in_flight,
             })
-        };
-        let paced_run = drain(
-            compiled.instance(),
-            &latency_store.store,
-            &paced.name,
-            &format!("{}-group", paced.name),
-            target.clone(),
-        )
-        .await;
-        let paced_summary = producer.await.expect("the simulator ran");
-        Convergence::new(&latency_store.store, &paced_summary.expected)
-            .assert_now()
-            .await;
-        drop(latency_store);
-        let mut latencies = paced_run.latencies_ms.clone();
-        latencies.sort_unstable();
-
-        // 4. Swaps under the same load: two equivalent versions, alternating every 200 ms. Both
-        // are gated once beforehand, as a fleet instance gates a version once.
-        let v1 = std::fs::read(build::rule("order-status")).expect("rule");
-        let v2 = std::fs::read(build::order_status_version("0.2.0-next")).expect("rule");
-        let gates = Gates::new(
-            RuleEngine::new(EngineLimits::default()).expect("engine"),
-            GateConfig::default(),
-        );
-        let initial = gates.admit(&v1, None).expect("gates");
-        let control = Arc::new(RuleControl::new(
-            gates,
-            initial,
-            "bench",
-            Arc::new(Metrics::new()),
-        ));
-        control.offer(&v2, None, "bench", Role::Active).expect("v2");
-        control.offer(&v1, None, "bench", Role::Active).expect("v1");
-        let swapped = TestTopic::create("bench-swap", 6).await;
-        let swap_store = TestStore::standalone("bench-swap").await;
-        let (report_target, target) = watch::channel(usize::MAX);
-        let producer = {
-            let topic = swapped.name.clone();
-            let target = report_target;
-            let orders = (rate as usize * latency_seconds as usize) / 3;
-            tokio::spawn(async move {
-                let summary = simulate_into(
-                    &topic,
-                    SimulatorConfig {
-                        orders,
-                        rate,
-                        duplicate_percent: 0,
-                        shuffle_window: 1,
-                        seed: 3,
-                        ..SimulatorConfig::default()
-                    },
-                )
-                .await;
-                target.send_replace(summary.published as usize);
-                summary
-            })
-        };
-        let swapper = {
-            let control = Arc::clone(&control);
-            // The producer is done once it has reported its count.
-            let producing = target.clone();
-            tokio::spawn(async move {
-                let mut swaps = 0usize;
-                while *producing.borrow() == usize::MAX {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let next = if swaps.is_multiple_of(2) { &v2 } else { &v1 };
-                    control
-                        .offer(next, None, "bench", Role::Active)
-                        .expect("swap");
-                    swaps += 1;
-                }
-                swaps
-            })
-        };
-        let timed = TimedSwaps {
-            inner: control.rule(),
-            pending: None,
-            pauses: Vec::new(),
-        };
-        let mut swap_source = Measured::new(
-            kafka_source(&swapped.name, &format!("{}-group", swapped.name)),
-            target.clone(),
-        );
-        let mut pipeline = Pipeline::new(
-            timed,
-            swap_store.store.clone(),
-            MemoryDeadLetters::new(),
-            pipeline_config(),
-        );
-        pipeline
-            .run(&mut swap_source, std::future::pending())
-            .await
-            .expect("the pipeline runs");
-        let swap_summary = producer.await.expect("the simulator ran");
-        let swaps = swapper.await.expect("the swapper ran");
-        Convergence::new(&swap_store.store, &swap_summary.expected)
-            .assert_now()
-            .await;
-        drop(swap_store);
-        let mut pauses = pipeline.rule().pauses.clone();
-        pauses.sort_unstable();
-        let pause_ms = |p: f64| {
-            pauses
-                .get(((pauses.len() as f64 - 1.0) * p / 100.0).round() as usize)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
-
-        // Printed now as well: the store run below can take a while.
-        println!(
-            "swaps: {} taken up under load, pause p50 {:.3} ms, max {:.3} ms; longest gap between \
-             batches {:.1} ms with swaps, {:.1} ms without",
-            pauses.len(),
-            pause_ms(50.0),
-            pause_ms(100.0),
-            swap_source.max_gap.as_secs_f64() * 1000.0,
-            paced_run.max_gap.as_secs_f64() * 1000.0,
-        );
-
-        // 3. The store against redis-benchmark, same script.
-        let store_bench = TestStore::standalone("bench-store").await;
-        let writes = 100_000;
-        let converge_rate = store_write_rate(&store_bench.store, writes, 1024).await;
-        let client = redis::Client::open(redis_url()).expect("redis url");
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connects");
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(COMPARE_AND_SET)
-            .query_async(&mut connection)
-            .await
-            .expect("script loads");
-        let prefix = store_bench.store.prefix().to_owned();
-        let benchmark_16 = redis_benchmark_rate(&sha, &prefix, writes, 16);
-        let benchmark_64 = redis_benchmark_rate(&sha, &prefix, writes, 64);
-        drop(store_bench);
-
-        let report = serde_json::json!({
-            "kafka_events_per_s": wasm.events_per_second().round(),
-            "fluvio_events_per_s": fluvio.map(f64::round),
-            "fluvio_over_kafka": fluvio.map(|fluvio| fluvio / wasm.events_per_second()),
-            "throughput": {
-                "events": backlog.published,
-                "orders": backlog.orders,
-                "component_events_per_s": wasm.events_per_second().round(),
-                "native_events_per_s": native.events_per_second().round(),
-                "component_over_native": wasm.events_per_second() / native.events_per_second(),
-            },
-            "latency": {
-                "rate_changes_per_s": rate,
-                "events": paced_run.acked,
-                "achieved_events_per_s": paced_run.events_per_second().round(),
-                "p50_ms": percentile(&latencies, 50.0),
-                "p99_ms": percentile(&latencies, 99.0),
-                "max_ms": latencies.last().copied().unwrap_or(0),
-            },
-            "swap": {
-                "swaps_offered": swaps,
-                "swaps_taken_up": pauses.len(),
-                "pause_p50_ms": pause_ms(50.0),
-                "pause_max_ms": pause_ms(100.0),
-                "longest_ack_gap_with_swaps_ms": swap_source.max_gap.as_secs_f64() * 1000.0,
-                "longest_ack_gap_without_swaps_ms": paced_run.max_gap.as_secs_f64() * 1000.0,
-            },
-            "store": {
-                "converge_cas_writes_per_s": converge_rate.round(),
-                "redis_benchmark_cas_p16_per_s": benchmark_16.round(),
-                "redis_benchmark_cas_p64_per_s": benchmark_64.round(),
-                "converge_over_redis_benchmark_p16": converge_rate / benchmark_16,
-            },
-        });
-        let report_text = serde_json::to_string_pretty(&report).expect("JSON");
-        println!("{report_text}");
-        let dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(
-                || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-                std::path::PathBuf::from,
-            )
-            .join("bench");
-        std::fs::create_dir_all(&dir).expect("target/bench");
-        std::fs::write(dir.join("pipeline.json"), report_text + "\n").expect("report written");
-        println!("written to {}", dir.join("pipeline.json").display());
-        println!(
-            "end to end: {:.0} events/s with the component, {:.0} natively ({:.1}%); \
-             p99 event-to-stored {} ms at {} changes/s; \
-             CAS writes {:.0}/s = {:.1}% of redis-benchmark -P 16 ({:.0}/s)",
-            wasm.events_per_second(),
-            native.events_per_second(),
-            100.0 * wasm.events_per_second() / native.events_per_second(),
-            percentile(&latencies, 99.0),
-            rate,
-            converge_rate,
-            100.0 * converge_rate / benchmark_16,
-            benchmark_16,
-        );
+        })
+        .collect();
+    let clients = defaults.clients();
+    let batch_size = defaults.batch_size;
+    let settings = json!({
+        "config": "serve's defaults: only rule, source, store, dead_letter and admin set",
+        "batch_size": batch_size,
+        "batch_timeout_ms": defaults.batch_timeout_ms,
+        "max_in_flight": defaults.max_in_flight,
+        "cas_benchmark": format!("redis-benchmark -P {batch_size} -c {clients}"),
+        "redis": "appendonly yes, appendfsync everysec",
+        "latency_warm_up_ms": run::WARM_UP_MS,
+        "lag_sample_ms": run::SAMPLE_EVERY.as_millis() as u64,
+        "cores": std::thread::available_parallelism().map_or(0, usize::from),
+        "load_average": { "at_start": results.load_at_start, "at_end": load_average() },
     });
+    let run_sizes = json!({
+        "orders": sizes.orders,
+        "backlog_events": results.backlog_events,
+        "latency_seconds": sizes.latency_seconds,
+        "latency_events": results.paced.acked,
+        "latency_measured": latencies.len(),
+        "latency_warm_up_left_out": results.paced.warm_up,
+        "cas_requests": sizes.cas_requests,
+    });
+    let latency = json!({
+        "metrics_event_to_stored_mean_ms": stored.mean().map(|mean| round(mean * 1000.0, 1)),
+        "group_joined_after_s": round(results.paced.first_batch_s, 2),
+        "longest_ack_gap_ms": round(ms(results.paced.max_gap), 1),
+        "producer_max_behind_schedule_ms": round(results.producer.max_behind_schedule_ms, 1),
+    });
+    let swap = json!({
+        "swaps_offered": results.swaps_offered,
+        "swaps_taken_up": results.pauses.len(),
+        "pause_p50_ms": pause_ms(50.0),
+        "pause_max_ms": pause_ms(100.0),
+        "p99_ms_with_swaps": percentile(&sorted_latencies(&results.swapped), 99.0),
+        "longest_ack_gap_with_swaps_ms": round(ms(results.swapped.max_gap), 1),
+        "longest_ack_gap_without_swaps_ms": round(ms(results.paced.max_gap), 1),
+    });
+    let runs: Vec<f64> = results
+        .standalone
+        .iter()
+        .map(|run| run.events_per_s.round())
+        .collect();
+    let report = json!({
+        "events_per_s": events_per_s.round(),
+        "events_per_s_min": min.round(),
+        "events_per_s_max": max.round(),
+        "events_per_s_runs": runs,
+        "native_events_per_s": native.events_per_s.round(),
+        "cluster_events_per_s": cluster.events_per_s.round(),
+        "fluvio_events_per_s": results.fluvio.map(f64::round),
+        "component_vs_native": round(events_per_s / native.events_per_s, 3),
+        "cluster_vs_standalone": round(cluster.events_per_s / events_per_s, 3),
+        "consume_limit_per_s": results.consume_limit.round(),
+        "cas_limit_per_s": results.cas_limit.round(),
+        "vs_lower_limit": round(events_per_s / lower_limit, 3),
+        "p50_ms": percentile(&latencies, 50.0),
+        "p99_ms": percentile(&latencies, 99.0),
+        "p999_ms": percentile(&latencies, 99.9),
+        "latency_max_ms": latencies.last().copied().unwrap_or(0),
+        "latency_rate_per_s": sizes.rate,
+        "producer_rate_per_s": results.producer.achieved_rate().round(),
+        "swap_pause_max_ms": pause_ms(100.0),
+        "lag_series": lag_series,
+        "batch_size_histogram": batch_sizes,
+        "stage_ms": stage_ms,
+        "cache": cache,
+        "pipeline_stats": median.stats,
+        "sizes": run_sizes,
+        "latency": latency,
+        "swap": swap,
+        "settings": settings,
+    });
+    let mut notes = vec![
+        "events/s run from the first batch to the last acknowledgement: joining the group is \
+         left out"
+            .to_owned(),
+        format!(
+            "latency: messages meant to be sent before the first batch plus {} ms are left out \
+             as warm-up",
+            run::WARM_UP_MS
+        ),
+        "the machine's cores are shared by the broker, Redis, the producer, converge and \
+         whatever else runs: see settings.load_average"
+            .to_owned(),
+    ];
+    if stage_ms.as_object().is_some_and(serde_json::Map::is_empty) {
+        notes.push(
+            "stage_ms is empty: this pipeline records no converge_stage_duration_seconds"
+                .to_owned(),
+        );
+    }
+    if defaults.max_in_flight.is_none() {
+        notes.push(
+            "pipeline.max_in_flight does not exist (one batch at a time): redis-benchmark runs \
+             with 1 client"
+                .to_owned(),
+        );
+    }
+    let mut report = report;
+    report["notes"] = json!(notes);
+    (report, notes)
+}
+
+/// `target/bench/pipeline.svg`.
+fn draw(results: &Results, sizes: Sizes, svg: &Path) {
+    use plotters::style::RGBColor;
+    let shades = [
+        RGBColor(70, 110, 180),
+        RGBColor(110, 150, 215),
+        RGBColor(150, 185, 240),
+    ];
+    let acked: Vec<Vec<(f64, usize)>> = results
+        .standalone
+        .iter()
+        .chain([&results.native, &results.cluster])
+        .map(|run| {
+            run.series
+                .iter()
+                .map(|tick| (tick.t_s, tick.acked))
+                .collect()
+        })
+        .collect();
+    let mut lines: Vec<plot::Line<'_>> = results
+        .standalone
+        .iter()
+        .zip(shades)
+        .enumerate()
+        .map(|(index, (run, color))| plot::Line {
+            label: format!(
+                "component, standalone, run {} ({:.0}/s)",
+                index + 1,
+                run.events_per_s
+            ),
+            color,
+            acked: &acked[index],
+        })
+        .collect();
+    lines.push(plot::Line {
+        label: format!("native, standalone ({:.0}/s)", results.native.events_per_s),
+        color: RGBColor(40, 140, 60),
+        acked: &acked[3],
+    });
+    lines.push(plot::Line {
+        label: format!("component, cluster ({:.0}/s)", results.cluster.events_per_s),
+        color: RGBColor(230, 140, 20),
+        acked: &acked[4],
+    });
+    let latencies = sorted_latencies(&results.paced);
+    let marks = [
+        ("p50", percentile(&latencies, 50.0)),
+        ("p99", percentile(&latencies, 99.0)),
+        ("p99.9", percentile(&latencies, 99.9)),
+    ];
+    plot::draw(
+        svg,
+        &plot::Latency {
+            sorted_ms: &latencies,
+            by_send: &results.paced.latencies_ms,
+            rate: sizes.rate,
+            marks,
+        },
+        &lines,
+    )
+    .expect("the plot is drawn");
 }

@@ -205,9 +205,14 @@ struct SimulateArgs {
     /// Hold each message up to this long before publishing it.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     max_delay_ms: u64,
-    /// Status changes per second; 0: as fast as possible.
+    /// Status changes per second; 0: as fast as possible. Paced runs are open-loop: each Kafka
+    /// record's timestamp is the time it was scheduled for, even when it goes out late.
     #[arg(long, value_name = "N", default_value_t = 0)]
     rate: u32,
+    /// Stop after this many seconds (with --rate: after rate × seconds changes); orders not yet
+    /// final stay on their last status. Default: every order runs to its end.
+    #[arg(long, value_name = "S")]
+    seconds: Option<f64>,
     /// Seed of the simulation; the same seed makes the same orders and disorder.
     #[arg(long, value_name = "N", default_value_t = SimulatorConfig::default().seed)]
     seed: u64,
@@ -346,6 +351,13 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         shuffle_window: args.shuffle_window,
         max_delay: Duration::from_millis(args.max_delay_ms),
         rate: args.rate,
+        duration: args
+            .seconds
+            .map(|seconds| {
+                Duration::try_from_secs_f64(seconds)
+                    .with_context(|| format!("--seconds {seconds} is not a duration"))
+            })
+            .transpose()?,
         seed: args.seed,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -42,14 +42,14 @@ async fn get_order(State(system): State<Arc<OrderSystem>>, Path(id): Path<String
 
 async fn create_order(State(system): State<Arc<OrderSystem>>) -> Response {
     let key = system.new_key();
-    respond(system.advance(&key).await, &key, StatusCode::CREATED)
+    respond(system.advance(&key, None).await, &key, StatusCode::CREATED)
 }
 
 async fn advance_order(State(system): State<Arc<OrderSystem>>, Path(id): Path<String>) -> Response {
     if !system.lock_orders().contains_key(&id) {
         return (StatusCode::NOT_FOUND, format!("no order {id:?}\n")).into_response();
     }
-    let answer = system.advance(&id).await;
+    let answer = system.advance(&id, None).await;
     // Publish now: a person driving the API expects to see the change arrive.
     if let Err(error) = system.network.lock().await.drain().await {
         return (StatusCode::BAD_GATEWAY, format!("{error}\n")).into_response();

@@ -50,9 +50,19 @@ impl KafkaPublisher {
         })
     }
 
-    pub(super) async fn publish(&mut self, key: &str, body: &[u8]) -> Result<(), SimulatorError> {
+    /// Queues one record; `timestamp_ms` (Unix ms) is its timestamp, librdkafka's clock when
+    /// `None`.
+    pub(super) async fn publish(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<(), SimulatorError> {
         loop {
-            let record = FutureRecord::to(&self.topic).key(key).payload(body);
+            let mut record = FutureRecord::to(&self.topic).key(key).payload(body);
+            if let Some(timestamp_ms) = timestamp_ms {
+                record = record.timestamp(timestamp_ms);
+            }
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     self.in_flight.push(delivery);

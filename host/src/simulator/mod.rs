@@ -64,7 +64,15 @@ pub struct SimulatorConfig {
     /// Each message is held up to this long (uniformly at random) before it is published.
     pub max_delay: Duration,
     /// Status changes per second; 0 runs as fast as the producer takes them.
+    ///
+    /// The pace is open-loop: a change that is late (the producer was busy) goes out at once,
+    /// and each Kafka record carries the time it was *meant* to be sent, not when it was, so
+    /// that latency measured from the record's timestamp includes the producer's own delays.
     pub rate: u32,
+    /// Stop after this long: with a rate, after `rate × duration` changes, without one, when
+    /// this much time has passed. Orders not yet final stay on their last status (and are
+    /// expected there). `None` runs every order to its end.
+    pub duration: Option<Duration>,
     /// Seed of the simulation: the same seed makes the same orders and disorder.
     pub seed: u64,
 }
@@ -79,6 +87,7 @@ impl Default for SimulatorConfig {
             shuffle_window: 256,
             max_delay: Duration::ZERO,
             rate: 0,
+            duration: None,
             seed: 1,
         }
     }
@@ -139,17 +148,24 @@ impl Publisher {
         )?))
     }
 
-    async fn publish(&mut self, key: &str, body: &[u8]) -> Result<(), SimulatorError> {
+    /// Publishes one message; `timestamp_ms` (Unix ms) becomes a Kafka record's timestamp,
+    /// the producer's clock when `None`.
+    async fn publish(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<(), SimulatorError> {
         match self {
             Publisher::Lines(out) => {
-                // Lines carry the key inside the body.
-                let _ = key;
+                // Lines carry the key inside the body, and no timestamp.
+                let _ = (key, timestamp_ms);
                 out.write_all(body)?;
                 out.write_all(b"\n")?;
                 Ok(())
             }
             #[cfg(feature = "kafka")]
-            Publisher::Kafka(kafka) => kafka.publish(key, body).await,
+            Publisher::Kafka(kafka) => kafka.publish(key, body, timestamp_ms).await,
         }
     }
 
@@ -171,7 +187,11 @@ struct Delayed {
     sequence: u64,
     key: String,
     body: Vec<u8>,
+    stamp: Option<i64>,
 }
+
+/// A change on its way out: key, body and the Unix ms it was meant to be sent at (paced runs).
+type Outgoing = (String, Vec<u8>, Option<i64>);
 
 /// The misbehaving network between the order system and the topic.
 struct Network {
@@ -180,7 +200,7 @@ struct Network {
     duplicate_percent: u8,
     shuffle_window: usize,
     max_delay: Duration,
-    window: Vec<(String, Vec<u8>)>,
+    window: Vec<Outgoing>,
     delayed: BinaryHeap<Delayed>,
     sequence: u64,
     published: u64,
@@ -188,23 +208,25 @@ struct Network {
 }
 
 impl Network {
-    async fn send(&mut self, key: String, body: Vec<u8>) -> Result<(), SimulatorError> {
+    async fn send(&mut self, outgoing: Outgoing) -> Result<(), SimulatorError> {
         if self.rng.random_range(0..100) < self.duplicate_percent {
             self.duplicated += 1;
-            self.window.push((key.clone(), body.clone()));
+            self.window.push(outgoing.clone());
         }
-        self.window.push((key, body));
+        self.window.push(outgoing);
         while self.window.len() > self.shuffle_window.max(1) {
             let pick = self.rng.random_range(0..self.window.len());
-            let (key, body) = self.window.swap_remove(pick);
-            self.delay(key, body).await?;
+            let outgoing = self.window.swap_remove(pick);
+            self.delay(outgoing).await?;
         }
         self.release_due(Instant::now()).await
     }
 
-    async fn delay(&mut self, key: String, body: Vec<u8>) -> Result<(), SimulatorError> {
+    /// Holds a message for its simulated network delay. Its stamp stays the time the change
+    /// was meant to go out: the network's delay is part of what a consumer sees.
+    async fn delay(&mut self, (key, body, stamp): Outgoing) -> Result<(), SimulatorError> {
         if self.max_delay.is_zero() {
-            return self.publish(&key, &body).await;
+            return self.publish(&key, &body, stamp).await;
         }
         let hold = self.rng.random_range(Duration::ZERO..=self.max_delay);
         self.sequence += 1;
@@ -213,6 +235,7 @@ impl Network {
             sequence: self.sequence,
             key,
             body,
+            stamp,
         });
         Ok(())
     }
@@ -220,23 +243,28 @@ impl Network {
     async fn release_due(&mut self, now: Instant) -> Result<(), SimulatorError> {
         while self.delayed.peek().is_some_and(|next| next.due.0 <= now) {
             if let Some(next) = self.delayed.pop() {
-                self.publish(&next.key, &next.body).await?;
+                self.publish(&next.key, &next.body, next.stamp).await?;
             }
         }
         Ok(())
     }
 
-    async fn publish(&mut self, key: &str, body: &[u8]) -> Result<(), SimulatorError> {
+    async fn publish(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        stamp: Option<i64>,
+    ) -> Result<(), SimulatorError> {
         self.published += 1;
-        self.publisher.publish(key, body).await
+        self.publisher.publish(key, body, stamp).await
     }
 
     /// Lets out everything still held, in random order, each delayed one when due.
     async fn drain(&mut self) -> Result<(), SimulatorError> {
         while !self.window.is_empty() {
             let pick = self.rng.random_range(0..self.window.len());
-            let (key, body) = self.window.swap_remove(pick);
-            self.delay(key, body).await?;
+            let outgoing = self.window.swap_remove(pick);
+            self.delay(outgoing).await?;
         }
         while let Some(next) = self.delayed.peek() {
             tokio::time::sleep_until(next.due.0.into()).await;
@@ -270,9 +298,13 @@ impl OrderSystem {
         format!("{}{}", self.key_prefix, *next)
     }
 
-    /// Moves `key` to its next status (creating it if new) and publishes the change; `None`
-    /// when the order is already final.
-    async fn advance(&self, key: &str) -> Result<Option<Event>, SimulatorError> {
+    /// Moves `key` to its next status (creating it if new) and publishes the change, stamped
+    /// `stamp` (Unix ms) if given; `None` when the order is already final.
+    async fn advance(
+        &self,
+        key: &str,
+        stamp: Option<i64>,
+    ) -> Result<Option<Event>, SimulatorError> {
         let event = {
             let mut orders = self.lock_orders();
             let now_ms = std::time::SystemTime::now()
@@ -302,7 +334,11 @@ impl OrderSystem {
             MessageShape::IdOnly => serde_json::to_vec(&serde_json::json!({ "key": key })),
         }
         .map_err(SimulatorError::Encode)?;
-        self.network.lock().await.send(key.to_owned(), body).await?;
+        self.network
+            .lock()
+            .await
+            .send((key.to_owned(), body, stamp))
+            .await?;
         Ok(Some(event))
     }
 }
@@ -333,6 +369,33 @@ fn order_state(key: &str, step: usize, timestamp_ms: u64) -> Event {
     }
 }
 
+/// Unix time for `Instant`s: the wall clock read once, so that stamps follow the monotonic
+/// clock's spacing exactly.
+struct UnixClock {
+    at: Instant,
+    unix_ms: i64,
+}
+
+impl UnixClock {
+    fn now() -> Self {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        Self {
+            at: Instant::now(),
+            unix_ms,
+        }
+    }
+
+    fn unix_ms(&self, instant: Instant) -> i64 {
+        if instant >= self.at {
+            self.unix_ms + (instant - self.at).as_millis() as i64
+        } else {
+            self.unix_ms - (self.at - instant).as_millis() as i64
+        }
+    }
+}
+
 /// What a simulation did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -346,6 +409,10 @@ pub struct Summary {
     pub duplicated: u64,
     /// How long the simulation took, until every message was delivered.
     pub seconds: f64,
+    /// With a rate: how far behind its schedule the simulator handed a change to the
+    /// producer, at worst (the producer's queue was full, or the process did not get the CPU).
+    /// Records are stamped with their scheduled time regardless.
+    pub max_behind_schedule_ms: f64,
     /// Every order's latest state: what a converged consumer stores.
     #[serde(skip)]
     pub expected: BTreeMap<String, Event>,
@@ -424,17 +491,37 @@ impl Simulator {
         let mut pace = (self.config.rate > 0).then(|| {
             let mut interval =
                 tokio::time::interval(Duration::from_secs(1) / self.config.rate.max(1));
+            // Late ticks fire at once, each still reporting the time it was due.
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             interval
         });
+        let max_changes = match (self.config.duration, self.config.rate) {
+            (Some(duration), rate) if rate > 0 => {
+                Some((duration.as_secs_f64() * f64::from(rate)).round() as u64)
+            }
+            _ => None,
+        };
+        let clock = UnixClock::now();
+        let mut max_behind = Duration::ZERO;
         let mut changes = 0;
         while !active.is_empty() {
-            if let Some(pace) = &mut pace {
-                pace.tick().await;
+            if max_changes.is_some_and(|max| changes >= max)
+                || (max_changes.is_none()
+                    && self.config.duration.is_some_and(|d| started.elapsed() >= d))
+            {
+                break;
             }
+            let stamp = match &mut pace {
+                Some(pace) => {
+                    let due = pace.tick().await.into_std();
+                    max_behind = max_behind.max(due.elapsed());
+                    Some(clock.unix_ms(due))
+                }
+                None => None,
+            };
             let pick = rng.random_range(0..active.len());
             let key = active[pick].0.clone();
-            self.system.advance(&key).await?;
+            self.system.advance(&key, stamp).await?;
             changes += 1;
             active[pick].1 -= 1;
             if active[pick].1 == 0 {
@@ -455,6 +542,7 @@ impl Simulator {
             published: network.published,
             duplicated: network.duplicated,
             seconds: started.elapsed().as_secs_f64(),
+            max_behind_schedule_ms: max_behind.as_secs_f64() * 1000.0,
             expected,
         })
     }
@@ -538,6 +626,27 @@ mod tests {
                 .max_by_key(|event| event.version)
                 .expect("published");
             assert_eq!(last, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paced_run_with_a_duration_publishes_rate_times_duration_changes() {
+        let out = Shared::default();
+        let config = SimulatorConfig {
+            orders: 1_000,
+            duplicate_percent: 0,
+            shuffle_window: 1,
+            rate: 1_000,
+            duration: Some(Duration::from_millis(50)),
+            ..SimulatorConfig::default()
+        };
+        let simulator = Simulator::new(config, Publisher::Lines(Box::new(out.clone())));
+        let summary = simulator.run().await.expect("runs");
+        assert_eq!(summary.changes, 50);
+        assert_eq!(lines(&out).len(), 50);
+        // Orders cut short are expected on the status they reached.
+        for event in lines(&out) {
+            assert!(summary.expected[&event.key].version >= event.version);
         }
     }
 
