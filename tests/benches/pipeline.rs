@@ -56,12 +56,17 @@ mod prom;
 #[path = "pipeline/run.rs"]
 mod run;
 
+// The allocator `converge serve` runs with, so the bench measures the same data path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use converge::config::KafkaSourceConfig;
 use converge::pipeline::PipelineConfig;
+use converge::store::KEYS_PER_CALL;
 use converge::swap::Role;
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
@@ -490,14 +495,20 @@ async fn measure(sizes: Sizes, defaults: Defaults) -> Results {
     let cas_keys = run::check_store(StoreKind::Standalone, &cas_prefix).await;
     let (depth, clients) = (defaults.batch_size, defaults.clients());
     let cas_limit = tokio::task::spawn_blocking(move || {
-        limits::cas_rate(&cas_prefix, sizes.cas_requests, depth, clients)
+        limits::cas_rate(
+            &cas_prefix,
+            sizes.cas_requests,
+            depth,
+            clients,
+            KEYS_PER_CALL,
+        )
     })
     .await
     .expect("redis-benchmark ran");
     drop(cas_keys);
     println!(
-        "limit: redis-benchmark runs the CAS script {cas_limit:.0} times/s \
-         (-P {depth} -c {clients})"
+        "limit: redis-benchmark runs the CAS script on {cas_limit:.0} keys/s \
+         ({KEYS_PER_CALL} keys per call, {depth} keys per pipeline, {clients} clients)"
     );
 
     // 3. Latency at a fixed rate.
@@ -593,7 +604,10 @@ fn report(results: &Results, sizes: Sizes, defaults: Defaults) -> (Value, Vec<St
         "batch_size": batch_size,
         "batch_timeout_ms": defaults.batch_timeout_ms,
         "max_in_flight": defaults.max_in_flight,
-        "cas_benchmark": format!("redis-benchmark -P {batch_size} -c {clients}"),
+        "cas_benchmark": format!(
+            "redis-benchmark EVALSHA of {KEYS_PER_CALL} keys, -P {} -c {clients}",
+            (batch_size / KEYS_PER_CALL).max(1)
+        ),
         "redis": "appendonly yes, appendfsync everysec",
         "latency_warm_up_ms": run::WARM_UP_MS,
         "lag_sample_ms": run::SAMPLE_EVERY.as_millis() as u64,

@@ -18,7 +18,9 @@ mod memory;
 mod redis;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{COMPARE_AND_SET, DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisStore};
+pub use self::redis::{
+    CAS_ARGS_PER_KEY, COMPARE_AND_SET, DEFAULT_PREFIX, DEFAULT_TIMEOUT, KEYS_PER_CALL, RedisStore,
+};
 pub use memory::MemoryStore;
 
 /// A fresh write id ([`Write::writer`]): a random base per process, then counting, so ids do

@@ -23,7 +23,8 @@
 //! writes that met `NOSCRIPT`.
 //!
 //! The compare-and-set answers the new revision, or, on a conflict, the stored state, so a
-//! conflicted key is decided again without another load.
+//! conflicted key is decided again without another load. On standalone Redis one script call
+//! sets up to [`KEYS_PER_CALL`] keys, each checked and written on its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -40,28 +41,48 @@ use crate::store::{Current, Store, StoreError, Stored, Write, WriteOutcome};
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = crate::config::DEFAULT_PREFIX;
 
-/// Writes the state only if the stored revision and writer are the expected ones
-/// (`ARGV[1]`, `ARGV[2]`; an absent key has revision 0 and writer "0"); answers the new
-/// revision, or, when they did not match (nothing written), `{-1}` for an absent key and
-/// `{-1, rev, wid, status, version, timestamp_ms, payload}` otherwise. `ARGV[3..=8]`: status,
-/// version, timestamp_ms, payload, rule, position; `ARGV[9]`: this write's id.
+/// Compare-and-set of one or more keys (`KEYS[i]`, with its [`CAS_ARGS_PER_KEY`] arguments at
+/// `ARGV[(i-1)*9+1 ..= (i-1)*9+9]`): expected revision, expected writer, status, version,
+/// timestamp_ms, payload, rule, position, and this write's id. Each key is written only if its
+/// stored revision and writer are the expected ones (an absent key has revision 0 and writer
+/// "0"). Answers one entry per key: the new revision, or, when they did not match (nothing
+/// written), `{-1}` for an absent key and `{-1, rev, wid, status, version, timestamp_ms,
+/// payload}` otherwise.
 ///
-/// Writers are compared as strings: Lua numbers are doubles and would round a 64-bit id.
+/// On standalone Redis a batch's writes go in calls of [`KEYS_PER_CALL`] keys, so the cost of
+/// a script call is paid once per call rather than once per key; on a cluster, one key per
+/// call (keys of one call must share a slot). Writers are compared as strings: Lua numbers are
+/// doubles and would round a 64-bit id.
 pub const COMPARE_AND_SET: &str = r"
-local fence = redis.call('HMGET', KEYS[1], 'rev', 'wid')
-local stored = tonumber(fence[1] or '0')
-if stored ~= tonumber(ARGV[1]) or (fence[2] or '0') ~= ARGV[2] then
-  if not fence[1] then
-    return {-1}
+local answers = {}
+for i = 1, #KEYS do
+  local a = (i - 1) * 9
+  local fence = redis.call('HMGET', KEYS[i], 'rev', 'wid')
+  local stored = tonumber(fence[1] or '0')
+  if stored ~= tonumber(ARGV[a + 1]) or (fence[2] or '0') ~= ARGV[a + 2] then
+    if not fence[1] then
+      answers[i] = {-1}
+    else
+      local now = redis.call('HMGET', KEYS[i], 'rev', 'wid', 'status', 'version', 'timestamp_ms', 'payload')
+      answers[i] = {-1, now[1], now[2] or '0', now[3] or '', now[4] or '', now[5] or '', now[6] or ''}
+    end
+  else
+    local rev = stored + 1
+    redis.call('HSET', KEYS[i], 'rev', rev, 'wid', ARGV[a + 9], 'status', ARGV[a + 3],
+      'version', ARGV[a + 4], 'timestamp_ms', ARGV[a + 5], 'payload', ARGV[a + 6],
+      'rule', ARGV[a + 7], 'position', ARGV[a + 8])
+    answers[i] = rev
   end
-  local now = redis.call('HMGET', KEYS[1], 'rev', 'wid', 'status', 'version', 'timestamp_ms', 'payload')
-  return {-1, now[1], now[2] or '0', now[3] or '', now[4] or '', now[5] or '', now[6] or ''}
 end
-local rev = stored + 1
-redis.call('HSET', KEYS[1], 'rev', rev, 'wid', ARGV[9], 'status', ARGV[3], 'version', ARGV[4],
-  'timestamp_ms', ARGV[5], 'payload', ARGV[6], 'rule', ARGV[7], 'position', ARGV[8])
-return rev
+return answers
 ";
+
+/// Arguments of [`COMPARE_AND_SET`] per key.
+pub const CAS_ARGS_PER_KEY: usize = 9;
+
+/// Keys per [`COMPARE_AND_SET`] call on standalone Redis: large enough to spread the cost of a
+/// call, small enough that one call holds the server for well under a millisecond.
+pub const KEYS_PER_CALL: usize = 64;
 
 /// What a load reads: the fields a decision and its compare-and-set need.
 const FIELDS: [&str; 6] = ["rev", "wid", "status", "version", "timestamp_ms", "payload"];
@@ -367,54 +388,76 @@ impl RedisStore {
         self.query(group, pipe, Access::Read).await
     }
 
+    /// Sends one group's writes and answers one value per item of the group, in order.
     async fn write_group(
         &self,
         group: &Group,
         redis_keys: &[String],
         writes: &[Write],
     ) -> Result<Vec<redis::Value>, StoreError> {
+        let keys_per_call = match self.connection {
+            Connection::Standalone { .. } => KEYS_PER_CALL,
+            Connection::Cluster { .. } => 1,
+        };
+        let calls: Vec<&[usize]> = group.items.chunks(keys_per_call).collect();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for &index in &group.items {
+        for call in &calls {
             cas_command(
                 &mut pipe,
                 "EVALSHA",
                 self.script.get_hash(),
-                &redis_keys[index],
-                &writes[index],
+                call,
+                redis_keys,
+                writes,
             );
         }
-        let mut results = self.query(group, pipe, Access::Write).await?;
+        let mut answers = self.query(group, pipe, Access::Write).await?;
         // The server forgot the script (restart, failover, SCRIPT FLUSH): send it again, with
-        // EVAL, for exactly the writes that did not run.
-        let forgotten: Vec<usize> = results
+        // EVAL, for exactly the calls that did not run.
+        let forgotten: Vec<usize> = answers
             .iter()
             .enumerate()
-            .filter(|(_, result)| {
-                matches!(result, redis::Value::ServerError(error)
+            .filter(|(_, answer)| {
+                matches!(answer, redis::Value::ServerError(error)
                     if error.code() == "NOSCRIPT")
             })
-            .map(|(slot, _)| slot)
+            .map(|(call, _)| call)
             .collect();
         if !forgotten.is_empty() {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            for &slot in &forgotten {
-                let index = group.items[slot];
+            for &call in &forgotten {
                 cas_command(
                     &mut pipe,
                     "EVAL",
                     COMPARE_AND_SET,
-                    &redis_keys[index],
-                    &writes[index],
+                    calls[call],
+                    redis_keys,
+                    writes,
                 );
             }
             let retried = self.query(group, pipe, Access::Write).await?;
-            for (slot, result) in forgotten.into_iter().zip(retried) {
-                results[slot] = result;
+            for (call, answer) in forgotten.into_iter().zip(retried) {
+                answers[call] = answer;
             }
         }
-        Ok(results)
+        let mut per_item = Vec::with_capacity(group.items.len());
+        for (call, answer) in calls.iter().zip(answers) {
+            let entries: Vec<redis::Value> =
+                redis::from_redis_value(command_error(answer)?).map_err(StoreError::Parse)?;
+            if entries.len() != call.len() {
+                return Err(StoreError::UnexpectedAnswer {
+                    answer: format!(
+                        "{} answers to a compare-and-set of {} keys",
+                        entries.len(),
+                        call.len()
+                    ),
+                });
+            }
+            per_item.extend(entries);
+        }
+        Ok(per_item)
     }
 
     /// Deletes every key under this store's prefix (for tests and resets); returns how many.
@@ -433,21 +476,33 @@ impl RedisStore {
     }
 }
 
-fn cas_command(pipe: &mut Pipeline, verb: &str, script: &str, redis_key: &str, write: &Write) {
-    let state = &write.state;
-    pipe.cmd(verb)
-        .arg(script)
-        .arg(1)
-        .arg(redis_key)
-        .arg(write.expected_revision)
-        .arg(write.expected_writer)
-        .arg(&state.status)
-        .arg(state.version)
-        .arg(state.timestamp_ms)
-        .arg(&state.payload)
-        .arg(&write.rule)
-        .arg(&write.position)
-        .arg(write.writer);
+/// One compare-and-set call of the writes at `items`.
+fn cas_command(
+    pipe: &mut Pipeline,
+    verb: &str,
+    script: &str,
+    items: &[usize],
+    redis_keys: &[String],
+    writes: &[Write],
+) {
+    let command = pipe.cmd(verb).arg(script).arg(items.len());
+    for &index in items {
+        command.arg(&redis_keys[index]);
+    }
+    for &index in items {
+        let write = &writes[index];
+        let state = &write.state;
+        command
+            .arg(write.expected_revision)
+            .arg(write.expected_writer)
+            .arg(&state.status)
+            .arg(state.version)
+            .arg(state.timestamp_ms)
+            .arg(&state.payload)
+            .arg(&write.rule)
+            .arg(&write.position)
+            .arg(write.writer);
+    }
 }
 
 async fn delete_matching<C: ConnectionLike + Send>(

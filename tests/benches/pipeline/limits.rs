@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use converge::store::COMPARE_AND_SET;
+use converge::store::{CAS_ARGS_PER_KEY, COMPARE_AND_SET};
 use converge_tests::kafka::{self, TestTopic};
 use converge_tests::services::{redis_cluster_urls, redis_url};
 use rdkafka::config::ClientConfig;
@@ -139,10 +139,11 @@ pub fn consume_rate(topic: &TestTopic) -> f64 {
     total as f64 / took.as_secs_f64()
 }
 
-/// The arguments converge passes to `COMPARE_AND_SET` for a new state (expected revision 0):
-/// ARGV[1] expected revision, then status, version, timestamp_ms, payload, rule, position —
-/// a state the size of a simulated order's.
-const CAS_ARGS: [&str; 7] = [
+/// The arguments converge passes to `COMPARE_AND_SET` per key for a new state (expected
+/// revision 0): expected revision, expected writer, status, version, timestamp_ms, payload,
+/// rule, position, the write's id — a state the size of a simulated order's.
+const CAS_ARGS: [&str; CAS_ARGS_PER_KEY] = [
+    "0",
     "0",
     "paid",
     "2",
@@ -150,32 +151,20 @@ const CAS_ARGS: [&str; 7] = [
     r#"{"dishes":3,"paid_cents":4210,"table":12,"total_cents":4210}"#,
     "order-status@0.1.0",
     "converge-bench[0]@1",
+    "9876543210987654321",
 ];
 
-/// The highest `ARGV[n]` and `KEYS[n]` the script reads.
-fn script_arity(script: &str, array: &str) -> usize {
-    script
-        .match_indices(&format!("{array}["))
-        .filter_map(|(at, found)| {
-            let rest = &script[at + found.len()..];
-            rest[..rest.find(']')?].parse::<usize>().ok()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// `redis-benchmark` running converge's own compare-and-set script (loaded from the crate's
-/// constant) on fresh random keys under `prefix`: `requests` calls, `depth` per pipeline,
-/// `clients` connections; calls/s.
-pub fn cas_rate(prefix: &str, requests: usize, depth: usize, clients: usize) -> f64 {
-    assert_eq!(
-        (
-            script_arity(COMPARE_AND_SET, "KEYS"),
-            script_arity(COMPARE_AND_SET, "ARGV")
-        ),
-        (1, CAS_ARGS.len()),
-        "COMPARE_AND_SET's arguments changed: update CAS_ARGS to what RedisStore passes"
-    );
+/// constant) on fresh random keys under `prefix`, the way converge sends it on standalone
+/// Redis: `keys_per_call` keys per call, `depth` keys per pipeline, `clients` connections.
+/// Answers keys written per second.
+pub fn cas_rate(
+    prefix: &str,
+    requests: usize,
+    depth: usize,
+    clients: usize,
+    keys_per_call: usize,
+) -> f64 {
     let url = redis_url();
     let mut connection = redis::Client::open(url.as_str())
         .and_then(|client| client.get_connection())
@@ -190,21 +179,35 @@ pub fn cas_rate(prefix: &str, requests: usize, depth: usize, clients: usize) -> 
         .next()
         .and_then(|port| port.trim_end_matches('/').parse::<u16>().ok())
         .unwrap_or(6379);
+    let keys_per_call = keys_per_call.max(1);
+    let calls = (requests / keys_per_call).max(1);
+    let calls_per_pipeline = (depth / keys_per_call).max(1);
+    // Every `__rand_int__` is replaced by its own random number: distinct keys per call.
+    let keys = (0..keys_per_call).map(|_| format!("{prefix}__rand_int__"));
+    let args = (0..keys_per_call).flat_map(|_| CAS_ARGS.iter().map(|arg| (*arg).to_owned()));
     let output = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-n", &requests.to_string(), "-c", &clients.to_string()])
-        .args(["-P", &depth.to_string(), "-r", "100000000", "--csv"])
-        .args(["EVALSHA", &sha, "1", &format!("{prefix}__rand_int__")])
-        .args(CAS_ARGS)
+        .args(["-n", &calls.to_string(), "-c", &clients.to_string()])
+        .args([
+            "-P",
+            &calls_per_pipeline.to_string(),
+            "-r",
+            "100000000",
+            "--csv",
+        ])
+        .args(["EVALSHA", &sha, &keys_per_call.to_string()])
+        .args(keys)
+        .args(args)
         .output()
         .expect("redis-benchmark runs (Debian package redis-tools)");
     let text = String::from_utf8_lossy(&output.stdout);
-    rps(&text).unwrap_or_else(|| {
+    let calls_per_s = rps(&text).unwrap_or_else(|| {
         panic!(
             "no rate in redis-benchmark's output: {text}{}",
             String::from_utf8_lossy(&output.stderr)
         )
-    })
+    });
+    calls_per_s * keys_per_call as f64
 }
 
 /// The `rps` column of `redis-benchmark --csv`. The test's name (the command line) may hold
