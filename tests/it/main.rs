@@ -6,6 +6,7 @@ mod codec;
 mod engine;
 mod enrich;
 mod fluvio;
+mod in_flight;
 mod kafka;
 mod pipeline;
 mod redis_faults;
