@@ -97,10 +97,10 @@ pub(super) async fn prepare<R: Rule, S: Store, E: std::fmt::Display>(
     let decoded = group::decode_all(&mut batch, &config.mapping);
     metrics.record_stage("decode", decoding.elapsed());
     let fetched = enrich(&decoded).await;
-    let groups = group::by_key(&mut batch, decoded, &fetched);
+    let mut groups = group::by_key(&mut batch, decoded, &fetched);
     let currents = settle::current_states(&groups, cache, store, outage).await?;
     let folding = Instant::now();
-    let folded = settle::fold(rule, &groups, currents, config.rule_retries);
+    let folded = settle::fold(rule, &mut groups, currents, config.rule_retries);
     metrics.record_stage("fold", folding.elapsed());
 
     let mut writes = Vec::new();

@@ -113,7 +113,7 @@ pub(super) async fn settle(
             });
         }
         let currents = current_states(&pending, cache, store, outage).await?;
-        let folded = fold(rule, &pending, currents, config.rule_retries);
+        let folded = fold(rule, &mut pending, currents, config.rule_retries);
         let mut writes = Vec::new();
         let mut written = Vec::new();
         for (slot, fold) in folded.iter().enumerate() {
@@ -215,10 +215,11 @@ async fn write(
     }
 }
 
-/// Folds each group's events over its current state, in rounds of one event per key.
+/// Folds each group's events over its current state, in rounds of one event per key. States
+/// and events move into the rule's call and back out of it, so nothing is copied to ask.
 pub(super) fn fold(
     rule: &mut impl Rule,
-    groups: &[KeyEvents],
+    groups: &mut [KeyEvents],
     currents: Vec<Option<Current>>,
     retries: u32,
 ) -> Vec<Folded> {
@@ -239,13 +240,16 @@ pub(super) fn fold(
     for round in 0..rounds {
         members.clear();
         members.extend((0..groups.len()).filter(|&slot| round < groups[slot].events.len()));
-        // The states move into the call and back out of it: only events are copied.
         let items: Vec<(Option<State>, Event)> = members
             .iter()
-            .map(|&slot| (states[slot].take(), groups[slot].events[round].1.clone()))
+            .map(|&slot| {
+                let event = std::mem::replace(&mut groups[slot].events[round].1, vacant());
+                (states[slot].take(), event)
+            })
             .collect();
         let (decisions, items) = decide_all(rule, items, retries);
-        for ((&slot, decision), (current, _)) in members.iter().zip(decisions).zip(items) {
+        for ((&slot, decision), (current, event)) in members.iter().zip(decisions).zip(items) {
+            groups[slot].events[round].1 = event;
             states[slot] = match decision.as_ref().ok().and_then(Decision::stored_state) {
                 Some(state) => {
                     changed[slot] = true;
@@ -264,6 +268,17 @@ pub(super) fn fold(
         }
     }
     folded
+}
+
+/// What stands in for an event while it is with the rule (empty strings do not allocate).
+fn vacant() -> Event {
+    Event {
+        key: String::new(),
+        status: String::new(),
+        version: 0,
+        timestamp_ms: 0,
+        payload: String::new(),
+    }
 }
 
 /// Decides a round in one batch call; if the batch fails, decides each pair alone (with
