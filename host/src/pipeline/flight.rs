@@ -246,14 +246,7 @@ pub(super) async fn repair<R: Rule, S: Store>(
                 match outcome {
                     WriteOutcome::Written { revision } => {
                         flight.batch.tally.writes += 1;
-                        cache.remember(
-                            write.key,
-                            Some(Current {
-                                state: write.state,
-                                revision,
-                                writer: write.writer,
-                            }),
-                        );
+                        cache.remember(write.key.clone(), Some(write.landed(revision)));
                         for (index, outcome) in written.outcomes {
                             settle::tally(&mut flight.batch, index, outcome);
                         }

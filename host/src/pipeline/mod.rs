@@ -74,7 +74,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use batch::Batch;
 use cache::StateCache;
-use flight::{Deciding, Flight, Landed};
+use flight::{Cargo, Deciding, Flight, Landed};
 use outage::Outage;
 
 /// Why a batch could not be completed. The batch is not acknowledged; after a restart it is
@@ -238,171 +238,104 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     pub async fn process(&mut self, messages: &[Message]) -> Result<(), PipelineError> {
         let mut window = FuturesOrdered::new();
         let mut flights = VecDeque::new();
-        let outage = Outage::new(&self.metrics, self.stopping.subscribe(), &self.config);
-        let stamp = self.rule.info().stamp();
-        self.rule.before_batch();
-        if self.rule.info().stamp() != stamp {
+        let mut parts = self.parts();
+        let stamp = parts.rule.info().stamp();
+        parts.rule.before_batch();
+        if parts.rule.info().stamp() != stamp {
             // What is cached was decided by another rule.
-            self.cache.clear();
+            parts.cache.clear();
         }
-        self.started += 1;
-        let (flight, cargo) = flight::prepare(
-            Deciding {
-                rule: &mut self.rule,
-                store: &self.store,
-                cache: &mut self.cache,
-                outage: &outage,
-                config: &self.config,
-            },
-            messages.to_vec(),
-            self.started,
-            async |decoded| {
-                enrich(self.enricher.as_ref(), &self.config, &self.metrics, decoded).await
-            },
-        )
-        .await?;
-        window.push_back(flight::land(&self.store, &self.dead_letters, cargo));
+        let (flight, cargo) = parts.prepare(messages.to_vec()).await?;
+        window.push_back(flight::land(parts.store, parts.dead_letters, cargo));
         flights.push_back(flight);
-        let mut done = Vec::new();
-        while let Some(landed) = window.next().await {
-            let parts = Parts {
-                rule: &mut self.rule,
-                store: &self.store,
-                dead_letters: &self.dead_letters,
-                cache: &mut self.cache,
-                config: &self.config,
-                outage: &outage,
-            };
-            done.extend(settle_landed(landed, &mut window, &mut flights, parts).await?);
-        }
-        for batch in done {
-            record::record(&mut self.stats, &self.metrics, &batch);
+        for batch in parts.drain(&mut window, &mut flights).await? {
+            record::record(parts.stats, parts.metrics, &batch);
         }
         Ok(())
     }
 
-    /// The run loop: keeps the write window full, completes flights in order and acknowledges
-    /// them, until the source ends or stopping is asked for.
-    async fn work<Src: Source>(&mut self, source: &mut Src) -> Result<(), PipelineError> {
-        let outage = Outage::new(&self.metrics, self.stopping.subscribe(), &self.config);
-        let mut stop = self.stopping.subscribe();
-        let mut window = FuturesOrdered::new();
-        let mut flights: VecDeque<Flight> = VecDeque::new();
-        let mut stamp = self.rule.info().stamp();
-        let mut generation = source.generation();
-        let max_in_flight = self.config.max_in_flight.max(1);
-        let result = loop {
-            if *stop.borrow() {
-                break Ok(());
-            }
-            let next = if flights.len() < max_in_flight {
-                tokio::select! {
-                    biased;
-                    Some(landed) = window.next(), if !flights.is_empty() => Next::Landed(landed),
-                    batch = source.next_batch(self.config.batch_size) => match batch {
-                        Ok(batch) => Next::Batch(batch),
-                        Err(error) => break Err(error.into()),
-                    },
-                    _ = stop.changed() => Next::Stop,
-                }
-            } else {
-                match window.next().await {
-                    Some(landed) => Next::Landed(landed),
-                    None => continue,
-                }
-            };
-            let messages = match next {
-                Next::Stop => break Ok(()),
-                Next::Landed(landed) => {
-                    let parts = Parts {
-                        rule: &mut self.rule,
-                        store: &self.store,
-                        dead_letters: &self.dead_letters,
-                        cache: &mut self.cache,
-                        config: &self.config,
-                        outage: &outage,
-                    };
-                    match settle_landed(landed, &mut window, &mut flights, parts).await {
-                        Ok(done) => {
-                            if let Err(error) =
-                                finish(done, source, &mut self.stats, &self.metrics).await
-                            {
-                                break Err(error);
-                            }
-                        }
-                        Err(error) => break Err(error),
-                    }
-                    self.metrics.set_in_flight(flights.len());
-                    continue;
-                }
-                Next::Batch(messages) if messages.is_empty() => break Ok(()),
-                Next::Batch(messages) => messages,
-            };
-            self.rule.before_batch();
-            let now_stamp = self.rule.info().stamp();
-            let now_generation = source.generation();
-            if now_stamp != stamp || now_generation != generation {
-                // What is cached was decided by another rule, or about partitions another
-                // instance may have written meanwhile: finish what is in flight, then forget.
-                let parts = Parts {
-                    rule: &mut self.rule,
-                    store: &self.store,
-                    dead_letters: &self.dead_letters,
-                    cache: &mut self.cache,
-                    config: &self.config,
-                    outage: &outage,
-                };
-                let drained = match drain(&mut window, &mut flights, parts).await {
-                    Ok(done) => finish(done, source, &mut self.stats, &self.metrics).await,
-                    Err(error) => Err(error),
-                };
-                if let Err(error) = drained {
-                    break Err(error);
-                }
-                self.cache.clear();
-                stamp = now_stamp;
-                generation = now_generation;
-            }
-            self.started += 1;
-            let prepared = flight::prepare(
-                Deciding {
-                    rule: &mut self.rule,
-                    store: &self.store,
-                    cache: &mut self.cache,
-                    outage: &outage,
-                    config: &self.config,
-                },
-                messages,
-                self.started,
-                async |decoded| {
-                    enrich(self.enricher.as_ref(), &self.config, &self.metrics, decoded).await
-                },
-            )
-            .await;
-            match prepared {
-                Ok((flight, cargo)) => {
-                    window.push_back(flight::land(&self.store, &self.dead_letters, cargo));
-                    flights.push_back(flight);
-                    self.metrics.set_in_flight(flights.len());
-                }
-                Err(error) => break Err(error),
-            }
-        };
-        // Whatever ended the loop, batches in flight are finished (or, waiting for an outage
-        // at shutdown, left unacknowledged) before returning.
-        let parts = Parts {
+    /// The pipeline's parts, borrowed for one run.
+    fn parts(&mut self) -> Parts<'_, R, S, D> {
+        Parts {
             rule: &mut self.rule,
             store: &self.store,
             dead_letters: &self.dead_letters,
             cache: &mut self.cache,
             config: &self.config,
-            outage: &outage,
-        };
-        let drained = match drain(&mut window, &mut flights, parts).await {
-            Ok(done) => finish(done, source, &mut self.stats, &self.metrics).await,
+            outage: Outage::new(&self.metrics, self.stopping.subscribe(), &self.config),
+            stats: &mut self.stats,
+            metrics: &self.metrics,
+            enricher: self.enricher.as_ref(),
+            started: &mut self.started,
+        }
+    }
+
+    /// The run loop: keeps the write window full, completes flights in order and acknowledges
+    /// them, until the source ends or stopping is asked for.
+    async fn work<Src: Source>(&mut self, source: &mut Src) -> Result<(), PipelineError> {
+        let mut stop = self.stopping.subscribe();
+        let mut parts = self.parts();
+        let mut window = FuturesOrdered::new();
+        let mut flights: VecDeque<Flight> = VecDeque::new();
+        let mut stamp = parts.rule.info().stamp();
+        let mut generation = source.generation();
+        let max_in_flight = parts.config.max_in_flight.max(1);
+        let result: Result<(), PipelineError> = async {
+            loop {
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                let next = if flights.len() < max_in_flight {
+                    tokio::select! {
+                        biased;
+                        Some(landed) = window.next(), if !flights.is_empty() => Next::Landed(landed),
+                        batch = source.next_batch(parts.config.batch_size) => Next::Batch(batch?),
+                        _ = stop.changed() => Next::Stop,
+                    }
+                } else {
+                    match window.next().await {
+                        Some(landed) => Next::Landed(landed),
+                        None => continue,
+                    }
+                };
+                let messages = match next {
+                    Next::Stop => return Ok(()),
+                    Next::Landed(landed) => {
+                        let done = parts.settle_landed(landed, &mut window, &mut flights).await?;
+                        parts.finish(done, source).await?;
+                        parts.metrics.set_in_flight(flights.len());
+                        continue;
+                    }
+                    Next::Batch(messages) if messages.is_empty() => return Ok(()),
+                    Next::Batch(messages) => messages,
+                };
+                parts.rule.before_batch();
+                let now_stamp = parts.rule.info().stamp();
+                let now_generation = source.generation();
+                if now_stamp != stamp || now_generation != generation {
+                    // What is cached was decided by another rule, or about partitions another
+                    // instance may have written meanwhile: finish what is in flight, then
+                    // forget.
+                    let done = parts.drain(&mut window, &mut flights).await?;
+                    parts.finish(done, source).await?;
+                    parts.cache.clear();
+                    stamp = now_stamp;
+                    generation = now_generation;
+                }
+                let (flight, cargo) = parts.prepare(messages).await?;
+                window.push_back(flight::land(parts.store, parts.dead_letters, cargo));
+                flights.push_back(flight);
+                parts.metrics.set_in_flight(flights.len());
+            }
+        }
+        .await;
+        // Whatever ended the loop, batches in flight are finished (or, waiting for an outage
+        // at shutdown, left unacknowledged) before returning.
+        let drained = match parts.drain(&mut window, &mut flights).await {
+            Ok(done) => parts.finish(done, source).await,
             Err(error) => Err(error),
         };
-        self.metrics.set_in_flight(0);
+        parts.metrics.set_in_flight(0);
         match (result, drained) {
             (Err(error), _) | (Ok(()), Err(error)) => interrupted_is_done(error),
             (Ok(()), Ok(())) => Ok(()),
@@ -425,89 +358,108 @@ fn interrupted_is_done(error: PipelineError) -> Result<(), PipelineError> {
     }
 }
 
-/// What completing or repairing a flight needs.
+#[cfg(feature = "http")]
+type EnricherRef<'a> = Option<&'a Enricher>;
+#[cfg(not(feature = "http"))]
+type EnricherRef<'a> = Option<&'a Never>;
+
+/// The pipeline's parts, borrowed for one run: what preparing, completing, repairing and
+/// finishing flights need.
 struct Parts<'a, R, S, D> {
     rule: &'a mut R,
     store: &'a S,
     dead_letters: &'a D,
     cache: &'a mut StateCache,
     config: &'a PipelineConfig,
-    outage: &'a Outage<'a>,
+    outage: Outage<'a>,
+    stats: &'a mut Stats,
+    metrics: &'a Metrics,
+    enricher: EnricherRef<'a>,
+    /// Batches started, numbering flights.
+    started: &'a mut u64,
 }
 
-/// Settles the window's head, which has landed: completes it if it is clean; else drains the
-/// window, clears the cache and repairs every drained flight in order. Returns the finished
-/// batches, in order.
-async fn settle_landed<R: Rule, S: Store, D: DeadLetterSink, F: Future<Output = Landed>>(
-    landed: Landed,
-    window: &mut FuturesOrdered<F>,
-    flights: &mut VecDeque<Flight>,
-    parts: Parts<'_, R, S, D>,
-) -> Result<Vec<Batch>, PipelineError> {
-    let Some(head) = flights.pop_front() else {
-        return Ok(Vec::new());
-    };
-    if !flight::needs_repair(&landed) {
-        let batch =
-            flight::complete(head, landed, parts.cache, parts.dead_letters, parts.outage).await?;
-        return Ok(vec![batch]);
-    }
-    let mut drained = vec![(head, landed)];
-    while let Some(landed) = window.next().await {
-        if let Some(flight) = flights.pop_front() {
-            drained.push((flight, landed));
+impl<R: Rule, S: Store, D: DeadLetterSink> Parts<'_, R, S, D> {
+    fn deciding(&mut self) -> Deciding<'_, R, S> {
+        Deciding {
+            rule: &mut *self.rule,
+            store: self.store,
+            cache: &mut *self.cache,
+            outage: &self.outage,
+            config: self.config,
         }
     }
-    parts.cache.clear();
-    let mut done = Vec::with_capacity(drained.len());
-    for (flight, landed) in drained {
-        let deciding = Deciding {
-            rule: &mut *parts.rule,
-            store: parts.store,
-            cache: &mut *parts.cache,
-            outage: parts.outage,
-            config: parts.config,
-        };
-        done.push(flight::repair(flight, landed, deciding, parts.dead_letters).await?);
-    }
-    Ok(done)
-}
 
-/// Settles every flight in the window, in order.
-async fn drain<R: Rule, S: Store, D: DeadLetterSink, F: Future<Output = Landed>>(
-    window: &mut FuturesOrdered<F>,
-    flights: &mut VecDeque<Flight>,
-    parts: Parts<'_, R, S, D>,
-) -> Result<Vec<Batch>, PipelineError> {
-    let mut done = Vec::new();
-    while let Some(landed) = window.next().await {
-        let step = Parts {
-            rule: &mut *parts.rule,
-            store: parts.store,
-            dead_letters: parts.dead_letters,
-            cache: &mut *parts.cache,
-            config: parts.config,
-            outage: parts.outage,
-        };
-        done.extend(settle_landed(landed, window, flights, step).await?);
+    /// Decides a batch: the flight to keep and what to send for it.
+    async fn prepare(&mut self, messages: Vec<Message>) -> Result<(Flight, Cargo), PipelineError> {
+        *self.started += 1;
+        let seq = *self.started;
+        let (enricher, config, metrics) = (self.enricher, self.config, self.metrics);
+        flight::prepare(self.deciding(), messages, seq, async |decoded| {
+            enrich(enricher, config, metrics, decoded).await
+        })
+        .await
     }
-    Ok(done)
-}
 
-/// Records finished batches and acknowledges them to the source, in order.
-async fn finish<Src: Source>(
-    done: Vec<Batch>,
-    source: &mut Src,
-    stats: &mut Stats,
-    metrics: &Metrics,
-) -> Result<(), PipelineError> {
-    for batch in done {
-        let acking = Instant::now();
-        source.ack(&batch.messages).await?;
-        metrics.record_stage("ack", acking.elapsed());
-        record::record(stats, metrics, &batch);
+    /// Settles the window's head, which has landed: completes it if it is clean; else drains
+    /// the window, clears the cache and repairs every drained flight in order. Returns the
+    /// finished batches, in order.
+    async fn settle_landed<F: Future<Output = Landed>>(
+        &mut self,
+        landed: Landed,
+        window: &mut FuturesOrdered<F>,
+        flights: &mut VecDeque<Flight>,
+    ) -> Result<Vec<Batch>, PipelineError> {
+        let Some(head) = flights.pop_front() else {
+            return Ok(Vec::new());
+        };
+        if !flight::needs_repair(&landed) {
+            let batch =
+                flight::complete(head, landed, self.cache, self.dead_letters, &self.outage).await?;
+            return Ok(vec![batch]);
+        }
+        let mut drained = vec![(head, landed)];
+        while let Some(landed) = window.next().await {
+            if let Some(flight) = flights.pop_front() {
+                drained.push((flight, landed));
+            }
+        }
+        self.cache.clear();
+        let mut done = Vec::with_capacity(drained.len());
+        for (flight, landed) in drained {
+            let dead_letters = self.dead_letters;
+            done.push(flight::repair(flight, landed, self.deciding(), dead_letters).await?);
+        }
+        Ok(done)
     }
-    Ok(())
+
+    /// Settles every flight in the window, in order.
+    async fn drain<F: Future<Output = Landed>>(
+        &mut self,
+        window: &mut FuturesOrdered<F>,
+        flights: &mut VecDeque<Flight>,
+    ) -> Result<Vec<Batch>, PipelineError> {
+        let mut done = Vec::new();
+        while let Some(landed) = window.next().await {
+            done.extend(self.settle_landed(landed, window, flights).await?);
+        }
+        Ok(done)
+    }
+
+    /// Acknowledges finished batches to the source and records them, in order.
+    async fn finish<Src: Source>(
+        &mut self,
+        done: Vec<Batch>,
+        source: &mut Src,
+    ) -> Result<(), PipelineError> {
+        for batch in done {
+            let acking = Instant::now();
+            source.ack(&batch.messages).await?;
+            self.metrics.record_stage("ack", acking.elapsed());
+            record::record(self.stats, self.metrics, &batch);
+        }
+        Ok(())
+    }
 }
 
 /// Fetches the entity of every distinct id-only key of the batch, if an enricher is set.

@@ -135,14 +135,7 @@ pub(super) async fn settle(
             match outcome {
                 WriteOutcome::Written { revision } => {
                     batch.tally.writes += 1;
-                    cache.remember(
-                        write.key,
-                        Some(Current {
-                            state: write.state,
-                            revision,
-                            writer: write.writer,
-                        }),
-                    );
+                    cache.remember(write.key.clone(), Some(write.landed(revision)));
                 }
                 WriteOutcome::Conflict { current } => {
                     batch.tally.conflicts += 1;

@@ -105,6 +105,18 @@ pub struct Write {
     pub position: String,
 }
 
+impl Write {
+    /// The state this write stored, as a later decision needs it, once it landed as
+    /// `revision`.
+    pub fn landed(self, revision: u64) -> Current {
+        Current {
+            state: self.state,
+            revision,
+            writer: self.writer,
+        }
+    }
+}
+
 /// The answer to one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
