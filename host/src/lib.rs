@@ -13,10 +13,11 @@
 //!   (Redis); the admin endpoint offers its uploads to the same control.
 //! - [`source`]: the [`source::Source`] trait; messages and positions; JSON lines, Kafka,
 //!   Fluvio.
-//! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision); memory, Redis.
+//! - [`store`]: the [`store::Store`] trait (compare-and-set on a revision and writer); memory,
+//!   Redis.
 //! - [`dead_letter`]: dead letters and their sinks: memory, Kafka, Redis stream.
-//! - [`pipeline`]: one batch through decode, enrich, group, settle (load, fold, compare-and-set),
-//!   dead-letter, record.
+//! - [`pipeline`]: batches through decode, enrich, group, current state (cache or load), fold,
+//!   then compare-and-set and dead-letter with several batches in flight, acknowledged in order.
 //! - [`telemetry`]: the metrics every component reports to, and named events (log + metric).
 //! - [`config`]: the `serve` configuration (TOML); each section builds its component.
 //! - [`replay`]: a rule folded over recorded events, compared with (or rebuilding) the store.
