@@ -473,6 +473,59 @@ pub enum Problem {
     /// Redis-stream dead letters without a Redis store, whose server they use.
     #[error("needs a Redis store (its server is used)")]
     NeedsRedisStore,
+    /// Redis-stream dead letters beside a Redis Cluster store: the stream's key lives on one
+    /// node, and a send to another would be refused (`MOVED`) again and again.
+    #[error(
+        "is not supported with a Redis Cluster store (the stream lives on one node); use \
+         dead_letter.kind = \"kafka\", or a standalone Redis store"
+    )]
+    NotOnCluster,
+    /// A librdkafka property whose value would acknowledge a message, or count a dead letter
+    /// as sent, before converge has stored its outcome.
+    #[error("{property} = {value:?} breaks at-least-once: {why}")]
+    BreaksAtLeastOnce {
+        /// The property.
+        property: String,
+        /// Its value.
+        value: String,
+        /// What would be lost.
+        why: &'static str,
+    },
+}
+
+/// The first librdkafka property in `properties` whose value breaks at-least-once, with why.
+/// `dead_letters_to_kafka`: the dead-letter producer shares these properties.
+fn at_least_once_breaker(
+    properties: &BTreeMap<String, String>,
+    dead_letters_to_kafka: bool,
+) -> Option<Problem> {
+    let truthy = |value: &str| matches!(value.trim().to_ascii_lowercase().as_str(), "true" | "1");
+    for (property, value) in properties {
+        let why = match property.as_str() {
+            "enable.auto.offset.store" if truthy(value) => Some(
+                "offsets would be stored as messages are delivered, before their states are \
+                 written; a crash would skip them",
+            ),
+            "acks" | "request.required.acks"
+                if dead_letters_to_kafka
+                    && !matches!(value.trim().to_ascii_lowercase().as_str(), "all" | "-1") =>
+            {
+                Some(
+                    "the dead-letter producer would count a letter as sent before every in-sync \
+                     replica has it; only all (-1) keeps it",
+                )
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Some(Problem::BreaksAtLeastOnce {
+                property: property.clone(),
+                value: value.clone(),
+                why,
+            });
+        }
+    }
+    None
 }
 
 /// Why a `--set PATH=VALUE` override cannot be applied.
@@ -554,6 +607,12 @@ impl Config {
             return invalid("pipeline.max_write_attempts", Problem::NotPositive);
         }
         self.source.validate()?;
+        if let SourceConfig::Kafka(kafka) = &self.source {
+            let dead_letters_to_kafka = matches!(self.dead_letter, DeadLetterConfig::Kafka(_));
+            if let Some(problem) = at_least_once_breaker(&kafka.properties, dead_letters_to_kafka) {
+                return invalid("source.properties", problem);
+            }
+        }
         self.store.validate()?;
         if let Some(enrich) = &self.enrich {
             needs("enrich", "http", cfg!(feature = "http"))?;
@@ -575,6 +634,9 @@ impl Config {
                 "dead_letter.kind = \"redis-stream\"",
                 Problem::NeedsRedisStore,
             ),
+            (DeadLetterConfig::RedisStream(_), _, StoreConfig::RedisCluster(_)) => {
+                invalid("dead_letter.kind = \"redis-stream\"", Problem::NotOnCluster)
+            }
             (DeadLetterConfig::RedisStream(_), _, _) => needs(
                 "dead_letter.kind = \"redis-stream\"",
                 "redis",
@@ -882,6 +944,86 @@ mod tests {
         assert!(parse(&typo).is_err());
         let extra = VALID.replace("[store]", "[store]\nttl = 5");
         assert!(parse(&extra).is_err());
+    }
+
+    #[test]
+    fn properties_that_break_at_least_once_are_refused_by_name() {
+        let with = |property: &str, value: &str| {
+            let mut config = parse(VALID).expect("parses");
+            if let SourceConfig::Kafka(kafka) = &mut config.source {
+                kafka
+                    .properties
+                    .insert(property.to_owned(), value.to_owned());
+            }
+            config.validate()
+        };
+        if !cfg!(feature = "kafka") {
+            // Without Kafka the source itself is refused, before its properties.
+            assert!(matches!(
+                with("acks", "1"),
+                Err(ConfigError::NeedsFeature { .. })
+            ));
+            return;
+        }
+        for (property, value) in [
+            ("enable.auto.offset.store", "true"),
+            ("enable.auto.offset.store", "1"),
+            ("acks", "1"),
+            ("acks", "0"),
+            ("request.required.acks", "1"),
+        ] {
+            let error = with(property, value).expect_err(property);
+            let ConfigError::Invalid {
+                setting: "source.properties",
+                problem:
+                    Problem::BreaksAtLeastOnce {
+                        property: named, ..
+                    },
+            } = &error
+            else {
+                panic!("{property} = {value}: {error}");
+            };
+            assert_eq!(named, property);
+            assert!(error.to_string().contains(property), "{error}");
+        }
+        // What keeps the guarantee passes (in a build with the transports).
+        if cfg!(all(feature = "kafka", feature = "redis")) {
+            with("enable.auto.offset.store", "false").expect("valid");
+            with("acks", "all").expect("valid");
+            with("acks", "-1").expect("valid");
+            with("security.protocol", "SASL_SSL").expect("valid");
+        }
+    }
+
+    #[test]
+    fn redis_stream_dead_letters_are_refused_beside_a_cluster_store() {
+        let mut config = parse(VALID).expect("parses");
+        config.source = SourceConfig::File(FileSourceConfig { path: "-".into() });
+        config.store = StoreConfig::RedisCluster(RedisClusterConfig {
+            urls: vec!["redis://127.0.0.1:7000".to_owned()],
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout_ms: DEFAULT_STORE_TIMEOUT_MS,
+        });
+        config.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig {
+            stream: "converge:dead-letters".to_owned(),
+        });
+        let error = config.validate().expect_err("refused");
+        if !cfg!(feature = "redis") {
+            // Without Redis the store itself is refused first.
+            assert!(matches!(error, ConfigError::NeedsFeature { .. }), "{error}");
+            return;
+        }
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    problem: Problem::NotOnCluster,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("Redis Cluster"), "{error}");
     }
 
     #[test]

@@ -186,23 +186,22 @@ impl DeadLetterConfig {
             (DeadLetterConfig::RedisStream(stream), _, StoreConfig::Redis(redis)) => Ok(
                 AnyDeadLetters::Redis(RedisDeadLetters::connect(&redis.url, &stream.stream).await?),
             ),
-            #[cfg(feature = "redis")]
-            (DeadLetterConfig::RedisStream(stream), _, StoreConfig::RedisCluster(cluster)) => {
-                let url = cluster.urls.first().map(String::as_str).unwrap_or_default();
-                Ok(AnyDeadLetters::Redis(
-                    RedisDeadLetters::connect(url, &stream.stream).await?,
-                ))
+            // The stream would live on one node; a send routed to another would be refused
+            // (MOVED) again and again. Validation refuses this too.
+            (DeadLetterConfig::RedisStream(_), _, StoreConfig::RedisCluster(_)) => {
+                Err(DeadLetterError::Unfit {
+                    kind: "redis-stream",
+                    needs: "a standalone Redis store",
+                })
             }
             #[cfg(not(feature = "kafka"))]
             (DeadLetterConfig::Kafka(_), SourceConfig::Kafka(_), _) => {
                 Err(DeadLetterError::NotBuiltIn("kafka"))
             }
             #[cfg(not(feature = "redis"))]
-            (
-                DeadLetterConfig::RedisStream(_),
-                _,
-                StoreConfig::Redis(_) | StoreConfig::RedisCluster(_),
-            ) => Err(DeadLetterError::NotBuiltIn("redis")),
+            (DeadLetterConfig::RedisStream(_), _, StoreConfig::Redis(_)) => {
+                Err(DeadLetterError::NotBuiltIn("redis"))
+            }
             (DeadLetterConfig::Kafka(_), _, _) => Err(DeadLetterError::Unfit {
                 kind: "kafka",
                 needs: "a Kafka source",
