@@ -335,6 +335,16 @@ pub struct KafkaDeadLetterConfig {
 pub struct RedisStreamConfig {
     /// The stream's key.
     pub stream: String,
+    /// About how many entries the stream keeps; older ones are trimmed (`MAXLEN ~`).
+    #[serde(default = "default_stream_max_len")]
+    pub max_len: u64,
+}
+
+/// How many entries a Redis-stream dead-letter queue keeps by default.
+pub const DEFAULT_STREAM_MAX_LEN: u64 = 1_000_000;
+
+fn default_stream_max_len() -> u64 {
+    DEFAULT_STREAM_MAX_LEN
 }
 
 /// The largest dead-letter body sent to Kafka by default: under Kafka's default record limit
@@ -1006,6 +1016,7 @@ mod tests {
         });
         config.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig {
             stream: "converge:dead-letters".to_owned(),
+            max_len: DEFAULT_STREAM_MAX_LEN,
         });
         let error = config.validate().expect_err("refused");
         if !cfg!(feature = "redis") {

@@ -96,6 +96,7 @@ async fn fluvio_source_converges_across_kills_and_an_spu_restart() {
             store: config::standalone_store(redis.store.prefix()),
             dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig {
                 stream: dead_letters.clone(),
+                max_len: converge::config::DEFAULT_STREAM_MAX_LEN,
             }),
             enrich: None,
             admin: None,

@@ -53,6 +53,7 @@ async fn serve_writes_over_tls_as_an_acl_user() {
             ),
             dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig {
                 stream: format!("{prefix}dead-letters"),
+                max_len: converge::config::DEFAULT_STREAM_MAX_LEN,
             }),
             enrich: None,
             admin: None,

@@ -75,6 +75,24 @@ pub struct DeadLetter {
     pub rule: String,
 }
 
+/// The longest reason a dead letter keeps, in bytes: a rule's refusal or an error text longer
+/// than this is cut (and says so), so that one letter cannot bloat the queue, a log line or a
+/// record past the broker's limit.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// `reason`, cut to [`MAX_REASON_BYTES`] on a character boundary with a note of its size.
+pub fn cut_reason(reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let note = format!("… (cut from {} bytes)", reason.len());
+    let mut end = MAX_REASON_BYTES - note.len();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &reason[..end])
+}
+
 fn lossy_text<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&String::from_utf8_lossy(bytes))
 }
@@ -183,9 +201,13 @@ impl DeadLetterConfig {
                 )?))
             }
             #[cfg(feature = "redis")]
-            (DeadLetterConfig::RedisStream(stream), _, StoreConfig::Redis(redis)) => Ok(
-                AnyDeadLetters::Redis(RedisDeadLetters::connect(&redis.url, &stream.stream).await?),
-            ),
+            (DeadLetterConfig::RedisStream(stream), _, StoreConfig::Redis(redis)) => {
+                Ok(AnyDeadLetters::Redis(
+                    RedisDeadLetters::connect(&redis.url, &stream.stream)
+                        .await?
+                        .with_max_len(stream.max_len),
+                ))
+            }
             // The stream would live on one node; a send routed to another would be refused
             // (MOVED) again and again. Validation refuses this too.
             (DeadLetterConfig::RedisStream(_), _, StoreConfig::RedisCluster(_)) => {
@@ -229,6 +251,17 @@ impl DeadLetterSink for AnyDeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary_and_says_so() {
+        let short = "unknown status \"lost\"".to_owned();
+        assert_eq!(cut_reason(short.clone()), short);
+        let long = "é".repeat(10_000);
+        let cut = cut_reason(long);
+        assert!(cut.len() <= MAX_REASON_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("(cut from 20000 bytes)"), "{cut}");
+        assert!(cut.starts_with("éé"));
+    }
 
     #[test]
     fn outages_are_transient_and_configurations_are_not() {

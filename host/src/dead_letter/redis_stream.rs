@@ -10,6 +10,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 pub struct RedisDeadLetters {
     connection: ConnectionManager,
     stream: String,
+    max_len: u64,
 }
 
 impl std::fmt::Debug for RedisDeadLetters {
@@ -34,7 +35,15 @@ impl RedisDeadLetters {
         Ok(Self {
             connection,
             stream: stream.to_owned(),
+            max_len: crate::config::DEFAULT_STREAM_MAX_LEN,
         })
+    }
+
+    /// Keeps the stream at about `max_len` entries (`XADD … MAXLEN ~`), the oldest trimmed
+    /// first, so a flood of bad messages cannot fill Redis.
+    pub fn with_max_len(mut self, max_len: u64) -> Self {
+        self.max_len = max_len;
+        self
     }
 }
 
@@ -47,6 +56,9 @@ impl DeadLetterSink for RedisDeadLetters {
         for letter in letters {
             pipe.cmd("XADD")
                 .arg(&self.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_len)
                 .arg("*")
                 .arg("kind")
                 .arg(letter.kind.as_str())

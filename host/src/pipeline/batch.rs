@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::dead_letter::{DeadLetter, DeadLetterKind};
+use crate::dead_letter::{DeadLetter, DeadLetterKind, cut_reason};
 use crate::entity::DecisionKind;
 use crate::source::Message;
 
@@ -46,7 +46,7 @@ impl Batch {
         let message = &self.messages[index];
         self.letters.push(DeadLetter {
             kind,
-            reason,
+            reason: cut_reason(reason),
             position: message.position.clone(),
             key: message.key.clone(),
             bytes: message.payload.clone().unwrap_or_default(),
