@@ -93,6 +93,11 @@ async fn unfetchable_orders_are_dead_lettered_with_the_reason() {
         .lock()
         .expect("lock")
         .push("order-1".to_owned());
+    api.state
+        .huge
+        .lock()
+        .expect("lock")
+        .insert("order-huge".to_owned(), 4 << 20);
     {
         let mut failing = api.state.failing.lock().expect("lock");
         failing.insert("order-2".to_owned(), 2); // recovers on the third attempt
@@ -103,6 +108,7 @@ async fn unfetchable_orders_are_dead_lettered_with_the_reason() {
         id_only("order-1", 2),
         id_only("order-2", 3),
         id_only("order-404", 4),
+        id_only("order-huge", 5),
     ];
     let rule = RuleEngine::new(EngineLimits::default())
         .expect("engine")
@@ -142,5 +148,10 @@ async fn unfetchable_orders_are_dead_lettered_with_the_reason() {
     );
     assert!(reasons[&2].contains("not an event"), "{reasons:?}");
     assert!(reasons[&4].contains("404"), "{reasons:?}");
-    assert_eq!(reasons.len(), 3);
+    // A body over the message limit (1 MiB by default) is not read to its end.
+    assert!(
+        reasons[&5].contains("body over 1048576 bytes"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons.len(), 4);
 }

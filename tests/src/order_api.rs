@@ -1,6 +1,6 @@
 //! A real HTTP order-detail API on loopback for the enrichment tests: `GET /orders/{id}`
 //! answers the order's latest state as JSON, 404 for an unknown id, and — for ids chosen by the
-//! test — a 500 the first few times, or a body that is not an order.
+//! test — a 500 the first few times, a body that is not an order, or one too large to read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +20,8 @@ pub struct OrderApiState {
     pub failing: Mutex<HashMap<String, usize>>,
     /// Ids answered with a body that is not an order.
     pub garbled: Mutex<Vec<String>>,
+    /// Ids answered with a body of this many bytes (a JSON string), streamed without a length.
+    pub huge: Mutex<HashMap<String, usize>>,
     pub requests: AtomicUsize,
 }
 
@@ -46,6 +48,23 @@ async fn order(State(state): State<Arc<OrderApiState>>, Path(id): Path<String>) 
         .contains(&id)
     {
         return (StatusCode::OK, "<html>maintenance</html>").into_response();
+    }
+    let huge = state
+        .huge
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        .copied();
+    if let Some(size) = huge {
+        // Chunked, so the client cannot refuse it by its length.
+        let chunks = (0..size.div_ceil(64 * 1024)).map(|_| {
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![b' '; 64 * 1024]))
+        });
+        return (
+            StatusCode::OK,
+            axum::body::Body::from_stream(futures::stream::iter(chunks)),
+        )
+            .into_response();
     }
     let orders = state.orders.lock().unwrap_or_else(PoisonError::into_inner);
     match orders.get(&id) {

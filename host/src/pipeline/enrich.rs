@@ -34,6 +34,15 @@ pub enum EnrichError {
         /// The HTTP status.
         status: u16,
     },
+    /// The body is larger than a message may be (`pipeline.mapping.max_message_bytes`); it
+    /// is not read further.
+    #[error("order API answered for {key:?} with a body over {limit} bytes")]
+    TooLarge {
+        /// The key asked for.
+        key: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The body does not decode into an event.
     #[error("order API answered for {key:?} with a body that is not an event: {source}")]
     Undecodable {
@@ -219,10 +228,33 @@ impl Enricher {
                 status: status.as_u16(),
             }));
         }
-        let body = response
-            .bytes()
+        // Read no more than a message may hold: an API that streams without end must not
+        // exhaust memory.
+        let limit = mapping.max_message_bytes;
+        let too_large = || {
+            Attempt::Final(EnrichError::TooLarge {
+                key: key.to_owned(),
+                limit,
+            })
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(too_large());
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|error| Attempt::Transient(Transient::Request(error)))?;
+            .map_err(|error| Attempt::Transient(Transient::Request(error)))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         let key = key.to_owned();
         match decode_bytes(mapping, Some(&body), Some(key.as_bytes())) {
             Ok(Decoded::Event(event)) if event.key == key => Ok(event),
