@@ -57,7 +57,9 @@ pub(super) struct Landed {
 }
 
 impl Landed {
-    fn is_clean(&self) -> bool {
+    /// Whether every write landed and the dead letters were taken: the flight completes on
+    /// its own; otherwise the window is repaired.
+    pub(super) fn is_clean(&self) -> bool {
         self.sent.is_ok()
             && self.outcomes.as_ref().is_ok_and(|outcomes| {
                 outcomes
@@ -170,11 +172,6 @@ pub(super) async fn land(store: &impl Store, sink: &impl DeadLetterSink, cargo: 
         sent,
         took: started.elapsed(),
     }
-}
-
-/// Whether a landed flight can complete on its own, or the window must be repaired.
-pub(super) fn needs_repair(landed: &Landed) -> bool {
-    !landed.is_clean()
 }
 
 /// Completes a clean flight: its writes settle in the cache, its written keys' outcomes are

@@ -413,7 +413,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Parts<'_, R, S, D> {
         let Some(head) = flights.pop_front() else {
             return Ok(Vec::new());
         };
-        if !flight::needs_repair(&landed) {
+        if landed.is_clean() {
             let batch =
                 flight::complete(head, landed, self.cache, self.dead_letters, &self.outage).await?;
             return Ok(vec![batch]);
