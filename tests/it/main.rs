@@ -16,3 +16,4 @@ mod replay;
 mod simulator;
 mod smartmodule;
 mod swap;
+mod t3_full;

@@ -16,6 +16,8 @@
 //! - [`order_api`]: a real HTTP order-detail API on loopback, for enrichment.
 //! - [`kafka`]: the real Kafka the tests use: unique topics, producing, reading a topic to its
 //!   end, committed offsets.
+//! - [`watch`]: [`watch::Watcher`], sampling every key while a test runs and failing it if
+//!   any key is ever seen moving backward (in the order-status rule's order).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,7 @@ pub mod order_api;
 pub mod orders;
 pub mod process;
 pub mod services;
+pub mod watch;
 
 pub use convergence::Convergence;
 
