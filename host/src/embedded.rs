@@ -93,4 +93,8 @@ impl<S: Source> Source for Audit<S> {
     async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
         self.source.ack(batch).await
     }
+
+    async fn hold(&mut self) {
+        self.source.hold().await;
+    }
 }

@@ -11,7 +11,8 @@
 //!
 //! Metrics, all prefixed `converge_`: `decisions_total{decision}`, `dead_letters_total{kind}`,
 //! `batches_total`, `batch_duration_seconds` (histogram), `messages_total`, `writes_total`,
-//! `conflicts_total`, `batch_messages` (histogram: messages per batch),
+//! `conflicts_total`, `unreadable_states_total` (keys whose stored state could not be read,
+//! their events dead-lettered), `batch_messages` (histogram: messages per batch),
 //! `stage_duration_seconds{stage}` (time a batch spends in each stage: decode, enrich, load,
 //! fold, write, dead_letter, ack), `cache_hits_total`, `cache_misses_total` (the write-through
 //! state cache), `in_flight_batches` (batches whose writes are in flight),
@@ -112,6 +113,7 @@ pub struct Metrics {
     messages: Counter,
     writes: Counter,
     conflicts: Counter,
+    unreadable_states: Counter,
     rule_info: Family<RuleLabel, Gauge>,
     store_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
     enrichment_duration: Histogram,
@@ -175,6 +177,7 @@ impl Default for Metrics {
         let messages = Counter::default();
         let writes = Counter::default();
         let conflicts = Counter::default();
+        let unreadable_states = Counter::default();
         let rule_info = Family::<RuleLabel, Gauge>::default();
         registry.register(
             "decisions",
@@ -206,6 +209,11 @@ impl Default for Metrics {
             "conflicts",
             "Compare-and-set races lost and decided again",
             conflicts.clone(),
+        );
+        registry.register(
+            "unreadable_states",
+            "Keys set aside because their stored state could not be read (their events are dead-lettered)",
+            unreadable_states.clone(),
         );
         registry.register("rule_info", "The active rule (value 1)", rule_info.clone());
         // 50 µs .. ~3.3 s: a pipelined round trip on loopback is well under a millisecond.
@@ -293,6 +301,7 @@ impl Default for Metrics {
             messages,
             writes,
             conflicts,
+            unreadable_states,
             rule_info,
             store_duration,
             enrichment_duration,
@@ -399,6 +408,10 @@ impl Metrics {
         self.stage_duration
             .get_or_create(&StageLabel { stage })
             .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn record_unreadable_state(&self) {
+        self.unreadable_states.inc();
     }
 
     pub(crate) fn record_cache(&self, hits: u64, misses: u64) {

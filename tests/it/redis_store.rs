@@ -302,3 +302,70 @@ async fn cleanup_removes_only_the_test_prefix() {
     );
     assert!(other.store.load(&["a".to_owned()]).await.expect("loads")[0].is_some());
 }
+
+/// A value at a state key that converge cannot read (a field that does not parse, a value of
+/// another type, bytes that are not UTF-8) fails a load naming each such key, with what is
+/// wrong and an excerpt of what is stored; a compare-and-set over it is refused the same way.
+/// Retrying would not change it, so it must not look like an outage.
+#[tokio::test]
+async fn unreadable_states_are_named_with_an_excerpt_and_are_not_an_outage() {
+    let test = TestStore::standalone("unreadable").await;
+    let store = &test.store;
+    store
+        .write(&[write("fine", 0, "created", 1)])
+        .await
+        .expect("writes");
+    let client = redis::Client::open(converge_tests::services::redis_url()).expect("client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let prefix = store.prefix().to_owned();
+    redis::pipe()
+        .cmd("HSET")
+        .arg(format!("{prefix}garbled"))
+        .arg(&["rev", "1", "status", "paid", "version", "seven", "timestamp_ms", "1"])
+        .arg(&["payload", "{}"])
+        .cmd("SET")
+        .arg(format!("{prefix}a-string"))
+        .arg("left here by another program")
+        .cmd("HSET")
+        .arg(format!("{prefix}binary"))
+        .arg(&["rev", "1", "status"])
+        .arg(b"\xff\xfe".as_slice())
+        .arg(&["version", "1", "timestamp_ms", "1", "payload", "{}"])
+        .exec_async(&mut raw)
+        .await
+        .expect("garbage written");
+
+    let keys: Vec<String> = ["fine", "garbled", "a-string", "binary"]
+        .map(str::to_owned)
+        .to_vec();
+    let error = store.load(&keys).await.expect_err("unreadable states fail the load");
+    assert!(!error.is_transient(), "{error}");
+    let converge::store::StoreError::Unreadable(found) = error else {
+        panic!("expected Unreadable, got {error}");
+    };
+    let by_key: BTreeMap<&str, _> = found.iter().map(|u| (u.key.as_str(), u)).collect();
+    assert_eq!(by_key.len(), 3, "{found:?}");
+    assert!(by_key["garbled"].why.contains("version"), "{found:?}");
+    assert!(by_key["garbled"].stored.contains("seven"), "{found:?}");
+    assert!(by_key["a-string"].why.contains("string"), "{found:?}");
+    assert!(
+        by_key["a-string"].stored.contains("left here by another program"),
+        "{found:?}"
+    );
+    assert!(by_key["binary"].why.contains("status"), "{found:?}");
+    // The readable key alone loads.
+    assert_eq!(stored_states(store, &keys[..1]).await.len(), 1);
+
+    // A write over a garbled state is refused as unreadable, not applied.
+    let error = store
+        .write(&[write("garbled", 1, "paid", 8)])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(error, converge::store::StoreError::Unreadable(_)),
+        "{error}"
+    );
+}

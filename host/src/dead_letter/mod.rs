@@ -40,6 +40,10 @@ pub enum DeadLetterKind {
     /// Records the source could not read because they no longer exist (removed by retention
     /// before they were read); the position is the range's first offset, the reason names it.
     Lost,
+    /// The stored state of the event's key is not one converge can read (a field that does not
+    /// parse, a value of another type): the event was not applied and the value was left as
+    /// it is; the reason quotes it.
+    UnreadableState,
 }
 
 impl DeadLetterKind {
@@ -52,6 +56,7 @@ impl DeadLetterKind {
             Self::RuleFailed => "rule_failed",
             Self::NotEnriched => "not_enriched",
             Self::Lost => "lost",
+            Self::UnreadableState => "unreadable_state",
         }
     }
 }

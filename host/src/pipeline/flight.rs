@@ -100,7 +100,7 @@ pub(super) async fn prepare<R: Rule, S: Store, E: std::fmt::Display>(
     metrics.record_stage("decode", decoding.elapsed());
     let fetched = enrich(&decoded).await;
     let mut groups = group::by_key(&mut batch, decoded, &fetched);
-    let currents = settle::current_states(&groups, cache, store, outage).await?;
+    let currents = settle::current_states(&mut batch, &mut groups, cache, store, outage).await?;
     let folding = Instant::now();
     let folded = settle::fold(rule, &mut groups, currents, config.rule_retries);
     metrics.record_stage("fold", folding.elapsed());
@@ -256,8 +256,9 @@ pub(super) async fn repair<R: Rule, S: Store>(
                 }
             }
         }
-        Err(error) if error.is_transient() => {
-            // Some writes may have landed: every written key is decided again, on a fresh
+        Err(error) if error.is_transient() || matches!(error, StoreError::Unreadable(_)) => {
+            // Some writes may have landed (or a key's value turned unreadable: the reload sets
+            // it aside): every written key is decided again, on a fresh
             // load (the cache was cleared).
             outage.metrics.emit(crate::telemetry::events::Unavailable {
                 service: "store",

@@ -23,6 +23,10 @@
 //! timeout, a reset) does not fail the batch: the step is retried with exponential backoff
 //! until it succeeds or shutdown is asked for.
 //!
+//! While the pipeline works without asking for a batch (deciding, settling, waiting out an
+//! outage), the source holds its place ([`Source::hold`]): a Kafka member pauses its
+//! partitions and keeps polling, so a long outage does not eject it from its group.
+//!
 //! Batches close as soon as the window has room: a source hands over what has arrived, so
 //! batches are large under a backlog (the window is full while they accumulate) and small at
 //! low rates, which keeps latency low without a fixed linger.
@@ -293,7 +297,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                         _ = stop.changed() => Next::Stop,
                     }
                 } else {
-                    match window.next().await {
+                    match holding(source, window.next()).await {
                         Some(landed) => Next::Landed(landed),
                         None => continue,
                     }
@@ -301,7 +305,9 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                 let messages = match next {
                     Next::Stop => return Ok(()),
                     Next::Landed(landed) => {
-                        let done = parts.settle_landed(landed, &mut window, &mut flights).await?;
+                        let done =
+                            holding(source, parts.settle_landed(landed, &mut window, &mut flights))
+                                .await?;
                         parts.finish(done, source).await?;
                         parts.metrics.set_in_flight(flights.len());
                         continue;
@@ -316,13 +322,13 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                     // What is cached was decided by another rule, or about partitions another
                     // instance may have written meanwhile: finish what is in flight, then
                     // forget.
-                    let done = parts.drain(&mut window, &mut flights).await?;
+                    let done = holding(source, parts.drain(&mut window, &mut flights)).await?;
                     parts.finish(done, source).await?;
                     parts.cache.clear();
                     stamp = now_stamp;
                     generation = now_generation;
                 }
-                let (flight, cargo) = parts.prepare(messages).await?;
+                let (flight, cargo) = holding(source, parts.prepare(messages)).await?;
                 window.push_back(flight::land(parts.store, parts.dead_letters, cargo));
                 flights.push_back(flight);
                 parts.metrics.set_in_flight(flights.len());
@@ -331,7 +337,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         .await;
         // Whatever ended the loop, batches in flight are finished (or, waiting for an outage
         // at shutdown, left unacknowledged) before returning.
-        let drained = match parts.drain(&mut window, &mut flights).await {
+        let drained = match holding(source, parts.drain(&mut window, &mut flights)).await {
             Ok(done) => parts.finish(done, source).await,
             Err(error) => Err(error),
         };
@@ -341,6 +347,19 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             (Ok(()), Ok(())) => Ok(()),
         }
     }
+}
+
+/// Runs `work` while `source` holds its place ([`Source::hold`]): however long the work waits
+/// for an outage, a consumer-group member stays in its group.
+async fn holding<T>(source: &mut impl Source, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        done = &mut work => return done,
+        () = source.hold() => {}
+    }
+    // A source's hold never ends; if one did, the work still must.
+    work.await
 }
 
 /// A wait for an outage that shutdown interrupted leaves its batch unacknowledged, to be

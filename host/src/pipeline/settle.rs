@@ -25,7 +25,8 @@ use crate::config::PipelineConfig;
 use crate::dead_letter::DeadLetterKind;
 use crate::entity::{Decision, Event, State};
 use crate::rule::{DecideError, Rule};
-use crate::store::{Current, Store, Write, WriteOutcome, new_writer_id};
+use crate::store::{Current, Store, StoreError, Unreadable, Write, WriteOutcome, new_writer_id};
+use crate::telemetry::events::UnreadableState;
 
 /// What folding one key's events produced.
 pub(super) struct Folded {
@@ -56,8 +57,13 @@ impl Folded {
 
 /// The current state of every group's key: from the cache where it is known, else loaded (one
 /// pipelined round trip for all unknown keys, outages waited out). Loaded states are cached.
+///
+/// A key whose stored state cannot be read is set aside: its group leaves `groups` and its
+/// events are dead-lettered, quoting the stored value, which is left as it is. Retrying would
+/// not make it readable, and the other keys of the batch must not wait on it.
 pub(super) async fn current_states(
-    groups: &[KeyEvents],
+    batch: &mut Batch,
+    groups: &mut Vec<KeyEvents>,
     cache: &mut StateCache,
     store: &impl Store,
     outage: &Outage<'_>,
@@ -84,11 +90,57 @@ pub(super) async fn current_states(
         .map(|&slot| groups[slot].key.clone())
         .collect();
     let loaded = load(store, &keys, outage).await?;
+    let mut set_aside = vec![false; groups.len()];
     for ((slot, key), current) in unknown.into_iter().zip(keys).zip(loaded) {
-        cache.remember(key, current.clone());
-        currents[slot] = current;
+        match current {
+            Ok(current) => {
+                cache.remember(key, current.clone());
+                currents[slot] = current;
+            }
+            Err(unreadable) => {
+                set_aside[slot] = true;
+                set_aside_unreadable(batch, &groups[slot], &unreadable, outage);
+            }
+        }
+    }
+    if set_aside.contains(&true) {
+        let mut kept_groups = Vec::with_capacity(groups.len());
+        let mut kept_currents = Vec::with_capacity(groups.len());
+        for ((group, current), aside) in groups.drain(..).zip(currents).zip(set_aside) {
+            if !aside {
+                kept_groups.push(group);
+                kept_currents.push(current);
+            }
+        }
+        *groups = kept_groups;
+        currents = kept_currents;
     }
     Ok(currents)
+}
+
+/// Dead-letters the events of a key whose stored state is unreadable.
+fn set_aside_unreadable(
+    batch: &mut Batch,
+    group: &KeyEvents,
+    unreadable: &Unreadable,
+    outage: &Outage<'_>,
+) {
+    outage.metrics.emit(UnreadableState {
+        key: &group.key,
+        why: &unreadable.why,
+        events: group.events.len(),
+    });
+    for (index, _) in &group.events {
+        batch.dead_letter(
+            *index,
+            DeadLetterKind::UnreadableState,
+            format!(
+                "the stored state of key {:?} is unreadable ({}); the event was not applied and \
+                 the stored value was left as it is: {}",
+                group.key, unreadable.why, unreadable.stored
+            ),
+        );
+    }
 }
 
 /// Settles every key of `groups` completely: decided, written, the outcome of each event
@@ -112,7 +164,7 @@ pub(super) async fn settle(
                 keys: pending.into_iter().map(|group| group.key).collect(),
             });
         }
-        let currents = current_states(&pending, cache, store, outage).await?;
+        let currents = current_states(batch, &mut pending, cache, store, outage).await?;
         let folded = fold(rule, &mut pending, currents, config.rule_retries);
         let mut writes = Vec::new();
         let mut written = Vec::new();
@@ -160,20 +212,48 @@ pub(super) async fn settle(
     Ok(())
 }
 
-/// Loads `keys`, waiting out store outages.
+/// Loads `keys`, waiting out store outages. A key whose stored state is unreadable answers
+/// why, and the others are loaded without it.
 async fn load(
     store: &impl Store,
     keys: &[String],
     outage: &Outage<'_>,
-) -> Result<Vec<Option<Current>>, PipelineError> {
+) -> Result<Vec<Result<Option<Current>, Unreadable>>, PipelineError> {
     let mut backoff = outage.backoff();
+    let mut answers: Vec<Option<Result<Option<Current>, Unreadable>>> = vec![None; keys.len()];
+    // Indexes of the keys still to load.
+    let mut asking: Vec<usize> = (0..keys.len()).collect();
+    let mut subset: Option<Vec<String>> = None;
     loop {
         let asked = Instant::now();
-        match store.load(keys).await {
+        let result = store.load(subset.as_deref().unwrap_or(keys)).await;
+        match result {
             Ok(loaded) => {
                 outage.metrics.record_store_call("load", asked.elapsed());
                 outage.metrics.record_stage("load", asked.elapsed());
-                return Ok(loaded);
+                for (&index, current) in asking.iter().zip(loaded) {
+                    answers[index] = Some(Ok(current));
+                }
+                return Ok(answers
+                    .into_iter()
+                    .map(|answer| answer.unwrap_or(Ok(None)))
+                    .collect());
+            }
+            Err(StoreError::Unreadable(found)) => {
+                let before = asking.len();
+                for unreadable in found {
+                    if let Some(at) = asking.iter().position(|&i| keys[i] == unreadable.key) {
+                        answers[asking.remove(at)] = Some(Err(unreadable));
+                    }
+                }
+                if asking.len() == before {
+                    // The store named keys it was not asked for: nothing to set aside.
+                    return Err(StoreError::UnexpectedAnswer {
+                        answer: "unreadable states of keys not asked for".to_owned(),
+                    }
+                    .into());
+                }
+                subset = Some(asking.iter().map(|&i| keys[i].clone()).collect());
             }
             Err(error) if error.is_transient() => {
                 outage.wait("store", "load", &error, &mut backoff).await?;
@@ -204,6 +284,8 @@ async fn write(
             outage.wait("store", "write", &error, &mut backoff).await?;
             Ok(None)
         }
+        // A key's value turned unreadable after it was loaded: the reload sets it aside.
+        Err(StoreError::Unreadable(_)) => Ok(None),
         Err(error) => Err(error.into()),
     }
 }

@@ -9,6 +9,9 @@
 //!   (or, with `batch_timeout_ms`, waits that long after its first message for more).
 //!   Collecting is cancel-safe: messages taken by a batch that is dropped before it is
 //!   returned are kept for the next one.
+//! - While the pipeline waits out an outage ([`Source::hold`]), the member pauses its
+//!   partitions and keeps polling: it stays in its group however long the wait, instead of
+//!   being ejected after `max.poll.interval.ms`; the partitions resume with the next batch.
 //! - Rebalances are counted ([`Source::generation`]), so the pipeline can drop what it cached
 //!   about partitions it may have lost.
 //! - Every librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`, …) passes through.
@@ -85,8 +88,10 @@ impl ConsumerContext for CommitOnRevoke {
 pub struct KafkaSource {
     consumer: StreamConsumer<CommitOnRevoke>,
     batch_timeout: Duration,
-    /// Messages taken for a batch that was dropped before it was returned.
+    /// Messages taken for a batch that was dropped before it was returned, or while holding.
     collected: Vec<Message>,
+    /// Partitions paused while holding, resumed by the next batch.
+    paused: Option<TopicPartitionList>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -128,6 +133,7 @@ impl KafkaSource {
             consumer,
             batch_timeout: Duration::from_millis(config.batch_timeout_ms),
             collected: Vec::new(),
+            paused: None,
         })
     }
 
@@ -157,8 +163,87 @@ impl KafkaSource {
     }
 }
 
+/// How long the pipeline may be busy before a held member pauses its partitions: a batch's
+/// ordinary work ends well before, and pausing drops what the client had fetched ahead.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a held member polls (far below any `max.poll.interval.ms`, whose least
+/// useful value is the session timeout's least, 6 s by default).
+const HOLD_POLL: Duration = Duration::from_millis(250);
+
+impl KafkaSource {
+    /// Resumes the partitions paused while holding.
+    fn resume(&mut self) {
+        if let Some(paused) = self.paused.take() {
+            // Partitions revoked meanwhile are not ours to resume; the others are.
+            let assigned = self.consumer.assignment().unwrap_or_default();
+            let mut resume = TopicPartitionList::new();
+            for element in paused.elements() {
+                if assigned
+                    .find_partition(element.topic(), element.partition())
+                    .is_some()
+                {
+                    resume.add_partition(element.topic(), element.partition());
+                }
+            }
+            match self.consumer.resume(&resume) {
+                Ok(()) => tracing::info!(partitions = resume.count(), "resumed partitions"),
+                Err(error) => tracing::warn!(%error, "resuming partitions failed"),
+            }
+        }
+    }
+
+    /// Pauses every assigned partition not paused yet (a rebalance may have assigned more).
+    fn pause_assigned(&mut self) {
+        let Ok(assigned) = self.consumer.assignment() else {
+            return;
+        };
+        let mut fresh = TopicPartitionList::new();
+        for element in assigned.elements() {
+            let known = self.paused.as_ref().is_some_and(|paused| {
+                paused
+                    .find_partition(element.topic(), element.partition())
+                    .is_some()
+            });
+            if !known {
+                fresh.add_partition(element.topic(), element.partition());
+            }
+        }
+        if fresh.count() == 0 {
+            return;
+        }
+        match self.consumer.pause(&fresh) {
+            Ok(()) => {
+                tracing::info!(
+                    partitions = fresh.count(),
+                    "paused partitions while the pipeline waits; polling on to stay in the group"
+                );
+                let paused = self.paused.get_or_insert_with(TopicPartitionList::new);
+                for element in fresh.elements() {
+                    paused.add_partition(element.topic(), element.partition());
+                }
+            }
+            Err(error) => tracing::warn!(%error, "pausing partitions failed"),
+        }
+    }
+}
+
 impl Source for KafkaSource {
+    async fn hold(&mut self) {
+        tokio::time::sleep(PAUSE_AFTER).await;
+        loop {
+            self.pause_assigned();
+            // Each poll tells the client the application is alive, and serves rebalances.
+            match tokio::time::timeout(HOLD_POLL, self.consumer.recv()).await {
+                Ok(Ok(received)) => self.collected.push(Self::owned(&received)),
+                Ok(Err(error)) => tracing::warn!(%error, "polling while holding"),
+                Err(_quiet) => {}
+            }
+        }
+    }
+
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        self.resume();
         let max = max.max(1);
         // One stream for the whole batch: each `recv` would register a new waker.
         let mut stream = self.consumer.stream();
@@ -181,6 +266,11 @@ impl Source for KafkaSource {
                     Ok(None) | Err(_) => break,
                 }
             }
+        }
+        if self.collected.len() > max {
+            // Held messages may be more than one batch.
+            let rest = self.collected.split_off(max);
+            return Ok(std::mem::replace(&mut self.collected, rest));
         }
         Ok(std::mem::take(&mut self.collected))
     }

@@ -198,6 +198,19 @@ pub trait Source {
     /// Marks every message of a processed batch as done: its state (or dead letter) is
     /// acknowledged by the store, so it is never delivered again after a restart.
     async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError>;
+
+    /// Keeps the source's place while the pipeline is busy without asking for a batch —
+    /// above all while it waits out an outage of the store, the dead-letter queue or the
+    /// enrichment API, which may last minutes. Never completes: the pipeline drops it when
+    /// its work is done, so it must be cancel-safe, and messages it takes are kept for the
+    /// next batch.
+    ///
+    /// A Kafka member must keep polling or be ejected from its group after
+    /// `max.poll.interval.ms`; it pauses its partitions first, so polling fetches nothing
+    /// more. By default there is nothing to keep.
+    async fn hold(&mut self) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// A source built from its configuration ([`SourceConfig::build`]).
@@ -282,6 +295,16 @@ impl Source for AnySource {
             AnySource::Kafka(source) => source.ack(batch).await,
             #[cfg(feature = "fluvio")]
             AnySource::Fluvio(source) => source.ack(batch).await,
+        }
+    }
+
+    async fn hold(&mut self) {
+        match self {
+            AnySource::Lines(source) => source.hold().await,
+            #[cfg(feature = "kafka")]
+            AnySource::Kafka(source) => source.hold().await,
+            #[cfg(feature = "fluvio")]
+            AnySource::Fluvio(source) => source.hold().await,
         }
     }
 

@@ -159,6 +159,12 @@ pub enum StoreError {
         /// The field at fault.
         field: &'static str,
     },
+    /// Stored values at state keys that converge cannot read as states: a field that does not
+    /// parse, or a value of another type (`WRONGTYPE`). Retrying would not change them; the
+    /// pipeline sets their keys aside (their events are dead-lettered, the values left as they
+    /// are for an operator) and goes on with the other keys.
+    #[error("{}", describe_unreadable(.0))]
+    Unreadable(Vec<Unreadable>),
     /// The compare-and-set script answered neither a revision nor -1: the script at its hash
     /// is not converge's.
     #[error("store answered something unexpected: compare-and-set answered {answer}")]
@@ -187,17 +193,47 @@ impl StoreError {
             #[cfg(feature = "redis")]
             StoreError::Parse(_) => false,
             StoreError::MalformedState { .. }
+            | StoreError::Unreadable(_)
             | StoreError::UnexpectedAnswer { .. }
             | StoreError::NotBuiltIn(_) => false,
         }
     }
 }
 
+/// A value at a state key that is not a state converge can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The key (without the store's prefix).
+    pub key: String,
+    /// What is wrong: the field that does not parse, or the type of value found.
+    pub why: String,
+    /// An excerpt of what is stored (at most [`UNREADABLE_EXCERPT_BYTES`] of it), for the
+    /// dead letters of the key's events; empty when it could not be read.
+    pub stored: String,
+}
+
+/// How much of an unreadable value is quoted in its dead letters.
+pub const UNREADABLE_EXCERPT_BYTES: usize = 1024;
+
+fn describe_unreadable(unreadable: &[Unreadable]) -> String {
+    let mut text = format!("{} stored state(s) unreadable:", unreadable.len());
+    for (n, one) in unreadable.iter().enumerate() {
+        if n == 3 {
+            text.push_str(" …");
+            break;
+        }
+        text.push_str(&format!(" key {:?}: {};", one.key, one.why));
+    }
+    text
+}
+
 /// A state store. Loads and writes take whole batches so that a networked store can pipeline
 /// them in one round trip.
 #[allow(async_fn_in_trait)] // Used through generics only; no `dyn Store`, so no Send bound needed.
 pub trait Store {
-    /// The current states of `keys`, in the same order (`None`: absent).
+    /// The current states of `keys`, in the same order (`None`: absent). Keys whose stored
+    /// value is not a readable state fail the whole call with [`StoreError::Unreadable`],
+    /// naming every such key of the call.
     async fn load(&self, keys: &[String]) -> Result<Vec<Option<Current>>, StoreError>;
 
     /// Applies each write atomically and independently; answers in the same order.

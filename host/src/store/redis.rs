@@ -36,7 +36,9 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{Pipeline, Script};
 
 use crate::entity::State;
-use crate::store::{Current, Store, StoreError, Stored, Write, WriteOutcome};
+use crate::store::{
+    Current, Store, StoreError, Stored, UNREADABLE_EXCERPT_BYTES, Unreadable, Write, WriteOutcome,
+};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = crate::config::DEFAULT_PREFIX;
@@ -460,6 +462,64 @@ impl RedisStore {
         Ok(per_item)
     }
 
+    /// Names the unreadable values found by a load, with the type of each value that is not a
+    /// hash and an excerpt of it where it is a string. Best effort: a failure to read them
+    /// leaves the excerpt empty, the verdict stands.
+    async fn describe_unreadable(
+        &self,
+        keys: &[String],
+        redis_keys: &[String],
+        found: Vec<(usize, String, Option<String>)>,
+    ) -> Vec<Unreadable> {
+        let mut unreadable = Vec::with_capacity(found.len());
+        for (index, why, excerpt) in found {
+            let stored = match excerpt {
+                Some(excerpt) => excerpt,
+                None => self.excerpt_of_value(&redis_keys[index]).await,
+            };
+            let why = match (why.as_str(), stored.split_once(':')) {
+                ("not a hash", Some((kind, _))) => format!("a {kind} value, not a hash"),
+                _ => why,
+            };
+            unreadable.push(Unreadable {
+                key: keys[index].clone(),
+                why,
+                stored,
+            });
+        }
+        unreadable
+    }
+
+    /// `type: excerpt` of a value that is not a hash (the excerpt only for a string).
+    async fn excerpt_of_value(&self, redis_key: &str) -> String {
+        let keys = [redis_key.to_owned()];
+        let Some(group) = self.groups(&keys).into_iter().next() else {
+            return String::new();
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("TYPE").arg(redis_key);
+        pipe.cmd("GETRANGE")
+            .arg(redis_key)
+            .arg(0)
+            .arg(UNREADABLE_EXCERPT_BYTES - 1);
+        let Ok(answers) = self.query(&group, pipe, Access::Read).await else {
+            return String::new();
+        };
+        let mut answers = answers.into_iter();
+        let kind: String = answers
+            .next()
+            .and_then(|value| redis::from_redis_value(value).ok())
+            .unwrap_or_default();
+        let bytes: Option<Vec<u8>> = answers
+            .next()
+            .and_then(|value| redis::from_redis_value(value).ok());
+        match bytes {
+            Some(bytes) => cut_excerpt(format!("{kind}: {:?}", String::from_utf8_lossy(&bytes))),
+            None => format!("{kind}:"),
+        }
+    }
+
     /// Deletes every key under this store's prefix (for tests and resets); returns how many.
     pub async fn delete_all(&self) -> Result<u64, StoreError> {
         let pattern = format!("{}*", self.prefix);
@@ -602,6 +662,72 @@ fn parse_current(key: &str, fields: Vec<Option<String>>) -> Result<Option<Curren
     }))
 }
 
+/// What `inspect` reads: [`FIELDS`], then the rule and the position.
+const INSPECTED: [&str; 8] = [
+    "rev",
+    "wid",
+    "status",
+    "version",
+    "timestamp_ms",
+    "payload",
+    "rule",
+    "position",
+];
+
+/// The fields of one HMGET answer as text; a field that is not UTF-8 is malformed.
+fn text_fields(
+    key: &str,
+    names: &[&'static str],
+    raw: &[Option<Vec<u8>>],
+) -> Result<Vec<Option<String>>, StoreError> {
+    raw.iter()
+        .zip(names)
+        .map(|(value, &field)| match value {
+            None => Ok(None),
+            Some(bytes) => {
+                String::from_utf8(bytes.clone())
+                    .map(Some)
+                    .map_err(|_| StoreError::MalformedState {
+                        key: key.to_owned(),
+                        field,
+                    })
+            }
+        })
+        .collect()
+}
+
+/// `name=value` for each field present, for an unreadable state's dead letters.
+fn excerpt_of_fields(names: &[&'static str], raw: &[Option<Vec<u8>>]) -> String {
+    let mut text = String::new();
+    for (name, value) in names.iter().zip(raw) {
+        if let Some(value) = value {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(&format!("{name}={:?}", String::from_utf8_lossy(value)));
+        }
+    }
+    cut_excerpt(text)
+}
+
+/// At most [`UNREADABLE_EXCERPT_BYTES`] of `text`, cut on a character boundary.
+fn cut_excerpt(mut text: String) -> String {
+    if text.len() > UNREADABLE_EXCERPT_BYTES {
+        let mut end = UNREADABLE_EXCERPT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Whether a command's answer is Redis refusing it for the key's type.
+fn is_wrong_type(value: &redis::Value) -> bool {
+    matches!(value, redis::Value::ServerError(error) if error.code() == "WRONGTYPE")
+}
+
 /// Turns the compare-and-set's answer into an outcome.
 fn parse_outcome(key: &str, answer: redis::Value) -> Result<WriteOutcome, StoreError> {
     match answer {
@@ -609,14 +735,22 @@ fn parse_outcome(key: &str, answer: redis::Value) -> Result<WriteOutcome, StoreE
             revision: revision as u64,
         }),
         redis::Value::Array(items) if items.first() == Some(&redis::Value::Int(-1)) => {
-            let fields: Vec<Option<String>> = items
+            let raw: Vec<Option<Vec<u8>>> = items
                 .into_iter()
                 .skip(1)
                 .map(|item| redis::from_redis_value(item).map_err(StoreError::Parse))
                 .collect::<Result<_, _>>()?;
-            Ok(WriteOutcome::Conflict {
-                current: parse_current(key, fields)?,
-            })
+            match text_fields(key, &FIELDS, &raw).and_then(|fields| parse_current(key, fields)) {
+                Ok(current) => Ok(WriteOutcome::Conflict { current }),
+                Err(StoreError::MalformedState { field, .. }) => {
+                    Err(StoreError::Unreadable(vec![Unreadable {
+                        key: key.to_owned(),
+                        why: format!("field {field:?} does not parse"),
+                        stored: excerpt_of_fields(&FIELDS, &raw),
+                    }]))
+                }
+                Err(error) => Err(error),
+            }
         }
         redis::Value::Int(answer) => Err(StoreError::UnexpectedAnswer {
             answer: answer.to_string(),
@@ -659,12 +793,37 @@ impl Store for RedisStore {
         )
         .await?;
         let mut loaded: Vec<Option<Current>> = vec![None; keys.len()];
+        // (index, what is wrong, excerpt; `None` when the value is not a hash)
+        let mut unreadable: Vec<(usize, String, Option<String>)> = Vec::new();
         for (group, answer) in groups.iter().zip(answers) {
             for (&index, value) in group.items.iter().zip(answer) {
-                let fields: Vec<Option<String>> =
+                if is_wrong_type(&value) {
+                    unreadable.push((index, "not a hash".to_owned(), None));
+                    continue;
+                }
+                let raw: Vec<Option<Vec<u8>>> =
                     redis::from_redis_value(command_error(value)?).map_err(StoreError::Parse)?;
-                loaded[index] = parse_current(&keys[index], fields)?;
+                let excerpt = || Some(excerpt_of_fields(&FIELDS, &raw));
+                let parsed = text_fields(&keys[index], &FIELDS, &raw)
+                    .and_then(|fields| parse_current(&keys[index], fields));
+                match parsed {
+                    Ok(current) => loaded[index] = current,
+                    Err(StoreError::MalformedState { field, .. }) => {
+                        unreadable.push((
+                            index,
+                            format!("field {field:?} does not parse"),
+                            excerpt(),
+                        ));
+                    }
+                    Err(error) => return Err(error),
+                }
             }
+        }
+        if !unreadable.is_empty() {
+            return Err(StoreError::Unreadable(
+                self.describe_unreadable(keys, &redis_keys, unreadable)
+                    .await,
+            ));
         }
         Ok(loaded)
     }
@@ -688,8 +847,9 @@ impl Store for RedisStore {
                 .iter()
                 .zip(self.query(group, pipe, Access::Read).await?)
             {
-                let mut fields: Vec<Option<String>> =
+                let raw: Vec<Option<Vec<u8>>> =
                     redis::from_redis_value(command_error(value)?).map_err(StoreError::Parse)?;
+                let mut fields = text_fields(&keys[index], &INSPECTED, &raw)?;
                 let position = fields.pop().flatten().unwrap_or_default();
                 let rule = fields.pop().flatten().unwrap_or_default();
                 inspected[index] = parse_current(&keys[index], fields)?.map(|current| Stored {
@@ -714,10 +874,18 @@ impl Store for RedisStore {
         )
         .await?;
         let mut outcomes = vec![WriteOutcome::Conflict { current: None }; writes.len()];
+        let mut unreadable = Vec::new();
         for (group, answer) in groups.iter().zip(answers) {
             for (&index, value) in group.items.iter().zip(answer) {
-                outcomes[index] = parse_outcome(&writes[index].key, command_error(value)?)?;
+                match parse_outcome(&writes[index].key, command_error(value)?) {
+                    Ok(outcome) => outcomes[index] = outcome,
+                    Err(StoreError::Unreadable(mut found)) => unreadable.append(&mut found),
+                    Err(error) => return Err(error),
+                }
             }
+        }
+        if !unreadable.is_empty() {
+            return Err(StoreError::Unreadable(unreadable));
         }
         Ok(outcomes)
     }

@@ -35,6 +35,27 @@ impl InternalEvent for Unavailable<'_> {
     }
 }
 
+/// A key's stored state could not be read: its events are dead-lettered, the value is left
+/// for an operator to repair.
+pub(crate) struct UnreadableState<'a> {
+    pub key: &'a str,
+    pub why: &'a str,
+    /// How many of the batch's events were set aside with it.
+    pub events: usize,
+}
+
+impl InternalEvent for UnreadableState<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::error!(
+            key = self.key,
+            why = self.why,
+            events = self.events,
+            "stored state unreadable; dead-lettering the key's events and leaving the value as it is"
+        );
+        metrics.record_unreadable_state();
+    }
+}
+
 /// A message was dead-lettered (and the dead-letter queue acknowledged it).
 pub(crate) struct DeadLettered<'a> {
     /// The dead letter's kind, as metrics label it.
