@@ -368,12 +368,38 @@ pub struct EnrichConfig {
     /// How long one request may take, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Retries after the first attempt, for transient failures only.
+    /// What to do while the API cannot answer (unreachable, timing out, 5xx, 429, or refusing
+    /// converge's credentials with 401/403): `wait` (the default) retries until it answers,
+    /// holding the batch and its partition like a store outage; `dead-letter` gives up after
+    /// `retries` retries and dead-letters the key's messages as `not_enriched`.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Retries after the first attempt before giving up, with `on_unavailable = "dead-letter"`.
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// The first retry waits this long; each further one twice as long.
+    /// The first retry waits this long; each further one twice as long, up to
+    /// `max_backoff_ms`.
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
+    /// The longest wait between two retries.
+    #[serde(default = "default_enrich_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// How long a 404 is retried before it is final: an order the API has not made visible
+    /// yet (replication lag behind the event) is not dead-lettered at once. 0: a 404 is
+    /// final at once.
+    #[serde(default = "default_not_found_grace_ms")]
+    pub not_found_grace_ms: u64,
+}
+
+/// What enrichment does while the order API cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnavailable {
+    /// Retry until the API answers; nothing is dead-lettered for an outage.
+    #[default]
+    Wait,
+    /// Give up after `enrich.retries` retries and dead-letter the key's messages.
+    DeadLetter,
 }
 
 fn default_concurrency() -> usize {
@@ -387,6 +413,12 @@ fn default_retries() -> u32 {
 }
 fn default_backoff_ms() -> u64 {
     50
+}
+fn default_enrich_max_backoff_ms() -> u64 {
+    5_000
+}
+fn default_not_found_grace_ms() -> u64 {
+    5_000
 }
 
 /// Why a configuration was refused.

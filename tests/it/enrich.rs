@@ -1,10 +1,12 @@
 //! Enrichment end to end: id-only messages are completed from a real HTTP order API; each
 //! distinct key is fetched once per batch; 404, garbage and a persistently failing API are
-//! dead-lettered with their reason; transient 500s are retried.
+//! dead-lettered with their reason; transient 500s are retried. By default an outage (5xx,
+//! 401/403, unreachable) is waited out rather than dead-lettered, and a 404 is asked again for
+//! a grace period.
 
 use std::collections::BTreeMap;
 
-use converge::config::EnrichConfig;
+use converge::config::{EnrichConfig, OnUnavailable};
 use converge::dead_letter::{DeadLetterKind, MemoryDeadLetters};
 use converge::pipeline::Enricher;
 use converge::pipeline::{Pipeline, PipelineConfig};
@@ -12,7 +14,7 @@ use converge::rule::{EngineLimits, RuleEngine};
 use converge::source::{Message, Position};
 use converge::store::MemoryStore;
 use converge_tests::order_api::OrderApi;
-use converge_tests::{build, orders};
+use converge_tests::{build, config, orders};
 
 fn id_only(key: &str, line: u64) -> Message {
     Message {
@@ -24,13 +26,15 @@ fn id_only(key: &str, line: u64) -> Message {
     }
 }
 
+/// An enricher that gives up after `retries` retries and takes a 404 as final at once.
 fn enricher(api: &OrderApi, retries: u32) -> Enricher {
     Enricher::new(EnrichConfig {
-        url: format!("{}/orders/{{key}}", api.url),
         concurrency: 4,
-        timeout_ms: 2_000,
+        on_unavailable: OnUnavailable::DeadLetter,
         retries,
         backoff_ms: 5,
+        not_found_grace_ms: 0,
+        ..config::enrich(&format!("{}/orders/{{key}}", api.url))
     })
     .expect("valid enrichment")
 }
@@ -154,4 +158,74 @@ async fn unfetchable_orders_are_dead_lettered_with_the_reason() {
         "{reasons:?}"
     );
     assert_eq!(reasons.len(), 4);
+}
+
+/// The default policy: an API that fails with 500 and refuses converge's credentials (401) for
+/// longer than any retry count is waited out, the outage counted, and nothing is dead-lettered;
+/// an order the API shows only after a few 404s is fetched within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_an_api_outage_is_waited_out_and_a_404_gets_a_grace_period() {
+    let api = OrderApi::start().await;
+    let stream = orders::generate("order-", 3, 0, 2);
+    api.state
+        .orders
+        .lock()
+        .expect("lock")
+        .extend(stream.expected.clone());
+    api.state
+        .failing
+        .lock()
+        .expect("lock")
+        .insert("order-0".to_owned(), 12);
+    api.state
+        .unauthorized
+        .lock()
+        .expect("lock")
+        .insert("order-1".to_owned(), 12);
+    api.state
+        .not_yet_visible
+        .lock()
+        .expect("lock")
+        .insert("order-2".to_owned(), 4);
+    let messages = vec![
+        id_only("order-0", 1),
+        id_only("order-1", 2),
+        id_only("order-2", 3),
+    ];
+    let rule = RuleEngine::new(EngineLimits::default())
+        .expect("engine")
+        .compile_file(&build::rule("order-status"))
+        .expect("rule");
+    let enrich = EnrichConfig {
+        backoff_ms: 2,
+        max_backoff_ms: 20,
+        ..config::enrich(&format!("{}/orders/{{key}}", api.url))
+    };
+    assert_eq!(enrich.on_unavailable, OnUnavailable::Wait, "the default");
+    assert!(enrich.retries < 12, "the outage outlasts the retry count");
+    let metrics = std::sync::Arc::new(converge::telemetry::Metrics::new());
+    let mut pipeline = Pipeline::new(
+        rule.instance(),
+        MemoryStore::new(),
+        MemoryDeadLetters::new(),
+        PipelineConfig::default(),
+    )
+    .with_metrics(std::sync::Arc::clone(&metrics))
+    .with_enricher(Enricher::new(enrich).expect("valid enrichment"));
+    pipeline.process(&messages).await.expect("processed");
+
+    let stored: BTreeMap<_, _> = pipeline
+        .store()
+        .snapshot()
+        .into_iter()
+        .map(|s| (s.state.key.clone(), s.state))
+        .collect();
+    assert_eq!(stored, stream.expected);
+    assert!(pipeline.dead_letters().letters().is_empty());
+    let rendered = metrics.render();
+    assert!(
+        rendered.lines().any(|line| line
+            == "converge_unavailable_total{service=\"order API\",operation=\"fetch\"} 24"),
+        "every failed attempt of the outage is counted:\n{rendered}"
+    );
 }

@@ -1,6 +1,7 @@
 //! A real HTTP order-detail API on loopback for the enrichment tests: `GET /orders/{id}`
 //! answers the order's latest state as JSON, 404 for an unknown id, and — for ids chosen by the
-//! test — a 500 the first few times, a body that is not an order, or one too large to read.
+//! test — a 500, 401 or 404 the first few times, a body that is not an order, or one too large
+//! to read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,11 @@ pub struct OrderApiState {
     pub orders: Mutex<HashMap<String, Event>>,
     /// Ids answered with 500 this many more times.
     pub failing: Mutex<HashMap<String, usize>>,
+    /// Ids answered with 401 (converge's credentials refused) this many more times.
+    pub unauthorized: Mutex<HashMap<String, usize>>,
+    /// Ids answered with 404 this many more times although the order exists: an API that
+    /// does not show a new order yet.
+    pub not_yet_visible: Mutex<HashMap<String, usize>>,
     /// Ids answered with a body that is not an order.
     pub garbled: Mutex<Vec<String>>,
     /// Ids answered with a body of this many bytes (a JSON string), streamed without a length.
@@ -34,11 +40,15 @@ pub struct OrderApi {
 
 async fn order(State(state): State<Arc<OrderApiState>>, Path(id): Path<String>) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
-    {
-        let mut failing = state.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(left) = failing.get_mut(&id).filter(|left| **left > 0) {
+    for (answers, status) in [
+        (&state.failing, StatusCode::INTERNAL_SERVER_ERROR),
+        (&state.unauthorized, StatusCode::UNAUTHORIZED),
+        (&state.not_yet_visible, StatusCode::NOT_FOUND),
+    ] {
+        let mut answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(left) = answers.get_mut(&id).filter(|left| **left > 0) {
             *left -= 1;
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            return status.into_response();
         }
     }
     if state

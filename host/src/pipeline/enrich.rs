@@ -2,31 +2,44 @@
 //! by fetching the latest order from the order-detail HTTP API.
 //!
 //! Each distinct key of a batch is fetched once, at most `concurrency` at a time, each request
-//! bounded by `timeout`. Timeouts, connection errors and 5xx answers are retried with
-//! exponential backoff; a 404, another 4xx, or a body that does not decode into an event of the
-//! requested key is final and dead-letters the messages of that key with the reason.
+//! bounded by `timeout`, its body read up to the largest message. What the API answers decides:
+//!
+//! - an event of the key: enriched;
+//! - unreachable, timed out, 5xx, 429, or 401/403 (converge's credentials refused: an operator
+//!   must act, and nothing about the order is known): an outage. By default it is waited out
+//!   with backoff, holding the batch like a store outage; with `on_unavailable = "dead-letter"`
+//!   the key's messages are dead-lettered after `retries` retries;
+//! - 404: retried for `not_found_grace_ms` (the API may not show a new order yet), then final;
+//! - another 4xx, a body over the limit, or a body that is not an event of the key: final.
+//!
+//! Final answers dead-letter the key's messages as `not_enriched`, with the reason.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
-use crate::config::{ConfigError, EnrichConfig};
+use crate::backoff::Backoff;
+use crate::config::{ConfigError, EnrichConfig, OnUnavailable};
 use crate::entity::Event;
 use crate::pipeline::{DecodeError, Decoded, FieldMapping, decode_bytes};
+use crate::telemetry::Metrics;
+use crate::telemetry::events::Unavailable;
 
 /// Why an entity could not be fetched. Each is final for the batch: the messages of the key
 /// are dead-lettered as `not_enriched` with this as the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
-    /// The API has no entity of the key (HTTP 404).
-    #[error("order API has no entity {key:?} (404)")]
+    /// The API has no entity of the key (HTTP 404), still after the grace period.
+    #[error("order API has no entity {key:?} (404, still after {grace:?})")]
     NotFound {
         /// The key asked for.
         key: String,
+        /// How long 404s were retried.
+        grace: Duration,
     },
-    /// The API refused the request with a 4xx other than 404 and 429, which a retry would
-    /// not change.
+    /// The API refused the request with a 4xx other than 401, 403, 404 and 429, which a retry
+    /// would not change.
     #[error("order API refused the request for {key:?}: HTTP {status}")]
     Refused {
         /// The key asked for.
@@ -81,7 +94,7 @@ pub enum EnrichError {
         #[source]
         source: reqwest::Error,
     },
-    /// Every attempt was answered with a 5xx or 429; the last status is kept.
+    /// Every attempt was answered with a 5xx, 429, 401 or 403; the last status is kept.
     #[error("order API unavailable for {key:?} after {attempts} attempts: HTTP {status}")]
     Unavailable {
         /// The key asked for.
@@ -104,6 +117,8 @@ pub struct Enricher {
 enum Attempt {
     /// Worth another attempt after a backoff.
     Transient(Transient),
+    /// A 404, final once the grace period is over.
+    NotFound,
     /// The answer for the key.
     Final(EnrichError),
 }
@@ -113,7 +128,7 @@ enum Attempt {
 enum Transient {
     /// The request or the body's transfer failed.
     Request(reqwest::Error),
-    /// The API answered 5xx or 429.
+    /// The API answered 5xx, 429, 401 or 403.
     Status(u16),
 }
 
@@ -166,18 +181,20 @@ impl Enricher {
         Ok(Self { client, config })
     }
 
-    /// Fetches every distinct key once; answers per key.
+    /// Fetches every distinct key once; answers per key. Outages are reported to `metrics`
+    /// (one log line and one count per failed attempt).
     pub async fn fetch_all(
         &self,
         keys: impl IntoIterator<Item = String>,
         mapping: &FieldMapping,
+        metrics: &Metrics,
     ) -> HashMap<String, Result<Event, EnrichError>> {
         let mut distinct: Vec<String> = keys.into_iter().collect();
         distinct.sort();
         distinct.dedup();
         futures::stream::iter(distinct)
             .map(|key| async move {
-                let result = self.fetch(&key, mapping).await;
+                let result = self.fetch(&key, mapping, metrics).await;
                 (key, result)
             })
             .buffer_unordered(self.config.concurrency)
@@ -185,21 +202,50 @@ impl Enricher {
             .await
     }
 
-    async fn fetch(&self, key: &str, mapping: &FieldMapping) -> Result<Event, EnrichError> {
-        let mut backoff = Duration::from_millis(self.config.backoff_ms);
+    async fn fetch(
+        &self,
+        key: &str,
+        mapping: &FieldMapping,
+        metrics: &Metrics,
+    ) -> Result<Event, EnrichError> {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.config.backoff_ms),
+            Duration::from_millis(self.config.max_backoff_ms),
+        );
+        let grace = Duration::from_millis(self.config.not_found_grace_ms);
+        let mut first_not_found: Option<Instant> = None;
         let mut attempts = 0;
         loop {
             attempts += 1;
             match self.attempt(key, mapping).await {
                 Ok(event) => return Ok(event),
                 Err(Attempt::Final(error)) => return Err(error),
-                Err(Attempt::Transient(failure)) if attempts > self.config.retries => {
-                    return Err(failure.into_error(key, attempts));
+                Err(Attempt::NotFound) => {
+                    let since = *first_not_found.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= grace {
+                        return Err(EnrichError::NotFound {
+                            key: key.to_owned(),
+                            grace,
+                        });
+                    }
+                    let wait = backoff.next_wait();
+                    tracing::debug!(key, ?wait, "order API has no such entity yet; asking again");
+                    tokio::time::sleep(wait).await;
                 }
-                Err(Attempt::Transient(reason)) => {
-                    tracing::debug!(key, %reason, attempts, "order API attempt failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
+                Err(Attempt::Transient(failure)) => {
+                    if self.config.on_unavailable == OnUnavailable::DeadLetter
+                        && attempts > self.config.retries
+                    {
+                        return Err(failure.into_error(key, attempts));
+                    }
+                    let wait = backoff.next_wait();
+                    metrics.emit(Unavailable {
+                        service: "order API",
+                        operation: "fetch",
+                        reason: &failure,
+                        retry_in: wait,
+                    });
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -215,11 +261,13 @@ impl Enricher {
             .map_err(|error| Attempt::Transient(Transient::Request(error)))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(Attempt::Final(EnrichError::NotFound {
-                key: key.to_owned(),
-            }));
+            return Err(Attempt::NotFound);
         }
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        if status.is_server_error()
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::UNAUTHORIZED
+            || status == reqwest::StatusCode::FORBIDDEN
+        {
             return Err(Attempt::Transient(Transient::Status(status.as_u16())));
         }
         if !status.is_success() {
@@ -289,8 +337,11 @@ mod tests {
             url: "http://orders/".to_owned(),
             concurrency: 1,
             timeout_ms: 1,
+            on_unavailable: OnUnavailable::Wait,
             retries: 0,
             backoff_ms: 1,
+            max_backoff_ms: 1,
+            not_found_grace_ms: 0,
         };
         assert!(Enricher::new(config).is_err());
     }

@@ -84,7 +84,9 @@ pub(super) async fn prepare<R: Rule, S: Store, E: std::fmt::Display>(
     deciding: Deciding<'_, R, S>,
     messages: Vec<Message>,
     seq: u64,
-    enrich: impl AsyncFnOnce(&[(usize, super::Decoded)]) -> HashMap<String, Result<Event, E>>,
+    enrich: impl AsyncFnOnce(
+        &[(usize, super::Decoded)],
+    ) -> Result<HashMap<String, Result<Event, E>>, PipelineError>,
 ) -> Result<(Flight, Cargo), PipelineError> {
     let Deciding {
         rule,
@@ -98,7 +100,7 @@ pub(super) async fn prepare<R: Rule, S: Store, E: std::fmt::Display>(
     let decoding = Instant::now();
     let decoded = group::decode_all(&mut batch, &config.mapping);
     metrics.record_stage("decode", decoding.elapsed());
-    let fetched = enrich(&decoded).await;
+    let fetched = enrich(&decoded).await?;
     let mut groups = group::by_key(&mut batch, decoded, &fetched);
     let currents = settle::current_states(&mut batch, &mut groups, cache, store, outage).await?;
     let folding = Instant::now();

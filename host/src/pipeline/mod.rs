@@ -414,8 +414,9 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Parts<'_, R, S, D> {
         *self.started += 1;
         let seq = *self.started;
         let (enricher, config, metrics) = (self.enricher, self.config, self.metrics);
+        let stopping = self.outage.stopping.clone();
         flight::prepare(self.deciding(), messages, seq, async |decoded| {
-            enrich(enricher, config, metrics, decoded).await
+            enrich(enricher, config, metrics, stopping, decoded).await
         })
         .await
     }
@@ -481,28 +482,36 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Parts<'_, R, S, D> {
     }
 }
 
-/// Fetches the entity of every distinct id-only key of the batch, if an enricher is set.
+/// Fetches the entity of every distinct id-only key of the batch, if an enricher is set. An
+/// order-API outage is waited out inside (see `enrich`); shutdown interrupts the wait, leaving
+/// the batch unacknowledged.
 #[cfg(feature = "http")]
 async fn enrich(
     enricher: Option<&Enricher>,
     config: &PipelineConfig,
     metrics: &Metrics,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
     decoded: &[(usize, Decoded)],
-) -> HashMap<String, Result<Event, EnrichError>> {
+) -> Result<HashMap<String, Result<Event, EnrichError>>, PipelineError> {
     let Some(enricher) = enricher else {
-        return HashMap::new();
+        return Ok(HashMap::new());
     };
     let id_only = decoded.iter().filter_map(|(_, d)| match d {
         Decoded::IdOnly { key } => Some(key.clone()),
         Decoded::Event(_) => None,
     });
     let asked = Instant::now();
-    let fetched = enricher.fetch_all(id_only, &config.mapping).await;
+    let fetched = tokio::select! {
+        fetched = enricher.fetch_all(id_only, &config.mapping, metrics) => fetched,
+        Ok(_) = stopping.wait_for(|stopping| *stopping) => {
+            return Err(PipelineError::Interrupted("order API"));
+        }
+    };
     if !fetched.is_empty() {
         metrics.record_enrichment(fetched.len(), asked.elapsed());
         metrics.record_stage("enrich", asked.elapsed());
     }
-    fetched
+    Ok(fetched)
 }
 
 /// Without the `http` feature there is no enricher: id-only messages are dead-lettered.
@@ -511,9 +520,10 @@ async fn enrich(
     _enricher: Option<&Never>,
     _config: &PipelineConfig,
     _metrics: &Metrics,
+    _stopping: tokio::sync::watch::Receiver<bool>,
     _decoded: &[(usize, Decoded)],
-) -> HashMap<String, Result<Event, std::convert::Infallible>> {
-    HashMap::new()
+) -> Result<HashMap<String, Result<Event, std::convert::Infallible>>, PipelineError> {
+    Ok(HashMap::new())
 }
 
 /// Stands in for the enricher in a build without one.
