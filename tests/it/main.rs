@@ -9,6 +9,7 @@ mod fluvio;
 mod in_flight;
 mod kafka;
 mod pipeline;
+mod poison;
 mod redis_faults;
 mod redis_store;
 mod redis_tls;

@@ -24,6 +24,14 @@ fn client() -> ClientConfig {
     config
 }
 
+/// One record as read back: key, body and headers (values as lossy UTF-8).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub body: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
 /// A topic with a unique name, deleted when dropped.
 #[derive(Debug)]
 pub struct TestTopic {
@@ -100,10 +108,37 @@ impl TestTopic {
         }
     }
 
+    /// Produces raw (key, body) records, each under its own key (a key too large for a dead
+    /// letter, say).
+    pub async fn produce_keyed(&self, records: &[(Vec<u8>, Vec<u8>)]) {
+        let producer: FutureProducer = client()
+            .set("message.max.bytes", "16777216")
+            .create()
+            .expect("producer");
+        for (key, body) in records {
+            producer
+                .send(
+                    FutureRecord::to(&self.name).key(key).payload(body),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(error, _)| error)
+                .expect("delivered");
+        }
+    }
+
     /// Reads every record of the topic, from the start of each partition to its end as it is
     /// now: (body, headers) each. Panics unless it reaches the end of every partition within
     /// `timeout`, so an empty answer means the topic is empty, not that nothing was read.
     pub fn read_all(&self, timeout: Duration) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+        self.read_records(timeout)
+            .into_iter()
+            .map(|record| (record.body, record.headers))
+            .collect()
+    }
+
+    /// [`TestTopic::read_all`] with each record's key.
+    pub fn read_records(&self, timeout: Duration) -> Vec<Record> {
         let consumer: BaseConsumer = client()
             .set("group.id", format!("{}-reader", self.name))
             .set("enable.auto.commit", "false")
@@ -152,7 +187,11 @@ impl TestTopic {
                         .collect()
                 })
                 .unwrap_or_default();
-            records.push((message.payload().unwrap_or_default().to_vec(), headers));
+            records.push(Record {
+                key: message.key().map(<[u8]>::to_vec),
+                body: message.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
         }
         records
     }

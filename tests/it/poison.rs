@@ -1,0 +1,626 @@
+//! Poison (issue 14): inputs built to break a promise — a dead letter too large for the broker,
+//! a rule's endless refusal, an order API that never stops answering, stored state converge
+//! cannot read, a configuration that would retry forever. Each runs a real `converge serve` on
+//! the real Kafka and Redis, and each must end the same way: the poison is dead-lettered (or the
+//! process refuses to start, saying why), every other key converges, the committed offsets reach
+//! the end of the topic, and the process that met the poison is the one still running.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use converge::config::{AdminConfig, Config, DeadLetterConfig, RedisStreamConfig};
+use converge::dead_letter::MAX_REASON_BYTES;
+use converge::entity::Event;
+use converge_tests::kafka::{Record, TestTopic};
+use converge_tests::order_api::OrderApi;
+use converge_tests::process::{serve, terminate};
+use converge_tests::services::{TestStore, free_loopback_addr, redis_url, unique_prefix};
+use converge_tests::{Convergence, build, config, orders};
+use tempfile::TempDir;
+
+/// How long a poison may hold things up: generous for a loaded machine, and still a bound, so
+/// a partition that stalls fails the test instead of hanging it.
+const WITHIN: Duration = Duration::from_secs(90);
+
+/// One `converge serve` on its own topic, dead-letter topic, group and key prefix, with an
+/// admin endpoint.
+struct Served {
+    topic: TestTopic,
+    dead_letters: TestTopic,
+    redis: TestStore,
+    group: String,
+    dir: TempDir,
+    admin: SocketAddr,
+    settings: Config,
+}
+
+impl Served {
+    async fn new(test: &str) -> Self {
+        let topic = TestTopic::create(test, 1).await;
+        let dead_letters = TestTopic::create(&format!("{test}-dlq"), 1).await;
+        let redis = TestStore::standalone(test).await;
+        let group = format!("{}-group", topic.name);
+        let admin = free_loopback_addr();
+        let mut settings = config::kafka_serve(
+            &topic.name,
+            &dead_letters.name,
+            &group,
+            config::standalone_store(redis.store.prefix()),
+        );
+        settings.admin = Some(AdminConfig { listen: admin });
+        Self {
+            topic,
+            dead_letters,
+            redis,
+            group,
+            dir: tempfile::tempdir().expect("temp dir"),
+            admin,
+            settings,
+        }
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("serve.log")
+    }
+
+    fn start(&self) -> Child {
+        serve(&config::write(self.dir.path(), &self.settings), &self.log())
+    }
+
+    /// Waits until every key of `expected` holds its state and the group's offsets are at the
+    /// end of the topic, failing at once (with the log) if the process exits meanwhile: a
+    /// poison that kills `serve` would otherwise only show as a timeout.
+    async fn converge(&mut self, server: &mut Child, expected: &BTreeMap<String, Event>) {
+        let log = self.log();
+        let topic = &self.topic;
+        let group = &self.group;
+        let converged = Convergence::new(&self.redis.store, expected)
+            .within(WITHIN)
+            .logs(&mut self.dir)
+            .wait_with_offsets(async || topic.progress(group));
+        let exited = async {
+            loop {
+                if let Some(status) = server.try_wait().expect("serve's status") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let exit = tokio::select! {
+            _ = converged => None,
+            status = exited => Some(status),
+        };
+        if let Some(status) = exit {
+            self.dir.disable_cleanup(true);
+            panic!(
+                "serve exited ({status}) before converging; its log:\n{}",
+                tail(&log)
+            );
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .expect("admin answers");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
+    }
+
+    /// The process is the one started (no exit, so no crash loop) and says it is healthy.
+    async fn assert_alive(&self, server: &mut Child) {
+        assert!(
+            server.try_wait().expect("serve's status").is_none(),
+            "serve exited; its log:\n{}",
+            tail(&self.log())
+        );
+        assert_eq!(self.get("/healthz").await.0, 200);
+        assert_eq!(self.get("/readyz").await.0, 200);
+    }
+
+    /// Asserts each of `lines` is a line of `/metrics`; answers the whole text.
+    async fn assert_metrics(&self, lines: &[String]) -> String {
+        let (status, metrics) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        for line in lines {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "missing {line:?} in\n{metrics}"
+            );
+        }
+        metrics
+    }
+
+    /// Every record of the dead-letter topic: they are acknowledged before their batch's
+    /// offsets are committed, so after [`Served::converge`] they are all there.
+    fn letters(&self) -> Vec<Record> {
+        self.dead_letters.read_records(Duration::from_secs(30))
+    }
+}
+
+/// The last 8 KiB of a log file.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(&text[text.len().saturating_sub(8 << 10)..]).into_owned()
+}
+
+/// The value of a metric line `name value`, if present.
+fn metric(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The serve process's peak resident memory (VmHWM), in bytes.
+fn peak_rss_bytes(server: &Child) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
+        .expect("/proc/<pid>/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_a_200_kb_key_with_a_10_mb_body_is_dead_lettered_cut_and_the_partition_moves_on() {
+    let mut served = Served::new("poison-key").await;
+    let stream = orders::generate("order-", 20, 10, 14);
+    // Kafka refuses a record over 1 MB: each of these, dead-lettered whole, would be retried
+    // forever. One is refused by the decoder (too large), the other by the rule (unknown
+    // status), so both of the pipeline's dead-letter paths carry the huge key.
+    let huge_key = |fill: u8| vec![fill; 200 << 10];
+    let too_large = format!(
+        r#"{{"status":"paid","payload":"{}"}}"#,
+        "x".repeat(10 << 20)
+    )
+    .into_bytes();
+    let unknown_status = br#"{"status":"shipped","version":1}"#.to_vec();
+    let poison = [
+        (huge_key(b'k'), too_large),
+        (huge_key(b'q'), unknown_status),
+    ];
+    let half = stream.events.len() / 2;
+    served.topic.produce(&stream.events[..half]).await;
+    served.topic.produce_keyed(&poison).await;
+    served.topic.produce(&stream.events[half..]).await;
+
+    let mut server = served.start();
+    served.converge(&mut server, &stream.expected).await;
+    served.assert_alive(&mut server).await;
+    served
+        .assert_metrics(&[
+            "converge_dead_letters_total{kind=\"undecodable\"} 1".to_owned(),
+            "converge_dead_letters_total{kind=\"rejected\"} 1".to_owned(),
+            format!("converge_messages_total {}", stream.events.len() + 2),
+        ])
+        .await;
+    let letters = served.letters();
+    terminate(server);
+
+    assert_eq!(letters.len(), 2, "one dead letter per poison message");
+    let letter_of = |key: &[u8]| {
+        letters
+            .iter()
+            .find(|letter| {
+                letter
+                    .key
+                    .as_deref()
+                    .is_some_and(|cut| key.starts_with(cut))
+            })
+            .unwrap_or_else(|| panic!("no dead letter keyed by a prefix of {:?}…", key[0] as char))
+    };
+    for ((key, body), (kind, reason)) in poison.iter().zip([
+        ("undecodable", "exceeds the limit"),
+        ("rejected", "unknown status"),
+    ]) {
+        let letter = letter_of(key);
+        let headers = &letter.headers;
+        assert_eq!(headers["converge-kind"], kind);
+        assert!(
+            headers["converge-reason"].contains(reason),
+            "{}",
+            headers["converge-reason"]
+        );
+        assert_eq!(
+            letter.key.as_ref().map(Vec::len),
+            Some(16 << 10),
+            "the key is cut to 16 KiB"
+        );
+        assert_eq!(
+            headers["converge-key-truncated-from"],
+            key.len().to_string()
+        );
+        assert!(
+            headers["converge-position"].starts_with(&served.topic.name),
+            "{headers:?}"
+        );
+        assert!(body.starts_with(&letter.body) && !letter.body.is_empty());
+        if letter.body.len() < body.len() {
+            assert_eq!(headers["converge-truncated-from"], body.len().to_string());
+        } else {
+            assert!(!headers.contains_key("converge-truncated-from"));
+        }
+    }
+    let cut = letter_of(&poison[0].0);
+    assert_eq!(
+        cut.body.len(),
+        converge::config::DEFAULT_MAX_BODY_BYTES,
+        "the 10 MB body is cut to max_body_bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_a_10_mb_rule_reject_reason_is_cut_in_the_dead_letter_and_the_partition_moves_on() {
+    let mut served = Served::new("poison-reason").await;
+    served.settings.rule = config::rule(&build::rule("huge-reason"));
+    // Making and copying 10 MiB takes tens of milliseconds on a busy machine: room for it, so
+    // the test is about the reason's size, not the rule's deadline.
+    served.settings.rule.deadline_ms = 2_000;
+    let stream = orders::generate("order-", 20, 10, 15);
+    let poison: Vec<Event> = (1..=2)
+        .map(|n| Event {
+            key: format!("poison-{n}"),
+            status: "poison".to_owned(),
+            version: 1,
+            timestamp_ms: 0,
+            payload: "null".to_owned(),
+        })
+        .collect();
+    let third = stream.events.len() / 3;
+    served.topic.produce(&stream.events[..third]).await;
+    served.topic.produce(&poison[..1]).await;
+    served.topic.produce(&stream.events[third..2 * third]).await;
+    served.topic.produce(&poison[1..]).await;
+    served.topic.produce(&stream.events[2 * third..]).await;
+
+    let mut server = served.start();
+    served.converge(&mut server, &stream.expected).await;
+    served.assert_alive(&mut server).await;
+    served
+        .assert_metrics(&[
+            "converge_dead_letters_total{kind=\"rejected\"} 2".to_owned(),
+            "converge_decisions_total{decision=\"reject\"} 2".to_owned(),
+            "converge_rule_info{rule=\"huge-reason@0.1.0\"} 1".to_owned(),
+            format!("converge_messages_total {}", stream.events.len() + 2),
+        ])
+        .await;
+    let letters = served.letters();
+    terminate(server);
+
+    assert_eq!(letters.len(), 2, "one dead letter per poison event");
+    for event in &poison {
+        let letter = letters
+            .iter()
+            .find(|letter| letter.key.as_deref() == Some(event.key.as_bytes()))
+            .unwrap_or_else(|| panic!("no dead letter for {}", event.key));
+        let headers = &letter.headers;
+        assert_eq!(headers["converge-kind"], "rejected");
+        assert_eq!(headers["converge-rule"], "huge-reason@0.1.0");
+        let reason = &headers["converge-reason"];
+        assert!(
+            reason.len() <= MAX_REASON_BYTES,
+            "reason of {} bytes",
+            reason.len()
+        );
+        assert!(reason.starts_with("poison: xxx"), "{reason:.80}");
+        assert!(
+            reason.ends_with(&format!("(cut from {} bytes)", 10 << 20)),
+            "the cut reason names its size: …{}",
+            &reason[reason.len().saturating_sub(80)..]
+        );
+        let sent: Event = serde_json::from_slice(&letter.body).expect("the event, whole");
+        assert_eq!(&sent, event);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_an_order_api_streaming_1_gb_is_dead_lettered_as_too_large_in_bounded_memory() {
+    /// The API's answer for the poison key: 1 GiB, chunked, generated as it is sent.
+    const STREAMED: usize = 1 << 30;
+    let mut served = Served::new("poison-api").await;
+    let api = OrderApi::start().await;
+    let stream = orders::generate("order-", 20, 0, 16);
+    api.state
+        .orders
+        .lock()
+        .expect("lock")
+        .extend(stream.expected.clone());
+    api.state
+        .huge
+        .lock()
+        .expect("lock")
+        .insert("order-endless".to_owned(), STREAMED);
+    served.settings.enrich = Some(config::enrich(&format!("{}/orders/{{key}}", api.url)));
+    // Id-only messages around the poison: each is completed from the API, so the good keys
+    // converge only if the enrichment stage itself moved past the endless body.
+    let id_only = |key: &str| format!(r#"{{"key":"{key}"}}"#).into_bytes();
+    let keys: Vec<&String> = stream.expected.keys().collect();
+    let (before, after) = keys.split_at(keys.len() / 2);
+    let mut bodies: Vec<Vec<u8>> = before.iter().map(|key| id_only(key)).collect();
+    bodies.push(id_only("order-endless"));
+    bodies.extend(after.iter().map(|key| id_only(key)));
+    served.topic.produce_raw("", &bodies).await;
+
+    let mut server = served.start();
+    served.converge(&mut server, &stream.expected).await;
+    served.assert_alive(&mut server).await;
+    served
+        .assert_metrics(&[
+            "converge_dead_letters_total{kind=\"not_enriched\"} 1".to_owned(),
+            format!("converge_messages_total {}", bodies.len()),
+        ])
+        .await;
+    let peak = peak_rss_bytes(&server);
+    let letters = served.letters();
+    terminate(server);
+
+    assert_eq!(letters.len(), 1, "only the endless answer is dead-lettered");
+    let letter = &letters[0];
+    assert_eq!(letter.headers["converge-kind"], "not_enriched");
+    let reason = &letter.headers["converge-reason"];
+    let limit = converge::pipeline::FieldMapping::default().max_message_bytes;
+    assert!(
+        reason.contains("order-endless") && reason.contains(&format!("over {limit} bytes")),
+        "{reason}"
+    );
+    assert_eq!(letter.body, id_only("order-endless"));
+    // Reading the answer whole would hold a gigabyte; a cap at max_message_bytes keeps serve
+    // near its usual footprint.
+    eprintln!("serve's peak resident memory: {} MiB", peak >> 20);
+    assert!(
+        peak < (STREAMED / 4) as u64,
+        "serve peaked at {} MiB reading an answer of {} MiB",
+        peak >> 20,
+        STREAMED >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_redis_stream_dead_letters_beside_a_cluster_store_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let topic = format!(
+        "converge-test-poison-cluster-{:016x}",
+        rand::random::<u64>()
+    );
+    let mut settings = config::kafka_serve(
+        &topic,
+        "unused",
+        &format!("{topic}-group"),
+        config::cluster_store(&unique_prefix("poison-cluster")),
+    );
+    settings.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig {
+        stream: format!("{topic}:dead-letters"),
+        max_len: converge::config::DEFAULT_STREAM_MAX_LEN,
+    });
+    let path = config::write(dir.path(), &settings);
+    let log = dir.path().join("serve.log");
+    let mut server = Command::new(build::converge_binary())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("converge serve starts");
+    // Refused while validating, before connecting anywhere: seconds would be slow; a minute
+    // means it started serving.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("serve's status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            panic!(
+                "serve did not refuse the configuration; its log:\n{}",
+                tail(&log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = tail(&log);
+    assert!(!status.success(), "serve exited {status}: {said}");
+    assert!(
+        said.contains("dead_letter.kind = \"redis-stream\"") && said.contains("Redis Cluster"),
+        "the refusal names the combination: {said}"
+    );
+    // Nothing of the stream was written on the cluster.
+    let stream_key = format!("{topic}:dead-letters");
+    let mut cluster =
+        redis::cluster::ClusterClient::new(converge_tests::services::redis_cluster_urls())
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("connects to the cluster");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&stream_key)
+        .query_async(&mut cluster)
+        .await
+        .expect("EXISTS answers");
+    assert_eq!(exists, 0, "{stream_key} exists");
+}
+
+/// A state key (without the prefix), a text its dead letters' reason must quote, and the
+/// command that plants the unreadable value.
+type Planted = (&'static str, Option<&'static str>, redis::Cmd);
+
+/// A raw connection to the standalone Redis, for writing what converge never would.
+async fn raw_redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects")
+}
+
+/// What is stored at `key`, whatever its type: (type, contents), to show it left untouched.
+async fn raw_value(connection: &mut redis::aio::MultiplexedConnection, key: &str) -> String {
+    let kind: String = redis::cmd("TYPE")
+        .arg(key)
+        .query_async(connection)
+        .await
+        .expect("TYPE");
+    let mut read = match kind.as_str() {
+        "hash" => redis::cmd("HGETALL"),
+        "string" => redis::cmd("GET"),
+        "list" => redis::cmd("LRANGE"),
+        other => panic!("{key} holds a {other}"),
+    };
+    read.arg(key);
+    if kind == "list" {
+        read.arg(0).arg(-1);
+    }
+    let contents: redis::Value = read.query_async(connection).await.expect("read");
+    format!("{kind}: {contents:?}")
+}
+
+/// Stored values converge cannot read, planted at the state keys of `bad` before their events
+/// arrive: each key's events are dead-lettered as `unreadable_state` quoting the value (when
+/// `marker` is set, it must appear in the reason), the value is left as it was, a metric counts
+/// them, and every other key converges with offsets at the end.
+async fn unreadable_states_are_set_aside(test: &str, plant: impl Fn(&str) -> Vec<Planted>) {
+    let mut served = Served::new(test).await;
+    let stream = orders::generate("order-", 30, 10, 17);
+    let prefix = served.redis.store.prefix().to_owned();
+    let plant = plant(&prefix);
+    let mut connection = raw_redis().await;
+    let mut planted = BTreeMap::new();
+    for (key, _, command) in &plant {
+        assert!(stream.expected.contains_key(*key), "{key} is in the stream");
+        let _: () = command
+            .clone()
+            .query_async(&mut connection)
+            .await
+            .expect("planted");
+        let value = raw_value(&mut connection, &format!("{prefix}{key}")).await;
+        planted.insert(key.to_string(), value);
+    }
+    let bad = |key: &str| planted.contains_key(key);
+    let expected: BTreeMap<String, Event> = stream
+        .expected
+        .iter()
+        .filter(|(key, _)| !bad(key))
+        .map(|(key, event)| (key.clone(), event.clone()))
+        .collect();
+    let poisoned = stream.events.iter().filter(|e| bad(&e.key)).count();
+    served.topic.produce(&stream.events).await;
+
+    let mut server = served.start();
+    served.converge(&mut server, &expected).await;
+    served.assert_alive(&mut server).await;
+    let metrics = served
+        .assert_metrics(&[
+            format!("converge_dead_letters_total{{kind=\"unreadable_state\"}} {poisoned}"),
+            format!("converge_messages_total {}", stream.events.len()),
+        ])
+        .await;
+    let counted = metric(&metrics, "converge_unreadable_states_total").unwrap_or(0);
+    assert!(
+        counted >= planted.len() as u64,
+        "converge_unreadable_states_total {counted} for {} unreadable keys",
+        planted.len()
+    );
+    let letters = served.letters();
+    terminate(server);
+
+    for (key, value) in &planted {
+        assert_eq!(
+            &raw_value(&mut connection, &format!("{prefix}{key}")).await,
+            value,
+            "the unreadable value at {key} is left as it was"
+        );
+    }
+    assert_eq!(
+        letters.len(),
+        poisoned,
+        "one dead letter per event of a bad key"
+    );
+    for letter in &letters {
+        let event: Event = serde_json::from_slice(&letter.body).expect("the event, whole");
+        assert!(bad(&event.key), "{} was dead-lettered", event.key);
+        let headers = &letter.headers;
+        assert_eq!(headers["converge-kind"], "unreadable_state");
+        let reason = &headers["converge-reason"];
+        assert!(reason.contains("unreadable"), "{reason}");
+        let (_, marker, _) = plant
+            .iter()
+            .find(|(key, _, _)| *key == event.key.as_str())
+            .expect("planted");
+        if let Some(marker) = marker {
+            assert!(reason.contains(marker), "quotes the stored value: {reason}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_garbage_in_a_state_hash_is_dead_lettered_and_left_untouched() {
+    unreadable_states_are_set_aside("poison-garbage", |prefix| {
+        let hash = |key: &str, fields: &[(&str, &str)]| {
+            let mut command = redis::cmd("HSET");
+            command.arg(format!("{prefix}{key}")).arg(fields);
+            command
+        };
+        let written_by = ("rule", "order-status@0.1.0");
+        vec![
+            (
+                "order-3",
+                Some("not-a-revision"),
+                hash(
+                    "order-3",
+                    &[
+                        ("rev", "not-a-revision"),
+                        ("wid", "1"),
+                        ("status", "paid"),
+                        ("version", "2"),
+                        ("timestamp_ms", "0"),
+                        ("payload", "null"),
+                        written_by,
+                    ],
+                ),
+            ),
+            (
+                "order-7",
+                Some("two-and-a-bit"),
+                hash(
+                    "order-7",
+                    &[
+                        ("rev", "4"),
+                        ("wid", "1"),
+                        ("status", "paid"),
+                        ("version", "two-and-a-bit"),
+                        ("timestamp_ms", "0"),
+                        ("payload", "null"),
+                        written_by,
+                    ],
+                ),
+            ),
+        ]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_a_state_key_of_the_wrong_type_is_dead_lettered_and_left_untouched() {
+    unreadable_states_are_set_aside("poison-wrongtype", |prefix| {
+        let mut string = redis::cmd("SET");
+        string
+            .arg(format!("{prefix}order-4"))
+            .arg("plain-string-not-a-hash");
+        let mut list = redis::cmd("RPUSH");
+        list.arg(format!("{prefix}order-8"))
+            .arg("list-item-a")
+            .arg("list-item-b");
+        vec![
+            ("order-4", Some("plain-string-not-a-hash"), string),
+            ("order-8", None, list),
+        ]
+    })
+    .await;
+}
