@@ -7,6 +7,9 @@
 #   KAFKA_VERSION   default 4.1.1
 #   KAFKA_PORT      default 9092 (the controller listens on KAFKA_PORT + 1)
 #   CONVERGE_HOME   where services live, default ~/.cache/converge
+#   KAFKA_FOREGROUND  1: run the broker in the foreground (exec, log appended to kafka.log, no
+#                   readiness wait), for a caller that owns and stops the process itself (a
+#                   test's private broker); default: in the background, waiting until it listens
 set -euo pipefail
 
 version=${KAFKA_VERSION:-4.1.1}
@@ -89,6 +92,11 @@ java_run() {
 if [ ! -f "$instance/data/meta.properties" ]; then
   cluster_id=$(java_run kafka.tools.StorageTool random-uuid)
   java_run kafka.tools.StorageTool format -t "$cluster_id" -c "$instance/server.properties" >/dev/null
+fi
+
+if [ "${KAFKA_FOREGROUND:-0}" = 1 ]; then
+  exec java -Xms256m -Xmx768m -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    -cp "$dir/libs/*" kafka.Kafka "$instance/server.properties" >>"$instance/kafka.log" 2>&1
 fi
 
 echo "kafka: starting $version on 127.0.0.1:$port (log: $instance/kafka.log)"

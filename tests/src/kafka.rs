@@ -1,8 +1,11 @@
 //! The real Kafka broker the tests use (started by `deploy/scripts/kafka.sh`): topics under
-//! unique names, producing, reading a topic to its end, and a group's committed offsets.
+//! unique names, producing, reading a topic to its end, and a group's committed offsets; and
+//! [`PrivateKafka`], a broker of one test's own that it may kill and restart.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use converge::entity::Event;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -18,9 +21,9 @@ pub fn brokers() -> String {
     std::env::var("CONVERGE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
-fn client() -> ClientConfig {
+fn client(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers());
+    config.set("bootstrap.servers", brokers);
     config
 }
 
@@ -37,12 +40,22 @@ pub struct Record {
 pub struct TestTopic {
     pub name: String,
     pub partitions: i32,
+    /// The broker it lives on.
+    brokers: String,
 }
 
 impl TestTopic {
+    /// A topic on the tests' Kafka ([`brokers`]).
     pub async fn create(test: &str, partitions: i32) -> Self {
+        Self::create_on(&brokers(), test, partitions).await
+    }
+
+    /// A topic on the Kafka at `brokers` (a [`PrivateKafka`], say); everything done with it
+    /// goes there.
+    pub async fn create_on(brokers: &str, test: &str, partitions: i32) -> Self {
         let name = format!("converge-test-{test}-{:016x}", rand::random::<u64>());
-        let admin: AdminClient<DefaultClientContext> = client().create().expect("admin client");
+        let admin: AdminClient<DefaultClientContext> =
+            client(brokers).create().expect("admin client");
         let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
         let results = admin
             .create_topics(
@@ -51,20 +64,26 @@ impl TestTopic {
             )
             .await
             .unwrap_or_else(|error| {
-                panic!(
-                    "Kafka at {} (start it with deploy/scripts/kafka.sh): {error}",
-                    brokers()
-                )
+                panic!("Kafka at {brokers} (start it with deploy/scripts/kafka.sh): {error}")
             });
         for result in results {
             result.unwrap_or_else(|(topic, error)| panic!("creating topic {topic}: {error}"));
         }
-        Self { name, partitions }
+        Self {
+            name,
+            partitions,
+            brokers: brokers.to_owned(),
+        }
+    }
+
+    /// The broker the topic lives on.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
     }
 
     /// Produces each event keyed by its key (so one key stays in one partition), in order.
     pub async fn produce(&self, events: &[Event]) {
-        let producer: FutureProducer = client()
+        let producer: FutureProducer = client(&self.brokers)
             .set("linger.ms", "5")
             .set("enable.idempotence", "true")
             .create()
@@ -92,7 +111,7 @@ impl TestTopic {
     /// Produces raw bodies (for bad input), keyed by `key`.
     pub async fn produce_raw(&self, key: &str, bodies: &[Vec<u8>]) {
         // Room for the 10 MB message of the bad-input test (the broker allows 16 MiB).
-        let producer: FutureProducer = client()
+        let producer: FutureProducer = client(&self.brokers)
             .set("message.max.bytes", "16777216")
             .create()
             .expect("producer");
@@ -111,7 +130,7 @@ impl TestTopic {
     /// Produces raw (key, body) records, each under its own key (a key too large for a dead
     /// letter, say).
     pub async fn produce_keyed(&self, records: &[(Vec<u8>, Vec<u8>)]) {
-        let producer: FutureProducer = client()
+        let producer: FutureProducer = client(&self.brokers)
             .set("message.max.bytes", "16777216")
             .create()
             .expect("producer");
@@ -139,7 +158,7 @@ impl TestTopic {
 
     /// [`TestTopic::read_all`] with each record's key.
     pub fn read_records(&self, timeout: Duration) -> Vec<Record> {
-        let consumer: BaseConsumer = client()
+        let consumer: BaseConsumer = client(&self.brokers)
             .set("group.id", format!("{}-reader", self.name))
             .set("enable.auto.commit", "false")
             .create()
@@ -198,7 +217,10 @@ impl TestTopic {
 
     /// (committed offset of `group`, high watermark) per partition.
     pub fn progress(&self, group: &str) -> Vec<(i64, i64)> {
-        let consumer: BaseConsumer = client().set("group.id", group).create().expect("consumer");
+        let consumer: BaseConsumer = client(&self.brokers)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
         let mut partitions = TopicPartitionList::new();
         for partition in 0..self.partitions {
             partitions.add_partition(&self.name, partition);
@@ -227,17 +249,162 @@ impl TestTopic {
 impl Drop for TestTopic {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let brokers = self.brokers.clone();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
                 let admin: AdminClient<DefaultClientContext> =
-                    client().create().map_err(std::io::Error::other)?;
-                let _ = admin.delete_topics(&[&name], &AdminOptions::new()).await;
+                    client(&brokers).create().map_err(std::io::Error::other)?;
+                // Bounded: a private broker may be gone already.
+                let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+                let _ = admin.delete_topics(&[&name], &options).await;
                 Ok::<(), std::io::Error>(())
             })
         })
         .join();
     }
+}
+
+/// A single-node Kafka of one test's own, which the test may kill and restart: started by
+/// `deploy/scripts/kafka.sh` in the foreground (`KAFKA_FOREGROUND=1`), so the process is the
+/// test's child, on a free port pair (the controller on the port after the broker's). Its data
+/// and log live in `$CONVERGE_HOME/kafka-{port}`, beside the jars the script installed, and are
+/// deleted on drop — kept, with their path printed, when the test is failing.
+#[derive(Debug)]
+pub struct PrivateKafka {
+    pub port: u16,
+    instance: PathBuf,
+    process: Option<Child>,
+}
+
+impl PrivateKafka {
+    /// Starts a fresh broker and waits until it answers.
+    pub fn start() -> Self {
+        let port = free_port_pair();
+        let instance = converge_home().join(format!("kafka-{port}"));
+        // Left by an earlier run that died: nothing listens on the port, so nothing uses it.
+        let _ = std::fs::remove_dir_all(&instance);
+        let mut kafka = Self {
+            port,
+            instance,
+            process: None,
+        };
+        kafka.restart();
+        kafka
+    }
+
+    /// `bootstrap.servers` for it.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's log, appended to by every start.
+    pub fn log(&self) -> PathBuf {
+        self.instance.join("kafka.log")
+    }
+
+    /// Starts the broker (again) on the same port and data, and waits until it answers a
+    /// metadata request naming itself.
+    pub fn restart(&mut self) {
+        assert!(
+            self.process.is_none(),
+            "the private Kafka is running already"
+        );
+        let script = crate::build::workspace_root().join("deploy/scripts/kafka.sh");
+        let process = Command::new("bash")
+            .arg(&script)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_FOREGROUND", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{} starts: {error}", script.display()));
+        self.process = Some(process);
+        // A JVM, and the first time two more to format the storage, on a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.process.as_mut().and_then(|p| p.try_wait().transpose());
+            if let Some(status) = status {
+                self.process = None;
+                panic!(
+                    "the private Kafka on port {} exited ({status:?}); see {}",
+                    self.port,
+                    self.log().display()
+                );
+            }
+            if answers(&self.brokers()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private Kafka on port {} did not answer within 120 s; see {}",
+                self.port,
+                self.log().display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGKILL: no controlled shutdown; clients see connections refused until [`Self::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "the private Kafka's data and log are kept in {}",
+                self.instance.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.instance);
+        }
+    }
+}
+
+/// Where `deploy/scripts/*.sh` keep services: `$CONVERGE_HOME`, default `~/.cache/converge`.
+fn converge_home() -> PathBuf {
+    match std::env::var_os("CONVERGE_HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home),
+        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/converge"),
+    }
+}
+
+/// A port free now whose next port is free too. Below Linux's ephemeral range (32768 and up)
+/// so that no client connection takes one as its local port while the broker is down.
+fn free_port_pair() -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..1_000 {
+        let port = rand::random_range(20_000..32_000);
+        if free(port) && free(port + 1) {
+            return port;
+        }
+    }
+    panic!("no two consecutive free loopback ports in 20000..32000");
+}
+
+/// Whether the broker at `brokers` answers a metadata request naming a broker.
+fn answers(brokers: &str) -> bool {
+    // A refused connection answers at once, without a client's threads.
+    let listening = brokers
+        .parse::<std::net::SocketAddr>()
+        .map(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
+        .unwrap_or(true);
+    if !listening {
+        return false;
+    }
+    let Ok(consumer) = client(brokers).create::<BaseConsumer>() else {
+        return false;
+    };
+    consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .is_ok_and(|metadata| !metadata.brokers().is_empty())
 }
