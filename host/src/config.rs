@@ -277,6 +277,13 @@ pub struct RedisStoreConfig {
     /// backoff (`pipeline.backoff_ms`).
     #[serde(default = "default_store_timeout_ms")]
     pub timeout_ms: u64,
+    /// Replicas that must have each write (Redis `WAIT`) before its batch is acknowledged;
+    /// 0 (the default): the primary's answer is enough. See the README's "Durability".
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// How long a write waits for `wait_replicas`; fewer in time is an outage, retried.
+    #[serde(default = "default_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
 }
 
 /// `store.kind = "redis-cluster"`.
@@ -291,6 +298,12 @@ pub struct RedisClusterConfig {
     /// As for a standalone Redis.
     #[serde(default = "default_store_timeout_ms")]
     pub timeout_ms: u64,
+    /// As for a standalone Redis: replicas of the key's node that must have each write.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// As for a standalone Redis.
+    #[serde(default = "default_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
 }
 
 /// The key prefix of stored states by default.
@@ -305,6 +318,13 @@ fn default_prefix() -> String {
 
 fn default_store_timeout_ms() -> u64 {
     DEFAULT_STORE_TIMEOUT_MS
+}
+
+/// How long a write waits for its replicas by default, in milliseconds.
+pub const DEFAULT_WAIT_TIMEOUT_MS: u64 = 1_000;
+
+fn default_wait_timeout_ms() -> u64 {
+    DEFAULT_WAIT_TIMEOUT_MS
 }
 
 /// Where dead letters go.
@@ -1045,6 +1065,8 @@ mod tests {
             urls: vec!["redis://127.0.0.1:7000".to_owned()],
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout_ms: DEFAULT_STORE_TIMEOUT_MS,
+            wait_replicas: 0,
+            wait_timeout_ms: DEFAULT_WAIT_TIMEOUT_MS,
         });
         config.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig {
             stream: "converge:dead-letters".to_owned(),

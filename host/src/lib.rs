@@ -28,6 +28,7 @@
 //! - `embedded`: `converge run`'s convergence audit ([`Audit`]): every delivered event kept and
 //!   checked against the store after the run.
 //! - `backoff`: exponential backoff between attempts at something that failed.
+//! - `fault`: crash points for the crash tests (feature `fault-injection`; nothing otherwise).
 //! - `cli`: the `converge` command line ([`run_cli`]).
 //!
 //! # Features
@@ -46,6 +47,7 @@ pub mod config;
 pub mod dead_letter;
 mod embedded;
 pub mod entity;
+mod fault;
 pub mod pipeline;
 pub mod replay;
 pub mod rule;

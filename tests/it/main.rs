@@ -3,6 +3,7 @@
 mod check;
 mod cli;
 mod codec;
+mod crash;
 mod decode_fuzz;
 mod engine;
 mod enrich;

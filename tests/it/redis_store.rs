@@ -324,7 +324,16 @@ async fn unreadable_states_are_named_with_an_excerpt_and_are_not_an_outage() {
     redis::pipe()
         .cmd("HSET")
         .arg(format!("{prefix}garbled"))
-        .arg(&["rev", "1", "status", "paid", "version", "seven", "timestamp_ms", "1"])
+        .arg(&[
+            "rev",
+            "1",
+            "status",
+            "paid",
+            "version",
+            "seven",
+            "timestamp_ms",
+            "1",
+        ])
         .arg(&["payload", "{}"])
         .cmd("SET")
         .arg(format!("{prefix}a-string"))
@@ -341,7 +350,10 @@ async fn unreadable_states_are_named_with_an_excerpt_and_are_not_an_outage() {
     let keys: Vec<String> = ["fine", "garbled", "a-string", "binary"]
         .map(str::to_owned)
         .to_vec();
-    let error = store.load(&keys).await.expect_err("unreadable states fail the load");
+    let error = store
+        .load(&keys)
+        .await
+        .expect_err("unreadable states fail the load");
     assert!(!error.is_transient(), "{error}");
     let converge::store::StoreError::Unreadable(found) = error else {
         panic!("expected Unreadable, got {error}");
@@ -352,7 +364,9 @@ async fn unreadable_states_are_named_with_an_excerpt_and_are_not_an_outage() {
     assert!(by_key["garbled"].stored.contains("seven"), "{found:?}");
     assert!(by_key["a-string"].why.contains("string"), "{found:?}");
     assert!(
-        by_key["a-string"].stored.contains("left here by another program"),
+        by_key["a-string"]
+            .stored
+            .contains("left here by another program"),
         "{found:?}"
     );
     assert!(by_key["binary"].why.contains("status"), "{found:?}");

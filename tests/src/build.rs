@@ -175,7 +175,18 @@ pub fn converge_binary() -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let release = !cfg!(debug_assertions);
     BUILT.get_or_init(|| {
-        let mut args = vec!["build", "--quiet", "-p", "converge", "--bin", "converge"];
+        // With the crash points of the crash tests, as the tests' own build of the library
+        // has them (one build of it serves both); they do nothing unless asked for.
+        let mut args = vec![
+            "build",
+            "--quiet",
+            "-p",
+            "converge",
+            "--bin",
+            "converge",
+            "--features",
+            "fault-injection",
+        ];
         if release {
             args.push("--release");
         }

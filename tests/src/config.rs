@@ -41,6 +41,8 @@ pub fn redis_store(url: &str, prefix: &str) -> StoreConfig {
         url: url.to_owned(),
         prefix: prefix.to_owned(),
         timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
+        wait_replicas: 0,
+        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
     })
 }
 
@@ -50,6 +52,8 @@ pub fn cluster_store(prefix: &str) -> StoreConfig {
         urls: redis_cluster_urls(),
         prefix: prefix.to_owned(),
         timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
+        wait_replicas: 0,
+        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
     })
 }
 

@@ -42,3 +42,17 @@ pub fn terminate(mut child: Child) {
     };
     assert!(exit.success(), "serve did not stop cleanly: {exit}");
 }
+
+/// [`serve`] with extra environment variables (e.g. `CONVERGE_CRASH_AT` for the crash tests).
+pub fn serve_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(build::converge_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("converge serve starts")
+}

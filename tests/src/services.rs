@@ -214,6 +214,26 @@ impl PrivateRedis {
         }
     }
 
+    /// A server replicating `primary` (`replicaof`), started like [`PrivateRedis::start`]; it
+    /// is a replica until told otherwise (`REPLICAOF NO ONE`: a failover).
+    pub fn start_replica_of(primary: &PrivateRedis) -> Self {
+        Self::start_with(
+            tempfile::tempdir().expect("temp dir"),
+            vec![format!("replicaof 127.0.0.1 {}", primary.port)],
+        )
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the server.
+    pub fn signal(&self, signal: &str) {
+        let process = self.process.as_ref().expect("the server runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(process.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// SIGKILL: no shutdown, no goodbye to clients.
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {

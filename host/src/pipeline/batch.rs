@@ -10,6 +10,8 @@ use crate::source::Message;
 
 /// A batch as it moves through the stages.
 pub(super) struct Batch {
+    /// Numbers the batches this pipeline started (1, 2, …).
+    pub seq: u64,
     pub messages: Vec<Message>,
     /// `name@version` of the rule deciding this batch (one rule per batch).
     pub stamp: String,
@@ -30,8 +32,9 @@ pub(super) struct Tally {
 }
 
 impl Batch {
-    pub fn new(messages: Vec<Message>, stamp: String) -> Self {
+    pub fn new(seq: u64, messages: Vec<Message>, stamp: String) -> Self {
         Self {
+            seq,
             messages,
             stamp,
             letters: Vec::new(),

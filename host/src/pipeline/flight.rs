@@ -24,6 +24,7 @@ use super::settle;
 use crate::config::PipelineConfig;
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::entity::{Decision, Event};
+use crate::fault;
 use crate::rule::{DecideError, Rule};
 use crate::source::Message;
 use crate::store::{Current, Store, StoreError, Write, WriteOutcome};
@@ -96,13 +97,15 @@ pub(super) async fn prepare<R: Rule, S: Store, E: std::fmt::Display>(
         config,
     } = deciding;
     let metrics = outage.metrics;
-    let mut batch = Batch::new(messages, rule.info().stamp());
+    let mut batch = Batch::new(seq, messages, rule.info().stamp());
     let decoding = Instant::now();
     let decoded = group::decode_all(&mut batch, &config.mapping);
     metrics.record_stage("decode", decoding.elapsed());
+    fault::point("after_decode", seq);
     let fetched = enrich(&decoded).await?;
     let mut groups = group::by_key(&mut batch, decoded, &fetched);
     let currents = settle::current_states(&mut batch, &mut groups, cache, store, outage).await?;
+    fault::point("after_load", seq);
     let folding = Instant::now();
     let folded = settle::fold(rule, &mut groups, currents, config.rule_retries);
     metrics.record_stage("fold", folding.elapsed());
@@ -188,6 +191,7 @@ pub(super) async fn complete(
 ) -> Result<Batch, PipelineError> {
     outage.metrics.record_store_call("write", landed.took);
     outage.metrics.record_stage("write", landed.took);
+    fault::point("after_write", flight.seq);
     for write in &landed.writes {
         cache.landed(&write.key, flight.seq);
     }
@@ -198,6 +202,7 @@ pub(super) async fn complete(
         }
     }
     send_rest(&mut flight.batch, sink, outage).await?;
+    fault::point("after_dead_letter", flight.seq);
     Ok(flight.batch)
 }
 
@@ -238,6 +243,7 @@ pub(super) async fn repair<R: Rule, S: Store>(
         Err(error) => return Err(error.into()),
     }
     let mut redo = Vec::new();
+    let unsure = outcomes.is_err();
     match outcomes {
         Ok(outcomes) => {
             for ((written, write), outcome) in flight.written.into_iter().zip(writes).zip(outcomes)
@@ -272,8 +278,20 @@ pub(super) async fn repair<R: Rule, S: Store>(
         }
         Err(error) => return Err(error.into()),
     }
-    settle::settle(&mut flight.batch, redo, rule, store, cache, outage, config).await?;
+    settle::settle(
+        &mut flight.batch,
+        redo,
+        rule,
+        store,
+        cache,
+        outage,
+        config,
+        unsure,
+    )
+    .await?;
+    fault::point("after_write", flight.seq);
     send_rest(&mut flight.batch, sink, outage).await?;
+    fault::point("after_dead_letter", flight.seq);
     Ok(flight.batch)
 }
 

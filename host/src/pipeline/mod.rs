@@ -474,7 +474,9 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Parts<'_, R, S, D> {
     ) -> Result<(), PipelineError> {
         for batch in done {
             let acking = Instant::now();
+            crate::fault::point("before_ack", batch.seq);
             source.ack(&batch.messages).await?;
+            crate::fault::point("after_ack", batch.seq);
             self.metrics.record_stage("ack", acking.elapsed());
             record::record(self.stats, self.metrics, &batch);
         }

@@ -145,6 +145,11 @@ fn set_aside_unreadable(
 
 /// Settles every key of `groups` completely: decided, written, the outcome of each event
 /// tallied (rejections and rule failures dead-lettered), and the cache told what was stored.
+///
+/// `unsure`: a write of the batch failed before this, so it may have landed unconfirmed (not
+/// yet on the replicas `store.wait_replicas` asks for); deciding again finds it stored and
+/// writes nothing, so the store is synced before the batch can be acknowledged.
+#[allow(clippy::too_many_arguments)] // The pipeline's parts, borrowed apart.
 pub(super) async fn settle(
     batch: &mut Batch,
     groups: Vec<KeyEvents>,
@@ -153,6 +158,7 @@ pub(super) async fn settle(
     cache: &mut StateCache,
     outage: &Outage<'_>,
     config: &PipelineConfig,
+    mut unsure: bool,
 ) -> Result<(), PipelineError> {
     let mut pending = groups;
     let mut attempt = 0;
@@ -180,6 +186,7 @@ pub(super) async fn settle(
             // applied twice.
             cache.clear();
             attempt -= 1;
+            unsure = true;
             continue;
         };
         let mut conflicted = vec![false; pending.len()];
@@ -209,7 +216,24 @@ pub(super) async fn settle(
         }
         pending = retry;
     }
+    if unsure {
+        sync(store, outage).await?;
+    }
     Ok(())
+}
+
+/// Syncs the store ([`Store::sync`]), waiting out outages.
+async fn sync(store: &impl Store, outage: &Outage<'_>) -> Result<(), PipelineError> {
+    let mut backoff = outage.backoff();
+    loop {
+        match store.sync().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() => {
+                outage.wait("store", "sync", &error, &mut backoff).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Loads `keys`, waiting out store outages. A key whose stored state is unreadable answers

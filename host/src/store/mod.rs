@@ -42,7 +42,6 @@ pub fn fence_holds(current: Option<&Current>, write: &Write) -> bool {
     revision == write.expected_revision && writer == write.expected_writer
 }
 
-#[cfg(feature = "redis")]
 use std::time::Duration;
 
 use serde::Serialize;
@@ -172,6 +171,21 @@ pub enum StoreError {
         /// What the script answered.
         answer: String,
     },
+    /// Fewer replicas than `store.wait_replicas` acknowledged a write within
+    /// `store.wait_timeout_ms`. The write may be on the primary only; its batch is not
+    /// acknowledged, and the wait is retried like an outage.
+    #[error(
+        "store unavailable: {replicas} of {wanted} replicas acknowledged the write within \
+         {waited:?}"
+    )]
+    NotReplicated {
+        /// Replicas that acknowledged.
+        replicas: i64,
+        /// Replicas wanted.
+        wanted: u32,
+        /// How long the write waited for them.
+        waited: Duration,
+    },
     /// An answer of Redis did not have the expected type.
     #[cfg(feature = "redis")]
     #[error("store answered something unexpected: {0}")]
@@ -189,7 +203,7 @@ impl StoreError {
         match self {
             #[cfg(feature = "redis")]
             StoreError::Redis(_) => true,
-            StoreError::Unavailable(_) => true,
+            StoreError::Unavailable(_) | StoreError::NotReplicated { .. } => true,
             #[cfg(feature = "redis")]
             StoreError::Parse(_) => false,
             StoreError::MalformedState { .. }
@@ -239,6 +253,13 @@ pub trait Store {
     /// Applies each write atomically and independently; answers in the same order.
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StoreError>;
 
+    /// Makes sure every write this store has made is as durable as configured (Redis: on
+    /// `store.wait_replicas` replicas), for writes whose answer was lost and that may have
+    /// landed unconfirmed. Errors as a write does. By default there is nothing to wait for.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The whole stored records of `keys`, with the rule and position beside each state
     /// (`None`: absent), for reports rather than the data path. By default, what
     /// [`Store::load`] reads, with rule and position unknown (empty).
@@ -282,7 +303,11 @@ impl StoreConfig {
                     &redis.prefix,
                     Duration::from_millis(redis.timeout_ms),
                 )
-                .await?,
+                .await?
+                .with_wait_replicas(
+                    redis.wait_replicas,
+                    Duration::from_millis(redis.wait_timeout_ms),
+                ),
             )),
             #[cfg(feature = "redis")]
             StoreConfig::RedisCluster(cluster) => Ok(AnyStore::Redis(
@@ -291,7 +316,11 @@ impl StoreConfig {
                     &cluster.prefix,
                     Duration::from_millis(cluster.timeout_ms),
                 )
-                .await?,
+                .await?
+                .with_wait_replicas(
+                    cluster.wait_replicas,
+                    Duration::from_millis(cluster.wait_timeout_ms),
+                ),
             )),
             #[cfg(not(feature = "redis"))]
             StoreConfig::Redis(_) | StoreConfig::RedisCluster(_) => {
@@ -315,6 +344,14 @@ impl Store for AnyStore {
             AnyStore::Memory(store) => store.write(writes).await,
             #[cfg(feature = "redis")]
             AnyStore::Redis(store) => store.write(writes).await,
+        }
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.sync().await,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(store) => store.sync().await,
         }
     }
 

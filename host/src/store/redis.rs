@@ -167,6 +167,9 @@ pub struct RedisStore {
     connection: Connection,
     prefix: String,
     script: Script,
+    /// Replicas each write must reach (`WAIT`) and how long it may wait; none: the
+    /// primary's answer is enough.
+    replication: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -259,7 +262,45 @@ impl RedisStore {
             connection,
             prefix: prefix.to_owned(),
             script: Script::new(COMPARE_AND_SET),
+            replication: None,
         }
+    }
+
+    /// Answers a write only once `replicas` replicas have it (`WAIT`, sent in the write's
+    /// pipeline, so on its connection); fewer within `timeout` fails the write as
+    /// [`StoreError::NotReplicated`]. 0: the primary's answer is enough.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replication = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    /// Appends the replication wait, if any, to a write pipeline.
+    fn wait_for_replicas(&self, pipe: &mut Pipeline) {
+        if let Some((replicas, timeout)) = self.replication {
+            pipe.cmd("WAIT")
+                .arg(replicas)
+                .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// Takes the replication wait's answer off the end of a write pipeline's answers.
+    fn replicated(&self, answers: &mut Vec<redis::Value>) -> Result<(), StoreError> {
+        let Some((wanted, waited)) = self.replication else {
+            return Ok(());
+        };
+        let answer = answers.pop().ok_or_else(|| StoreError::UnexpectedAnswer {
+            answer: "no answer to WAIT".to_owned(),
+        })?;
+        let replicas: i64 =
+            redis::from_redis_value(command_error(answer)?).map_err(StoreError::Parse)?;
+        if replicas < i64::from(wanted) {
+            return Err(StoreError::NotReplicated {
+                replicas,
+                wanted,
+                waited,
+            });
+        }
+        Ok(())
     }
 
     /// The prefix of every key this store writes.
@@ -414,7 +455,9 @@ impl RedisStore {
                 writes,
             );
         }
+        self.wait_for_replicas(&mut pipe);
         let mut answers = self.query(group, pipe, Access::Write).await?;
+        self.replicated(&mut answers)?;
         // The server forgot the script (restart, failover, SCRIPT FLUSH): send it again, with
         // EVAL, for exactly the calls that did not run.
         let forgotten: Vec<usize> = answers
@@ -439,7 +482,9 @@ impl RedisStore {
                     writes,
                 );
             }
-            let retried = self.query(group, pipe, Access::Write).await?;
+            self.wait_for_replicas(&mut pipe);
+            let mut retried = self.query(group, pipe, Access::Write).await?;
+            self.replicated(&mut retried)?;
             for (call, answer) in forgotten.into_iter().zip(retried) {
                 answers[call] = answer;
             }
@@ -783,6 +828,33 @@ fn command_error(value: redis::Value) -> Result<redis::Value, StoreError> {
 }
 
 impl Store for RedisStore {
+    /// A write whose answer was lost may have landed on the primary unconfirmed; a
+    /// connection made since knows nothing of it, so `WAIT` alone would answer at once. A
+    /// small write first (a fence key under the prefix) puts everything written before it
+    /// into what `WAIT` waits for, since replicas apply the primary's writes in order.
+    ///
+    /// On a cluster each node replicates on its own; the fence covers only the node of the
+    /// fence key (see the README's "Durability").
+    async fn sync(&self) -> Result<(), StoreError> {
+        if self.replication.is_none() {
+            return Ok(());
+        }
+        let fence = format!("{}converge:replication-fence", self.prefix);
+        let keys = [fence];
+        let Some(group) = self.groups(&keys).into_iter().next() else {
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("SET").arg(&keys[0]).arg(std::process::id());
+        self.wait_for_replicas(&mut pipe);
+        let mut answers = self.query(&group, pipe, Access::Write).await?;
+        self.replicated(&mut answers)?;
+        answers
+            .into_iter()
+            .try_for_each(|answer| command_error(answer).map(drop))
+    }
+
     async fn load(&self, keys: &[String]) -> Result<Vec<Option<Current>>, StoreError> {
         let redis_keys: Vec<String> = keys.iter().map(|key| self.redis_key(key)).collect();
         let groups = self.groups(&redis_keys);
