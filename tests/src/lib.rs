@@ -13,6 +13,8 @@
 //! - [`process`]: `converge serve` as a process: started with its log, stopped with SIGTERM.
 //! - [`services`]: the real Redis the tests use, under unique key prefixes; private Redis
 //!   servers; free loopback ports.
+//! - [`fault_proxy`]: [`fault_proxy::FaultProxy`], a TCP proxy in front of a service that
+//!   delays or cuts replies, resets connections and refuses or black-holes them on command.
 //! - [`order_api`]: a real HTTP order-detail API on loopback, for enrichment.
 //! - [`kafka`]: the real Kafka the tests use: unique topics, producing, reading a topic to its
 //!   end, committed offsets.
@@ -30,6 +32,7 @@ use converge_order_rule::core;
 pub mod build;
 pub mod config;
 pub mod convergence;
+pub mod fault_proxy;
 pub mod kafka;
 pub mod order_api;
 pub mod orders;
