@@ -163,6 +163,18 @@ impl KafkaSource {
     }
 }
 
+/// Whether a consumption error is the member having been ejected from its group for not
+/// polling in `max.poll.interval.ms` (a stall the hold did not cover, e.g. a process paused):
+/// the client rejoins on the next poll, and the rebalance that follows clears what the
+/// pipeline cached, so converge goes on rather than exiting.
+fn rejoins(error: &rdkafka::error::KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PollExceeded)
+}
+
+fn warn_rejoining(error: &rdkafka::error::KafkaError) {
+    tracing::warn!(%error, "left the consumer group after a stall; rejoining");
+}
+
 /// How long the pipeline may be busy before a held member pauses its partitions: a batch's
 /// ordinary work ends well before, and pausing drops what the client had fetched ahead.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
@@ -247,14 +259,19 @@ impl Source for KafkaSource {
         let max = max.max(1);
         // One stream for the whole batch: each `recv` would register a new waker.
         let mut stream = self.consumer.stream();
-        if self.collected.is_empty() {
-            let first = stream.next().await.ok_or(SourceError::StreamEnded)??;
-            self.collected.push(Self::owned(&first));
+        while self.collected.is_empty() {
+            match stream.next().await.ok_or(SourceError::StreamEnded)? {
+                Ok(first) => self.collected.push(Self::owned(&first)),
+                Err(error) if rejoins(&error) => warn_rejoining(&error),
+                Err(error) => return Err(error.into()),
+            }
         }
         // What has already arrived, without waiting.
         while self.collected.len() < max {
             match stream.next().now_or_never() {
-                Some(Some(received)) => self.collected.push(Self::owned(&received?)),
+                Some(Some(Ok(received))) => self.collected.push(Self::owned(&received)),
+                Some(Some(Err(error))) if rejoins(&error) => warn_rejoining(&error),
+                Some(Some(Err(error))) => return Err(error.into()),
                 _ => break,
             }
         }
@@ -262,7 +279,9 @@ impl Source for KafkaSource {
             let deadline = tokio::time::Instant::now() + self.batch_timeout;
             while self.collected.len() < max {
                 match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Ok(Some(received)) => self.collected.push(Self::owned(&received?)),
+                    Ok(Some(Ok(received))) => self.collected.push(Self::owned(&received)),
+                    Ok(Some(Err(error))) if rejoins(&error) => warn_rejoining(&error),
+                    Ok(Some(Err(error))) => return Err(error.into()),
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -445,5 +464,22 @@ impl Source for KafkaRange {
 
     async fn ack(&mut self, _batch: &[Message]) -> Result<(), SourceError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn only_an_ejection_for_not_polling_is_rejoined() {
+        assert!(super::rejoins(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::PollExceeded
+        )));
+        assert!(!super::rejoins(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
+        assert!(!super::rejoins(&KafkaError::Canceled));
     }
 }
