@@ -1,12 +1,33 @@
-//! T3 (full) and the watcher it runs under.
+//! T3 (full): three `converge serve` processes in one consumer group over a six-partition topic
+//! on a Kafka broker of the test's own, fed 10,000 orders (30% of events duplicated, shuffled)
+//! over about a minute while faults hit mid-stream: a random process SIGKILLed and restarted
+//! every 10–30 s, one process SIGSTOPped past its session timeout and woken again (a zombie,
+//! whose late writes the compare-and-set must fence), and the broker killed and restarted once.
+//! A watcher samples every key every 50 ms throughout and fails the test if any key ever moves
+//! backward. At the end every key holds its order's final state, the group's committed offsets
+//! are at the end of every partition, and nothing was dead-lettered.
+//!
+//! The random choices (the orders, fault times and targets) come from a seed printed at the
+//! start; `CONVERGE_T3_SEED=<seed>` runs the same choices again.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use converge::config::SourceConfig;
 use converge::entity::State;
 use converge::store::{Store, Write, WriteOutcome, new_writer_id};
+use converge_tests::kafka::{PrivateKafka, TestTopic};
+use converge_tests::process::{serve, terminate};
 use converge_tests::services::TestStore;
 use converge_tests::watch::Watcher;
+use converge_tests::{Convergence, config, orders};
 use futures::FutureExt as _;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tempfile::TempDir;
 
 fn order(key: &str, status: &str, version: u64) -> State {
     State {
@@ -93,4 +114,335 @@ async fn t3_full_watcher_catches_a_key_moving_backward() {
     .await;
     let samples = watcher.finish().await;
     assert!(samples >= 5, "only {samples} samples in 300 ms");
+}
+
+const PROCESSES: usize = 3;
+const ORDERS: usize = 10_000;
+/// The stream is produced in this many chunks, one every [`CHUNK_EVERY`]: a fault always finds
+/// messages arriving and batches in flight.
+const CHUNKS: usize = 50;
+const CHUNK_EVERY: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backward() {
+    let test_started = Instant::now();
+    let seed = match std::env::var("CONVERGE_T3_SEED") {
+        Ok(seed) => seed.parse().expect("CONVERGE_T3_SEED is a u64"),
+        Err(_) => rand::random(),
+    };
+    eprintln!("t3_full: seed {seed} (CONVERGE_T3_SEED={seed} repeats its random choices)");
+    let mut logs = KeptOnFailure(tempfile::tempdir().expect("temp dir"));
+
+    // The broker is bounced: the Kafka other tests share must not be.
+    let kafka = tokio::task::block_in_place(PrivateKafka::start);
+    eprintln!(
+        "t3_full: private Kafka on {} after {:.1}s",
+        kafka.brokers(),
+        test_started.elapsed().as_secs_f64()
+    );
+    let redis = TestStore::standalone("t3-full").await;
+    let topic = TestTopic::create_on(&kafka.brokers(), "t3-full", 6).await;
+    let dead_letters = TestTopic::create_on(&kafka.brokers(), "t3-full-dlq", 1).await;
+    let group = format!("{}-group", topic.name);
+    let mut settings = config::kafka_serve(
+        &topic.name,
+        &dead_letters.name,
+        &group,
+        config::standalone_store(redis.store.prefix()),
+    );
+    let SourceConfig::Kafka(source) = &mut settings.source else {
+        panic!("kafka_serve reads from Kafka")
+    };
+    // The dead-letter producer uses the source's brokers too.
+    source.brokers = kafka.brokers();
+    let config = config::write(logs.0.path(), &settings);
+
+    let stream = orders::generate("order-", ORDERS, 30, seed);
+    let keys: Vec<String> = stream.expected.keys().cloned().collect();
+    let watcher = Watcher::start(redis.store.clone(), keys, Duration::from_millis(50));
+
+    let fleet = Fleet::start(&config, logs.0.path());
+    let started = Instant::now();
+    eprintln!(
+        "t3_full: {:.1}s: {} processes started; times below are from here",
+        test_started.elapsed().as_secs_f64(),
+        PROCESSES
+    );
+    let produced = Arc::new(AtomicBool::new(false));
+    let chaos = {
+        let produced = Arc::clone(&produced);
+        let rng = StdRng::seed_from_u64(seed.wrapping_add(1));
+        std::thread::spawn(move || chaos(fleet, kafka, rng, started, &produced))
+    };
+    let chunk = stream.events.len().div_ceil(CHUNKS);
+    for (n, events) in stream.events.chunks(chunk).enumerate() {
+        tokio::time::sleep_until((started + CHUNK_EVERY * n as u32).into()).await;
+        // While the broker is down this waits for it (the producer retries), then catches up;
+        // unless the faults ended before their time, which is a failure to report at once.
+        let failed = async {
+            while !chaos.is_finished() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            () = topic.produce(events) => {}
+            () = failed => break,
+        }
+    }
+    eprintln!(
+        "t3_full: {:.1}s: all {} events produced",
+        started.elapsed().as_secs_f64(),
+        stream.events.len()
+    );
+    produced.store(true, Ordering::Release);
+    let chaos = tokio::task::spawn_blocking(move || chaos.join())
+        .await
+        .expect("joined");
+    let (fleet, kafka) = chaos.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+
+    let positions = Convergence::new(&redis.store, &stream.expected)
+        .within(Duration::from_secs(120))
+        .logs(&mut logs.0)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
+    assert_eq!(
+        positions.iter().map(|(_, end)| end).sum::<i64>(),
+        stream.events.len() as i64
+    );
+    eprintln!(
+        "t3_full: {:.1}s: converged",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Nothing in this stream is bad, and a zombie's refused writes are decided again, not
+    // dead-lettered. A marker produced now must be all there is: a read that saw nothing would
+    // not have read the topic at all.
+    let marker = format!("end of t3_full {:016x}", rand::random::<u64>());
+    dead_letters
+        .produce_raw("marker", &[marker.clone().into_bytes()])
+        .await;
+    let letters: Vec<String> = dead_letters
+        .read_all(Duration::from_secs(30))
+        .into_iter()
+        .map(|(body, _)| String::from_utf8_lossy(&body).into_owned())
+        .collect();
+    assert_eq!(
+        letters,
+        [marker],
+        "messages were dead-lettered (or the dead-letter topic was not read)"
+    );
+
+    fleet.terminate();
+    eprintln!(
+        "t3_full: {:.1}s: no dead letters, every process stopped cleanly",
+        started.elapsed().as_secs_f64()
+    );
+    let samples = watcher.finish().await;
+    // A sample of 10,000 keys takes a few tens of milliseconds: thousands over the run when
+    // the machine is idle, hundreds on a loaded one; a watcher that stalled would have a few.
+    assert!(samples >= 100, "the watcher took only {samples} samples");
+    // The topics are deleted on the broker, so before it goes.
+    drop((topic, dead_letters));
+    drop(kafka);
+    eprintln!(
+        "t3_full: passed in {:.1}s with {samples} samples of every key (seed {seed})",
+        test_started.elapsed().as_secs_f64()
+    );
+}
+
+/// A temp dir of logs, kept (and named) when the test fails, whichever check fails.
+struct KeptOnFailure(TempDir);
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("t3_full: logs kept in {}", self.0.path().display());
+        }
+    }
+}
+
+/// The `converge serve` processes, each restarted under the same name with a log of its own
+/// per start (`serve-{n}.{start}.log`).
+#[derive(Debug)]
+struct Fleet {
+    config: PathBuf,
+    logs: PathBuf,
+    processes: Vec<(Child, PathBuf)>,
+    starts: Vec<u32>,
+}
+
+impl Fleet {
+    fn start(config: &Path, logs: &Path) -> Self {
+        let mut fleet = Self {
+            config: config.to_owned(),
+            logs: logs.to_owned(),
+            processes: Vec::new(),
+            starts: vec![0; PROCESSES],
+        };
+        for n in 0..PROCESSES {
+            let process = fleet.spawn(n);
+            fleet.processes.push(process);
+        }
+        fleet
+    }
+
+    fn spawn(&mut self, n: usize) -> (Child, PathBuf) {
+        self.starts[n] += 1;
+        let log = self.logs.join(format!("serve-{n}.{}.log", self.starts[n]));
+        (serve(&self.config, &log), log)
+    }
+
+    /// Panics if a process exited on its own (nothing here may stop one but the test), naming
+    /// every process that did within a second of the first: one cause often stops them all.
+    fn check_running(&mut self) {
+        if self.exited().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        panic!("serve exited on its own: {}", self.exited().join("; "));
+    }
+
+    fn exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for (n, (child, log)) in self.processes.iter_mut().enumerate() {
+            if let Some(exit) = child.try_wait().expect("serve's status") {
+                exited.push(format!(
+                    "serve {n} (pid {}, {exit}), see {}",
+                    child.id(),
+                    log.display()
+                ));
+            }
+        }
+        exited
+    }
+
+    fn kill_and_restart(&mut self, n: usize) -> (u32, u32) {
+        let (child, _) = &mut self.processes[n];
+        let killed = child.id();
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        self.processes[n] = self.spawn(n);
+        (killed, self.processes[n].0.id())
+    }
+
+    fn signal(&self, n: usize, signal: &str) -> u32 {
+        let pid = self.processes[n].0.id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}");
+        pid
+    }
+
+    /// SIGTERM to each: every one, the woken zombie included, must exit cleanly.
+    fn terminate(mut self) {
+        for (child, _) in std::mem::take(&mut self.processes) {
+            terminate(child);
+        }
+    }
+}
+
+impl Drop for Fleet {
+    /// A failed test leaves no process behind.
+    fn drop(&mut self) {
+        for (child, _) in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The thread bouncing the broker, waited for if the faults fail meanwhile: the broker it
+/// holds is then stopped and its data deleted, not left running.
+struct Bounce(Option<std::thread::JoinHandle<PrivateKafka>>);
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn between(rng: &mut StdRng, seconds: std::ops::Range<f64>) -> Duration {
+    Duration::from_secs_f64(rng.random_range(seconds))
+}
+
+/// The faults, on their own thread (signals, processes and the broker's restart all block),
+/// until the stream is produced, with at least two kills, the zombie woken and the broker back.
+/// Hands back the processes and the broker, all running.
+fn chaos(
+    mut fleet: Fleet,
+    kafka: PrivateKafka,
+    mut rng: StdRng,
+    started: Instant,
+    produced: &AtomicBool,
+) -> (Fleet, PrivateKafka) {
+    let say =
+        move |what: &str| eprintln!("t3_full: {:.1}s: {what}", started.elapsed().as_secs_f64());
+    let zombie = rng.random_range(0..PROCESSES);
+    // Past the 6 s session timeout: the group moves its partitions on while it sleeps.
+    let stop_at = between(&mut rng, 8.0..14.0);
+    let wake_at = stop_at + between(&mut rng, 8.0..10.0);
+    let bounce_at = between(&mut rng, 28.0..34.0);
+    let down_for = between(&mut rng, 2.0..4.0);
+    let mut next_kill = between(&mut rng, 10.0..30.0);
+    let (mut kills, mut stopped, mut woken, mut bounced) = (0, false, false, false);
+    // The broker, but for its bounce, which runs on a thread of its own: a restart takes a
+    // while, and the processes are watched and killed meanwhile.
+    let mut kafka = Some(kafka);
+    let mut bounce = Bounce(None);
+    loop {
+        fleet.check_running();
+        let now = started.elapsed();
+        if !stopped && now >= stop_at {
+            let pid = fleet.signal(zombie, "STOP");
+            say(&format!("SIGSTOP serve {zombie} (pid {pid})"));
+            stopped = true;
+        }
+        if stopped && !woken && now >= wake_at {
+            let pid = fleet.signal(zombie, "CONT");
+            say(&format!("SIGCONT serve {zombie} (pid {pid}), a zombie now"));
+            woken = true;
+        }
+        if now >= bounce_at && !bounced {
+            let mut broker = kafka.take().expect("the broker, before its bounce");
+            bounce.0 = Some(std::thread::spawn(move || {
+                broker.kill();
+                say("broker killed");
+                std::thread::sleep(down_for);
+                broker.restart();
+                say("broker restarted");
+                broker
+            }));
+            bounced = true;
+        }
+        if bounce.0.as_ref().is_some_and(|thread| thread.is_finished()) {
+            kafka = bounce.0.take().map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+        }
+        if now >= next_kill {
+            // Not the sleeping zombie: a kill would end the zombie's story.
+            let candidates: Vec<usize> = (0..PROCESSES)
+                .filter(|&n| !(n == zombie && stopped && !woken))
+                .collect();
+            let target = candidates[rng.random_range(0..candidates.len())];
+            let (killed, restarted) = fleet.kill_and_restart(target);
+            kills += 1;
+            say(&format!(
+                "SIGKILL serve {target} (pid {killed}), restarted as pid {restarted}"
+            ));
+            next_kill = started.elapsed() + between(&mut rng, 10.0..30.0);
+        }
+        let back = bounced && kafka.is_some();
+        if produced.load(Ordering::Acquire) && kills >= 2 && woken && back {
+            return (fleet, kafka.expect("the broker, back"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
