@@ -12,6 +12,9 @@
 //! - While the pipeline waits out an outage ([`Source::hold`]), the member pauses its
 //!   partitions and keeps polling: it stays in its group however long the wait, instead of
 //!   being ejected after `max.poll.interval.ms`; the partitions resume with the next batch.
+//! - Consumption errors the client recovers from by itself (brokers down, an ejection after a
+//!   stall) are counted as `unavailable_total{service="kafka"}` and polling goes on; only
+//!   fatal ones end `serve`.
 //! - Rebalances are counted ([`Source::generation`]), so the pipeline can drop what it cached
 //!   about partitions it may have lost.
 //! - Every librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`, …) passes through.
@@ -34,6 +37,7 @@ use crate::config::KafkaSourceConfig;
 use crate::source::{Message, Position};
 use crate::source::{Source, SourceError};
 use crate::telemetry::Metrics;
+use crate::telemetry::events::Unavailable;
 
 /// Commits stored offsets before partitions are taken away, so their next owner starts where
 /// this consumer stopped rather than at the last periodic commit; reports consumer lag from
@@ -163,16 +167,25 @@ impl KafkaSource {
     }
 }
 
-/// Whether a consumption error is the member having been ejected from its group for not
-/// polling in `max.poll.interval.ms` (a stall the hold did not cover, e.g. a process paused):
-/// the client rejoins on the next poll, and the rebalance that follows clears what the
-/// pipeline cached, so converge goes on rather than exiting.
-fn rejoins(error: &rdkafka::error::KafkaError) -> bool {
-    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PollExceeded)
+/// Whether a consumption error is one the client recovers from by itself, so converge goes on
+/// polling rather than exiting: a broker down or unreachable (the client reconnects), or the
+/// member ejected from its group for not polling in `max.poll.interval.ms` after a stall the
+/// hold did not cover (it rejoins on the next poll, and the rebalance that follows clears what
+/// the pipeline cached). librdkafka reports the errors it cannot recover from as fatal.
+fn recovers(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(error, rdkafka::error::KafkaError::MessageConsumption(_))
 }
 
-fn warn_rejoining(error: &rdkafka::error::KafkaError) {
-    tracing::warn!(%error, "left the consumer group after a stall; rejoining");
+impl KafkaSource {
+    /// Reports a consumption error the client recovers from (one log line, one count).
+    fn report(&self, error: &rdkafka::error::KafkaError) {
+        self.consumer.context().metrics.emit(Unavailable {
+            service: "kafka",
+            operation: "consume",
+            reason: error,
+            retry_in: Duration::ZERO,
+        });
+    }
 }
 
 /// How long the pipeline may be busy before a held member pauses its partitions: a batch's
@@ -262,7 +275,7 @@ impl Source for KafkaSource {
         while self.collected.is_empty() {
             match stream.next().await.ok_or(SourceError::StreamEnded)? {
                 Ok(first) => self.collected.push(Self::owned(&first)),
-                Err(error) if rejoins(&error) => warn_rejoining(&error),
+                Err(error) if recovers(&error) => self.report(&error),
                 Err(error) => return Err(error.into()),
             }
         }
@@ -270,7 +283,7 @@ impl Source for KafkaSource {
         while self.collected.len() < max {
             match stream.next().now_or_never() {
                 Some(Some(Ok(received))) => self.collected.push(Self::owned(&received)),
-                Some(Some(Err(error))) if rejoins(&error) => warn_rejoining(&error),
+                Some(Some(Err(error))) if recovers(&error) => self.report(&error),
                 Some(Some(Err(error))) => return Err(error.into()),
                 _ => break,
             }
@@ -280,7 +293,7 @@ impl Source for KafkaSource {
             while self.collected.len() < max {
                 match tokio::time::timeout_at(deadline, stream.next()).await {
                     Ok(Some(Ok(received))) => self.collected.push(Self::owned(&received)),
-                    Ok(Some(Err(error))) if rejoins(&error) => warn_rejoining(&error),
+                    Ok(Some(Err(error))) if recovers(&error) => self.report(&error),
                     Ok(Some(Err(error))) => return Err(error.into()),
                     Ok(None) | Err(_) => break,
                 }
@@ -473,13 +486,17 @@ mod tests {
     use rdkafka::types::RDKafkaErrorCode;
 
     #[test]
-    fn only_an_ejection_for_not_polling_is_rejoined() {
-        assert!(super::rejoins(&KafkaError::MessageConsumption(
-            RDKafkaErrorCode::PollExceeded
+    fn consumption_errors_the_client_recovers_from_are_not_fatal() {
+        for code in [
+            RDKafkaErrorCode::PollExceeded,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert!(super::recovers(&KafkaError::MessageConsumption(code)));
+        }
+        assert!(!super::recovers(&KafkaError::MessageConsumptionFatal(
+            RDKafkaErrorCode::Fatal
         )));
-        assert!(!super::rejoins(&KafkaError::MessageConsumption(
-            RDKafkaErrorCode::UnknownTopicOrPartition
-        )));
-        assert!(!super::rejoins(&KafkaError::Canceled));
+        assert!(!super::recovers(&KafkaError::Canceled));
     }
 }
