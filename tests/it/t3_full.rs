@@ -215,22 +215,8 @@ async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backwa
     );
 
     // Nothing in this stream is bad, and a zombie's refused writes are decided again, not
-    // dead-lettered. A marker produced now must be all there is: a read that saw nothing would
-    // not have read the topic at all.
-    let marker = format!("end of t3_full {:016x}", rand::random::<u64>());
-    dead_letters
-        .produce_raw("marker", &[marker.clone().into_bytes()])
-        .await;
-    let letters: Vec<String> = dead_letters
-        .read_all(Duration::from_secs(30))
-        .into_iter()
-        .map(|(body, _)| String::from_utf8_lossy(&body).into_owned())
-        .collect();
-    assert_eq!(
-        letters,
-        [marker],
-        "messages were dead-lettered (or the dead-letter topic was not read)"
-    );
+    // dead-lettered.
+    dead_letters.assert_empty().await;
 
     fleet.terminate();
     eprintln!(

@@ -215,6 +215,26 @@ impl TestTopic {
         records
     }
 
+    /// Panics unless the topic holds nothing: a marker is produced and must be all a read to
+    /// the end finds (a read that saw nothing would not prove the topic was read at all).
+    /// For a dead-letter topic that must have stayed empty.
+    pub async fn assert_empty(&self) {
+        let marker = format!("end of {} {:016x}", self.name, rand::random::<u64>());
+        self.produce_raw("marker", &[marker.clone().into_bytes()])
+            .await;
+        let records: Vec<String> = self
+            .read_all(Duration::from_secs(30))
+            .into_iter()
+            .map(|(body, _)| String::from_utf8_lossy(&body).into_owned())
+            .collect();
+        assert_eq!(
+            records,
+            [marker],
+            "{} holds records (dead letters?), or was not read",
+            self.name
+        );
+    }
+
     /// (committed offset of `group`, high watermark) per partition.
     pub fn progress(&self, group: &str) -> Vec<(i64, i64)> {
         let consumer: BaseConsumer = client(&self.brokers)
