@@ -11,7 +11,8 @@
 //!
 //! Metrics, all prefixed `converge_`: `decisions_total{decision}`, `dead_letters_total{kind}`,
 //! `batches_total`, `batch_duration_seconds` (histogram), `messages_total`, `writes_total`,
-//! `conflicts_total`, `unreadable_states_total` (keys whose stored state could not be read,
+//! `conflicts_total`, `rebalances_total` (consumer-group assignments and revocations this
+//! member went through), `unreadable_states_total` (keys whose stored state could not be read,
 //! their events dead-lettered), `batch_messages` (histogram: messages per batch),
 //! `stage_duration_seconds{stage}` (time a batch spends in each stage: decode, enrich, load,
 //! fold, write, dead_letter, ack), `cache_hits_total`, `cache_misses_total` (the write-through
@@ -114,6 +115,7 @@ pub struct Metrics {
     writes: Counter,
     conflicts: Counter,
     unreadable_states: Counter,
+    rebalances: Counter,
     rule_info: Family<RuleLabel, Gauge>,
     store_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
     enrichment_duration: Histogram,
@@ -178,6 +180,7 @@ impl Default for Metrics {
         let writes = Counter::default();
         let conflicts = Counter::default();
         let unreadable_states = Counter::default();
+        let rebalances = Counter::default();
         let rule_info = Family::<RuleLabel, Gauge>::default();
         registry.register(
             "decisions",
@@ -214,6 +217,11 @@ impl Default for Metrics {
             "unreadable_states",
             "Keys set aside because their stored state could not be read (their events are dead-lettered)",
             unreadable_states.clone(),
+        );
+        registry.register(
+            "rebalances",
+            "Consumer-group assignments and revocations this member went through",
+            rebalances.clone(),
         );
         registry.register("rule_info", "The active rule (value 1)", rule_info.clone());
         // 50 µs .. ~3.3 s: a pipelined round trip on loopback is well under a millisecond.
@@ -302,6 +310,7 @@ impl Default for Metrics {
             writes,
             conflicts,
             unreadable_states,
+            rebalances,
             rule_info,
             store_duration,
             enrichment_duration,
@@ -408,6 +417,10 @@ impl Metrics {
         self.stage_duration
             .get_or_create(&StageLabel { stage })
             .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn record_rebalance(&self) {
+        self.rebalances.inc();
     }
 
     pub(crate) fn record_unreadable_state(&self) {

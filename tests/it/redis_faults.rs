@@ -364,6 +364,17 @@ impl Proxied {
     }
 
     /// The events not produced yet (once).
+    /// `converge_rebalances_total` as `serve` reports it now.
+    async fn rebalances(&self) -> f64 {
+        let metrics = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("admin answers")
+            .text()
+            .await
+            .expect("body");
+        counter(&metrics, "converge_rebalances_total")
+    }
+
     fn take_rest(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.rest)
     }
@@ -484,6 +495,15 @@ fn assert_serving(server: &mut Server, dir: &mut TempDir, when: &str) {
             dir.path().display()
         );
     }
+}
+
+/// The value of the unlabelled counter `name` in a `/metrics` text (0 when absent).
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
 }
 
 /// Failed store calls `serve` counted (`converge_unavailable_total{service="store",…}`), of
@@ -619,6 +639,8 @@ async fn t4_outage_past_max_poll_interval_keeps_the_group_and_converges() {
     })
     .await;
     let rest = run.take_rest();
+    let rebalances = run.rebalances().await;
+    assert!(rebalances > 0.0, "serve has not joined its group yet");
     run.proxy.outage(Outage::BlackHole);
     // The rest arrives during the outage: batches of it fill the write window and wait.
     run.topic.produce(&rest).await;
@@ -639,6 +661,11 @@ async fn t4_outage_past_max_poll_interval_keeps_the_group_and_converges() {
         "the outage met no traffic: {stats:?}"
     );
     let metrics = run.finish().await;
+    assert_eq!(
+        counter(&metrics, "converge_rebalances_total"),
+        rebalances,
+        "the member went through a rebalance during the outage:\n{metrics}"
+    );
     assert!(
         store_failures(&metrics, None) > 0.0,
         "serve never saw the store fail:\n{metrics}"

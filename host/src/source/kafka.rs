@@ -72,6 +72,7 @@ impl ClientContext for CommitOnRevoke {
 impl ConsumerContext for CommitOnRevoke {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.metrics.record_rebalance();
     }
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
