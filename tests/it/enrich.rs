@@ -43,11 +43,7 @@ fn enricher(api: &OrderApi, retries: u32) -> Enricher {
 async fn id_only_messages_store_the_latest_order_fetching_each_key_once_per_batch() {
     let api = OrderApi::start().await;
     let stream = orders::generate("order-", 120, 0, 8);
-    api.state
-        .orders
-        .lock()
-        .expect("lock")
-        .extend(stream.expected.clone());
+    api.serve_orders(&stream.expected);
     // Every order is mentioned three times, shuffled: the seed's id-only messages.
     let mut messages = Vec::new();
     for round in 0..3 {
@@ -87,11 +83,7 @@ async fn id_only_messages_store_the_latest_order_fetching_each_key_once_per_batc
 async fn unfetchable_orders_are_dead_lettered_with_the_reason() {
     let api = OrderApi::start().await;
     let stream = orders::generate("order-", 3, 0, 1);
-    api.state
-        .orders
-        .lock()
-        .expect("lock")
-        .extend(stream.expected.clone());
+    api.serve_orders(&stream.expected);
     api.state
         .garbled
         .lock()
@@ -167,11 +159,7 @@ async fn unfetchable_orders_are_dead_lettered_with_the_reason() {
 async fn by_default_an_api_outage_is_waited_out_and_a_404_gets_a_grace_period() {
     let api = OrderApi::start().await;
     let stream = orders::generate("order-", 3, 0, 2);
-    api.state
-        .orders
-        .lock()
-        .expect("lock")
-        .extend(stream.expected.clone());
+    api.serve_orders(&stream.expected);
     api.state
         .failing
         .lock()

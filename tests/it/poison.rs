@@ -327,11 +327,7 @@ async fn poison_an_order_api_streaming_1_gb_is_dead_lettered_as_too_large_in_bou
     let mut served = Served::new("poison-api").await;
     let api = OrderApi::start().await;
     let stream = orders::generate("order-", 20, 0, 16);
-    api.state
-        .orders
-        .lock()
-        .expect("lock")
-        .extend(stream.expected.clone());
+    api.serve_orders(&stream.expected);
     api.state
         .huge
         .lock()

@@ -110,26 +110,17 @@ impl TestTopic {
 
     /// Produces raw bodies (for bad input), keyed by `key`.
     pub async fn produce_raw(&self, key: &str, bodies: &[Vec<u8>]) {
-        // Room for the 10 MB message of the bad-input test (the broker allows 16 MiB).
-        let producer: FutureProducer = client(&self.brokers)
-            .set("message.max.bytes", "16777216")
-            .create()
-            .expect("producer");
-        for body in bodies {
-            producer
-                .send(
-                    FutureRecord::to(&self.name).key(key).payload(body),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(error, _)| error)
-                .expect("delivered");
-        }
+        let records: Vec<(Vec<u8>, Vec<u8>)> = bodies
+            .iter()
+            .map(|body| (key.as_bytes().to_vec(), body.clone()))
+            .collect();
+        self.produce_keyed(&records).await;
     }
 
     /// Produces raw (key, body) records, each under its own key (a key too large for a dead
     /// letter, say).
     pub async fn produce_keyed(&self, records: &[(Vec<u8>, Vec<u8>)]) {
+        // Room for the 10 MB messages of the bad-input tests (the broker allows 16 MiB).
         let producer: FutureProducer = client(&self.brokers)
             .set("message.max.bytes", "16777216")
             .create()

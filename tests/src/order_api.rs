@@ -104,6 +104,19 @@ impl OrderApi {
         }
     }
 
+    /// Serves `orders` (by key) from now on.
+    pub fn serve_orders(&self, orders: &std::collections::BTreeMap<String, Event>) {
+        self.state
+            .orders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(
+                orders
+                    .iter()
+                    .map(|(key, event)| (key.clone(), event.clone())),
+            );
+    }
+
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
     }
