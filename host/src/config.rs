@@ -27,6 +27,9 @@
 //!
 //! [enrich]                       # optional: fetch id-only messages' latest state
 //! url = "http://orders.internal/orders/{key}"
+//!
+//! [admin]                        # optional: health, metrics, rule swaps; 127.0.0.1:9898
+//! token = "${CONVERGE_ADMIN_TOKEN}"   # required by rule swaps, and off loopback
 //! ```
 
 use std::collections::BTreeMap;
@@ -125,6 +128,66 @@ pub struct RuleConfig {
     /// Follow a fleet's rule, published with `converge rule publish`.
     #[serde(default)]
     pub fleet: Option<FleetConfig>,
+    /// Roll a swap back by itself when the new version's share of `ignore` decisions jumps
+    /// above the previous version's (and refuse to promote such a shadow). Absent: off.
+    #[serde(default)]
+    pub auto_rollback: Option<AutoRollbackConfig>,
+    /// Public keys (`ed25519:<base64>`, as `converge rule keygen` prints them) one of which
+    /// must have signed every rule before it serves, on every path (start, file watch, fleet,
+    /// admin). Empty: signatures are not required, but one a rule carries must verify.
+    #[serde(default)]
+    pub trusted_keys: Vec<crate::rule::PublicKey>,
+    /// The largest rule component accepted on any path, in bytes; larger ones are refused
+    /// before they are read in full or compiled.
+    #[serde(default = "default_max_component_bytes")]
+    pub max_component_bytes: usize,
+}
+
+fn default_max_component_bytes() -> usize {
+    crate::rule::DEFAULT_MAX_COMPONENT_BYTES
+}
+
+/// `[rule.auto_rollback]`: when a swap's ignore share counts as a jump (see README, "Changing
+/// the rule without a redeploy").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoRollbackConfig {
+    /// How far (a fraction: 0.2 is 20 percentage points) a new version's ignore share may
+    /// exceed the previous version's before the swap is rolled back; between 0 and 1.
+    #[serde(default = "default_max_ignore_share_increase")]
+    pub max_ignore_share_increase: f64,
+    /// Decisions a new version makes before it is judged, and that the previous version must
+    /// have made on this instance for its share to count.
+    #[serde(default = "default_min_decisions")]
+    pub min_decisions: u64,
+}
+
+/// Equal when the same numbers (bit for bit: validation refuses NaN), so that the
+/// configuration compares as a whole.
+impl PartialEq for AutoRollbackConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.max_ignore_share_increase.to_bits() == other.max_ignore_share_increase.to_bits()
+            && self.min_decisions == other.min_decisions
+    }
+}
+
+impl Eq for AutoRollbackConfig {}
+
+impl Default for AutoRollbackConfig {
+    fn default() -> Self {
+        Self {
+            max_ignore_share_increase: default_max_ignore_share_increase(),
+            min_decisions: default_min_decisions(),
+        }
+    }
+}
+
+fn default_max_ignore_share_increase() -> f64 {
+    0.2
+}
+
+fn default_min_decisions() -> u64 {
+    1_000
 }
 
 /// The fleet an instance follows: rules published with `converge rule publish`.
@@ -148,12 +211,104 @@ fn default_memory_mib() -> usize {
     64
 }
 
-/// Where the admin endpoint listens.
+/// `[admin]`: where the admin endpoint listens and who may use it. `[admin]` alone serves on
+/// 127.0.0.1:9898 with rule swaps disabled (no token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// e.g. "127.0.0.1:9898"
+    /// e.g. "127.0.0.1:9898" (the default). An address that is not loopback needs a token.
+    #[serde(default = "default_admin_listen")]
     pub listen: std::net::SocketAddr,
+    /// The bearer token the mutating endpoints (`POST /rule`, `/rule/promote`,
+    /// `/rule/rollback`) require, at least [`MIN_ADMIN_TOKEN_CHARS`] characters; usually
+    /// `"${CONVERGE_ADMIN_TOKEN}"`. When absent, the environment variable
+    /// [`ADMIN_TOKEN_ENV`] is taken (by [`Config::load`]); when neither is set, those
+    /// endpoints answer 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::redact::Secret>,
+    /// Require the token for `/metrics`, `/rule` and `/rule/status` too (never for `/healthz`
+    /// and `/readyz`, which probes call).
+    #[serde(default)]
+    pub protect_reads: bool,
+    /// Origins (`scheme://host[:port]`) whose browser pages may call the mutating endpoints;
+    /// a request with any other `Origin` header is refused. Empty (the default): none.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+/// The environment variable the admin token is taken from when `admin.token` is not set.
+pub const ADMIN_TOKEN_ENV: &str = "CONVERGE_ADMIN_TOKEN";
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// Where the admin endpoint listens by default: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9898),
+);
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN,
+            token: None,
+            protect_reads: false,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Takes the token from `from_env` (the value of [`ADMIN_TOKEN_ENV`], if set) when the file
+    /// sets none; a file and an environment that set two different tokens are refused, since
+    /// either could be the one an operator believes is in force.
+    pub fn take_token_from_env(&mut self, from_env: Option<String>) -> Result<(), ConfigError> {
+        let Some(from_env) = from_env.filter(|value| !value.is_empty()) else {
+            return Ok(());
+        };
+        match &self.token {
+            None => {
+                self.token = Some(crate::redact::Secret::new(from_env));
+                Ok(())
+            }
+            Some(token) if token.expose() == from_env => Ok(()),
+            Some(_) => invalid("admin.token", Problem::TokenConflict),
+        }
+    }
+
+    /// Checks the token, the origins, and that an address other than loopback has a token.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(token) = &self.token {
+            let token = token.expose();
+            if token.chars().count() < MIN_ADMIN_TOKEN_CHARS
+                || !token.chars().all(|c| c.is_ascii_graphic())
+            {
+                return invalid("admin.token", Problem::WeakToken);
+            }
+        } else if !self.listen.ip().to_canonical().is_loopback() {
+            return invalid("admin.listen", Problem::ExposedWithoutToken(self.listen));
+        } else if self.protect_reads {
+            return invalid("admin.protect_reads", Problem::ProtectedWithoutToken);
+        }
+        if let Some(origin) = self.allowed_origins.iter().find(|origin| !is_origin(origin)) {
+            return invalid("admin.allowed_origins", Problem::NotAnOrigin(origin.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]`, as a browser sends it in `Origin`: no path, no trailing slash.
+fn is_origin(origin: &str) -> bool {
+    origin.split_once("://").is_some_and(|(scheme, host)| {
+        !scheme.is_empty()
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+            && !host.is_empty()
+            && !host.contains(['/', '?', '#', '@'])
+    })
 }
 
 /// Where messages come from.
@@ -177,7 +332,8 @@ pub struct FileSourceConfig {
 }
 
 /// `source.kind = "kafka"`: a consumer-group member that stores offsets after acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Its `Debug` hides the values of secret properties (`sasl.password`, ...).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap servers, `host:port,...`.
@@ -195,6 +351,30 @@ pub struct KafkaSourceConfig {
     /// librdkafka properties, applied last (they may override converge's defaults).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(name, value)| {
+                let shown = if crate::redact::is_secret_name(name) {
+                    crate::redact::REDACTED
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaSourceConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("batch_timeout_ms", &self.batch_timeout_ms)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 /// `source.kind = "fluvio"`.
@@ -507,9 +687,15 @@ pub enum Problem {
     /// A name, address or prefix is empty.
     #[error("must not be empty")]
     Empty,
+    /// A share that must lie strictly between 0 and 1 (the value).
+    #[error("must be a fraction between 0 and 1 (0.2 is 20 percentage points), not {0}")]
+    NotAFraction(f64),
     /// The rule path names no file.
     #[error("{} is not a file", .0.display())]
     NotAFile(PathBuf),
+    /// A trusted key (its id) is listed twice.
+    #[error("lists the key {0} twice")]
+    DuplicateKey(String),
     /// A Kafka source subscribes to no topic, or to an empty name.
     #[error("must name at least one topic, none empty")]
     NoTopics,
@@ -526,7 +712,31 @@ pub enum Problem {
     /// A Fluvio fetch size outside 1 MiB ..= 2 GiB (the value).
     #[error("must be between 1 MiB and 2 GiB, not {0}")]
     FetchSize(u32),
-    /// An enrichment URL (the value) without a `{key}` placeholder.
+    /// A non-loopback admin address (the value) with no token to protect it.
+    #[error(
+        "is {0}, which is not a loopback address, and no admin token is set: anyone who can \
+         reach it could swap the rule. Set admin.token (e.g. token = \"${{CONVERGE_ADMIN_TOKEN}}\") \
+         or the CONVERGE_ADMIN_TOKEN environment variable, or listen on 127.0.0.1"
+    )]
+    ExposedWithoutToken(std::net::SocketAddr),
+    /// An admin token that is too short or has characters a bearer token cannot carry.
+    #[error(
+        "must be at least 16 visible ASCII characters, no spaces (e.g. `openssl rand -hex 32`)"
+    )]
+    WeakToken,
+    /// `admin.token` and `CONVERGE_ADMIN_TOKEN` both set, to different values.
+    #[error(
+        "differs from the CONVERGE_ADMIN_TOKEN environment variable; set one or the other \
+         (or token = \"${{CONVERGE_ADMIN_TOKEN}}\")"
+    )]
+    TokenConflict,
+    /// `admin.protect_reads` with no token to protect them with.
+    #[error("needs an admin token (admin.token or CONVERGE_ADMIN_TOKEN)")]
+    ProtectedWithoutToken,
+    /// An allowed origin (the value) that is not `scheme://host[:port]`.
+    #[error("{0:?} is not an origin (scheme://host[:port], no path)")]
+    NotAnOrigin(String),
+    /// An enrichment URL (the value, its password redacted) without a `{key}` placeholder.
     #[error("{0:?} has no {{key}} placeholder")]
     NoKeyPlaceholder(String),
     /// Kafka dead letters without a Kafka source, whose brokers they use.
@@ -650,7 +860,10 @@ impl Config {
                 name,
             },
         )?;
-        let config = Config::deserialize(table).map_err(parse_error)?;
+        let mut config = Config::deserialize(table).map_err(parse_error)?;
+        if let Some(admin) = &mut config.admin {
+            admin.take_token_from_env(std::env::var(ADMIN_TOKEN_ENV).ok())?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -680,8 +893,9 @@ impl Config {
             needs("enrich", "http", cfg!(feature = "http"))?;
             enrich.validate()?;
         }
-        if self.admin.is_some() {
+        if let Some(admin) = &self.admin {
             needs("admin", "http", cfg!(feature = "http"))?;
+            admin.validate()?;
         }
         match (&self.dead_letter, &self.source, &self.store) {
             (DeadLetterConfig::Kafka(_), SourceConfig::Kafka(_), _) => needs(
@@ -720,6 +934,26 @@ impl Config {
         }
         if rule.gates.check_histories == 0 {
             return invalid("rule.gates.check_histories", Problem::NotPositive);
+        }
+        if rule.max_component_bytes == 0 {
+            return invalid("rule.max_component_bytes", Problem::NotPositive);
+        }
+        let mut trusted = std::collections::HashSet::new();
+        if let Some(twice) = rule.trusted_keys.iter().find(|key| !trusted.insert(**key)) {
+            return invalid("rule.trusted_keys", Problem::DuplicateKey(twice.id()));
+        }
+        if let Some(auto_rollback) = &rule.auto_rollback {
+            let increase = auto_rollback.max_ignore_share_increase;
+            // NaN fails both comparisons.
+            if !(increase > 0.0 && increase < 1.0) {
+                return invalid(
+                    "rule.auto_rollback.max_ignore_share_increase",
+                    Problem::NotAFraction(increase),
+                );
+            }
+            if auto_rollback.min_decisions == 0 {
+                return invalid("rule.auto_rollback.min_decisions", Problem::NotPositive);
+            }
         }
         if let Some(fleet) = &rule.fleet {
             needs("rule.fleet", "redis", cfg!(feature = "redis"))?;
@@ -803,7 +1037,10 @@ impl EnrichConfig {
     /// Checks the URL template and limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.url.contains("{key}") {
-            return invalid("enrich.url", Problem::NoKeyPlaceholder(self.url.clone()));
+            return invalid(
+                "enrich.url",
+                Problem::NoKeyPlaceholder(crate::redact::redact(&self.url).into_owned()),
+            );
         }
         if self.concurrency == 0 {
             return invalid("enrich.concurrency", Problem::NotPositive);
@@ -1089,6 +1326,151 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("Redis Cluster"), "{error}");
+    }
+
+    #[test]
+    fn an_admin_endpoint_off_loopback_needs_a_strong_token() {
+        let admin: AdminConfig = toml::from_str("").expect("[admin] alone parses");
+        assert_eq!(admin, AdminConfig::default());
+        assert!(admin.listen.ip().is_loopback());
+        admin.validate().expect("loopback without a token is allowed");
+        let exposed = AdminConfig {
+            listen: "0.0.0.0:9898".parse().expect("address"),
+            ..AdminConfig::default()
+        };
+        let error = exposed.validate().expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    setting: "admin.listen",
+                    problem: Problem::ExposedWithoutToken(_)
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("CONVERGE_ADMIN_TOKEN"), "{error}");
+        for listen in ["[::]:9898", "[::ffff:10.0.0.1]:9898", "10.1.2.3:9898"] {
+            let exposed = AdminConfig {
+                listen: listen.parse().expect("address"),
+                ..AdminConfig::default()
+            };
+            assert!(exposed.validate().is_err(), "{listen}");
+        }
+        for listen in ["127.0.0.2:9898", "[::1]:9898", "[::ffff:127.0.0.1]:9898"] {
+            let loopback = AdminConfig {
+                listen: listen.parse().expect("address"),
+                ..AdminConfig::default()
+            };
+            loopback.validate().expect(listen);
+        }
+        let with_token = |token: &str| AdminConfig {
+            listen: "0.0.0.0:9898".parse().expect("address"),
+            token: Some(crate::redact::Secret::new(token)),
+            ..AdminConfig::default()
+        };
+        with_token("0123456789abcdef").validate().expect("16 characters");
+        for weak in ["short", "0123456789abcde", "0123456789 abcdef"] {
+            let error = with_token(weak).validate().expect_err(weak);
+            // The token itself is never quoted.
+            assert!(!error.to_string().contains(weak), "{error}");
+        }
+        let protected = AdminConfig {
+            protect_reads: true,
+            ..AdminConfig::default()
+        };
+        assert!(protected.validate().is_err());
+        let origins = |origins: &[&str]| AdminConfig {
+            allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+            ..AdminConfig::default()
+        };
+        origins(&["https://ops.example.com", "http://localhost:3000"])
+            .validate()
+            .expect("origins");
+        assert!(origins(&["https://ops.example.com/"]).validate().is_err());
+        assert!(origins(&["ops.example.com"]).validate().is_err());
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_file_or_the_environment_not_two_of_them() {
+        let token = "0123456789abcdef-from-env";
+        let mut admin = AdminConfig::default();
+        admin.take_token_from_env(None).expect("nothing to take");
+        assert_eq!(admin.token, None);
+        admin
+            .take_token_from_env(Some(token.to_owned()))
+            .expect("taken");
+        assert_eq!(admin.token.as_ref().map(|t| t.expose()), Some(token));
+        // The same value twice (`token = "${CONVERGE_ADMIN_TOKEN}"`) is fine.
+        admin
+            .take_token_from_env(Some(token.to_owned()))
+            .expect("same");
+        let error = admin
+            .take_token_from_env(Some("another-token-0123456789".to_owned()))
+            .expect_err("two tokens");
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    setting: "admin.token",
+                    problem: Problem::TokenConflict
+                }
+            ),
+            "{error}"
+        );
+        // Debug never shows it.
+        assert!(!format!("{admin:?}").contains(token));
+    }
+
+    #[test]
+    fn secret_kafka_properties_do_not_show_in_debug() {
+        let mut config = parse(VALID).expect("parses");
+        if let SourceConfig::Kafka(kafka) = &mut config.source {
+            kafka
+                .properties
+                .insert("sasl.password".to_owned(), "hunter2-kafka".to_owned());
+            kafka
+                .properties
+                .insert("sasl.username".to_owned(), "converge".to_owned());
+        }
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2-kafka"), "{debug}");
+        assert!(debug.contains("converge"), "{debug}");
+    }
+
+    #[test]
+    fn a_url_quoted_in_an_error_has_no_password() {
+        let enrich = EnrichConfig {
+            url: "http://api:hunter2-enrich@orders.internal/orders".to_owned(),
+            ..serde_json::from_value(serde_json::json!({"url": "{key}"})).expect("enrich")
+        };
+        let error = enrich.validate().expect_err("no placeholder");
+        let text = error.to_string();
+        assert!(!text.contains("hunter2-enrich"), "{text}");
+        assert!(text.contains("api:***@orders.internal"), "{text}");
+    }
+
+    #[test]
+    fn auto_rollback_is_off_by_default_and_its_settings_are_validated() {
+        let config = parse(VALID).expect("parses");
+        assert_eq!(config.rule.auto_rollback, None);
+        let with = |section: &str| {
+            let text = VALID.replace("[source]", &format!("[rule.auto_rollback]\n{section}\n[source]"));
+            parse(&text).map(|config| (config.rule.auto_rollback, config.validate_rule()))
+        };
+        let (defaults, valid) = with("").expect("parses");
+        assert_eq!(defaults, Some(AutoRollbackConfig::default()));
+        valid.expect("the defaults are valid");
+        for bad in ["max_ignore_share_increase = 0.0", "max_ignore_share_increase = 1.0",
+            "max_ignore_share_increase = -0.1", "max_ignore_share_increase = nan",
+            "min_decisions = 0"] {
+            let (_, validated) = with(bad).expect("parses");
+            assert!(
+                matches!(validated, Err(ConfigError::Invalid { setting, .. }) if setting.starts_with("rule.auto_rollback.")),
+                "{bad}: {validated:?}"
+            );
+        }
+        assert!(with("max_share = 0.2").is_err(), "unknown fields are refused");
     }
 
     #[test]

@@ -27,6 +27,8 @@
 //! - `admin` (feature `http`): health, readiness, metrics and rule swaps over HTTP.
 //! - `embedded`: `converge run`'s convergence audit ([`Audit`]): every delivered event kept and
 //!   checked against the store after the run.
+//! - [`redact`]: passwords in URLs replaced by `***` in everything converge prints; secrets
+//!   whose `Debug` hides them.
 //! - `backoff`: exponential backoff between attempts at something that failed.
 //! - `fault`: crash points for the crash tests (feature `fault-injection`; nothing otherwise).
 //! - `cli`: the `converge` command line ([`run_cli`]).
@@ -49,6 +51,7 @@ mod embedded;
 pub mod entity;
 mod fault;
 pub mod pipeline;
+pub mod redact;
 pub mod replay;
 pub mod rule;
 mod serve;

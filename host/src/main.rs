@@ -11,7 +11,8 @@ fn main() -> ExitCode {
         // A reader that stopped reading (`converge run | head`) is not an error.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("converge: {}", report(&error));
+            // An error may quote a URL (a Redis client's, a request's): never its password.
+            eprintln!("converge: {}", converge::redact::redact(&report(&error)));
             ExitCode::from(2)
         }
     }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, RuleConfig};
 use crate::dead_letter::DeadLetterError;
 use crate::pipeline::{Pipeline, PipelineError, Stats};
-use crate::rule::{EngineLimits, GateError, Gates, LoadError, RuleEngine};
+use crate::rule::{EngineLimits, GateError, Gates, LoadError, RuleEngine, TrustedKeys};
 use crate::source::SourceError;
 use crate::store::StoreError;
 use crate::swap::{RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file};
@@ -28,7 +28,7 @@ pub enum ServeError {
     #[error(transparent)]
     RuleFile(#[from] RuleFileError),
     /// The rule was refused by a gate.
-    #[error("rule {path} refused: {source}")]
+    #[error("rule {path} refused by the {} gate: {source}", .source.gate())]
     Refused {
         /// The rule file.
         path: PathBuf,
@@ -67,6 +67,9 @@ pub enum ServeError {
     /// The rule file cannot be watched.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The configuration is refused (checked again at start for what guards the instance).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Builds the pipeline from `config` and runs it until the source ends or `shutdown` resolves.
@@ -74,6 +77,11 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stats, ServeError> {
+    // An exposed admin endpoint without a token is refused before anything is opened, even
+    // for a configuration that did not come through `Config::load`.
+    if let Some(admin) = &config.admin {
+        admin.validate()?;
+    }
     let metrics = Arc::new(Metrics::new());
     let control = Arc::new(load_rule(&config.rule, &metrics)?);
     tracing::info!(rule = %control.active_info().stamp(), "rule loaded");
@@ -118,22 +126,33 @@ fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl,
     let engine = RuleEngine::new(EngineLimits {
         memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
         deadline: Duration::from_millis(config.deadline_ms),
+        max_component_bytes: config.max_component_bytes,
+        ..EngineLimits::default()
     })?;
-    let gates = Gates::new(engine, config.gates.clone());
+    let gates = Gates::new(engine, config.gates.clone())
+        .with_trusted_keys(TrustedKeys::new(config.trusted_keys.iter().copied()));
     let path = &config.path;
-    let (bytes, sidecar) = read_rule_file(path)?;
+    let refused = |source| ServeError::Refused {
+        path: path.clone(),
+        source,
+    };
+    let (bytes, sidecar) = match read_rule_file(path, config.max_component_bytes) {
+        Ok(read) => read,
+        Err(RuleFileError::Rule(error @ LoadError::TooLarge { .. })) => {
+            return Err(refused(GateError::Load(error)));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let admitted = gates
         .admit(&bytes, sidecar)
-        .map_err(|source| ServeError::Refused {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(refused)?;
     Ok(RuleControl::new(
         gates,
         admitted,
         &format!("file:{}", path.display()),
         Arc::clone(metrics),
-    ))
+    )
+    .with_auto_rollback(config.auto_rollback))
 }
 
 /// Starts what runs beside the pipeline until `stop` turns true: the fleet follower, the rule
@@ -187,6 +206,7 @@ async fn start_background(
                 })?;
         let server = crate::admin::serve_admin(
             listener,
+            admin,
             Arc::clone(metrics),
             Arc::clone(control),
             stop_signal(),

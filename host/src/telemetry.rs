@@ -26,7 +26,12 @@
 //! end, as last seen when acknowledging), `source_gaps_total{topic,partition}`,
 //! `source_reconnects_total{topic,partition}`, `rule_info{rule}` (1 for the active rule),
 //! `rule_swaps_total{role,result,gate}`, `shadow_decisions_total`,
-//! `shadow_disagreements_total`.
+//! `shadow_disagreements_total`, `ignores_total{rule,reason}` (the active rule's ignores by
+//! its reason, normalised, at most 32 per rule version, then `other`),
+//! `rule_decisions_total{rule,role,decision}` and `ignore_share{rule,role}` (every decision of
+//! each rule version, active or shadow; the share over about its last 10,000),
+//! `rule_auto_rollbacks_total`, `admin_refusals_total{reason}` (admin requests refused:
+//! `disabled`, `origin`, `no_token`, `bad_token`, `content_type`).
 
 // Every metric is registered (and exported, at zero) in every build; a build without a
 // transport never records the ones only that transport reports.
@@ -36,6 +41,7 @@
 )]
 
 pub(crate) mod events;
+mod ignores;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -51,6 +57,7 @@ use prometheus_client::registry::Registry;
 use crate::entity::{DecisionKind, RuleInfo};
 
 pub(crate) use events::InternalEvent;
+pub(crate) use ignores::{KindCounts, RuleMeter};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
@@ -83,6 +90,11 @@ struct SwapLabel {
     result: &'static str,
     /// The gate that refused; empty when applied.
     gate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,6 +140,9 @@ pub struct Metrics {
     swaps: Family<SwapLabel, Counter>,
     shadow_decisions: Counter,
     shadow_disagreements: Counter,
+    admin_refusals: Family<ReasonLabel, Counter>,
+    /// Ignores by reason, decisions and ignore share per rule version, auto-rollbacks.
+    silence: ignores::SilenceMetrics,
     /// The stamp `rule_info` shows as 1, so a swap can set it back to 0.
     active_rule: Mutex<Option<String>>,
     ready: AtomicBool,
@@ -295,6 +310,13 @@ impl Default for Metrics {
             "Events the shadow rule decided otherwise than the active rule",
             shadow_disagreements.clone(),
         );
+        let admin_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "admin_refusals",
+            "Admin endpoint requests refused, by reason (disabled, origin, no_token, bad_token, content_type)",
+            admin_refusals.clone(),
+        );
+        let silence = ignores::SilenceMetrics::register(&mut registry);
         Self {
             registry,
             decisions,
@@ -323,6 +345,8 @@ impl Default for Metrics {
             swaps,
             shadow_decisions,
             shadow_disagreements,
+            admin_refusals,
+            silence,
             active_rule: Mutex::new(None),
             ready: AtomicBool::new(false),
         }
@@ -384,6 +408,10 @@ impl Metrics {
     pub(crate) fn record_shadow(&self, decisions: u64, disagreements: u64) {
         self.shadow_decisions.inc_by(decisions);
         self.shadow_disagreements.inc_by(disagreements);
+    }
+
+    pub(crate) fn record_admin_refusal(&self, reason: &'static str) {
+        self.admin_refusals.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub(crate) fn record_decisions(&self, kind: DecisionKind, count: u64) {

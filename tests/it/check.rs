@@ -6,25 +6,33 @@
 use std::collections::BTreeSet;
 
 use converge::entity::{Decision, Event, RuleInfo, State};
-use converge::rule::check::{self, CheckConfig, CheckReport, Violation};
+use converge::rule::check::{self, CheckConfig, CheckReport, Corpus, Violation};
 use converge::rule::vectors::{self, Expectation, VectorFile};
 use converge::rule::{DecideError, Rule};
-use converge::rule::{EngineLimits, RuleEngine, WasmRule};
+use converge::rule::{CompiledRule, EngineLimits, RuleEngine, WasmRule};
 use converge_tests::{NativeOrderRule, build};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn component(name: &str) -> WasmRule {
+fn compiled(name: &str) -> CompiledRule {
     RuleEngine::new(EngineLimits::default())
         .expect("engine starts")
         .compile_file(&build::rule(name))
         .expect("rule loads")
-        .instance()
+}
+
+fn component(name: &str) -> WasmRule {
+    compiled(name).instance()
+}
+
+/// The check with a fresh seed and no corpus, as `converge check` runs it by default.
+fn check(rules: &dyn check::RuleFactory, config: &CheckConfig) -> CheckReport {
+    check::check(rules, config, &Corpus::new())
 }
 
 #[test]
 fn the_native_core_converges() {
-    let report = check::check(&mut NativeOrderRule::default(), &CheckConfig::default());
+    let report = check(&NativeOrderRule::default, &CheckConfig::default());
     assert!(report.passed(), "{:?}", report.violation);
     assert_eq!(report.histories, CheckConfig::default().histories);
     // Histories of up to 7 events are checked in every order: far more orders than histories.
@@ -37,13 +45,13 @@ fn the_compiled_component_converges() {
         histories: 60,
         ..CheckConfig::default()
     };
-    let report = check::check(&mut component("order-status"), &config);
+    let report = check(&compiled("order-status"), &config);
     assert!(report.passed(), "{:?}", report.violation);
 }
 
 #[test]
 fn last_write_wins_fails_with_a_minimal_counterexample() {
-    let report = check::check(&mut component("last-write-wins"), &CheckConfig::default());
+    let report = check(&compiled("last-write-wins"), &CheckConfig::default());
     assert_diverges(&report, &mut component("last-write-wins"));
 }
 
@@ -292,8 +300,8 @@ pub(crate) fn assert_not_idempotent(report: &CheckReport, rule: &mut dyn Rule) {
 
 #[test]
 fn a_rule_that_only_depends_on_delivery_order_diverges() {
+    let report = check(&|| FirstWriteWins(info("first-write-wins")), &CheckConfig::default());
     let mut rule = FirstWriteWins(info("first-write-wins"));
-    let report = check::check(&mut rule, &CheckConfig::default());
     assert_diverges(&report, &mut rule);
 }
 
@@ -302,17 +310,201 @@ fn a_rule_that_only_depends_on_delivery_order_diverges() {
 /// of what it just stored, so only the redelivery of an earlier event can show it.
 #[test]
 fn a_rule_that_moves_backward_is_caught() {
+    let report = check(
+        &|| TakesRedeliveryAsCorrection(info("takes-redelivery-as-correction")),
+        &CheckConfig::default(),
+    );
     let mut rule = TakesRedeliveryAsCorrection(info("takes-redelivery-as-correction"));
-    let report = check::check(&mut rule, &CheckConfig::default());
     assert!(!report.passed());
     assert_moves_backward(&report, &mut rule);
 }
 
 #[test]
 fn a_rule_that_counts_duplicates_is_not_idempotent() {
+    let report = check(
+        &|| CountsDeliveries(info("counts-deliveries")),
+        &CheckConfig::default(),
+    );
     let mut rule = CountsDeliveries(info("counts-deliveries"));
-    let report = check::check(&mut rule, &CheckConfig::default());
     assert_not_idempotent(&report, &mut rule);
+}
+
+/// Decides like the shipped rule for one key and ignores every other: events of other keys
+/// would vanish. Every divergence, redelivery and duplicate check passes on its key.
+#[derive(Debug, Default)]
+struct OnlyOneKey(NativeOrderRule);
+
+impl Rule for OnlyOneKey {
+    fn info(&self) -> &RuleInfo {
+        self.0.info()
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        if incoming.key != "order-1" {
+            return Ok(Decision::Ignore("not tracked".to_owned()));
+        }
+        self.0.decide(current, incoming)
+    }
+}
+
+#[test]
+fn a_rule_that_ignores_events_with_nothing_stored_is_caught() {
+    let report = check(&OnlyOneKey::default, &CheckConfig::default());
+    let Some(Violation::SilentIgnore {
+        events,
+        order,
+        reason,
+    }) = &report.violation
+    else {
+        panic!("expected a silent ignore, got {:?}", report.violation);
+    };
+    assert_eq!(events.len(), 1, "shrunk to the one event: {events:?}");
+    assert_eq!(order, &[0]);
+    assert_eq!(reason, "not tracked");
+    assert_ne!(events[0].key, "order-1");
+    assert!(matches!(
+        OnlyOneKey::default().decide(None, &events[0]),
+        Ok(Decision::Ignore(_))
+    ));
+}
+
+/// The shipped rule until it has decided 300 times; from then on it skips the payload
+/// tie-break. Each instance counts for itself, as a component's linear memory would.
+#[derive(Debug, Default)]
+struct WarmsUp {
+    rule: NativeOrderRule,
+    calls: u64,
+}
+
+impl Rule for WarmsUp {
+    fn info(&self) -> &RuleInfo {
+        self.rule.info()
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        self.calls += 1;
+        let decision = self.rule.decide(current, incoming)?;
+        match (current, &decision) {
+            (Some(current), Decision::Update(new))
+                if self.calls > 300
+                    && (&current.status, current.version, current.timestamp_ms)
+                        == (&new.status, new.version, new.timestamp_ms) =>
+            {
+                Ok(Decision::Ignore("duplicate".to_owned()))
+            }
+            _ => Ok(decision),
+        }
+    }
+}
+
+#[test]
+fn a_rule_that_keeps_state_is_reported_as_non_deterministic() {
+    let report = check(&WarmsUp::default, &CheckConfig::default());
+    let Some(Violation::NonDeterministic {
+        current,
+        incoming,
+        answers,
+    }) = &report.violation
+    else {
+        panic!("expected non-determinism, got {:?}", report.violation);
+    };
+    assert!(answers.len() >= 2, "{answers:?}");
+    assert!(
+        answers.iter().any(|a| a.outcome != answers[0].outcome),
+        "two different answers: {answers:?}"
+    );
+    // The answer claimed of a fresh instance is what a fresh instance answers.
+    let fresh = answers
+        .iter()
+        .find(|answer| answer.after_decisions == 0)
+        .expect("a fresh instance's answer");
+    let replayed: check::Outcome = WarmsUp::default()
+        .decide(current.as_ref(), incoming)
+        .into();
+    assert_eq!(replayed, fresh.outcome);
+    // And the same seed finds the same.
+    let again = check(
+        &WarmsUp::default,
+        &CheckConfig {
+            seed: Some(report.seed),
+            ..CheckConfig::default()
+        },
+    );
+    assert_eq!(again.violation, report.violation);
+}
+
+#[test]
+fn each_run_draws_a_fresh_seed_and_a_seed_repeats_its_run() {
+    let first = check(&|| FirstWriteWins(info("first-write-wins")), &CheckConfig::default());
+    let second = check(&|| FirstWriteWins(info("first-write-wins")), &CheckConfig::default());
+    assert_ne!(first.seed, second.seed);
+    let repeated = check(
+        &|| FirstWriteWins(info("first-write-wins")),
+        &CheckConfig {
+            seed: Some(first.seed),
+            ..CheckConfig::default()
+        },
+    );
+    assert_eq!(repeated.seed, first.seed);
+    assert_eq!(repeated.violation, first.violation);
+    assert_eq!(repeated.decisions, first.decisions);
+}
+
+/// Diverges only on one payload, which the generator never makes up: only a corpus (the rule's
+/// vectors, a sample of real messages) can bring it.
+#[derive(Debug, Default)]
+struct WrongOnOnePayload(NativeOrderRule);
+
+const RARE_PAYLOAD: &str = r#"{"only":"in the sample"}"#;
+
+impl Rule for WrongOnOnePayload {
+    fn info(&self) -> &RuleInfo {
+        self.0.info()
+    }
+
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
+        match current {
+            Some(_) if incoming.payload == RARE_PAYLOAD => Ok(Decision::Update(incoming.clone())),
+            _ => self.0.decide(current, incoming),
+        }
+    }
+}
+
+#[test]
+fn values_from_the_corpus_reach_the_rule() {
+    let config = CheckConfig {
+        histories: 100,
+        ..CheckConfig::default()
+    };
+    let without = check::check(&WrongOnOnePayload::default, &config, &Corpus::new());
+    assert!(without.passed(), "{:?}", without.violation);
+    let mut corpus = Corpus::new();
+    corpus.add(&Event {
+        key: "o-1".to_owned(),
+        status: "paid".to_owned(),
+        version: 1,
+        timestamp_ms: 1,
+        payload: RARE_PAYLOAD.to_owned(),
+    });
+    let with = check::check(&WrongOnOnePayload::default, &config, &corpus);
+    let violation = with.violation.expect("the sample's payload shows the bug");
+    assert!(violation.events().len() <= 4, "{violation}");
+    assert!(
+        violation.events().iter().any(|e| e.payload == RARE_PAYLOAD),
+        "{violation}"
+    );
 }
 
 #[test]

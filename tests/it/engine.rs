@@ -23,6 +23,7 @@ fn limits() -> EngineLimits {
     EngineLimits {
         memory_cap_bytes: 16 << 20,
         deadline: Duration::from_millis(50),
+        ..EngineLimits::default()
     }
 }
 

@@ -335,6 +335,7 @@ async fn t13_in_flight_slow_write_holds_offsets_back_through_a_sigkill() {
             let rule = RuleEngine::new(EngineLimits {
                 memory_cap_bytes: 16 << 20,
                 deadline: Duration::from_secs(2),
+                ..EngineLimits::default()
             })
             .expect("engine starts")
             .compile_file(&rule)

@@ -100,7 +100,10 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
         &group,
         config::standalone_store(redis.store.prefix()),
     );
-    settings.admin = Some(AdminConfig { listen: admin });
+    settings.admin = Some(AdminConfig {
+        listen: admin,
+        ..AdminConfig::default()
+    });
     let config = config::write(dir.path(), &settings);
 
     let bad: Vec<(Vec<u8>, &str)> = vec![

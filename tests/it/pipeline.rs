@@ -20,6 +20,7 @@ fn rule(name: &str) -> WasmRule {
     RuleEngine::new(EngineLimits {
         memory_cap_bytes: 16 << 20,
         deadline: Duration::from_millis(50),
+        ..EngineLimits::default()
     })
     .expect("engine starts")
     .compile_file(&build::rule(name))

@@ -50,7 +50,10 @@ impl Served {
             &group,
             config::standalone_store(redis.store.prefix()),
         );
-        settings.admin = Some(AdminConfig { listen: admin });
+        settings.admin = Some(AdminConfig {
+        listen: admin,
+        ..AdminConfig::default()
+    });
         Self {
             topic,
             dead_letters,

@@ -53,7 +53,10 @@ async fn t4_redis_outage_is_waited_out_and_nothing_is_lost() {
     let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
     settings.pipeline.backoff_ms = 20;
     settings.pipeline.max_backoff_ms = 400;
-    settings.admin = Some(AdminConfig { listen: admin });
+    settings.admin = Some(AdminConfig {
+        listen: admin,
+        ..AdminConfig::default()
+    });
     let config = config::write(dir.path(), &settings);
 
     let stream = orders::generate("order-", 800, 30, 44);
@@ -315,7 +318,10 @@ impl Proxied {
         let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
         settings.pipeline.backoff_ms = 20;
         settings.pipeline.max_backoff_ms = 400;
-        settings.admin = Some(AdminConfig { listen: admin });
+        settings.admin = Some(AdminConfig {
+        listen: admin,
+        ..AdminConfig::default()
+    });
         let SourceConfig::Kafka(kafka) = &mut settings.source else {
             unreachable!("kafka_serve reads Kafka")
         };

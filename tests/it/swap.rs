@@ -328,6 +328,9 @@ impl TestFleet {
     }
 }
 
+/// The admin token of the T7 instances (rule uploads need one).
+const ADMIN_TOKEN: &str = "t7-admin-token-0123456789";
+
 fn instance_config(
     dir: &Path,
     name: &str,
@@ -340,7 +343,11 @@ fn instance_config(
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).expect("dir");
     let mut settings = config::kafka_serve(topic, dlq, &format!("{topic}-group"), store);
-    settings.admin = Some(AdminConfig { listen: admin });
+    settings.admin = Some(AdminConfig {
+        listen: admin,
+        token: Some(converge::redact::Secret::new(ADMIN_TOKEN)),
+        ..AdminConfig::default()
+    });
     settings.rule.fleet = Some(FleetConfig {
         redis: redis_url(),
         name: fleet.to_owned(),
@@ -534,8 +541,14 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     fleet
         .until("the disagreement to be counted", 2, |status| {
             status.instances.iter().any(|i| {
+                // Instance reports carry redacted samples: the planted one shows by its shape.
                 i.rule.shadow.as_ref().is_some_and(|s| {
-                    s.disagreements >= 1 && s.samples.iter().any(|d| d.incoming.key == planted_key)
+                    s.disagreements >= 1
+                        && s.samples.iter().any(|d| {
+                            d.incoming.key == converge::swap::REDACTED_DATA
+                                && d.incoming.status == "refunded"
+                                && d.incoming.version == 1
+                        })
                 })
             })
         })
@@ -563,6 +576,8 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     let client = reqwest::Client::new();
     let refused = client
         .post(format!("http://{first_admin}/rule"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/wasm")
         .body(read(&build::rule("forbidden-import")))
         .send()
         .await
@@ -571,6 +586,8 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     assert!(refused.text().await.expect("body").contains("imports"));
     let uploaded = client
         .post(format!("http://{first_admin}/rule"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/wasm")
         .body(v2.clone())
         .send()
         .await

@@ -6,16 +6,21 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use super::EXIT_FAILED;
-use super::rule_command::{FleetArgs, PublishArgs, RuleCommand, read, runtime};
+use super::rule_command::{FleetArgs, PublishArgs, RuleCommand, TargetArgs, runtime};
 use crate::rule::vectors::VectorFile;
-use crate::rule::{GateConfig, Gates, pack};
-use crate::swap::{Fleet, FleetStatus, Role};
+use crate::rule::{GateConfig, Gates, TrustedKeys, pack, read_component, signatures};
+use crate::swap::{Fleet, FleetError, FleetStatus, Role};
 
 impl FleetArgs {
     async fn connect(&self) -> anyhow::Result<Fleet> {
         Fleet::connect(&self.redis, &self.fleet)
             .await
-            .with_context(|| format!("cannot reach the fleet's Redis at {}", self.redis))
+            .with_context(|| {
+                format!(
+                    "cannot reach the fleet's Redis at {}",
+                    crate::redact::redact(&self.redis)
+                )
+            })
     }
 }
 
@@ -32,34 +37,90 @@ pub(super) fn run(command: &RuleCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        RuleCommand::Promote(fleet) => runtime()?.block_on(async {
-            let hash = fleet.connect().await?.promote().await?;
-            println!("promoted {hash} to active in fleet {}", fleet.fleet);
-            Ok(ExitCode::SUCCESS)
+        RuleCommand::Promote(args) => move_pointer(args, "promoted", async |fleet, trusted| {
+            fleet.promote(trusted, args.max_component_bytes).await
         }),
-        RuleCommand::Rollback(fleet) => runtime()?.block_on(async {
-            let hash = fleet.connect().await?.rollback().await?;
-            println!("fleet {} rolled back to {hash}", fleet.fleet);
-            Ok(ExitCode::SUCCESS)
-        }),
-        // `pack` needs no fleet; the dispatcher handles it.
-        RuleCommand::Pack(_) => unreachable_pack(),
+        RuleCommand::Rollback(args) => {
+            move_pointer(args, "rolled back", async |fleet, trusted| {
+                fleet.rollback(trusted, args.max_component_bytes).await
+            })
+        }
+        // These need no fleet; the dispatcher handles them.
+        RuleCommand::Pack(_)
+        | RuleCommand::Keygen(_)
+        | RuleCommand::Sign(_)
+        | RuleCommand::Verify(_) => unreachable_pack(),
     }
 }
 
+/// Rollback or promote: a refused target (tampered, missing, unsigned) exits 1 with why;
+/// nothing changed.
+fn move_pointer(
+    args: &TargetArgs,
+    done: &str,
+    act: impl AsyncFnOnce(&Fleet, &TrustedKeys) -> Result<String, FleetError>,
+) -> anyhow::Result<ExitCode> {
+    let trusted = args.trust.trusted()?;
+    runtime()?.block_on(async {
+        let fleet = args.fleet.connect().await?;
+        match act(&fleet, &trusted).await {
+            Ok(hash) => {
+                println!("fleet {} {done}: active rule {hash}", args.fleet.fleet);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(
+                error @ (FleetError::Integrity(_)
+                | FleetError::TooLarge { .. }
+                | FleetError::Unsigned { .. }
+                | FleetError::MissingBlob { .. }),
+            ) => {
+                eprintln!("not {done}: {error}");
+                Ok(ExitCode::from(EXIT_FAILED))
+            }
+            Err(error) => Err(error.into()),
+        }
+    })
+}
+
 fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
-    let mut component = read(&args.rule)?;
+    let mut component = read_component(&args.rule, args.engine.max_component_bytes)?;
+    let trusted = args.trust.trusted()?;
     let sidecar = VectorFile::sidecar_path(&args.rule);
+    // Packing changes what is signed: a signed component is published as it is.
+    let signed = signatures(&component).is_ok_and(|found| !found.is_empty());
     let vectors = match &args.vectors {
+        Some(_) if signed => anyhow::bail!(
+            "{} is signed, and packing --vectors into it would break its signature: pack first \
+             (`converge rule pack`), then sign, then publish",
+            args.rule.display()
+        ),
         Some(path) => Some(VectorFile::load(path)?),
+        None if sidecar.exists() && signed => {
+            eprintln!(
+                "note: {} is not packed: {} is signed, and packing would break its signature \
+                 (pack before signing)",
+                sidecar.display(),
+                args.rule.display()
+            );
+            None
+        }
         None if sidecar.exists() => Some(VectorFile::load(&sidecar)?),
         None => None,
     };
     if let Some(vectors) = &vectors {
         component = pack(&component, vectors)?;
     }
+    // --skip-local-gates skips compiling and checking here, never the signature.
+    if let Err(error) = trusted.check(&component) {
+        eprintln!(
+            "not published: {} refused by the signature gate: {error}",
+            args.rule.display()
+        );
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
     if !args.skip_local_gates {
-        let gates = Gates::new(args.engine.engine()?, GateConfig::default());
+        let gates = Gates::new(args.engine.engine()?, GateConfig::default())
+            .with_trusted_keys(trusted);
         if let Err(error) = gates.admit(&component, None) {
             eprintln!(
                 "not published: {} refused by the {} gate: {error}",
@@ -118,12 +179,33 @@ fn print_status(out: &mut impl Write, status: &FleetStatus) -> io::Result<()> {
             short(&rule.active.hash),
             rule.active.origin
         )?;
+        if let Some(ignores) = &rule.active.ignores {
+            writeln!(out, "  ignores {ignores}")?;
+        }
+        if let Some(previous) = &rule.previous {
+            let ignores = previous
+                .ignores
+                .map(|ignores| format!(", ignored {ignores}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  previous {} ({}){ignores}",
+                previous.rule,
+                short(&previous.hash)
+            )?;
+        }
         if let Some(swap) = &rule.last_swap {
-            let outcome = match &swap.refusal {
-                Some(refusal) => {
+            let outcome = match (&swap.refusal, &swap.auto_rollback) {
+                (Some(refusal), _) => {
                     format!("refused by the {} gate: {}", refusal.gate, refusal.reason)
                 }
-                None => "applied".to_owned(),
+                (None, Some(rolled_back)) => format!(
+                    "applied, rolling back {} ({}): {}",
+                    rolled_back.rule,
+                    short(&rolled_back.hash),
+                    rolled_back.reason
+                ),
+                (None, None) => "applied".to_owned(),
             };
             writeln!(
                 out,
@@ -143,6 +225,12 @@ fn print_status(out: &mut impl Write, status: &FleetStatus) -> io::Result<()> {
                 shadow.disagreements,
                 shadow.decisions
             )?;
+            if let (Some(ignores), Some(active)) = (&shadow.rule.ignores, &shadow.active_ignores) {
+                writeln!(
+                    out,
+                    "    ignores {ignores}; the active rule on the same events: {active}"
+                )?;
+            }
             for sample in &shadow.samples {
                 writeln!(
                     out,
@@ -156,5 +244,5 @@ fn print_status(out: &mut impl Write, status: &FleetStatus) -> io::Result<()> {
 }
 
 fn unreachable_pack() -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`converge rule pack` is not a fleet command")
+    anyhow::bail!("`converge rule pack`, `keygen`, `sign` and `verify` are not fleet commands")
 }

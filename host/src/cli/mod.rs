@@ -23,6 +23,7 @@ use crate::store::MemoryStore;
 #[cfg(feature = "redis")]
 mod fleet;
 mod rule_command;
+mod signing;
 
 /// Exit code: the check or run found a problem with the rule or the data.
 const EXIT_FAILED: u8 = 1;
@@ -101,8 +102,11 @@ enum Command {
     /// decision against the contract), 2 on a usage or load error.
     Decide(DecideArgs),
     /// Check a rule: its conformance vectors, then convergence on generated event histories
-    /// (every delivery order, duplicates, redelivery). Prints a minimal counterexample on
-    /// failure.
+    /// (every delivery order, duplicates, redelivery, no silent ignore, determinism). Prints a
+    /// minimal counterexample on failure.
+    ///
+    /// Each run draws a fresh random seed and prints it; `--seed N` repeats that run exactly
+    /// (with the same vectors and sample).
     ///
     /// Exits 0 when the rule passes, 1 when a check fails, 2 on a usage or load error.
     Check(CheckArgs),
@@ -117,7 +121,8 @@ enum Command {
     /// --brokers needs the `kafka` feature, --listen the `http` feature.
     Simulate(SimulateArgs),
     /// Change the rule a fleet serves, without a redeploy: publish, status, promote, rollback,
-    /// pack. See `converge rule --help`. Every subcommand but `pack` needs the `redis` feature.
+    /// pack, and sign rules: keygen, sign, verify. See `converge rule --help`. Publish, status,
+    /// promote and rollback need the `redis` feature.
     #[command(subcommand)]
     Rule(rule_command::RuleCommand),
     /// Fold recorded events through a rule from scratch and report which keys' final states
@@ -138,6 +143,9 @@ struct EngineArgs {
     /// The most memory one rule instance may use, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     memory_mib: usize,
+    /// The largest rule component accepted, in bytes; a larger file is not read.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::rule::DEFAULT_MAX_COMPONENT_BYTES)]
+    max_component_bytes: usize,
 }
 
 impl EngineArgs {
@@ -145,6 +153,8 @@ impl EngineArgs {
         Ok(RuleEngine::new(EngineLimits {
             memory_cap_bytes: self.memory_mib.saturating_mul(1 << 20),
             deadline: Duration::from_millis(self.deadline_ms),
+            max_component_bytes: self.max_component_bytes,
+            ..EngineLimits::default()
         })?)
     }
 
@@ -263,12 +273,22 @@ struct CheckArgs {
     /// Print the report as one JSON document instead of text.
     #[arg(long)]
     json: bool,
-    /// How many event histories to generate.
-    #[arg(long, value_name = "N", default_value_t = CheckConfig::default().histories)]
-    histories: usize,
-    /// Seed of the history generator; the same seed checks the same histories.
-    #[arg(long, value_name = "N", default_value_t = CheckConfig::default().seed)]
-    seed: u64,
+    /// How many event histories to generate [default: 200; with --quick, the gates' 40].
+    #[arg(long, value_name = "N")]
+    histories: Option<usize>,
+    /// Seed of the history generator: the printed seed of an earlier run repeats it (the same
+    /// histories, the same counterexample). Default: a fresh random seed.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Messages to draw keys, statuses, versions, timestamps and payloads from, beside
+    /// generated ones: JSON lines as `converge run` reads them, decoded with the default field
+    /// mapping. A line that does not decode is an error.
+    #[arg(long, value_name = "FILE")]
+    sample: Option<PathBuf>,
+    /// Run the quick check the gates run before a rule serves (shorter histories), e.g. to
+    /// repeat a gate refusal with its seed.
+    #[arg(long)]
+    quick: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -300,7 +320,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let command = Cli::command().after_help(features_help());
     let cli = Cli::from_arg_matches(&command.get_matches())?;
     let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // Whichever crate logs a URL, its password does not reach the log.
+        .with_writer(crate::redact::stderr_writer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -463,6 +484,8 @@ struct CheckOutput {
     rule: String,
     vectors_file: Option<PathBuf>,
     vectors_run: usize,
+    sample_file: Option<PathBuf>,
+    sample_events: usize,
     vector_failures: Vec<VectorFailure>,
     property: CheckReport,
     passed: bool,
@@ -481,19 +504,35 @@ fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             .map(|file| file.vectors)
             .unwrap_or_default(),
     };
+    let mut corpus = check::Corpus::from_vectors(&vectors);
+    let sample_events = match &args.sample {
+        Some(path) => read_sample(path, &mut corpus)?,
+        None => 0,
+    };
     let mut rule = compiled.instance();
     let vector_failures = vectors::run(&mut rule, &vectors);
     let config = CheckConfig {
-        histories: args.histories,
         seed: args.seed,
-        ..CheckConfig::default()
+        ..if args.quick {
+            CheckConfig::quick(
+                args.histories
+                    .unwrap_or(crate::rule::GateConfig::default().check_histories),
+            )
+        } else {
+            CheckConfig {
+                histories: args.histories.unwrap_or(CheckConfig::default().histories),
+                ..CheckConfig::default()
+            }
+        }
     };
-    let property = check::check(&mut rule, &config);
+    let property = check::check(&compiled, &config, &corpus);
     let passed = vector_failures.is_empty() && property.passed();
     let output = CheckOutput {
         rule: compiled.info().stamp(),
         vectors_file,
         vectors_run: vectors.len(),
+        sample_file: args.sample.clone(),
+        sample_events,
         vector_failures,
         property,
         passed,
@@ -508,6 +547,36 @@ fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// Adds the events of the JSON lines at `path` to `corpus`, decoded as `converge run` decodes
+/// them; returns how many there were. Id-only messages add their key. A line that does not
+/// decode fails the whole sample: a check drawing from part of it would pass for the wrong
+/// reason.
+fn read_sample(path: &Path, corpus: &mut check::Corpus) -> anyhow::Result<usize> {
+    let text =
+        std::fs::read(path).with_context(|| format!("cannot read sample {}", path.display()))?;
+    let mapping = PipelineConfig::default().mapping;
+    let mut events = 0;
+    for (index, line) in text.split(|byte| *byte == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match crate::pipeline::decode_bytes(&mapping, Some(line), None) {
+            Ok(crate::pipeline::Decoded::Event(event)) => {
+                corpus.add(&event);
+                events += 1;
+            }
+            Ok(crate::pipeline::Decoded::IdOnly { key }) => corpus.add_key(&key),
+            Err(error) => anyhow::bail!(
+                "sample {} line {}: {error} (every line must decode as `converge run` decodes it)",
+                path.display(),
+                index + 1
+            ),
+        }
+    }
+    Ok(events)
 }
 
 fn print_check(out: &mut impl Write, output: &CheckOutput) -> io::Result<()> {
@@ -550,7 +619,20 @@ fn print_check(out: &mut impl Write, output: &CheckOutput) -> io::Result<()> {
             }
         }
     }
+    if let Some(path) = &output.sample_file {
+        writeln!(
+            out,
+            "sample: {} events ({})",
+            output.sample_events,
+            path.display()
+        )?;
+    }
     let property = &output.property;
+    writeln!(
+        out,
+        "seed {} (--seed {} repeats this run)",
+        property.seed, property.seed
+    )?;
     match &property.violation {
         None => writeln!(
             out,
@@ -560,8 +642,8 @@ fn print_check(out: &mut impl Write, output: &CheckOutput) -> io::Result<()> {
         Some(violation) => {
             writeln!(
                 out,
-                "convergence: FAIL after {} histories, {} delivery orders",
-                property.histories, property.orders
+                "convergence: FAIL after {} histories, {} delivery orders (seed {})",
+                property.histories, property.orders, property.seed
             )?;
             write!(out, "{violation}")?;
         }

@@ -22,8 +22,11 @@ pub(super) enum RuleCommand {
     /// it in within seconds; `converge rule status` shows the outcome per instance.
     ///
     /// Vectors given with --vectors, or found beside the rule as RULE.vectors.json, are packed
-    /// into the component first, so they travel with it. The gates run here too before
-    /// anything is published. Exits 0 once published, 1 when the rule fails the gates here.
+    /// into the component first, so they travel with it — except into a signed component,
+    /// whose signature packing would break (pack, then sign, then publish). The signature is
+    /// checked here (with --trusted-key: it must be by one of them), even with
+    /// --skip-local-gates, then the other gates run before anything is published. Exits 0 once
+    /// published, 1 when the rule fails a gate here.
     ///
     /// Needs the `redis` feature.
     Publish(PublishArgs),
@@ -31,27 +34,59 @@ pub(super) enum RuleCommand {
     ///
     /// Needs the `redis` feature.
     Status(StatusArgs),
-    /// Make the fleet's shadow rule its active rule.
+    /// Make the fleet's shadow rule its active rule, once its blob is checked as for
+    /// rollback.
     ///
     /// Needs the `redis` feature.
-    Promote(FleetArgs),
-    /// Return the fleet to the rule active before the current one.
+    Promote(TargetArgs),
+    /// Return the fleet to the rule active before the current one (versions an instance
+    /// refused are skipped).
+    ///
+    /// The target is checked before the pointer moves: the history entry must be a content
+    /// hash, its blob present, within the size cap and hashing to it, and its signature valid
+    /// (with --trusted-key: by one of them). Exits 0 once rolled back, 1 when the target is
+    /// refused (nothing changes).
     ///
     /// Needs the `redis` feature.
-    Rollback(FleetArgs),
+    Rollback(TargetArgs),
     /// Embed conformance vectors into a component (custom section `converge:vectors`), so that
-    /// they travel with the rule.
+    /// they travel with the rule. Pack before signing: packing changes what is signed.
     Pack(PackArgs),
+    /// Make a signing key: the private key (PKCS#8 PEM, mode 0600) at --out and its public key
+    /// (one line, `ed25519:<base64>`, what `[rule] trusted_keys` takes) at --out with `.pub`
+    /// appended. Prints the public key and its id. Never overwrites a file.
+    Keygen(super::signing::KeygenArgs),
+    /// Sign a rule component with a key from `converge rule keygen`: appends a custom section
+    /// `converge:signature`. Signatures by other keys stay (sign with the old and the new key
+    /// while rotating); everything else the component carries is signed, vectors included.
+    Sign(super::signing::SignArgs),
+    /// List a component's signatures and check them: exits 0 when it is signed and every
+    /// signature verifies (with --trusted-key: one is by a trusted key), 1 otherwise.
+    Verify(super::signing::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
 pub(super) struct FleetArgs {
-    /// The Redis holding the fleet's rules.
-    #[arg(long, env = "CONVERGE_FLEET_REDIS", value_name = "URL")]
+    /// The Redis holding the fleet's rules. Prefer the environment variable when the URL holds
+    /// a password: a command line is visible to every user of the host.
+    // hide_env_values: `--help` would print the variable's value, password and all.
+    #[arg(long, env = "CONVERGE_FLEET_REDIS", hide_env_values = true, value_name = "URL")]
     pub(super) redis: String,
     /// The fleet's name (`rule.fleet.name` of its instances).
     #[arg(long, env = "CONVERGE_FLEET", value_name = "NAME")]
     pub(super) fleet: String,
+}
+
+/// A fleet, and what its target rule's signature must be by (rollback, promote).
+#[derive(Debug, Args)]
+pub(super) struct TargetArgs {
+    #[command(flatten)]
+    pub(super) fleet: FleetArgs,
+    #[command(flatten)]
+    pub(super) trust: super::signing::TrustArgs,
+    /// The largest component read, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::rule::DEFAULT_MAX_COMPONENT_BYTES)]
+    pub(super) max_component_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -65,11 +100,14 @@ pub(super) struct PublishArgs {
     /// Run the rule beside the active one, counting disagreements, without applying it.
     #[arg(long)]
     pub(super) shadow: bool,
-    /// Publish without gating here first (the instances still gate it).
+    /// Publish without running the compile, vector and convergence gates here first (the
+    /// instances still run them); the signature is checked all the same.
     #[arg(long)]
     pub(super) skip_local_gates: bool,
     #[command(flatten)]
     pub(super) fleet: FleetArgs,
+    #[command(flatten)]
+    pub(super) trust: super::signing::TrustArgs,
     #[command(flatten)]
     pub(super) engine: EngineArgs,
 }
@@ -129,6 +167,9 @@ pub(super) fn runtime() -> io::Result<tokio::runtime::Runtime> {
 
 pub(super) fn rule(command: &RuleCommand) -> anyhow::Result<ExitCode> {
     match command {
+        RuleCommand::Keygen(args) => super::signing::keygen(args),
+        RuleCommand::Sign(args) => super::signing::sign_command(args),
+        RuleCommand::Verify(args) => super::signing::verify(args),
         RuleCommand::Pack(args) => {
             let component = read(&args.rule)?;
             let vectors = VectorFile::load(&args.vectors)?;
@@ -152,8 +193,12 @@ pub(super) fn rule(command: &RuleCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Reads a rule component, refusing one over the default size cap unread.
 pub(super) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read rule {}", path.display()))
+    Ok(crate::rule::read_component(
+        path,
+        crate::rule::DEFAULT_MAX_COMPONENT_BYTES,
+    )?)
 }
 
 pub(super) fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,7 @@
 //! One batch in flight: its messages, the stamp of the rule deciding it, the dead letters it
 //! has produced so far and its tally. Every stage takes it and adds to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use crate::dead_letter::{DeadLetter, DeadLetterKind, cut_reason};
@@ -27,6 +27,8 @@ pub(super) struct Batch {
 #[derive(Debug, Default)]
 pub(super) struct Tally {
     pub decisions: BTreeMap<DecisionKind, u64>,
+    /// The `ignore`s by the rule's reason (the reasons as given; the metrics bound them).
+    pub ignores: HashMap<String, u64>,
     pub writes: u64,
     pub conflicts: u64,
 }

@@ -258,7 +258,7 @@ impl Enricher {
             .get(&url)
             .send()
             .await
-            .map_err(|error| Attempt::Transient(Transient::Request(error)))?;
+            .map_err(|error| Attempt::Transient(Transient::Request(without_secrets(error))))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(Attempt::NotFound);
@@ -296,7 +296,7 @@ impl Enricher {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|error| Attempt::Transient(Transient::Request(error)))?
+            .map_err(|error| Attempt::Transient(Transient::Request(without_secrets(error))))?
         {
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
@@ -313,6 +313,26 @@ impl Enricher {
             Ok(Decoded::IdOnly { .. }) => Err(Attempt::Final(EnrichError::NoStatus { key })),
             Err(source) => Err(Attempt::Final(EnrichError::Undecodable { key, source })),
         }
+    }
+}
+
+/// `error` with the secrets of its URL (a query parameter such as `api_key`) replaced: its
+/// text becomes a log line and a dead letter's reason. (reqwest has already moved a password
+/// in the URL into the request's header.)
+fn without_secrets(mut error: reqwest::Error) -> reqwest::Error {
+    let Some(url) = error.url_mut() else {
+        return error;
+    };
+    let shown = crate::redact::redact(url.as_str()).into_owned();
+    if shown == url.as_str() {
+        return error;
+    }
+    match reqwest::Url::parse(&shown) {
+        Ok(redacted) => {
+            *url = redacted;
+            error
+        }
+        Err(_) => error.without_url(),
     }
 }
 

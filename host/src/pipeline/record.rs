@@ -23,6 +23,7 @@ pub(super) fn record(stats: &mut Stats, metrics: &Metrics, batch: &Batch) {
         *stats.decisions.entry(*kind).or_default() += count;
         metrics.record_decisions(*kind, *count);
     }
+    metrics.record_ignores(&batch.stamp, &batch.tally.ignores);
     stats.writes += batch.tally.writes;
     stats.conflicts += batch.tally.conflicts;
     stats.batches += 1;

@@ -417,8 +417,13 @@ pub(super) fn tally(batch: &mut Batch, index: usize, outcome: Result<Decision, D
     match outcome {
         Ok(decision) => {
             *batch.tally.decisions.entry(decision.kind()).or_default() += 1;
-            if let Decision::Reject(reason) = decision {
-                batch.dead_letter(index, DeadLetterKind::Rejected, reason);
+            match decision {
+                Decision::Reject(reason) => {
+                    batch.dead_letter(index, DeadLetterKind::Rejected, reason);
+                }
+                // The reason moves into the tally: no copy per event.
+                Decision::Ignore(reason) => *batch.tally.ignores.entry(reason).or_default() += 1,
+                Decision::Insert(_) | Decision::Update(_) => {}
             }
         }
         Err(error) => {

@@ -1,22 +1,39 @@
-//! The convergence property check: does a rule's stored state depend on delivery order?
+//! The convergence property check: does a rule's stored state depend on delivery order, or on
+//! anything but the events themselves?
 //!
-//! For generated histories of events for one key (over the statuses the rule declares, with
-//! small version, timestamp and payload domains so that ties and duplicates are common), the
-//! check folds the events through the rule in every delivery order (histories of up to
-//! [`CheckConfig::exhaustive_up_to`] events) or in [`CheckConfig::random_orders`] random orders
-//! (longer ones), and requires:
+//! Each run draws a fresh random seed (printed, and given back with [`CheckConfig::seed`] to
+//! repeat the run exactly). From it the check generates histories of events for one key each
+//! (see `generate`: several keys per run, palettes small enough that ties and duplicates are
+//! common, boundary numbers, undeclared statuses, values from the rule's vectors and from sample
+//! messages — the [`Corpus`]). It folds every history through the rule in every delivery order
+//! (histories of up to [`CheckConfig::exhaustive_up_to`] events) or in
+//! [`CheckConfig::random_orders`] random orders (longer ones), and requires:
 //!
 //! - **convergence**: every order ends on the same stored state;
 //! - **no regression**: whenever the stored state changes, re-delivering any event applied
 //!   before leaves it unchanged, so no redelivery can move the key backward;
 //! - **idempotence**: the same holds for an exact duplicate of the event that was just applied;
-//! - **no failures**: the rule never traps, times out or answers against the contract.
+//! - **no silence**: an event for a key with nothing stored is inserted or rejected, never
+//!   ignored (`ignore` means stale or duplicate of the stored state; with nothing stored it would
+//!   make the event vanish without a trace);
+//! - **determinism**: the same (current, incoming) gets the same decision every time it is
+//!   asked, on the instance that has decided everything before (every answer is remembered and
+//!   compared on every repeat) and on a fresh instance (asked for a sample of pairs);
+//! - **no failures**: the rule never traps, times out or answers against the contract. An
+//!   event of a status the rule does not declare may be accepted: the host refuses to store the
+//!   state and dead-letters the event, so for convergence it counts as rejected.
 //!
-//! A failing history is shrunk (events dropped one at a time while it still fails) before it is
-//! reported, so the counterexample is minimal.
+//! A failing history is shrunk (events dropped one at a time while it still fails), then
+//! replayed on fresh instances: a counterexample that a fresh instance does not reproduce is
+//! reported as non-determinism, with the two answers the rule gave to the same inputs.
 
-use std::collections::HashSet;
+mod generate;
+
+pub use generate::Corpus;
+
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -24,10 +41,37 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::entity::{Decision, Event, RuleInfo, State};
-use crate::rule::{DecideError, Rule};
+use crate::rule::{CompiledRule, ContractViolation, DecideError, Rule};
+
+use generate::Generator;
 
 /// A found violation; boxed because it carries whole histories.
 type Found<T> = Result<T, Box<Violation>>;
+
+/// Makes fresh instances of a rule: ones that have decided nothing yet. The check decides most
+/// pairs on one long-lived instance and compares a sample with fresh ones, so a rule that keeps
+/// state between calls is caught.
+pub trait RuleFactory {
+    /// A fresh instance.
+    fn fresh(&self) -> Box<dyn Rule>;
+}
+
+impl RuleFactory for CompiledRule {
+    fn fresh(&self) -> Box<dyn Rule> {
+        Box::new(self.instance())
+    }
+}
+
+/// Any closure making a rule, e.g. `|| MyRule::default()` for a native rule.
+impl<F, R> RuleFactory for F
+where
+    F: Fn() -> R,
+    R: Rule + 'static,
+{
+    fn fresh(&self) -> Box<dyn Rule> {
+        Box::new(self())
+    }
+}
 
 /// How hard to look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +84,13 @@ pub struct CheckConfig {
     pub exhaustive_up_to: usize,
     /// How many random orders a longer history is checked in.
     pub random_orders: usize,
-    /// Seed of the generator: the same seed checks the same histories.
-    pub seed: u64,
+    /// At most how many of a history's (current, incoming) pairs are also asked of a fresh
+    /// instance; every repeated pair is compared anyway, at no cost.
+    pub fresh_per_history: usize,
+    /// Seed of the generator: the same seed (with the same corpus) checks the same histories
+    /// and finds the same counterexample. `None`: a fresh random seed, reported in
+    /// [`CheckReport::seed`].
+    pub seed: Option<u64>,
 }
 
 impl Default for CheckConfig {
@@ -51,7 +100,22 @@ impl Default for CheckConfig {
             max_events: 10,
             exhaustive_up_to: 7,
             random_orders: 1_000,
-            seed: 0x5eed,
+            fresh_per_history: 3,
+            seed: None,
+        }
+    }
+}
+
+impl CheckConfig {
+    /// The quick check the gates run before a rule may serve (`converge check --quick`): shorter
+    /// histories, `histories` of them.
+    pub fn quick(histories: usize) -> Self {
+        Self {
+            histories,
+            max_events: 6,
+            exhaustive_up_to: 5,
+            random_orders: 100,
+            ..Self::default()
         }
     }
 }
@@ -63,6 +127,35 @@ pub struct Delivery {
     pub order: Vec<usize>,
     /// The stored state after the last of them (`None`: nothing stored).
     pub final_state: Option<State>,
+}
+
+/// What an instance answered for a pair, and how many decisions it had made before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    /// Decisions the instance had made before this one: 0 for a fresh instance.
+    pub after_decisions: u64,
+    /// What it answered.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// A decision, or how the rule failed to give one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The rule decided.
+    Decision(Decision),
+    /// The rule failed.
+    Error(DecideError),
+}
+
+impl From<Result<Decision, DecideError>> for Outcome {
+    fn from(result: Result<Decision, DecideError>) -> Self {
+        match result {
+            Ok(decision) => Outcome::Decision(decision),
+            Err(error) => Outcome::Error(error),
+        }
+    }
 }
 
 /// A property the rule broke, with the (shrunk) history that shows it.
@@ -105,6 +198,27 @@ pub enum Violation {
         /// What the duplicate stored instead.
         moved_to: State,
     },
+    /// The last event of `order` arrived for a key with nothing stored (every event before it
+    /// was rejected) and was ignored: in production it would vanish without a trace.
+    SilentIgnore {
+        /// The history, for one key.
+        events: Vec<Event>,
+        /// The events delivered, in order, the last being the one ignored.
+        order: Vec<usize>,
+        /// The reason the rule gave.
+        reason: String,
+    },
+    /// The same (current, incoming) got different answers: the rule keeps state between calls
+    /// or reads something other than its arguments.
+    NonDeterministic {
+        /// The stored state it was asked about (`None`: nothing stored).
+        current: Option<State>,
+        /// The event it was asked about.
+        incoming: Event,
+        /// Its answers, at least two of them different; the last from a fresh instance
+        /// unless the difference was between a fresh instance and one that had decided before.
+        answers: Vec<Answer>,
+    },
     /// The rule failed while `order` was delivered.
     RuleFailed {
         /// The history, for one key.
@@ -117,13 +231,27 @@ pub enum Violation {
 }
 
 impl Violation {
-    /// The (shrunk) history that shows the violation.
+    /// The (shrunk) history that shows the violation; for non-determinism, the one event asked.
     pub fn events(&self) -> &[Event] {
         match self {
             Violation::Diverges { events, .. }
             | Violation::MovesBackward { events, .. }
             | Violation::NotIdempotent { events, .. }
+            | Violation::SilentIgnore { events, .. }
             | Violation::RuleFailed { events, .. } => events,
+            Violation::NonDeterministic { incoming, .. } => std::slice::from_ref(incoming),
+        }
+    }
+
+    /// The property's name, as the JSON report spells it (`"property"`).
+    pub fn property(&self) -> &'static str {
+        match self {
+            Violation::Diverges { .. } => "diverges",
+            Violation::MovesBackward { .. } => "moves_backward",
+            Violation::NotIdempotent { .. } => "not_idempotent",
+            Violation::SilentIgnore { .. } => "silent_ignore",
+            Violation::NonDeterministic { .. } => "non_deterministic",
+            Violation::RuleFailed { .. } => "rule_failed",
         }
     }
 
@@ -135,6 +263,13 @@ impl Violation {
                 "re-delivering an earlier event moved the stored state backward"
             }
             Violation::NotIdempotent { .. } => "a duplicate event changed the stored state",
+            Violation::SilentIgnore { .. } => {
+                "ignored an event for a key with nothing stored; insert it or reject it"
+            }
+            Violation::NonDeterministic { .. } => {
+                "the same inputs got different decisions: the rule is not deterministic \
+                 (it keeps state between calls)"
+            }
             Violation::RuleFailed { .. } => "the rule failed on a generated history",
         }
     }
@@ -143,11 +278,13 @@ impl Violation {
 /// What the check did and what it found.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
+    /// The seed the histories were drawn from: [`CheckConfig::seed`] repeats the run.
+    pub seed: u64,
     /// Histories checked (up to and including the failing one).
     pub histories: usize,
     /// Complete delivery orders folded.
     pub orders: u64,
-    /// Decisions asked of the rule.
+    /// Decisions asked of the rule (of every instance).
     pub decisions: u64,
     /// The first property broken, shrunk; `None` when the rule passed.
     pub violation: Option<Violation>,
@@ -160,21 +297,33 @@ impl CheckReport {
     }
 }
 
-/// Runs the property check against `rule`.
-pub fn check(rule: &mut dyn Rule, config: &CheckConfig) -> CheckReport {
-    let info = rule.info().clone();
-    let mut rng = StdRng::seed_from_u64(config.seed);
+/// Runs the property check against instances of `rules`, drawing values from `corpus` beside
+/// generated ones.
+pub fn check(rules: &dyn RuleFactory, config: &CheckConfig, corpus: &Corpus) -> CheckReport {
+    let seed = config.seed.unwrap_or_else(rand::random);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let warm = rules.fresh();
+    let info = warm.info().clone();
+    let generator = Generator::new(&info, corpus, &mut rng);
     let mut checker = Checker {
-        rule,
+        rules,
+        warm,
+        info,
         config,
         orders: 0,
         decisions: 0,
+        warm_decisions: 0,
+        memo: Memo::default(),
+        fresh_left: 0,
+        sampler: StdRng::seed_from_u64(seed.rotate_left(32) ^ 0x5eed),
     };
     for done in 0..config.histories {
-        let events = generate_history(&info, config.max_events, &mut rng);
+        let events = generator.history(config.max_events, &mut rng);
         if let Err(violation) = checker.check_history(&events, &mut rng) {
             let violation = checker.shrink(violation, &mut rng);
+            let violation = checker.confirm(violation);
             return CheckReport {
+                seed,
                 histories: done + 1,
                 orders: checker.orders,
                 decisions: checker.decisions,
@@ -183,6 +332,7 @@ pub fn check(rule: &mut dyn Rule, config: &CheckConfig) -> CheckReport {
         }
     }
     CheckReport {
+        seed,
         histories: config.histories,
         orders: checker.orders,
         decisions: checker.decisions,
@@ -190,33 +340,67 @@ pub fn check(rule: &mut dyn Rule, config: &CheckConfig) -> CheckReport {
     }
 }
 
-/// Events for one key over the rule's statuses; about a quarter are duplicates of earlier ones.
-fn generate_history(info: &RuleInfo, max_events: usize, rng: &mut StdRng) -> Vec<Event> {
-    const PAYLOADS: [&str; 3] = ["null", r#"{"note":"a"}"#, r#"{"note":"b"}"#];
-    let len = rng.random_range(2..=max_events.max(2));
-    let mut events: Vec<Event> = Vec::with_capacity(len);
-    while events.len() < len {
-        if !events.is_empty() && rng.random_bool(0.25) {
-            let earlier = events[rng.random_range(0..events.len())].clone();
-            events.push(earlier);
-            continue;
-        }
-        events.push(Event {
-            key: "order-1".to_owned(),
-            status: info.statuses[rng.random_range(0..info.statuses.len())].clone(),
-            version: rng.random_range(0..=2),
-            timestamp_ms: rng.random_range(0..=2),
-            payload: PAYLOADS[rng.random_range(0..PAYLOADS.len())].to_owned(),
-        });
+/// Every answer the long-lived instance gave, by (current, incoming), with when it gave it.
+///
+/// Looked up by a hash of the borrowed pair, so a repeat (the common case) costs a hash and a
+/// comparison, not a copy.
+#[derive(Default)]
+struct Memo {
+    hasher: foldhash::fast::FixedState,
+    answers: HashMap<u64, Vec<Remembered>>,
+    len: usize,
+}
+
+struct Remembered {
+    current: Option<State>,
+    incoming: Event,
+    answer: Answer,
+}
+
+/// Past this many pairs the memo starts over: it bounds the check's memory on long runs.
+const MEMO_CAP: usize = 1 << 16;
+
+impl Memo {
+    fn get(&self, current: Option<&State>, incoming: &Event) -> Option<&Answer> {
+        let hash = self.hasher.hash_one((current, incoming));
+        self.answers
+            .get(&hash)?
+            .iter()
+            .find(|r| r.current.as_ref() == current && r.incoming == *incoming)
+            .map(|r| &r.answer)
     }
-    events
+
+    fn insert(&mut self, current: Option<&State>, incoming: &Event, answer: Answer) {
+        if self.len >= MEMO_CAP {
+            self.answers.clear();
+            self.len = 0;
+        }
+        let hash = self.hasher.hash_one((current, incoming));
+        self.answers.entry(hash).or_default().push(Remembered {
+            current: current.cloned(),
+            incoming: incoming.clone(),
+            answer,
+        });
+        self.len += 1;
+    }
 }
 
 struct Checker<'a> {
-    rule: &'a mut dyn Rule,
+    rules: &'a dyn RuleFactory,
+    /// The long-lived instance most decisions are asked of.
+    warm: Box<dyn Rule>,
+    info: RuleInfo,
     config: &'a CheckConfig,
     orders: u64,
     decisions: u64,
+    /// Decisions asked of `warm`.
+    warm_decisions: u64,
+    memo: Memo,
+    /// Fresh-instance comparisons left for the current history.
+    fresh_left: usize,
+    /// Picks the pairs compared with a fresh instance; its own stream, so that the histories
+    /// drawn do not depend on it.
+    sampler: StdRng,
 }
 
 /// Where a depth-first walk over delivery orders stands.
@@ -233,6 +417,7 @@ impl Checker<'_> {
     /// Checks convergence over every (or many random) delivery orders first — a divergence is
     /// the clearest counterexample — and then, over the same orders, redelivery.
     fn check_history(&mut self, events: &[Event], rng: &mut StdRng) -> Found<()> {
+        self.fresh_left = self.config.fresh_per_history;
         let random_seed = rng.random();
         for redelivery in [false, true] {
             let mut walk = Walk {
@@ -333,16 +518,98 @@ impl Checker<'_> {
         state: Option<&State>,
         event: usize,
     ) -> Found<Option<State>> {
-        self.decisions += 1;
-        match self.rule.decide(state, &walk.events[event]) {
-            Ok(Decision::Insert(new) | Decision::Update(new)) => Ok(Some(new)),
-            Ok(Decision::Ignore(_) | Decision::Reject(_)) => Ok(state.cloned()),
-            Err(error) => Err(Box::new(Violation::RuleFailed {
+        let incoming = &walk.events[event];
+        match self.ask(state, incoming)? {
+            Outcome::Decision(Decision::Insert(new) | Decision::Update(new)) => Ok(Some(new)),
+            Outcome::Decision(Decision::Ignore(reason)) if state.is_none() => {
+                Err(Box::new(Violation::SilentIgnore {
+                    events: walk.events.to_vec(),
+                    order: walk.order.clone(),
+                    reason,
+                }))
+            }
+            Outcome::Decision(Decision::Ignore(_) | Decision::Reject(_)) => Ok(state.cloned()),
+            Outcome::Error(error) if self.host_refuses(&error, incoming) => Ok(state.cloned()),
+            Outcome::Error(error) => Err(Box::new(Violation::RuleFailed {
                 events: walk.events.to_vec(),
                 order: walk.order.clone(),
                 error,
             })),
         }
+    }
+
+    /// Whether `error` is the host refusing to store an event of a status the rule does not
+    /// declare, which the rule accepted: the event is dead-lettered and nothing is stored, as
+    /// if the rule had rejected it.
+    fn host_refuses(&self, error: &DecideError, incoming: &Event) -> bool {
+        matches!(
+            error,
+            DecideError::InvalidDecision(ContractViolation::UndeclaredStatus { status, .. })
+                if *status == incoming.status && !self.info.statuses.contains(status)
+        )
+    }
+
+    /// Asks the long-lived instance, compares its answer with any it gave before for the same
+    /// pair, and for a sample of new pairs with a fresh instance's.
+    fn ask(&mut self, current: Option<&State>, incoming: &Event) -> Found<Outcome> {
+        let answer = Answer {
+            after_decisions: self.warm_decisions,
+            outcome: self.warm.decide(current, incoming).into(),
+        };
+        self.warm_decisions += 1;
+        self.decisions += 1;
+        if let Outcome::Error(error) = &answer.outcome {
+            if !self.host_refuses(error, incoming) {
+                // A failure is reported as such; the instance that failed is gone anyway.
+                return Ok(answer.outcome);
+            }
+        }
+        match self.memo.get(current, incoming) {
+            Some(before) if before.outcome == answer.outcome => {}
+            Some(before) => {
+                let before = before.clone();
+                return Err(self.non_deterministic(current, incoming, vec![before, answer]));
+            }
+            None => {
+                self.memo.insert(current, incoming, answer.clone());
+                if self.fresh_left > 0 && self.sampler.random_ratio(1, 8) {
+                    self.fresh_left -= 1;
+                    let fresh = self.ask_fresh(current, incoming);
+                    if fresh.outcome != answer.outcome {
+                        return Err(self.non_deterministic(current, incoming, vec![answer, fresh]));
+                    }
+                }
+            }
+        }
+        Ok(answer.outcome)
+    }
+
+    /// A fresh instance's answer.
+    fn ask_fresh(&mut self, current: Option<&State>, incoming: &Event) -> Answer {
+        self.decisions += 1;
+        Answer {
+            after_decisions: 0,
+            outcome: self.rules.fresh().decide(current, incoming).into(),
+        }
+    }
+
+    /// The violation for `answers` (of which two differ), with a fresh instance's answer added
+    /// when none of them came from one.
+    fn non_deterministic(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+        mut answers: Vec<Answer>,
+    ) -> Box<Violation> {
+        if answers.iter().all(|answer| answer.after_decisions > 0) {
+            let fresh = self.ask_fresh(current, incoming);
+            answers.push(fresh);
+        }
+        Box::new(Violation::NonDeterministic {
+            current: current.cloned(),
+            incoming: incoming.clone(),
+            answers,
+        })
     }
 
     /// Compares a complete order's final state with the first order's.
@@ -366,14 +633,21 @@ impl Checker<'_> {
         }
     }
 
-    /// Drops events from the failing history while it still fails.
+    /// Drops events from the failing history while it still fails. Non-determinism is one
+    /// pair already, and ends the shrinking wherever it shows.
     fn shrink(&mut self, mut violation: Box<Violation>, rng: &mut StdRng) -> Box<Violation> {
+        if matches!(*violation, Violation::NonDeterministic { .. }) {
+            return violation;
+        }
         let mut events = violation.events().to_vec();
         let mut index = 0;
         while index < events.len() && events.len() > 1 {
             let mut smaller = events.clone();
             smaller.remove(index);
             match self.check_history(&smaller, rng) {
+                Err(found) if matches!(*found, Violation::NonDeterministic { .. }) => {
+                    return found;
+                }
                 Err(smaller_violation) => {
                     events = smaller;
                     violation = smaller_violation;
@@ -384,11 +658,136 @@ impl Checker<'_> {
         }
         violation
     }
+
+    /// Replays a counterexample on fresh instances, comparing every answer with the one the
+    /// long-lived instance gave: one that differs turns the counterexample into
+    /// non-determinism, which is what it then shows.
+    fn confirm(&mut self, violation: Box<Violation>) -> Box<Violation> {
+        match self.replay(&violation) {
+            Ok(()) => violation,
+            Err(non_deterministic) => non_deterministic,
+        }
+    }
+
+    fn replay(&mut self, violation: &Violation) -> Found<()> {
+        match violation {
+            Violation::Diverges {
+                events,
+                first,
+                second,
+            } => {
+                for delivery in [first, second] {
+                    let mut fresh = Replay::new(self.rules);
+                    for &index in &delivery.order {
+                        fresh.step(self, &events[index])?;
+                    }
+                }
+            }
+            Violation::MovesBackward {
+                events,
+                order,
+                redelivered,
+                ..
+            }
+            | Violation::NotIdempotent {
+                events,
+                order,
+                redelivered,
+                ..
+            } => {
+                let mut fresh = Replay::new(self.rules);
+                for &index in order {
+                    fresh.step(self, &events[index])?;
+                }
+                fresh.step(self, &events[*redelivered])?;
+            }
+            Violation::SilentIgnore { events, order, .. } => {
+                let mut fresh = Replay::new(self.rules);
+                for &index in order {
+                    fresh.step(self, &events[index])?;
+                }
+            }
+            Violation::NonDeterministic { .. } | Violation::RuleFailed { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// A fold on a fresh instance, answer by answer compared with the long-lived instance's.
+struct Replay {
+    rule: Box<dyn Rule>,
+    decisions: u64,
+    state: Option<State>,
+}
+
+impl Replay {
+    fn new(rules: &dyn RuleFactory) -> Self {
+        Self {
+            rule: rules.fresh(),
+            decisions: 0,
+            state: None,
+        }
+    }
+
+    fn step(&mut self, checker: &mut Checker<'_>, incoming: &Event) -> Found<()> {
+        let current = self.state.as_ref();
+        let answer = Answer {
+            after_decisions: self.decisions,
+            outcome: self.rule.decide(current, incoming).into(),
+        };
+        self.decisions += 1;
+        checker.decisions += 1;
+        let before = match checker.memo.get(current, incoming) {
+            Some(before) => before.clone(),
+            // Forgotten (the memo started over): ask the long-lived instance again.
+            None => Answer {
+                after_decisions: checker.warm_decisions,
+                outcome: {
+                    checker.warm_decisions += 1;
+                    checker.decisions += 1;
+                    checker.warm.decide(current, incoming).into()
+                },
+            },
+        };
+        if before.outcome != answer.outcome {
+            let (current, answers) = (self.state.clone(), vec![before, answer]);
+            return Err(checker.non_deterministic(current.as_ref(), incoming, answers));
+        }
+        if let Outcome::Decision(decision) = &answer.outcome {
+            if let Some(next) = decision.stored_state() {
+                self.state = Some(next.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "counterexample: {}", self.headline())?;
+        if let Violation::NonDeterministic {
+            current,
+            incoming,
+            answers,
+        } = self
+        {
+            match current {
+                Some(current) => writeln!(f, "  current  {}", json(current))?,
+                None => writeln!(f, "  current  none (nothing stored)")?,
+            }
+            writeln!(f, "  incoming {}", json(incoming))?;
+            for answer in answers {
+                let outcome = match &answer.outcome {
+                    Outcome::Decision(decision) => json(decision),
+                    Outcome::Error(error) => format!("error: {error}"),
+                };
+                match answer.after_decisions {
+                    0 => writeln!(f, "  a fresh instance answered {outcome}")?,
+                    n => writeln!(f, "  an instance that had decided {n} times answered {outcome}")?,
+                }
+            }
+            return Ok(());
+        }
         writeln!(f, "  events (for one key):")?;
         for (index, event) in self.events().iter().enumerate() {
             writeln!(f, "    #{index} {}", json(event))?;
@@ -430,9 +829,18 @@ impl fmt::Display for Violation {
                     json(moved_to)
                 )?;
             }
+            Violation::SilentIgnore { order, reason, .. } => {
+                writeln!(
+                    f,
+                    "  delivered {} -> nothing stored, the last one ignored ({})",
+                    order_text(order),
+                    json(reason)
+                )?;
+            }
             Violation::RuleFailed { order, error, .. } => {
                 writeln!(f, "  delivered {} -> {error}", order_text(order))?;
             }
+            Violation::NonDeterministic { .. } => {}
         }
         Ok(())
     }

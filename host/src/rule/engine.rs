@@ -7,7 +7,12 @@
 //!   time or memory, or answers a decision that breaks the contract is reported as a
 //!   [`DecideError`]; the instance is dropped and the next call instantiates a fresh one, so a
 //!   half-run call never leaks state into the next.
+//! - A component is refused before it is compiled (a file: before it is read) when it is larger
+//!   than [`EngineLimits::max_component_bytes`], and an instance may create only so many core
+//!   instances, memories and tables: compiling and instantiating are work an untrusted
+//!   candidate must not be able to make unbounded.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,22 +28,44 @@ use crate::rule::{self, ContractViolation, DecideError, Rule};
 /// How often the engine's clock ticks; deadlines are rounded up to whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Limits applied to every rule call.
+/// The default of [`EngineLimits::max_component_bytes`] (and of `rule.max_component_bytes`):
+/// 16 MiB, a hundred times the shipped rule.
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 << 20;
+
+/// Limits applied to every rule component and every rule call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
-    /// The most linear memory one rule instance may hold.
+    /// The most linear memory one rule instance may hold, all its memories together.
     pub memory_cap_bytes: usize,
     /// How long one call (`decide`, `decide-batch` or `info`) may run.
     pub deadline: Duration,
+    /// The largest component compiled, in bytes; a larger one is refused before it is
+    /// compiled, and a file before it is read.
+    pub max_component_bytes: usize,
+    /// The most core instances one rule instance may create (a component instantiates
+    /// several core modules).
+    pub max_instances: usize,
+    /// The most linear memories one rule instance may create.
+    pub max_memories: usize,
+    /// The most tables one rule instance may create.
+    pub max_tables: usize,
 }
 
 impl Default for EngineLimits {
     /// 64 MiB and 100 ms: a decision takes microseconds and a few KiB, so these leave room for
-    /// any honest rule while stopping a runaway one quickly.
+    /// any honest rule while stopping a runaway one quickly. A Rust rule has 16 MiB of room
+    /// ([`DEFAULT_MAX_COMPONENT_BYTES`]) and instantiates about four core instances, one memory
+    /// and two tables; a component linking a language runtime's shared libraries (Python, say)
+    /// about fifteen instances with one shared memory: 32 instances, 4 memories and 32 tables
+    /// leave room for those and bound what a hostile component can reserve.
     fn default() -> Self {
         Self {
             memory_cap_bytes: 64 << 20,
             deadline: Duration::from_millis(100),
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+            max_instances: 32,
+            max_memories: 4,
+            max_tables: 32,
         }
     }
 }
@@ -53,6 +80,16 @@ pub enum LoadError {
         path: PathBuf,
         /// Why it cannot be read.
         source: std::io::Error,
+    },
+    /// The component is larger than [`EngineLimits::max_component_bytes`].
+    #[error("{what} is {size} bytes, over the cap of {cap} bytes (rule.max_component_bytes)")]
+    TooLarge {
+        /// What was refused: `the component`, `rule PATH`, `fleet blob HASH`.
+        what: String,
+        /// Its size in bytes (for a file that grew while read: as far as it was read).
+        size: u64,
+        /// The cap, in bytes.
+        cap: usize,
     },
     /// The bytes are not a WebAssembly component wasmtime can compile.
     #[error("not a valid rule component: {0:#}")]
@@ -143,17 +180,28 @@ impl RuleEngine {
         self.inner.limits
     }
 
-    /// Reads and compiles the component at `path`.
+    /// Reads and compiles the component at `path`; a file over the size cap is not read.
     pub fn compile_file(&self, path: &Path) -> Result<CompiledRule, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = read_component(path, self.inner.limits.max_component_bytes)?;
         self.compile(&bytes)
+    }
+
+    /// Refuses `size` bytes of component when they are over the size cap.
+    pub fn check_size(&self, size: usize) -> Result<(), LoadError> {
+        let cap = self.inner.limits.max_component_bytes;
+        if size > cap {
+            return Err(LoadError::TooLarge {
+                what: "the component".to_owned(),
+                size: size as u64,
+                cap,
+            });
+        }
+        Ok(())
     }
 
     /// Compiles a component, checks its imports, links it and asks it for its info.
     pub fn compile(&self, bytes: &[u8]) -> Result<CompiledRule, LoadError> {
+        self.check_size(bytes.len())?;
         let inner = &self.inner;
         let component = Component::new(&inner.engine, bytes).map_err(LoadError::Compile)?;
         let component_type = component.component_type();
@@ -185,6 +233,33 @@ impl RuleEngine {
             info: Arc::new(info),
         })
     }
+}
+
+/// Reads the component file at `path`, refusing one over `cap` bytes by its size before reading
+/// it, and again if it grows past the cap while it is read (only `cap + 1` bytes are ever read).
+pub fn read_component(path: &Path, cap: usize) -> Result<Vec<u8>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let too_large = |size| LoadError::TooLarge {
+        what: format!("rule {}", path.display()),
+        size,
+        cap,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let size = file.metadata().map_err(read_error)?.len();
+    if size > cap as u64 {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(cap));
+    file.take(cap as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > cap {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 fn check_info(info: &RuleInfo) -> Result<(), InvalidInfo> {
@@ -329,17 +404,20 @@ impl Live {
     fn new(engine: &RuleEngine, pre: &RuleBindingsPre<RuleCtx>) -> Result<Self, DecideError> {
         let limits = engine.limits();
         let ctx = RuleCtx {
-            limiter: MemoryCap {
-                cap: limits.memory_cap_bytes,
+            limiter: Limiter {
+                limits,
+                used: 0,
+                growing: 0,
                 refused: None,
             },
         };
         let mut store = Store::new(&engine.inner.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         store.set_epoch_deadline(deadline_ticks(limits.deadline));
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|error| classify(error, &mut store, limits, DecideError::Instantiate))?;
+        let bindings = pre.instantiate(&mut store).map_err(|error| {
+            let error = over_counts(error, limits);
+            classify(error, &mut store, limits, DecideError::Instantiate)
+        })?;
         Ok(Self { store, bindings })
     }
 
@@ -353,6 +431,19 @@ impl Live {
         f(&mut self.store, &self.bindings)
             .map_err(|error| classify(error, &mut self.store, limits, DecideError::Trap))
     }
+}
+
+/// Names the caps when instantiation failed on one of them: wasmtime's own message ("resource
+/// limit exceeded: memory count too high at 5") does not say that they are converge's.
+fn over_counts(error: wasmtime::Error, limits: EngineLimits) -> wasmtime::Error {
+    if !format!("{error:#}").contains("resource limit exceeded") {
+        return error;
+    }
+    error.context(format!(
+        "the rule creates more than converge allows one rule instance: {} core instances, {} \
+         memories, {} tables",
+        limits.max_instances, limits.max_memories, limits.max_tables
+    ))
 }
 
 /// Turns a wasmtime error into the reason a call failed.
@@ -384,30 +475,44 @@ fn deadline_ticks(deadline: Duration) -> u64 {
         .max(1)
 }
 
-/// What a rule's store holds: nothing but its memory cap.
+/// What a rule's store holds: nothing but its limiter.
 struct RuleCtx {
-    limiter: MemoryCap,
+    limiter: Limiter,
 }
 
-/// Refuses memory growth past the cap and remembers the refusal, so the trap that follows
-/// (a Rust guest aborts when allocation fails) is reported as what it is.
-struct MemoryCap {
-    cap: usize,
+/// Refuses memory growth past the cap (all the instance's memories together) and remembers the
+/// refusal, so the trap that follows (a Rust guest aborts when allocation fails) is reported as
+/// what it is; caps the instances, memories and tables a store may create.
+struct Limiter {
+    limits: EngineLimits,
+    /// Bytes of linear memory the store's memories hold, all together.
+    used: usize,
+    /// The growth last allowed, taken back if it then fails.
+    growing: usize,
     refused: Option<usize>,
 }
 
-impl ResourceLimiter for MemoryCap {
+impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap || maximum.is_some_and(|max| desired > max) {
-            self.refused = Some(desired);
+        let growth = desired.saturating_sub(current);
+        let total = self.used.saturating_add(growth);
+        if total > self.limits.memory_cap_bytes || maximum.is_some_and(|max| desired > max) {
+            self.refused = Some(total);
             return Ok(false);
         }
+        self.used = total;
+        self.growing = growth;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.used = self.used.saturating_sub(std::mem::take(&mut self.growing));
+        Ok(())
     }
 
     fn table_growing(
@@ -417,5 +522,17 @@ impl ResourceLimiter for MemoryCap {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(maximum.is_none_or(|max| desired <= max) && desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.max_instances
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.max_memories
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.max_tables
     }
 }

@@ -1,5 +1,5 @@
-//! The gates a rule passes before it may serve: compile, import allowlist, its own conformance
-//! vectors, and a quick convergence check.
+//! The gates a rule passes before it may serve: size, signature, compile, import allowlist, its
+//! own conformance vectors, and a quick convergence check.
 //!
 //! A rule's vectors travel inside the component, as a custom section named
 //! [`VECTORS_SECTION`] holding a vector file (see [`crate::rule::vectors`]). Rules built in Rust embed
@@ -15,6 +15,7 @@ use wasm_encoder::ComponentSection;
 
 use crate::rule::check::{self, CheckConfig, Violation};
 use crate::rule::vectors::{self, VectorFile};
+use crate::rule::signature::{IntegrityError, SignatureError, TrustedKeys};
 use crate::rule::{CompiledRule, LoadError, RuleEngine};
 
 /// The custom section that carries a rule's conformance vectors.
@@ -57,6 +58,14 @@ impl Default for GateConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Gate {
+    /// The component is larger than `rule.max_component_bytes`.
+    Size,
+    /// It is not signed by a trusted key (`rule.trusted_keys`), or a signature it carries does
+    /// not verify.
+    Signature,
+    /// Not a gate of the candidate but of its delivery: a fleet pointer that is not a content
+    /// hash, or a blob whose SHA-256 is not the hash it is stored under.
+    Integrity,
     /// The bytes do not compile or link as a rule, or its info is invalid.
     Compile,
     /// The component imports outside the allowlist.
@@ -67,17 +76,27 @@ pub enum Gate {
     Convergence,
     /// Not a gate of the candidate: a promotion or rollback had nothing to act on.
     Swap,
+    /// Not a gate of the candidate's bytes but of its behaviour on live events: it answered
+    /// `ignore` far more often than the rule it was to replace (`rule.auto_rollback`), as a
+    /// shadow before a promotion or after a swap (which was then rolled back).
+    #[serde(rename = "ignore_share")]
+    IgnoreShare,
 }
 
 impl Gate {
-    /// The gate's name: `compile`, `imports`, `vectors`, `convergence` or `swap`.
+    /// The gate's name: `size`, `signature`, `integrity`, `compile`, `imports`, `vectors`,
+    /// `convergence`, `swap` or `ignore_share`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Gate::Size => "size",
+            Gate::Signature => "signature",
+            Gate::Integrity => "integrity",
             Gate::Compile => "compile",
             Gate::Imports => "imports",
             Gate::Vectors => "vectors",
             Gate::Convergence => "convergence",
             Gate::Swap => "swap",
+            Gate::IgnoreShare => "ignore_share",
         }
     }
 }
@@ -91,9 +110,16 @@ impl std::fmt::Display for Gate {
 /// Why a candidate was refused. Nothing of a refused candidate ever decides a served event.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
-    /// It does not compile, link or answer a valid info, or it imports outside the allowlist.
+    /// It is too large, does not compile, link or answer a valid info, or it imports outside
+    /// the allowlist.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// It is not signed as `rule.trusted_keys` requires, or a signature does not verify.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// It arrived from the fleet as something it is not (see [`IntegrityError`]).
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
     /// Its [`VECTORS_SECTION`] section does not parse as a vector file.
     #[error("the {VECTORS_SECTION} section is not a valid vector file: {0}")]
     Vectors(#[source] serde_json::Error),
@@ -110,21 +136,34 @@ pub enum GateError {
         /// The ones it failed.
         failures: Vec<vectors::VectorFailure>,
     },
-    /// The quick convergence check found this counterexample.
-    #[error("the rule does not converge: {}", .0.to_string().trim_end())]
-    NotConvergent(Box<Violation>),
+    /// The quick convergence check, run with a fresh random seed, found this counterexample.
+    #[error(
+        "the rule does not converge (check seed {seed}; `converge check RULE.wasm --quick --histories {histories} --seed {seed}` repeats it): {}",
+        .violation.to_string().trim_end()
+    )]
+    NotConvergent {
+        /// The seed the check drew its histories from.
+        seed: u64,
+        /// How many histories the check runs ([`GateConfig::check_histories`]).
+        histories: usize,
+        /// The shrunk counterexample.
+        violation: Box<Violation>,
+    },
 }
 
 impl GateError {
     /// Which gate refused, for metrics and status.
     pub fn gate(&self) -> Gate {
         match self {
+            GateError::Load(LoadError::TooLarge { .. }) => Gate::Size,
+            GateError::Signature(_) => Gate::Signature,
+            GateError::Integrity(_) => Gate::Integrity,
             GateError::Load(LoadError::ForbiddenImports(_)) => Gate::Imports,
             GateError::Load(_) => Gate::Compile,
             GateError::Vectors(_) | GateError::NoVectors | GateError::VectorsFailed { .. } => {
                 Gate::Vectors
             }
-            GateError::NotConvergent(_) => Gate::Convergence,
+            GateError::NotConvergent { .. } => Gate::Convergence,
         }
     }
 }
@@ -161,18 +200,43 @@ pub struct Admitted {
 pub struct Gates {
     engine: RuleEngine,
     config: GateConfig,
+    trusted: TrustedKeys,
 }
 
 impl Gates {
-    /// Gates that compile with `engine` and are as strict as `config`.
+    /// Gates that compile with `engine` and are as strict as `config`, trusting no signing key
+    /// (see [`Gates::with_trusted_keys`]).
     pub fn new(engine: RuleEngine, config: GateConfig) -> Self {
-        Self { engine, config }
+        Self {
+            engine,
+            config,
+            trusted: TrustedKeys::default(),
+        }
+    }
+
+    /// These gates, requiring a signature by one of `trusted` (when there are any).
+    pub fn with_trusted_keys(mut self, trusted: TrustedKeys) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// The keys a candidate's signature must be by; none: signatures are not required.
+    pub fn trusted_keys(&self) -> &TrustedKeys {
+        &self.trusted
+    }
+
+    /// The engine candidates compile with, and its limits.
+    pub fn engine(&self) -> &RuleEngine {
+        &self.engine
     }
 
     /// Runs every gate on `bytes`. `sidecar` holds vectors found beside a rule file; vectors
     /// embedded in the component take precedence. CPU-bound (compiling, checking): call it
     /// from a blocking thread in async code.
     pub fn admit(&self, bytes: &[u8], sidecar: Option<VectorFile>) -> Result<Admitted, GateError> {
+        // Size and signature first: nothing of untrusted bytes is compiled.
+        self.engine.check_size(bytes.len())?;
+        self.trusted.check(bytes)?;
         let compiled = self.engine.compile(bytes)?;
         let vectors = match embedded_vectors(bytes)? {
             Some(vectors) => Some(vectors),
@@ -191,18 +255,19 @@ impl Gates {
                 failures,
             });
         }
+        // A fresh seed per candidate, and values from its vectors beside generated ones: a
+        // rule cannot be tuned to the histories it will be checked with.
         let report = check::check(
-            &mut rule,
-            &CheckConfig {
-                histories: self.config.check_histories,
-                max_events: 6,
-                exhaustive_up_to: 5,
-                random_orders: 100,
-                ..CheckConfig::default()
-            },
+            &compiled,
+            &CheckConfig::quick(self.config.check_histories),
+            &check::Corpus::from_vectors(&vectors),
         );
         if let Some(violation) = report.violation {
-            return Err(GateError::NotConvergent(Box::new(violation)));
+            return Err(GateError::NotConvergent {
+                seed: report.seed,
+                histories: self.config.check_histories,
+                violation: Box::new(violation),
+            });
         }
         Ok(Admitted {
             compiled,
@@ -268,6 +333,9 @@ mod tests {
     #[test]
     fn gates_are_named_in_lowercase_everywhere() {
         for (gate, name) in [
+            (Gate::Size, "size"),
+            (Gate::Signature, "signature"),
+            (Gate::Integrity, "integrity"),
             (Gate::Compile, "compile"),
             (Gate::Imports, "imports"),
             (Gate::Vectors, "vectors"),

@@ -9,20 +9,30 @@
 //! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written;
 //! - [`check`]: the convergence property check and its minimal counterexamples;
 //! - `gate`: what a candidate passes before it serves ([`Gates`]), and the vectors a component
-//!   carries in a custom section.
+//!   carries in a custom section;
+//! - `signature`: Ed25519 signatures a component carries in a custom section ([`sign`],
+//!   [`TrustedKeys`], the `signature` gate), and the integrity of a component named by its hash.
 
 pub mod check;
 mod engine;
 mod gate;
 mod imports;
+mod signature;
 pub mod vectors;
 
-pub use engine::{CompiledRule, EngineLimits, InvalidInfo, LoadError, RuleEngine, WasmRule};
+pub use engine::{
+    CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, EngineLimits, InvalidInfo, LoadError, RuleEngine,
+    WasmRule, read_component,
+};
 pub use gate::{
     Admitted, Gate, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors,
     pack,
 };
 pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX};
+pub use signature::{
+    FoundSignature, IntegrityError, KeyError, PublicKey, SIGNATURE_SECTION, SignatureError,
+    Signed, SigningKey, TrustedKeys, excerpt, is_content_hash, sign, signatures,
+};
 
 use std::sync::Arc;
 use std::time::Duration;

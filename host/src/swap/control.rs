@@ -4,7 +4,7 @@
 //! [`Rule::before_batch`]: a batch is decided by exactly one rule, and every state it writes is
 //! stamped with that rule's `name@version`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -15,11 +15,20 @@ use crate::rule::vectors::VectorFile;
 use crate::rule::{Admitted, Gate, GateError, Gates, content_hash};
 use crate::rule::{CompiledRule, WasmRule};
 use crate::rule::{DecideError, Rule};
-use crate::telemetry::Metrics;
-use crate::telemetry::events::{RuleRefused, RuleSwapped};
+use crate::telemetry::events::{RuleAutoRolledBack, RuleRefused, RuleSwapped};
+use crate::telemetry::{KindCounts, Metrics};
+use super::ignore_share::{AutoRollback, IgnoreShare, Jump, Meter, Probation, VersionBook, Window, jumped};
+use crate::config::AutoRollbackConfig;
 
 /// How many shadow disagreements are kept for inspection (the most recent).
 const KEPT_SAMPLES: usize = 20;
+
+/// How many refused candidates are remembered (the most recently offered), so that memory stays
+/// bounded however many bad candidates arrive; one forgotten is only gated again.
+const REFUSED_KEPT: std::num::NonZeroUsize = std::num::NonZeroUsize::new(256).expect("not zero");
+
+/// The origin of a rollback the control made by itself (`rule.auto_rollback`).
+pub const AUTO_ROLLBACK_ORIGIN: &str = "auto-rollback";
 
 /// Whether a candidate is to serve or to decide beside the serving rule without applying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,6 +61,9 @@ pub struct RuleRef {
     pub origin: String,
     /// When it took its role, in ms since the Unix epoch.
     pub since_ms: u64,
+    /// Its decisions and share of `ignore`s on this instance, in a status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignores: Option<IgnoreShare>,
 }
 
 /// Why a candidate was not taken.
@@ -140,6 +152,10 @@ pub struct SwapRecord {
     pub result: SwapResult,
     /// Why not, when refused.
     pub refusal: Option<Refusal>,
+    /// When the control made this swap by itself: the version it rolled back, why, and both
+    /// ignore shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<AutoRollback>,
 }
 
 /// One event the shadow decided otherwise than the active rule.
@@ -168,6 +184,10 @@ pub struct ShadowStatus {
     pub disagreements: u64,
     /// The most recent disagreements, oldest first.
     pub samples: Vec<Disagreement>,
+    /// The active rule's decisions and share of `ignore`s on the events the shadow decided:
+    /// what the shadow's own share (in `rule.ignores`) is compared with before a promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_ignores: Option<IgnoreShare>,
 }
 
 /// What one instance serves.
@@ -183,10 +203,93 @@ pub struct RuleStatus {
     pub last_swap: Option<SwapRecord>,
 }
 
+/// What stands for a key, a payload, a reason or an error text in a redacted status.
+pub const REDACTED_DATA: &str = "<redacted>";
+
+impl Disagreement {
+    /// This disagreement without the data it was about: keys, payloads, `ignore`/`reject`
+    /// reasons and the texts of traps replaced by [`REDACTED_DATA`]; statuses, versions,
+    /// timestamps, the decisions' kinds and the kind of a failure kept. What status shows to
+    /// anyone but a holder of the admin token.
+    pub fn redacted(&self) -> Disagreement {
+        Disagreement {
+            at_ms: self.at_ms,
+            current: self.current.as_ref().map(redact_entity),
+            incoming: redact_entity(&self.incoming),
+            active: redact_decision(&self.active),
+            shadow: match &self.shadow {
+                Ok(decision) => Ok(redact_decision(decision)),
+                Err(error) => Err(redact_error(error)),
+            },
+        }
+    }
+}
+
+impl RuleStatus {
+    /// This status with every shadow sample [redacted](Disagreement::redacted); counts kept.
+    pub fn redacted(mut self) -> RuleStatus {
+        if let Some(shadow) = &mut self.shadow {
+            for sample in &mut shadow.samples {
+                *sample = sample.redacted();
+            }
+        }
+        self
+    }
+}
+
+fn redact_entity(entity: &crate::entity::Entity) -> crate::entity::Entity {
+    crate::entity::Entity {
+        key: REDACTED_DATA.to_owned(),
+        status: entity.status.clone(),
+        version: entity.version,
+        timestamp_ms: entity.timestamp_ms,
+        // Still canonical JSON, so the redacted form reads back like any status.
+        payload: crate::entity::canonical_json(&serde_json::Value::from(REDACTED_DATA)),
+    }
+}
+
+fn redact_decision(decision: &Decision) -> Decision {
+    match decision {
+        Decision::Insert(state) => Decision::Insert(redact_entity(state)),
+        Decision::Update(state) => Decision::Update(redact_entity(state)),
+        Decision::Ignore(_) => Decision::Ignore(REDACTED_DATA.to_owned()),
+        Decision::Reject(_) => Decision::Reject(REDACTED_DATA.to_owned()),
+    }
+}
+
+fn redact_error(error: &DecideError) -> DecideError {
+    use crate::rule::ContractViolation as Violation;
+    let redacted_text = || crate::rule::WasmError::from(wasmtime::Error::msg(REDACTED_DATA));
+    match error {
+        DecideError::Deadline(_) | DecideError::MemoryCap { .. } => error.clone(),
+        // A panic message may quote the event.
+        DecideError::Trap(_) => DecideError::Trap(redacted_text()),
+        DecideError::Instantiate(_) => DecideError::Instantiate(redacted_text()),
+        // Exhaustive on purpose: a new violation must decide what of it may show.
+        DecideError::InvalidDecision(violation) => DecideError::InvalidDecision(match violation {
+            Violation::InsertOverState { .. } => Violation::InsertOverState {
+                key: REDACTED_DATA.to_owned(),
+            },
+            Violation::UpdateOverNothing { .. } => Violation::UpdateOverNothing {
+                key: REDACTED_DATA.to_owned(),
+            },
+            Violation::OtherKey { .. } => Violation::OtherKey {
+                answered: REDACTED_DATA.to_owned(),
+                incoming: REDACTED_DATA.to_owned(),
+            },
+            Violation::UndeclaredStatus { .. } | Violation::BatchLength { .. } => {
+                violation.clone()
+            }
+        }),
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Serving {
     compiled: CompiledRule,
     reference: RuleRef,
+    /// Its decisions on this instance; kept while the version is active, previous or shadow.
+    book: Arc<VersionBook>,
 }
 
 #[derive(Debug)]
@@ -196,8 +299,8 @@ struct ControlState {
     shadow: Option<(Serving, ShadowCounts)>,
     last_swap: Option<SwapRecord>,
     /// Candidates already refused, by hash, so that a fleet pointer at a bad rule is not
-    /// compiled again on every poll.
-    refused: HashMap<String, Refusal>,
+    /// compiled again on every poll. Bounded: the least recently offered is forgotten.
+    refused: lru::LruCache<String, Refusal>,
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +308,8 @@ struct ShadowCounts {
     decisions: u64,
     disagreements: u64,
     samples: VecDeque<Disagreement>,
+    /// The active rule's decisions on the events the shadow decided.
+    active: Window,
 }
 
 /// What serves, and the one place it changes.
@@ -216,6 +321,8 @@ pub struct RuleControl {
     /// batch.
     generation: AtomicU64,
     metrics: Arc<Metrics>,
+    /// `rule.auto_rollback`: when a swap's ignore share counts as a jump.
+    auto_rollback: Option<AutoRollbackConfig>,
 }
 
 impl RuleControl {
@@ -224,6 +331,7 @@ impl RuleControl {
         let active = Serving {
             reference: reference(&initial.compiled, &initial.hash, origin),
             compiled: initial.compiled,
+            book: Arc::default(),
         };
         metrics.set_rule(active.compiled.info());
         Self {
@@ -233,11 +341,19 @@ impl RuleControl {
                 previous: None,
                 shadow: None,
                 last_swap: None,
-                refused: HashMap::new(),
+                refused: lru::LruCache::new(REFUSED_KEPT),
             }),
             generation: AtomicU64::new(0),
             metrics,
+            auto_rollback: None,
         }
+    }
+
+    /// Rolls a swap back by itself when the new version's ignore share jumps, and refuses to
+    /// promote a shadow whose share already has (`[rule.auto_rollback]`; `None`: off).
+    pub fn with_auto_rollback(mut self, auto_rollback: Option<AutoRollbackConfig>) -> Self {
+        self.auto_rollback = auto_rollback;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
@@ -256,7 +372,7 @@ impl RuleControl {
     ) -> Result<RuleRef, Refusal> {
         let hash = content_hash(bytes);
         let known = {
-            let state = self.lock();
+            let mut state = self.lock();
             // (A sidecar may have changed since: then the candidate is gated again.)
             if let Some(refusal) = state.refused.get(&hash).filter(|_| sidecar.is_none()) {
                 return Err(refusal.clone());
@@ -279,6 +395,13 @@ impl RuleControl {
             .find(|serving| serving.reference.hash == hash)
             .map(|serving| serving.compiled.clone())
         };
+        if role == Role::Active
+            && let Some(refusal) = self.promotion_refusal(&hash)
+        {
+            self.refuse(role, origin, &hash, refusal.clone());
+            self.lock().refused.put(hash, refusal.clone());
+            return Err(refusal);
+        }
         let compiled = match known {
             Some(compiled) => compiled,
             None => match self.gates.admit(bytes, sidecar) {
@@ -286,11 +409,29 @@ impl RuleControl {
                 Err(error) => {
                     let refusal = Refusal::by_gate(error);
                     self.refuse(role, origin, &hash, refusal.clone());
+                    self.lock().refused.put(hash, refusal.clone());
                     return Err(refusal);
                 }
             },
         };
         Ok(self.apply(role, compiled, &hash, origin))
+    }
+
+    /// Records a candidate refused before it reached the gates exactly like a gate's refusal
+    /// (log line, metric, last swap): by the fleet (a pointer that is not a content hash, a
+    /// blob that is not what its hash says, one over the size cap) or the file watch (a file
+    /// over the size cap). `hash` names the candidate as it was offered: the fleet's pointer,
+    /// or `-` for a file that was not read. Not remembered as refused: what is stored under
+    /// that name may be put right.
+    pub fn record_refusal(&self, role: Role, origin: &str, hash: &str, error: GateError) -> Refusal {
+        let refusal = Refusal::by_gate(error);
+        self.refuse(role, origin, hash, refusal.clone());
+        refusal
+    }
+
+    /// The largest component this instance's gates accept, in bytes (`rule.max_component_bytes`).
+    pub fn max_component_bytes(&self) -> usize {
+        self.gates.engine().limits().max_component_bytes
     }
 
     fn refuse(&self, role: Role, origin: &str, hash: &str, refusal: Refusal) {
@@ -309,47 +450,13 @@ impl RuleControl {
             hash: hash.to_owned(),
             rule: None,
             result: SwapResult::Refused,
-            refusal: Some(refusal.clone()),
+            refusal: Some(refusal),
+            auto_rollback: None,
         });
-        state.refused.insert(hash.to_owned(), refusal);
     }
 
     fn apply(&self, role: Role, compiled: CompiledRule, hash: &str, origin: &str) -> RuleRef {
-        let serving = Serving {
-            reference: reference(&compiled, hash, origin),
-            compiled,
-        };
-        let applied = serving.reference.clone();
-        {
-            let mut state = self.lock();
-            match role {
-                Role::Active => {
-                    if state
-                        .shadow
-                        .as_ref()
-                        .is_some_and(|(shadow, _)| shadow.reference.hash == hash)
-                    {
-                        state.shadow = None;
-                    }
-                    let previous = std::mem::replace(&mut state.active, serving);
-                    state.previous = Some(previous);
-                }
-                Role::Shadow => state.shadow = Some((serving, ShadowCounts::default())),
-            }
-            state.last_swap = Some(SwapRecord {
-                at_ms: now_ms(),
-                role,
-                origin: origin.to_owned(),
-                hash: hash.to_owned(),
-                rule: Some(applied.rule.clone()),
-                result: SwapResult::Applied,
-                refusal: None,
-            });
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            if role == Role::Active {
-                self.metrics.set_rule(state.active.compiled.info());
-            }
-        }
+        let applied = self.apply_locked(&mut self.lock(), role, compiled, hash, origin);
         self.metrics.emit(RuleSwapped {
             role: role.as_str(),
             rule: &applied.rule,
@@ -357,6 +464,177 @@ impl RuleControl {
             origin,
         });
         applied
+    }
+
+    /// [`Self::apply`] under the caller's lock, short of the event.
+    fn apply_locked(
+        &self,
+        state: &mut ControlState,
+        role: Role,
+        compiled: CompiledRule,
+        hash: &str,
+        origin: &str,
+    ) -> RuleRef {
+        let reference = reference(&compiled, hash, origin);
+        let applied = reference.clone();
+        match role {
+            Role::Active => {
+                // A version returning (rolled back to, or a promoted shadow) keeps its counts.
+                let book = [
+                    state.previous.as_ref(),
+                    state.shadow.as_ref().map(|(shadow, _)| shadow),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|serving| serving.reference.hash == hash)
+                .map_or_else(Arc::default, |serving| Arc::clone(&serving.book));
+                // A swap is judged against the version it replaces; a return to the version
+                // before (a rollback, by whatever path) is not.
+                let returning = state
+                    .previous
+                    .as_ref()
+                    .is_some_and(|previous| previous.reference.hash == hash);
+                book.set_probation(self.auto_rollback.filter(|_| !returning).map(|limits| {
+                    Probation {
+                        baseline: Arc::clone(&state.active.book),
+                        baseline_rule: state.active.reference.rule.clone(),
+                        limits,
+                    }
+                }));
+                state.active.book.set_probation(None);
+                if state
+                    .shadow
+                    .as_ref()
+                    .is_some_and(|(shadow, _)| shadow.reference.hash == hash)
+                {
+                    state.shadow = None;
+                }
+                let serving = Serving {
+                    reference,
+                    compiled,
+                    book,
+                };
+                let previous = std::mem::replace(&mut state.active, serving);
+                state.previous = Some(previous);
+            }
+            Role::Shadow => {
+                // A shadow's counts start with it, on the same events as the active rule's
+                // counts beside it.
+                let serving = Serving {
+                    reference,
+                    compiled,
+                    book: Arc::default(),
+                };
+                state.shadow = Some((serving, ShadowCounts::default()));
+            }
+        }
+        state.last_swap = Some(SwapRecord {
+            at_ms: now_ms(),
+            role,
+            origin: origin.to_owned(),
+            hash: hash.to_owned(),
+            rule: Some(applied.rule.clone()),
+            result: SwapResult::Applied,
+            refusal: None,
+            auto_rollback: None,
+        });
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if role == Role::Active {
+            self.metrics.set_rule(state.active.compiled.info());
+        }
+        applied
+    }
+
+    /// Rolls the active version `hash` back to the previous one, by itself: its ignore share
+    /// jumped. The version is refused from then on (a fleet or file offering it again is
+    /// refused, at the `ignore_share` gate), until this instance restarts.
+    fn auto_roll_back(&self, hash: &str, jump: &Jump) {
+        let (record, applied, to_hash) = {
+            let mut state = self.lock();
+            // Swapped meanwhile: what was judged no longer serves.
+            if state.active.reference.hash != hash {
+                return;
+            }
+            let Some(previous) = state.previous.clone() else {
+                return;
+            };
+            let rule = state.active.reference.rule.clone();
+            let reason = jump.reason(&rule);
+            let record = AutoRollback {
+                rule,
+                hash: hash.to_owned(),
+                share: jump.share,
+                previous_share: jump.baseline,
+                reason: reason.clone(),
+            };
+            let to_hash = previous.reference.hash.clone();
+            let applied = self.apply_locked(
+                &mut state,
+                Role::Active,
+                previous.compiled,
+                &to_hash,
+                AUTO_ROLLBACK_ORIGIN,
+            );
+            state.refused.put(
+                hash.to_owned(),
+                Refusal {
+                    gate: Gate::IgnoreShare,
+                    reason,
+                    cause: None,
+                },
+            );
+            if let Some(last) = &mut state.last_swap {
+                last.auto_rollback = Some(record.clone());
+            }
+            (record, applied, to_hash)
+        };
+        self.metrics.emit(RuleAutoRolledBack {
+            rule: &record.rule,
+            hash,
+            to_rule: &applied.rule,
+            to_hash: &to_hash,
+            share: record.share.share,
+            previous_share: record.previous_share.share,
+            decisions: record.share.decisions,
+            reason: &record.reason,
+        });
+        self.metrics.emit(RuleSwapped {
+            role: Role::Active.as_str(),
+            rule: &applied.rule,
+            hash: &to_hash,
+            origin: AUTO_ROLLBACK_ORIGIN,
+        });
+    }
+
+    /// Why promoting the shadow `hash` is refused, if it is: with `rule.auto_rollback` set,
+    /// its ignore share, measured on the events the active rule decided, exceeds the active
+    /// rule's share on them by more than allowed (each over at least `min_decisions`).
+    fn promotion_refusal(&self, hash: &str) -> Option<Refusal> {
+        let limits = self.auto_rollback?;
+        let state = self.lock();
+        let (shadow, counts) = state
+            .shadow
+            .as_ref()
+            .filter(|(shadow, _)| shadow.reference.hash == hash)?;
+        let share = shadow.book.snapshot();
+        let active = counts.active.snapshot();
+        if !jumped(&share, &active, &limits) {
+            return None;
+        }
+        let jump = Jump {
+            share,
+            baseline: active,
+            baseline_rule: state.active.reference.rule.clone(),
+            limits,
+        };
+        Some(Refusal {
+            gate: Gate::IgnoreShare,
+            reason: format!(
+                "measured as a shadow, on the events the active rule decided: {}",
+                jump.reason(&shadow.reference.rule)
+            ),
+            cause: None,
+        })
     }
 
     /// Makes the shadow the active rule.
@@ -369,6 +647,13 @@ impl RuleControl {
         let Some(shadow) = shadow else {
             return Err(nothing_to("promote: no shadow rule is loaded"));
         };
+        if let Some(refusal) = self.promotion_refusal(&shadow.reference.hash) {
+            self.refuse(Role::Active, origin, &shadow.reference.hash, refusal.clone());
+            self.lock()
+                .refused
+                .put(shadow.reference.hash.clone(), refusal.clone());
+            return Err(refusal);
+        }
         Ok(self.apply(
             Role::Active,
             shadow.compiled,
@@ -422,13 +707,14 @@ impl RuleControl {
     pub fn status(&self) -> RuleStatus {
         let state = self.lock();
         RuleStatus {
-            active: state.active.reference.clone(),
-            previous: state.previous.as_ref().map(|s| s.reference.clone()),
+            active: state.active.counted(),
+            previous: state.previous.as_ref().map(Serving::counted),
             shadow: state.shadow.as_ref().map(|(serving, counts)| ShadowStatus {
-                rule: serving.reference.clone(),
+                rule: serving.counted(),
                 decisions: counts.decisions,
                 disagreements: counts.disagreements,
                 samples: counts.samples.iter().cloned().collect(),
+                active_ignores: Some(counts.active.snapshot()),
             }),
             last_swap: state.last_swap.clone(),
         }
@@ -445,19 +731,35 @@ impl RuleControl {
         }
     }
 
-    fn serving(&self) -> (u64, WasmRule, Option<(WasmRule, String)>) {
+    fn serving(&self) -> (u64, Deciding, Option<Deciding>) {
         let state = self.lock();
+        let deciding = |serving: &Serving, role: Role| Deciding {
+            rule: serving.compiled.instance(),
+            hash: serving.reference.hash.clone(),
+            meter: Meter {
+                book: Arc::clone(&serving.book),
+                metrics: self.metrics.rule_meter(&serving.reference.rule, role.as_str()),
+            },
+        };
         (
             self.generation.load(Ordering::Acquire),
-            state.active.compiled.instance(),
+            deciding(&state.active, Role::Active),
             state
                 .shadow
                 .as_ref()
-                .map(|(serving, _)| (serving.compiled.instance(), serving.reference.hash.clone())),
+                .map(|(serving, _)| deciding(serving, Role::Shadow)),
         )
     }
 
-    fn record_shadow(&self, shadow_hash: &str, decisions: u64, disagreements: Vec<Disagreement>) {
+    /// `active_ignores`: how many of the active rule's decisions on the same events were
+    /// `ignore`.
+    fn record_shadow(
+        &self,
+        shadow_hash: &str,
+        decisions: u64,
+        active_ignores: u64,
+        disagreements: Vec<Disagreement>,
+    ) {
         let mut state = self.lock();
         let Some((serving, counts)) = state.shadow.as_mut() else {
             return;
@@ -467,6 +769,7 @@ impl RuleControl {
             return;
         }
         counts.decisions += decisions;
+        counts.active.add(decisions, active_ignores);
         let found = disagreements.len() as u64;
         for disagreement in disagreements {
             counts.disagreements += 1;
@@ -503,6 +806,17 @@ fn reference(compiled: &CompiledRule, hash: &str, origin: &str) -> RuleRef {
         hash: hash.to_owned(),
         origin: origin.to_owned(),
         since_ms: now_ms(),
+        ignores: None,
+    }
+}
+
+impl Serving {
+    /// Its reference with its counts, as status shows it.
+    fn counted(&self) -> RuleRef {
+        RuleRef {
+            ignores: Some(self.book.snapshot()),
+            ..self.reference.clone()
+        }
     }
 }
 
@@ -524,25 +838,47 @@ fn same(a: &Decision, b: &Decision) -> bool {
 pub struct SwappableRule {
     control: Arc<RuleControl>,
     generation: u64,
-    active: WasmRule,
-    /// The shadow and its hash, taken up with the active rule.
-    shadow: Option<(WasmRule, String)>,
+    active: Deciding,
+    /// The shadow, taken up with the active rule.
+    shadow: Option<Deciding>,
+}
+
+/// A rule version as the pipeline runs it: an instance, its hash, and where its decisions are
+/// counted.
+#[derive(Debug)]
+struct Deciding {
+    rule: WasmRule,
+    hash: String,
+    meter: Meter,
 }
 
 impl SwappableRule {
+    /// Counts the active rule's decisions of one call; rolls it back when that brought its
+    /// judgement and its ignore share jumped.
+    fn count_active(&self, counts: &KindCounts) {
+        if let Some(jump) = self.active.meter.record(counts) {
+            self.control.auto_roll_back(&self.active.hash, &jump);
+        }
+    }
+
     fn shadow_compare(
         &mut self,
         items: &[(Option<State>, Event)],
         active: &[Decision],
+        active_ignores: u64,
     ) -> Option<()> {
-        let (shadow, shadow_hash) = self.shadow.as_mut()?;
-        let answers: Vec<Result<Decision, DecideError>> = match shadow.decide_batch(items) {
+        let shadow = self.shadow.as_mut()?;
+        let answers: Vec<Result<Decision, DecideError>> = match shadow.rule.decide_batch(items) {
             Ok(decisions) => decisions.into_iter().map(Ok).collect(),
             Err(_) => items
                 .iter()
-                .map(|(current, incoming)| shadow.decide(current.as_ref(), incoming))
+                .map(|(current, incoming)| shadow.rule.decide(current.as_ref(), incoming))
                 .collect(),
         };
+        // A shadow is never judged by itself (it has no probation): only a promotion is.
+        shadow
+            .meter
+            .record(&KindCounts::of(answers.iter().filter_map(|answer| answer.as_ref().ok())));
         let at_ms = now_ms();
         let disagreements = items
             .iter()
@@ -559,15 +895,19 @@ impl SwappableRule {
                 shadow,
             })
             .collect();
-        self.control
-            .record_shadow(shadow_hash, items.len() as u64, disagreements);
+        self.control.record_shadow(
+            &shadow.hash,
+            items.len() as u64,
+            active_ignores,
+            disagreements,
+        );
         Some(())
     }
 }
 
 impl Rule for SwappableRule {
     fn info(&self) -> &RuleInfo {
-        self.active.info()
+        self.active.rule.info()
     }
 
     fn before_batch(&mut self) {
@@ -584,10 +924,12 @@ impl Rule for SwappableRule {
         current: Option<&State>,
         incoming: &Event,
     ) -> Result<Decision, DecideError> {
-        let decision = self.active.decide(current, incoming)?;
+        let decision = self.active.rule.decide(current, incoming)?;
+        let counts = KindCounts::of([&decision]);
+        self.count_active(&counts);
         if self.shadow.is_some() {
             let items = [(current.cloned(), incoming.clone())];
-            self.shadow_compare(&items, std::slice::from_ref(&decision));
+            self.shadow_compare(&items, std::slice::from_ref(&decision), counts.ignores());
         }
         Ok(decision)
     }
@@ -596,9 +938,11 @@ impl Rule for SwappableRule {
         &mut self,
         items: &[(Option<State>, Event)],
     ) -> Result<Vec<Decision>, DecideError> {
-        let decisions = self.active.decide_batch(items)?;
+        let decisions = self.active.rule.decide_batch(items)?;
+        let counts = KindCounts::of(&decisions);
+        self.count_active(&counts);
         if self.shadow.is_some() {
-            self.shadow_compare(items, &decisions);
+            self.shadow_compare(items, &decisions, counts.ignores());
         }
         Ok(decisions)
     }
@@ -607,6 +951,45 @@ impl Rule for SwappableRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_sample_keeps_its_shape_and_hides_its_data() {
+        let entity = |status: &str, version| crate::entity::Entity {
+            key: "alice@example.com".to_owned(),
+            status: status.to_owned(),
+            version,
+            timestamp_ms: 7,
+            payload: r#"{"card":"4111"}"#.to_owned(),
+        };
+        let sample = Disagreement {
+            at_ms: 1,
+            current: Some(entity("paid", 5)),
+            incoming: entity("refunded", 1),
+            active: Decision::Update(entity("refunded", 1)),
+            shadow: Ok(Decision::Ignore("alice@example.com is stale".to_owned())),
+        };
+        let redacted = sample.redacted();
+        let text = serde_json::to_string(&redacted).expect("serialises");
+        assert!(!text.contains("alice") && !text.contains("4111"), "{text}");
+        assert_eq!(redacted.incoming.status, "refunded");
+        assert_eq!(redacted.incoming.version, 1);
+        assert_eq!(redacted.active.kind(), sample.active.kind());
+        assert!(matches!(&redacted.shadow, Ok(Decision::Ignore(reason)) if reason == REDACTED_DATA));
+        // It reads back as it was written, as the fleet's instance reports are.
+        let back: Disagreement = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(back, redacted);
+        let failed = Disagreement {
+            shadow: Err(DecideError::InvalidDecision(
+                crate::rule::ContractViolation::OtherKey {
+                    answered: "bob".to_owned(),
+                    incoming: "alice@example.com".to_owned(),
+                },
+            )),
+            ..sample
+        };
+        let text = serde_json::to_string(&failed.redacted()).expect("serialises");
+        assert!(!text.contains("alice") && !text.contains("bob"), "{text}");
+    }
 
     #[test]
     fn a_refusal_reads_back_as_its_gate_and_reason_and_keeps_its_cause_where_made() {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::rule::content_hash;
 use crate::rule::vectors::{VectorError, VectorFile};
+use crate::rule::{GateError, LoadError, content_hash, read_component};
 use crate::swap::{Role, RuleControl};
 
 /// How long the file must stay quiet before it is read.
@@ -29,25 +29,22 @@ pub struct WatchError {
 /// Why a rule file, or the vectors beside it, cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleFileError {
-    /// The rule file cannot be read.
-    #[error("cannot read rule {path}: {source}")]
-    Rule {
-        /// The rule file.
-        path: PathBuf,
-        /// Why it cannot be read.
-        source: std::io::Error,
-    },
+    /// The rule file cannot be read ([`LoadError::Read`]), or is larger than the size cap
+    /// ([`LoadError::TooLarge`], and then it is not read).
+    #[error(transparent)]
+    Rule(LoadError),
     /// The sidecar vector file exists but cannot be read or parsed.
     #[error(transparent)]
     Vectors(#[from] VectorError),
 }
 
-/// Reads the rule at `path` and the vectors beside it, if any.
-pub fn read_rule_file(path: &Path) -> Result<(Vec<u8>, Option<VectorFile>), RuleFileError> {
-    let bytes = std::fs::read(path).map_err(|source| RuleFileError::Rule {
-        path: path.to_owned(),
-        source,
-    })?;
+/// Reads the rule at `path` and the vectors beside it, if any; a rule over `max_bytes` is
+/// refused unread.
+pub fn read_rule_file(
+    path: &Path,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Option<VectorFile>), RuleFileError> {
+    let bytes = read_component(path, max_bytes).map_err(RuleFileError::Rule)?;
     let sidecar = VectorFile::sidecar_path(path);
     let vectors = match VectorFile::load(&sidecar) {
         Ok(vectors) => Some(vectors),
@@ -113,8 +110,13 @@ pub fn watch_rule_file(
 }
 
 async fn offer(path: &Path, control: &Arc<RuleControl>) {
-    let (bytes, vectors) = match read_rule_file(path) {
+    let origin = format!("file:{}", path.display());
+    let (bytes, vectors) = match read_rule_file(path, control.max_component_bytes()) {
         Ok(read) => read,
+        Err(RuleFileError::Rule(error @ LoadError::TooLarge { .. })) => {
+            control.record_refusal(Role::Active, &origin, "-", GateError::Load(error));
+            return;
+        }
         Err(error) => {
             // A file deleted or half-replaced: the next change brings it back.
             tracing::warn!(path = %path.display(), %error, "cannot read the changed rule file");
@@ -125,7 +127,6 @@ async fn offer(path: &Path, control: &Arc<RuleControl>) {
         return;
     }
     let control = Arc::clone(control);
-    let origin = format!("file:{}", path.display());
     let _ =
         tokio::task::spawn_blocking(move || control.offer(&bytes, vectors, &origin, Role::Active))
             .await;

@@ -9,9 +9,17 @@
 //! Keys, all under `converge:fleet:{NAME}:` (one hash tag, so one slot on a cluster):
 //! `rule:blob:HASH` (component bytes), `rule:active`, `rule:shadow` (hashes), `rule:history`
 //! (list of hashes made active, newest first; what rollback walks back), `rule:refused` (hashes
-//! an instance refused at its gates; rollback skips them), `instances` (set of
-//! instance ids), `instance:ID` (its [`InstanceReport`] as JSON, with a time to live) and the
-//! channel `rule:events`.
+//! an instance refused, a sorted set by time, the newest 256 kept; rollback skips them),
+//! `instances` (set of instance ids), `instance:ID` (its [`InstanceReport`] as JSON, with a time
+//! to live) and the channel `rule:events`.
+//!
+//! Whoever can write these keys can try to steer the fleet, so nothing read from them is taken
+//! on trust: a pointer or history entry that is not a content hash is refused and never
+//! followed; a blob is read only up to the size cap (its length is asked first) and refused
+//! unless its SHA-256 is the hash it is stored under; the candidate then passes every gate,
+//! the signature gate first. `rollback` and `promote` check their target the same way (and its
+//! signature against the keys they are given) before they move a pointer, and move it only if
+//! it still holds what they read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +28,10 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::rule::content_hash;
+use crate::rule::{
+    GateError, IntegrityError, LoadError, SignatureError, TrustedKeys, content_hash, excerpt,
+    is_content_hash,
+};
 use crate::swap::{Role, RuleControl, RuleStatus, now_ms};
 
 /// How often an instance re-reads the pointers (besides pub/sub) and reports its status.
@@ -29,6 +40,11 @@ const POLL: Duration = Duration::from_secs(2);
 const REPORT_TTL_SECONDS: u64 = 10;
 /// How many versions the history keeps.
 const HISTORY: isize = 50;
+/// How many refused hashes the fleet remembers (the newest).
+const REFUSED_KEPT: isize = 256;
+/// The most of a pointer read: longer than any hash, so a long value cannot pass for one
+/// cut short, and short enough that a planted huge value costs nothing to poll.
+const POINTER_READ: isize = 100;
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +73,35 @@ pub enum FleetError {
     /// An instance report cannot be written or read as JSON.
     #[error("invalid instance report: {0}")]
     Report(#[source] serde_json::Error),
+    /// A pointer or history entry that is not a content hash, or a blob that is not what its
+    /// hash says: refused, never followed.
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
+    /// A blob larger than the size cap; it was not read.
+    #[error(
+        "the fleet's rule {hash} is {size} bytes, over the cap of {cap} bytes \
+         (rule.max_component_bytes); not read"
+    )]
+    TooLarge {
+        /// The hash it is stored under.
+        hash: String,
+        /// Its length in Redis.
+        size: u64,
+        /// The cap.
+        cap: usize,
+    },
+    /// Rollback or promote: the target's signatures are refused (see [`TrustedKeys::check`]);
+    /// nothing changed.
+    #[error("the fleet's rule {hash} is refused by the signature gate: {source}; nothing changed")]
+    Unsigned {
+        /// The target's hash.
+        hash: String,
+        /// Why.
+        source: SignatureError,
+    },
+    /// Rollback or promote: a pointer moved while the target was checked; nothing changed.
+    #[error("the fleet's {0} pointer moved meanwhile; nothing changed (try again)")]
+    Moved(&'static str),
 }
 
 /// What one instance last said about itself.
@@ -101,10 +146,18 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-/// Makes `hash` active: records it in the history (unless it already heads it), moves the
-/// pointer, drops a shadow of the same hash and announces the change — in one step, so
-/// concurrent publishers cannot interleave.
+/// Makes `hash` (ARGV[1]) active: records it in the history (unless it already heads it),
+/// moves the pointer, drops a shadow of the same hash, takes it off the refused set (it is
+/// offered afresh) and announces the change — in one step, so concurrent publishers cannot
+/// interleave. With ARGV[3] (promote), only while the shadow pointer still holds it; answers 0
+/// when it does not, and changes nothing.
 const ACTIVATE: &str = r"
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 0
+end
+if redis.call('TYPE', KEYS[5]).ok == 'zset' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+end
 local head = redis.call('LINDEX', KEYS[3], 0)
 if head ~= ARGV[1] then
   redis.call('LPUSH', KEYS[3], ARGV[1])
@@ -118,20 +171,34 @@ redis.call('PUBLISH', KEYS[4], 'active ' .. ARGV[1])
 return 1
 ";
 
-/// Returns to the newest version before the active one that no instance refused: drops the
-/// history down to it and points at it. Answers its hash, or false when there is none (and
-/// then changes nothing).
+/// Returns to the history entry ARGV[2] (0-based index ARGV[3]), which rollback has
+/// checked: drops the history down to it and points at it — only while the active pointer
+/// still holds ARGV[1] (empty: no pointer) and the entry is still there. Answers 1, or 0 when
+/// something moved (and then changes nothing).
 const ROLLBACK: &str = r"
-local history = redis.call('LRANGE', KEYS[2], 0, -1)
-for i = 2, #history do
-  if redis.call('SISMEMBER', KEYS[4], history[i]) == 0 then
-    redis.call('LTRIM', KEYS[2], i - 1, -1)
-    redis.call('SET', KEYS[1], history[i])
-    redis.call('PUBLISH', KEYS[3], 'active ' .. history[i])
-    return history[i]
+local active = redis.call('GET', KEYS[1])
+if (active or '') ~= ARGV[1] or redis.call('LINDEX', KEYS[2], ARGV[3]) ~= ARGV[2] then
+  return 0
+end
+redis.call('LTRIM', KEYS[2], ARGV[3], -1)
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[3], 'active ' .. ARGV[2])
+return 1
+";
+
+/// Adds ARGV[2] to the refused set with score ARGV[1] (ms) and keeps the newest ARGV[3]. A
+/// refused set from before it was sorted (a plain set) is converted first.
+const REFUSE: &str = r"
+if redis.call('TYPE', KEYS[1]).ok == 'set' then
+  local members = redis.call('SMEMBERS', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  for _, member in ipairs(members) do
+    redis.call('ZADD', KEYS[1], 0, member)
   end
 end
-return false
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+return 1
 ";
 
 impl Fleet {
@@ -159,7 +226,8 @@ impl Fleet {
         self.key(&format!("rule:{}", role.as_str()))
     }
 
-    /// Stores `component` and makes it the fleet's active or shadow rule. Answers its hash.
+    /// Stores `component` and makes it the fleet's active or shadow rule. Answers its hash. It
+    /// is not gated here: `converge rule publish` gates it first, and every instance does.
     pub async fn publish(&self, component: &[u8], role: Role) -> Result<String, FleetError> {
         let hash = content_hash(component);
         let mut connection = self.connection.clone();
@@ -167,7 +235,9 @@ impl Fleet {
             .set(self.key(&format!("rule:blob:{hash}")), component)
             .await?;
         match role {
-            Role::Active => self.activate(&hash).await?,
+            Role::Active => {
+                self.activate(&hash, None).await?;
+            }
             Role::Shadow => {
                 let _: () = connection.set(self.pointer(Role::Shadow), &hash).await?;
                 let _: () = connection
@@ -178,72 +248,222 @@ impl Fleet {
         Ok(hash)
     }
 
-    async fn activate(&self, hash: &str) -> Result<(), FleetError> {
+    /// Makes `hash` active; with `shadow`, only while the shadow pointer holds it. Answers
+    /// whether it did.
+    async fn activate(&self, hash: &str, shadow: Option<&str>) -> Result<bool, FleetError> {
         let mut connection = self.connection.clone();
-        let _: i64 = redis::Script::new(ACTIVATE)
+        let done: i64 = redis::Script::new(ACTIVATE)
             .key(self.pointer(Role::Active))
             .key(self.pointer(Role::Shadow))
             .key(self.key("rule:history"))
             .key(self.key("rule:events"))
+            .key(self.key("rule:refused"))
             .arg(hash)
             .arg(HISTORY)
+            .arg(shadow.unwrap_or_default())
             .invoke_async(&mut connection)
             .await?;
-        Ok(())
+        Ok(done == 1)
     }
 
-    /// Makes the shadow the fleet's active rule. Answers its hash.
-    pub async fn promote(&self) -> Result<String, FleetError> {
-        let shadow: Option<String> = self
-            .connection
-            .clone()
-            .get(self.pointer(Role::Shadow))
-            .await?;
+    /// Makes the shadow the fleet's active rule, once it is checked as [`Fleet::rollback`]
+    /// checks its target. Answers its hash.
+    pub async fn promote(
+        &self,
+        trusted: &TrustedKeys,
+        max_bytes: usize,
+    ) -> Result<String, FleetError> {
+        let (_, shadow) = self.pointers().await?;
         let Some(shadow) = shadow else {
             return Err(FleetError::NoShadow {
                 fleet: self.name.clone(),
             });
         };
-        self.activate(&shadow).await?;
+        self.check_target("shadow pointer", &shadow, trusted, max_bytes)
+            .await?;
+        if !self.activate(&shadow, Some(&shadow)).await? {
+            return Err(FleetError::Moved("shadow"));
+        }
         Ok(shadow)
     }
 
-    /// Returns the fleet to the version active before the current one. Answers its hash.
-    pub async fn rollback(&self) -> Result<String, FleetError> {
+    /// Returns the fleet to the version before the current one: the newest history entry that
+    /// is not the active rule and that no instance refused. The entries on the way must be
+    /// content hashes, and the target must be stored intact (its SHA-256 is its hash, it is
+    /// within `max_bytes`) and pass the signature gate with `trusted`; anything else is an
+    /// error and nothing changes — a tampered history is refused, never followed. The pointer
+    /// moves only if it still holds what was read. Answers the new active hash.
+    pub async fn rollback(
+        &self,
+        trusted: &TrustedKeys,
+        max_bytes: usize,
+    ) -> Result<String, FleetError> {
         let mut connection = self.connection.clone();
-        let previous: Option<String> = redis::Script::new(ROLLBACK)
+        let (active, _) = self.pointers().await?;
+        let history = self.history().await?;
+        let refused = self.refused().await?;
+        let mut target = None;
+        for (index, entry) in history.iter().enumerate() {
+            if !is_content_hash(entry) {
+                return Err(IntegrityError::NotAHash {
+                    pointer: format!("history entry {}", index + 1),
+                    value: excerpt(entry),
+                }
+                .into());
+            }
+            if Some(entry) != active.as_ref() && !refused.contains(entry) {
+                target = Some((index, entry));
+                break;
+            }
+        }
+        let Some((index, target)) = target else {
+            return Err(FleetError::NoEarlierVersion {
+                fleet: self.name.clone(),
+            });
+        };
+        self.check_target(&format!("history entry {}", index + 1), target, trusted, max_bytes)
+            .await?;
+        let moved: i64 = redis::Script::new(ROLLBACK)
             .key(self.pointer(Role::Active))
             .key(self.key("rule:history"))
             .key(self.key("rule:events"))
-            .key(self.key("rule:refused"))
+            .arg(active.as_deref().unwrap_or_default())
+            .arg(target)
+            .arg(index)
             .invoke_async(&mut connection)
             .await?;
-        previous.ok_or_else(|| FleetError::NoEarlierVersion {
-            fleet: self.name.clone(),
-        })
+        if moved != 1 {
+            return Err(FleetError::Moved("active"));
+        }
+        Ok(target.clone())
     }
 
-    /// The fleet's `active` and `shadow` pointers (content hashes).
+    /// Checks that `hash` (what `what` holds) names an intact component whose signatures pass
+    /// with `trusted`.
+    async fn check_target(
+        &self,
+        what: &str,
+        hash: &str,
+        trusted: &TrustedKeys,
+        max_bytes: usize,
+    ) -> Result<(), FleetError> {
+        if !is_content_hash(hash) {
+            return Err(IntegrityError::NotAHash {
+                pointer: what.to_owned(),
+                value: excerpt(hash),
+            }
+            .into());
+        }
+        let component = self.component(hash, max_bytes).await?;
+        trusted
+            .check(&component)
+            .map_err(|source| FleetError::Unsigned {
+                hash: hash.to_owned(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// The history, newest first (at most as long as it is kept).
+    async fn history(&self) -> Result<Vec<String>, FleetError> {
+        let mut connection = self.connection.clone();
+        let history: Vec<Vec<u8>> = connection
+            .lrange(self.key("rule:history"), 0, HISTORY - 1)
+            .await?;
+        Ok(history
+            .iter()
+            .map(|entry| String::from_utf8_lossy(entry).into_owned())
+            .collect())
+    }
+
+    /// The hashes instances refused (a plain set from before it was sorted is read too).
+    async fn refused(&self) -> Result<std::collections::HashSet<String>, FleetError> {
+        let mut connection = self.connection.clone();
+        let key = self.key("rule:refused");
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut connection).await?;
+        let members: Vec<String> = match kind.as_str() {
+            "set" => connection.smembers(&key).await?,
+            "zset" => connection.zrange(&key, 0, -1).await?,
+            _ => Vec::new(),
+        };
+        Ok(members.into_iter().collect())
+    }
+
+    /// Records that an instance refused `hash`, so rollback skips it; the newest 256 are kept.
+    async fn remember_refused(&self, hash: &str) -> Result<(), FleetError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::Script::new(REFUSE)
+            .key(self.key("rule:refused"))
+            .arg(now_ms())
+            .arg(hash)
+            .arg(REFUSED_KEPT)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// The fleet's `active` and `shadow` pointers, as they are (a pointer that is not a content
+    /// hash is reported, not followed; only its first 100 bytes are read).
     pub async fn pointers(&self) -> Result<(Option<String>, Option<String>), FleetError> {
         let mut connection = self.connection.clone();
-        let (active, shadow): (Option<String>, Option<String>) = redis::pipe()
-            .get(self.pointer(Role::Active))
-            .get(self.pointer(Role::Shadow))
+        let (active, shadow): (Vec<u8>, Vec<u8>) = redis::pipe()
+            .getrange(self.pointer(Role::Active), 0, POINTER_READ)
+            .getrange(self.pointer(Role::Shadow), 0, POINTER_READ)
             .query_async(&mut connection)
             .await?;
-        Ok((active, shadow))
+        // GETRANGE answers nothing for a missing key.
+        let pointer = |bytes: Vec<u8>| {
+            (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+        };
+        Ok((pointer(active), pointer(shadow)))
     }
 
-    /// The component stored under `hash`.
-    pub async fn component(&self, hash: &str) -> Result<Vec<u8>, FleetError> {
-        let bytes: Option<Vec<u8>> = self
-            .connection
-            .clone()
-            .get(self.key(&format!("rule:blob:{hash}")))
-            .await?;
-        bytes.ok_or_else(|| FleetError::MissingBlob {
+    /// The component stored under `hash`, checked: `hash` is a content hash, the blob is no
+    /// larger than `max_bytes` (its length is asked before it is read, and no more than that
+    /// is read) and its SHA-256 is `hash`.
+    pub async fn component(&self, hash: &str, max_bytes: usize) -> Result<Vec<u8>, FleetError> {
+        if !is_content_hash(hash) {
+            return Err(IntegrityError::NotAHash {
+                pointer: "rule".to_owned(),
+                value: excerpt(hash),
+            }
+            .into());
+        }
+        let key = self.key(&format!("rule:blob:{hash}"));
+        let mut connection = self.connection.clone();
+        let missing = || FleetError::MissingBlob {
             hash: hash.to_owned(),
-        })
+        };
+        let too_large = |size| FleetError::TooLarge {
+            hash: hash.to_owned(),
+            size,
+            cap: max_bytes,
+        };
+        let size: u64 = connection.strlen(&key).await?;
+        if size == 0 {
+            return Err(missing());
+        }
+        if size > max_bytes as u64 {
+            return Err(too_large(size));
+        }
+        let bytes: Vec<u8> = connection
+            .getrange(&key, 0, isize::try_from(max_bytes).unwrap_or(isize::MAX))
+            .await?;
+        if bytes.is_empty() {
+            return Err(missing());
+        }
+        if bytes.len() > max_bytes {
+            return Err(too_large(bytes.len() as u64));
+        }
+        let actual = content_hash(&bytes);
+        if actual != hash {
+            return Err(IntegrityError::HashMismatch {
+                stored_under: hash.to_owned(),
+                actual,
+            }
+            .into());
+        }
+        Ok(bytes)
     }
 
     /// Records what `instance` serves, for `converge rule status`.
@@ -277,7 +497,7 @@ impl Fleet {
     pub async fn status(&self) -> Result<FleetStatus, FleetError> {
         let mut connection = self.connection.clone();
         let (active, shadow) = self.pointers().await?;
-        let history: Vec<String> = connection.lrange(self.key("rule:history"), 0, -1).await?;
+        let history = self.history().await?;
         let mut ids: Vec<String> = connection.smembers(self.key("instances")).await?;
         ids.sort();
         let mut instances = Vec::new();
@@ -338,19 +558,44 @@ impl Fleet {
         hash: &str,
         role: Role,
     ) -> Result<(), FleetError> {
-        let bytes = self.component(hash).await?;
-        let control = Arc::clone(control);
         // A refusal is recorded by the control (log, metric, status); the pointer is not
         // retried until it moves again.
-        let offered =
-            tokio::task::spawn_blocking(move || control.offer(&bytes, None, "fleet", role)).await;
-        if let Ok(Err(_refused)) = offered {
+        let refuse = |error: GateError| {
+            control.record_refusal(role, "fleet", &excerpt(hash), error);
+        };
+        if !is_content_hash(hash) {
+            refuse(GateError::Integrity(IntegrityError::NotAHash {
+                pointer: format!("{} pointer", role.as_str()),
+                value: excerpt(hash),
+            }));
+            return Ok(());
+        }
+        let refused = match self.component(hash, control.max_component_bytes()).await {
+            Ok(bytes) => {
+                let control = Arc::clone(control);
+                let offered = tokio::task::spawn_blocking(move || {
+                    control.offer(&bytes, None, "fleet", role)
+                })
+                .await;
+                matches!(offered, Ok(Err(_)))
+            }
+            Err(FleetError::Integrity(error)) => {
+                refuse(GateError::Integrity(error));
+                true
+            }
+            Err(FleetError::TooLarge { size, cap, .. }) => {
+                refuse(GateError::Load(LoadError::TooLarge {
+                    what: format!("the fleet's rule {hash}"),
+                    size,
+                    cap,
+                }));
+                true
+            }
+            Err(other) => return Err(other),
+        };
+        if refused {
             // Rollback never returns the fleet to a version an instance refused.
-            let _: () = self
-                .connection
-                .clone()
-                .sadd(self.key("rule:refused"), hash)
-                .await?;
+            self.remember_refused(hash).await?;
         }
         Ok(())
     }
@@ -403,7 +648,7 @@ impl Fleet {
                 let report = InstanceReport {
                     instance: instance.clone(),
                     reported_at_ms: now_ms(),
-                    rule: control.status(),
+                    rule: control.status().redacted(),
                 };
                 if let Err(error) = self.report(&report).await {
                     tracing::warn!(fleet = %self.name, %error, "cannot report status");

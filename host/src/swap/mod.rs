@@ -5,19 +5,23 @@
 //! - `control`: [`RuleControl`], shared by every way a candidate arrives, and the
 //!   [`SwappableRule`] the pipeline runs;
 //! - `file_watch`: the watched rule file ([`watch_rule_file`]);
-//! - `fleet` (feature `redis`): rules published to every instance through Redis ([`Fleet`]).
+//! - `fleet` (feature `redis`): rules published to every instance through Redis ([`Fleet`]);
+//! - `ignore_share`: each version's share of `ignore` decisions ([`IgnoreShare`]) and the
+//!   judgement that rolls a swap back by itself (`rule.auto_rollback`).
 
 mod control;
 mod file_watch;
 #[cfg(feature = "redis")]
 mod fleet;
+mod ignore_share;
 
 #[cfg(feature = "redis")]
 pub(crate) use control::now_ms;
 pub use control::{
-    Disagreement, Refusal, Role, RuleControl, RuleRef, RuleStatus, ShadowStatus, SwapRecord,
+    AUTO_ROLLBACK_ORIGIN, Disagreement, REDACTED_DATA, Refusal, Role, RuleControl, RuleRef, RuleStatus, ShadowStatus, SwapRecord,
     SwapResult, SwappableRule,
 };
+pub use ignore_share::{AutoRollback, IgnoreShare};
 pub use file_watch::{RuleFileError, WatchError, read_rule_file, watch_rule_file};
 #[cfg(feature = "redis")]
 pub use fleet::{Fleet, FleetError, FleetStatus, InstanceReport};

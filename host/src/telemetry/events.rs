@@ -177,6 +177,67 @@ impl InternalEvent for RuleRefused<'_> {
     }
 }
 
+/// A request to the admin endpoint was refused before it reached its handler.
+pub(crate) struct AdminRefused<'a> {
+    /// Why, as metrics label it: `disabled`, `origin`, `no_token`, `bad_token`,
+    /// `content_type`.
+    pub reason: &'static str,
+    pub method: &'a str,
+    /// The path, without its query.
+    pub path: &'a str,
+    /// The caller's address, when the server knows it.
+    pub peer: Option<std::net::SocketAddr>,
+    /// The request's `Origin` header, when it sent one (the caller chose it: logged quoted).
+    pub origin: Option<&'a str>,
+}
+
+impl InternalEvent for AdminRefused<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            reason = self.reason,
+            method = self.method,
+            path = ?self.path,
+            peer = ?self.peer,
+            origin = ?self.origin,
+            "admin request refused"
+        );
+        metrics.record_admin_refusal(self.reason);
+    }
+}
+
+/// The control rolled a swap back by itself: the new version's share of `ignore` decisions
+/// jumped above the previous version's (`rule.auto_rollback`).
+pub(crate) struct RuleAutoRolledBack<'a> {
+    /// The version rolled back, refused from now on.
+    pub rule: &'a str,
+    pub hash: &'a str,
+    /// The version serving again.
+    pub to_rule: &'a str,
+    pub to_hash: &'a str,
+    pub share: f64,
+    pub previous_share: f64,
+    /// Decisions the rolled-back version made.
+    pub decisions: u64,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for RuleAutoRolledBack<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::error!(
+            rule = %self.rule,
+            hash = self.hash,
+            to_rule = %self.to_rule,
+            to_hash = self.to_hash,
+            share = self.share,
+            previous_share = self.previous_share,
+            decisions = self.decisions,
+            reason = %self.reason,
+            "rule rolled back by itself: its ignore share jumped; events it ignored were acknowledged (replay to repair them)"
+        );
+        metrics.record_auto_rollback();
+    }
+}
+
 /// Partitions are `u32` to Fluvio and `i32` to Kafka; the label takes Kafka's.
 fn partition_label(partition: u32) -> i32 {
     i32::try_from(partition).unwrap_or(i32::MAX)

@@ -143,10 +143,11 @@ pub fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Arc<RuleControl
     let engine = RuleEngine::new(EngineLimits {
         memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
         deadline: Duration::from_millis(config.deadline_ms),
+        ..EngineLimits::default()
     })
     .expect("the rule engine starts");
     let gates = Gates::new(engine, config.gates.clone());
-    let (bytes, sidecar) = read_rule_file(&config.path).expect("the rule file reads");
+    let (bytes, sidecar) = read_rule_file(&config.path, config.max_component_bytes).expect("the rule file reads");
     let admitted = gates
         .admit(&bytes, sidecar)
         .expect("the rule passes the gates");

@@ -159,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         memory_cap_bytes: 16 << 20,
         // Generous: a busy two-core machine must not make a call miss its deadline.
         deadline: Duration::from_secs(2),
+        ..EngineLimits::default()
     })?
     .compile_file(&PathBuf::from(arg("rule")?))?
     .instance();

@@ -1,0 +1,529 @@
+//! The admin endpoint's guard, against real `converge serve` processes: a token for every
+//! swap, no swap at all without one, no foreign `Origin`, no form content types, reads open or
+//! closed as configured, shadow samples redacted unless asked for with the token; and an
+//! address off loopback without a token refused before anything is opened.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use converge::config::{
+    AdminConfig, Config, DeadLetterConfig, FileSourceConfig, RedisStreamConfig, SourceConfig,
+    StoreConfig,
+};
+use converge::entity::Event;
+use converge::redact::Secret;
+use converge_tests::process::terminate;
+use converge_tests::services::{free_loopback_addr, redis_url, unique_prefix};
+use converge_tests::{build, config};
+
+const TOKEN: &str = "supply-admin-token-0123456789abcdef";
+
+/// A configuration reading JSON lines from stdin, one batch per line, into `store`, dead
+/// letters to a stream under `prefix` on the store's server, with `admin` as its `[admin]`.
+pub(crate) fn stdin_config(store: StoreConfig, prefix: &str, admin: Option<AdminConfig>) -> Config {
+    let mut settings = config::kafka_serve("unused", "unused", "unused", store);
+    settings.source = SourceConfig::File(FileSourceConfig { path: "-".into() });
+    settings.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig {
+        stream: format!("{prefix}dead-letters"),
+        max_len: converge::config::DEFAULT_STREAM_MAX_LEN,
+    });
+    settings.admin = admin;
+    // The lines source fills a batch before handing it on: one line, one batch.
+    settings.pipeline.batch_size = 1;
+    settings
+}
+
+/// Deletes every key under a prefix of the standalone Redis when dropped.
+pub(crate) struct RedisKeys(pub(crate) String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(mut connection) =
+            redis::Client::open(redis_url()).and_then(|client| client.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.0))
+            .query(&mut connection)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut connection);
+        }
+    }
+}
+
+/// `converge serve` reading events from its stdin, its log (at `rust_log`) in a file.
+pub(crate) struct StdinServe {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    pub(crate) log: PathBuf,
+}
+
+impl StdinServe {
+    pub(crate) fn start(dir: &Path, name: &str, config: &Config, rust_log: &str) -> Self {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = config::write(&dir, config);
+        let log = dir.join("serve.log");
+        let mut child = Command::new(build::converge_binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", rust_log)
+            .env_remove("CONVERGE_ADMIN_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("converge serve starts");
+        let stdin = child.stdin.take();
+        Self {
+            child: Some(child),
+            stdin,
+            log,
+        }
+    }
+
+    /// Waits until `/readyz` at `admin` answers 200, failing at once if serve exits.
+    pub(crate) async fn ready(&mut self, admin: SocketAddr) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(exit) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().expect("serve's status"))
+            {
+                panic!("serve exited with {exit}:\n{}", self.log_text());
+            }
+            let ready = client
+                .get(format!("http://{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready in 120 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Feeds events as JSON lines.
+    pub(crate) fn send_lines(&mut self, lines: &[String]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        for line in lines {
+            writeln!(stdin, "{line}").expect("serve reads its stdin");
+        }
+        stdin.flush().expect("flushed");
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and a clean exit; answers the log.
+    pub(crate) fn stop(mut self) -> String {
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
+        self.stdin.take();
+        self.log_text()
+    }
+}
+
+impl Drop for StdinServe {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn event(key: &str, status: &str, version: u64, payload: &str) -> String {
+    serde_json::to_string(&Event {
+        key: key.to_owned(),
+        status: status.to_owned(),
+        version,
+        timestamp_ms: 0,
+        payload: payload.to_owned(),
+    })
+    .expect("an event serialises")
+}
+
+/// The value of one sample of the metrics text (`name{labels}`), 0 when absent.
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn admin(listen: SocketAddr, token: Option<&str>, protect_reads: bool) -> AdminConfig {
+    AdminConfig {
+        listen,
+        token: token.map(Secret::new),
+        protect_reads,
+        ..AdminConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix("supply-admin");
+    let _keys = RedisKeys(prefix.clone());
+    let store = |name: &str| config::standalone_store(&format!("{prefix}{name}:"));
+    let (guarded_at, open_at, closed_at) = (
+        free_loopback_addr(),
+        free_loopback_addr(),
+        free_loopback_addr(),
+    );
+    // Three instances: a token with reads open (the default), no token at all, and a token
+    // that closes the reads too.
+    let mut guarded = StdinServe::start(
+        dir.path(),
+        "guarded",
+        &stdin_config(
+            store("guarded"),
+            &format!("{prefix}guarded:"),
+            Some(admin(guarded_at, Some(TOKEN), false)),
+        ),
+        "info",
+    );
+    let mut open = StdinServe::start(
+        dir.path(),
+        "open",
+        &stdin_config(
+            store("open"),
+            &format!("{prefix}open:"),
+            Some(admin(open_at, None, false)),
+        ),
+        "info",
+    );
+    let mut closed = StdinServe::start(
+        dir.path(),
+        "closed",
+        &stdin_config(
+            store("closed"),
+            &format!("{prefix}closed:"),
+            Some(admin(closed_at, Some(TOKEN), true)),
+        ),
+        "info",
+    );
+    guarded.ready(guarded_at).await;
+    open.ready(open_at).await;
+    closed.ready(closed_at).await;
+
+    let client = reqwest::Client::new();
+    let url = |at: SocketAddr, path: &str| format!("http://{at}{path}");
+    let shadow = std::fs::read(build::rule("version-rank")).expect("version-rank built");
+    let upload = |token: Option<&str>, content_type: &str| {
+        let request = client
+            .post(url(guarded_at, "/rule?role=shadow"))
+            .header("content-type", content_type)
+            .body(shadow.clone());
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+
+    // Reads are open by default.
+    for path in ["/healthz", "/readyz", "/metrics", "/rule", "/rule/status"] {
+        let response = client
+            .get(url(guarded_at, path))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+
+    // No token, a wrong one: 401 with a Bearer challenge.
+    let response = upload(None, "application/wasm")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 401);
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    let response = upload(Some("not-the-admin-token-0123456789"), "application/wasm")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 401);
+    // The right token from a foreign page: 403.
+    let response = upload(Some(TOKEN), "application/wasm")
+        .header("origin", "http://attacker.example")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 403);
+    // The content types a page can send cross-site without asking: 415.
+    for form in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let response = upload(Some(TOKEN), form).send().await.expect("answers");
+        assert_eq!(response.status().as_u16(), 415, "{form}");
+    }
+    let response = client
+        .post(url(guarded_at, "/rule/rollback"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=1")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 415);
+    // Nothing refused reached the rule control.
+    let status = client
+        .get(url(guarded_at, "/rule/status"))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("body");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    assert!(status["shadow"].is_null(), "{status}");
+    assert!(status["last_swap"].is_null(), "{status}");
+
+    // The right token and content type swap the shadow in.
+    let response = upload(Some(TOKEN), "application/wasm")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 200);
+
+    // A planted disagreement: a later status with a lower version (order-status updates,
+    // version-rank ignores), about a key and payload no one without the token may read.
+    let key = format!("customer-{:016x}", rand::random::<u64>());
+    let card = format!("4111-{:016x}", rand::random::<u64>());
+    let payload = format!("{{\"card\":\"{card}\"}}");
+    guarded.send_lines(&[
+        event(&key, "paid", 5, &payload),
+        event(&key, "refunded", 1, &payload),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let redacted = loop {
+        let text = client
+            .get(url(guarded_at, "/rule/status"))
+            .send()
+            .await
+            .expect("answers")
+            .text()
+            .await
+            .expect("body");
+        let status: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
+        if status["shadow"]["disagreements"].as_u64() >= Some(1) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no disagreement in 60 s: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!redacted.contains(&key), "{redacted}");
+    assert!(!redacted.contains(&card), "{redacted}");
+    assert!(redacted.contains("<redacted>"), "{redacted}");
+    assert!(
+        redacted.contains("refunded"),
+        "statuses are kept: {redacted}"
+    );
+    // In full only with the token.
+    let response = client
+        .get(url(guarded_at, "/rule/status?samples=full"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 401);
+    let full = client
+        .get(url(guarded_at, "/rule/status?samples=full"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(full.status().as_u16(), 200);
+    let full = full.text().await.expect("body");
+    assert!(full.contains(&key) && full.contains(&card), "{full}");
+
+    // Promote and rollback: no body, the token.
+    for path in ["/rule/promote", "/rule/rollback"] {
+        let response = client
+            .post(url(guarded_at, path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+
+    // Every refusal counted by reason.
+    let metrics = client
+        .get(url(guarded_at, "/metrics"))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("body");
+    let refusals = |reason: &str| {
+        metric(
+            &metrics,
+            &format!("converge_admin_refusals_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refusals("no_token"), 2.0, "{metrics}");
+    assert_eq!(refusals("bad_token"), 1.0, "{metrics}");
+    assert_eq!(refusals("origin"), 1.0, "{metrics}");
+    assert_eq!(refusals("content_type"), 4.0, "{metrics}");
+
+    // Without a token, swaps are disabled whatever the request says.
+    let response = client
+        .post(url(open_at, "/rule/rollback"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(
+        response.text().await.expect("body").contains("admin.token"),
+        "the refusal says how to enable swaps"
+    );
+    let response = client
+        .get(url(open_at, "/rule/status?samples=full"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 403);
+    for path in ["/metrics", "/rule/status"] {
+        let response = client
+            .get(url(open_at, path))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+
+    // protect_reads: the reads need the token, the probes never do.
+    for path in ["/metrics", "/rule", "/rule/status"] {
+        let response = client
+            .get(url(closed_at, path))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status().as_u16(), 401, "{path}");
+        let response = client
+            .get(url(closed_at, path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        let response = client
+            .get(url(closed_at, path))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+
+    let log = guarded.stop();
+    assert!(log.contains("admin request refused"), "{log}");
+    assert!(!log.contains(TOKEN), "the token is never logged:\n{log}");
+    open.stop();
+    closed.stop();
+}
+
+fn serve_once(config: &Path, env: &[(&str, &str)], overrides: &[&str]) -> Output {
+    let mut command = Command::new(build::converge_binary());
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("CONVERGE_ADMIN_TOKEN")
+        .envs(env.iter().copied());
+    for assignment in overrides {
+        command.args(["--set", assignment]);
+    }
+    command.output().expect("converge serve runs")
+}
+
+#[test]
+fn supply_non_loopback_admin_without_a_token_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix("supply-admin-exposed");
+    // Nothing listens here: had serve connected anywhere before refusing, it would say so.
+    let closed_port = free_loopback_addr().port();
+    let exposed: SocketAddr = format!("0.0.0.0:{}", free_loopback_addr().port())
+        .parse()
+        .expect("address");
+    let config = config::write(
+        dir.path(),
+        &stdin_config(
+            config::redis_store(&format!("redis://127.0.0.1:{closed_port}"), &prefix),
+            &prefix,
+            Some(admin(exposed, None, false)),
+        ),
+    );
+
+    let refused = |output: &Output, setting: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(setting), "{stderr}");
+        assert!(
+            !stderr.contains("store"),
+            "refused before connecting: {stderr}"
+        );
+        stderr.into_owned()
+    };
+    let stderr = refused(&serve_once(&config, &[], &[]), "admin.listen");
+    assert!(
+        stderr.contains(&exposed.to_string())
+            && stderr.contains("admin.token")
+            && stderr.contains("CONVERGE_ADMIN_TOKEN"),
+        "the message names the address and how to set a token: {stderr}"
+    );
+    let ipv6 = format!("admin.listen=[::]:{}", exposed.port());
+    refused(&serve_once(&config, &[], &[&ipv6]), "admin.listen");
+    // A token too short to be one, from the environment, is refused as such.
+    refused(
+        &serve_once(&config, &[("CONVERGE_ADMIN_TOKEN", "short")], &[]),
+        "admin.token",
+    );
+    // A file and an environment with two different tokens: which one holds is unclear.
+    refused(
+        &serve_once(
+            &config,
+            &[("CONVERGE_ADMIN_TOKEN", "environment-token-0123456789")],
+            &["admin.token=file-token-0123456789abcdef"],
+        ),
+        "admin.token",
+    );
+    // With a token from the environment it goes on, and fails only at the unreachable store.
+    let output = serve_once(
+        &config,
+        &[("CONVERGE_ADMIN_TOKEN", "environment-token-0123456789")],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("store") && !stderr.contains("admin.listen"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,63 @@
+//! Status, then version; within them "a timestamp of 0 means the source gave none, so the event
+//! is taken as current". Events without a timestamp replace any stored state of their status
+//! and version, so the last one delivered wins.
+
+wit_bindgen::generate!({ world: "rule", path: "../../../wit" });
+
+use std::cmp::Ordering;
+
+const STATUSES: [&str; 4] = ["created", "paid", "completed", "refunded"];
+
+/// The position of `status` in the lifecycle, `None` for a status this rule does not know.
+fn rank(status: &str) -> Option<usize> {
+    STATUSES.iter().position(|known| *known == status)
+}
+
+struct Rule;
+
+impl Guest for Rule {
+    fn info() -> RuleInfo {
+        RuleInfo {
+            name: "bad-timestamp-zero-newest".to_owned(),
+            version: "0.1.0".to_owned(),
+            statuses: STATUSES.map(String::from).to_vec(),
+        }
+    }
+
+    fn decide(current: Option<State>, incoming: Event) -> Decision {
+        decide(current, incoming)
+    }
+
+    fn decide_batch(items: Vec<(Option<State>, Event)>) -> Vec<Decision> {
+        items.into_iter().map(|(c, i)| decide(c, i)).collect()
+    }
+}
+
+export!(Rule);
+
+fn decide(current: Option<State>, incoming: Event) -> Decision {
+    let Some(incoming_rank) = rank(&incoming.status) else {
+        return Decision::Reject(format!("unknown status {:?}", incoming.status));
+    };
+    if incoming.key.is_empty() {
+        return Decision::Reject("empty key".to_owned());
+    }
+    let Some(current) = current else {
+        return Decision::Insert(incoming);
+    };
+    let current_rank = rank(&current.status).unwrap_or(0);
+    match (incoming_rank, incoming.version).cmp(&(current_rank, current.version)) {
+        Ordering::Greater => return Decision::Update(incoming),
+        Ordering::Less => return Decision::Ignore("stale".to_owned()),
+        Ordering::Equal => {}
+    }
+    if incoming.timestamp_ms == 0 {
+        return Decision::Update(incoming);
+    }
+    match (incoming.timestamp_ms, incoming.payload.as_str())
+        .cmp(&(current.timestamp_ms, current.payload.as_str())) {
+        Ordering::Greater => Decision::Update(incoming),
+        Ordering::Equal => Decision::Ignore("duplicate".to_owned()),
+        Ordering::Less => Decision::Ignore("stale".to_owned()),
+    }
+}
