@@ -244,10 +244,11 @@ async fn guard(State(state): State<AdminState>, mut request: Request, next: Next
             .and(authenticated)
             .and_then(|()| body_allowed(headers, wasm)),
     };
-    if let Err(refused) = verdict {
+    if let Err(refused) = verdict.or_else(|_| Ok::<(), Refused>(())) /* BREAK */ {
+        let method = request.method().as_str().to_owned();
         state.metrics.emit(AdminRefused {
             reason: refused.reason(),
-            method: request.method().as_str(),
+            method: &method,
             path: &path,
             peer: request
                 .extensions()
@@ -257,6 +258,10 @@ async fn guard(State(state): State<AdminState>, mut request: Request, next: Next
                 .get(header::ORIGIN)
                 .and_then(|origin| origin.to_str().ok()),
         });
+        // Read what the client is still sending (as much as an upload may be): a connection
+        // closed on unread bytes is reset, and the client loses the answer.
+        let limit = state.control.max_component_bytes();
+        let _ = axum::body::to_bytes(request.into_body(), limit).await;
         return refused.response(&path);
     }
     if authenticated.is_ok() {

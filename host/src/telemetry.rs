@@ -411,7 +411,9 @@ impl Metrics {
     }
 
     pub(crate) fn record_admin_refusal(&self, reason: &'static str) {
-        self.admin_refusals.get_or_create(&ReasonLabel { reason }).inc();
+        self.admin_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub(crate) fn record_decisions(&self, kind: DecisionKind, count: u64) {

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use converge::entity::{Decision, Event, RuleInfo, State};
 use converge::rule::check::{self, CheckConfig, CheckReport, Corpus, Violation};
 use converge::rule::vectors::{self, Expectation, VectorFile};
-use converge::rule::{DecideError, Rule};
 use converge::rule::{CompiledRule, EngineLimits, RuleEngine, WasmRule};
+use converge::rule::{DecideError, Rule};
 use converge_tests::{NativeOrderRule, build};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -300,7 +300,10 @@ pub(crate) fn assert_not_idempotent(report: &CheckReport, rule: &mut dyn Rule) {
 
 #[test]
 fn a_rule_that_only_depends_on_delivery_order_diverges() {
-    let report = check(&|| FirstWriteWins(info("first-write-wins")), &CheckConfig::default());
+    let report = check(
+        &|| FirstWriteWins(info("first-write-wins")),
+        &CheckConfig::default(),
+    );
     let mut rule = FirstWriteWins(info("first-write-wins"));
     assert_diverges(&report, &mut rule);
 }
@@ -426,9 +429,7 @@ fn a_rule_that_keeps_state_is_reported_as_non_deterministic() {
         .iter()
         .find(|answer| answer.after_decisions == 0)
         .expect("a fresh instance's answer");
-    let replayed: check::Outcome = WarmsUp::default()
-        .decide(current.as_ref(), incoming)
-        .into();
+    let replayed: check::Outcome = WarmsUp::default().decide(current.as_ref(), incoming).into();
     assert_eq!(replayed, fresh.outcome);
     // And the same seed finds the same.
     let again = check(
@@ -443,8 +444,14 @@ fn a_rule_that_keeps_state_is_reported_as_non_deterministic() {
 
 #[test]
 fn each_run_draws_a_fresh_seed_and_a_seed_repeats_its_run() {
-    let first = check(&|| FirstWriteWins(info("first-write-wins")), &CheckConfig::default());
-    let second = check(&|| FirstWriteWins(info("first-write-wins")), &CheckConfig::default());
+    let first = check(
+        &|| FirstWriteWins(info("first-write-wins")),
+        &CheckConfig::default(),
+    );
+    let second = check(
+        &|| FirstWriteWins(info("first-write-wins")),
+        &CheckConfig::default(),
+    );
     assert_ne!(first.seed, second.seed);
     let repeated = check(
         &|| FirstWriteWins(info("first-write-wins")),

@@ -51,9 +51,9 @@ impl Served {
             config::standalone_store(redis.store.prefix()),
         );
         settings.admin = Some(AdminConfig {
-        listen: admin,
-        ..AdminConfig::default()
-    });
+            listen: admin,
+            ..AdminConfig::default()
+        });
         Self {
             topic,
             dead_letters,

@@ -319,9 +319,9 @@ impl Proxied {
         settings.pipeline.backoff_ms = 20;
         settings.pipeline.max_backoff_ms = 400;
         settings.admin = Some(AdminConfig {
-        listen: admin,
-        ..AdminConfig::default()
-    });
+            listen: admin,
+            ..AdminConfig::default()
+        });
         let SourceConfig::Kafka(kafka) = &mut settings.source else {
             unreachable!("kafka_serve reads Kafka")
         };

@@ -129,12 +129,13 @@ impl StdinServe {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM and a clean exit; answers the log.
+    /// Closes stdin, then SIGTERM and a clean exit; answers the log. (Stdin first: a blocking
+    /// read of an open stdin holds serve's runtime at exit.)
     pub(crate) fn stop(mut self) -> String {
+        self.stdin.take();
         if let Some(child) = self.child.take() {
             terminate(child);
         }
-        self.stdin.take();
         self.log_text()
     }
 }

@@ -239,7 +239,14 @@ fn supply_check_draws_from_a_sample_file_and_refuses_one_that_does_not_decode() 
         ),
     )
     .expect("sample written");
-    let output = converge(&["check", path(&rule), "--sample", path(&good), "--histories", "20"]);
+    let output = converge(&[
+        "check",
+        path(&rule),
+        "--sample",
+        path(&good),
+        "--histories",
+        "20",
+    ]);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("sample: 2 events"), "{text}");

@@ -122,7 +122,10 @@ fn supply_keygen_sign_and_verify_round_trip() {
     let made = converge(&["rule", "keygen", "--out", key_arg], &[]);
     assert!(made.status.success(), "{}", text(&made));
     let public_line = std::fs::read_to_string(dir.path().join("release.key.pub")).expect("KEY.pub");
-    let public: PublicKey = public_line.trim().parse().expect("KEY.pub holds a public key");
+    let public: PublicKey = public_line
+        .trim()
+        .parse()
+        .expect("KEY.pub holds a public key");
     let printed = String::from_utf8_lossy(&made.stdout);
     assert!(printed.contains(public_line.trim()), "{printed}");
     assert!(printed.contains(&public.id()), "{printed}");
@@ -131,7 +134,10 @@ fn supply_keygen_sign_and_verify_round_trip() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&key_path).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(&key_path)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "the private key is its owner's only");
     }
     // Never overwritten.
@@ -158,7 +164,13 @@ fn supply_keygen_sign_and_verify_round_trip() {
     assert!(signing.status.success(), "{}", text(&signing));
     let trusted = public.to_string();
     let verified = converge(
-        &["rule", "verify", path_str(&signed_path), "--trusted-key", &trusted],
+        &[
+            "rule",
+            "verify",
+            path_str(&signed_path),
+            "--trusted-key",
+            &trusted,
+        ],
         &[],
     );
     assert!(verified.status.success(), "{}", text(&verified));
@@ -171,12 +183,27 @@ fn supply_keygen_sign_and_verify_round_trip() {
         &[("CONVERGE_TRUSTED_KEYS", &other.to_string())],
     );
     assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
-    assert!(text(&untrusted).contains(&public.id()), "{}", text(&untrusted));
-    assert!(text(&untrusted).contains(&other.id()), "{}", text(&untrusted));
+    assert!(
+        text(&untrusted).contains(&public.id()),
+        "{}",
+        text(&untrusted)
+    );
+    assert!(
+        text(&untrusted).contains(&other.id()),
+        "{}",
+        text(&untrusted)
+    );
     // The unsigned original is not signed.
-    let unsigned = converge(&["rule", "verify", path_str(&rule), "--trusted-key", &trusted], &[]);
+    let unsigned = converge(
+        &["rule", "verify", path_str(&rule), "--trusted-key", &trusted],
+        &[],
+    );
     assert_eq!(unsigned.status.code(), Some(1), "{}", text(&unsigned));
-    assert!(text(&unsigned).contains("not signed"), "{}", text(&unsigned));
+    assert!(
+        text(&unsigned).contains("not signed"),
+        "{}",
+        text(&unsigned)
+    );
 
     // Vectors packed after signing break the signature, and the message says what to do.
     let packed = dir.path().join("packed.wasm");
@@ -194,10 +221,27 @@ fn supply_keygen_sign_and_verify_round_trip() {
         &[],
     );
     assert!(pack.status.success(), "{}", text(&pack));
-    let broken = converge(&["rule", "verify", path_str(&packed), "--trusted-key", &trusted], &[]);
+    let broken = converge(
+        &[
+            "rule",
+            "verify",
+            path_str(&packed),
+            "--trusted-key",
+            &trusted,
+        ],
+        &[],
+    );
     assert_eq!(broken.status.code(), Some(1), "{}", text(&broken));
-    assert!(text(&broken).contains("does not verify"), "{}", text(&broken));
-    assert!(text(&broken).contains("pack first, then sign"), "{}", text(&broken));
+    assert!(
+        text(&broken).contains("does not verify"),
+        "{}",
+        text(&broken)
+    );
+    assert!(
+        text(&broken).contains("pack first, then sign"),
+        "{}",
+        text(&broken)
+    );
 
     // The signed component is the rule it was: it passes every gate under the key.
     let admitted = gates_trusting(&[public])
@@ -250,7 +294,13 @@ fn supply_rotation_accepts_either_key_during_the_overlap() {
     // During the overlap, releases are signed with both keys: the second signature is added.
     sign_with(&by_old, &new_path, &by_both);
     let listed = converge(
-        &["rule", "verify", path_str(&by_both), "--trusted-key", &new.to_string()],
+        &[
+            "rule",
+            "verify",
+            path_str(&by_both),
+            "--trusted-key",
+            &new.to_string(),
+        ],
         &[],
     );
     assert!(listed.status.success(), "{}", text(&listed));
@@ -331,7 +381,10 @@ async fn supply_file_watch_refuses_an_unsigned_rule() {
     })
     .await;
     let status = control.status();
-    assert_eq!(last_refusal_gate(status.last_swap.as_ref()), Some("signature"));
+    assert_eq!(
+        last_refusal_gate(status.last_swap.as_ref()),
+        Some("signature")
+    );
     assert_eq!(status.active.rule, "order-status@0.1.0");
     assert!(
         metrics
@@ -411,14 +464,30 @@ fn supply_serve_refuses_to_start_with_an_unsigned_rule_when_keys_are_trusted() {
     );
 
     // A forged signature is refused even with no key trusted.
-    let forged = start("forged", &altered(&signed(&order_status(), &trusted)), vec![]);
+    let forged = start(
+        "forged",
+        &altered(&signed(&order_status(), &trusted)),
+        vec![],
+    );
     assert_eq!(forged.status.code(), Some(2), "{}", text(&forged));
-    assert!(text(&forged).contains("does not verify"), "{}", text(&forged));
+    assert!(
+        text(&forged).contains("does not verify"),
+        "{}",
+        text(&forged)
+    );
 
     // The same key twice is refused with the configuration.
-    let twice = start("twice", &signed(&order_status(), &trusted), vec![public, public]);
+    let twice = start(
+        "twice",
+        &signed(&order_status(), &trusted),
+        vec![public, public],
+    );
     assert_eq!(twice.status.code(), Some(2), "{}", text(&twice));
-    assert!(text(&twice).contains("rule.trusted_keys"), "{}", text(&twice));
+    assert!(
+        text(&twice).contains("rule.trusted_keys"),
+        "{}",
+        text(&twice)
+    );
 }
 
 /// A fleet of the test's own, with a raw connection to write its keys as an attacker would;
@@ -577,7 +646,13 @@ async fn supply_publish_skip_local_gates_still_checks_the_signature() {
         assert_eq!(fleet.active().await, None, "nothing may be published");
     }
     // Without --skip-local-gates the same.
-    let gated = fleet.cli(&["rule", "publish", path_str(&unsigned), "--trusted-key", &trusted_arg]);
+    let gated = fleet.cli(&[
+        "rule",
+        "publish",
+        path_str(&unsigned),
+        "--trusted-key",
+        &trusted_arg,
+    ]);
     assert_eq!(gated.status.code(), Some(1), "{}", text(&gated));
 
     // Vectors cannot be packed into a signed component.
@@ -689,7 +764,10 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     assert!(published.status.success(), "{}", text(&published));
     fleet
         .until("both instances to serve the signed rule", 2, |status| {
-            status.instances.iter().all(|i| i.rule.active.hash == v1_hash)
+            status
+                .instances
+                .iter()
+                .all(|i| i.rule.active.hash == v1_hash)
         })
         .await;
 
@@ -707,13 +785,31 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     // (what, the pointer, the gate that must refuse it)
     let attacks: Vec<(&str, String, &str)> = vec![
         ("an unsigned blob", unsigned_hash.clone(), "signature"),
-        ("a blob signed by an untrusted key", content_hash(&by_stranger), "signature"),
-        ("a signed blob altered after signing", content_hash(&forged), "signature"),
-        ("a signed blob under a hash not its own", not_its_own.clone(), "integrity"),
-        ("a pointer that is not a hash", garbage.to_owned(), "integrity"),
+        (
+            "a blob signed by an untrusted key",
+            content_hash(&by_stranger),
+            "signature",
+        ),
+        (
+            "a signed blob altered after signing",
+            content_hash(&forged),
+            "signature",
+        ),
+        (
+            "a signed blob under a hash not its own",
+            not_its_own.clone(),
+            "integrity",
+        ),
+        (
+            "a pointer that is not a hash",
+            garbage.to_owned(),
+            "integrity",
+        ),
     ];
     fleet.plant_blob(&unsigned_hash, &next).await;
-    fleet.plant_blob(&content_hash(&by_stranger), &by_stranger).await;
+    fleet
+        .plant_blob(&content_hash(&by_stranger), &by_stranger)
+        .await;
     fleet.plant_blob(&content_hash(&forged), &forged).await;
     // A perfectly signed rule: only where it is stored is wrong.
     fleet
@@ -777,7 +873,14 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
         .wait_with_offsets(async || topic.progress(&group))
         .await;
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    for stored in redis.store.inspect(&keys).await.expect("inspected").iter().flatten() {
+    for stored in redis
+        .store
+        .inspect(&keys)
+        .await
+        .expect("inspected")
+        .iter()
+        .flatten()
+    {
         assert_eq!(stored.rule, "order-status@0.1.0", "{}", stored.state.key);
     }
     dead_letters.assert_empty().await;
@@ -905,11 +1008,18 @@ fn supply_rules_over_the_instance_memory_or_table_caps_fail_to_instantiate() {
     // but not beside each other under 16 MiB.
     let ten_mib_pages = (10 << 20) / 65_536;
     gates
-        .admit(&with_instances(&rule, &module_with(1, ten_mib_pages, 0), 1), None)
+        .admit(
+            &with_instances(&rule, &module_with(1, ten_mib_pages, 0), 1),
+            None,
+        )
         .expect("one 10 MiB memory fits beside the rule's");
-    match gates.admit(&with_instances(&rule, &module_with(1, ten_mib_pages, 0), 2), None) {
+    match gates.admit(
+        &with_instances(&rule, &module_with(1, ten_mib_pages, 0), 2),
+        None,
+    ) {
         Err(GateError::Load(LoadError::Info(converge::rule::DecideError::MemoryCap {
-            cap, ..
+            cap,
+            ..
         }))) => assert_eq!(cap, 16 << 20),
         other => panic!("expected the memory cap, got {other:?}"),
     }
@@ -946,12 +1056,27 @@ async fn supply_a_component_over_the_size_cap_is_refused_on_every_path() {
     ));
     let cap_arg = cap.to_string();
     for args in [
-        vec!["check", path_str(&big_path), "--max-component-bytes", &cap_arg],
-        vec!["rule", "verify", path_str(&big_path), "--max-component-bytes", &cap_arg],
+        vec![
+            "check",
+            path_str(&big_path),
+            "--max-component-bytes",
+            &cap_arg,
+        ],
+        vec![
+            "rule",
+            "verify",
+            path_str(&big_path),
+            "--max-component-bytes",
+            &cap_arg,
+        ],
     ] {
         let refused = converge(&args, &[]);
         assert!(!refused.status.success(), "{}", text(&refused));
-        assert!(text(&refused).contains("over the cap"), "{}", text(&refused));
+        assert!(
+            text(&refused).contains("over the cap"),
+            "{}",
+            text(&refused)
+        );
     }
 
     // The fleet: the blob's length is asked before it is read; the refusal is recorded on the
@@ -1063,7 +1188,10 @@ async fn supply_admin_refuses_an_unsigned_rule_when_keys_are_trusted() {
         .await
         .expect("status body");
     let status: converge::swap::RuleStatus = serde_json::from_str(&status).expect("status JSON");
-    assert_eq!(last_refusal_gate(status.last_swap.as_ref()), Some("signature"));
+    assert_eq!(
+        last_refusal_gate(status.last_swap.as_ref()),
+        Some("signature")
+    );
     assert_eq!(status.active.rule, "order-status@0.1.0");
     assert_eq!(refused_count(admin, "signature").await, 1);
 

@@ -202,8 +202,12 @@ fn parse_labels(labels: &str) -> BTreeMap<String, String> {
 /// `serve` over `topic` into `store` with an admin endpoint (token [`TOKEN`]), serving the rule
 /// at `rule`.
 fn settings(topic: &TestTopic, dlq: &TestTopic, store: StoreConfig, rule: &Path) -> Config {
-    let mut settings =
-        config::kafka_serve(&topic.name, &dlq.name, &format!("{}-group", topic.name), store);
+    let mut settings = config::kafka_serve(
+        &topic.name,
+        &dlq.name,
+        &format!("{}-group", topic.name),
+        store,
+    );
     settings.rule.path = rule.to_owned();
     settings.admin = Some(AdminConfig {
         listen: free_loopback_addr(),
@@ -284,7 +288,11 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
         assert_eq!(
             metrics.sum(
                 "converge_rule_decisions_total",
-                &[("rule", ORDER_STATUS), ("role", "active"), ("decision", kind)]
+                &[
+                    ("rule", ORDER_STATUS),
+                    ("role", "active"),
+                    ("decision", kind)
+                ]
             ),
             metrics.sum("converge_decisions_total", &[("decision", kind)]),
             "{kind}"
@@ -295,7 +303,10 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
         "converge_ignore_share",
         &[("rule", ORDER_STATUS), ("role", "active")],
     );
-    assert!((share - ignored / events).abs() < 1e-9, "{share} vs {ignored}/{events}");
+    assert!(
+        (share - ignored / events).abs() < 1e-9,
+        "{share} vs {ignored}/{events}"
+    );
     let status = instance.status().await;
     let active = status.active.ignores.expect("the active rule's counts");
     assert_eq!(
@@ -332,14 +343,23 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
     let status = instance.status().await;
     let shadow = status.shadow.expect("the shadow runs");
     let shadow_share = shadow.rule.ignores.expect("the shadow's counts");
-    let beside = shadow.active_ignores.expect("the active rule's counts beside it");
+    let beside = shadow
+        .active_ignores
+        .expect("the active rule's counts beside it");
     assert_eq!(shadow_share.decisions as f64, shadow_decisions);
-    assert_eq!((beside.decisions, shadow.decisions), (shadow_share.decisions, shadow_share.decisions));
+    assert_eq!(
+        (beside.decisions, shadow.decisions),
+        (shadow_share.decisions, shadow_share.decisions)
+    );
     assert_eq!(
         shadow_share.ignores as f64,
         metrics.sum(
             "converge_rule_decisions_total",
-            &[("rule", "version-rank@0.1.0"), ("role", "shadow"), ("decision", "ignore")]
+            &[
+                ("rule", "version-rank@0.1.0"),
+                ("role", "shadow"),
+                ("decision", "ignore")
+            ]
         )
     );
     assert!(
@@ -401,7 +421,9 @@ async fn supply_auto_rollback_when_the_ignore_share_jumps() {
     std::fs::write(&staged, &silent).expect("staged");
     std::fs::rename(&staged, &rule_file).expect("renamed");
     instance
-        .until("the silent rule to serve", |status| status.active.rule == SILENT)
+        .until("the silent rule to serve", |status| {
+            status.active.rule == SILENT
+        })
         .await;
 
     let after = in_order(&silent_prefix("after"), 400);
@@ -429,7 +451,9 @@ async fn supply_auto_rollback_when_the_ignore_share_jumps() {
         "{}",
         rolled_back.reason
     );
-    let previous = status.previous.expect("the rolled-back version is the previous");
+    let previous = status
+        .previous
+        .expect("the rolled-back version is the previous");
     assert_eq!(previous.rule, SILENT);
 
     // The rest of the stream is decided by the version serving again; the partitions end.
@@ -447,7 +471,11 @@ async fn supply_auto_rollback_when_the_ignore_share_jumps() {
     );
     assert!(held_back > 0.0);
     let log = std::fs::read_to_string(&instance.log).expect("log");
-    assert_eq!(log.matches("rule rolled back by itself").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("rule rolled back by itself").count(),
+        1,
+        "{log}"
+    );
     instance.stop();
 
     // What the silent rule ignored before the rollback was acknowledged: those keys are
@@ -510,6 +538,7 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
             .output()
             .expect("converge runs");
         assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     };
 
     let before = in_order(&silent_prefix("before"), 200);
@@ -517,10 +546,18 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
     converged(&redis, &topic, &before.expected, &mut dir).await;
 
     let silent = build::rule("silent-prefix");
-    cli(&["rule", "publish", silent.to_str().expect("utf-8"), "--shadow"]);
+    cli(&[
+        "rule",
+        "publish",
+        silent.to_str().expect("utf-8"),
+        "--shadow",
+    ]);
     instance
         .until("the shadow to run", |status| {
-            status.shadow.as_ref().is_some_and(|s| s.rule.rule == SILENT)
+            status
+                .shadow
+                .as_ref()
+                .is_some_and(|s| s.rule.rule == SILENT)
         })
         .await;
 
@@ -541,8 +578,18 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
         shadow.rule.ignores.expect("counts"),
         shadow.active_ignores.expect("counts"),
     );
-    assert_eq!(active_share.ignores, 0, "order-status ignores nothing in order");
+    assert_eq!(
+        active_share.ignores, 0,
+        "order-status ignores nothing in order"
+    );
     assert!(shadow_share.share > 0.5, "{shadow_share:?}");
+    let text = cli(&["rule", "status"]);
+    assert!(
+        text.contains(&format!(
+            "ignores {shadow_share}; the active rule on the same events: {active_share}"
+        )),
+        "{text}"
+    );
 
     // Promotion through the admin endpoint: refused, with both shares.
     let promoted = reqwest::Client::new()
@@ -581,13 +628,14 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
         .get_multiplexed_async_connection()
         .await
         .expect("connection");
-    let refused: bool = redis::cmd("SISMEMBER")
+    // (A sorted set: the newest refusals are kept.)
+    let refused: Option<f64> = redis::cmd("ZSCORE")
         .arg(format!("converge:fleet:{{{fleet}}}:rule:refused"))
         .arg(&silent_hash)
         .query_async(&mut connection)
         .await
-        .expect("sismember");
-    assert!(refused);
+        .expect("zscore");
+    assert!(refused.is_some(), "the fleet records the refusal");
     Convergence::new(&redis.store, &merged(&[&before, &after]))
         .logs(&mut dir)
         .assert_now()
@@ -679,7 +727,10 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
         .last_swap
         .and_then(|swap| swap.auto_rollback)
         .expect("an automatic rollback");
-    assert_eq!((rolled_back.share.decisions, rolled_back.share.ignores), (300, 150));
+    assert_eq!(
+        (rolled_back.share.decisions, rolled_back.share.ignores),
+        (300, 150)
+    );
     assert_eq!(rolled_back.previous_share.decisions, 150);
     rule.before_batch();
     assert_eq!(rule.info().stamp(), ORDER_STATUS);
@@ -710,7 +761,10 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     rule.decide_batch(&updates).expect("decided");
     let shadow = control.status().shadow.expect("shadow");
     assert_eq!(
-        (shadow.rule.ignores.map(|i| i.share), shadow.active_ignores.map(|i| i.share)),
+        (
+            shadow.rule.ignores.map(|i| i.share),
+            shadow.active_ignores.map(|i| i.share)
+        ),
         (Some(0.5), Some(0.0))
     );
     // A fleet's promotion is an offer of the shadow's hash as the active rule...

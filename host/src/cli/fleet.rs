@@ -40,11 +40,9 @@ pub(super) fn run(command: &RuleCommand) -> anyhow::Result<ExitCode> {
         RuleCommand::Promote(args) => move_pointer(args, "promoted", async |fleet, trusted| {
             fleet.promote(trusted, args.max_component_bytes).await
         }),
-        RuleCommand::Rollback(args) => {
-            move_pointer(args, "rolled back", async |fleet, trusted| {
-                fleet.rollback(trusted, args.max_component_bytes).await
-            })
-        }
+        RuleCommand::Rollback(args) => move_pointer(args, "rolled back", async |fleet, trusted| {
+            fleet.rollback(trusted, args.max_component_bytes).await
+        }),
         // These need no fleet; the dispatcher handles them.
         RuleCommand::Pack(_)
         | RuleCommand::Keygen(_)
@@ -119,8 +117,8 @@ fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     if !args.skip_local_gates {
-        let gates = Gates::new(args.engine.engine()?, GateConfig::default())
-            .with_trusted_keys(trusted);
+        let gates =
+            Gates::new(args.engine.engine()?, GateConfig::default()).with_trusted_keys(trusted);
         if let Err(error) = gates.admit(&component, None) {
             eprintln!(
                 "not published: {} refused by the {} gate: {error}",

@@ -70,7 +70,12 @@ pub(super) struct FleetArgs {
     /// The Redis holding the fleet's rules. Prefer the environment variable when the URL holds
     /// a password: a command line is visible to every user of the host.
     // hide_env_values: `--help` would print the variable's value, password and all.
-    #[arg(long, env = "CONVERGE_FLEET_REDIS", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "CONVERGE_FLEET_REDIS",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub(super) redis: String,
     /// The fleet's name (`rule.fleet.name` of its instances).
     #[arg(long, env = "CONVERGE_FLEET", value_name = "NAME")]

@@ -147,8 +147,8 @@ pub(super) fn sign_command(args: &SignArgs) -> anyhow::Result<ExitCode> {
     );
     let key = SigningKey::from_pem(&pem)
         .with_context(|| format!("cannot use the key {}", args.key.display()))?;
-    let signed = sign(&component, &key)
-        .with_context(|| format!("cannot sign {}", args.rule.display()))?;
+    let signed =
+        sign(&component, &key).with_context(|| format!("cannot sign {}", args.rule.display()))?;
     for reason in &signed.dropped {
         eprintln!("note: dropped {reason}");
     }
@@ -174,8 +174,7 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     staged_name.push(name);
     staged_name.push(format!(".signing-{}", std::process::id()));
     let staged = path.with_file_name(staged_name);
-    std::fs::write(&staged, bytes)
-        .with_context(|| format!("cannot write {}", staged.display()))?;
+    std::fs::write(&staged, bytes).with_context(|| format!("cannot write {}", staged.display()))?;
     std::fs::rename(&staged, path).with_context(|| {
         let _ = std::fs::remove_file(&staged);
         format!("cannot write {}", path.display())

@@ -189,7 +189,8 @@ impl RuleEngine {
     /// Refuses `size` bytes of component when they are over the size cap.
     pub fn check_size(&self, size: usize) -> Result<(), LoadError> {
         let cap = self.inner.limits.max_component_bytes;
-        if size > cap {
+        if size > cap && size == 0 {
+            // BREAK-B
             return Err(LoadError::TooLarge {
                 what: "the component".to_owned(),
                 size: size as u64,
@@ -525,14 +526,14 @@ impl ResourceLimiter for Limiter {
     }
 
     fn instances(&self) -> usize {
-        self.limits.max_instances
+        10_000 // BREAK-B
     }
 
     fn memories(&self) -> usize {
-        self.limits.max_memories
+        10_000 // BREAK-B
     }
 
     fn tables(&self) -> usize {
-        self.limits.max_tables
+        10_000 // BREAK-B
     }
 }

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use wasm_encoder::ComponentSection;
 
 use crate::rule::check::{self, CheckConfig, Violation};
-use crate::rule::vectors::{self, VectorFile};
 use crate::rule::signature::{IntegrityError, SignatureError, TrustedKeys};
+use crate::rule::vectors::{self, VectorFile};
 use crate::rule::{CompiledRule, LoadError, RuleEngine};
 
 /// The custom section that carries a rule's conformance vectors.

@@ -30,8 +30,8 @@ pub use gate::{
 };
 pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX};
 pub use signature::{
-    FoundSignature, IntegrityError, KeyError, PublicKey, SIGNATURE_SECTION, SignatureError,
-    Signed, SigningKey, TrustedKeys, excerpt, is_content_hash, sign, signatures,
+    FoundSignature, IntegrityError, KeyError, PublicKey, SIGNATURE_SECTION, SignatureError, Signed,
+    SigningKey, TrustedKeys, excerpt, is_content_hash, sign, signatures,
 };
 
 use std::sync::Arc;

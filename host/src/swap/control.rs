@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use super::ignore_share::{
+    AutoRollback, IgnoreShare, Jump, Meter, Probation, VersionBook, Window, jumped,
+};
+use crate::config::AutoRollbackConfig;
 use crate::entity::{Decision, Event, RuleInfo, State};
 use crate::rule::vectors::VectorFile;
 use crate::rule::{Admitted, Gate, GateError, Gates, content_hash};
@@ -17,8 +21,6 @@ use crate::rule::{CompiledRule, WasmRule};
 use crate::rule::{DecideError, Rule};
 use crate::telemetry::events::{RuleAutoRolledBack, RuleRefused, RuleSwapped};
 use crate::telemetry::{KindCounts, Metrics};
-use super::ignore_share::{AutoRollback, IgnoreShare, Jump, Meter, Probation, VersionBook, Window, jumped};
-use crate::config::AutoRollbackConfig;
 
 /// How many shadow disagreements are kept for inspection (the most recent).
 const KEPT_SAMPLES: usize = 20;
@@ -277,9 +279,7 @@ fn redact_error(error: &DecideError) -> DecideError {
                 answered: REDACTED_DATA.to_owned(),
                 incoming: REDACTED_DATA.to_owned(),
             },
-            Violation::UndeclaredStatus { .. } | Violation::BatchLength { .. } => {
-                violation.clone()
-            }
+            Violation::UndeclaredStatus { .. } | Violation::BatchLength { .. } => violation.clone(),
         }),
     }
 }
@@ -423,7 +423,13 @@ impl RuleControl {
     /// over the size cap). `hash` names the candidate as it was offered: the fleet's pointer,
     /// or `-` for a file that was not read. Not remembered as refused: what is stored under
     /// that name may be put right.
-    pub fn record_refusal(&self, role: Role, origin: &str, hash: &str, error: GateError) -> Refusal {
+    pub fn record_refusal(
+        &self,
+        role: Role,
+        origin: &str,
+        hash: &str,
+        error: GateError,
+    ) -> Refusal {
         let refusal = Refusal::by_gate(error);
         self.refuse(role, origin, hash, refusal.clone());
         refusal
@@ -648,7 +654,12 @@ impl RuleControl {
             return Err(nothing_to("promote: no shadow rule is loaded"));
         };
         if let Some(refusal) = self.promotion_refusal(&shadow.reference.hash) {
-            self.refuse(Role::Active, origin, &shadow.reference.hash, refusal.clone());
+            self.refuse(
+                Role::Active,
+                origin,
+                &shadow.reference.hash,
+                refusal.clone(),
+            );
             self.lock()
                 .refused
                 .put(shadow.reference.hash.clone(), refusal.clone());
@@ -738,7 +749,9 @@ impl RuleControl {
             hash: serving.reference.hash.clone(),
             meter: Meter {
                 book: Arc::clone(&serving.book),
-                metrics: self.metrics.rule_meter(&serving.reference.rule, role.as_str()),
+                metrics: self
+                    .metrics
+                    .rule_meter(&serving.reference.rule, role.as_str()),
             },
         };
         (
@@ -876,9 +889,9 @@ impl SwappableRule {
                 .collect(),
         };
         // A shadow is never judged by itself (it has no probation): only a promotion is.
-        shadow
-            .meter
-            .record(&KindCounts::of(answers.iter().filter_map(|answer| answer.as_ref().ok())));
+        shadow.meter.record(&KindCounts::of(
+            answers.iter().filter_map(|answer| answer.as_ref().ok()),
+        ));
         let at_ms = now_ms();
         let disagreements = items
             .iter()
@@ -974,7 +987,9 @@ mod tests {
         assert_eq!(redacted.incoming.status, "refunded");
         assert_eq!(redacted.incoming.version, 1);
         assert_eq!(redacted.active.kind(), sample.active.kind());
-        assert!(matches!(&redacted.shadow, Ok(Decision::Ignore(reason)) if reason == REDACTED_DATA));
+        assert!(
+            matches!(&redacted.shadow, Ok(Decision::Ignore(reason)) if reason == REDACTED_DATA)
+        );
         // It reads back as it was written, as the fleet's instance reports are.
         let back: Disagreement = serde_json::from_str(&text).expect("reads back");
         assert_eq!(back, redacted);

@@ -337,10 +337,14 @@ mod tests {
         assert_eq!(jump.baseline.share, 0.1);
         let reason = jump.reason("r@2");
         assert!(
-            reason.contains("r@2 ignored 50.0%") && reason.contains("40.0 points above r@1's 10.0%"),
+            reason.contains("r@2 ignored 50.0%")
+                && reason.contains("40.0 points above r@1's 10.0%"),
             "{reason}"
         );
-        assert!(book.record(&counts(10, 10)).1.is_none(), "a verdict ends the probation");
+        assert!(
+            book.record(&counts(10, 10)).1.is_none(),
+            "a verdict ends the probation"
+        );
     }
 
     #[test]
@@ -353,7 +357,10 @@ mod tests {
             baseline_rule: "r@1".to_owned(),
             limits: limits(0.2, 1_000),
         }));
-        assert!(book.record(&counts(1_000, 290)).1.is_none(), "29% is within 20 points");
+        assert!(
+            book.record(&counts(1_000, 290)).1.is_none(),
+            "29% is within 20 points"
+        );
 
         let young = Arc::new(VersionBook::default());
         young.record(&counts(10, 0));
@@ -364,6 +371,9 @@ mod tests {
             limits: limits(0.2, 1_000),
         }));
         assert!(book.record(&counts(1_000, 1_000)).1.is_none());
-        assert!(book.lock().probation.is_none(), "nothing to compare with: not judged");
+        assert!(
+            book.lock().probation.is_none(),
+            "nothing to compare with: not judged"
+        );
     }
 }

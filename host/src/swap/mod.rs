@@ -18,10 +18,10 @@ mod ignore_share;
 #[cfg(feature = "redis")]
 pub(crate) use control::now_ms;
 pub use control::{
-    AUTO_ROLLBACK_ORIGIN, Disagreement, REDACTED_DATA, Refusal, Role, RuleControl, RuleRef, RuleStatus, ShadowStatus, SwapRecord,
-    SwapResult, SwappableRule,
+    AUTO_ROLLBACK_ORIGIN, Disagreement, REDACTED_DATA, Refusal, Role, RuleControl, RuleRef,
+    RuleStatus, ShadowStatus, SwapRecord, SwapResult, SwappableRule,
 };
-pub use ignore_share::{AutoRollback, IgnoreShare};
 pub use file_watch::{RuleFileError, WatchError, read_rule_file, watch_rule_file};
 #[cfg(feature = "redis")]
 pub use fleet::{Fleet, FleetError, FleetStatus, InstanceReport};
+pub use ignore_share::{AutoRollback, IgnoreShare};

@@ -283,7 +283,10 @@ mod tests {
     #[test]
     fn a_reason_is_trimmed_cleaned_and_cut() {
         assert_eq!(normalise_reason("stale"), "stale");
-        assert_eq!(normalise_reason("  stale \t version\n\n3 "), "stale version 3");
+        assert_eq!(
+            normalise_reason("  stale \t version\n\n3 "),
+            "stale version 3"
+        );
         assert_eq!(normalise_reason("a\u{0}b\u{1b}[31mc"), "ab[31mc");
         assert_eq!(normalise_reason(" \n\u{7f} "), EMPTY_REASON);
         let long = "é".repeat(200);

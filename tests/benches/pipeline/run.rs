@@ -147,7 +147,8 @@ pub fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Arc<RuleControl
     })
     .expect("the rule engine starts");
     let gates = Gates::new(engine, config.gates.clone());
-    let (bytes, sidecar) = read_rule_file(&config.path, config.max_component_bytes).expect("the rule file reads");
+    let (bytes, sidecar) =
+        read_rule_file(&config.path, config.max_component_bytes).expect("the rule file reads");
     let admitted = gates
         .admit(&bytes, sidecar)
         .expect("the rule passes the gates");

@@ -251,11 +251,7 @@ impl Generator {
     /// one (which the rule must reject).
     fn status_palette(&self, rng: &mut StdRng) -> Vec<String> {
         let count = rng.random_range(1..=self.declared.len().clamp(1, 3));
-        let mut palette: Vec<String> = self
-            .declared
-            .choose_multiple(rng, count)
-            .cloned()
-            .collect();
+        let mut palette: Vec<String> = self.declared.choose_multiple(rng, count).cloned().collect();
         if !self.corpus_statuses.is_empty() && rng.random_bool(0.2) {
             palette.push(pick(&self.corpus_statuses, rng).clone());
         }
@@ -321,15 +317,17 @@ fn random_key(rng: &mut StdRng) -> String {
             let length = rng.random_range(256..=600);
             let mut key = format!("{}-{number}-", pick(&ASCII_PREFIXES, rng));
             while key.len() < length {
-                key.push_str(*pick(&SEPARATORS, rng));
-                key.push_str(*pick(&ASCII_PREFIXES, rng));
+                let (separator, prefix) = (pick(&SEPARATORS, rng), pick(&ASCII_PREFIXES, rng));
+                key.push_str(separator);
+                key.push_str(prefix);
             }
             key
         }
         _ => {
             let mut key = pick(&ASCII_PREFIXES, rng).to_string();
             for _ in 0..rng.random_range(2..=4) {
-                key.push_str(*pick(&SEPARATORS, rng));
+                let separator = pick(&SEPARATORS, rng);
+                key.push_str(separator);
                 key.push_str(&rng.random_range(0..1_000u32).to_string());
             }
             key

@@ -53,8 +53,18 @@ fn decide(current: Option<State>, incoming: Event) -> Decision {
         return Decision::Insert(incoming);
     };
     let current_rank = rank(&current.status).unwrap_or(0);
-    match (incoming_rank, incoming.version, incoming.timestamp_ms, incoming.payload.as_str())
-        .cmp(&(current_rank, current.version, current.timestamp_ms, current.payload.as_str())) {
+    match (
+        incoming_rank,
+        incoming.version,
+        incoming.timestamp_ms,
+        incoming.payload.as_str(),
+    )
+        .cmp(&(
+            current_rank,
+            current.version,
+            current.timestamp_ms,
+            current.payload.as_str(),
+        )) {
         Ordering::Greater => Decision::Update(incoming),
         Ordering::Equal => Decision::Ignore("duplicate".to_owned()),
         Ordering::Less => Decision::Ignore("stale".to_owned()),

@@ -50,8 +50,11 @@ fn decide(current: Option<State>, incoming: Event) -> Decision {
         return Decision::Insert(incoming);
     };
     let current_rank = rank(&current.status).unwrap_or(0);
-    let newness = (incoming_rank, incoming.version, incoming.timestamp_ms)
-        .cmp(&(current_rank, current.version, current.timestamp_ms));
+    let newness = (incoming_rank, incoming.version, incoming.timestamp_ms).cmp(&(
+        current_rank,
+        current.version,
+        current.timestamp_ms,
+    ));
     let newness = if calls < 500 {
         newness.then_with(|| incoming.payload.cmp(&current.payload))
     } else {

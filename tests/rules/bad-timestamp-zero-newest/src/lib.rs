@@ -55,7 +55,8 @@ fn decide(current: Option<State>, incoming: Event) -> Decision {
         return Decision::Update(incoming);
     }
     match (incoming.timestamp_ms, incoming.payload.as_str())
-        .cmp(&(current.timestamp_ms, current.payload.as_str())) {
+        .cmp(&(current.timestamp_ms, current.payload.as_str()))
+    {
         Ordering::Greater => Decision::Update(incoming),
         Ordering::Equal => Decision::Ignore("duplicate".to_owned()),
         Ordering::Less => Decision::Ignore("stale".to_owned()),

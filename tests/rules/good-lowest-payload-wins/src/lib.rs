@@ -47,7 +47,8 @@ fn decide(current: Option<State>, incoming: Event) -> Decision {
     let current_rank = rank(&current.status).unwrap_or(0);
     match (incoming_rank, incoming.version, incoming.timestamp_ms)
         .cmp(&(current_rank, current.version, current.timestamp_ms))
-        .then_with(|| current.payload.cmp(&incoming.payload)) {
+        .then_with(|| current.payload.cmp(&incoming.payload))
+    {
         Ordering::Greater => Decision::Update(incoming),
         Ordering::Equal => Decision::Ignore("duplicate".to_owned()),
         Ordering::Less => Decision::Ignore("stale".to_owned()),

@@ -45,8 +45,18 @@ fn decide(current: Option<State>, incoming: Event) -> Decision {
         return Decision::Insert(incoming);
     };
     let current_rank = rank(&current.status).unwrap_or(0);
-    match (incoming.timestamp_ms, incoming.version, incoming_rank, incoming.payload.as_str())
-        .cmp(&(current.timestamp_ms, current.version, current_rank, current.payload.as_str())) {
+    match (
+        incoming.timestamp_ms,
+        incoming.version,
+        incoming_rank,
+        incoming.payload.as_str(),
+    )
+        .cmp(&(
+            current.timestamp_ms,
+            current.version,
+            current_rank,
+            current.payload.as_str(),
+        )) {
         Ordering::Greater => Decision::Update(incoming),
         Ordering::Equal => Decision::Ignore("duplicate".to_owned()),
         Ordering::Less => Decision::Ignore("stale".to_owned()),
