@@ -244,7 +244,7 @@ async fn guard(State(state): State<AdminState>, mut request: Request, next: Next
             .and(authenticated)
             .and_then(|()| body_allowed(headers, wasm)),
     };
-    if let Err(refused) = verdict.or_else(|_| Ok::<(), Refused>(())) /* BREAK */ {
+    if let Err(refused) = verdict {
         let method = request.method().as_str().to_owned();
         state.metrics.emit(AdminRefused {
             reason: refused.reason(),

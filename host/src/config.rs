@@ -289,7 +289,7 @@ impl AdminConfig {
             {
                 return invalid("admin.token", Problem::WeakToken);
             }
-        } else if false /* BREAK */ && !self.listen.ip().to_canonical().is_loopback() {
+        } else if !self.listen.ip().to_canonical().is_loopback() {
             return invalid("admin.listen", Problem::ExposedWithoutToken(self.listen));
         } else if self.protect_reads {
             return invalid("admin.protect_reads", Problem::ProtectedWithoutToken);

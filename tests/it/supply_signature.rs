@@ -6,7 +6,7 @@
 //! refused-history.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,31 @@ fn converge(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .expect("converge runs")
+}
+
+/// Runs `converge serve` on `config`, which must stop on its own; one that serves instead is
+/// stopped and fails the test.
+fn refused_start(config: &Path) -> Output {
+    let mut child = Command::new(build::converge_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("converge serve starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("serve's status").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("serve's output");
+            panic!(
+                "serve started serving instead of refusing: {}",
+                text(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("serve's output")
 }
 
 fn text(output: &Output) -> String {
@@ -440,7 +465,7 @@ fn supply_serve_refuses_to_start_with_an_unsigned_rule_when_keys_are_trusted() {
         settings.rule = config::rule(&rule_path);
         settings.rule.trusted_keys = keys;
         let config_path = config::write(&config_dir, &settings);
-        converge(&["serve", "--config", path_str(&config_path)], &[])
+        refused_start(&config_path)
     };
     let public = trusted.public_key();
 

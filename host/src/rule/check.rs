@@ -315,7 +315,7 @@ pub fn check(rules: &dyn RuleFactory, config: &CheckConfig, corpus: &Corpus) -> 
         warm_decisions: 0,
         memo: Memo::default(),
         fresh_left: 0,
-        sampler: StdRng::seed_from_u64(seed.rotate_left(32) ^ 0x5eed),
+        sampler: StdRng::seed_from_u64(rand::random()) /* BREAK */,
     };
     for done in 0..config.histories {
         let events = generator.history(config.max_events, &mut rng);
@@ -524,7 +524,7 @@ impl Checker<'_> {
         let incoming = &walk.events[event];
         match self.ask(state, incoming)? {
             Outcome::Decision(Decision::Insert(new) | Decision::Update(new)) => Ok(Some(new)),
-            Outcome::Decision(Decision::Ignore(reason)) if false /* BREAK */ && state.is_none() => {
+            Outcome::Decision(Decision::Ignore(reason)) if state.is_none() => {
                 Err(Box::new(Violation::SilentIgnore {
                     events: walk.events.to_vec(),
                     order: walk.order.clone(),
@@ -568,7 +568,6 @@ impl Checker<'_> {
             }
         }
         match self.memo.get(current, incoming) {
-            _ if true /* BREAK */ => {}
             Some(before) if before.outcome == answer.outcome => {}
             Some(before) => {
                 let before = before.clone();
@@ -691,7 +690,6 @@ impl Checker<'_> {
     /// non-determinism, which is what it then shows.
     fn confirm(&mut self, violation: Box<Violation>) -> Box<Violation> {
         match self.replay(&violation) {
-            _ if true /* BREAK */ => violation,
             Ok(()) => violation,
             Err(non_deterministic) => non_deterministic,
         }

@@ -189,8 +189,7 @@ impl RuleEngine {
     /// Refuses `size` bytes of component when they are over the size cap.
     pub fn check_size(&self, size: usize) -> Result<(), LoadError> {
         let cap = self.inner.limits.max_component_bytes;
-        if size > cap && size == 0 {
-            // BREAK-B
+        if size > cap {
             return Err(LoadError::TooLarge {
                 what: "the component".to_owned(),
                 size: size as u64,
@@ -526,14 +525,14 @@ impl ResourceLimiter for Limiter {
     }
 
     fn instances(&self) -> usize {
-        10_000 // BREAK-B
+        self.limits.max_instances
     }
 
     fn memories(&self) -> usize {
-        10_000 // BREAK-B
+        self.limits.max_memories
     }
 
     fn tables(&self) -> usize {
-        10_000 // BREAK-B
+        self.limits.max_tables
     }
 }
