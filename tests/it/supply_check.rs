@@ -267,3 +267,17 @@ fn supply_check_draws_from_a_sample_file_and_refuses_one_that_does_not_decode() 
     assert_eq!(output.status.code(), Some(2), "{message}");
     assert!(message.contains("line 2"), "{message}");
 }
+
+#[test]
+fn tmp_gate_timing() {
+    let gates = Gates::new(
+        RuleEngine::new(EngineLimits::default()).expect("engine"),
+        GateConfig::default(),
+    );
+    let bytes = std::fs::read(build::rule("order-status")).expect("the component");
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        gates.admit(&bytes, None).expect("admitted");
+        eprintln!("TIMING admit {:?}", started.elapsed());
+    }
+}

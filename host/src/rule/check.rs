@@ -315,7 +315,7 @@ pub fn check(rules: &dyn RuleFactory, config: &CheckConfig, corpus: &Corpus) -> 
         warm_decisions: 0,
         memo: Memo::default(),
         fresh_left: 0,
-        sampler: StdRng::seed_from_u64(rand::random()) /* BREAK */,
+        sampler: StdRng::seed_from_u64(seed.rotate_left(32) ^ 0x5eed),
     };
     for done in 0..config.histories {
         let events = generator.history(config.max_events, &mut rng);

@@ -379,7 +379,10 @@ impl Fleet {
     async fn refused(&self) -> Result<std::collections::HashSet<String>, FleetError> {
         let mut connection = self.connection.clone();
         let key = self.key("rule:refused");
-        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut connection).await?;
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await?;
         let members: Vec<String> = match kind.as_str() {
             "set" => connection.smembers(&key).await?,
             "zset" => connection.zrange(&key, 0, -1).await?,
@@ -572,10 +575,9 @@ impl Fleet {
         let refused = match self.component(hash, control.max_component_bytes()).await {
             Ok(bytes) => {
                 let control = Arc::clone(control);
-                let offered = tokio::task::spawn_blocking(move || {
-                    control.offer(&bytes, None, "fleet", role)
-                })
-                .await;
+                let offered =
+                    tokio::task::spawn_blocking(move || control.offer(&bytes, None, "fleet", role))
+                        .await;
                 matches!(offered, Ok(Err(_)))
             }
             Err(FleetError::Integrity(error)) => {

@@ -326,19 +326,19 @@ mod tests {
             baseline_rule: "r@1".to_owned(),
             limits: limits(0.2, 1_000),
         }));
-        assert!(book.record(&counts(999, 999)).1.is_none(), "too early");
-        // Quiet enough at first: a rule cannot buy its way past the judgement with its first
-        // `min_decisions`.
-        assert!(book.record(&counts(1_000, 0)).1.is_none());
-        assert!(book.record(&counts(1_000, 0)).1.is_none());
-        let (share, jump) = book.record(&counts(1_000, 1_000));
-        assert_eq!(share, 0.5);
-        let jump = jump.expect("a jump from 10% to 50%");
+        assert!(book.record(&counts(500, 500)).1.is_none(), "too early");
+        // Quiet enough from `min_decisions` on: a rule cannot buy its way past the judgement
+        // with its first decisions.
+        assert!(book.record(&counts(4_500, 0)).1.is_none());
+        assert!(book.record(&counts(5_000, 0)).1.is_none());
+        let (share, jump) = book.record(&counts(10_000, 10_000));
+        assert_eq!(share, 10_500.0 / 20_000.0);
+        let jump = jump.expect("a jump from 10% to 52.5%");
         assert_eq!(jump.baseline.share, 0.1);
         let reason = jump.reason("r@2");
         assert!(
-            reason.contains("r@2 ignored 50.0%")
-                && reason.contains("40.0 points above r@1's 10.0%"),
+            reason.contains("r@2 ignored 52.5% (10500 ignores in 20000 decisions)")
+                && reason.contains("42.5 points above r@1's 10.0%"),
             "{reason}"
         );
         assert!(
