@@ -586,7 +586,7 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
     let text = cli(&["rule", "status"]);
     assert!(
         text.contains(&format!(
-            "ignores {shadow_share}; the active rule on the same events: {active_share}"
+            "ignore share {shadow_share}; the active rule's on the same events: {active_share}"
         )),
         "{text}"
     );

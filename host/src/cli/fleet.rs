@@ -69,7 +69,7 @@ fn move_pointer(
             Err(
                 error @ (FleetError::Integrity(_)
                 | FleetError::TooLarge { .. }
-                | FleetError::Unsigned { .. }
+                | FleetError::SignatureRefused { .. }
                 | FleetError::MissingBlob { .. }),
             ) => {
                 eprintln!("not {done}: {error}");
@@ -178,12 +178,12 @@ fn print_status(out: &mut impl Write, status: &FleetStatus) -> io::Result<()> {
             rule.active.origin
         )?;
         if let Some(ignores) = &rule.active.ignores {
-            writeln!(out, "  ignores {ignores}")?;
+            writeln!(out, "  ignore share {ignores}")?;
         }
         if let Some(previous) = &rule.previous {
             let ignores = previous
                 .ignores
-                .map(|ignores| format!(", ignored {ignores}"))
+                .map(|ignores| format!(", ignore share {ignores}"))
                 .unwrap_or_default();
             writeln!(
                 out,
@@ -226,7 +226,7 @@ fn print_status(out: &mut impl Write, status: &FleetStatus) -> io::Result<()> {
             if let (Some(ignores), Some(active)) = (&shadow.rule.ignores, &shadow.active_ignores) {
                 writeln!(
                     out,
-                    "    ignores {ignores}; the active rule on the same events: {active}"
+                    "    ignore share {ignores}; the active rule's on the same events: {active}"
                 )?;
             }
             for sample in &shadow.samples {

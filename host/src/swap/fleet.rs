@@ -93,7 +93,7 @@ pub enum FleetError {
     /// Rollback or promote: the target's signatures are refused (see [`TrustedKeys::check`]);
     /// nothing changed.
     #[error("the fleet's rule {hash} is refused by the signature gate: {source}; nothing changed")]
-    Unsigned {
+    SignatureRefused {
         /// The target's hash.
         hash: String,
         /// Why.
@@ -321,7 +321,13 @@ impl Fleet {
                 fleet: self.name.clone(),
             });
         };
-        let _ = (trusted, max_bytes); // BREAK-B
+        self.check_target(
+            &format!("history entry {}", index + 1),
+            target,
+            trusted,
+            max_bytes,
+        )
+        .await?;
         let moved: i64 = redis::Script::new(ROLLBACK)
             .key(self.pointer(Role::Active))
             .key(self.key("rule:history"))
@@ -356,7 +362,7 @@ impl Fleet {
         let component = self.component(hash, max_bytes).await?;
         trusted
             .check(&component)
-            .map_err(|source| FleetError::Unsigned {
+            .map_err(|source| FleetError::SignatureRefused {
                 hash: hash.to_owned(),
                 source,
             })?;
