@@ -267,29 +267,3 @@ fn supply_check_draws_from_a_sample_file_and_refuses_one_that_does_not_decode() 
     assert_eq!(output.status.code(), Some(2), "{message}");
     assert!(message.contains("line 2"), "{message}");
 }
-
-#[test]
-fn tmp_gate_timing() {
-    let engine = RuleEngine::new(EngineLimits::default()).expect("engine");
-    let gates = Gates::new(engine.clone(), GateConfig::default());
-    let bytes = std::fs::read(build::rule("order-status")).expect("the component");
-    for _ in 0..8 {
-        let started = std::time::Instant::now();
-        gates.admit(&bytes, None).expect("admitted");
-        let admit = started.elapsed();
-        let started = std::time::Instant::now();
-        let compiled = engine.compile(&bytes).expect("compiles");
-        let compile = started.elapsed();
-        let started = std::time::Instant::now();
-        let report = converge::rule::check::check(
-            &compiled,
-            &converge::rule::check::CheckConfig::quick(40),
-            &converge::rule::check::Corpus::new(),
-        );
-        eprintln!(
-            "TIMING admit {admit:?} compile {compile:?} check {:?} decisions {}",
-            started.elapsed(),
-            report.decisions
-        );
-    }
-}
