@@ -583,13 +583,20 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
         "order-status ignores nothing in order"
     );
     assert!(shadow_share.share > 0.5, "{shadow_share:?}");
-    let text = cli(&["rule", "status"]);
-    assert!(
-        text.contains(&format!(
-            "ignore share {shadow_share}; the active rule's on the same events: {active_share}"
-        )),
-        "{text}"
+    // `rule status` reads the reports instances write to the fleet every 2 s: wait for the one
+    // written after the shadow was measured.
+    let expected = format!(
+        "ignore share {shadow_share}; the active rule's on the same events: {active_share}"
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = cli(&["rule", "status"]);
+        if text.contains(&expected) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{expected:?} not in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // Promotion through the admin endpoint: refused, with both shares.
     let promoted = reqwest::Client::new()
