@@ -121,15 +121,19 @@ fn recall(state: &State) -> (Event, serde_json::Value) {
     (event, payload["memory"].clone())
 }
 
-/// Breaks convergence only: the first event stored stays, whatever comes after. Every
-/// redelivery is ignored, so it neither moves backward nor minds a duplicate; only the order of
-/// delivery decides what is stored.
-#[derive(Debug)]
-struct FirstWriteWins(RuleInfo);
+/// What a test rule decides, given the event stored and the incoming one.
+type Decide = Box<dyn FnMut(Option<&State>, &Event) -> Result<Decision, DecideError>>;
 
-impl Rule for FirstWriteWins {
+/// A rule written for a test: its info and how it decides. Whatever the decision captures is
+/// this instance's alone, as a component's linear memory would be.
+struct TestRule {
+    info: RuleInfo,
+    decide: Decide,
+}
+
+impl Rule for TestRule {
     fn info(&self) -> &RuleInfo {
-        &self.0
+        &self.info
     }
 
     fn decide(
@@ -137,30 +141,55 @@ impl Rule for FirstWriteWins {
         current: Option<&State>,
         incoming: &Event,
     ) -> Result<Decision, DecideError> {
+        (self.decide)(current, incoming)
+    }
+}
+
+/// A test rule under [`info`]`(name)`.
+fn test_rule(
+    name: &str,
+    decide: impl FnMut(Option<&State>, &Event) -> Result<Decision, DecideError> + 'static,
+) -> TestRule {
+    TestRule {
+        info: info(name),
+        decide: Box::new(decide),
+    }
+}
+
+/// A test rule under the shipped rule's info, deciding with a fresh shipped rule at hand.
+fn over_shipped(
+    mut decide: impl FnMut(
+        &mut NativeOrderRule,
+        Option<&State>,
+        &Event,
+    ) -> Result<Decision, DecideError>
+    + 'static,
+) -> TestRule {
+    let mut shipped = NativeOrderRule::default();
+    TestRule {
+        info: shipped.info().clone(),
+        decide: Box::new(move |current, incoming| decide(&mut shipped, current, incoming)),
+    }
+}
+
+/// Breaks convergence only: the first event stored stays, whatever comes after. Every
+/// redelivery is ignored, so it neither moves backward nor minds a duplicate; only the order of
+/// delivery decides what is stored.
+fn first_write_wins() -> TestRule {
+    test_rule("first-write-wins", |current, incoming| {
         Ok(match current {
             None => Decision::Insert(incoming.clone()),
             Some(_) => Decision::Ignore("first write wins".to_owned()),
         })
-    }
+    })
 }
 
 /// Breaks idempotence only: the highest-ranked event wins, and the stored state counts how
 /// often it was delivered. Over any set of distinct events every order stores the same state,
 /// and an earlier (lower) event delivered again is ignored, but the duplicate of the event just
 /// stored changes the count.
-#[derive(Debug)]
-struct CountsDeliveries(RuleInfo);
-
-impl Rule for CountsDeliveries {
-    fn info(&self) -> &RuleInfo {
-        &self.0
-    }
-
-    fn decide(
-        &mut self,
-        current: Option<&State>,
-        incoming: &Event,
-    ) -> Result<Decision, DecideError> {
+fn counts_deliveries() -> TestRule {
+    test_rule("counts-deliveries", |current, incoming| {
         let Some(current) = current else {
             return Ok(Decision::Insert(remembering(incoming, 1.into())));
         };
@@ -173,7 +202,7 @@ impl Rule for CountsDeliveries {
         } else {
             Decision::Ignore("lower".to_owned())
         })
-    }
+    })
 }
 
 /// Breaks "no regression" only: the highest-ranked event wins and the rule remembers every
@@ -181,19 +210,8 @@ impl Rule for CountsDeliveries {
 /// restored (marked so). Over distinct events every order stores the same state; the event just
 /// stored, delivered again, changes nothing (it is the one stored, or the only one seen); but an
 /// earlier event delivered again moves the key back to it.
-#[derive(Debug)]
-struct TakesRedeliveryAsCorrection(RuleInfo);
-
-impl Rule for TakesRedeliveryAsCorrection {
-    fn info(&self) -> &RuleInfo {
-        &self.0
-    }
-
-    fn decide(
-        &mut self,
-        current: Option<&State>,
-        incoming: &Event,
-    ) -> Result<Decision, DecideError> {
+fn takes_redelivery_as_correction() -> TestRule {
+    test_rule("takes-redelivery-as-correction", |current, incoming| {
         let text = serde_json::to_string(incoming).expect("an event serialises");
         let Some(current) = current else {
             let memory = serde_json::json!({ "seen": [text], "corrected": false });
@@ -216,20 +234,24 @@ impl Rule for TakesRedeliveryAsCorrection {
         }
         let memory = serde_json::json!({ "seen": seen, "corrected": true });
         Ok(Decision::Update(remembering(incoming, memory)))
-    }
+    })
+}
+
+/// Binds the fields of the violation `report` found, `Kind(field, …)` for
+/// `Violation::Kind { field, … }`, failing the test if it found none or another kind (`what`
+/// names the kind expected).
+macro_rules! expect_violation {
+    ($report:expr, $kind:ident($($field:ident),*), $what:literal) => {
+        let Some(Violation::$kind { $($field),* }) = &$report.violation else {
+            panic!(concat!("expected ", $what, ", got {:?}"), $report.violation);
+        };
+    };
 }
 
 /// `report` found a divergence of two events that `rule` folds, in the two orders reported,
 /// to the two different states reported.
 pub(crate) fn assert_diverges(report: &CheckReport, rule: &mut dyn Rule) {
-    let Some(Violation::Diverges {
-        events,
-        first,
-        second,
-    }) = &report.violation
-    else {
-        panic!("expected a divergence, got {:?}", report.violation);
-    };
+    expect_violation!(report, Diverges(events, first, second), "a divergence");
     // Shrunk: two different events already show it.
     assert_eq!(events.len(), 2, "{events:?}");
     assert_ne!(events[0], events[1]);
@@ -241,19 +263,29 @@ pub(crate) fn assert_diverges(report: &CheckReport, rule: &mut dyn Rule) {
     }
 }
 
+/// A redelivery counterexample replays through `rule`: `order` stores `stored`, and event
+/// `redelivered` delivered again over it moves it to the different `moved_to`.
+fn assert_redelivery_replays(
+    rule: &mut dyn Rule,
+    events: &[Event],
+    order: &[usize],
+    stored: &State,
+    redelivered: usize,
+    moved_to: &State,
+) {
+    assert_ne!(stored, moved_to);
+    assert_eq!(fold(rule, events, order).as_ref(), Some(stored));
+    assert_eq!(&apply(rule, stored, &events[redelivered]), moved_to);
+}
+
 /// `report` found an earlier event (not the one just stored) that, delivered again, moved the
 /// stored state; replayed through `rule`.
 pub(crate) fn assert_moves_backward(report: &CheckReport, rule: &mut dyn Rule) {
-    let Some(Violation::MovesBackward {
-        events,
-        order,
-        stored,
-        redelivered,
-        moved_to,
-    }) = &report.violation
-    else {
-        panic!("expected a move backward, got {:?}", report.violation);
-    };
+    expect_violation!(
+        report,
+        MovesBackward(events, order, stored, redelivered, moved_to),
+        "a move backward"
+    );
     // Shrunk: two events, the first delivered again after the second.
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(order.len(), 2, "{order:?}");
@@ -265,27 +297,17 @@ pub(crate) fn assert_moves_backward(report: &CheckReport, rule: &mut dyn Rule) {
         position + 1 < order.len(),
         "an earlier event, not the duplicate of the last: {order:?}, #{redelivered}"
     );
-    assert_ne!(stored, moved_to);
-    assert_eq!(fold(rule, events, order).as_ref(), Some(stored));
-    assert_eq!(&apply(rule, stored, &events[*redelivered]), moved_to);
+    assert_redelivery_replays(rule, events, order, stored, *redelivered, moved_to);
 }
 
 /// `report` found that the duplicate of the event just stored changed the state; replayed
 /// through `rule`.
 pub(crate) fn assert_not_idempotent(report: &CheckReport, rule: &mut dyn Rule) {
-    let Some(Violation::NotIdempotent {
-        events,
-        order,
-        stored,
-        redelivered,
-        moved_to,
-    }) = &report.violation
-    else {
-        panic!(
-            "expected a non-idempotent duplicate, got {:?}",
-            report.violation
-        );
-    };
+    expect_violation!(
+        report,
+        NotIdempotent(events, order, stored, redelivered, moved_to),
+        "a non-idempotent duplicate"
+    );
     // Shrunk: one event, delivered twice.
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
@@ -293,19 +315,13 @@ pub(crate) fn assert_not_idempotent(report: &CheckReport, rule: &mut dyn Rule) {
         Some(redelivered),
         "the duplicate of the last event"
     );
-    assert_ne!(stored, moved_to);
-    assert_eq!(fold(rule, events, order).as_ref(), Some(stored));
-    assert_eq!(&apply(rule, stored, &events[*redelivered]), moved_to);
+    assert_redelivery_replays(rule, events, order, stored, *redelivered, moved_to);
 }
 
 #[test]
 fn a_rule_that_only_depends_on_delivery_order_diverges() {
-    let report = check(
-        &|| FirstWriteWins(info("first-write-wins")),
-        &CheckConfig::default(),
-    );
-    let mut rule = FirstWriteWins(info("first-write-wins"));
-    assert_diverges(&report, &mut rule);
+    let report = check(&first_write_wins, &CheckConfig::default());
+    assert_diverges(&report, &mut first_write_wins());
 }
 
 /// A rule that lets a stale event replace the stored state moves keys backward; the check must
@@ -313,91 +329,56 @@ fn a_rule_that_only_depends_on_delivery_order_diverges() {
 /// of what it just stored, so only the redelivery of an earlier event can show it.
 #[test]
 fn a_rule_that_moves_backward_is_caught() {
-    let report = check(
-        &|| TakesRedeliveryAsCorrection(info("takes-redelivery-as-correction")),
-        &CheckConfig::default(),
-    );
-    let mut rule = TakesRedeliveryAsCorrection(info("takes-redelivery-as-correction"));
+    let report = check(&takes_redelivery_as_correction, &CheckConfig::default());
     assert!(!report.passed());
-    assert_moves_backward(&report, &mut rule);
+    assert_moves_backward(&report, &mut takes_redelivery_as_correction());
 }
 
 #[test]
 fn a_rule_that_counts_duplicates_is_not_idempotent() {
-    let report = check(
-        &|| CountsDeliveries(info("counts-deliveries")),
-        &CheckConfig::default(),
-    );
-    let mut rule = CountsDeliveries(info("counts-deliveries"));
-    assert_not_idempotent(&report, &mut rule);
+    let report = check(&counts_deliveries, &CheckConfig::default());
+    assert_not_idempotent(&report, &mut counts_deliveries());
 }
 
 /// Decides like the shipped rule for one key and ignores every other: events of other keys
 /// would vanish. Every divergence, redelivery and duplicate check passes on its key.
-#[derive(Debug, Default)]
-struct OnlyOneKey(NativeOrderRule);
-
-impl Rule for OnlyOneKey {
-    fn info(&self) -> &RuleInfo {
-        self.0.info()
-    }
-
-    fn decide(
-        &mut self,
-        current: Option<&State>,
-        incoming: &Event,
-    ) -> Result<Decision, DecideError> {
+fn only_one_key() -> TestRule {
+    over_shipped(|shipped, current, incoming| {
         if incoming.key != "order-1" {
             return Ok(Decision::Ignore("not tracked".to_owned()));
         }
-        self.0.decide(current, incoming)
-    }
+        shipped.decide(current, incoming)
+    })
 }
 
 #[test]
 fn a_rule_that_ignores_events_with_nothing_stored_is_caught() {
-    let report = check(&OnlyOneKey::default, &CheckConfig::default());
-    let Some(Violation::SilentIgnore {
-        events,
-        order,
-        reason,
-    }) = &report.violation
-    else {
-        panic!("expected a silent ignore, got {:?}", report.violation);
-    };
+    let report = check(&only_one_key, &CheckConfig::default());
+    expect_violation!(
+        report,
+        SilentIgnore(events, order, reason),
+        "a silent ignore"
+    );
     assert_eq!(events.len(), 1, "shrunk to the one event: {events:?}");
     assert_eq!(order, &[0]);
     assert_eq!(reason, "not tracked");
     assert_ne!(events[0].key, "order-1");
     assert!(matches!(
-        OnlyOneKey::default().decide(None, &events[0]),
+        only_one_key().decide(None, &events[0]),
         Ok(Decision::Ignore(_))
     ));
 }
 
 /// The shipped rule until it has decided 300 times; from then on it skips the payload
 /// tie-break. Each instance counts for itself, as a component's linear memory would.
-#[derive(Debug, Default)]
-struct WarmsUp {
-    rule: NativeOrderRule,
-    calls: u64,
-}
-
-impl Rule for WarmsUp {
-    fn info(&self) -> &RuleInfo {
-        self.rule.info()
-    }
-
-    fn decide(
-        &mut self,
-        current: Option<&State>,
-        incoming: &Event,
-    ) -> Result<Decision, DecideError> {
-        self.calls += 1;
-        let decision = self.rule.decide(current, incoming)?;
+fn warms_up() -> TestRule {
+    let mut calls: u64 = 0;
+    over_shipped(move |shipped, current, incoming| {
+        calls += 1;
+        let decision = shipped.decide(current, incoming)?;
         match (current, &decision) {
             (Some(current), Decision::Update(new))
-                if self.calls > 300
+                if calls > 300
                     && (&current.status, current.version, current.timestamp_ms)
                         == (&new.status, new.version, new.timestamp_ms) =>
             {
@@ -405,20 +386,17 @@ impl Rule for WarmsUp {
             }
             _ => Ok(decision),
         }
-    }
+    })
 }
 
 #[test]
 fn a_rule_that_keeps_state_is_reported_as_non_deterministic() {
-    let report = check(&WarmsUp::default, &CheckConfig::default());
-    let Some(Violation::NonDeterministic {
-        current,
-        incoming,
-        answers,
-    }) = &report.violation
-    else {
-        panic!("expected non-determinism, got {:?}", report.violation);
-    };
+    let report = check(&warms_up, &CheckConfig::default());
+    expect_violation!(
+        report,
+        NonDeterministic(current, incoming, answers),
+        "non-determinism"
+    );
     assert!(answers.len() >= 2, "{answers:?}");
     assert!(
         answers.iter().any(|a| a.outcome != answers[0].outcome),
@@ -429,11 +407,11 @@ fn a_rule_that_keeps_state_is_reported_as_non_deterministic() {
         .iter()
         .find(|answer| answer.after_decisions == 0)
         .expect("a fresh instance's answer");
-    let replayed: check::Outcome = WarmsUp::default().decide(current.as_ref(), incoming).into();
+    let replayed: check::Outcome = warms_up().decide(current.as_ref(), incoming).into();
     assert_eq!(replayed, fresh.outcome);
     // And the same seed finds the same.
     let again = check(
-        &WarmsUp::default,
+        &warms_up,
         &CheckConfig {
             seed: Some(report.seed),
             ..CheckConfig::default()
@@ -444,17 +422,11 @@ fn a_rule_that_keeps_state_is_reported_as_non_deterministic() {
 
 #[test]
 fn each_run_draws_a_fresh_seed_and_a_seed_repeats_its_run() {
-    let first = check(
-        &|| FirstWriteWins(info("first-write-wins")),
-        &CheckConfig::default(),
-    );
-    let second = check(
-        &|| FirstWriteWins(info("first-write-wins")),
-        &CheckConfig::default(),
-    );
+    let first = check(&first_write_wins, &CheckConfig::default());
+    let second = check(&first_write_wins, &CheckConfig::default());
     assert_ne!(first.seed, second.seed);
     let repeated = check(
-        &|| FirstWriteWins(info("first-write-wins")),
+        &first_write_wins,
         &CheckConfig {
             seed: Some(first.seed),
             ..CheckConfig::default()
@@ -465,28 +437,15 @@ fn each_run_draws_a_fresh_seed_and_a_seed_repeats_its_run() {
     assert_eq!(repeated.decisions, first.decisions);
 }
 
-/// Diverges only on one payload, which the generator never makes up: only a corpus (the rule's
-/// vectors, a sample of real messages) can bring it.
-#[derive(Debug, Default)]
-struct WrongOnOnePayload(NativeOrderRule);
-
 const RARE_PAYLOAD: &str = r#"{"only":"in the sample"}"#;
 
-impl Rule for WrongOnOnePayload {
-    fn info(&self) -> &RuleInfo {
-        self.0.info()
-    }
-
-    fn decide(
-        &mut self,
-        current: Option<&State>,
-        incoming: &Event,
-    ) -> Result<Decision, DecideError> {
-        match current {
-            Some(_) if incoming.payload == RARE_PAYLOAD => Ok(Decision::Update(incoming.clone())),
-            _ => self.0.decide(current, incoming),
-        }
-    }
+/// Diverges only on one payload, which the generator never makes up: only a corpus (the rule's
+/// vectors, a sample of real messages) can bring it.
+fn wrong_on_one_payload() -> TestRule {
+    over_shipped(|shipped, current, incoming| match current {
+        Some(_) if incoming.payload == RARE_PAYLOAD => Ok(Decision::Update(incoming.clone())),
+        _ => shipped.decide(current, incoming),
+    })
 }
 
 #[test]
@@ -495,7 +454,7 @@ fn values_from_the_corpus_reach_the_rule() {
         histories: 100,
         ..CheckConfig::default()
     };
-    let without = check::check(&WrongOnOnePayload::default, &config, &Corpus::new());
+    let without = check::check(&wrong_on_one_payload, &config, &Corpus::new());
     assert!(without.passed(), "{:?}", without.violation);
     let mut corpus = Corpus::new();
     corpus.add(&Event {
@@ -505,7 +464,7 @@ fn values_from_the_corpus_reach_the_rule() {
         timestamp_ms: 1,
         payload: RARE_PAYLOAD.to_owned(),
     });
-    let with = check::check(&WrongOnOnePayload::default, &config, &corpus);
+    let with = check::check(&wrong_on_one_payload, &config, &corpus);
     let violation = with.violation.expect("the sample's payload shows the bug");
     assert!(violation.events().len() <= 4, "{violation}");
     assert!(

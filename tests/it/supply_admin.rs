@@ -18,6 +18,7 @@ use converge::redact::Secret;
 use converge_tests::process::terminate;
 use converge_tests::services::{free_loopback_addr, redis_url, unique_prefix};
 use converge_tests::{build, config};
+use reqwest::{Method, Response};
 
 const TOKEN: &str = "supply-admin-token-0123456789abcdef";
 
@@ -176,82 +177,105 @@ fn admin(listen: SocketAddr, token: Option<&str>, protect_reads: bool) -> AdminC
     }
 }
 
+/// One instance's admin endpoint, as a client reaches it.
+struct Endpoint<'a> {
+    client: &'a reqwest::Client,
+    at: SocketAddr,
+}
+
+impl Endpoint<'_> {
+    /// `method path`, with `token` as the bearer when given, then `headers` and `body`; the
+    /// guard under test answers every request, so a request that gets no answer fails the test.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Response {
+        let mut request = self
+            .client
+            .request(method, format!("http://{}{path}", self.at));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for &(name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        request.send().await.expect("answers")
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.send(Method::GET, path, token, &[], None).await
+    }
+
+    /// The body of a read without the token.
+    async fn text(&self, path: &str) -> String {
+        self.get(path, None).await.text().await.expect("body")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = unique_prefix("supply-admin");
     let _keys = RedisKeys(prefix.clone());
-    let store = |name: &str| config::standalone_store(&format!("{prefix}{name}:"));
     let (guarded_at, open_at, closed_at) = (
         free_loopback_addr(),
         free_loopback_addr(),
         free_loopback_addr(),
     );
+    let start = |name: &str, at: SocketAddr, token: Option<&str>, protect_reads: bool| {
+        let store = config::standalone_store(&format!("{prefix}{name}:"));
+        let settings = stdin_config(
+            store,
+            &format!("{prefix}{name}:"),
+            Some(admin(at, token, protect_reads)),
+        );
+        StdinServe::start(dir.path(), name, &settings, "info")
+    };
     // Three instances: a token with reads open (the default), no token at all, and a token
     // that closes the reads too.
-    let mut guarded = StdinServe::start(
-        dir.path(),
-        "guarded",
-        &stdin_config(
-            store("guarded"),
-            &format!("{prefix}guarded:"),
-            Some(admin(guarded_at, Some(TOKEN), false)),
-        ),
-        "info",
-    );
-    let mut open = StdinServe::start(
-        dir.path(),
-        "open",
-        &stdin_config(
-            store("open"),
-            &format!("{prefix}open:"),
-            Some(admin(open_at, None, false)),
-        ),
-        "info",
-    );
-    let mut closed = StdinServe::start(
-        dir.path(),
-        "closed",
-        &stdin_config(
-            store("closed"),
-            &format!("{prefix}closed:"),
-            Some(admin(closed_at, Some(TOKEN), true)),
-        ),
-        "info",
-    );
+    let mut guarded = start("guarded", guarded_at, Some(TOKEN), false);
+    let mut open = start("open", open_at, None, false);
+    let mut closed = start("closed", closed_at, Some(TOKEN), true);
     guarded.ready(guarded_at).await;
     open.ready(open_at).await;
     closed.ready(closed_at).await;
 
     let client = reqwest::Client::new();
-    let url = |at: SocketAddr, path: &str| format!("http://{at}{path}");
-    let shadow = std::fs::read(build::rule("version-rank")).expect("version-rank built");
-    let upload = |token: Option<&str>, content_type: &str| {
-        let request = client
-            .post(url(guarded_at, "/rule?role=shadow"))
-            .header("content-type", content_type)
-            .body(shadow.clone());
-        match token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+    let endpoint = |at: SocketAddr| Endpoint {
+        client: &client,
+        at,
     };
+    let (guarded_api, open_api, closed_api) =
+        (endpoint(guarded_at), endpoint(open_at), endpoint(closed_at));
+    let shadow = std::fs::read(build::rule("version-rank")).expect("version-rank built");
+    let upload = async |token: Option<&str>, headers: &[(&str, &str)]| {
+        guarded_api
+            .send(
+                Method::POST,
+                "/rule?role=shadow",
+                token,
+                headers,
+                Some(shadow.clone()),
+            )
+            .await
+    };
+    let wasm = [("content-type", "application/wasm")];
 
     // Reads are open by default.
     for path in ["/healthz", "/readyz", "/metrics", "/rule", "/rule/status"] {
-        let response = client
-            .get(url(guarded_at, path))
-            .send()
-            .await
-            .expect("answers");
+        let response = guarded_api.get(path, None).await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
 
     // No token, a wrong one: 401 with a Bearer challenge.
-    let response = upload(None, "application/wasm")
-        .send()
-        .await
-        .expect("answers");
+    let response = upload(None, &wasm).await;
     assert_eq!(response.status().as_u16(), 401);
     let challenge = response
         .headers()
@@ -260,17 +284,14 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
         .unwrap_or_default()
         .to_owned();
     assert!(challenge.starts_with("Bearer"), "{challenge}");
-    let response = upload(Some("not-the-admin-token-0123456789"), "application/wasm")
-        .send()
-        .await
-        .expect("answers");
+    let response = upload(Some("not-the-admin-token-0123456789"), &wasm).await;
     assert_eq!(response.status().as_u16(), 401);
     // The right token from a foreign page: 403.
-    let response = upload(Some(TOKEN), "application/wasm")
-        .header("origin", "http://attacker.example")
-        .send()
-        .await
-        .expect("answers");
+    let response = upload(
+        Some(TOKEN),
+        &[wasm[0], ("origin", "http://attacker.example")],
+    )
+    .await;
     assert_eq!(response.status().as_u16(), 403);
     // The content types a page can send cross-site without asking: 415.
     for form in [
@@ -278,36 +299,27 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
         "application/x-www-form-urlencoded",
         "multipart/form-data; boundary=x",
     ] {
-        let response = upload(Some(TOKEN), form).send().await.expect("answers");
+        let response = upload(Some(TOKEN), &[("content-type", form)]).await;
         assert_eq!(response.status().as_u16(), 415, "{form}");
     }
-    let response = client
-        .post(url(guarded_at, "/rule/rollback"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("a=1")
-        .send()
-        .await
-        .expect("answers");
+    let response = guarded_api
+        .send(
+            Method::POST,
+            "/rule/rollback",
+            Some(TOKEN),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(b"a=1".to_vec()),
+        )
+        .await;
     assert_eq!(response.status().as_u16(), 415);
     // Nothing refused reached the rule control.
-    let status = client
-        .get(url(guarded_at, "/rule/status"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("body");
+    let status = guarded_api.text("/rule/status").await;
     let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
     assert!(status["shadow"].is_null(), "{status}");
     assert!(status["last_swap"].is_null(), "{status}");
 
     // The right token and content type swap the shadow in.
-    let response = upload(Some(TOKEN), "application/wasm")
-        .send()
-        .await
-        .expect("answers");
+    let response = upload(Some(TOKEN), &wasm).await;
     assert_eq!(response.status().as_u16(), 200);
 
     // A planted disagreement: a later status with a lower version (order-status updates,
@@ -321,14 +333,7 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
     ]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let redacted = loop {
-        let text = client
-            .get(url(guarded_at, "/rule/status"))
-            .send()
-            .await
-            .expect("answers")
-            .text()
-            .await
-            .expect("body");
+        let text = guarded_api.text("/rule/status").await;
         let status: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
         if status["shadow"]["disagreements"].as_u64() >= Some(1) {
             break text;
@@ -344,42 +349,25 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
         "statuses are kept: {redacted}"
     );
     // In full only with the token.
-    let response = client
-        .get(url(guarded_at, "/rule/status?samples=full"))
-        .send()
-        .await
-        .expect("answers");
+    let response = guarded_api.get("/rule/status?samples=full", None).await;
     assert_eq!(response.status().as_u16(), 401);
-    let full = client
-        .get(url(guarded_at, "/rule/status?samples=full"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("answers");
+    let full = guarded_api
+        .get("/rule/status?samples=full", Some(TOKEN))
+        .await;
     assert_eq!(full.status().as_u16(), 200);
     let full = full.text().await.expect("body");
     assert!(full.contains(&key) && full.contains(&card), "{full}");
 
     // Promote and rollback: no body, the token.
     for path in ["/rule/promote", "/rule/rollback"] {
-        let response = client
-            .post(url(guarded_at, path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("answers");
+        let response = guarded_api
+            .send(Method::POST, path, Some(TOKEN), &[], None)
+            .await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
 
     // Every refusal counted by reason.
-    let metrics = client
-        .get(url(guarded_at, "/metrics"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("body");
+    let metrics = guarded_api.text("/metrics").await;
     let refusals = |reason: &str| {
         metric(
             &metrics,
@@ -392,55 +380,30 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
     assert_eq!(refusals("content_type"), 4.0, "{metrics}");
 
     // Without a token, swaps are disabled whatever the request says.
-    let response = client
-        .post(url(open_at, "/rule/rollback"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("answers");
+    let response = open_api
+        .send(Method::POST, "/rule/rollback", Some(TOKEN), &[], None)
+        .await;
     assert_eq!(response.status().as_u16(), 403);
     assert!(
         response.text().await.expect("body").contains("admin.token"),
         "the refusal says how to enable swaps"
     );
-    let response = client
-        .get(url(open_at, "/rule/status?samples=full"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("answers");
+    let response = open_api.get("/rule/status?samples=full", Some(TOKEN)).await;
     assert_eq!(response.status().as_u16(), 403);
     for path in ["/metrics", "/rule/status"] {
-        let response = client
-            .get(url(open_at, path))
-            .send()
-            .await
-            .expect("answers");
+        let response = open_api.get(path, None).await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
 
     // protect_reads: the reads need the token, the probes never do.
     for path in ["/metrics", "/rule", "/rule/status"] {
-        let response = client
-            .get(url(closed_at, path))
-            .send()
-            .await
-            .expect("answers");
+        let response = closed_api.get(path, None).await;
         assert_eq!(response.status().as_u16(), 401, "{path}");
-        let response = client
-            .get(url(closed_at, path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("answers");
+        let response = closed_api.get(path, Some(TOKEN)).await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
     for path in ["/healthz", "/readyz"] {
-        let response = client
-            .get(url(closed_at, path))
-            .send()
-            .await
-            .expect("answers");
+        let response = closed_api.get(path, None).await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
 
