@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what the tests need (the
-# wasm32-wasip2 target, Redis, a Redis Cluster and Kafka on loopback), then runs every test of
+# wasm32-wasip2 target, Redis, a Redis Cluster and Kafka on loopback; podman and a static build
+# for the container image; the checkers of deploy/), then runs every test of
 # the workspace once, in release mode (the rule engine and the convergence check are
 # compute-heavy; one optimised build serves the tests, the benchmarks and the demo).
 #
@@ -19,6 +20,14 @@ done
 bash deploy/scripts/redis.sh
 bash deploy/scripts/redis.sh --cluster
 bash deploy/scripts/kafka.sh
+
+# The container image (a static musl converge with every transport, the shipped rule, FROM
+# scratch), built before the tests that run it (`image_`), so that its build does not compete
+# with them for the cores; then everything in deploy/ validated offline (manifests against the
+# Kubernetes schemas, the systemd unit against that static binary, the alert rules).
+bash deploy/scripts/image.sh
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+bash deploy/scripts/deploy-check.sh "$target_dir/x86_64-unknown-linux-musl/release/converge"
 
 # converge without transports: its unit tests, README command 1 on that build, and the error a
 # configuration naming a transport gets from it.

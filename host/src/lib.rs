@@ -27,11 +27,14 @@
 //! - `admin` (feature `http`): health, readiness, metrics and rule swaps over HTTP.
 //! - `embedded`: `converge run`'s convergence audit ([`Audit`]): every delivered event kept and
 //!   checked against the store after the run.
+//! - [`progress`]: the [`progress::Progress`] a long call (replay, check, simulation) reports
+//!   its stages and counts to; the CLI draws it as a bar on a terminal.
 //! - [`redact`]: passwords in URLs replaced by `***` in everything converge prints; secrets
 //!   whose `Debug` hides them.
 //! - `backoff`: exponential backoff between attempts at something that failed.
 //! - `fault`: crash points for the crash tests (feature `fault-injection`; nothing otherwise).
-//! - `cli`: the `converge` command line ([`run_cli`]).
+//! - `cli`: the `converge` command line ([`run_cli`]), its progress bars, shell completions and
+//!   man page.
 //!
 //! # Features
 //! Transports are Cargo features, all on by default: `kafka` (rdkafka), `fluvio`, `redis`
@@ -51,6 +54,7 @@ mod embedded;
 pub mod entity;
 mod fault;
 pub mod pipeline;
+pub mod progress;
 pub mod redact;
 pub mod replay;
 pub mod rule;

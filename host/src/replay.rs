@@ -12,9 +12,10 @@ use serde::Serialize;
 use crate::dead_letter::MemoryDeadLetters;
 use crate::entity::State;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError};
+use crate::progress::{Progress, Silent, Unit, grouped};
 use crate::rule::Rule;
 use crate::rule::WasmRule;
-use crate::source::Source;
+use crate::source::{Message, Source, SourceError};
 use crate::store::{MemoryStore, Store, StoreError, Write, WriteOutcome};
 
 /// Keys loaded from the store per round trip.
@@ -66,6 +67,17 @@ pub struct ReplayReport {
     pub conflicts: Vec<String>,
 }
 
+/// How much a source holds, which progress counts reading toward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceSize {
+    /// JSON lines of this many bytes (a file): reading is counted in bytes.
+    Bytes(u64),
+    /// This many records (Kafka: end offsets less first offsets; compaction may leave fewer).
+    Records(u64),
+    /// Not known (stdin): reading counts events, toward no total.
+    Unknown,
+}
+
 /// Folds everything `source` holds through `rule` and compares with `store`; with `rebuild`,
 /// writes each differing key's replayed state (compare-and-set on the revision compared, so a
 /// concurrent write is never overwritten).
@@ -76,10 +88,52 @@ pub async fn replay<Src: Source, S: Store>(
     store: &S,
     rebuild: bool,
 ) -> Result<ReplayReport, ReplayError> {
+    replay_with_progress(
+        rule,
+        source,
+        config,
+        store,
+        rebuild,
+        &Silent,
+        SourceSize::Unknown,
+    )
+    .await
+}
+
+/// [`replay`], reporting to `progress`: the stage `reading` counts what is read of the
+/// source's `size` (bytes, or events), then `comparing` counts keys compared (and written,
+/// with `rebuild`).
+pub async fn replay_with_progress<Src: Source, S: Store>(
+    rule: WasmRule,
+    source: &mut Src,
+    config: PipelineConfig,
+    store: &S,
+    rebuild: bool,
+    progress: &dyn Progress,
+    size: SourceSize,
+) -> Result<ReplayReport, ReplayError> {
     let stamp = rule.info().stamp();
     let mut pipeline = Pipeline::new(rule, MemoryStore::new(), MemoryDeadLetters::new(), config);
-    pipeline.run(source, std::future::pending()).await?;
+    let mut counted = Counted {
+        source,
+        progress,
+        bytes: matches!(size, SourceSize::Bytes(_)),
+        events: 0,
+    };
+    match size {
+        SourceSize::Bytes(total) => progress.stage("reading", Unit::Bytes, Some(total)),
+        SourceSize::Records(total) => {
+            progress.stage("reading", Unit::Items("events"), Some(total));
+        }
+        SourceSize::Unknown => progress.stage("reading", Unit::Items("events"), None),
+    }
+    pipeline.run(&mut counted, std::future::pending()).await?;
     let replayed = pipeline.store().snapshot();
+    progress.stage(
+        if rebuild { "rebuilding" } else { "comparing" },
+        Unit::Items("keys"),
+        Some(replayed.len() as u64),
+    );
     let mut report = ReplayReport {
         rule: stamp.clone(),
         messages: pipeline.stats().messages,
@@ -123,6 +177,51 @@ pub async fn replay<Src: Source, S: Store>(
                 }
             }
         }
+        progress.advance(chunk.len() as u64);
     }
     Ok(report)
+}
+
+/// A source whose reads are reported to a [`Progress`], batch by batch.
+struct Counted<'a, Src> {
+    source: &'a mut Src,
+    progress: &'a dyn Progress,
+    /// Count bytes (lines) rather than events.
+    bytes: bool,
+    events: u64,
+}
+
+impl<Src: Source> Source for Counted<'_, Src> {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
+        // Counted once the inner read completed: a dropped read loses nothing and counts
+        // nothing, and the inner source delivers its messages later.
+        let batch = self.source.next_batch(max).await?;
+        self.events += batch.len() as u64;
+        if self.bytes {
+            // Each line and its newline: what the reader consumed, but for blank lines and
+            // carriage returns, so the count may end a little short of the file's size.
+            let read: usize = batch
+                .iter()
+                .map(|message| message.payload.as_ref().map_or(0, Vec::len) + 1)
+                .sum();
+            self.progress.advance(read as u64);
+            self.progress
+                .note(&format!("{} events", grouped(self.events)));
+        } else {
+            self.progress.advance(batch.len() as u64);
+        }
+        Ok(batch)
+    }
+
+    fn generation(&self) -> u64 {
+        self.source.generation()
+    }
+
+    async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
+        self.source.ack(batch).await
+    }
+
+    async fn hold(&mut self) {
+        self.source.hold().await;
+    }
 }

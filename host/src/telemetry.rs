@@ -497,6 +497,15 @@ impl Metrics {
             .set(lag.max(0));
     }
 
+    /// Forgets a partition's lag when this consumer gives the partition up: its last value
+    /// would otherwise stay exported for good, and be added to its new owner's by the lag alerts.
+    pub(crate) fn forget_consumer_lag(&self, topic: &str, partition: i32) {
+        self.consumer_lag.remove(&PartitionLabel {
+            topic: topic.to_owned(),
+            partition,
+        });
+    }
+
     /// Records a range of offsets a partition's stream skipped.
     pub(crate) fn record_source_gap(&self, topic: &str, partition: i32) {
         self.source_gaps

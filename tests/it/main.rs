@@ -2,14 +2,17 @@
 
 mod check;
 mod cli;
+mod cli_ux;
 mod codec;
 mod crash;
 mod decode_fuzz;
 mod engine;
 mod enrich;
 mod fluvio;
+mod image;
 mod in_flight;
 mod kafka;
+mod observability;
 mod pipeline;
 mod poison;
 mod redis_faults;

@@ -1,6 +1,6 @@
 //! The `converge` command line.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,6 +22,8 @@ use crate::store::MemoryStore;
 
 #[cfg(feature = "redis")]
 mod fleet;
+mod manual;
+mod progress;
 mod rule_command;
 mod signing;
 
@@ -53,6 +55,8 @@ fn built_features() -> String {
     }
 }
 
+/// Order-insensitive stream consumption: a WebAssembly rule decides, the store converges
+///
 /// converge makes consuming a stream of entity changes order-insensitive: a business rule
 /// compiled to WebAssembly decides, per key, whether an incoming state is newer than the stored
 /// one, so the stored state converges whatever the delivery order.
@@ -108,7 +112,8 @@ enum Command {
     /// Each run draws a fresh random seed and prints it; `--seed N` repeats that run exactly
     /// (with the same vectors and sample).
     ///
-    /// Exits 0 when the rule passes, 1 when a check fails, 2 on a usage or load error.
+    /// Exits 0 when the rule passes, 1 when a check fails, 2 on a usage or load error. When
+    /// stderr is a terminal, a progress bar counts the histories checked there.
     Check(CheckArgs),
     /// Simulate the order system: create orders, move them through their statuses, serve
     /// `GET /orders/{id}`, and publish every change keyed by order id — full or id-only — through
@@ -118,7 +123,9 @@ enum Command {
     /// `converge run`). A summary goes to stderr. With --serve the order API stays up after
     /// the simulated orders are published, until SIGINT or SIGTERM.
     ///
-    /// --brokers needs the `kafka` feature, --listen the `http` feature.
+    /// --brokers needs the `kafka` feature, --listen the `http` feature. When stderr is a
+    /// terminal (and stdout is not, or --brokers is given), a progress bar counts the status
+    /// changes published there.
     Simulate(SimulateArgs),
     /// Change the rule a fleet serves, without a redeploy: publish, status, promote, rollback,
     /// pack, and sign rules: keygen, sign, verify. See `converge rule --help`. Publish, status,
@@ -132,7 +139,34 @@ enum Command {
     /// otherwise, 2 on a usage, load or connection error.
     ///
     /// Reading a Kafka source needs the `kafka` feature; a Redis store the `redis` feature.
+    /// When stderr is a terminal, progress bars count what is read and the keys compared there.
     Replay(rule_command::ReplayArgs),
+    /// Print a shell completion script to stdout
+    ///
+    /// Install it where the shell looks for completions; a new shell picks it up:
+    ///
+    ///   bash  converge completions bash > ~/.local/share/bash-completion/completions/converge
+    ///   zsh   converge completions zsh > ~/.zfunc/_converge
+    ///         (~/.zshrc, before compinit runs: fpath=(~/.zfunc $fpath); autoload -Uz compinit; compinit)
+    ///   fish  converge completions fish > ~/.config/fish/completions/converge.fish
+    ///
+    /// System-wide: /usr/share/bash-completion/completions/converge,
+    /// /usr/local/share/zsh/site-functions/_converge,
+    /// /usr/share/fish/vendor_completions.d/converge.fish. For elvish, append the script to
+    /// ~/.config/elvish/rc.elv; for PowerShell, to $PROFILE.
+    #[command(verbatim_doc_comment)]
+    Completions(manual::CompletionsArgs),
+    /// Print converge's man page (roff) to stdout, or with --dir write one page per command
+    ///
+    ///   converge man > ~/.local/share/man/man1/converge.1
+    ///   converge man --dir ~/.local/share/man/man1     (converge.1, converge-check.1, ...)
+    ///
+    /// Then `man converge`, `man converge-check`: man searches ~/.local/share/man when
+    /// ~/.local/bin is on PATH (otherwise add ~/.local/share/man to MANPATH). System-wide:
+    /// /usr/local/share/man/man1, then run `mandb`. To read it without installing:
+    /// `converge man | man -l -`.
+    #[command(verbatim_doc_comment)]
+    Man(manual::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -315,13 +349,18 @@ fn features_help() -> String {
     )
 }
 
+/// The command line as `--help`, the completions and the man pages show it.
+fn command() -> clap::Command {
+    Cli::command().after_help(features_help())
+}
+
 /// Parses the command line and runs the command. Errors are usage or load errors (exit 2).
 pub fn run() -> anyhow::Result<ExitCode> {
-    let command = Cli::command().after_help(features_help());
-    let cli = Cli::from_arg_matches(&command.get_matches())?;
+    let cli = Cli::from_arg_matches(&command().get_matches())?;
     let logs = tracing_subscriber::fmt()
-        // Whichever crate logs a URL, its password does not reach the log.
-        .with_writer(crate::redact::stderr_writer)
+        // Whichever crate logs a URL, its password does not reach the log; nor does a log
+        // line break a progress bar.
+        .with_writer(progress::log_writer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -342,6 +381,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate(&args),
         Command::Rule(command) => rule_command::rule(&command),
         Command::Replay(args) => rule_command::replay_command(&args),
+        Command::Completions(args) => manual::completions(&args),
+        Command::Man(args) => manual::man(&args),
     }
 }
 
@@ -414,7 +455,10 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             Some(_) => return Err(needs_feature("converge simulate --listen", "http")),
             None => None,
         };
-        let summary = simulator.run().await?;
+        // Not over JSON lines written to the same terminal: the two would mix.
+        let bar = progress::Bar::shown_if(args.brokers.is_some() || !io::stdout().is_terminal());
+        let summary = simulator.run_with_progress(&bar).await?;
+        bar.finish();
         if let Some(path) = &args.expected {
             let json = serde_json::to_string_pretty(&summary.expected)?;
             std::fs::write(path, json + "\n")
@@ -525,7 +569,9 @@ fn check_rule(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let property = check::check(&compiled, &config, &corpus);
+    let bar = progress::Bar::stderr();
+    let property = check::check_with_progress(&compiled, &config, &corpus, &bar);
+    bar.finish();
     let passed = vector_failures.is_empty() && property.passed();
     let output = CheckOutput {
         rule: compiled.info().stamp(),

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::{EXIT_FAILED, EngineArgs};
 use crate::config::{Config, FileSourceConfig, SourceConfig};
-use crate::replay::{ReplayReport, replay};
+use crate::replay::{ReplayReport, SourceSize, replay_with_progress};
 use crate::rule::pack;
 use crate::rule::vectors::VectorFile;
 use crate::source::open_lines;
@@ -213,18 +213,28 @@ pub(super) fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         let store = config.store.open().await?;
         let pipeline = config.pipeline.clone();
         let rebuild = args.rebuild;
+        let bar = super::progress::Bar::stderr();
         let report = match (&args.input, &config.source) {
             (Some(path), _) | (None, SourceConfig::File(FileSourceConfig { path })) => {
                 let mut source = open_lines(path)
                     .await
                     .with_context(|| format!("cannot open input {}", path.display()))?;
-                replay(compiled.instance(), &mut source, pipeline, &store, rebuild).await?
+                // stdin (`-`) or a pipe has no size to count toward.
+                let size = std::fs::metadata(path)
+                    .ok()
+                    .filter(|metadata| metadata.is_file() && path.as_os_str() != "-")
+                    .map_or(SourceSize::Unknown, |metadata| SourceSize::Bytes(metadata.len()));
+                let rule = compiled.instance();
+                replay_with_progress(rule, &mut source, pipeline, &store, rebuild, &bar, size)
+                    .await?
             }
             #[cfg(feature = "kafka")]
             (None, SourceConfig::Kafka(kafka)) => {
                 let mut source =
                     crate::source::KafkaRange::open(&kafka.brokers, &kafka.topics, &kafka.properties)?;
-                replay(compiled.instance(), &mut source, pipeline, &store, rebuild).await?
+                let (rule, size) = (compiled.instance(), SourceSize::Records(source.records()));
+                replay_with_progress(rule, &mut source, pipeline, &store, rebuild, &bar, size)
+                    .await?
             }
             #[cfg(not(feature = "kafka"))]
             (None, SourceConfig::Kafka(_)) => {
@@ -234,6 +244,7 @@ pub(super) fn replay_command(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 "replay reads a Kafka source or a file; for a Fluvio topic, export it as JSON lines and pass --input"
             ),
         };
+        bar.finish();
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

@@ -41,6 +41,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::entity::{Decision, Event, RuleInfo, State};
+use crate::progress::{Progress, Silent, Unit, grouped};
 use crate::rule::{CompiledRule, ContractViolation, DecideError, Rule};
 
 use generate::Generator;
@@ -300,6 +301,18 @@ impl CheckReport {
 /// Runs the property check against instances of `rules`, drawing values from `corpus` beside
 /// generated ones.
 pub fn check(rules: &dyn RuleFactory, config: &CheckConfig, corpus: &Corpus) -> CheckReport {
+    check_with_progress(rules, config, corpus, &Silent)
+}
+
+/// [`check`], reporting to `progress`: the stage `checking` counts histories (noting the
+/// orders folded and decisions asked), then, when one fails, `shrinking` counts the smaller
+/// histories tried (noting the property broken).
+pub fn check_with_progress(
+    rules: &dyn RuleFactory,
+    config: &CheckConfig,
+    corpus: &Corpus,
+    progress: &dyn Progress,
+) -> CheckReport {
     let seed = config.seed.unwrap_or_else(rand::random);
     let mut rng = StdRng::seed_from_u64(seed);
     let warm = rules.fresh();
@@ -316,10 +329,25 @@ pub fn check(rules: &dyn RuleFactory, config: &CheckConfig, corpus: &Corpus) -> 
         memo: Memo::default(),
         fresh_left: 0,
         sampler: StdRng::seed_from_u64(seed.rotate_left(32) ^ 0x5eed),
+        progress,
     };
+    progress.stage(
+        "checking",
+        Unit::Items("histories"),
+        Some(config.histories as u64),
+    );
     for done in 0..config.histories {
         let events = generator.history(config.max_events, &mut rng);
-        if let Err(violation) = checker.check_history(&events, &mut rng) {
+        let checked = checker.check_history(&events, &mut rng);
+        progress.advance(1);
+        progress.note(&format!(
+            "{} orders, {} decisions",
+            grouped(checker.orders),
+            grouped(checker.decisions)
+        ));
+        if let Err(violation) = checked {
+            progress.stage("shrinking", Unit::Items("histories"), None);
+            progress.note(violation.property());
             let violation = checker.shrink(violation, &mut rng);
             let violation = checker.confirm(violation);
             return CheckReport {
@@ -404,6 +432,7 @@ struct Checker<'a> {
     /// Picks the pairs compared with a fresh instance; its own stream, so that the histories
     /// drawn do not depend on it.
     sampler: StdRng,
+    progress: &'a dyn Progress,
 }
 
 /// Where a depth-first walk over delivery orders stands.
@@ -647,7 +676,9 @@ impl Checker<'_> {
         while index < events.len() && events.len() > 1 {
             let mut smaller = events.clone();
             smaller.remove(index);
-            match self.check_history(&smaller, rng) {
+            let checked = self.check_history(&smaller, rng);
+            self.progress.advance(1);
+            match checked {
                 Err(found) if matches!(*found, Violation::NonDeterministic { .. }) => {
                     return found;
                 }

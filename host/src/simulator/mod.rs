@@ -35,6 +35,7 @@ mod kafka;
 pub use kafka::KafkaPublisher;
 
 use crate::entity::{Event, canonical_json};
+use crate::progress::{Progress, Silent, Unit};
 
 /// The order lifecycle, in the order the shipped rule ranks it.
 pub const LIFECYCLE: [&str; 4] = ["created", "paid", "completed", "refunded"];
@@ -472,6 +473,16 @@ impl Simulator {
     /// different orders interleaved at random; then lets every held message out and waits
     /// for their delivery.
     pub async fn run(&self) -> Result<Summary, SimulatorError> {
+        self.run_with_progress(&Silent).await
+    }
+
+    /// [`Simulator::run`], reporting to `progress`: the stage `publishing` counts status
+    /// changes handed to the network, of every change the orders will go through (or of the
+    /// rate × duration cap), then `delivering` lasts until every held message is delivered.
+    pub async fn run_with_progress(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<Summary, SimulatorError> {
         let started = Instant::now();
         let mut rng = StdRng::seed_from_u64(self.config.seed);
         // (key, status changes left): 10% stop at created, 10% at paid, 60% completed,
@@ -501,6 +512,12 @@ impl Simulator {
             }
             _ => None,
         };
+        let planned: u64 = active.iter().map(|(_, steps)| *steps as u64).sum();
+        progress.stage(
+            "publishing",
+            Unit::Items("changes"),
+            Some(max_changes.map_or(planned, |max| max.min(planned))),
+        );
         let clock = UnixClock::now();
         let mut max_behind = Duration::ZERO;
         let mut changes = 0;
@@ -523,11 +540,13 @@ impl Simulator {
             let key = active[pick].0.clone();
             self.system.advance(&key, stamp).await?;
             changes += 1;
+            progress.advance(1);
             active[pick].1 -= 1;
             if active[pick].1 == 0 {
                 active.swap_remove(pick);
             }
         }
+        progress.stage("delivering", Unit::Nothing, None);
         let mut network = self.system.network.lock().await;
         network.drain().await?;
         let expected: BTreeMap<String, Event> = self

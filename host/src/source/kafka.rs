@@ -77,6 +77,10 @@ impl ConsumerContext for CommitOnRevoke {
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            for partition in partitions.elements() {
+                self.metrics
+                    .forget_consumer_lag(partition.topic(), partition.partition());
+            }
             // Nothing stored since the last commit is not an error.
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => tracing::info!(
@@ -348,6 +352,8 @@ pub struct KafkaRange {
     consumer: StreamConsumer,
     /// Per partition, the offset where reading stops (the end when the range was opened).
     ends: HashMap<(String, i32), i64>,
+    /// Records in the range when it was opened: end less first offset, summed.
+    records: u64,
     batch_timeout: Duration,
 }
 
@@ -385,6 +391,7 @@ impl KafkaRange {
         let consumer: StreamConsumer = client.create()?;
         let mut assignment = TopicPartitionList::new();
         let mut ends = HashMap::new();
+        let mut records = 0;
         for topic in topics {
             let metadata = consumer.fetch_metadata(Some(topic), ASK)?;
             let partitions = metadata
@@ -403,6 +410,7 @@ impl KafkaRange {
                 if high > low {
                     assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
                     ends.insert((topic.clone(), partition), high);
+                    records += u64::try_from(high - low).unwrap_or(0);
                 }
             }
         }
@@ -410,8 +418,15 @@ impl KafkaRange {
         Ok(Self {
             consumer,
             ends,
+            records,
             batch_timeout: Duration::from_millis(100),
         })
+    }
+
+    /// How many records the range held when it was opened; compaction and transaction
+    /// markers may leave fewer to read.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 }
 

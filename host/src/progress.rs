@@ -1,0 +1,72 @@
+//! Progress of the long library calls — a replay, a convergence check, a simulation — for
+//! whoever watches. The command line draws a bar from it when stderr is a terminal; the library
+//! knows nothing of terminals, and by default nobody watches ([`Silent`]).
+
+/// What a stage counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Things, named in the plural: `"histories"`, `"events"`, `"keys"`, `"changes"`.
+    Items(&'static str),
+    /// Bytes of input.
+    Bytes,
+    /// Nothing: the stage is a wait, of which only the time shows.
+    Nothing,
+}
+
+/// Receives the progress of a long call, stage by stage.
+///
+/// [`Progress::advance`] is called from hot loops (per batch, per history, per message): an
+/// implementation must be cheap and must not block. A bar adds to an atomic counter and
+/// redraws at its own rate.
+pub trait Progress: Send + Sync {
+    /// A stage begins: `name` says what it does (`"reading"`, `"comparing"`), counting `unit`
+    /// from 0 up to `total` when that is known. It ends when the next one begins or the call
+    /// returns.
+    fn stage(&self, name: &'static str, unit: Unit, total: Option<u64>) {
+        let _ = (name, unit, total);
+    }
+
+    /// `done` more units of the current stage are done.
+    fn advance(&self, done: u64) {
+        let _ = done;
+    }
+
+    /// A short note on the current stage beside its count, e.g. the decisions asked so far.
+    /// Called at most once per unit of work that is itself much dearer than formatting it.
+    fn note(&self, note: &str) {
+        let _ = note;
+    }
+}
+
+/// Nobody watches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Progress for Silent {}
+
+/// `n` with its digits grouped by thousands (`5,244,671`), as counts in notes read.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut text = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            text.push(',');
+        }
+        text.push(digit);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouped;
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(5_244_671), "5,244,671");
+        assert_eq!(grouped(u64::MAX), "18,446,744,073,709,551,615");
+    }
+}
