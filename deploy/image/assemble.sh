@@ -8,12 +8,15 @@
 #   /usr/share/converge/sample/orders.jsonl        the sample stream the default command runs
 #   /etc/converge/converge.toml                    deploy/converge.example.toml, rule path adjusted
 #   /etc/passwd, /etc/group                        root, and the user converge (65532)
+#   /etc/ssl/certs/ca-certificates.crt             the builder's CA bundle (Debian's
+#                                                  ca-certificates), for TLS to Kafka and Redis
 #   /tmp                                           empty, for a run without --read-only
 #
 #   assemble.sh BINARY RULE OUT      (run from the repository root)
 #
-# A file is only replaced when its content changed: unchanged files keep their modification time,
-# so a rebuild of an unchanged tree is a cache hit for the image build.
+# OUT is laid out anew each time, so nothing dropped from this list lingers in the image; the
+# image build fixes every file's time (podman build --timestamp), so an unchanged tree still
+# gives the same image.
 set -euo pipefail
 
 if [ $# -ne 3 ]; then
@@ -25,15 +28,23 @@ rule=$2
 out=$3
 rule_path=/usr/share/converge/rules/order-status.wasm
 
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+if [ ! -s "$ca_bundle" ]; then
+  echo "assemble: no CA bundle at $ca_bundle (Debian package ca-certificates)" >&2
+  exit 1
+fi
+case "$out" in
+  "" | / | .) echo "assemble: refusing to lay out the tree in '$out'" >&2; exit 2 ;;
+esac
+rm -rf "$out"
+
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
 put() { # source destination-inside-OUT mode
   local destination=$out$2
   mkdir -p "$(dirname "$destination")"
-  if ! cmp -s "$1" "$destination"; then
-    cp "$1" "$destination"
-  fi
+  cp "$1" "$destination"
   chmod "$3" "$destination"
 }
 
@@ -61,6 +72,7 @@ cat > "$scratch/group" <<'GROUP'
 root:x:0:
 converge:x:65532:
 GROUP
+put "$ca_bundle" "$ca_bundle" 0644
 put "$scratch/passwd" /etc/passwd 0644
 put "$scratch/group" /etc/group 0644
 

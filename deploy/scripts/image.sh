@@ -76,13 +76,13 @@ started=$(date +%s)
 cd "$(dirname "$0")/../.."
 
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null \
-  || ! command -v musl-gcc >/dev/null; then
-  echo "image: installing the Debian packages podman, runc and musl-tools"
+  || ! command -v musl-gcc >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
+  echo "image: installing the Debian packages podman, runc, musl-tools and ca-certificates"
   export DEBIAN_FRONTEND=noninteractive
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq podman runc musl-tools >/dev/null
+  $sudo_cmd apt-get install -y -qq podman runc musl-tools ca-certificates >/dev/null
 fi
 installed=$(rustup target list --installed)
 for target in "$musl" wasm32-wasip2; do

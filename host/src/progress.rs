@@ -32,8 +32,8 @@ pub trait Progress: Send + Sync {
     }
 
     /// A short note on the current stage beside its count, e.g. the decisions asked so far.
-    /// Called at most once per unit of work that is itself much dearer than formatting it.
-    fn note(&self, note: &str) {
+    /// Formatted only by a watcher that shows it, so a silent call costs nothing.
+    fn note(&self, note: std::fmt::Arguments<'_>) {
         let _ = note;
     }
 }
@@ -43,30 +43,3 @@ pub trait Progress: Send + Sync {
 pub struct Silent;
 
 impl Progress for Silent {}
-
-/// `n` with its digits grouped by thousands (`5,244,671`), as counts in notes read.
-pub fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut text = String::with_capacity(digits.len() + digits.len() / 3);
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            text.push(',');
-        }
-        text.push(digit);
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grouped;
-
-    #[test]
-    fn counts_are_grouped_by_thousands() {
-        assert_eq!(grouped(0), "0");
-        assert_eq!(grouped(999), "999");
-        assert_eq!(grouped(1_000), "1,000");
-        assert_eq!(grouped(5_244_671), "5,244,671");
-        assert_eq!(grouped(u64::MAX), "18,446,744,073,709,551,615");
-    }
-}

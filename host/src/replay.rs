@@ -7,12 +7,13 @@
 //! events onto it with the new rule is not in general the new rule's fold of all events. The
 //! procedure is in the README ("Changing a rule's ranking").
 
+use indicatif::HumanCount;
 use serde::Serialize;
 
 use crate::dead_letter::MemoryDeadLetters;
 use crate::entity::State;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError};
-use crate::progress::{Progress, Silent, Unit, grouped};
+use crate::progress::{Progress, Silent, Unit};
 use crate::rule::Rule;
 use crate::rule::WasmRule;
 use crate::source::{Message, Source, SourceError};
@@ -206,7 +207,7 @@ impl<Src: Source> Source for Counted<'_, Src> {
                 .sum();
             self.progress.advance(read as u64);
             self.progress
-                .note(&format!("{} events", grouped(self.events)));
+                .note(format_args!("{} events", HumanCount(self.events)));
         } else {
             self.progress.advance(batch.len() as u64);
         }

@@ -23,7 +23,7 @@
 //! `enrichment_duration_seconds` (fetching one batch's distinct keys), `enrichment_keys_total`,
 //! `unavailable_total{service,operation}` (failed calls to the store or dead-letter queue, each
 //! retried after a backoff), `consumer_lag{topic,partition}` (messages behind the partition's
-//! end, as last seen when acknowledging), `source_gaps_total{topic,partition}`,
+//! end, from the client's statistics; only for partitions this consumer owns), `source_gaps_total{topic,partition}`,
 //! `source_reconnects_total{topic,partition}`, `rule_info{rule}` (1 for the active rule),
 //! `rule_swaps_total{role,result,gate}`, `shadow_decisions_total`,
 //! `shadow_disagreements_total`, `ignores_total{rule,reason}` (the active rule's ignores by

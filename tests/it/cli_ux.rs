@@ -8,15 +8,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use converge::config::StoreConfig;
-use converge::progress::grouped;
 use converge_tests::{build, config};
 
 /// The shipped sample stream, which `replay` reads.
 const SAMPLE: &str = "deploy/sample/orders.jsonl";
 
+/// Settings from the environment that would add lines to stderr or change what a command
+/// reads: the assertions on stderr are about the bars alone.
+const AMBIENT: [&str; 4] = [
+    "RUST_LOG",
+    "CONVERGE_LOG_FORMAT",
+    "CONVERGE_CONFIG",
+    "CONVERGE_RULE",
+];
+
+/// A command without the ambient settings above.
+fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for name in AMBIENT {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// converge with `args` from the workspace root, stdout and stderr pipes.
 fn piped(args: &[&str]) -> Output {
-    Command::new(build::converge_binary())
+    command(build::converge_binary())
         .args(args)
         .current_dir(build::workspace_root())
         .stdin(Stdio::null())
@@ -37,7 +54,7 @@ fn on_terminal(args: &[&str], stdout_to: Option<&Path>) -> Output {
         line.push_str(" > ");
         line.push_str(&quote(path(file)));
     }
-    Command::new("script")
+    command("script")
         .args(["--quiet", "--return", "--command", &line, "/dev/null"])
         .current_dir(build::workspace_root())
         // A terminal that can move its cursor: with TERM unset or `dumb` no bar is drawn.
@@ -307,7 +324,7 @@ fn cli_ux_replay_and_simulate_draw_their_bars_on_a_terminal() {
     assert!(screen.contains("reading ["), "{screen}");
     let read = screen.find("reading: ").expect("a reading summary");
     assert!(
-        screen[read..].contains(&format!("({} events)", grouped(events))),
+        screen[read..].contains(&format!("({} events)", indicatif::HumanCount(events))),
         "{screen}"
     );
     let compared = screen.find("comparing: ").expect("a comparing summary");

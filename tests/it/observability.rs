@@ -1221,7 +1221,8 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = format!("observability-lag-{:08x}-", rand::random::<u32>());
     let stream = orders::generate(&prefix, 400, 30, rand::random());
-    topic.produce(&stream.events).await;
+    let (first_half, second_half) = stream.events.split_at(stream.events.len() / 2);
+    topic.produce(first_half).await;
 
     let start = |name: &str| {
         let admin = free_loopback_addr();
@@ -1235,8 +1236,10 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
             listen: admin,
             ..AdminConfig::default()
         });
-        let config = config::write(dir.path(), &settings);
-        let log = dir.path().join(format!("{name}.log"));
+        let member_dir = dir.path().join(name);
+        std::fs::create_dir_all(&member_dir).expect("member dir");
+        let config = config::write(&member_dir, &settings);
+        let log = member_dir.join("serve.log");
         (admin, log.clone(), Server(Some(serve(&config, &log))))
     };
     let everything = |exposition: &Exposition| lag_partitions(exposition).len() == PARTITIONS;
@@ -1253,6 +1256,7 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
 
     // A second member takes some of them; each partition is then reported by exactly one.
     let (second_admin, second_log, mut second) = start("second");
+    topic.produce(second_half).await;
     scrape_until(
         second_admin,
         &second_log,

@@ -136,9 +136,9 @@ impl Progress for Bar {
         self.bar.inc(done);
     }
 
-    fn note(&self, note: &str) {
+    fn note(&self, note: std::fmt::Arguments<'_>) {
         if !self.bar.is_hidden() {
-            self.bar.set_message(note.to_owned());
+            self.bar.set_message(note.to_string());
         }
     }
 }

@@ -35,13 +35,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasher;
 
+use indicatif::HumanCount;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::entity::{Decision, Event, RuleInfo, State};
-use crate::progress::{Progress, Silent, Unit, grouped};
+use crate::progress::{Progress, Silent, Unit};
 use crate::rule::{CompiledRule, ContractViolation, DecideError, Rule};
 
 use generate::Generator;
@@ -340,14 +341,14 @@ pub fn check_with_progress(
         let events = generator.history(config.max_events, &mut rng);
         let checked = checker.check_history(&events, &mut rng);
         progress.advance(1);
-        progress.note(&format!(
+        progress.note(format_args!(
             "{} orders, {} decisions",
-            grouped(checker.orders),
-            grouped(checker.decisions)
+            HumanCount(checker.orders),
+            HumanCount(checker.decisions)
         ));
         if let Err(violation) = checked {
             progress.stage("shrinking", Unit::Items("histories"), None);
-            progress.note(violation.property());
+            progress.note(format_args!("{}", violation.property()));
             let violation = checker.shrink(violation, &mut rng);
             let violation = checker.confirm(violation);
             return CheckReport {

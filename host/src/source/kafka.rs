@@ -54,15 +54,15 @@ impl ClientContext for CommitOnRevoke {
         for (name, topic) in &statistics.topics {
             for partition in topic.partitions.values() {
                 // Partition -1 is librdkafka's bookkeeping; a negative lag means "not known yet".
-                if partition.partition >= 0
-                    && partition.desired
-                    && partition.consumer_lag_stored >= 0
-                {
-                    metrics.set_consumer_lag(
-                        name,
-                        partition.partition,
-                        partition.consumer_lag_stored,
-                    );
+                // The lag behind what this consumer stored is the fresher; a partition it has
+                // taken nothing from since it was assigned has only the committed one.
+                let lag = if partition.consumer_lag_stored >= 0 {
+                    partition.consumer_lag_stored
+                } else {
+                    partition.consumer_lag
+                };
+                if partition.partition >= 0 && partition.desired && lag >= 0 {
+                    metrics.set_consumer_lag(name, partition.partition, lag);
                 }
             }
         }
