@@ -25,7 +25,7 @@ use converge::entity::Event;
 use converge::redact::Secret;
 use converge_tests::fault_proxy::{FaultProxy, Outage};
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::Server;
 use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
 use converge_tests::{Convergence, build, config, orders};
 use promql_parser::label::{MatchOp, Matcher};
@@ -834,27 +834,6 @@ fn has_value(exposition: &Exposition, metric: &str, label: &str, value: &str) ->
         .is_some_and(|values| values.contains(value))
 }
 
-/// The `serve` process, killed if the test fails before stopping it.
-struct Server(Option<std::process::Child>);
-
-impl Server {
-    /// SIGTERM, and a clean exit.
-    fn stop(&mut self) {
-        if let Some(child) = self.0.take() {
-            terminate(child);
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 async fn post_rule(admin: SocketAddr, query: &str, token: Option<&str>, body: Vec<u8>) -> u16 {
     let mut request = reqwest::Client::new()
         .post(format!("http://{admin}/rule{query}"))
@@ -894,7 +873,7 @@ async fn observability_dashboard_and_alerts_name_only_what_serve_exports() {
         ..AdminConfig::default()
     });
     let log = dir.path().join("serve.log");
-    let mut server = Server(Some(serve(&config::write(dir.path(), &settings), &log)));
+    let server = Server::start(&config::write(dir.path(), &settings), &log);
 
     // Orders, shuffled and duplicated (ignores by reason), one message that is not JSON and one
     // the rule rejects (dead letters of two kinds).
@@ -956,7 +935,7 @@ async fn observability_dashboard_and_alerts_name_only_what_serve_exports() {
                 .all(|(metric, label, value)| has_value(exposition, metric, label, value))
     })
     .await;
-    server.stop();
+    server.terminate();
 
     let (problems, used) = problems_against(&exposition);
     assert!(
@@ -1240,12 +1219,12 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
         std::fs::create_dir_all(&member_dir).expect("member dir");
         let config = config::write(&member_dir, &settings);
         let log = member_dir.join("serve.log");
-        (admin, log.clone(), Server(Some(serve(&config, &log))))
+        (admin, log.clone(), Server::start(&config, &log))
     };
     let everything = |exposition: &Exposition| lag_partitions(exposition).len() == PARTITIONS;
 
     // Alone in the group, the first member owns (and reports) every partition.
-    let (first_admin, first_log, mut first) = start("first");
+    let (first_admin, first_log, first) = start("first");
     scrape_until(
         first_admin,
         &first_log,
@@ -1255,7 +1234,7 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
     .await;
 
     // A second member takes some of them; each partition is then reported by exactly one.
-    let (second_admin, second_log, mut second) = start("second");
+    let (second_admin, second_log, second) = start("second");
     topic.produce(second_half).await;
     scrape_until(
         second_admin,
@@ -1279,6 +1258,6 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    first.stop();
-    second.stop();
+    first.terminate();
+    second.terminate();
 }

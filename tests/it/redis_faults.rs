@@ -10,7 +10,6 @@
 //! private Redis: `serve` knows only the proxy's address.
 
 use std::net::SocketAddr;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use converge::config::{AdminConfig, RedisStoreConfig, SourceConfig, StoreConfig};
@@ -19,7 +18,7 @@ use converge::store::RedisStore;
 use converge_tests::fault_proxy::{FaultProxy, Outage};
 use converge_tests::kafka::TestTopic;
 use converge_tests::orders::OrderStream;
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::{Server, serve, terminate};
 use converge_tests::services::{PrivateRedis, free_loopback_addr, unique_prefix};
 use converge_tests::watch::Watcher;
 use converge_tests::{Convergence, config, orders, stored_states};
@@ -248,31 +247,6 @@ struct Setup {
     properties: &'static [(&'static str, &'static str)],
 }
 
-/// A `converge serve` process, killed if the test fails before it is terminated (a failed
-/// assertion must not leave a consumer running).
-struct Server(Option<Child>);
-
-impl Server {
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0
-            .as_mut()
-            .and_then(|child| child.try_wait().expect("serve's status"))
-    }
-
-    fn terminate(mut self) {
-        terminate(self.0.take().expect("serve not terminated yet"));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// `converge serve` over a 3-partition topic into a private Redis that it reaches only through
 /// a [`FaultProxy`]. When [`Proxied::start`] returns, a third of the stream is produced and
 /// being written, and a watcher samples every key, from Redis directly, every 50 ms.
@@ -339,7 +313,7 @@ impl Proxied {
         topic.produce(first).await;
         let direct = connect(&redis, &prefix).await;
         let watcher = Watcher::start(direct.clone(), keys.clone(), Duration::from_millis(50));
-        let server = Server(Some(serve(&config, &dir.path().join("serve.log"))));
+        let server = Server::start(&config, &dir.path().join("serve.log"));
         let run = Self {
             test: setup.test,
             rest: rest.to_vec(),

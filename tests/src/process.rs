@@ -20,6 +20,41 @@ pub fn serve(config: &Path, log: &Path) -> Child {
         .expect("converge serve starts")
 }
 
+/// A `converge serve` process, killed if the test fails before it is terminated (a failed
+/// assertion must not leave a consumer running).
+#[derive(Debug)]
+pub struct Server(Option<Child>);
+
+impl Server {
+    /// [`serve`], guarded.
+    pub fn start(config: &Path, log: &Path) -> Self {
+        Self(Some(serve(config, log)))
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0
+            .as_mut()
+            .and_then(|child| child.try_wait().expect("serve's status"))
+    }
+
+    /// [`terminate`]: SIGTERM, and a clean exit.
+    pub fn terminate(mut self) {
+        if let Some(child) = self.0.take() {
+            terminate(child);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Stops a `converge` process with SIGTERM and checks that it exits cleanly within 30 s.
 pub fn terminate(mut child: Child) {
     let status = Command::new("kill")
