@@ -11,7 +11,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use converge::config::AdminConfig;
 use converge_tests::kafka::TestTopic;
 use converge_tests::services::{TestStore, free_loopback_addr};
 use converge_tests::{Convergence, build, config, orders};
@@ -204,18 +203,15 @@ async fn image_serve_converges_against_loopback_kafka_and_redis() {
     let group = format!("{}-group", topic.name);
     let mut dir = tempfile::tempdir().expect("temp dir");
     let admin = free_loopback_addr();
-    let mut settings = config::kafka_serve(
+    let mut settings = config::kafka_serve_with_admin(
         &topic.name,
         &dead_letters.name,
         &group,
-        config::standalone_store(redis.store.prefix()),
+        redis.store.prefix(),
+        admin,
     );
     // The rule the image ships, not the one this workspace built.
     settings.rule = config::rule(Path::new(RULE_IN_IMAGE));
-    settings.admin = Some(AdminConfig {
-        listen: admin,
-        ..AdminConfig::default()
-    });
     let config = config::write(dir.path(), &settings);
 
     let stream = orders::generate("order-", 2_000, 30, 16);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use converge::config::{AdminConfig, StoreConfig};
+use converge::config::StoreConfig;
 use converge_tests::kafka::TestTopic;
 use converge_tests::process::{serve, terminate};
 use converge_tests::services::{TestStore, free_loopback_addr};
@@ -94,16 +94,13 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
     let group = format!("{}-group", topic.name);
     let mut dir = tempfile::tempdir().expect("temp dir");
     let admin = free_loopback_addr();
-    let mut settings = config::kafka_serve(
+    let settings = config::kafka_serve_with_admin(
         &topic.name,
         &dead_letters.name,
         &group,
-        config::standalone_store(redis.store.prefix()),
+        redis.store.prefix(),
+        admin,
     );
-    settings.admin = Some(AdminConfig {
-        listen: admin,
-        ..AdminConfig::default()
-    });
     let config = config::write(dir.path(), &settings);
 
     let bad: Vec<(Vec<u8>, &str)> = vec![

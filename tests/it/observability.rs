@@ -1205,16 +1205,13 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
 
     let start = |name: &str| {
         let admin = free_loopback_addr();
-        let mut settings = config::kafka_serve(
+        let settings = config::kafka_serve_with_admin(
             &topic.name,
             &dead_letters.name,
             &group,
-            config::standalone_store(redis.store.prefix()),
+            redis.store.prefix(),
+            admin,
         );
-        settings.admin = Some(AdminConfig {
-            listen: admin,
-            ..AdminConfig::default()
-        });
         let member_dir = dir.path().join(name);
         std::fs::create_dir_all(&member_dir).expect("member dir");
         let config = config::write(&member_dir, &settings);

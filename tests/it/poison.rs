@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use converge::config::{AdminConfig, Config, DeadLetterConfig, RedisStreamConfig};
+use converge::config::{Config, DeadLetterConfig, RedisStreamConfig};
 use converge::dead_letter::MAX_REASON_BYTES;
 use converge::entity::Event;
 use converge_tests::kafka::{Record, TestTopic};
@@ -44,16 +44,13 @@ impl Served {
         let redis = TestStore::standalone(test).await;
         let group = format!("{}-group", topic.name);
         let admin = free_loopback_addr();
-        let mut settings = config::kafka_serve(
+        let settings = config::kafka_serve_with_admin(
             &topic.name,
             &dead_letters.name,
             &group,
-            config::standalone_store(redis.store.prefix()),
+            redis.store.prefix(),
+            admin,
         );
-        settings.admin = Some(AdminConfig {
-            listen: admin,
-            ..AdminConfig::default()
-        });
         Self {
             topic,
             dead_letters,

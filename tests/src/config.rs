@@ -2,10 +2,11 @@
 //! written as TOML by `toml::to_string`: a test states what it changes as Rust values, and the
 //! file is whatever `serve` reads back into the same types.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use converge::config::{
-    Config, DeadLetterConfig, EnrichConfig, FluvioSourceConfig, KafkaDeadLetterConfig,
+    AdminConfig, Config, DeadLetterConfig, EnrichConfig, FluvioSourceConfig, KafkaDeadLetterConfig,
     KafkaSourceConfig, RedisClusterConfig, RedisStoreConfig, RuleConfig, SourceConfig, StoreConfig,
 };
 use converge::pipeline::PipelineConfig;
@@ -103,6 +104,24 @@ pub fn kafka_serve(topic: &str, dead_letters: &str, group: &str, store: StoreCon
             batch_size: 64,
             ..PipelineConfig::default()
         },
+    }
+}
+
+/// [`kafka_serve`] into the standalone Redis under `prefix`, with an admin endpoint on `admin`
+/// (no token: health, readiness and metrics only), where the tests watch the process.
+pub fn kafka_serve_with_admin(
+    topic: &str,
+    dead_letters: &str,
+    group: &str,
+    prefix: &str,
+    admin: SocketAddr,
+) -> Config {
+    Config {
+        admin: Some(AdminConfig {
+            listen: admin,
+            ..AdminConfig::default()
+        }),
+        ..kafka_serve(topic, dead_letters, group, standalone_store(prefix))
     }
 }
 
