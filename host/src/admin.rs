@@ -22,19 +22,41 @@
 //!
 //! Every refusal is one log line and one count of `converge_admin_refusals_total{reason}`.
 //! Metrics are listed in [`crate::telemetry`].
+//!
+//! Under abuse ([`Limits`]): a refused request is answered from its head alone, its body never
+//! read (the connection is closed after the answer; what the client still sends meanwhile is
+//! discarded for a moment, unbuffered, so that it reads the answer rather than a reset); an
+//! upload over `rule.max_component_bytes` by its `Content-Length` likewise. At most
+//! [`Limits::max_connections`] connections are served at once (more wait in the listen
+//! backlog), a request head must arrive within [`Limits::header_timeout`] (also how long a
+//! kept-alive connection may idle), an upload's body within [`Limits::body_timeout`], one upload
+//! is read and gated at a time, and a connection lives at most [`Limits::max_connection_time`].
+//! At shutdown the endpoint stops accepting, gives requests in progress
+//! [`Limits::close_grace`] to be answered and drops the rest: a client never holds `serve`.
 
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use futures::StreamExt as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::AdminConfig;
 use crate::swap::{Refusal, Role, RuleControl, RuleRef};
@@ -44,12 +66,57 @@ use crate::telemetry::events::AdminRefused;
 /// The only content type `POST /rule` takes.
 const WASM: &str = "application/wasm";
 
+/// The largest request head read, in bytes (hyper's read buffer, which never holds a body
+/// beyond it: a body is read only by the handler that takes it).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// How the endpoint bounds what clients can hold: connections, time and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head, and how long a kept-alive
+    /// connection may stay idle.
+    pub header_timeout: Duration,
+    /// How long an upload may take, from its head to its last body byte (waiting for its turn
+    /// included).
+    pub body_timeout: Duration,
+    /// How long a connection may live; then it is closed once its request is answered (within
+    /// `close_grace`).
+    pub max_connection_time: Duration,
+    /// At shutdown (and past `max_connection_time`), how long a request in progress has to be
+    /// answered before its connection is dropped.
+    pub close_grace: Duration,
+    /// After an answer, how long what the client still sends is read and discarded before the
+    /// connection is closed (a lingering close: closing on unread bytes would reset the
+    /// connection, and the client could lose the answer).
+    pub linger: Duration,
+}
+
+impl Default for Limits {
+    /// Room for probes, scrapes and operators; a client that ties up a connection lets go of
+    /// it within seconds (a minute for an upload, 16 MiB at ~300 KB/s).
+    fn default() -> Self {
+        Self {
+            max_connections: 32,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_connection_time: Duration::from_secs(300),
+            close_grace: Duration::from_secs(1),
+            linger: Duration::from_secs(2),
+        }
+    }
+}
+
 /// What the admin endpoint serves from: the metrics, the rule control and who may use it.
 #[derive(Debug, Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
     control: Arc<RuleControl>,
     policy: Arc<Policy>,
+    /// One upload is read and gated at a time.
+    uploads: Arc<Semaphore>,
+    limits: Limits,
 }
 
 /// `[admin]` as the guard applies it.
@@ -258,16 +325,33 @@ async fn guard(State(state): State<AdminState>, mut request: Request, next: Next
                 .get(header::ORIGIN)
                 .and_then(|origin| origin.to_str().ok()),
         });
-        // Read what the client is still sending (as much as an upload may be): a connection
-        // closed on unread bytes is reset, and the client loses the answer.
-        let limit = state.control.max_component_bytes();
-        let _ = axum::body::to_bytes(request.into_body(), limit).await;
-        return refused.response(&path);
+        // The body is never read: the answer goes out from the head, and the connection is
+        // closed after it (lingering a moment over what the client still sends, unbuffered).
+        let mut response = refused.response(&path);
+        if has_body(request.headers()) {
+            closing(&mut response);
+        }
+        return response;
     }
     if authenticated.is_ok() {
         request.extensions_mut().insert(Authenticated);
     }
     next.run(request).await
+}
+
+/// Whether a request says it carries a body.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+}
+
+/// Marks `response` as the connection's last: its request's body is left unread.
+fn closing(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// `POST /rule` takes `application/wasm` (parameters aside); promote and rollback take
@@ -386,11 +470,43 @@ fn default_role() -> Role {
 async fn upload_rule(
     State(state): State<AdminState>,
     Query(query): Query<UploadQuery>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
+    let limit = state.control.max_component_bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok())
+        .and_then(|length| length.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&size| size > limit as u64) {
+        return too_large(size, limit);
+    }
+    // One upload at a time, its body within the body time (its wait for its turn included).
+    let deadline = Instant::now() + state.limits.body_timeout;
+    let Ok(Ok(permit)) =
+        tokio::time::timeout_at(deadline, Arc::clone(&state.uploads).acquire_owned()).await
+    else {
+        return body_timed_out(state.limits.body_timeout);
+    };
+    let bytes = match tokio::time::timeout_at(deadline, read_body(body, limit)).await {
+        Err(_) => return body_timed_out(state.limits.body_timeout),
+        Ok(Err(BodyRead::TooLarge(size))) => return too_large(size, limit),
+        Ok(Err(BodyRead::Failed(error))) => {
+            let mut response = json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": format!("cannot read the upload: {error}") }),
+            );
+            closing(&mut response);
+            return response;
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
     let control = state.control;
-    let offered =
-        tokio::task::spawn_blocking(move || control.offer(&body, None, "admin", query.role)).await;
+    let offered = tokio::task::spawn_blocking(move || {
+        let _permit: OwnedSemaphorePermit = permit;
+        control.offer(&bytes, None, "admin", query.role)
+    })
+    .await;
     match offered {
         Ok(result) => swap_response(result),
         Err(error) => json_response(
@@ -398,6 +514,56 @@ async fn upload_rule(
             &serde_json::json!({"error": error.to_string()}),
         ),
     }
+}
+
+/// Why an upload's body was not read whole.
+enum BodyRead {
+    /// Longer than the cap: this many bytes at least.
+    TooLarge(u64),
+    /// The client broke off or sent something unreadable.
+    Failed(axum::Error),
+}
+
+/// Reads a body of at most `limit` bytes, stopping at the first byte past it.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, BodyRead> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyRead::Failed)?;
+        let size = bytes.len() + chunk.len();
+        if size > limit {
+            return Err(BodyRead::TooLarge(size as u64));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// 413, from the declared length or as far as the body was read; the rest is left unread.
+fn too_large(size: u64, limit: usize) -> Response {
+    let mut response = json_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &serde_json::json!({
+            "error": format!(
+                "the upload is {size} bytes or more, over the cap of {limit} bytes \
+                 (rule.max_component_bytes)"
+            )
+        }),
+    );
+    closing(&mut response);
+    response
+}
+
+/// 408: the upload did not arrive within the body time.
+fn body_timed_out(within: Duration) -> Response {
+    let mut response = json_response(
+        StatusCode::REQUEST_TIMEOUT,
+        &serde_json::json!({
+            "error": format!("the upload did not arrive within {} s", within.as_secs())
+        }),
+    );
+    closing(&mut response);
+    response
 }
 
 async fn promote_rule(State(state): State<AdminState>) -> Response {
@@ -416,13 +582,18 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpLis
 }
 
 /// The endpoint's routes behind the guard.
-fn router(config: &AdminConfig, metrics: Arc<Metrics>, control: Arc<RuleControl>) -> Router {
-    // The largest rule component accepted: `rule.max_component_bytes`, as on every path.
-    let max_rule_bytes = control.max_component_bytes();
+fn router(
+    config: &AdminConfig,
+    metrics: Arc<Metrics>,
+    control: Arc<RuleControl>,
+    limits: Limits,
+) -> Router {
     let state = AdminState {
         metrics,
         control,
         policy: Arc::new(Policy::new(config)),
+        uploads: Arc::new(Semaphore::new(1)),
+        limits,
     };
     if state.policy.token_digest.is_none() {
         tracing::info!("no admin token: rule swaps through the admin endpoint are disabled");
@@ -431,12 +602,7 @@ fn router(config: &AdminConfig, metrics: Arc<Metrics>, control: Arc<RuleControl>
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route(
-            "/rule",
-            get(rule)
-                .post(upload_rule)
-                .layer(DefaultBodyLimit::max(max_rule_bytes)),
-        )
+        .route("/rule", get(rule).post(upload_rule))
         .route("/rule/status", get(rule_status))
         .route("/rule/promote", post(promote_rule))
         .route("/rule/rollback", post(rollback_rule))
@@ -444,28 +610,378 @@ fn router(config: &AdminConfig, metrics: Arc<Metrics>, control: Arc<RuleControl>
         .with_state(state)
 }
 
-/// Serves the admin endpoint until `shutdown` resolves.
+/// Serves the admin endpoint until `shutdown` resolves, within [`Limits::default`].
 pub(crate) fn serve_admin(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     config: &AdminConfig,
     metrics: Arc<Metrics>,
     control: Arc<RuleControl>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-    let app = router(config, metrics, control);
+    let limits = Limits::default();
+    let app = router(config, metrics, control, limits);
     async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
+        serve_connections(listener, app, limits, shutdown).await;
+        Ok(())
+    }
+}
+
+/// Accepts connections while fewer than `limits.max_connections` are open, and serves each
+/// with `app` until `shutdown` resolves; then gives the requests in progress
+/// `limits.close_grace` (and their lingering close `limits.linger`) and drops what is left.
+async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (closing, closed) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::debug!(%error, "admin endpoint cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            app.clone(),
+            limits,
+            permit,
+            closed.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.close_grace + limits.linger, drained)
         .await
+        .is_err()
+    {
+        tracing::info!(
+            connections = connections.len(),
+            "admin connections still busy at shutdown are dropped"
+        );
+    }
+    // Dropping the set aborts what is left.
+}
+
+/// Serves one connection (holding one of the connection permits) until the client closes it,
+/// a timeout closes it, its lifetime ends or the endpoint shuts down.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    _permit: OwnedSemaphorePermit,
+    mut closed: watch::Receiver<bool>,
+) {
+    let app = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        hyper::service::Service::call(&app, request)
+    });
+    let io = TokioIo::new(Lingering::new(stream, limits.linger));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(io, service);
+    let mut connection = pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "admin connection ended");
+            }
+            return;
+        }
+        () = tokio::time::sleep(limits.max_connection_time) => {}
+        _ = closed.wait_for(|closed| *closed) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(limits.close_grace, connection).await;
+}
+
+/// A connection's stream whose shutdown lingers: once the answer is out, the write side is
+/// closed and what the client still sends (a body the handler never read) is read into a
+/// scratch buffer and dropped, until the client closes or `linger` has passed. Closing a socket
+/// that has unread bytes resets the connection, and the client could lose the answer.
+#[derive(Debug)]
+struct Lingering {
+    stream: TcpStream,
+    linger: Duration,
+    /// Set once the write side is closed: when lingering ends.
+    until: Option<Pin<Box<Sleep>>>,
+}
+
+impl Lingering {
+    fn new(stream: TcpStream, linger: Duration) -> Self {
+        Self {
+            stream,
+            linger,
+            until: None,
+        }
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.until.is_none() {
+            if ready!(Pin::new(&mut this.stream).poll_shutdown(cx)).is_err() {
+                return Poll::Ready(Ok(()));
+            }
+            this.until = Some(Box::pin(tokio::time::sleep(this.linger)));
+        }
+        let mut scratch = [0u8; 8 << 10];
+        loop {
+            if let Some(until) = &mut this.until
+                && until.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Ok(()));
+            }
+            let mut discarded = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut discarded) {
+                Poll::Ready(Ok(())) if !discarded.filled().is_empty() => {}
+                // The client closed (or reset) its side: nothing more can be lost.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Serves `app` on a loopback port within `limits` until the sender is dropped or sent;
+    /// answers the address and the server's task.
+    async fn served(
+        app: Router,
+        limits: Limits,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let at = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_connections(listener, app, limits, async move {
+            let _ = stopped.await;
+        }));
+        (at, stop, server)
+    }
+
+    fn quick() -> Limits {
+        Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(300),
+            body_timeout: Duration::from_millis(300),
+            max_connection_time: Duration::from_secs(60),
+            close_grace: Duration::from_millis(100),
+            linger: Duration::from_secs(5),
+        }
+    }
+
+    /// Reads until the server closes the connection (or resets it); answers what was read.
+    async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+        let mut read = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return read,
+                Ok(n) => read.extend_from_slice(&buffer[..n]),
+            }
+        }
+    }
+
+    /// Sends a byte every 20 ms until the server closes the connection (a write fails).
+    async fn trickle(stream: &mut TcpStream) {
+        while stream.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn wedge_a_client_trickling_its_head_is_cut_off_at_the_header_timeout() {
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let (at, _stop, _server) = served(app, quick()).await;
+        let mut stream = TcpStream::connect(at).await.expect("connected");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("head begun");
+        // Ends when the server closes: an endless trickle would otherwise hang the test.
+        tokio::time::timeout(Duration::from_secs(60), trickle(&mut stream))
+            .await
+            .expect("the server must close a connection whose head never ends");
+        // An idle kept-alive connection is closed the same way.
+        let mut stream = TcpStream::connect(at).await.expect("connected");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let answer = tokio::time::timeout(Duration::from_secs(60), read_to_close(&mut stream))
+            .await
+            .expect("the server must close an idle connection");
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn wedge_shutdown_drops_a_client_still_sending_its_body() {
+        let app = Router::new().route(
+            "/",
+            post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+        let limits = Limits {
+            header_timeout: Duration::from_secs(60),
+            ..quick()
+        };
+        let (at, stop, server) = served(app, limits).await;
+        let mut stream = TcpStream::connect(at).await.expect("connected");
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx")
+            .await
+            .expect("head sent");
+        let trickling = tokio::spawn(async move { trickle(&mut stream).await });
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("a client still sending must not hold the shutdown")
+            .expect("the server's task");
+        tokio::time::timeout(Duration::from_secs(60), trickling)
+            .await
+            .expect("the trickling client's connection is closed")
+            .expect("the client's task");
+    }
+
+    #[tokio::test]
+    async fn wedge_an_answer_without_reading_the_body_reaches_a_client_still_sending_it() {
+        let app = Router::new().route(
+            "/",
+            post(|| async {
+                let mut response = StatusCode::UNAUTHORIZED.into_response();
+                closing(&mut response);
+                response
+            }),
+        );
+        let (at, _stop, _server) = served(app, quick()).await;
+        let size = 32 << 20;
+        let stream = TcpStream::connect(at).await.expect("connected");
+        let (mut reader, mut writer) = stream.into_split();
+        let sending = tokio::spawn(async move {
+            let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+            writer.write_all(head.as_bytes()).await.expect("head sent");
+            let chunk = vec![0u8; 64 << 10];
+            let mut sent = 0;
+            while sent < size {
+                match writer.write(&chunk).await {
+                    Ok(n) => sent += n,
+                    Err(_) => break,
+                }
+            }
+        });
+        // The client reads its answer only once it has sent everything, as simple clients do.
+        sending.await.expect("sent");
+        let mut answer = Vec::new();
+        let _ = reader.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 401"),
+            "the answer must reach the client, not a reset: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    #[tokio::test]
+    async fn wedge_connections_past_the_limit_wait_for_one_to_end() {
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let limits = Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(60),
+            ..quick()
+        };
+        let (at, _stop, _server) = served(app, limits).await;
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(at).await.expect("connected");
+            stream.write_all(request).await.expect("request");
+            let mut buffer = [0u8; 1024];
+            let n = stream.read(&mut buffer).await.expect("answered");
+            assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+            held.push(stream);
+        }
+        let mut third = TcpStream::connect(at).await.expect("in the backlog");
+        third.write_all(request).await.expect("request");
+        let mut buffer = [0u8; 1024];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), third.read(&mut buffer))
+                .await
+                .is_err(),
+            "a third connection is served while two are open"
+        );
+        drop(held.pop());
+        let n = tokio::time::timeout(Duration::from_secs(60), third.read(&mut buffer))
+            .await
+            .expect("served once a connection ended")
+            .expect("answered");
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

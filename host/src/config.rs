@@ -71,8 +71,9 @@ pub struct PipelineConfig {
     pub batch_size: usize,
     /// How a message's fields map to an event.
     pub mapping: FieldMapping,
-    /// How often a key is reloaded and decided again after losing a compare-and-set race
-    /// before the batch fails (and, unacknowledged, is delivered again).
+    /// How often a key is decided again at once after losing a compare-and-set race; past
+    /// that, it is tried again after a growing backoff (`backoff_ms` to `max_backoff_ms`,
+    /// counted as `unavailable{service="store",operation="contended"}`) until it lands.
     pub max_write_attempts: u32,
     /// How often a failed decision is retried on a fresh rule instance before the event is
     /// dead-lettered.
@@ -201,6 +202,11 @@ pub struct FleetConfig {
     /// This instance's name in `converge rule status`; default: host name and process id.
     #[serde(default)]
     pub instance: Option<String>,
+    /// Serve unsigned rules from the fleet when `rule.trusted_keys` is empty. Without trusted
+    /// keys, whoever can write the fleet's Redis decides what every instance serves, so a
+    /// fleet without them is refused unless this is set (and `serve` warns at start).
+    #[serde(default)]
+    pub allow_unsigned: bool,
 }
 
 fn default_deadline_ms() -> u64 {
@@ -547,6 +553,41 @@ pub struct RedisStreamConfig {
     /// About how many entries the stream keeps; older ones are trimmed (`MAXLEN ~`).
     #[serde(default = "default_stream_max_len")]
     pub max_len: u64,
+    /// About how many bytes of entries the stream keeps: fewer entries are kept when they are
+    /// large (`MAXLEN ~` of this over the largest entry sent), so a flood of large bad
+    /// messages cannot fill Redis.
+    #[serde(default = "default_stream_max_bytes")]
+    pub max_bytes: u64,
+    /// Bodies beyond this are cut (the entry's `truncated_from` field gives the size); the
+    /// whole message stays in the source at the entry's `position`.
+    #[serde(default = "default_stream_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl RedisStreamConfig {
+    /// The stream at key `stream`, every other setting at its default.
+    pub fn named(stream: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            max_len: DEFAULT_STREAM_MAX_LEN,
+            max_bytes: DEFAULT_STREAM_MAX_BYTES,
+            max_body_bytes: DEFAULT_STREAM_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// How many bytes of entries a Redis-stream dead-letter queue keeps by default.
+pub const DEFAULT_STREAM_MAX_BYTES: u64 = 256 << 20;
+
+fn default_stream_max_bytes() -> u64 {
+    DEFAULT_STREAM_MAX_BYTES
+}
+
+/// The largest dead-letter body a Redis stream keeps by default.
+pub const DEFAULT_STREAM_MAX_BODY_BYTES: usize = 64 << 10;
+
+fn default_stream_max_body_bytes() -> usize {
+    DEFAULT_STREAM_MAX_BODY_BYTES
 }
 
 /// How many entries a Redis-stream dead-letter queue keeps by default.
@@ -598,6 +639,12 @@ pub struct EnrichConfig {
     /// final at once.
     #[serde(default = "default_not_found_grace_ms")]
     pub not_found_grace_ms: u64,
+    /// With `on_unavailable = "wait"`: how long one key may keep failing (as an outage does)
+    /// while the API answers other keys, before its messages are dead-lettered as
+    /// `not_enriched` with the last answer. A failure of every key is an outage and is waited
+    /// out without limit; one broken order must not hold every partition.
+    #[serde(default = "default_key_give_up_ms")]
+    pub key_give_up_ms: u64,
 }
 
 /// What enrichment does while the order API cannot answer.
@@ -628,6 +675,9 @@ fn default_enrich_max_backoff_ms() -> u64 {
 }
 fn default_not_found_grace_ms() -> u64 {
     5_000
+}
+fn default_key_give_up_ms() -> u64 {
+    60_000
 }
 
 /// Why a configuration was refused.
@@ -702,6 +752,13 @@ pub enum Problem {
     /// The rule path names no file.
     #[error("{} is not a file", .0.display())]
     NotAFile(PathBuf),
+    /// A fleet without trusted keys: anyone who can write its Redis would choose the rule.
+    #[error(
+        "needs rule.trusted_keys (every instance then serves only rules signed by one of \
+         them), or rule.fleet.allow_unsigned = true to accept that whoever can write the \
+         fleet's Redis chooses what every instance serves"
+    )]
+    UnsignedFleet,
     /// A trusted key (its id) is listed twice.
     #[error("lists the key {0} twice")]
     DuplicateKey(String),
@@ -786,6 +843,22 @@ fn at_least_once_breaker(
             "enable.auto.offset.store" if truthy(value) => Some(
                 "offsets would be stored as messages are delivered, before their states are \
                  written; a crash would skip them",
+            ),
+            "auto.offset.reset" | "topic.auto.offset.reset"
+                if matches!(
+                    value.trim().to_ascii_lowercase().as_str(),
+                    "latest" | "largest" | "end"
+                ) =>
+            {
+                Some(
+                    "a group without a committed offset (new, or whose offsets expired) would \
+                     start at the end of each partition and never see what came before; only \
+                     earliest keeps every message",
+                )
+            }
+            "isolation.level" if value.trim().eq_ignore_ascii_case("read_uncommitted") => Some(
+                "messages of aborted transactions would be applied as if they had been \
+                 produced; read_committed (the default) delivers only committed ones",
             ),
             "acks" | "request.required.acks"
                 if dead_letters_to_kafka
@@ -950,6 +1023,12 @@ impl Config {
         let mut trusted = std::collections::HashSet::new();
         if let Some(twice) = rule.trusted_keys.iter().find(|key| !trusted.insert(**key)) {
             return invalid("rule.trusted_keys", Problem::DuplicateKey(twice.id()));
+        }
+        if let Some(fleet) = &rule.fleet
+            && rule.trusted_keys.is_empty()
+            && !fleet.allow_unsigned
+        {
+            return invalid("rule.fleet", Problem::UnsignedFleet);
         }
         if let Some(auto_rollback) = &rule.auto_rollback {
             let increase = auto_rollback.max_ignore_share_increase;
@@ -1279,6 +1358,9 @@ mod tests {
             ("acks", "1"),
             ("acks", "0"),
             ("request.required.acks", "1"),
+            ("auto.offset.reset", "latest"),
+            ("auto.offset.reset", "largest"),
+            ("isolation.level", "read_uncommitted"),
         ] {
             let error = with(property, value).expect_err(property);
             let ConfigError::Invalid {
@@ -1299,8 +1381,42 @@ mod tests {
             with("enable.auto.offset.store", "false").expect("valid");
             with("acks", "all").expect("valid");
             with("acks", "-1").expect("valid");
+            with("auto.offset.reset", "earliest").expect("valid");
+            with("isolation.level", "read_committed").expect("valid");
             with("security.protocol", "SASL_SSL").expect("valid");
         }
+    }
+
+    #[test]
+    fn wedge_a_fleet_without_trusted_keys_is_refused_unless_unsigned_rules_are_allowed() {
+        if !cfg!(all(feature = "kafka", feature = "redis")) {
+            // The configuration names transports this build refuses first.
+            return;
+        }
+        let mut config = parse(VALID).expect("parses");
+        config.rule.trusted_keys.clear();
+        config.rule.fleet = Some(FleetConfig {
+            redis: "redis://127.0.0.1:6379".to_owned(),
+            name: "kitchen".to_owned(),
+            instance: None,
+            allow_unsigned: false,
+        });
+        let error = config.validate().expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    setting: "rule.fleet",
+                    problem: Problem::UnsignedFleet
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("allow_unsigned"), "{error}");
+        if let Some(fleet) = &mut config.rule.fleet {
+            fleet.allow_unsigned = true;
+        }
+        config.validate().expect("allowed explicitly");
     }
 
     #[test]
@@ -1314,10 +1430,8 @@ mod tests {
             wait_replicas: 0,
             wait_timeout_ms: DEFAULT_WAIT_TIMEOUT_MS,
         });
-        config.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig {
-            stream: "converge:dead-letters".to_owned(),
-            max_len: DEFAULT_STREAM_MAX_LEN,
-        });
+        config.dead_letter =
+            DeadLetterConfig::RedisStream(RedisStreamConfig::named("converge:dead-letters"));
         let error = config.validate().expect_err("refused");
         if !cfg!(feature = "redis") {
             // Without Redis the store itself is refused first.

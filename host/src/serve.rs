@@ -17,6 +17,7 @@ use crate::source::SourceError;
 use crate::store::StoreError;
 use crate::swap::{RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file};
 use crate::telemetry::Metrics;
+use crate::telemetry::events::Unavailable;
 
 /// Why serving stopped with an error. Unacknowledged messages are delivered again on restart.
 #[derive(Debug, thiserror::Error)]
@@ -85,16 +86,50 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let control = Arc::new(load_rule(&config.rule, &metrics)?);
     tracing::info!(rule = %control.active_info().stamp(), "rule loaded");
+    let mut shutdown = std::pin::pin!(shutdown);
+    let starting = Starting {
+        metrics: &metrics,
+        config: &config.pipeline,
+    };
 
     // Background tasks (admin, file watch, fleet) stop when the pipeline has.
     let (stopped, stop) = watch::channel(false);
-    let background = start_background(config, &control, &metrics, &stop).await?;
+    let Some(background) =
+        start_background(config, &control, &metrics, &stop, &starting, &mut shutdown).await?
+    else {
+        return Ok(Stats::default());
+    };
+    let stop_background = async |background: Vec<JoinHandle<()>>| {
+        let _ = stopped.send(true);
+        for task in background {
+            let _ = task.await;
+        }
+    };
 
-    let store = config.store.open().await?;
-    let dead_letters = config
-        .dead_letter
-        .build(&config.source, &config.store)
+    // A store or dead-letter queue down at start is an outage like any other: waited out,
+    // rather than an exit that a supervisor would turn into a crash loop.
+    let opened = starting
+        .wait("store", &mut shutdown, store_unreachable, async || {
+            config.store.open().await
+        })
         .await?;
+    let Some(store) = opened else {
+        stop_background(background).await;
+        return Ok(Stats::default());
+    };
+    warn_of_eviction(&store).await;
+    let opened = starting
+        .wait(
+            "dead-letter queue",
+            &mut shutdown,
+            dead_letters_unreachable,
+            async || config.dead_letter.build(&config.source, &config.store).await,
+        )
+        .await?;
+    let Some(dead_letters) = opened else {
+        stop_background(background).await;
+        return Ok(Stats::default());
+    };
     let mut source = config.source.build(&config.pipeline, &metrics).await?;
     let pipeline = Pipeline::new(control.rule(), store, dead_letters, config.pipeline.clone());
     #[cfg(feature = "http")]
@@ -110,11 +145,11 @@ pub async fn serve(
     tracing::info!("serving");
     let result = pipeline.run(&mut source, shutdown).await;
     metrics.set_ready(false);
-    let _ = stopped.send(true);
-    for task in background {
-        let _ = task.await;
-    }
+    // The source first: its offsets are committed and the group left before any background
+    // task is awaited (a client of the admin endpoint gets a short grace, then is dropped),
+    // so nothing beside the pipeline can hold a shutdown ahead of the commit.
     source.close().await;
+    stop_background(background).await;
     result?;
     let stats = pipeline.stats().clone();
     tracing::info!(messages = stats.messages, writes = stats.writes, "stopped");
@@ -153,14 +188,109 @@ fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl,
     .with_auto_rollback(config.auto_rollback))
 }
 
+/// Warns when the store's Redis may evict keys: a state evicted is a key whose history starts
+/// over, which no rule can make converge.
+async fn warn_of_eviction(store: &crate::store::AnyStore) {
+    #[cfg(feature = "redis")]
+    if let crate::store::AnyStore::Redis(redis) = store
+        && let Some(policy) = redis.eviction_policy().await
+        && policy != "noeviction"
+    {
+        tracing::warn!(
+            policy,
+            "the store's Redis may evict keys (maxmemory-policy is not noeviction): an evicted \
+             state starts over from the next event; set maxmemory-policy noeviction"
+        );
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = store;
+}
+
+/// Waits out what `serve` needs at start while it is unreachable.
+struct Starting<'a> {
+    metrics: &'a Metrics,
+    /// Its `backoff_ms` and `max_backoff_ms` pace the attempts.
+    config: &'a crate::config::PipelineConfig,
+}
+
+impl Starting<'_> {
+    /// `open`s `service`, retrying with backoff (each failure one log line and one count of
+    /// `unavailable_total{service,operation="start"}`) while `unreachable` says it is down;
+    /// `None` when shutdown is asked for meanwhile. Other errors end the start.
+    async fn wait<T, E: std::fmt::Display>(
+        &self,
+        service: &'static str,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+        unreachable: impl Fn(&E) -> bool,
+        mut open: impl AsyncFnMut() -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
+        let mut backoff = crate::backoff::Backoff::new(
+            Duration::from_millis(self.config.backoff_ms),
+            Duration::from_millis(self.config.max_backoff_ms),
+        );
+        loop {
+            let error = tokio::select! {
+                opened = open() => match opened {
+                    Ok(opened) => return Ok(Some(opened)),
+                    Err(error) if unreachable(&error) => error,
+                    Err(error) => return Err(error),
+                },
+                () = &mut *shutdown => return Ok(None),
+            };
+            let wait = backoff.next_wait();
+            self.metrics.emit(Unavailable {
+                service,
+                operation: "start",
+                reason: &error,
+                retry_in: wait,
+            });
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut *shutdown => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Whether a Redis error is the server being unreachable (refused, reset, timed out), as
+/// opposed to an answer (wrong password, unknown command) that waiting would not change.
+#[cfg(feature = "redis")]
+fn redis_unreachable(error: &::redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+}
+
+fn store_unreachable(error: &StoreError) -> bool {
+    match error {
+        #[cfg(feature = "redis")]
+        StoreError::Redis(error) => redis_unreachable(error),
+        StoreError::Unavailable(_) => true,
+        _ => false,
+    }
+}
+
+fn dead_letters_unreachable(error: &DeadLetterError) -> bool {
+    match error {
+        #[cfg(feature = "redis")]
+        DeadLetterError::Redis { source, .. } => redis_unreachable(source),
+        DeadLetterError::Unavailable(_) => true,
+        _ => false,
+    }
+}
+
 /// Starts what runs beside the pipeline until `stop` turns true: the fleet follower, the rule
-/// file watch and the admin endpoint.
+/// file watch and the admin endpoint. `None`: shutdown was asked for while the fleet's Redis
+/// was waited for.
 async fn start_background(
     config: &Config,
     control: &Arc<RuleControl>,
     metrics: &Arc<Metrics>,
     stop: &watch::Receiver<bool>,
-) -> Result<Vec<JoinHandle<()>>, ServeError> {
+    starting: &Starting<'_>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<Vec<JoinHandle<()>>>, ServeError> {
     let stop_signal = || {
         let mut stop = stop.clone();
         async move {
@@ -170,10 +300,29 @@ async fn start_background(
     let mut background = Vec::new();
     #[cfg(feature = "redis")]
     if let Some(fleet_config) = &config.rule.fleet {
-        let fleet = crate::swap::Fleet::connect(&fleet_config.redis, &fleet_config.name).await?;
+        if config.rule.trusted_keys.is_empty() {
+            tracing::warn!(
+                fleet = %fleet_config.name,
+                "rule.fleet.allow_unsigned: this instance serves unsigned rules from the fleet; \
+                 whoever can write the fleet's Redis chooses what it serves"
+            );
+        }
         // The fleet's rule, if it has one, serves from the first batch.
-        let mut seen = (None, None);
-        fleet.sync(control, &mut seen).await?;
+        let fleet_unreachable = |error: &crate::swap::FleetError| {
+            matches!(error, crate::swap::FleetError::Redis(error) if redis_unreachable(error))
+        };
+        let opened = starting
+            .wait("fleet", shutdown, fleet_unreachable, async || {
+                let fleet =
+                    crate::swap::Fleet::connect(&fleet_config.redis, &fleet_config.name).await?;
+                let mut seen = (None, None);
+                fleet.sync(control, &mut seen).await?;
+                Ok((fleet, seen))
+            })
+            .await?;
+        let Some((fleet, seen)) = opened else {
+            return Ok(None);
+        };
         let instance = fleet_config
             .instance
             .clone()
@@ -186,7 +335,18 @@ async fn start_background(
             stop_signal(),
         )));
     }
-    if config.rule.watch {
+    // With a fleet, the fleet's pointers decide what serves; a watched file beside them would
+    // fight them (each change of either undoing the other), so the file is the start-up rule
+    // only.
+    let fleet = cfg!(feature = "redis") && config.rule.fleet.is_some();
+    if config.rule.watch && fleet {
+        tracing::warn!(
+            path = %config.rule.path.display(),
+            "rule.watch is ignored: with rule.fleet, the file is the start-up rule only; \
+             publish new versions with `converge rule publish`"
+        );
+    }
+    if config.rule.watch && !fleet {
         background.push(watch_rule_file(
             config.rule.path.clone(),
             Arc::clone(control),
@@ -217,7 +377,7 @@ async fn start_background(
     }
     // Unused without the transports.
     let _ = metrics;
-    Ok(background)
+    Ok(Some(background))
 }
 
 /// `host-pid`: unique among instances on one host, recognisable in `converge rule status`.

@@ -32,6 +32,13 @@
 //! each rule version, active or shadow; the share over about its last 10,000),
 //! `rule_auto_rollbacks_total`, `admin_refusals_total{reason}` (admin requests refused:
 //! `disabled`, `origin`, `no_token`, `bad_token`, `content_type`).
+//!
+//! Series labelled with a rule version (`rule_info`, `ignores_total`, `rule_decisions_total`,
+//! `ignore_share`) are kept for the versions an instance can still serve: the active one, the
+//! one before it (a rollback's target) and the shadow. When the active or the shadow rule
+//! changes, the series of every other version are dropped, so a fleet republishing its rule
+//! every minute does not grow `/metrics` without bound. (A shadow stopped without a
+//! replacement keeps its series until the next change of the active rule.)
 
 // Every metric is registered (and exported, at zero) in every build; a build without a
 // transport never records the ones only that transport reports.
@@ -43,8 +50,9 @@
 pub(crate) mod events;
 mod ignores;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -143,9 +151,33 @@ pub struct Metrics {
     admin_refusals: Family<ReasonLabel, Counter>,
     /// Ignores by reason, decisions and ignore share per rule version, auto-rollbacks.
     silence: ignores::SilenceMetrics,
-    /// The stamp `rule_info` shows as 1, so a swap can set it back to 0.
-    active_rule: Mutex<Option<String>>,
+    /// The versions whose series are kept, and every version with series.
+    versions: Mutex<RuleVersions>,
     ready: AtomicBool,
+}
+
+/// The rule versions (stamps) an instance can still serve, whose series are kept, and the
+/// versions that have series at all (those of `ignores_total` aside: its reasons are tracked
+/// with the reasons' labels).
+#[derive(Debug, Default)]
+struct RuleVersions {
+    /// The stamp `rule_info` shows as 1.
+    active: Option<String>,
+    /// The version the active one replaced (`rule_info` 0): what a rollback brings back.
+    previous: Option<String>,
+    /// The shadow, as the pipeline last took up its rules: the active rule's meter is taken
+    /// first, then the shadow's if one runs (see [`Metrics::rule_meter`]).
+    shadow: Option<String>,
+    /// Every version with series, and the roles it was metered in.
+    labelled: HashMap<String, HashSet<&'static str>>,
+}
+
+impl RuleVersions {
+    fn keeps(&self, rule: &str) -> bool {
+        [&self.active, &self.previous, &self.shadow]
+            .into_iter()
+            .any(|kept| kept.as_deref() == Some(rule))
+    }
 }
 
 impl Default for Metrics {
@@ -347,7 +379,7 @@ impl Default for Metrics {
             shadow_disagreements,
             admin_refusals,
             silence,
-            active_rule: Mutex::new(None),
+            versions: Mutex::new(RuleVersions::default()),
             ready: AtomicBool::new(false),
         }
     }
@@ -370,24 +402,68 @@ impl Metrics {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Records the rule now serving: `rule_info{rule}` is 1 for it and 0 for the one before.
+    /// Records the rule now serving: `rule_info{rule}` is 1 for it and 0 for the one before
+    /// (which becomes the previous version); drops the series of versions that are neither
+    /// active, previous nor shadow.
     pub(crate) fn set_rule(&self, info: &RuleInfo) {
         let stamp = info.stamp();
-        let mut active = self
-            .active_rule
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(previous) = active.take() {
-            self.rule_info
-                .get_or_create(&RuleLabel { rule: previous })
-                .set(0);
+        let mut versions = self.versions();
+        if let Some(previous) = versions.active.replace(stamp.clone()) {
+            if previous != stamp {
+                self.rule_info
+                    .get_or_create(&RuleLabel {
+                        rule: previous.clone(),
+                    })
+                    .set(0);
+            }
+            versions.previous = Some(previous);
         }
         self.rule_info
             .get_or_create(&RuleLabel {
                 rule: stamp.clone(),
             })
             .set(1);
-        *active = Some(stamp);
+        versions.labelled.entry(stamp).or_default();
+        self.drop_retired(&mut versions);
+    }
+
+    fn versions(&self) -> MutexGuard<'_, RuleVersions> {
+        self.versions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that `rule` is metered in `role`: the pipeline takes up its rules by metering
+    /// the active one, then the shadow if one runs, so the shadow is known from these calls.
+    /// A new shadow drops the series of versions no longer served.
+    fn metered(&self, rule: &str, role: &'static str) {
+        let mut versions = self.versions();
+        versions
+            .labelled
+            .entry(rule.to_owned())
+            .or_default()
+            .insert(role);
+        match role {
+            "shadow" => {
+                versions.shadow = Some(rule.to_owned());
+                self.drop_retired(&mut versions);
+            }
+            _ => versions.shadow = None,
+        }
+    }
+
+    /// Drops every series of the versions `versions` no longer keeps.
+    fn drop_retired(&self, versions: &mut RuleVersions) {
+        let retired: Vec<(String, HashSet<&'static str>)> = versions
+            .labelled
+            .iter()
+            .filter(|(rule, _)| !versions.keeps(rule))
+            .map(|(rule, roles)| (rule.clone(), roles.clone()))
+            .collect();
+        for (rule, roles) in retired {
+            versions.labelled.remove(&rule);
+            self.silence.forget(&rule, &roles);
+            self.rule_info.remove(&RuleLabel { rule });
+        }
+        self.forget_ignores(|rule| versions.keeps(rule));
     }
 
     pub(crate) fn record_swap(
@@ -539,5 +615,87 @@ impl Metrics {
     /// Emits a named event: its log line and its count.
     pub(crate) fn emit(&self, event: impl InternalEvent) {
         event.emit(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::entity::Decision;
+
+    fn info(version: &str) -> RuleInfo {
+        RuleInfo {
+            name: "r".to_owned(),
+            version: version.to_owned(),
+            statuses: vec!["paid".to_owned()],
+        }
+    }
+
+    /// What the pipeline does with a version serving in `role`: takes up its meter, counts a
+    /// decision and an ignore.
+    fn serve(metrics: &Metrics, rule: &str, role: &'static str) {
+        let ignore = [Decision::Ignore("stale".to_owned())];
+        metrics
+            .rule_meter(rule, role)
+            .record(&KindCounts::of(&ignore), 1.0);
+        metrics.record_ignores(rule, &HashMap::from([("stale".to_owned(), 1)]));
+    }
+
+    fn versions_in(text: &str) -> Vec<String> {
+        let mut versions: Vec<String> = text
+            .lines()
+            .filter_map(|line| line.split_once("rule=\"r@")?.1.split_once('"'))
+            .map(|(version, _)| version.to_owned())
+            .collect();
+        versions.sort();
+        versions.dedup();
+        versions
+    }
+
+    #[test]
+    fn wedge_series_of_versions_no_longer_served_are_dropped() {
+        let metrics = Metrics::new();
+        metrics.set_rule(&info("1"));
+        serve(&metrics, "r@1", "active");
+        for version in ["2", "3", "4"] {
+            metrics.set_rule(&info(version));
+            serve(&metrics, &format!("r@{version}"), "active");
+        }
+        let text = metrics.render();
+        assert_eq!(versions_in(&text), ["3", "4"], "{text}");
+        assert!(
+            text.contains("converge_rule_info{rule=\"r@4\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("converge_rule_info{rule=\"r@3\"} 0"),
+            "{text}"
+        );
+
+        // A shadow is kept beside them; a new shadow replaces it.
+        serve(&metrics, "r@4", "active");
+        serve(&metrics, "r@5", "shadow");
+        assert_eq!(versions_in(&metrics.render()), ["3", "4", "5"]);
+        serve(&metrics, "r@4", "active");
+        serve(&metrics, "r@6", "shadow");
+        assert_eq!(versions_in(&metrics.render()), ["3", "4", "6"]);
+
+        // Promoted: the shadow is active, the active one previous, the one before dropped.
+        metrics.set_rule(&info("6"));
+        serve(&metrics, "r@6", "active");
+        assert_eq!(versions_in(&metrics.render()), ["4", "6"]);
+        // A rollback keeps both: the previous comes back, the active becomes the previous.
+        metrics.set_rule(&info("4"));
+        serve(&metrics, "r@4", "active");
+        let text = metrics.render();
+        assert_eq!(versions_in(&text), ["4", "6"], "{text}");
+        assert!(
+            text.contains(
+                "converge_rule_decisions_total{rule=\"r@4\",role=\"active\",decision=\"ignore\"} 4"
+            ),
+            "a version kept keeps its counts: {text}"
+        );
     }
 }

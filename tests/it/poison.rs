@@ -391,10 +391,7 @@ async fn poison_redis_stream_dead_letters_beside_a_cluster_store_are_refused_at_
         &format!("{topic}-group"),
         config::cluster_store(&unique_prefix("poison-cluster")),
     );
-    settings.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig {
-        stream: format!("{topic}:dead-letters"),
-        max_len: converge::config::DEFAULT_STREAM_MAX_LEN,
-    });
+    settings.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{topic}:dead-letters")));
     let path = config::write(dir.path(), &settings);
     let log = dir.path().join("serve.log");
     let mut server = Command::new(build::converge_binary())
@@ -619,4 +616,96 @@ async fn poison_a_state_key_of_the_wrong_type_is_dead_lettered_and_left_untouche
         ]
     })
     .await;
+}
+
+/// Issue 24, item 2: a fence the script and the loader read differently (`wid` "05" or "+5",
+/// `rev` "01", a writer without a revision) conflicted on every write, so one such key made
+/// `serve` exit, and every restart meet it again. Each is now unreadable: set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_a_non_canonical_fence_is_set_aside_and_serve_keeps_running() {
+    unreadable_states_are_set_aside("wedge-fence", |prefix| {
+        let hash = |key: &str, fence: &[(&str, &str)]| {
+            let mut command = redis::cmd("HSET");
+            command.arg(format!("{prefix}{key}")).arg(fence).arg(&[
+                ("status", "created"),
+                ("version", "1"),
+                ("timestamp_ms", "0"),
+                ("payload", "null"),
+                ("rule", "order-status@0.1.0"),
+            ]);
+            command
+        };
+        vec![
+            (
+                "order-2",
+                Some("\"05\""),
+                hash("order-2", &[("rev", "1"), ("wid", "05")]),
+            ),
+            (
+                "order-5",
+                Some("\"+5\""),
+                hash("order-5", &[("rev", "1"), ("wid", "+5")]),
+            ),
+            (
+                "order-6",
+                Some("\"01\""),
+                hash("order-6", &[("rev", "01"), ("wid", "5")]),
+            ),
+            ("order-9", Some("wid=\"5\""), hash("order-9", &[("wid", "5")])),
+        ]
+    })
+    .await;
+}
+
+/// Issue 24, item 12: a Kafka dead-letter topic that refuses a letter for good (here: larger
+/// than the topic's `max.message.bytes`) was taken for an outage, so the partition waited
+/// forever and said nothing useful. `serve` now stops, naming the topic and what to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_a_dead_letter_topic_that_refuses_for_good_stops_serve_naming_it() {
+    let topic = TestTopic::create("wedge-dlq-refuses", 1).await;
+    let dead_letters = TestTopic::create_replicated(
+        &converge_tests::kafka::brokers(),
+        "wedge-dlq-refuses-dlq",
+        1,
+        1,
+        &[("max.message.bytes", "2048")],
+    )
+    .await;
+    let redis = TestStore::standalone("wedge-dlq-refuses").await;
+    let group = format!("{}-group", topic.name);
+    let settings = config::kafka_serve(
+        &topic.name,
+        &dead_letters.name,
+        &group,
+        config::standalone_store(redis.store.prefix()),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("serve.log");
+    let mut server = serve(&config::write(dir.path(), &settings), &log);
+    // Not JSON, and larger than the dead-letter topic takes.
+    topic
+        .produce_raw("poison", &[vec![b'{'; 16 << 10]])
+        .await;
+    let deadline = std::time::Instant::now() + WITHIN;
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("serve's status") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = server.kill();
+            panic!(
+                "serve kept waiting on a topic that refuses the letter; its log:\n{}",
+                tail(&log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success(), "serve stopped with an error");
+    let log = tail(&log);
+    assert!(
+        log.contains(&dead_letters.name) && log.contains("refuses dead letters"),
+        "the error names the topic:\n{log}"
+    );
+    // Nothing was acknowledged past the message whose letter could not be sent.
+    assert_eq!(topic.progress(&group), [(0, 1)], "the poison is read again");
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use converge::config::{AdminConfig, RedisStoreConfig, SourceConfig, StoreConfig};
 use converge::entity::Event;
-use converge::store::RedisStore;
+use converge::store::{RedisStore, Store, Write, WriteOutcome};
 use converge_tests::fault_proxy::{FaultProxy, Outage};
 use converge_tests::kafka::TestTopic;
 use converge_tests::orders::OrderStream;
@@ -267,6 +267,8 @@ struct Proxied {
     direct: RedisStore,
     watcher: Watcher,
     started: Instant,
+    /// `serve`'s configuration, for a second member of the same group.
+    settings: converge::config::Config,
 }
 
 impl Proxied {
@@ -329,6 +331,7 @@ impl Proxied {
             direct,
             watcher,
             started,
+            settings,
         };
         // Faults must strike a pipeline that is writing, not one still starting.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -353,6 +356,19 @@ impl Proxied {
             .await
             .expect("body");
         counter(&metrics, "converge_rebalances_total")
+    }
+
+    /// A second `serve` in the same group, with an admin endpoint of its own; its log is
+    /// `serve-2.log` beside the first's.
+    fn start_second(&self) -> Server {
+        let mut settings = self.settings.clone();
+        if let Some(admin) = &mut settings.admin {
+            admin.listen = free_loopback_addr();
+        }
+        let dir = self.dir.path().join("second");
+        std::fs::create_dir_all(&dir).expect("second's dir");
+        let config = config::write(&dir, &settings);
+        Server::start(&config, &self.dir.path().join("serve-2.log"))
     }
 
     fn take_rest(&mut self) -> Vec<Event> {
@@ -650,4 +666,147 @@ async fn t4_outage_past_max_poll_interval_keeps_the_group_and_converges() {
         store_failures(&metrics, None) > 0.0,
         "serve never saw the store fail:\n{metrics}"
     );
+}
+
+/// Issue 24, item 4: a rebalance during an outage hold. While the store is down the member
+/// holds (pauses its partitions, polls on); a second member joins then, and takes some of
+/// them; after the outage it leaves, and they come back. librdkafka keeps a partition's pause
+/// across a revoke and a later assignment, so a member that forgot what it had paused left the
+/// returning partitions paused for good, and one that did not pause partitions assigned during
+/// the hold fetched them into memory. Every key must converge with the offsets at the end of
+/// every partition, and the first member's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_a_rebalance_during_an_outage_hold_leaves_no_partition_paused() {
+    let mut run = Proxied::start(Setup {
+        test: "wedge-hold",
+        orders: 3_000,
+        seed: 47,
+        timeout_ms: 500,
+        properties: &[],
+    })
+    .await;
+    let rest = run.take_rest();
+    let (during, after) = rest.split_at(rest.len() / 2);
+    let joined = run.rebalances().await;
+    assert!(joined > 0.0, "serve has not joined its group yet");
+    run.proxy.outage(Outage::Refuse);
+    run.topic.produce(during).await;
+    // Past the pipeline's second of patience: the first member holds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut second = run.start_second();
+    // The group gives the newcomer some of the held partitions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.rebalances().await <= joined {
+        assert!(
+            Instant::now() < deadline,
+            "the second member never took a partition"
+        );
+        assert!(second.exited().is_none(), "the second member exited");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.assert_serving("with the second member in the group, during the outage");
+    let moved = run.rebalances().await;
+    run.proxy.restore();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The second member leaves: its partitions go back to the first.
+    second.terminate();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.rebalances().await <= moved {
+        assert!(
+            Instant::now() < deadline,
+            "the partitions never came back to the first member"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Events for every partition, the returned ones included, after they returned.
+    run.topic.produce(after).await;
+    let peak = peak_rss_mib(&run.server);
+    run.finish().await;
+    eprintln!("wedge-hold: the first member's peak RSS {peak} MiB");
+    assert!(peak < 512, "the first member's peak RSS grew to {peak} MiB");
+}
+
+/// A process's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
+        .expect("/proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+        / 1024
+}
+
+/// Issue 24, item 8: a batch of large states went to Redis as one pipeline, whatever its
+/// size; on a link where that pipeline outlasts `store.timeout_ms`, every attempt timed out
+/// and the partition waited forever. Writes now go in pipelines of at most a few MiB, and a
+/// load that timed out is retried in smaller ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_large_states_are_written_and_loaded_within_the_store_timeout() {
+    let redis = PrivateRedis::start();
+    let proxy = FaultProxy::start(address(&redis)).await;
+    let prefix = unique_prefix("wedge-large");
+    let timeout = Duration::from_secs(1);
+    // 32 states of 1 MiB take 1.6 s through the link; 4 MiB of them, 0.2 s.
+    proxy.throttle(20 << 20);
+    let payload = format!("\"{}\"", "x".repeat(1 << 20));
+    let writes: Vec<Write> = (0..32)
+        .map(|n| Write {
+            key: format!("large-{n}"),
+            expected_revision: 0,
+            expected_writer: 0,
+            writer: converge::store::new_writer_id(),
+            state: Event {
+                key: format!("large-{n}"),
+                status: "created".to_owned(),
+                version: 1,
+                timestamp_ms: 0,
+                payload: payload.clone(),
+            },
+            rule: "test@1".to_owned(),
+            position: format!("line {n}"),
+        })
+        .collect();
+    let store = RedisStore::connect_with_timeout(&proxy.redis_url(), &prefix, timeout)
+        .await
+        .expect("connects through the proxy");
+    let outcomes = store
+        .write(&writes)
+        .await
+        .expect("the writes fit the timeout");
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, WriteOutcome::Written { revision: 1 })),
+        "{outcomes:?}"
+    );
+
+    // A store that has seen no state yet: its first load may time out, the retries must not.
+    let keys: Vec<String> = writes.iter().map(|write| write.key.clone()).collect();
+    let fresh = RedisStore::connect_with_timeout(&proxy.redis_url(), &prefix, timeout)
+        .await
+        .expect("connects through the proxy");
+    let mut failures = Vec::new();
+    let loaded = loop {
+        match fresh.load(&keys).await {
+            Ok(loaded) => break loaded,
+            Err(error) => {
+                assert!(error.is_transient(), "{error}");
+                failures.push(error.to_string());
+                assert!(
+                    failures.len() < 12,
+                    "the load never fits the timeout: {failures:?}"
+                );
+            }
+        }
+    };
+    assert!(
+        loaded
+            .iter()
+            .all(|current| current.as_ref().is_some_and(|c| c.state.payload == payload)),
+        "every state loads whole"
+    );
+    eprintln!("wedge-large: the load timed out {} times first", failures.len());
 }

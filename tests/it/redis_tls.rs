@@ -51,10 +51,7 @@ async fn serve_writes_over_tls_as_an_acl_user() {
                 ),
                 &prefix,
             ),
-            dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig {
-                stream: format!("{prefix}dead-letters"),
-                max_len: converge::config::DEFAULT_STREAM_MAX_LEN,
-            }),
+            dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{prefix}dead-letters"))),
             enrich: None,
             admin: None,
             pipeline: PipelineConfig::default(),

@@ -196,6 +196,7 @@ async fn supply_password_never_appears_in_output() {
                     redis: format!("redis://:{wrong}@127.0.0.1:{}", redis.port),
                     name: fleet.clone(),
                     instance: None,
+                    allow_unsigned: true,
                 });
                 settings
             },
@@ -240,6 +241,7 @@ async fn supply_password_never_appears_in_output() {
         redis: authorised.clone(),
         name: fleet.clone(),
         instance: Some("supply-secrets".to_owned()),
+        allow_unsigned: true,
     });
     let mut enrich = config::enrich(&format!(
         "http://api:{password}@127.0.0.1:{closed}/orders/{{key}}?api_key={password}"

@@ -383,11 +383,28 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
     instance.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn supply_auto_rollback_when_the_ignore_share_jumps() {
-    let topic = TestTopic::create("supply-silence-rollback", 2).await;
-    let dlq = TestTopic::create("supply-silence-rollback-dlq", 1).await;
-    let redis = TestStore::standalone("supply-silence-rollback").await;
+/// A `serve` watching its rule file, whose swap (through the file) to the silent rule was
+/// rolled back by itself when its ignore share jumped.
+struct RolledBack {
+    topic: TestTopic,
+    redis: TestStore,
+    dir: tempfile::TempDir,
+    rule_file: PathBuf,
+    order_status: PathBuf,
+    instance: Instance,
+    before: OrderStream,
+    after: OrderStream,
+    silent: Vec<u8>,
+    /// The status that shows the rollback.
+    status: RuleStatus,
+}
+
+/// Serves a baseline with order-status, swaps to the silent rule through the watched file,
+/// and waits for the control to roll it back by itself.
+async fn rolled_back_by_itself(test: &str) -> RolledBack {
+    let topic = TestTopic::create(test, 2).await;
+    let dlq = TestTopic::create(&format!("{test}-dlq"), 1).await;
+    let redis = TestStore::standalone(test).await;
     let mut dir = tempfile::tempdir().expect("temp dir");
     let rule_file = dir.path().join("rule.wasm");
     let order_status = build::rule("order-status");
@@ -400,7 +417,7 @@ async fn supply_auto_rollback_when_the_ignore_share_jumps() {
     );
     settings.rule.watch = true;
     settings.rule.auto_rollback = Some(limits(300));
-    let mut instance = Instance::start(dir.path(), &settings, admin_of(&settings));
+    let instance = Instance::start(dir.path(), &settings, admin_of(&settings));
 
     // The version serving first sets the baseline: no ignores.
     let before = in_order(&silent_prefix("before"), 200);
@@ -437,6 +454,34 @@ async fn supply_auto_rollback_when_the_ignore_share_jumps() {
                     .is_some_and(|swap| swap.origin == AUTO_ROLLBACK_ORIGIN)
         })
         .await;
+    RolledBack {
+        topic,
+        redis,
+        dir,
+        rule_file,
+        order_status,
+        instance,
+        before,
+        after,
+        silent,
+        status,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supply_auto_rollback_when_the_ignore_share_jumps() {
+    let RolledBack {
+        topic,
+        redis,
+        mut dir,
+        order_status,
+        mut instance,
+        before,
+        after,
+        silent,
+        status,
+        ..
+    } = rolled_back_by_itself("supply-silence-rollback").await;
     let swap = status.last_swap.expect("the rollback is the last swap");
     assert_eq!(swap.rule.as_deref(), Some(ORDER_STATUS));
     assert_eq!(swap.result.as_str(), "applied");
@@ -529,6 +574,7 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
         redis: redis_url(),
         name: fleet.clone(),
         instance: Some("only".to_owned()),
+        allow_unsigned: true,
     });
     let mut instance = Instance::start(dir.path(), &settings, admin_of(&settings));
     let cli = |args: &[&str]| {
@@ -679,6 +725,16 @@ impl Drop for FleetKeys {
     }
 }
 
+/// Tells `rule` that `decisions` were applied, as the pipeline does when their batch is
+/// finished: the active rule's share is judged on applied decisions.
+fn applied(rule: &mut impl Rule, decisions: &[Decision]) {
+    let mut tally = std::collections::BTreeMap::new();
+    for decision in decisions {
+        *tally.entry(decision.kind()).or_insert(0) += 1;
+    }
+    rule.applied(&tally);
+}
+
 /// In process, with the rule the pipeline runs: the judgement, the rollback, the refusal that
 /// sticks, and a promotion refused on both paths (`promote`, and a fleet's offer of the
 /// shadow's hash as active).
@@ -715,7 +771,8 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     let control = new_control(&metrics);
     let mut rule = control.rule();
     rule.before_batch();
-    rule.decide_batch(&updates).expect("decided");
+    let decided = rule.decide_batch(&updates).expect("decided");
+    applied(&mut rule, &decided);
     control
         .offer(&silent, None, "test", Role::Active)
         .expect("the silent rule passes every gate");
@@ -724,10 +781,12 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     // Its first decisions look fine...
     let decided = rule.decide_batch(&inserts).expect("decided");
     assert!(decided.iter().all(|d| matches!(d, Decision::Insert(_))));
+    applied(&mut rule, &decided);
     assert_eq!(control.status().active.rule, SILENT);
     // ...then it goes quiet, and is rolled back.
     let decided = rule.decide_batch(&updates).expect("decided");
     assert!(decided.iter().all(|d| matches!(d, Decision::Ignore(_))));
+    applied(&mut rule, &decided);
     let status = control.status();
     assert_eq!(status.active.rule, ORDER_STATUS);
     let rolled_back = status
@@ -791,4 +850,61 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     assert_eq!(control.status().active.rule, ORDER_STATUS);
     rule.before_batch();
     assert_eq!(rule.info().stamp(), ORDER_STATUS);
+}
+
+/// Issue 24, item 1: a version rolled back for its ignore share came back unjudged as soon as
+/// its file or a sidecar beside it changed (the refusal was skipped whenever a sidecar was
+/// present, and as the previous version it skipped the gates and its probation). It stays
+/// refused, whatever the sidecar says, and a mere `touch` of the file offers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_a_refused_rule_stays_refused_after_its_sidecar_changes() {
+    let rolled = rolled_back_by_itself("wedge-refused-sidecar").await;
+    let rolled_back_at = rolled
+        .status
+        .last_swap
+        .as_ref()
+        .expect("the rollback is the last swap")
+        .at_ms;
+    // The README's layout: vectors beside the rule file (which still holds the silent rule).
+    let sidecar = converge::rule::vectors::VectorFile::sidecar_path(&rolled.rule_file);
+    std::fs::write(
+        &sidecar,
+        r#"{ "vectors": [ { "name": "first event is inserted",
+              "incoming": {"key": "o-1", "status": "paid"},
+              "expect": {"insert": {"key": "o-1", "status": "paid"}} } ] }"#,
+    )
+    .expect("sidecar written");
+    let status = rolled
+        .instance
+        .until("the watched file to be offered again", |status| {
+            status.last_swap.as_ref().is_some_and(|swap| {
+                swap.origin.starts_with("file:") && swap.at_ms > rolled_back_at
+            })
+        })
+        .await;
+    let swap = status.last_swap.expect("the offer is the last swap");
+    assert_eq!(
+        (swap.result.as_str(), swap.hash.as_str()),
+        ("refused", content_hash(&rolled.silent).as_str()),
+        "the rolled-back version came back: {swap:?}"
+    );
+    assert_eq!(
+        swap.refusal.map(|refusal| refusal.gate.as_str()),
+        Some("ignore_share")
+    );
+    assert_eq!(status.active.rule, ORDER_STATUS);
+    let refused_at = swap.at_ms;
+
+    // Touching the file (same bytes, same sidecar) offers nothing: the last swap stays.
+    let bytes = read(&rolled.rule_file);
+    std::fs::write(&rolled.rule_file, &bytes).expect("rewritten");
+    // The watch reads a change after 300 ms of quiet; give it well past that.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = rolled.instance.status().await;
+    assert_eq!(
+        status.last_swap.map(|swap| swap.at_ms),
+        Some(refused_at),
+        "a touch offered the file again"
+    );
+    assert_eq!(status.active.rule, ORDER_STATUS);
 }

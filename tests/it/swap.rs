@@ -352,6 +352,7 @@ fn instance_config(
         redis: redis_url(),
         name: fleet.to_owned(),
         instance: Some(name.to_owned()),
+        allow_unsigned: true,
     });
     (config::write(&dir, &settings), admin)
 }

@@ -3,6 +3,10 @@
 //! over about a minute while faults hit mid-stream: a random process SIGKILLed and restarted
 //! every 10–30 s, one process SIGSTOPped past its session timeout and woken again (a zombie,
 //! whose late writes the compare-and-set must fence), and the broker killed and restarted once.
+//! The zombie is stopped with writes on their way: its store goes through a proxy that holds its
+//! writes back from the moment it stops, and lets them go only once the group has moved past
+//! everything it held (the other processes wrote those keys); its own `/metrics` must then count
+//! them refused (`converge_conflicts_total` up after it wakes).
 //! A watcher samples every key every 50 ms throughout and fails the test if any key ever moves
 //! backward. At the end every key holds its order's final state, the group's committed offsets
 //! are at the end of every partition, and nothing was dead-lettered.
@@ -10,18 +14,22 @@
 //! The random choices (the orders, fault times and targets) come from a seed printed at the
 //! start; `CONVERGE_T3_SEED=<seed>` runs the same choices again.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use converge::config::SourceConfig;
+use converge::config::{AdminConfig, SourceConfig, StoreConfig};
 use converge::entity::State;
 use converge::store::{Store, Write, WriteOutcome, new_writer_id};
+use converge_tests::fault_proxy::FaultProxy;
 use converge_tests::kafka::{PrivateKafka, TestTopic};
 use converge_tests::process::{serve, terminate};
-use converge_tests::services::TestStore;
+use converge_tests::services::{
+    TestStore, free_loopback_addr, metric, redis_address, scrape_metrics,
+};
 use converge_tests::watch::Watcher;
 use converge_tests::{Convergence, config, orders};
 use futures::FutureExt as _;
@@ -126,7 +134,7 @@ const CHUNK_EVERY: Duration = Duration::from_secs(1);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backward() {
     let test_started = Instant::now();
-    let seed = match std::env::var("CONVERGE_T3_SEED") {
+    let seed: u64 = match std::env::var("CONVERGE_T3_SEED") {
         Ok(seed) => seed.parse().expect("CONVERGE_T3_SEED is a u64"),
         Err(_) => rand::random(),
     };
@@ -141,7 +149,7 @@ async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backwa
         test_started.elapsed().as_secs_f64()
     );
     let redis = TestStore::standalone("t3-full").await;
-    let topic = TestTopic::create_on(&kafka.brokers(), "t3-full", 6).await;
+    let topic = Arc::new(TestTopic::create_on(&kafka.brokers(), "t3-full", 6).await);
     let dead_letters = TestTopic::create_on(&kafka.brokers(), "t3-full-dlq", 1).await;
     let group = format!("{}-group", topic.name);
     let mut settings = config::kafka_serve(
@@ -156,12 +164,23 @@ async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backwa
     // The dead-letter producer uses the source's brokers too.
     source.brokers = kafka.brokers();
     let config = config::write(logs.0.path(), &settings);
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
+    let zombie = Zombie::configure(
+        rng.random_range(0..PROCESSES),
+        settings,
+        logs.0.path(),
+        Arc::clone(&topic),
+        group.clone(),
+    )
+    .await;
 
     let stream = orders::generate("order-", ORDERS, 30, seed);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
     let watcher = Watcher::start(redis.store.clone(), keys, Duration::from_millis(50));
 
-    let fleet = Fleet::start(&config, logs.0.path());
+    let mut configs = vec![config; PROCESSES];
+    configs[zombie.n] = zombie.config.clone();
+    let fleet = Fleet::start(configs, logs.0.path());
     let started = Instant::now();
     eprintln!(
         "t3_full: {:.1}s: {} processes started; times below are from here",
@@ -171,8 +190,7 @@ async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backwa
     let produced = Arc::new(AtomicBool::new(false));
     let chaos = {
         let produced = Arc::clone(&produced);
-        let rng = StdRng::seed_from_u64(seed.wrapping_add(1));
-        std::thread::spawn(move || chaos(fleet, kafka, rng, started, &produced))
+        std::thread::spawn(move || chaos(fleet, kafka, zombie, rng, started, &produced))
     };
     let chunk = stream.events.len().div_ceil(CHUNKS);
     for (n, events) in stream.events.chunks(chunk).enumerate() {
@@ -198,7 +216,7 @@ async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backwa
     let chaos = tokio::task::spawn_blocking(move || chaos.join())
         .await
         .expect("joined");
-    let (fleet, kafka) = chaos.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let (fleet, kafka, zombie) = chaos.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 
     let positions = Convergence::new(&redis.store, &stream.expected)
         .within(Duration::from_secs(120))
@@ -219,6 +237,8 @@ async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backwa
     dead_letters.assert_empty().await;
 
     fleet.terminate();
+    // Its store's proxy served the zombie until it stopped.
+    drop(zombie);
     eprintln!(
         "t3_full: {:.1}s: no dead letters, every process stopped cleanly",
         started.elapsed().as_secs_f64()
@@ -248,20 +268,21 @@ impl Drop for KeptOnFailure {
     }
 }
 
-/// The `converge serve` processes, each restarted under the same name with a log of its own
-/// per start (`serve-{n}.{start}.log`).
+/// The `converge serve` processes, each restarted under the same name and configuration with a
+/// log of its own per start (`serve-{n}.{start}.log`).
 #[derive(Debug)]
 struct Fleet {
-    config: PathBuf,
+    configs: Vec<PathBuf>,
     logs: PathBuf,
     processes: Vec<(Child, PathBuf)>,
     starts: Vec<u32>,
 }
 
 impl Fleet {
-    fn start(config: &Path, logs: &Path) -> Self {
+    /// Process `n` serves `configs[n]`.
+    fn start(configs: Vec<PathBuf>, logs: &Path) -> Self {
         let mut fleet = Self {
-            config: config.to_owned(),
+            configs,
             logs: logs.to_owned(),
             processes: Vec::new(),
             starts: vec![0; PROCESSES],
@@ -276,7 +297,7 @@ impl Fleet {
     fn spawn(&mut self, n: usize) -> (Child, PathBuf) {
         self.starts[n] += 1;
         let log = self.logs.join(format!("serve-{n}.{}.log", self.starts[n]));
-        (serve(&self.config, &log), log)
+        (serve(&self.configs[n], &log), log)
     }
 
     /// Panics if a process exited on its own (nothing here may stop one but the test), naming
@@ -356,19 +377,169 @@ fn between(rng: &mut StdRng, seconds: std::ops::Range<f64>) -> Duration {
     Duration::from_secs_f64(rng.random_range(seconds))
 }
 
+/// The process that becomes a zombie: its store goes through a proxy that can hold its writes
+/// on their way, and its admin endpoint tells how many of its writes were refused.
+struct Zombie {
+    n: usize,
+    config: PathBuf,
+    admin: SocketAddr,
+    proxy: FaultProxy,
+    topic: Arc<TestTopic>,
+    group: String,
+    /// The test's runtime, for the proxy's tasks and the admin requests of the faults' thread.
+    runtime: tokio::runtime::Handle,
+    /// `converge_conflicts_total` when it stopped, and each partition's end then.
+    conflicts_before: f64,
+    ends_at_stop: Vec<i64>,
+}
+
+impl Zombie {
+    /// Process `n`'s configuration: `settings` with the store behind a proxy and an admin
+    /// endpoint, written to `logs/zombie/`. Its store timeout outlasts the stop (two minutes):
+    /// a write held back must come back answered — refused — not given up on.
+    async fn configure(
+        n: usize,
+        mut settings: converge::config::Config,
+        logs: &Path,
+        topic: Arc<TestTopic>,
+        group: String,
+    ) -> Self {
+        let proxy = FaultProxy::start(redis_address()).await;
+        let StoreConfig::Redis(store) = &mut settings.store else {
+            panic!("t3_full stores on the standalone Redis")
+        };
+        store.url = proxy.redis_url();
+        store.timeout_ms = 120_000;
+        let admin = free_loopback_addr();
+        settings.admin = Some(AdminConfig {
+            listen: admin,
+            ..AdminConfig::default()
+        });
+        let dir = logs.join("zombie");
+        std::fs::create_dir_all(&dir).expect("the zombie's config dir");
+        Self {
+            n,
+            config: config::write(&dir, &settings),
+            admin,
+            proxy,
+            topic,
+            group,
+            runtime: tokio::runtime::Handle::current(),
+            conflicts_before: 0.0,
+            ends_at_stop: Vec::new(),
+        }
+    }
+
+    /// Its `/metrics`, or why not.
+    fn metrics(&self) -> Result<String, String> {
+        self.runtime
+            .block_on(scrape_metrics(self.admin))
+            .map_err(|error| error.to_string())
+    }
+
+    /// Holds its writes back, waits until one is held (a batch of writes on its way, and
+    /// `in_flight_batches` above 0) and nothing else it does moves its counts, then SIGSTOPs
+    /// it and notes each partition's end: what it held is below them.
+    fn stop_with_writes_in_flight(&mut self, fleet: &mut Fleet) -> u32 {
+        self.proxy.hold_requests_from(b"EVALSHA");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.proxy.stats().requests_held == 0 {
+            fleet.check_running();
+            assert!(
+                Instant::now() < deadline,
+                "serve {} wrote nothing for 60 s while its writes were to be held",
+                self.n
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Batches before the held one may still finish (and count): wait until two looks a
+        // moment apart agree.
+        let counts = |text: &str| {
+            (
+                metric(text, "converge_conflicts_total"),
+                metric(text, "converge_batches_total"),
+                metric(text, "converge_in_flight_batches"),
+            )
+        };
+        let mut last = None;
+        let before = loop {
+            fleet.check_running();
+            assert!(
+                Instant::now() < deadline,
+                "serve {}'s counts did not settle while its writes were held",
+                self.n
+            );
+            let now = self.metrics().map(|text| counts(&text)).ok();
+            if now.is_some() && now == last {
+                break now.expect("just checked");
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        let (conflicts, _, in_flight) = before;
+        assert!(
+            in_flight >= 1.0,
+            "serve {} has a write held but no batch in flight",
+            self.n
+        );
+        self.conflicts_before = conflicts;
+        let pid = fleet.signal(self.n, "STOP");
+        self.ends_at_stop = self.topic.ends();
+        pid
+    }
+
+    /// Whether the group's committed offsets passed every partition's end at the stop: the
+    /// other processes took over its partitions and settled every message it held.
+    fn group_moved_on(&self) -> bool {
+        let progress = self.topic.progress(&self.group);
+        progress
+            .iter()
+            .zip(&self.ends_at_stop)
+            .all(|((committed, _), end)| committed >= end)
+    }
+
+    /// Lets its held writes go (to keys written since by the others) and SIGCONTs it; waits
+    /// until it counts them refused. Answers its pid and how many refusals it counted.
+    fn wake(&self, fleet: &mut Fleet) -> (u32, f64) {
+        self.proxy.release_requests();
+        let pid = fleet.signal(self.n, "CONT");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            fleet.check_running();
+            let conflicts = self
+                .metrics()
+                .map(|text| metric(&text, "converge_conflicts_total"));
+            if let Ok(conflicts) = conflicts
+                && conflicts > self.conflicts_before
+            {
+                return (pid, conflicts - self.conflicts_before);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the zombie's late writes were not counted refused: serve {}'s \
+                 converge_conflicts_total stayed at {} for 60 s after it woke ({conflicts:?}), \
+                 though its writes were held until the group had moved past them",
+                self.n,
+                self.conflicts_before
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// The faults, on their own thread (signals, processes and the broker's restart all block),
 /// until the stream is produced, with at least two kills, the zombie woken and the broker back.
-/// Hands back the processes and the broker, all running.
+/// Hands back the processes, the broker and the zombie's proxy, all running.
 fn chaos(
     mut fleet: Fleet,
     kafka: PrivateKafka,
+    mut zombie: Zombie,
     mut rng: StdRng,
     started: Instant,
     produced: &AtomicBool,
-) -> (Fleet, PrivateKafka) {
+) -> (Fleet, PrivateKafka, Zombie) {
     let say =
         move |what: &str| eprintln!("t3_full: {:.1}s: {what}", started.elapsed().as_secs_f64());
-    let zombie = rng.random_range(0..PROCESSES);
     // Past the 6 s session timeout: the group moves its partitions on while it sleeps.
     let stop_at = between(&mut rng, 8.0..14.0);
     let wake_at = stop_at + between(&mut rng, 8.0..10.0);
@@ -384,16 +555,32 @@ fn chaos(
         fleet.check_running();
         let now = started.elapsed();
         if !stopped && now >= stop_at {
-            let pid = fleet.signal(zombie, "STOP");
-            say(&format!("SIGSTOP serve {zombie} (pid {pid})"));
+            let pid = zombie.stop_with_writes_in_flight(&mut fleet);
+            say(&format!(
+                "SIGSTOP serve {} (pid {pid}) with its writes held on their way",
+                zombie.n
+            ));
             stopped = true;
         }
         if stopped && !woken && now >= wake_at {
-            let pid = fleet.signal(zombie, "CONT");
-            say(&format!("SIGCONT serve {zombie} (pid {pid}), a zombie now"));
-            woken = true;
+            assert!(
+                now < wake_at + Duration::from_secs(90),
+                "the group's committed offsets did not pass the ends of {:?} at the zombie's \
+                 stop within 90 s",
+                zombie.ends_at_stop
+            );
+            if zombie.group_moved_on() {
+                let (pid, refused) = zombie.wake(&mut fleet);
+                say(&format!(
+                    "SIGCONT serve {} (pid {pid}), a zombie now: {refused} of its late writes \
+                     refused",
+                    zombie.n
+                ));
+                woken = true;
+            }
         }
-        if now >= bounce_at && !bounced {
+        // Once the zombie is awake: its wake reads the committed offsets from the broker.
+        if now >= bounce_at && !bounced && woken {
             let mut broker = kafka.take().expect("the broker, before its bounce");
             bounce.0 = Some(std::thread::spawn(move || {
                 broker.kill();
@@ -415,7 +602,7 @@ fn chaos(
         if now >= next_kill {
             // Not the sleeping zombie: a kill would end the zombie's story.
             let candidates: Vec<usize> = (0..PROCESSES)
-                .filter(|&n| !(n == zombie && stopped && !woken))
+                .filter(|&n| !(n == zombie.n && stopped && !woken))
                 .collect();
             let target = candidates[rng.random_range(0..candidates.len())];
             let (killed, restarted) = fleet.kill_and_restart(target);
@@ -427,7 +614,7 @@ fn chaos(
         }
         let back = bounced && kafka.is_some();
         if produced.load(Ordering::Acquire) && kills >= 2 && woken && back {
-            return (fleet, kafka.expect("the broker, back"));
+            return (fleet, kafka.expect("the broker, back"), zombie);
         }
         std::thread::sleep(Duration::from_millis(100));
     }

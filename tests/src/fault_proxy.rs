@@ -1,7 +1,8 @@
 //! A TCP proxy on a free loopback port in front of one upstream address, with faults a test
 //! switches on and off while traffic flows: replies held back beyond a client's timeout (the
 //! request was served, its answer comes too late), every open connection reset (RST, mid
-//! pipeline), replies cut in half and reset, and outages that refuse or black-hole connections.
+//! pipeline), replies cut in half and reset, outages that refuse or black-hole connections, and
+//! requests of one kind held back (a client's writes stuck on their way while its reads pass).
 //! Its counters say which faults really happened, so a test can tell a fault that struck from
 //! one that was armed but never met any traffic.
 //!
@@ -10,6 +11,7 @@
 //! proxy.delay_replies(0.2, Duration::from_millis(800));
 //! proxy.reset_all();
 //! proxy.outage(Outage::BlackHole); ...; proxy.restore();
+//! proxy.hold_requests_from(b"EVALSHA"); ...; proxy.release_requests();
 //! assert!(proxy.stats().replies_delayed > 0);
 //! ```
 
@@ -57,6 +59,9 @@ pub struct ProxyStats {
     pub replies_cut: u64,
     /// Times a connection, new or open, waited for a black-hole outage to end.
     pub black_holed: u64,
+    /// Request chunks held back by [`FaultProxy::hold_requests_from`] (each with whatever
+    /// followed it on its connection).
+    pub requests_held: u64,
     /// Bytes forwarded to the upstream.
     pub bytes_up: u64,
     /// Bytes forwarded back to clients.
@@ -75,6 +80,8 @@ struct ReplyFaults {
     delay_share: f64,
     delay: Duration,
     cut_share: f64,
+    /// Bytes per second each direction of each connection forwards at most; 0: no limit.
+    throttle: u64,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +94,7 @@ struct Counters {
     replies_delayed: AtomicU64,
     replies_cut: AtomicU64,
     black_holed: AtomicU64,
+    requests_held: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
 }
@@ -100,6 +108,8 @@ struct Shared {
     upstream: SocketAddr,
     faults: Mutex<ReplyFaults>,
     mode: watch::Sender<Mode>,
+    /// The marker of the requests held back, if any ([`FaultProxy::hold_requests_from`]).
+    hold: watch::Sender<Option<Vec<u8>>>,
     /// Bumped by `reset_all`: every connection open at that moment resets.
     resets: watch::Sender<u64>,
     counters: Counters,
@@ -133,6 +143,7 @@ impl FaultProxy {
             upstream,
             faults: Mutex::new(ReplyFaults::default()),
             mode: watch::Sender::new(Mode::Pass),
+            hold: watch::Sender::new(None),
             resets: watch::Sender::new(0),
             counters: Counters::default(),
         });
@@ -163,6 +174,12 @@ impl FaultProxy {
         faults.delay = delay;
     }
 
+    /// Forwards at most `bytes_per_second` in each direction of each connection: a link slow
+    /// enough that a large pipeline outlasts a client's timeout. 0 ends it.
+    pub fn throttle(&self, bytes_per_second: u64) {
+        self.shared.faults.lock().expect("never poisoned").throttle = bytes_per_second;
+    }
+
     /// Cuts each reply chunk, with probability `share`, after its first half, and resets the
     /// connection: the request was served, its answer arrives in part or not at all. `share` 0
     /// ends it.
@@ -187,10 +204,25 @@ impl FaultProxy {
         self.shared.mode.send_replace(Mode::Pass);
     }
 
-    /// Ends every fault: no outage, no delays, no cuts.
+    /// Holds back, on every connection, the first request chunk that contains `marker` (ASCII
+    /// case ignored: `b"EVALSHA"` for a Redis client's script calls, its writes here) and
+    /// everything after it on that connection, while requests before it, and on connections
+    /// without it, pass: the client's writes are stuck on their way, and arrive late, when
+    /// [`FaultProxy::release_requests`] is called.
+    pub fn hold_requests_from(&self, marker: &[u8]) {
+        self.shared.hold.send_replace(Some(marker.to_vec()));
+    }
+
+    /// Ends [`FaultProxy::hold_requests_from`]: what was held goes on, in order.
+    pub fn release_requests(&self) {
+        self.shared.hold.send_replace(None);
+    }
+
+    /// Ends every fault: no outage, no delays, no cuts, nothing held.
     pub fn heal(&self) {
         self.delay_replies(0.0, Duration::ZERO);
         self.cut_replies(0.0);
+        self.release_requests();
         self.restore();
     }
 
@@ -206,6 +238,7 @@ impl FaultProxy {
             replies_delayed: get(&c.replies_delayed),
             replies_cut: get(&c.replies_cut),
             black_holed: get(&c.black_holed),
+            requests_held: get(&c.requests_held),
             bytes_up: get(&c.bytes_up),
             bytes_down: get(&c.bytes_down),
         }
@@ -370,6 +403,24 @@ async fn passing(shared: &Shared, mode: &mut watch::Receiver<Mode>) {
     let _ = mode.wait_for(|mode| *mode == Mode::Pass).await;
 }
 
+/// Waits while `chunk` (of requests) carries the marker of [`FaultProxy::hold_requests_from`].
+async fn held(shared: &Shared, chunk: &[u8]) {
+    let carries = |marker: &Option<Vec<u8>>| {
+        marker.as_deref().is_some_and(|marker| {
+            !marker.is_empty()
+                && chunk
+                    .windows(marker.len())
+                    .any(|window| window.eq_ignore_ascii_case(marker))
+        })
+    };
+    let mut hold = shared.hold.subscribe();
+    if !carries(&hold.borrow_and_update()) {
+        return;
+    }
+    count(&shared.counters.requests_held, 1);
+    let _ = hold.wait_for(|marker| !carries(marker)).await;
+}
+
 /// Forwards one direction until end of stream (then shuts the other side's writing down, as
 /// the peer did) or an error.
 async fn pump(
@@ -394,6 +445,9 @@ async fn pump(
         // Read before the outage began: held until it ends, like the rest.
         passing(shared, &mut mode).await;
         let chunk = &buffer[..read];
+        if direction == Direction::Up {
+            held(shared, chunk).await;
+        }
         if direction == Direction::Down {
             let faults = shared.faults();
             if faults.cut_share > 0.0 && rand::random_bool(faults.cut_share.min(1.0)) {
@@ -406,6 +460,10 @@ async fn pump(
                 tokio::time::sleep(faults.delay).await;
                 count(&shared.counters.replies_delayed, 1);
             }
+        }
+        let throttle = shared.faults().throttle;
+        if throttle > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(read as f64 / throttle as f64)).await;
         }
         to.write_all(chunk).await?;
         count(forwarded, read as u64);

@@ -1,6 +1,7 @@
 //! The real Kafka broker the tests use (started by `deploy/scripts/kafka.sh`): topics under
-//! unique names, producing, reading a topic to its end, and a group's committed offsets; and
-//! [`PrivateKafka`], a broker of one test's own that it may kill and restart.
+//! unique names, producing, reading a topic to its end, and a group's committed offsets;
+//! [`PrivateKafka`], a broker of one test's own that it may kill and restart; and
+//! [`KafkaCluster`], the shared three-node cluster of `kafka.sh --cluster 3`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,10 +55,25 @@ impl TestTopic {
     /// A topic on the Kafka at `brokers` (a [`PrivateKafka`], say); everything done with it
     /// goes there.
     pub async fn create_on(brokers: &str, test: &str, partitions: i32) -> Self {
+        Self::create_replicated(brokers, test, partitions, 1, &[]).await
+    }
+
+    /// A topic on the Kafka at `brokers` (a [`KafkaCluster`], say) with `replication` replicas
+    /// of each partition and the topic configuration `settings` (`min.insync.replicas`, say).
+    pub async fn create_replicated(
+        brokers: &str,
+        test: &str,
+        partitions: i32,
+        replication: i32,
+        settings: &[(&str, &str)],
+    ) -> Self {
         let name = format!("converge-test-{test}-{:016x}", rand::random::<u64>());
         let admin: AdminClient<DefaultClientContext> =
             client(brokers).create().expect("admin client");
-        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+        let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(replication));
+        for (setting, value) in settings {
+            topic = topic.set(setting, value);
+        }
         let results = admin
             .create_topics(
                 [&topic],
@@ -107,6 +123,87 @@ impl TestTopic {
         for delivery in futures::future::join_all(sends).await {
             delivery.expect("delivered");
         }
+    }
+
+    /// Produces each event keyed by its key into the partition `partition` chooses for it
+    /// (`None`: the key's, as [`TestTopic::produce`] does; `Some(p)`: partition `p`, whatever
+    /// the key, as a producer partitioning by anything else would), acknowledged by every
+    /// in-sync replica (`acks=all`, idempotent: a retry after a broker failure is neither lost
+    /// nor doubled). A partition without a leader, or with fewer in-sync replicas than its
+    /// `min.insync.replicas`, is waited for (the client retries, for up to two minutes) rather
+    /// than failing the test.
+    pub async fn produce_acked(
+        &self,
+        events: &[Event],
+        mut partition: impl FnMut(&Event) -> Option<i32>,
+    ) {
+        let producer: FutureProducer = client(&self.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "120000")
+            .create()
+            .expect("producer");
+        let sends: Vec<_> = events
+            .iter()
+            .map(|event| {
+                let body = serde_json::to_vec(event).expect("serialises");
+                let chosen = partition(event);
+                let producer = &producer;
+                let topic = self.name.as_str();
+                let key = event.key.clone();
+                async move {
+                    let mut record = FutureRecord::to(topic).key(&key).payload(&body);
+                    if let Some(chosen) = chosen {
+                        record = record.partition(chosen);
+                    }
+                    producer
+                        .send(record, Duration::from_secs(120))
+                        .await
+                        .map_err(|(error, _)| error)
+                }
+            })
+            .collect();
+        for delivery in futures::future::join_all(sends).await {
+            delivery.expect("delivered");
+        }
+    }
+
+    /// Each partition's end (its high watermark), by partition: what was produced to it.
+    pub fn ends(&self) -> Vec<i64> {
+        let consumer: BaseConsumer = client(&self.brokers).create().expect("consumer");
+        (0..self.partitions)
+            .map(|partition| {
+                consumer
+                    .fetch_watermarks(&self.name, partition, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .collect()
+    }
+
+    /// The leader of each partition (`-1`: none right now), by partition, from the metadata of
+    /// whichever broker answers.
+    pub fn leaders(&self) -> Vec<i32> {
+        let consumer: BaseConsumer = client(&self.brokers).create().expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(&self.name), Duration::from_secs(10))
+            .expect("metadata");
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == self.name)
+            .expect("the topic in its metadata");
+        let mut leaders = vec![-1; usize::try_from(self.partitions).expect("partitions")];
+        for partition in topic.partitions() {
+            if let Some(slot) = usize::try_from(partition.id())
+                .ok()
+                .and_then(|id| leaders.get_mut(id))
+            {
+                *slot = partition.leader();
+            }
+        }
+        leaders
     }
 
     /// Produces raw bodies (for bad input), keyed by `key`.
@@ -384,6 +481,125 @@ impl Drop for PrivateKafka {
             );
         } else {
             let _ = std::fs::remove_dir_all(&self.instance);
+        }
+    }
+}
+
+/// The N-node Kafka cluster of `deploy/scripts/kafka.sh --cluster N` (KRaft, every node broker
+/// and controller) on loopback, shared like the single broker: [`KafkaCluster::ensure`] starts
+/// what is not running and leaves it running. Node `i` (1..=N, its `node.id`) listens on
+/// `KAFKA_CLUSTER_PORT + i - 1` (default 9192) and keeps its pid in
+/// `$CONVERGE_HOME/kafka-cluster-{port}/kafka.pid`, where a test finds it to kill it.
+#[derive(Debug)]
+pub struct KafkaCluster {
+    nodes: i32,
+    base: u16,
+}
+
+impl KafkaCluster {
+    /// Starts the cluster's nodes that are not running (none, when it runs) and waits until
+    /// every node is in the cluster's metadata.
+    pub fn ensure(nodes: i32) -> Self {
+        let base = std::env::var("KAFKA_CLUSTER_PORT")
+            .ok()
+            .map_or(9192, |port| {
+                port.parse().expect("KAFKA_CLUSTER_PORT is a port")
+            });
+        let cluster = Self { nodes, base };
+        cluster.script(None);
+        cluster.wait_for_nodes(1..=nodes);
+        cluster
+    }
+
+    /// `bootstrap.servers`: every node.
+    pub fn brokers(&self) -> String {
+        (1..=self.nodes)
+            .map(|node| format!("127.0.0.1:{}", self.port(node)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `node`'s broker port.
+    pub fn port(&self, node: i32) -> u16 {
+        self.base + u16::try_from(node - 1).expect("a node number from 1")
+    }
+
+    /// Node `node`'s directory: data, `kafka.log`, `kafka.pid`.
+    pub fn dir(&self, node: i32) -> PathBuf {
+        converge_home().join(format!("kafka-cluster-{}", self.port(node)))
+    }
+
+    /// SIGKILL to node `node` (no controlled shutdown: its leaderships move only once the
+    /// controllers miss its heartbeats); returns once its port refuses connections.
+    pub fn kill(&self, node: i32) {
+        let pid_file = self.dir(node).join("kafka.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|error| panic!("{}: {error}", pid_file.display()));
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -KILL {} (node {node})", pid.trim());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port(node)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "node {node} still listens 30 s after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `node` again (on its data) and waits until it is in the cluster's metadata.
+    pub fn restart(&self, node: i32) {
+        self.script(Some(node));
+        self.wait_for_nodes(node..=node);
+    }
+
+    fn script(&self, node: Option<i32>) {
+        let script = crate::build::workspace_root().join("deploy/scripts/kafka.sh");
+        let mut command = Command::new("bash");
+        command
+            .arg(&script)
+            .args(["--cluster", &self.nodes.to_string()])
+            .env("KAFKA_CLUSTER_PORT", self.base.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(node) = node {
+            command.args(["--node", &node.to_string()]);
+        }
+        let status = command
+            .status()
+            .unwrap_or_else(|error| panic!("{} runs: {error}", script.display()));
+        assert!(
+            status.success(),
+            "{} --cluster {} failed ({status}); see {}",
+            script.display(),
+            self.nodes,
+            converge_home().display()
+        );
+    }
+
+    /// Waits until the metadata names each of `nodes` as a broker.
+    fn wait_for_nodes(&self, nodes: std::ops::RangeInclusive<i32>) {
+        let consumer: BaseConsumer = client(&self.brokers()).create().expect("consumer");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let known: Vec<i32> = consumer
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|metadata| metadata.brokers().iter().map(|b| b.id()).collect())
+                .unwrap_or_default();
+            if nodes.clone().all(|node| known.contains(&node)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster's metadata names brokers {known:?}, not all of {nodes:?}, after \
+                 120 s; see the logs in {}/kafka-cluster-*",
+                converge_home().display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 }

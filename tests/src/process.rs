@@ -31,6 +31,11 @@ impl Server {
         Self(Some(serve(config, log)))
     }
 
+    /// Its process id (0 once it was terminated).
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
     /// Its exit status, if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.0

@@ -1,12 +1,35 @@
 //! The real services the tests run against, started by `deploy/scripts/*.sh` (the README's test
 //! command runs them). Each test works under its own random key prefix and removes its keys
-//! when it ends, passed or failed.
+//! when it ends, passed or failed. Also: free loopback ports, and a `serve`'s metrics read from
+//! its admin endpoint.
 
 use converge::store::RedisStore;
 
 /// Where the standalone Redis listens; `CONVERGE_TEST_REDIS_URL` overrides.
 pub fn redis_url() -> String {
     std::env::var("CONVERGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The address of the standalone Redis ([`redis_url`]'s host and port), for a
+/// [`FaultProxy`](crate::fault_proxy::FaultProxy) in front of it.
+pub fn redis_address() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs as _;
+    let url = redis_url();
+    let authority = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .unwrap_or_else(|| panic!("a host:port in the test Redis URL {url}"))
 }
 
 /// Nodes of the Redis Cluster; `CONVERGE_TEST_REDIS_CLUSTER` (comma-separated) overrides.
@@ -25,6 +48,25 @@ pub fn free_loopback_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|probe| probe.local_addr())
         .expect("a free port")
+}
+
+/// The `/metrics` text of the `serve` whose admin endpoint listens on `admin`; an error when
+/// it does not answer (not started yet, say) or answers otherwise than 200.
+pub async fn scrape_metrics(admin: std::net::SocketAddr) -> reqwest::Result<String> {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await
+}
+
+/// The value of the series `series` (a name, with its labels if it has any, as exported:
+/// `converge_conflicts_total`) in a `/metrics` text; 0 when it is absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A fresh prefix no other test uses.

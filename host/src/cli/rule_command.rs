@@ -35,7 +35,7 @@ pub(super) enum RuleCommand {
     /// Needs the `redis` feature.
     Status(StatusArgs),
     /// Make the fleet's shadow rule its active rule, once its blob is checked as for
-    /// rollback.
+    /// rollback. A shadow whose release is below the fleet's floor is not promoted.
     ///
     /// Needs the `redis` feature.
     Promote(TargetArgs),
@@ -44,11 +44,14 @@ pub(super) enum RuleCommand {
     ///
     /// The target is checked before the pointer moves: the history entry must be a content
     /// hash, its blob present, within the size cap and hashing to it, and its signature valid
-    /// (with --trusted-key: by one of them). Exits 0 once rolled back, 1 when the target is
-    /// refused (nothing changes).
+    /// (with --trusted-key: by one of them). A target whose release (`converge rule sign
+    /// --release`) is below the fleet's floor, the highest release it has made active, is a
+    /// downgrade, which the fleet's instances refuse: it needs --allow-downgrade, which lowers
+    /// the floor and records who made the downgrade, when, from and to what (`converge rule
+    /// status`). Exits 0 once rolled back, 1 when the target is refused (nothing changes).
     ///
     /// Needs the `redis` feature.
-    Rollback(TargetArgs),
+    Rollback(RollbackArgs),
     /// Embed conformance vectors into a component (custom section `converge:vectors`), so that
     /// they travel with the rule. Pack before signing: packing changes what is signed.
     Pack(PackArgs),
@@ -58,7 +61,13 @@ pub(super) enum RuleCommand {
     Keygen(super::signing::KeygenArgs),
     /// Sign a rule component with a key from `converge rule keygen`: appends a custom section
     /// `converge:signature`. Signatures by other keys stay (sign with the old and the new key
-    /// while rotating); everything else the component carries is signed, vectors included.
+    /// while rotating); everything else the component carries is signed, vectors and release
+    /// included.
+    ///
+    /// --release N writes the release number (custom section `converge:release`) before
+    /// signing: a fleet refuses to make active a release below the highest it has made active,
+    /// so number each published version higher than the last. A component without one is
+    /// release 0.
     Sign(super::signing::SignArgs),
     /// List a component's signatures and check them: exits 0 when it is signed and every
     /// signature verifies (with --trusted-key: one is by a trusted key), 1 otherwise.
@@ -92,6 +101,17 @@ pub(super) struct TargetArgs {
     /// The largest component read, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = crate::rule::DEFAULT_MAX_COMPONENT_BYTES)]
     pub(super) max_component_bytes: usize,
+}
+
+/// Rollback's target, and whether it may be a downgrade.
+#[derive(Debug, Args)]
+pub(super) struct RollbackArgs {
+    #[command(flatten)]
+    pub(super) target: TargetArgs,
+    /// Roll back even to a release below the fleet's floor: the floor is lowered to it, and
+    /// the downgrade is recorded (who, when, from, to; `converge rule status` lists it).
+    #[arg(long)]
+    pub(super) allow_downgrade: bool,
 }
 
 #[derive(Debug, Args)]

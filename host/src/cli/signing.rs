@@ -10,8 +10,8 @@ use clap::Args;
 
 use super::EXIT_FAILED;
 use crate::rule::{
-    DEFAULT_MAX_COMPONENT_BYTES, PublicKey, SigningKey, TrustedKeys, read_component, sign,
-    signatures,
+    DEFAULT_MAX_COMPONENT_BYTES, PublicKey, SigningKey, TrustedKeys, read_component, release, sign,
+    signatures, with_release,
 };
 
 #[derive(Debug, Args)]
@@ -34,6 +34,13 @@ pub(super) struct SignArgs {
     /// Where to write the signed component. Default: over RULE.wasm.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// The release number to sign into the component (custom section `converge:release`),
+    /// higher than every release published before it: a fleet refuses to make active a
+    /// release below the highest it has made active. Default: the release the component
+    /// already carries (0 when it has none). Changing it changes what is signed: signatures
+    /// made before are dropped (sign again with each key).
+    #[arg(long, value_name = "N")]
+    release: Option<u64>,
     /// The largest component read, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_COMPONENT_BYTES)]
     max_component_bytes: usize,
@@ -147,20 +154,35 @@ pub(super) fn sign_command(args: &SignArgs) -> anyhow::Result<ExitCode> {
     );
     let key = SigningKey::from_pem(&pem)
         .with_context(|| format!("cannot use the key {}", args.key.display()))?;
-    let signed =
-        sign(&component, &key).with_context(|| format!("cannot sign {}", args.rule.display()))?;
+    let cannot_sign = || format!("cannot sign {}", args.rule.display());
+    let carried = release(&component).with_context(cannot_sign)?;
+    let component = match args.release {
+        Some(new) if new != carried => {
+            eprintln!("note: release {carried} -> {new}: signatures made before no longer verify");
+            with_release(&component, new).with_context(cannot_sign)?
+        }
+        _ => component,
+    };
+    let signed = sign(&component, &key).with_context(cannot_sign)?;
     for reason in &signed.dropped {
         eprintln!("note: dropped {reason}");
     }
     let output = args.output.as_ref().unwrap_or(&args.rule);
     write_replacing(output, &signed.component)?;
     let public = key.public_key();
+    let signed_release = args.release.unwrap_or(carried);
     println!(
-        "signed {} with key {} ({public}): {}",
+        "signed {} with key {} ({public}), release {signed_release}: {}",
         args.rule.display(),
         public.id(),
         output.display()
     );
+    if signed_release == 0 {
+        eprintln!(
+            "note: release 0 (no --release): a fleet's floor cannot tell this rule from an \
+             older one; give each published version a higher --release"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -191,6 +213,9 @@ pub(super) fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_FAILED));
         }
     };
+    if let Ok(release) = release(&component) {
+        println!("release {release}");
+    }
     for signature in &found {
         println!(
             "signature by key {} ({}): {}{}",

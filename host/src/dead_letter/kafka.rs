@@ -14,10 +14,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink, MAX_KEY_BYTES};
 
 /// A producer for the dead-letter topic.
 pub struct KafkaDeadLetters {
@@ -67,10 +68,6 @@ impl KafkaDeadLetters {
         })
     }
 }
-
-/// The longest record key sent: a longer original key is cut, with
-/// `converge-key-truncated-from` giving its size.
-pub const MAX_KEY_BYTES: usize = 16 * 1024;
 
 /// The longest rule stamp sent in `converge-rule`.
 const MAX_RULE_BYTES: usize = 1024;
@@ -159,13 +156,40 @@ impl DeadLetterSink for KafkaDeadLetters {
             self.producer.send(future, Duration::from_secs(30))
         });
         for delivery in futures::future::join_all(deliveries).await {
-            delivery.map_err(|(source, _)| DeadLetterError::Kafka {
-                topic: self.topic.clone(),
-                source,
+            delivery.map_err(|(source, _)| {
+                let topic = self.topic.clone();
+                if refused_for_good(&source) {
+                    DeadLetterError::KafkaRefused { topic, source }
+                } else {
+                    DeadLetterError::Kafka { topic, source }
+                }
             })?;
         }
         Ok(())
     }
+}
+
+/// Whether the broker refused a dead letter for a reason a retry does not change: the topic
+/// is unknown, converge is not authorised, the record is too large for the topic. Anything
+/// else (brokers down, leaders moving, timeouts) is an outage to wait out.
+fn refused_for_good(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::UnknownTopic
+                | Code::UnknownTopicOrPartition
+                | Code::InvalidTopic
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::SaslAuthenticationFailed
+                | Code::Authentication
+                | Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::MessageBatchTooLarge
+                | Code::InvalidRecord
+        )
+    )
 }
 
 #[cfg(test)]

@@ -80,6 +80,10 @@ pub struct DeadLetter {
     pub rule: String,
 }
 
+/// The longest message key a dead letter carries: a longer original key is cut (Kafka:
+/// `converge-key-truncated-from`, Redis stream: `key_truncated_from`, giving its size).
+pub const MAX_KEY_BYTES: usize = 16 * 1024;
+
 /// The longest reason a dead letter keeps, in bytes: a rule's refusal or an error text longer
 /// than this is cut (and says so), so that one letter cannot bloat the queue, a log line or a
 /// record past the broker's limit.
@@ -118,6 +122,22 @@ pub enum DeadLetterError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The broker refused the dead letter for a reason waiting does not change: the topic
+    /// does not exist, converge is not authorised to write it, or the record is larger than
+    /// the topic takes. `serve` stops rather than skip the dead letter.
+    #[cfg(feature = "kafka")]
+    #[error(
+        "the dead-letter topic {topic} refuses dead letters: {source}; converge stops rather \
+         than skip them (check that the topic exists, converge's ACLs on it, and its \
+         max.message.bytes against dead_letter.max_body_bytes)"
+    )]
+    KafkaRefused {
+        /// The dead-letter topic.
+        topic: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// Redis failed: unreachable, connection lost, or the entries refused.
     #[cfg(feature = "redis")]
     #[error("dead-letter queue unavailable: stream {stream}: {source}")]
@@ -150,13 +170,16 @@ impl DeadLetterError {
     /// Whether the failure is an outage to wait out and retry (the broker or server down, a
     /// connection lost, a timeout, a refusal), rather than a configuration retrying would not
     /// change (a missing feature, a queue that does not fit, a Kafka client that cannot be
-    /// created). Every error of a send is transient: the pipeline never skips dead letters.
+    /// created, a topic that refuses dead letters for good). The pipeline never skips dead
+    /// letters: it waits, or stops.
     pub fn is_transient(&self) -> bool {
         match self {
             #[cfg(feature = "kafka")]
             DeadLetterError::Kafka { source, .. } => {
                 !matches!(source, rdkafka::error::KafkaError::ClientCreation(_))
             }
+            #[cfg(feature = "kafka")]
+            DeadLetterError::KafkaRefused { .. } => false,
             #[cfg(feature = "redis")]
             DeadLetterError::Redis { .. } => true,
             DeadLetterError::Unavailable(_) => true,
@@ -208,9 +231,15 @@ impl DeadLetterConfig {
             #[cfg(feature = "redis")]
             (DeadLetterConfig::RedisStream(stream), _, StoreConfig::Redis(redis)) => {
                 Ok(AnyDeadLetters::Redis(
-                    RedisDeadLetters::connect(&redis.url, &stream.stream)
-                        .await?
-                        .with_max_len(stream.max_len),
+                    RedisDeadLetters::connect_with_timeout(
+                        &redis.url,
+                        &stream.stream,
+                        std::time::Duration::from_millis(redis.timeout_ms),
+                    )
+                    .await?
+                    .with_max_len(stream.max_len)
+                    .with_max_bytes(stream.max_bytes)
+                    .with_max_body_bytes(stream.max_body_bytes),
                 ))
             }
             // The stream would live on one node; a send routed to another would be refused

@@ -9,12 +9,15 @@
 //!   must act, and nothing about the order is known): an outage. By default it is waited out
 //!   with backoff, holding the batch like a store outage; with `on_unavailable = "dead-letter"`
 //!   the key's messages are dead-lettered after `retries` retries;
+//!   One key failing so for `key_give_up_ms` while the API answers other keys (in its batch,
+//!   a later one, or asked again to tell) is a broken entity, not an outage: final;
 //! - 404: retried for `not_found_grace_ms` (the API may not show a new order yet), then final;
 //! - another 4xx, a body over the limit, or a body that is not an event of the key: final.
 //!
 //! Final answers dead-letter the key's messages as `not_enriched`, with the reason.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -94,6 +97,22 @@ pub enum EnrichError {
         #[source]
         source: reqwest::Error,
     },
+    /// The key kept failing as an outage does for `enrich.key_give_up_ms`, while the API
+    /// answered other keys: a broken entity, not an outage, so it is not waited out.
+    #[error(
+        "order API kept failing for {key:?} for {waited:?} ({attempts} attempts) while it \
+         answered other keys; last answer: {last}"
+    )]
+    KeyFailing {
+        /// The key asked for.
+        key: String,
+        /// How many requests were made.
+        attempts: u32,
+        /// How long since its first failure.
+        waited: Duration,
+        /// The last attempt's failure (an HTTP status, or why the request failed).
+        last: String,
+    },
     /// Every attempt was answered with a 5xx, 429, 401 or 403; the last status is kept.
     #[error("order API unavailable for {key:?} after {attempts} attempts: HTTP {status}")]
     Unavailable {
@@ -111,6 +130,15 @@ pub enum EnrichError {
 pub struct Enricher {
     client: reqwest::Client,
     config: EnrichConfig,
+    /// The last key the API answered, and when: what tells one failing key from an outage.
+    answered: Arc<Mutex<Option<Answered>>>,
+}
+
+/// A key the API answered with its entity.
+#[derive(Debug, Clone)]
+struct Answered {
+    key: String,
+    at: Instant,
 }
 
 /// One attempt's failure: worth retrying or not.
@@ -178,7 +206,11 @@ impl Enricher {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .build()?;
-        Ok(Self { client, config })
+        Ok(Self {
+            client,
+            config,
+            answered: Arc::default(),
+        })
     }
 
     /// Fetches every distinct key once; answers per key. Outages are reported to `metrics`
@@ -213,12 +245,19 @@ impl Enricher {
             Duration::from_millis(self.config.max_backoff_ms),
         );
         let grace = Duration::from_millis(self.config.not_found_grace_ms);
+        let give_up = Duration::from_millis(self.config.key_give_up_ms);
         let mut first_not_found: Option<Instant> = None;
+        let mut first_failure: Option<Instant> = None;
+        // When the API was first seen answering other keys while this one failed.
+        let mut healthy_since: Option<Instant> = None;
         let mut attempts = 0;
         loop {
             attempts += 1;
             match self.attempt(key, mapping).await {
-                Ok(event) => return Ok(event),
+                Ok(event) => {
+                    self.remember_answered(key);
+                    return Ok(event);
+                }
                 Err(Attempt::Final(error)) => return Err(error),
                 Err(Attempt::NotFound) => {
                     let since = *first_not_found.get_or_insert_with(Instant::now);
@@ -238,6 +277,26 @@ impl Enricher {
                     {
                         return Err(failure.into_error(key, attempts));
                     }
+                    // One key failing while the API answers others is a broken entity: it
+                    // is given up on once that has lasted `key_give_up_ms` and the API still
+                    // answers others. Until the API is seen answering others, it is an
+                    // outage, waited out without limit.
+                    let since = *first_failure.get_or_insert_with(Instant::now);
+                    match healthy_since {
+                        None => healthy_since = self.answers_others(key, since, mapping).await,
+                        Some(healthy) if healthy.elapsed() >= give_up => {
+                            if self.answers_others(key, healthy, mapping).await.is_some() {
+                                return Err(EnrichError::KeyFailing {
+                                    key: key.to_owned(),
+                                    attempts,
+                                    waited: since.elapsed(),
+                                    last: failure.to_string(),
+                                });
+                            }
+                            healthy_since = None;
+                        }
+                        Some(_) => {}
+                    }
                     let wait = backoff.next_wait();
                     metrics.emit(Unavailable {
                         service: "order API",
@@ -248,6 +307,43 @@ impl Enricher {
                     tokio::time::sleep(wait).await;
                 }
             }
+        }
+    }
+
+    fn remember_answered(&self, key: &str) {
+        *self.answered.lock().unwrap_or_else(PoisonError::into_inner) = Some(Answered {
+            key: key.to_owned(),
+            at: Instant::now(),
+        });
+    }
+
+    /// When the API was seen answering a key other than `key` after `since`: another key
+    /// answered since then (in this batch or a later one), or — when none was, as with a
+    /// batch of only this key — the last key answered, asked again now. `None`: it answers no
+    /// key, an outage.
+    async fn answers_others(
+        &self,
+        key: &str,
+        since: Instant,
+        mapping: &FieldMapping,
+    ) -> Option<Instant> {
+        let answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|answered| answered.key != key)?;
+        if answered.at > since {
+            return Some(answered.at);
+        }
+        match self.attempt(&answered.key, mapping).await {
+            Ok(_) => {
+                self.remember_answered(&answered.key);
+                Some(Instant::now())
+            }
+            // Any answer about the entity itself shows the API working.
+            Err(Attempt::NotFound | Attempt::Final(_)) => Some(Instant::now()),
+            Err(Attempt::Transient(_)) => None,
         }
     }
 
@@ -362,6 +458,7 @@ mod tests {
             backoff_ms: 1,
             max_backoff_ms: 1,
             not_found_grace_ms: 0,
+            key_give_up_ms: 0,
         };
         assert!(Enricher::new(config).is_err());
     }

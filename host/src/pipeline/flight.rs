@@ -266,7 +266,9 @@ pub(super) async fn repair<R: Rule, S: Store>(
         }
         Err(error) if error.is_transient() || matches!(error, StoreError::Unreadable(_)) => {
             // Some writes may have landed (or a key's value turned unreadable: the reload sets
-            // it aside): every written key is decided again, on a fresh
+            // it aside). A key whose stored writer is its write's id landed: its decisions
+            // stand as made (deciding them again would only find its own state, and count
+            // the events as ignored). Every other written key is decided again, on a fresh
             // load (the cache was cleared).
             outage.metrics.emit(crate::telemetry::events::Unavailable {
                 service: "store",
@@ -274,7 +276,20 @@ pub(super) async fn repair<R: Rule, S: Store>(
                 reason: &error,
                 retry_in: Duration::ZERO,
             });
-            redo.extend(flight.written.into_iter().map(|written| written.group));
+            let keys: Vec<String> = writes.iter().map(|write| write.key.clone()).collect();
+            let stored = settle::load(store, &keys, outage).await?;
+            for ((written, write), stored) in flight.written.into_iter().zip(writes).zip(stored) {
+                match stored {
+                    Ok(Some(current)) if current.writer == write.writer => {
+                        flight.batch.tally.writes += 1;
+                        cache.remember(write.key, Some(current));
+                        for (index, outcome) in written.outcomes {
+                            settle::tally(&mut flight.batch, index, outcome);
+                        }
+                    }
+                    _ => redo.push(written.group),
+                }
+            }
         }
         Err(error) => return Err(error.into()),
     }

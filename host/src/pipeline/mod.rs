@@ -94,14 +94,6 @@ pub enum PipelineError {
     /// The source failed to deliver or to acknowledge.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// Keys kept losing compare-and-set races (another writer is busy on them).
-    #[error("keys still conflicting after {attempts} attempts: {keys:?}")]
-    Contended {
-        /// Attempts made (`pipeline.max_write_attempts`).
-        attempts: u32,
-        /// The keys still conflicting.
-        keys: Vec<String>,
-    },
     /// Shutdown was asked for while the batch waited for the store or dead-letter queue to
     /// come back; the batch is left unacknowledged.
     #[error("interrupted by shutdown while waiting for {0}")]
@@ -254,6 +246,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         flights.push_back(flight);
         for batch in parts.drain(&mut window, &mut flights).await? {
             record::record(parts.stats, parts.metrics, &batch);
+            parts.rule.applied(&batch.tally.decisions);
         }
         Ok(())
     }
@@ -315,15 +308,20 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                     Next::Batch(messages) if messages.is_empty() => return Ok(()),
                     Next::Batch(messages) => messages,
                 };
-                parts.rule.before_batch();
-                let now_stamp = parts.rule.info().stamp();
+                // A new rule is taken up only once the window is empty: a batch in flight is
+                // completed — and repaired, if its writes fail — by the rule that decided and
+                // stamped it, never by its successor.
+                let swapping = parts.rule.swap_pending();
                 let now_generation = source.generation();
-                if now_stamp != stamp || now_generation != generation {
-                    // What is cached was decided by another rule, or about partitions another
-                    // instance may have written meanwhile: finish what is in flight, then
-                    // forget.
+                if swapping || now_generation != generation {
                     let done = holding(source, parts.drain(&mut window, &mut flights)).await?;
                     parts.finish(done, source).await?;
+                }
+                parts.rule.before_batch();
+                let now_stamp = parts.rule.info().stamp();
+                if now_stamp != stamp || now_generation != generation {
+                    // What is cached was decided by another rule, or about partitions another
+                    // instance may have written meanwhile.
                     parts.cache.clear();
                     stamp = now_stamp;
                     generation = now_generation;
@@ -479,6 +477,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Parts<'_, R, S, D> {
             crate::fault::point("after_ack", batch.seq);
             self.metrics.record_stage("ack", acking.elapsed());
             record::record(self.stats, self.metrics, &batch);
+            self.rule.applied(&batch.tally.decisions);
         }
         Ok(())
     }

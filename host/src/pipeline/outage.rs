@@ -57,6 +57,24 @@ impl<'a> Outage<'a> {
             reason,
             retry_in: wait,
         });
+        self.sleep(service, wait).await
+    }
+
+    /// Like [`Outage::wait`], counted but without a log line: for a wait whose cause was
+    /// logged once when it began.
+    pub async fn wait_quietly(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        backoff: &mut Backoff,
+    ) -> Result<(), PipelineError> {
+        let wait = backoff.next_wait();
+        self.metrics.record_unavailable(service, operation);
+        self.sleep(service, wait).await
+    }
+
+    /// Sleeps `wait`, or returns `Interrupted` if shutdown is asked for meanwhile.
+    pub async fn sleep(&self, service: &'static str, wait: Duration) -> Result<(), PipelineError> {
         let mut stopping = self.stopping.clone();
         let interrupted = tokio::select! {
             () = tokio::time::sleep(wait) => false,
@@ -79,7 +97,16 @@ impl<'a> Outage<'a> {
         }
         let mut backoff = self.backoff();
         loop {
-            match sink.send(letters).await {
+            // A send to a queue that is down can take the producer's whole delivery timeout:
+            // shutdown does not wait for it (the batch is left unacknowledged).
+            let mut stopping = self.stopping.clone();
+            let sent = tokio::select! {
+                sent = sink.send(letters) => sent,
+                Ok(_) = stopping.wait_for(|stopping| *stopping) => {
+                    return Err(PipelineError::Interrupted("dead-letter queue"));
+                }
+            };
+            match sent {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_transient() => {
                     self.wait("dead-letter queue", "send", &error, &mut backoff)

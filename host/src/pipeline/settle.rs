@@ -26,7 +26,8 @@ use crate::dead_letter::DeadLetterKind;
 use crate::entity::{Decision, Event, State};
 use crate::rule::{DecideError, Rule};
 use crate::store::{Current, Store, StoreError, Unreadable, Write, WriteOutcome, new_writer_id};
-use crate::telemetry::events::UnreadableState;
+use crate::backoff::Backoff;
+use crate::telemetry::events::{KeysContended, UnreadableState};
 
 /// What folding one key's events produced.
 pub(super) struct Folded {
@@ -162,13 +163,27 @@ pub(super) async fn settle(
 ) -> Result<(), PipelineError> {
     let mut pending = groups;
     let mut attempt = 0;
+    // Keys still conflicting after `max_write_attempts` are waited out rather than failed: a
+    // failure would leave the batch unacknowledged and the restart would meet the same keys.
+    // Backing off lets the other writer's batch land; what conflicts is decided again on the
+    // state it stored, so nothing is lost and nothing moves backward.
+    let mut contended: Option<Backoff> = None;
     while !pending.is_empty() {
         attempt += 1;
         if attempt > config.max_write_attempts {
-            return Err(PipelineError::Contended {
-                attempts: config.max_write_attempts,
-                keys: pending.into_iter().map(|group| group.key).collect(),
-            });
+            match contended.as_mut() {
+                Some(backoff) => outage.wait_quietly("store", "contended", backoff).await?,
+                None => {
+                    let keys: Vec<&str> = pending.iter().map(|group| group.key.as_str()).collect();
+                    outage.metrics.emit(KeysContended {
+                        keys: &keys,
+                        attempts: config.max_write_attempts,
+                    });
+                    let mut backoff = outage.backoff();
+                    outage.sleep("store", backoff.next_wait()).await?;
+                    contended = Some(backoff);
+                }
+            }
         }
         let currents = current_states(batch, &mut pending, cache, store, outage).await?;
         let folded = fold(rule, &mut pending, currents, config.rule_retries);
@@ -238,7 +253,7 @@ async fn sync(store: &impl Store, outage: &Outage<'_>) -> Result<(), PipelineErr
 
 /// Loads `keys`, waiting out store outages. A key whose stored state is unreadable answers
 /// why, and the others are loaded without it.
-async fn load(
+pub(super) async fn load(
     store: &impl Store,
     keys: &[String],
     outage: &Outage<'_>,

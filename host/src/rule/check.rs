@@ -45,7 +45,7 @@ use crate::entity::{Decision, Event, RuleInfo, State};
 use crate::progress::{Progress, Silent, Unit};
 use crate::rule::{CompiledRule, ContractViolation, DecideError, Rule};
 
-use generate::Generator;
+use generate::{Generator, Siblings};
 
 /// A found violation; boxed because it carries whole histories.
 type Found<T> = Result<T, Box<Violation>>;
@@ -319,6 +319,7 @@ pub fn check_with_progress(
     let warm = rules.fresh();
     let info = warm.info().clone();
     let generator = Generator::new(&info, corpus, &mut rng);
+    let siblings = Siblings::new(&mut rng);
     let mut checker = Checker {
         rules,
         warm,
@@ -331,6 +332,10 @@ pub fn check_with_progress(
         fresh_left: 0,
         sampler: StdRng::seed_from_u64(seed.rotate_left(32) ^ 0x5eed),
         progress,
+        siblings,
+        probing: false,
+        suspects: Vec::new(),
+        new_suspects: Vec::new(),
     };
     progress.stage(
         "checking",
@@ -338,8 +343,27 @@ pub fn check_with_progress(
         Some(config.histories as u64),
     );
     for done in 0..config.histories {
-        let events = generator.history(config.max_events, &mut rng);
-        let checked = checker.check_history(&events, &mut rng);
+        let mut events = generator.history(config.max_events, &mut rng);
+        // Once the rule has treated a key apart from its siblings, half the histories are
+        // checked under such a key.
+        if !checker.suspects.is_empty() && rng.random_bool(0.5) {
+            let key = &checker.suspects[rng.random_range(0..checker.suspects.len())];
+            events = with_key(&events, key);
+        }
+        checker.probing = true;
+        let mut checked = checker.check_history(&events, &mut rng);
+        checker.probing = false;
+        // Each sibling of the key the rule decided one of this history's pairs otherwise
+        // under: the same history under that key.
+        for key in std::mem::take(&mut checker.new_suspects) {
+            if checked.is_err() {
+                break;
+            }
+            checked = checker.check_history(&with_key(&events, &key), &mut rng);
+            if checker.suspects.len() < MAX_SUSPECTS {
+                checker.suspects.push(key);
+            }
+        }
         progress.advance(1);
         progress.note(format_args!(
             "{} orders, {} decisions",
@@ -385,6 +409,15 @@ struct Remembered {
     incoming: Event,
     answer: Answer,
 }
+
+/// How many siblings of its key (see [`Siblings`]) each new pair is asked under while a
+/// history is checked.
+const SIBLINGS_PER_PAIR: usize = 4;
+
+/// At most how many siblings the rule decided otherwise under are re-checked per history, and
+/// kept for later histories.
+const SUSPECTS_PER_HISTORY: usize = 2;
+const MAX_SUSPECTS: usize = 16;
 
 /// Keys a counterexample is shown with when it still holds under them.
 const SHORT_KEYS: [&str; 2] = ["o-1", "O-1"];
@@ -434,6 +467,16 @@ struct Checker<'a> {
     /// drawn do not depend on it.
     sampler: StdRng,
     progress: &'a dyn Progress,
+    /// Siblings of keys, asked in turn.
+    siblings: Siblings,
+    /// Whether new pairs are asked under siblings of their key too: while a generated history
+    /// is checked, not while re-checking or shrinking.
+    probing: bool,
+    /// Keys the rule decided a pair otherwise under than under a sibling key: later histories
+    /// are checked under them too.
+    suspects: Vec<String>,
+    /// Such keys found during the current history, which is checked under each of them next.
+    new_suspects: Vec<String>,
 }
 
 /// Where a depth-first walk over delivery orders stands.
@@ -612,9 +655,47 @@ impl Checker<'_> {
                         return Err(self.non_deterministic(current, incoming, vec![answer, fresh]));
                     }
                 }
+                if self.probing {
+                    self.probing = false;
+                    let asked = self.ask_siblings(current, incoming, &answer.outcome);
+                    self.probing = true;
+                    asked?;
+                }
             }
         }
         Ok(answer.outcome)
+    }
+
+    /// Asks a new pair again under siblings of its key (the same state and event, renamed),
+    /// and notes a sibling the rule decides otherwise under: a rule may treat keys of one
+    /// shape apart (ending in some character, past some length), and the history is then
+    /// checked under that key too. Cheap: a few decisions per new pair, none per repeat.
+    fn ask_siblings(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+        outcome: &Outcome,
+    ) -> Found<()> {
+        if self.new_suspects.len() >= SUSPECTS_PER_HISTORY {
+            return Ok(());
+        }
+        let key = incoming.key.as_str();
+        for _ in 0..SIBLINGS_PER_PAIR {
+            let Some(sibling) = self.siblings.next(key) else {
+                continue;
+            };
+            let renamed_current = current.map(|state| renamed(state, key, &sibling));
+            let renamed_incoming = renamed(incoming, key, &sibling);
+            let answer = self.ask(renamed_current.as_ref(), &renamed_incoming)?;
+            if !alike(outcome, &answer, key, &sibling)
+                && !self.suspects.contains(&sibling)
+                && !self.new_suspects.contains(&sibling)
+            {
+                self.new_suspects.push(sibling);
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// A fresh instance's answer.
@@ -768,6 +849,49 @@ impl Checker<'_> {
             Violation::NonDeterministic { .. } | Violation::RuleFailed { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// `entity` under `sibling` if it is of `key`.
+fn renamed(entity: &State, key: &str, sibling: &str) -> State {
+    if entity.key == key {
+        State {
+            key: sibling.to_owned(),
+            ..entity.clone()
+        }
+    } else {
+        entity.clone()
+    }
+}
+
+/// `events`, every one of them for `key`.
+fn with_key(events: &[Event], key: &str) -> Vec<Event> {
+    events
+        .iter()
+        .map(|event| Event {
+            key: key.to_owned(),
+            ..event.clone()
+        })
+        .collect()
+}
+
+/// Whether `theirs`, the answer under key `sibling`, is `ours`, the answer under `key`, with
+/// the key renamed: the same kind of decision, storing the same state under the sibling.
+/// Reasons are not compared (they may name the key), nor errors.
+fn alike(ours: &Outcome, theirs: &Outcome, key: &str, sibling: &str) -> bool {
+    match (ours, theirs) {
+        (
+            Outcome::Decision(Decision::Insert(ours)),
+            Outcome::Decision(Decision::Insert(theirs)),
+        )
+        | (
+            Outcome::Decision(Decision::Update(ours)),
+            Outcome::Decision(Decision::Update(theirs)),
+        ) => renamed(ours, key, sibling) == *theirs,
+        (Outcome::Decision(Decision::Ignore(_)), Outcome::Decision(Decision::Ignore(_)))
+        | (Outcome::Decision(Decision::Reject(_)), Outcome::Decision(Decision::Reject(_)))
+        | (Outcome::Error(_), Outcome::Error(_)) => true,
+        _ => false,
     }
 }
 

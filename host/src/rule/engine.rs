@@ -3,8 +3,9 @@
 //! - A component is compiled once ([`RuleEngine::compile`]) and pre-linked ([`CompiledRule`]), so
 //!   a fresh instance costs microseconds.
 //! - Its imports are checked against [`crate::rule`] before it is linked.
-//! - Every call runs under an epoch deadline and a memory cap. A call that traps, runs out of
-//!   time or memory, or answers a decision that breaks the contract is reported as a
+//! - Every call runs under an epoch deadline and a memory cap (linear memories and table
+//!   elements together). A call that traps, runs out of time or memory, or answers a decision
+//!   that breaks the contract is reported as a
 //!   [`DecideError`]; the instance is dropped and the next call instantiates a fresh one, so a
 //!   half-run call never leaks state into the next.
 //! - A component is refused before it is compiled (a file: before it is read) when it is larger
@@ -32,10 +33,21 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// 16 MiB, a hundred times the shipped rule.
 pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 << 20;
 
+/// What one table element is charged against [`EngineLimits::memory_cap_bytes`]: a pointer,
+/// what wasmtime stores per `funcref` element (an `externref` takes less).
+pub const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// The longest stamp (`name@version`, [`RuleInfo::stamp`]) a rule may give, in bytes: the stamp
+/// is stored beside every state the rule writes, carried by every dead letter and used as a
+/// metric label, so a rule answering a longer one is refused at load rather than cut (two
+/// versions cut to one stamp could no longer be told apart).
+pub const MAX_STAMP_BYTES: usize = 256;
+
 /// Limits applied to every rule component and every rule call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
-    /// The most linear memory one rule instance may hold, all its memories together.
+    /// The most memory one rule instance may hold: all its linear memories together with its
+    /// tables' elements (each charged [`TABLE_ELEMENT_BYTES`]).
     pub memory_cap_bytes: usize,
     /// How long one call (`decide`, `decide-batch` or `info`) may run.
     pub deadline: Duration,
@@ -129,6 +141,17 @@ pub enum InvalidInfo {
     /// A status is declared twice.
     #[error("status {0:?} listed twice")]
     DuplicateStatus(String),
+    /// `name@version` is longer than [`MAX_STAMP_BYTES`].
+    #[error(
+        "name@version is {len} bytes, over the cap of {cap} bytes (it is stored beside every \
+         state the rule writes): give the rule a shorter name or version"
+    )]
+    StampTooLong {
+        /// The stamp's length, in bytes.
+        len: usize,
+        /// [`MAX_STAMP_BYTES`].
+        cap: usize,
+    },
 }
 
 /// A wasmtime engine configured for rules, with the clock thread that enforces deadlines.
@@ -268,6 +291,14 @@ fn check_info(info: &RuleInfo) -> Result<(), InvalidInfo> {
     }
     if info.version.trim().is_empty() {
         return Err(InvalidInfo::EmptyVersion);
+    }
+    // `name@version`, measured without building it.
+    let len = info.name.len() + 1 + info.version.len();
+    if len > MAX_STAMP_BYTES {
+        return Err(InvalidInfo::StampTooLong {
+            len,
+            cap: MAX_STAMP_BYTES,
+        });
     }
     if info.statuses.is_empty() {
         return Err(InvalidInfo::NoStatuses);
@@ -428,6 +459,9 @@ impl Live {
     ) -> Result<T, DecideError> {
         self.store
             .set_epoch_deadline(deadline_ticks(limits.deadline));
+        // A refusal the previous call survived (a failed `memory.grow` or `table.grow` it
+        // handled) does not explain this call's failure.
+        self.store.data_mut().limiter.refused = None;
         f(&mut self.store, &self.bindings)
             .map_err(|error| classify(error, &mut self.store, limits, DecideError::Trap))
     }
@@ -480,16 +514,41 @@ struct RuleCtx {
     limiter: Limiter,
 }
 
-/// Refuses memory growth past the cap (all the instance's memories together) and remembers the
-/// refusal, so the trap that follows (a Rust guest aborts when allocation fails) is reported as
-/// what it is; caps the instances, memories and tables a store may create.
+/// Refuses growth past the cap (all the instance's memories and tables together: a table
+/// element is charged [`TABLE_ELEMENT_BYTES`]) and remembers the refusal, so the trap that
+/// follows (a Rust guest aborts when allocation fails) is reported as what it is; caps the
+/// instances, memories and tables a store may create.
 struct Limiter {
     limits: EngineLimits,
-    /// Bytes of linear memory the store's memories hold, all together.
+    /// Bytes the store's memories and table elements hold, all together.
     used: usize,
     /// The growth last allowed, taken back if it then fails.
     growing: usize,
     refused: Option<usize>,
+}
+
+impl Limiter {
+    /// Charges `growth` bytes against the cap, or remembers the refusal. Growth past the
+    /// memory's or table's own maximum is refused without charge (wasmtime would refuse it
+    /// too), and is not the cap's doing.
+    fn charge(&mut self, growth: usize, over_maximum: bool) -> bool {
+        if over_maximum {
+            return false;
+        }
+        let total = self.used.saturating_add(growth);
+        if total > self.limits.memory_cap_bytes {
+            self.refused = Some(total);
+            return false;
+        }
+        self.used = total;
+        self.growing = growth;
+        true
+    }
+
+    /// Takes back the growth last allowed: it failed.
+    fn grow_failed(&mut self) {
+        self.used = self.used.saturating_sub(std::mem::take(&mut self.growing));
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -499,29 +558,35 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let growth = desired.saturating_sub(current);
-        let total = self.used.saturating_add(growth);
-        if total > self.limits.memory_cap_bytes || maximum.is_some_and(|max| desired > max) {
-            self.refused = Some(total);
-            return Ok(false);
-        }
-        self.used = total;
-        self.growing = growth;
-        Ok(true)
+        Ok(self.charge(
+            desired.saturating_sub(current),
+            maximum.is_some_and(|max| desired > max),
+        ))
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.used = self.used.saturating_sub(std::mem::take(&mut self.growing));
+        self.grow_failed();
         Ok(())
     }
 
+    /// Also called for a table's initial size, when an instance is created.
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(maximum.is_none_or(|max| desired <= max) && desired <= 1_000_000)
+        Ok(self.charge(
+            desired
+                .saturating_sub(current)
+                .saturating_mul(TABLE_ELEMENT_BYTES),
+            maximum.is_some_and(|max| desired > max),
+        ))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -534,5 +599,108 @@ impl ResourceLimiter for Limiter {
 
     fn tables(&self) -> usize {
         self.limits.max_tables
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(cap: usize) -> Limiter {
+        Limiter {
+            limits: EngineLimits {
+                memory_cap_bytes: cap,
+                ..EngineLimits::default()
+            },
+            used: 0,
+            growing: 0,
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn wedge_table_elements_are_charged_against_the_memory_cap() {
+        let mut limiter = limiter(1 << 20);
+        // 64 KiB of memory, then a table taking the rest at a pointer per element.
+        assert!(limiter.memory_growing(0, 64 << 10, None).expect("asked"));
+        let elements = ((1 << 20) - (64 << 10)) / TABLE_ELEMENT_BYTES;
+        assert!(limiter.table_growing(0, elements, None).expect("asked"));
+        assert_eq!(limiter.refused, None);
+        // One element more, or one page more, is past the cap: refused, and remembered as the
+        // cap's doing.
+        assert!(
+            !limiter
+                .table_growing(elements, elements + 1, None)
+                .expect("asked"),
+            "a table element past the cap must be refused"
+        );
+        assert_eq!(limiter.refused, Some((1 << 20) + TABLE_ELEMENT_BYTES));
+        limiter.refused = None;
+        assert!(
+            !limiter
+                .memory_growing(64 << 10, 128 << 10, None)
+                .expect("asked")
+        );
+        assert_eq!(limiter.refused, Some((1 << 20) + (64 << 10)));
+        // Many tables of a million elements each (the old per-table bound) no longer fit.
+        let mut limiter = limiter_with_default_cap();
+        let fitted = (0..32)
+            .take_while(|_| limiter.table_growing(0, 1_000_000, None).expect("asked"))
+            .count();
+        assert!(
+            fitted < 32,
+            "32 tables of 1,000,000 elements fit in the cap"
+        );
+        assert!(limiter.refused.is_some());
+    }
+
+    fn limiter_with_default_cap() -> Limiter {
+        limiter(EngineLimits::default().memory_cap_bytes)
+    }
+
+    #[test]
+    fn a_failed_growth_is_taken_back_and_a_table_maximum_is_not_the_cap() {
+        let mut limiter = limiter(1 << 20);
+        assert!(limiter.table_growing(0, 1000, None).expect("asked"));
+        limiter
+            .table_grow_failed(wasmtime::Error::msg("out of host memory"))
+            .expect("taken");
+        assert_eq!(limiter.used, 0);
+        assert!(!limiter.table_growing(0, 11, Some(10)).expect("asked"));
+        assert_eq!(
+            limiter.refused, None,
+            "a table's own maximum is not the memory cap"
+        );
+    }
+
+    fn info(name: &str, version: &str) -> RuleInfo {
+        RuleInfo {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            statuses: vec!["paid".to_owned()],
+        }
+    }
+
+    #[test]
+    fn wedge_a_rule_stamp_over_the_cap_is_refused_at_load() {
+        let long = "v".repeat(1 << 20);
+        for (name, version) in [("huge", long.as_str()), (long.as_str(), "1.0.0")] {
+            match check_info(&info(name, version)) {
+                Err(error @ InvalidInfo::StampTooLong { len, cap }) => {
+                    assert_eq!(
+                        (len, cap),
+                        (name.len() + 1 + version.len(), MAX_STAMP_BYTES)
+                    );
+                    let message = error.to_string();
+                    assert!(message.contains("name@version"), "{message}");
+                    assert!(message.contains("256"), "{message}");
+                }
+                other => panic!("a {} byte stamp must be refused, got {other:?}", long.len()),
+            }
+        }
+        // At the cap exactly it passes.
+        let name = "n".repeat(MAX_STAMP_BYTES - 6);
+        assert_eq!(info(&name, "1.0.0").stamp().len(), MAX_STAMP_BYTES);
+        assert_eq!(check_info(&info(&name, "1.0.0")), Ok(()));
     }
 }

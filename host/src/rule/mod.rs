@@ -30,16 +30,18 @@ pub use gate::{
 };
 pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX};
 pub use signature::{
-    FoundSignature, IntegrityError, KeyError, PublicKey, SIGNATURE_SECTION, SignatureError, Signed,
-    SigningKey, TrustedKeys, excerpt, is_content_hash, sign, signatures,
+    FoundSignature, IntegrityError, KeyError, PublicKey, RELEASE_SECTION, SIGNATURE_SECTION,
+    SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash, release, sign,
+    signatures, with_release,
 };
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::entity::{Decision, Event, RuleInfo, State};
+use crate::entity::{Decision, DecisionKind, Event, RuleInfo, State};
 
 /// Why one decision could not be had from a rule. The rule instance that failed is discarded;
 /// the next call starts from a fresh one.
@@ -196,6 +198,17 @@ pub trait Rule {
     /// can be swapped takes up a new version, so that no batch is decided by two rules.
     fn before_batch(&mut self) {}
 
+    /// Whether [`Rule::before_batch`] would take up a new version: the pipeline then finishes
+    /// the batches in flight first, so that each is decided — and repaired — by the rule that
+    /// stamped it.
+    fn swap_pending(&self) -> bool {
+        false
+    }
+
+    /// The decisions of a finished batch that were applied (one per event, whatever was
+    /// decided again after a lost race): what a rule's share of `ignore`s is judged on.
+    fn applied(&mut self, _decisions: &BTreeMap<DecisionKind, u64>) {}
+
     /// Decides for one event. Implementations validate the decision with [`validate`].
     fn decide(
         &mut self,
@@ -223,6 +236,14 @@ impl<R: Rule + ?Sized> Rule for Box<R> {
 
     fn before_batch(&mut self) {
         (**self).before_batch();
+    }
+
+    fn swap_pending(&self) -> bool {
+        (**self).swap_pending()
+    }
+
+    fn applied(&mut self, decisions: &BTreeMap<DecisionKind, u64>) {
+        (**self).applied(decisions);
     }
 
     fn decide(

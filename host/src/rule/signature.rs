@@ -14,6 +14,13 @@
 //! component must carry a valid signature by one of them; without, an unsigned component
 //! passes. Either way every signature a component carries must verify: one that does not says
 //! the component was changed after it was signed.
+//!
+//! A component may declare its **release**, a number that only grows from one published
+//! version to the next, in a custom section named [`RELEASE_SECTION`] holding the number in
+//! decimal (`converge rule sign --release N` writes it). It is not a signature section, so
+//! every signature covers it: it cannot be changed without the signing key. A component
+//! without one is release 0. A fleet refuses an active pointer to a release below the highest
+//! it has made active (see [`crate::swap::Fleet`]).
 
 use std::ops::Range;
 use std::str::FromStr;
@@ -40,6 +47,13 @@ const KEY_PREFIX: &str = "ed25519:";
 /// More signatures than this on one component is refused as malformed: each costs a
 /// verification, and a key rotation needs two.
 const MAX_SIGNATURES: usize = 8;
+
+/// The custom section that carries a component's release number (decimal, canonical: no sign,
+/// no leading zero). Signed like everything that is not a signature.
+pub const RELEASE_SECTION: &str = "converge:release";
+
+/// The most of a release section read: the 20 digits of the largest `u64`.
+const RELEASE_DIGITS: usize = 20;
 
 /// An Ed25519 public key, written `ed25519:<base64 of its 32 bytes>` (as `converge rule
 /// keygen` prints it and `rule.trusted_keys` takes it). Weak keys are refused.
@@ -199,6 +213,10 @@ pub enum SignatureError {
     /// A signature section does not hold a signature (the reason).
     #[error("a {SIGNATURE_SECTION} section is malformed: {0}")]
     Malformed(String),
+    /// The release section is not one canonical decimal number, or there are several (the
+    /// reason).
+    #[error("the {RELEASE_SECTION} section is malformed: {0}")]
+    Release(String),
     /// A signature does not verify: the component changed after it was signed.
     #[error(
         "the signature by key {key} does not verify: the component was changed after it was \
@@ -231,10 +249,12 @@ pub struct FoundSignature {
     pub verifies: bool,
 }
 
-/// The signature sections of a component, their contents read.
+/// The signature sections of a component, their contents read, and its release.
 struct Signatures<'a> {
     /// Each section: where it lies in the component (header included) and what it holds.
     sections: Vec<(Range<usize>, Result<Section, String>)>,
+    /// The release section: where it lies and the number it holds (none: release 0).
+    release: Option<(Range<usize>, u64)>,
     /// What is signed: the domain and the digest of the component without its signatures.
     message: Vec<u8>,
     component: &'a [u8],
@@ -268,6 +288,7 @@ impl<'a> Signatures<'a> {
         let mut parser = wasmparser::Parser::new(0);
         let mut offset = 0;
         let mut sections = Vec::new();
+        let mut release = None;
         loop {
             let rest = component.get(offset..).unwrap_or_default();
             let (consumed, payload) = match parser.parse(rest, true).map_err(not_a_component)? {
@@ -293,6 +314,16 @@ impl<'a> Signatures<'a> {
                     let contents = serde_json::from_slice::<Section>(section.data())
                         .map_err(|e| e.to_string());
                     sections.push((start..offset, contents));
+                }
+                wasmparser::Payload::CustomSection(section)
+                    if section.name() == RELEASE_SECTION =>
+                {
+                    if release.is_some() {
+                        return Err(SignatureError::Release(
+                            "a component carries at most one".to_owned(),
+                        ));
+                    }
+                    release = Some((start..offset, parse_release(section.data())?));
                 }
                 wasmparser::Payload::End(_) => break,
                 _ => {}
@@ -320,6 +351,7 @@ impl<'a> Signatures<'a> {
         message.extend_from_slice(&digest.finalize());
         Ok(Self {
             sections,
+            release,
             message,
             component,
         })
@@ -343,6 +375,57 @@ impl<'a> Signatures<'a> {
 /// The signatures `component` carries, each verified.
 pub fn signatures(component: &[u8]) -> Result<Vec<FoundSignature>, SignatureError> {
     Signatures::read(component)?.found()
+}
+
+/// A release number as a [`RELEASE_SECTION`] holds it: canonical decimal digits of a `u64`.
+fn parse_release(data: &[u8]) -> Result<u64, SignatureError> {
+    let malformed = || {
+        SignatureError::Release(format!(
+            "{:?} is not a release number (decimal digits, no leading zero)",
+            excerpt(&String::from_utf8_lossy(data))
+        ))
+    };
+    let canonical = !data.is_empty()
+        && data.len() <= RELEASE_DIGITS
+        && data.iter().all(u8::is_ascii_digit)
+        && (data == b"0" || data[0] != b'0');
+    if !canonical {
+        return Err(malformed());
+    }
+    std::str::from_utf8(data)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(malformed)
+}
+
+/// The release `component` declares in its [`RELEASE_SECTION`]; 0 when it has none. Only a
+/// signature makes it trustworthy: the signature gate checks that separately.
+pub fn release(component: &[u8]) -> Result<u64, SignatureError> {
+    Ok(Signatures::read(component)?
+        .release
+        .map_or(0, |(_, release)| release))
+}
+
+/// `component` declaring release `release`: a release section it carries is replaced (which
+/// changes what is signed, so signatures it carried no longer verify unless the release was
+/// already `release`, in which case the component is answered unchanged).
+pub fn with_release(component: &[u8], release: u64) -> Result<Vec<u8>, SignatureError> {
+    let read = Signatures::read(component)?;
+    let mut released = Vec::with_capacity(component.len() + 32);
+    match &read.release {
+        Some((_, current)) if *current == release => return Ok(component.to_vec()),
+        Some((range, _)) => {
+            released.extend_from_slice(&component[..range.start]);
+            released.extend_from_slice(&component[range.end..]);
+        }
+        None => released.extend_from_slice(component),
+    }
+    wasm_encoder::CustomSection {
+        name: std::borrow::Cow::Borrowed(RELEASE_SECTION),
+        data: std::borrow::Cow::Owned(release.to_string().into_bytes()),
+    }
+    .append_to_component(&mut released);
+    Ok(released)
 }
 
 /// A component signed by [`sign`].
@@ -501,6 +584,30 @@ pub enum IntegrityError {
         /// Its SHA-256.
         actual: String,
     },
+    /// The active pointer names a rule whose signed release is below the fleet's floor (the
+    /// highest release it has made active): a replay of an older version.
+    #[error(
+        "the fleet's rule {hash} is release {release}, below the fleet's floor {floor} (the \
+         highest release it has made active); an older release is made active only by \
+         `converge rule rollback --allow-downgrade`; not followed"
+    )]
+    BelowFloor {
+        /// The hash the pointer holds.
+        hash: String,
+        /// The release its component declares.
+        release: u64,
+        /// The floor.
+        floor: u64,
+    },
+    /// The fleet's floor is not a release number.
+    #[error(
+        "the fleet's release floor holds {value:?}, which is not a release number; no active \
+         pointer is followed until it is one"
+    )]
+    Floor {
+        /// What it holds (an excerpt).
+        value: String,
+    },
 }
 
 /// At most 80 characters of `text`, for an error that quotes what it refuses.
@@ -653,6 +760,93 @@ mod tests {
         let key = key();
         let signed = sign(&component, &key).expect("signs").component;
         assert!(TrustedKeys::new([key.public_key()]).check(&signed).is_ok());
+    }
+
+    #[test]
+    fn wedge_a_release_is_signed_content_and_defaults_to_zero() {
+        let key = key();
+        let other = self::key();
+        let trusted = TrustedKeys::new([key.public_key()]);
+        let component = empty_component();
+        assert_eq!(release(&component), Ok(0));
+        let released = with_release(&component, 7).expect("released");
+        assert_eq!(release(&released), Ok(7));
+        // The same release again changes nothing; another replaces it.
+        assert_eq!(with_release(&released, 7).expect("same"), released);
+        assert_eq!(
+            release(&with_release(&released, u64::MAX).expect("replaced")),
+            Ok(u64::MAX)
+        );
+        let signed = sign(&released, &key).expect("signs").component;
+        assert_eq!(release(&signed), Ok(7));
+        assert_eq!(trusted.check(&signed), Ok(Some(key.public_key())));
+        // A second key signs the same release; both verify.
+        let both = sign(&signed, &other).expect("signs").component;
+        assert!(TrustedKeys::new([other.public_key()]).check(&both).is_ok());
+        assert!(trusted.check(&both).is_ok());
+        // The release is covered by the signature: changing it breaks it.
+        let relabelled = with_release(&signed, 8).expect("relabelled");
+        assert_eq!(release(&relabelled), Ok(8));
+        assert!(matches!(
+            trusted.check(&relabelled),
+            Err(SignatureError::DoesNotVerify { .. })
+        ));
+        // Re-signing after relabelling drops the stale signature and says so.
+        let resigned = sign(&relabelled, &key).expect("signs");
+        assert_eq!(resigned.dropped.len(), 1, "{:?}", resigned.dropped);
+        assert!(trusted.check(&resigned.component).is_ok());
+        // The signed message of a release-less component is unchanged: a signature made
+        // before releases existed still verifies, as release 0.
+        let unreleased = sign(&component, &key).expect("signs").component;
+        assert_eq!(release(&unreleased), Ok(0));
+        assert!(trusted.check(&unreleased).is_ok());
+    }
+
+    #[test]
+    fn wedge_a_malformed_or_repeated_release_section_is_refused() {
+        let release_section = |data: &[u8]| {
+            let mut component = empty_component();
+            wasm_encoder::CustomSection {
+                name: RELEASE_SECTION.into(),
+                data: data.into(),
+            }
+            .append_to_component(&mut component);
+            component
+        };
+        for bad in [
+            b"".as_slice(),
+            b"01",
+            b"-1",
+            b"+1",
+            b"1.0",
+            b" 1",
+            b"18446744073709551616",
+            b"100000000000000000000",
+        ] {
+            let component = release_section(bad);
+            assert!(
+                matches!(release(&component), Err(SignatureError::Release(_))),
+                "{bad:?}"
+            );
+            // The signature gate refuses it, keys trusted or not.
+            assert!(matches!(
+                TrustedKeys::default().check(&component),
+                Err(SignatureError::Release(_))
+            ));
+        }
+        assert_eq!(release(&release_section(b"0")), Ok(0));
+        assert_eq!(
+            release(&release_section(b"18446744073709551615")),
+            Ok(u64::MAX)
+        );
+        let mut twice = release_section(b"3");
+        wasm_encoder::CustomSection {
+            name: RELEASE_SECTION.into(),
+            data: b"4".as_slice().into(),
+        }
+        .append_to_component(&mut twice);
+        assert!(matches!(release(&twice), Err(SignatureError::Release(_))));
+        assert!(sign(&twice, &key()).is_err());
     }
 
     #[test]

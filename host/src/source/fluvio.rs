@@ -14,9 +14,13 @@
 //!
 //! So converge keeps the positions itself:
 //! - **one reader per partition** ([`reader`]) hands out every offset once and in order. A
-//!   record past the next expected offset is a gap: it is counted, logged, and the stream is
-//!   reopened at the first missing offset. Records removed by retention are handed out as one
-//!   `lost` message (dead-lettered with the range); a gap that comes back on every one of ten
+//!   partition never committed is read from the log start the cluster reports, not from
+//!   whatever record comes first. A record past the next expected offset is a gap, and so is
+//!   a stream that stays quiet while the cluster reports records past it (a cut at the end
+//!   of a quiet partition, which no later record reveals): it is counted, logged, and the
+//!   stream is reopened at the first missing offset with a fetch twice as large each time
+//!   (up to the cluster's cap). Records removed by retention are handed out as one `lost`
+//!   message naming their range (dead-lettered); a gap that comes back on every one of ten
 //!   re-reads is reported the same way. Nothing is skipped in silence.
 //! - A stream that fails or ends is reopened with backoff at that partition's own next offset.
 //! - Readers never commit, so a read given up on is harmless, and batches can close on a
@@ -24,9 +28,11 @@
 //! - **Acknowledgements** go into a per-partition ledger ([`ledger`]); the committable offset
 //!   is the end of the longest acknowledged prefix of handed-out batches.
 //! - **One committer per partition** ([`committer`]) commits that offset exactly: it opens a
-//!   short-lived stream at the offset, reads that one record, commits and flushes. Commits run
-//!   beside the pipeline and coalesce (the newest committable offset wins), and
-//!   [`FluvioSource::close`] commits the last one before the process exits.
+//!   short-lived stream at the offset, reads that one record, commits and flushes, with a
+//!   larger fetch while the record does not come out whole. An offset removed by retention
+//!   before its commit is passed over (the next committable offset is committed), not
+//!   retried. Commits run beside the pipeline and coalesce (the newest committable offset
+//!   wins), and [`FluvioSource::close`] commits the last one before the process exits.
 //!
 //! At-least-once holds: nothing is committed past an unacknowledged record, and a restart (or
 //! a SIGKILL) re-reads from the last committed offset + 1; the rule makes the redelivered
@@ -71,6 +77,11 @@ struct Settings {
     consumer: String,
     /// The most bytes the SPU sends in one response of a partition's stream.
     fetch_max_bytes: i32,
+    /// The largest fetch a re-read of a gap, or a commit, grows to.
+    fetch_cap: i32,
+    /// How long a partition's stream may stay quiet before its end is checked for records
+    /// the stream skipped.
+    idle_check: Duration,
     /// How long a batch waits for more records after its first one.
     batch_timeout: Duration,
     /// Records read ahead of the pipeline, over all partitions.
@@ -82,16 +93,28 @@ struct Settings {
     max_backoff: Duration,
 }
 
+/// The cluster's cap on a fetch: the SPU's default largest produce request
+/// (`STORAGE_MAX_REQUEST_SIZE` of fluvio-types 0.50), so no record batch is larger. A
+/// configured `fetch_max_bytes` above it raises it.
+const CLUSTER_FETCH_CAP: i32 = 32 << 20;
+
+/// How long a partition's stream may stay quiet before its end is checked; the wait doubles
+/// while the partition stays quiet.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 impl Settings {
     fn new(config: &FluvioSourceConfig, pipeline: &PipelineConfig) -> Self {
+        // Validation keeps it within 1 MiB..=2 GiB.
+        let fetch_max_bytes = i32::try_from(config.fetch_max_bytes).unwrap_or(i32::MAX);
         Self {
             endpoint: config.endpoint.clone(),
             tls: config.tls.clone(),
             topic: config.topic.clone(),
             partitions: config.partitions.clone(),
             consumer: config.consumer.clone(),
-            // Validation keeps it within 1 MiB..=2 GiB.
-            fetch_max_bytes: i32::try_from(config.fetch_max_bytes).unwrap_or(i32::MAX),
+            fetch_max_bytes,
+            fetch_cap: fetch_max_bytes.max(CLUSTER_FETCH_CAP),
+            idle_check: IDLE_CHECK,
             batch_timeout: Duration::from_millis(config.batch_timeout_ms),
             read_ahead: pipeline.batch_size.saturating_mul(2),
             backoff: Duration::from_millis(pipeline.backoff_ms),
@@ -142,7 +165,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl FluvioSource {
     /// Connects to the cluster and starts reading every configured partition after its
-    /// committed offset (from the beginning for a partition never committed).
+    /// committed offset (from its log start for a partition never committed).
     /// Read-ahead is twice the pipeline's batch size; a failed stream or commit is retried with
     /// the pipeline's backoff.
     pub async fn connect(
@@ -233,10 +256,14 @@ impl FluvioSource {
                     topic: Arc::clone(&topic),
                     partition,
                     next: committed.map(|offset| offset + 1),
+                    fresh: committed.is_none(),
                     out: out.clone(),
                     stop: source.stop.subscribe(),
                     metrics: metrics.clone(),
                     backoff: backoff.clone(),
+                    fetch: config.fetch_max_bytes,
+                    fetch_cap: config.fetch_cap,
+                    idle_check: config.idle_check,
                     rereads: None,
                 }
                 .run(),
@@ -250,6 +277,7 @@ impl FluvioSource {
                     watched,
                     committed,
                     backoff.clone(),
+                    config.fetch_cap,
                 )));
             source.partitions.insert(
                 i32::try_from(partition).unwrap_or(i32::MAX),

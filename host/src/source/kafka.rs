@@ -19,8 +19,8 @@
 //!   about partitions it may have lost.
 //! - Every librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`, …) passes through.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -46,6 +46,46 @@ struct CommitOnRevoke {
     metrics: Arc<Metrics>,
     /// Rebalances seen (assignments and revocations).
     rebalances: AtomicU64,
+    /// The pause state while holding, kept true across rebalances (see [`Hold`]).
+    hold: Mutex<Hold>,
+}
+
+/// What this member paused while holding, kept in step with rebalances. librdkafka keeps a
+/// partition's pause across a revoke and a later assignment, so a partition paused here and
+/// revoked would come back paused, for good, if it were forgotten; and one assigned during
+/// the hold would fetch into memory without bound if it were not paused.
+#[derive(Debug, Default)]
+struct Hold {
+    /// The pipeline is waiting out an outage: partitions assigned meanwhile are paused too.
+    holding: bool,
+    /// Partitions this member paused and still owns.
+    paused: HashSet<(String, i32)>,
+    /// Partitions revoked since the source last looked: messages of theirs taken but not
+    /// handed out are dropped (their next owner reads them from the committed offset).
+    revoked: Vec<(String, i32)>,
+}
+
+impl CommitOnRevoke {
+    fn hold(&self) -> MutexGuard<'_, Hold> {
+        self.hold.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `partitions` as a list for the client.
+fn partition_list<'a>(partitions: impl IntoIterator<Item = &'a (String, i32)>) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        list.add_partition(topic, *partition);
+    }
+    list
+}
+
+/// The partitions of `list`.
+fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|element| (element.topic().to_owned(), element.partition()))
+        .collect()
 }
 
 impl ClientContext for CommitOnRevoke {
@@ -70,9 +110,24 @@ impl ClientContext for CommitOnRevoke {
 }
 
 impl ConsumerContext for CommitOnRevoke {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         self.metrics.record_rebalance();
+        if let Rebalance::Assign(assigned) = rebalance {
+            let mut hold = self.hold();
+            if hold.holding && assigned.count() > 0 {
+                match consumer.pause(assigned) {
+                    Ok(()) => {
+                        tracing::info!(
+                            partitions = assigned.count(),
+                            "paused partitions assigned while the pipeline waits"
+                        );
+                        hold.paused.extend(partitions_of(assigned));
+                    }
+                    Err(error) => tracing::warn!(%error, "pausing assigned partitions failed"),
+                }
+            }
+        }
     }
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -80,6 +135,19 @@ impl ConsumerContext for CommitOnRevoke {
             for partition in partitions.elements() {
                 self.metrics
                     .forget_consumer_lag(partition.topic(), partition.partition());
+            }
+            {
+                // A pause must not outlive the ownership: resumed on the way out, whoever
+                // paused it, so that it is fetched when it is assigned again.
+                let mut hold = self.hold();
+                let revoked = partitions_of(partitions);
+                if let Err(error) = consumer.resume(partitions) {
+                    tracing::warn!(%error, "resuming revoked partitions failed");
+                }
+                for partition in &revoked {
+                    hold.paused.remove(partition);
+                }
+                hold.revoked.extend(revoked);
             }
             // Nothing stored since the last commit is not an error.
             match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -99,8 +167,6 @@ pub struct KafkaSource {
     batch_timeout: Duration,
     /// Messages taken for a batch that was dropped before it was returned, or while holding.
     collected: Vec<Message>,
-    /// Partitions paused while holding, resumed by the next batch.
-    paused: Option<TopicPartitionList>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -135,6 +201,7 @@ impl KafkaSource {
             client.create_with_context(CommitOnRevoke {
                 metrics,
                 rebalances: AtomicU64::new(0),
+                hold: Mutex::default(),
             })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -142,7 +209,6 @@ impl KafkaSource {
             consumer,
             batch_timeout: Duration::from_millis(config.batch_timeout_ms),
             collected: Vec::new(),
-            paused: None,
         })
     }
 
@@ -202,58 +268,81 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 const HOLD_POLL: Duration = Duration::from_millis(250);
 
 impl KafkaSource {
-    /// Resumes the partitions paused while holding.
-    fn resume(&mut self) {
-        if let Some(paused) = self.paused.take() {
-            // Partitions revoked meanwhile are not ours to resume; the others are.
-            let assigned = self.consumer.assignment().unwrap_or_default();
-            let mut resume = TopicPartitionList::new();
-            for element in paused.elements() {
-                if assigned
-                    .find_partition(element.topic(), element.partition())
-                    .is_some()
-                {
-                    resume.add_partition(element.topic(), element.partition());
+    /// Stops holding: resumes the whole current assignment (a partition paused by the hold
+    /// and assigned again by a rebalance included), and drops what was taken from partitions
+    /// revoked meanwhile.
+    fn stop_holding(&mut self) {
+        let revoked = {
+            let context = self.consumer.context();
+            let mut hold = context.hold();
+            if hold.holding || !hold.paused.is_empty() {
+                hold.holding = false;
+                hold.paused.clear();
+                match self.consumer.assignment() {
+                    Ok(assigned) => match self.consumer.resume(&assigned) {
+                        Ok(()) => {
+                            tracing::info!(partitions = assigned.count(), "resumed partitions");
+                        }
+                        Err(error) => tracing::warn!(%error, "resuming partitions failed"),
+                    },
+                    Err(error) => tracing::warn!(%error, "reading the assignment failed"),
                 }
             }
-            match self.consumer.resume(&resume) {
-                Ok(()) => tracing::info!(partitions = resume.count(), "resumed partitions"),
-                Err(error) => tracing::warn!(%error, "resuming partitions failed"),
-            }
-        }
+            std::mem::take(&mut hold.revoked)
+        };
+        self.drop_revoked(&revoked);
     }
 
-    /// Pauses every assigned partition not paused yet (a rebalance may have assigned more).
+    /// Starts holding, or goes on: pauses every assigned partition not paused yet.
     fn pause_assigned(&mut self) {
-        let Ok(assigned) = self.consumer.assignment() else {
-            return;
-        };
-        let mut fresh = TopicPartitionList::new();
-        for element in assigned.elements() {
-            let known = self.paused.as_ref().is_some_and(|paused| {
-                paused
-                    .find_partition(element.topic(), element.partition())
-                    .is_some()
-            });
-            if !known {
-                fresh.add_partition(element.topic(), element.partition());
-            }
-        }
-        if fresh.count() == 0 {
-            return;
-        }
-        match self.consumer.pause(&fresh) {
-            Ok(()) => {
-                tracing::info!(
-                    partitions = fresh.count(),
-                    "paused partitions while the pipeline waits; polling on to stay in the group"
-                );
-                let paused = self.paused.get_or_insert_with(TopicPartitionList::new);
-                for element in fresh.elements() {
-                    paused.add_partition(element.topic(), element.partition());
+        let revoked = {
+            let context = self.consumer.context();
+            let mut hold = context.hold();
+            hold.holding = true;
+            if let Ok(assigned) = self.consumer.assignment() {
+                let fresh: Vec<(String, i32)> = partitions_of(&assigned)
+                    .into_iter()
+                    .filter(|partition| !hold.paused.contains(partition))
+                    .collect();
+                if !fresh.is_empty() {
+                    match self.consumer.pause(&partition_list(&fresh)) {
+                        Ok(()) => {
+                            tracing::info!(
+                                partitions = fresh.len(),
+                                "paused partitions while the pipeline waits; polling on to \
+                                 stay in the group"
+                            );
+                            hold.paused.extend(fresh);
+                        }
+                        Err(error) => tracing::warn!(%error, "pausing partitions failed"),
+                    }
                 }
             }
-            Err(error) => tracing::warn!(%error, "pausing partitions failed"),
+            std::mem::take(&mut hold.revoked)
+        };
+        self.drop_revoked(&revoked);
+    }
+
+    /// Drops messages taken from `revoked` partitions and not handed out yet.
+    fn drop_revoked(&mut self, revoked: &[(String, i32)]) {
+        if revoked.is_empty() {
+            return;
+        }
+        let before = self.collected.len();
+        self.collected.retain(|message| match &message.position {
+            Position::Partition {
+                topic, partition, ..
+            } => !revoked
+                .iter()
+                .any(|(t, p)| t == topic && p == partition),
+            _ => true,
+        });
+        let dropped = before - self.collected.len();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped messages of revoked partitions; their next owner reads them"
+            );
         }
     }
 }
@@ -273,7 +362,7 @@ impl Source for KafkaSource {
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>, SourceError> {
-        self.resume();
+        self.stop_holding();
         let max = max.max(1);
         // One stream for the whole batch: each `recv` would register a new waker.
         let mut stream = self.consumer.stream();

@@ -15,6 +15,10 @@
 //! | `rule`         | `name@version` of the rule that decided this state        |
 //! | `position`     | source position of the last event folded into this state  |
 //!
+//! `rev` and `wid` are the compare-and-set's fence: both present, in canonical decimal (no sign,
+//! no leading zero), or the state is unreadable and its key set aside — the script compares
+//! them as text and as a Lua number, so any other spelling would conflict on every write.
+//!
 //! One hash per key keeps every write single-key, so the same script runs unchanged on Redis
 //! Cluster. Loads (`HMGET` of the fields a decision needs: not `rule` nor `position`) and
 //! writes of a batch go out as one pipeline; on a cluster, one pipeline per node, all in flight
@@ -27,6 +31,7 @@
 //! sets up to [`KEYS_PER_CALL`] keys, each checked and written on its own.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -170,7 +175,15 @@ pub struct RedisStore {
     /// Replicas each write must reach (`WAIT`) and how long it may wait; none: the
     /// primary's answer is enough.
     replication: Option<(u32, Duration)>,
+    /// The largest state seen (read, written, or guessed from a load that timed out), in
+    /// bytes: it sets how many keys one load pipeline asks for.
+    largest_state: Arc<AtomicUsize>,
 }
+
+/// The most bytes of states one pipeline carries: a batch of large states goes in several
+/// round trips, each well within `store.timeout_ms`, rather than one that times out on every
+/// attempt.
+pub const PIPELINE_BYTES: usize = 4 << 20;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,7 +276,17 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             script: Script::new(COMPARE_AND_SET),
             replication: None,
+            largest_state: Arc::default(),
         }
+    }
+
+    /// Keys per load pipeline: [`PIPELINE_BYTES`] of states as large as the largest seen.
+    fn keys_per_load(&self) -> usize {
+        (PIPELINE_BYTES / self.largest_state.load(Ordering::Relaxed).max(1)).max(1)
+    }
+
+    fn saw_state(&self, bytes: usize) {
+        self.largest_state.fetch_max(bytes, Ordering::Relaxed);
     }
 
     /// Answers a write only once `replicas` replicas have it (`WAIT`, sent in the write's
@@ -306,6 +329,20 @@ impl RedisStore {
     /// The prefix of every key this store writes.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The server's `maxmemory-policy`, if it tells (a managed Redis may refuse `CONFIG`; on a
+    /// cluster, one node's). Any policy but `noeviction` lets Redis drop state keys under
+    /// memory pressure: a dropped key starts over from the next event, and a cached state
+    /// then disagrees with the store.
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let mut command = redis::cmd("CONFIG");
+        command.arg("GET").arg("maxmemory-policy");
+        let answer: redis::RedisResult<Vec<String>> = match &self.connection {
+            Connection::Standalone { reads, .. } => command.query_async(&mut reads.clone()).await,
+            Connection::Cluster { reads, .. } => command.query_async(&mut reads.clone()).await,
+        };
+        answer.ok()?.into_iter().nth(1)
     }
 
     /// The Redis key holding `key`'s state.
@@ -418,21 +455,79 @@ impl RedisStore {
         answer.map_err(StoreError::Redis)
     }
 
+    /// Loads one group's keys, in pipelines of [`Self::keys_per_load`] keys, one after the
+    /// other. A pipeline that times out makes the next ones half as long: states too large
+    /// for one round trip are loaded in smaller ones on the retry, down to one key.
     async fn load_group(
         &self,
         group: &Group,
         redis_keys: &[String],
     ) -> Result<Vec<redis::Value>, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for &index in &group.items {
-            pipe.cmd("HMGET").arg(&redis_keys[index]).arg(&FIELDS[..]);
+        let mut answers = Vec::with_capacity(group.items.len());
+        for part in group.items.chunks(self.keys_per_load()) {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &index in part {
+                pipe.cmd("HMGET").arg(&redis_keys[index]).arg(&FIELDS[..]);
+            }
+            match self.query(group, pipe, Access::Read).await {
+                Ok(values) => {
+                    for value in &values {
+                        if let redis::Value::Array(fields) = value {
+                            let bytes = fields.iter().map(bulk_len).sum();
+                            self.saw_state(bytes);
+                        }
+                    }
+                    answers.extend(values);
+                }
+                Err(StoreError::Redis(error)) if error.is_timeout() => {
+                    self.saw_state(PIPELINE_BYTES / (part.len() / 2).max(1));
+                    return Err(StoreError::Redis(error));
+                }
+                Err(error) => return Err(error),
+            }
         }
-        self.query(group, pipe, Access::Read).await
+        Ok(answers)
     }
 
-    /// Sends one group's writes and answers one value per item of the group, in order.
+    /// Sends one group's writes in pipelines of at most [`PIPELINE_BYTES`] (at least one
+    /// write each), one after the other, and answers one value per item, in order.
     async fn write_group(
+        &self,
+        group: &Group,
+        redis_keys: &[String],
+        writes: &[Write],
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        let mut answers = Vec::with_capacity(group.items.len());
+        let mut part = Vec::new();
+        let mut bytes = 0;
+        for &index in &group.items {
+            let size = write_bytes(&writes[index]);
+            self.saw_state(size);
+            if !part.is_empty() && bytes + size > PIPELINE_BYTES {
+                let items = std::mem::take(&mut part);
+                let sub = Group {
+                    slot: group.slot,
+                    items,
+                };
+                answers.extend(self.write_pipeline(&sub, redis_keys, writes).await?);
+                bytes = 0;
+            }
+            part.push(index);
+            bytes += size;
+        }
+        if !part.is_empty() {
+            let sub = Group {
+                slot: group.slot,
+                items: part,
+            };
+            answers.extend(self.write_pipeline(&sub, redis_keys, writes).await?);
+        }
+        Ok(answers)
+    }
+
+    /// Sends writes as one pipeline and answers one value per item of the group, in order.
+    async fn write_pipeline(
         &self,
         group: &Group,
         redis_keys: &[String],
@@ -677,14 +772,18 @@ fn parse_current(key: &str, fields: Vec<Option<String>>) -> Result<Option<Curren
     };
     let mut fields = fields.into_iter();
     let mut next = |name: &'static str| fields.next().flatten().ok_or_else(|| bad(name));
-    let revision = match next("rev") {
-        Ok(revision) => revision.parse::<u64>().map_err(|_| bad("rev"))?,
-        Err(_) => return Ok(None),
-    };
-    // States written before writers were recorded have none: 0, as the script reads it.
-    let writer = match next("wid") {
-        Ok(writer) => writer.parse::<u64>().map_err(|_| bad("wid"))?,
-        Err(_) => 0,
+    // The fence is read here as numbers and compared by the script as text (`wid`) and as a
+    // Lua number (`rev`): only the canonical decimal form reads the same both ways. Any other
+    // form ("05", "+5", " 5", a writer without a revision) would make every compare-and-set
+    // on the key conflict forever, so it is unreadable, and the key is set aside.
+    let (revision, writer) = match (next("rev").ok(), next("wid").ok()) {
+        (None, None) => return Ok(None),
+        (Some(revision), Some(writer)) => (
+            canonical_u64(&revision).ok_or_else(|| bad("rev"))?,
+            canonical_u64(&writer).ok_or_else(|| bad("wid"))?,
+        ),
+        (None, Some(_)) => return Err(bad("rev")),
+        (Some(_), None) => return Err(bad("wid")),
     };
     let status = next("status")?;
     let version = next("version")?
@@ -705,6 +804,47 @@ fn parse_current(key: &str, fields: Vec<Option<String>>) -> Result<Option<Curren
         revision,
         writer,
     }))
+}
+
+/// The bytes a write sends: what dominates a pipeline's size.
+fn write_bytes(write: &Write) -> usize {
+    write.key.len()
+        + write.state.status.len()
+        + write.state.payload.len()
+        + write.rule.len()
+        + write.position.len()
+        + 64
+}
+
+/// The length of a bulk string answer (0 for anything else).
+fn bulk_len(value: &redis::Value) -> usize {
+    match value {
+        redis::Value::BulkString(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
+/// The key `sync` writes to fence replication: outside the state keyspace (no key under
+/// `prefix`), so it is never read as a state, listed with the states or deleted with them.
+fn replication_fence_key(prefix: &str) -> String {
+    // `prefix` cannot be a prefix of both: they differ in their first character.
+    ["converge-replication-fence:", "~converge-replication-fence:"]
+        .iter()
+        .map(|head| format!("{head}{prefix}"))
+        .find(|key| !key.starts_with(prefix))
+        .unwrap_or_else(|| format!("~~converge-replication-fence:{prefix}"))
+}
+
+/// `text` as a u64 if it is written the one way converge writes numbers: decimal digits, no
+/// sign, no spaces, no leading zero.
+fn canonical_u64(text: &str) -> Option<u64> {
+    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = text.len() > 1 && text.starts_with('0');
+    if digits_only && !leading_zero {
+        text.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// What `inspect` reads: [`FIELDS`], then the rule and the position.
@@ -830,7 +970,7 @@ fn command_error(value: redis::Value) -> Result<redis::Value, StoreError> {
 impl Store for RedisStore {
     /// A write whose answer was lost may have landed on the primary unconfirmed; a
     /// connection made since knows nothing of it, so `WAIT` alone would answer at once. A
-    /// small write first (a fence key under the prefix) puts everything written before it
+    /// small write first (a fence key beside the prefix) puts everything written before it
     /// into what `WAIT` waits for, since replicas apply the primary's writes in order.
     ///
     /// On a cluster each node replicates on its own; the fence covers only the node of the
@@ -839,8 +979,7 @@ impl Store for RedisStore {
         if self.replication.is_none() {
             return Ok(());
         }
-        let fence = format!("{}converge:replication-fence", self.prefix);
-        let keys = [fence];
+        let keys = [replication_fence_key(&self.prefix)];
         let Some(group) = self.groups(&keys).into_iter().next() else {
             return Ok(());
         };
@@ -960,5 +1099,28 @@ impl Store for RedisStore {
             return Err(StoreError::Unreadable(unreadable));
         }
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_canonical_decimal_reads_as_a_fence_number() {
+        assert_eq!(canonical_u64("0"), Some(0));
+        assert_eq!(canonical_u64("5"), Some(5));
+        assert_eq!(canonical_u64("18446744073709551615"), Some(u64::MAX));
+        for text in ["", "05", "+5", " 5", "5 ", "-1", "0x5", "1e3", "18446744073709551616"] {
+            assert_eq!(canonical_u64(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_replication_fence_is_outside_the_state_keyspace() {
+        for prefix in ["converge:state:", "converge", "c", "~", "~c", "p:"] {
+            let key = replication_fence_key(prefix);
+            assert!(!key.starts_with(prefix), "{prefix:?}: {key:?}");
+        }
     }
 }

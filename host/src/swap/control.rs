@@ -14,12 +14,12 @@ use super::ignore_share::{
     AutoRollback, IgnoreShare, Jump, Meter, Probation, VersionBook, Window, jumped,
 };
 use crate::config::AutoRollbackConfig;
-use crate::entity::{Decision, Event, RuleInfo, State};
+use crate::entity::{Decision, DecisionKind, Event, RuleInfo, State};
 use crate::rule::vectors::VectorFile;
 use crate::rule::{Admitted, Gate, GateError, Gates, content_hash};
 use crate::rule::{CompiledRule, WasmRule};
 use crate::rule::{DecideError, Rule};
-use crate::telemetry::events::{RuleAutoRolledBack, RuleRefused, RuleSwapped};
+use crate::telemetry::events::{RuleAutoRolledBack, RuleOverride, RuleRefused, RuleSwapped};
 use crate::telemetry::{KindCounts, Metrics};
 
 /// How many shadow disagreements are kept for inspection (the most recent).
@@ -299,8 +299,37 @@ struct ControlState {
     shadow: Option<(Serving, ShadowCounts)>,
     last_swap: Option<SwapRecord>,
     /// Candidates already refused, by hash, so that a fleet pointer at a bad rule is not
-    /// compiled again on every poll. Bounded: the least recently offered is forgotten.
-    refused: lru::LruCache<String, Refusal>,
+    /// compiled again on every poll, and a version rolled back for its behaviour never comes
+    /// back unjudged. Bounded: the least recently offered is forgotten.
+    refused: lru::LruCache<String, Refused>,
+}
+
+/// A refused candidate: why, and the digest of the sidecar vectors it was judged with.
+#[derive(Debug, Clone)]
+struct Refused {
+    refusal: Refusal,
+    sidecar: Option<String>,
+}
+
+impl Refused {
+    fn new(refusal: Refusal, sidecar: Option<String>) -> Self {
+        Self { refusal, sidecar }
+    }
+
+    /// Whether offering the same bytes with `sidecar` deserves another judgement: only a
+    /// refusal the sidecar's vectors decided (its own gate, or the convergence check, which
+    /// draws values from them), and only when those vectors changed. A refusal for the
+    /// bytes themselves or for the version's behaviour on live events stands.
+    fn regated_by(&self, sidecar: Option<&String>) -> bool {
+        matches!(self.refusal.gate, Gate::Vectors | Gate::Convergence)
+            && sidecar.is_some()
+            && sidecar != self.sidecar.as_ref()
+    }
+}
+
+/// The digest of a sidecar vector file, as refusals remember it.
+pub(super) fn sidecar_digest(vectors: &VectorFile) -> String {
+    content_hash(&serde_json::to_vec(vectors).unwrap_or_default())
 }
 
 #[derive(Debug, Default)]
@@ -361,8 +390,11 @@ impl RuleControl {
     }
 
     /// Gates `bytes` and, if they pass, makes them the active or shadow rule from the next
-    /// batch on. A refused candidate changes nothing that serves. CPU-bound on a new candidate
-    /// (compile and check): call it from a blocking thread in async code.
+    /// batch on. A refused candidate changes nothing that serves. A hash refused before stays
+    /// refused (answered again, logged and counted like a new refusal) whatever the sidecar
+    /// says — except a refusal the sidecar's vectors decided, which a changed sidecar re-gates
+    /// — until an operator overrides it ([`RuleControl::offer_overriding`]). CPU-bound on a
+    /// new candidate (compile and check): call it from a blocking thread in async code.
     pub fn offer(
         &self,
         bytes: &[u8],
@@ -370,12 +402,55 @@ impl RuleControl {
         origin: &str,
         role: Role,
     ) -> Result<RuleRef, Refusal> {
+        self.offer_with(bytes, sidecar, origin, role, false)
+    }
+
+    /// [`RuleControl::offer`] by an operator who overrides an earlier refusal of the same
+    /// hash (`--force`, `?force=true`): the override is logged and counted, the gates still
+    /// run on bytes that never passed them, and a version made active this way is on
+    /// probation against the one it replaces, even if it is the previous one.
+    pub fn offer_overriding(
+        &self,
+        bytes: &[u8],
+        sidecar: Option<VectorFile>,
+        origin: &str,
+        role: Role,
+    ) -> Result<RuleRef, Refusal> {
+        self.offer_with(bytes, sidecar, origin, role, true)
+    }
+
+    fn offer_with(
+        &self,
+        bytes: &[u8],
+        sidecar: Option<VectorFile>,
+        origin: &str,
+        role: Role,
+        overriding: bool,
+    ) -> Result<RuleRef, Refusal> {
         let hash = content_hash(bytes);
+        let digest = sidecar.as_ref().map(sidecar_digest);
+        // Judged before and refused: whatever passes now is judged afresh (gates where the
+        // bytes never passed them, probation in any case).
+        let mut judged_again = false;
         let known = {
             let mut state = self.lock();
-            // (A sidecar may have changed since: then the candidate is gated again.)
-            if let Some(refusal) = state.refused.get(&hash).filter(|_| sidecar.is_none()) {
-                return Err(refusal.clone());
+            if let Some(refused) = state.refused.get(&hash).cloned() {
+                if overriding {
+                    state.refused.pop(&hash);
+                    drop(state);
+                    self.metrics.emit(RuleOverride {
+                        role: role.as_str(),
+                        hash: &hash,
+                        origin,
+                        gate: refused.refusal.gate.as_str(),
+                    });
+                    state = self.lock();
+                } else if !refused.regated_by(digest.as_ref()) {
+                    drop(state);
+                    self.refuse(role, origin, &hash, refused.refusal.clone());
+                    return Err(refused.refusal);
+                }
+                judged_again = true;
             }
             let current = match role {
                 Role::Active => Some(&state.active),
@@ -396,10 +471,13 @@ impl RuleControl {
             .map(|serving| serving.compiled.clone())
         };
         if role == Role::Active
+            && !overriding
             && let Some(refusal) = self.promotion_refusal(&hash)
         {
             self.refuse(role, origin, &hash, refusal.clone());
-            self.lock().refused.put(hash, refusal.clone());
+            self.lock()
+                .refused
+                .put(hash, Refused::new(refusal.clone(), digest));
             return Err(refusal);
         }
         let compiled = match known {
@@ -409,12 +487,14 @@ impl RuleControl {
                 Err(error) => {
                     let refusal = Refusal::by_gate(error);
                     self.refuse(role, origin, &hash, refusal.clone());
-                    self.lock().refused.put(hash, refusal.clone());
+                    self.lock()
+                        .refused
+                        .put(hash, Refused::new(refusal.clone(), digest));
                     return Err(refusal);
                 }
             },
         };
-        Ok(self.apply(role, compiled, &hash, origin))
+        Ok(self.apply(role, compiled, &hash, origin, judged_again))
     }
 
     /// Records a candidate refused before it reached the gates exactly like a gate's refusal
@@ -461,8 +541,18 @@ impl RuleControl {
         });
     }
 
-    fn apply(&self, role: Role, compiled: CompiledRule, hash: &str, origin: &str) -> RuleRef {
-        let applied = self.apply_locked(&mut self.lock(), role, compiled, hash, origin);
+    /// Makes `compiled` serve in `role`. `judged_again`: it was refused before (an override,
+    /// or a re-gated sidecar), so it is on probation even when it is the previous version.
+    fn apply(
+        &self,
+        role: Role,
+        compiled: CompiledRule,
+        hash: &str,
+        origin: &str,
+        judged_again: bool,
+    ) -> RuleRef {
+        let applied =
+            self.apply_locked(&mut self.lock(), role, compiled, hash, origin, judged_again);
         self.metrics.emit(RuleSwapped {
             role: role.as_str(),
             rule: &applied.rule,
@@ -480,6 +570,7 @@ impl RuleControl {
         compiled: CompiledRule,
         hash: &str,
         origin: &str,
+        judged_again: bool,
     ) -> RuleRef {
         let reference = reference(&compiled, hash, origin);
         let applied = reference.clone();
@@ -495,11 +586,13 @@ impl RuleControl {
                 .find(|serving| serving.reference.hash == hash)
                 .map_or_else(Arc::default, |serving| Arc::clone(&serving.book));
                 // A swap is judged against the version it replaces; a return to the version
-                // before (a rollback, by whatever path) is not.
-                let returning = state
-                    .previous
-                    .as_ref()
-                    .is_some_and(|previous| previous.reference.hash == hash);
+                // before (a rollback, by whatever path) is not — unless that version was
+                // refused since, and an operator brought it back over the refusal.
+                let returning = !judged_again
+                    && state
+                        .previous
+                        .as_ref()
+                        .is_some_and(|previous| previous.reference.hash == hash);
                 book.set_probation(self.auto_rollback.filter(|_| !returning).map(|limits| {
                     Probation {
                         baseline: Arc::clone(&state.active.book),
@@ -580,14 +673,18 @@ impl RuleControl {
                 previous.compiled,
                 &to_hash,
                 AUTO_ROLLBACK_ORIGIN,
+                false,
             );
             state.refused.put(
                 hash.to_owned(),
-                Refusal {
-                    gate: Gate::IgnoreShare,
-                    reason,
-                    cause: None,
-                },
+                Refused::new(
+                    Refusal {
+                        gate: Gate::IgnoreShare,
+                        reason,
+                        cause: None,
+                    },
+                    None,
+                ),
             );
             if let Some(last) = &mut state.last_swap {
                 last.auto_rollback = Some(record.clone());
@@ -660,9 +757,10 @@ impl RuleControl {
                 &shadow.reference.hash,
                 refusal.clone(),
             );
-            self.lock()
-                .refused
-                .put(shadow.reference.hash.clone(), refusal.clone());
+            self.lock().refused.put(
+                shadow.reference.hash.clone(),
+                Refused::new(refusal.clone(), None),
+            );
             return Err(refusal);
         }
         Ok(self.apply(
@@ -670,20 +768,56 @@ impl RuleControl {
             shadow.compiled,
             &shadow.reference.hash,
             origin,
+            false,
         ))
     }
 
-    /// Makes the previous rule active again (the active one becomes the previous).
+    /// Makes the previous rule active again (the active one becomes the previous). A
+    /// previous version that was refused since (rolled back by itself for its ignore share)
+    /// is refused again: it does not come back unjudged.
     pub fn rollback(&self, origin: &str) -> Result<RuleRef, Refusal> {
-        let previous = self.lock().previous.clone();
+        self.rollback_with(origin, false)
+    }
+
+    /// [`RuleControl::rollback`] by an operator who overrides a refusal of the previous
+    /// version (`?force=true`): logged and counted, and the version returns on probation.
+    pub fn rollback_overriding(&self, origin: &str) -> Result<RuleRef, Refusal> {
+        self.rollback_with(origin, true)
+    }
+
+    fn rollback_with(&self, origin: &str, overriding: bool) -> Result<RuleRef, Refusal> {
+        let (previous, refused) = {
+            let mut state = self.lock();
+            let previous = state.previous.clone();
+            let refused = previous
+                .as_ref()
+                .and_then(|previous| state.refused.get(&previous.reference.hash).cloned());
+            (previous, refused)
+        };
         let Some(previous) = previous else {
             return Err(nothing_to("roll back: no previous rule"));
         };
+        let hash = &previous.reference.hash;
+        let judged_again = refused.is_some();
+        if let Some(refused) = refused {
+            if !overriding {
+                self.refuse(Role::Active, origin, hash, refused.refusal.clone());
+                return Err(refused.refusal);
+            }
+            self.lock().refused.pop(hash);
+            self.metrics.emit(RuleOverride {
+                role: Role::Active.as_str(),
+                hash,
+                origin,
+                gate: refused.refusal.gate.as_str(),
+            });
+        }
         Ok(self.apply(
             Role::Active,
             previous.compiled,
-            &previous.reference.hash,
+            hash,
             origin,
+            judged_again,
         ))
     }
 
@@ -923,6 +1057,17 @@ impl Rule for SwappableRule {
         self.active.rule.info()
     }
 
+    fn swap_pending(&self) -> bool {
+        self.control.generation.load(Ordering::Acquire) != self.generation
+    }
+
+    /// The active rule's share of `ignore`s, and its probation, are judged on applied
+    /// decisions only: a key decided again after a lost race or a failed write counts once,
+    /// so a store fault cannot make a healthy rule look silent.
+    fn applied(&mut self, decisions: &std::collections::BTreeMap<DecisionKind, u64>) {
+        self.count_active(&KindCounts::of_tally(decisions));
+    }
+
     fn before_batch(&mut self) {
         if self.control.generation.load(Ordering::Acquire) != self.generation {
             let (generation, active, shadow) = self.control.serving();
@@ -938,9 +1083,8 @@ impl Rule for SwappableRule {
         incoming: &Event,
     ) -> Result<Decision, DecideError> {
         let decision = self.active.rule.decide(current, incoming)?;
-        let counts = KindCounts::of([&decision]);
-        self.count_active(&counts);
         if self.shadow.is_some() {
+            let counts = KindCounts::of([&decision]);
             let items = [(current.cloned(), incoming.clone())];
             self.shadow_compare(&items, std::slice::from_ref(&decision), counts.ignores());
         }
@@ -952,9 +1096,8 @@ impl Rule for SwappableRule {
         items: &[(Option<State>, Event)],
     ) -> Result<Vec<Decision>, DecideError> {
         let decisions = self.active.rule.decide_batch(items)?;
-        let counts = KindCounts::of(&decisions);
-        self.count_active(&counts);
         if self.shadow.is_some() {
+            let counts = KindCounts::of(&decisions);
             self.shadow_compare(items, &decisions, counts.ignores());
         }
         Ok(decisions)

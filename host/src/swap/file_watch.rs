@@ -13,6 +13,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::rule::vectors::{VectorError, VectorFile};
 use crate::rule::{GateError, LoadError, content_hash, read_component};
+use crate::swap::control::sidecar_digest;
 use crate::swap::{Role, RuleControl};
 
 /// How long the file must stay quiet before it is read.
@@ -93,6 +94,10 @@ pub fn watch_rule_file(
             source,
         })?;
     tracing::info!(path = %path.display(), "watching the rule file");
+    // What the file held when serving started (the start-up rule): not an offer to repeat.
+    let mut last = read_rule_file(&path, control.max_component_bytes())
+        .ok()
+        .map(|(bytes, vectors)| FileContent::of(&bytes, vectors.as_ref()));
     Ok(tokio::spawn(async move {
         // The watcher stops when dropped: it lives as long as this task.
         let _watcher = watcher;
@@ -104,12 +109,30 @@ pub fn watch_rule_file(
             }
             // Debounce: wait until no change arrived for SETTLE.
             while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}
-            offer(&path, &control).await;
+            offer(&path, &control, &mut last).await;
         }
     }))
 }
 
-async fn offer(path: &Path, control: &Arc<RuleControl>) {
+/// What a rule file held when it was last offered: its content hash and its sidecar's digest.
+/// An event that leaves both as they were (a `touch`, a rewrite with the same bytes, a
+/// config-management run) offers nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileContent {
+    rule: String,
+    sidecar: Option<String>,
+}
+
+impl FileContent {
+    fn of(bytes: &[u8], vectors: Option<&VectorFile>) -> Self {
+        Self {
+            rule: content_hash(bytes),
+            sidecar: vectors.map(sidecar_digest),
+        }
+    }
+}
+
+async fn offer(path: &Path, control: &Arc<RuleControl>, last: &mut Option<FileContent>) {
     let origin = format!("file:{}", path.display());
     let (bytes, vectors) = match read_rule_file(path, control.max_component_bytes()) {
         Ok(read) => read,
@@ -123,7 +146,12 @@ async fn offer(path: &Path, control: &Arc<RuleControl>) {
             return;
         }
     };
-    if content_hash(&bytes) == control.active_hash() {
+    let content = FileContent::of(&bytes, vectors.as_ref());
+    if last.as_ref() == Some(&content) {
+        return;
+    }
+    *last = Some(content.clone());
+    if content.rule == control.active_hash() {
         return;
     }
     let control = Arc::clone(control);

@@ -11,7 +11,10 @@
 //! (list of hashes made active, newest first; what rollback walks back), `rule:refused` (hashes
 //! an instance refused, a sorted set by time, the newest 256 kept; rollback skips them),
 //! `instances` (set of instance ids), `instance:ID` (its [`InstanceReport`] as JSON, with a time
-//! to live) and the channel `rule:events`.
+//! to live), `rule:floor` (the highest release ever made active, in decimal),
+//! `rule:downgrades` (a list of [`Downgrade`] records as JSON, newest first, the newest 50
+//! kept), `rule:downgraded` (how many downgrades were recorded, a counter) and the channel
+//! `rule:events`.
 //!
 //! Whoever can write these keys can try to steer the fleet, so nothing read from them is taken
 //! on trust: a pointer or history entry that is not a content hash is refused and never
@@ -20,8 +23,19 @@
 //! the signature gate first. `rollback` and `promote` check their target the same way (and its
 //! signature against the keys they are given) before they move a pointer, and move it only if
 //! it still holds what they read.
+//!
+//! **Releases.** A component declares a release number, covered by its signatures (see
+//! [`crate::rule::release`]). The fleet's floor is the highest release it has made active:
+//! publish and promote raise it in the same script that moves the pointer, and refuse a
+//! release below it; rollback to a release below it is refused unless it is an explicit
+//! downgrade (`--allow-downgrade`), which lowers the floor and is recorded (`rule:downgrades`,
+//! `rule:downgraded`) in that same script. An instance refuses an active pointer whose rule's
+//! release is below the floor (gate `integrity`), and keeps in memory the highest floor it has
+//! seen: a floor lowered in Redis without a newly recorded downgrade (a key deleted or
+//! overwritten, a restored backup) does not lower it. A restarted instance starts from the
+//! floor in Redis.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -30,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rule::{
     GateError, IntegrityError, LoadError, SignatureError, TrustedKeys, content_hash, excerpt,
-    is_content_hash,
+    is_content_hash, release,
 };
 use crate::swap::{Role, RuleControl, RuleStatus, now_ms};
 
@@ -45,6 +59,8 @@ const REFUSED_KEPT: isize = 256;
 /// The most of a pointer read: longer than any hash, so a long value cannot pass for one
 /// cut short, and short enough that a planted huge value costs nothing to poll.
 const POINTER_READ: isize = 100;
+/// The most of the floor or the downgrade counter read: more than the 20 digits of a `u64`.
+const NUMBER_READ: isize = 40;
 
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +118,40 @@ pub enum FleetError {
     /// Rollback or promote: a pointer moved while the target was checked; nothing changed.
     #[error("the fleet's {0} pointer moved meanwhile; nothing changed (try again)")]
     Moved(&'static str),
+    /// Publish or promote: the rule's release is below the fleet's floor; nothing changed.
+    #[error(
+        "the rule {hash} is release {release}, below fleet {fleet}'s floor {floor} (the highest \
+         release it has made active); sign it with a higher --release, or return to an older \
+         release with `converge rule rollback --allow-downgrade`; nothing changed"
+    )]
+    BelowFloor {
+        /// The fleet's name.
+        fleet: String,
+        /// The rule's hash.
+        hash: String,
+        /// Its release.
+        release: u64,
+        /// The floor.
+        floor: u64,
+    },
+    /// Rollback: the target's release is below the fleet's floor, and no downgrade was
+    /// allowed; nothing changed.
+    #[error(
+        "rolling back to {hash} (release {release}) is a downgrade: fleet {fleet}'s floor is \
+         {floor} (the highest release it has made active), and its instances refuse a release \
+         below it; give --allow-downgrade to lower the floor (the downgrade is recorded in the \
+         fleet's history); nothing changed"
+    )]
+    Downgrade {
+        /// The fleet's name.
+        fleet: String,
+        /// The target's hash.
+        hash: String,
+        /// Its release.
+        release: u64,
+        /// The floor.
+        floor: u64,
+    },
 }
 
 /// What one instance last said about itself.
@@ -126,16 +176,91 @@ pub struct FleetStatus {
     pub shadow: Option<String>,
     /// Hashes made active, newest first.
     pub history: Vec<String>,
+    /// The highest release the fleet has made active (or lowered to by the newest downgrade):
+    /// its instances refuse an active rule of a lower release.
+    #[serde(default)]
+    pub floor: u64,
+    /// The downgrades made (`converge rule rollback --allow-downgrade`), newest first.
+    #[serde(default)]
+    pub downgrades: Vec<Downgrade>,
     /// Every live instance's last report, by name.
     pub instances: Vec<InstanceReport>,
 }
 
-/// A connection to a fleet's keys.
+/// A rollback to a release below the fleet's floor, made on purpose and recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Downgrade {
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Who: the operator's user and host, as the command line found them.
+    pub by: String,
+    /// The active rule it replaced (none: there was none).
+    pub from: Option<String>,
+    /// The rule it made active.
+    pub to: String,
+    /// That rule's release: the floor from then on.
+    pub release: u64,
+    /// The floor before.
+    pub floor_before: u64,
+}
+
+/// What [`Fleet::rollback`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The new active hash.
+    pub hash: String,
+    /// Its release.
+    pub release: u64,
+    /// The downgrade recorded, when its release is below the floor it replaced.
+    pub downgrade: Option<Downgrade>,
+}
+
+/// The floor an instance holds itself to: the highest it has seen, lowered only by a newly
+/// recorded downgrade.
+#[derive(Debug, Default)]
+struct FloorMemory {
+    /// Whether the fleet's floor was read yet (the first read is taken as it is).
+    read: bool,
+    /// The floor.
+    floor: u64,
+    /// The highest downgrade counter read.
+    downgraded: u64,
+    /// The fleet's floor last warned about as lower than this one, so the warning is not
+    /// repeated every poll.
+    warned: Option<u64>,
+}
+
+/// The fleet's pointers, floor and downgrade counter, read in one transaction.
+struct View {
+    active: Option<String>,
+    shadow: Option<String>,
+    /// The floor (0 when there is none), or what the key holds instead of a number.
+    floor: Result<u64, String>,
+    /// The downgrade counter (0 when there is none); `None` when it is not a number.
+    downgraded: Option<u64>,
+}
+
+/// A release number as the fleet stores it (canonical decimal); an empty value (a missing
+/// key) is 0. Anything else is answered as an excerpt.
+fn parse_number(bytes: &[u8]) -> Result<u64, String> {
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let canonical = bytes.iter().all(u8::is_ascii_digit) && (bytes == b"0" || bytes[0] != b'0');
+    text.parse()
+        .ok()
+        .filter(|_| canonical)
+        .ok_or_else(|| excerpt(&text))
+}
+
+/// A connection to a fleet's keys. Clones share the floor this instance holds itself to.
 #[derive(Clone)]
 pub struct Fleet {
     client: redis::Client,
     connection: redis::aio::MultiplexedConnection,
     name: String,
+    floor: Arc<Mutex<FloorMemory>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -146,14 +271,49 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-/// Makes `hash` (ARGV[1]) active: records it in the history (unless it already heads it),
-/// moves the pointer, drops a shadow of the same hash, takes it off the refused set (it is
-/// offered afresh) and announces the change — in one step, so concurrent publishers cannot
-/// interleave. With ARGV[3] (promote), only while the shadow pointer still holds it; answers 0
-/// when it does not, and changes nothing.
+/// Lua: whether the canonical decimal `a` is below `b` (any length: no floating point), and
+/// whether a stored floor is a canonical decimal.
+const RELEASE_LUA: &str = r"
+local function below(a, b)
+  if #a ~= #b then
+    return #a < #b
+  end
+  for i = 1, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return false
+end
+local function readable(floor)
+  return #floor <= 20 and (floor == '0' or string.match(floor, '^[1-9]%d*$') ~= nil)
+end
+";
+
+/// Makes `hash` (ARGV[1]) of release ARGV[4] active: records it in the history (unless it
+/// already heads it), moves the pointer, raises the floor (KEYS[6]) to its release, drops a
+/// shadow of the same hash, takes it off the refused set (it is offered afresh) and announces
+/// the change — in one step, so concurrent publishers cannot interleave. With ARGV[3]
+/// (promote), only while the shadow pointer still holds it; answers 0 when it does not, -1
+/// when the release is below the floor, -2 when the floor is not a number, and then changes
+/// nothing.
 const ACTIVATE: &str = r"
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
   return 0
+end
+local floor = redis.call('GET', KEYS[6])
+if floor == '' then
+  floor = false
+end
+if floor and not readable(floor) then
+  return -2
+end
+if floor and below(ARGV[4], floor) then
+  return -1
+end
+if not floor or below(floor, ARGV[4]) then
+  redis.call('SET', KEYS[6], ARGV[4])
 end
 if redis.call('TYPE', KEYS[5]).ok == 'zset' then
   redis.call('ZREM', KEYS[5], ARGV[1])
@@ -171,14 +331,34 @@ redis.call('PUBLISH', KEYS[4], 'active ' .. ARGV[1])
 return 1
 ";
 
-/// Returns to the history entry ARGV[2] (0-based index ARGV[3]), which rollback has
-/// checked: drops the history down to it and points at it — only while the active pointer
-/// still holds ARGV[1] (empty: no pointer) and the entry is still there. Answers 1, or 0 when
-/// something moved (and then changes nothing).
+/// Returns to the history entry ARGV[2] (0-based index ARGV[3], release ARGV[4]), which
+/// rollback has checked: drops the history down to it and points at it — only while the
+/// active pointer still holds ARGV[1] (empty: no pointer), the entry is still there and the
+/// floor (KEYS[4]) still holds ARGV[5] (empty: none). A release below the floor is a
+/// downgrade: only with the record ARGV[6] (non-empty), which is pushed onto the downgrades
+/// (KEYS[5], the newest ARGV[7] kept) while their counter (KEYS[6]) is incremented, and the
+/// floor becomes the release. Otherwise the floor is raised to the release if it is below.
+/// Answers 1, 0 when something moved, -1 when a downgrade has no record (and then changes
+/// nothing).
 const ROLLBACK: &str = r"
 local active = redis.call('GET', KEYS[1])
 if (active or '') ~= ARGV[1] or redis.call('LINDEX', KEYS[2], ARGV[3]) ~= ARGV[2] then
   return 0
+end
+local floor = redis.call('GET', KEYS[4])
+if (floor or '') ~= ARGV[5] then
+  return 0
+end
+if floor and below(ARGV[4], floor) then
+  if ARGV[6] == '' then
+    return -1
+  end
+  redis.call('INCR', KEYS[6])
+  redis.call('LPUSH', KEYS[5], ARGV[6])
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
+  redis.call('SET', KEYS[4], ARGV[4])
+elseif not floor or below(floor, ARGV[4]) then
+  redis.call('SET', KEYS[4], ARGV[4])
 end
 redis.call('LTRIM', KEYS[2], ARGV[3], -1)
 redis.call('SET', KEYS[1], ARGV[2])
@@ -210,6 +390,7 @@ impl Fleet {
             client,
             connection,
             name: name.to_owned(),
+            floor: Arc::default(),
         })
     }
 
@@ -227,16 +408,26 @@ impl Fleet {
     }
 
     /// Stores `component` and makes it the fleet's active or shadow rule. Answers its hash. It
-    /// is not gated here: `converge rule publish` gates it first, and every instance does.
+    /// is not gated here: `converge rule publish` gates it first, and every instance does. As
+    /// the active rule, its release (0 when it declares none or cannot be read: the gates
+    /// refuse what cannot be read) may not be below the fleet's floor, which it raises.
     pub async fn publish(&self, component: &[u8], role: Role) -> Result<String, FleetError> {
         let hash = content_hash(component);
+        let release = release(component).unwrap_or(0);
+        if role == Role::Active {
+            // Checked again, atomically, as the pointer moves; this spares storing the blob.
+            let floor = self.floor().await?;
+            if release < floor {
+                return Err(self.below_floor(&hash, release, floor));
+            }
+        }
         let mut connection = self.connection.clone();
         let _: () = connection
             .set(self.key(&format!("rule:blob:{hash}")), component)
             .await?;
         match role {
             Role::Active => {
-                self.activate(&hash, None).await?;
+                self.activate(&hash, None, release).await?;
             }
             Role::Shadow => {
                 let _: () = connection.set(self.pointer(Role::Shadow), &hash).await?;
@@ -248,22 +439,53 @@ impl Fleet {
         Ok(hash)
     }
 
-    /// Makes `hash` active; with `shadow`, only while the shadow pointer holds it. Answers
-    /// whether it did.
-    async fn activate(&self, hash: &str, shadow: Option<&str>) -> Result<bool, FleetError> {
+    /// Makes `hash`, of release `release`, active; with `shadow`, only while the shadow pointer
+    /// holds it. Answers whether it did; a release below the floor is an error.
+    async fn activate(
+        &self,
+        hash: &str,
+        shadow: Option<&str>,
+        release: u64,
+    ) -> Result<bool, FleetError> {
         let mut connection = self.connection.clone();
-        let done: i64 = redis::Script::new(ACTIVATE)
+        let done: i64 = redis::Script::new(&format!("{RELEASE_LUA}{ACTIVATE}"))
             .key(self.pointer(Role::Active))
             .key(self.pointer(Role::Shadow))
             .key(self.key("rule:history"))
             .key(self.key("rule:events"))
             .key(self.key("rule:refused"))
+            .key(self.key("rule:floor"))
             .arg(hash)
             .arg(HISTORY)
             .arg(shadow.unwrap_or_default())
+            .arg(release.to_string())
             .invoke_async(&mut connection)
             .await?;
-        Ok(done == 1)
+        match done {
+            -1 | -2 => {
+                let floor = self.floor().await?;
+                Err(self.below_floor(hash, release, floor))
+            }
+            done => Ok(done == 1),
+        }
+    }
+
+    fn below_floor(&self, hash: &str, release: u64, floor: u64) -> FleetError {
+        FleetError::BelowFloor {
+            fleet: self.name.clone(),
+            hash: hash.to_owned(),
+            release,
+            floor,
+        }
+    }
+
+    /// The fleet's floor: 0 when it has none; one that is not a number is an error.
+    pub async fn floor(&self) -> Result<u64, FleetError> {
+        let mut connection = self.connection.clone();
+        let bytes: Vec<u8> = connection
+            .getrange(self.key("rule:floor"), 0, NUMBER_READ)
+            .await?;
+        parse_number(&bytes).map_err(|value| IntegrityError::Floor { value }.into())
     }
 
     /// Makes the shadow the fleet's active rule, once it is checked as [`Fleet::rollback`]
@@ -279,9 +501,14 @@ impl Fleet {
                 fleet: self.name.clone(),
             });
         };
-        self.check_target("shadow pointer", &shadow, trusted, max_bytes)
+        let release = self
+            .check_target("shadow pointer", &shadow, trusted, max_bytes)
             .await?;
-        if !self.activate(&shadow, Some(&shadow)).await? {
+        let floor = self.floor().await?;
+        if release < floor {
+            return Err(self.below_floor(&shadow, release, floor));
+        }
+        if !self.activate(&shadow, Some(&shadow), release).await? {
             return Err(FleetError::Moved("shadow"));
         }
         Ok(shadow)
@@ -291,15 +518,23 @@ impl Fleet {
     /// is not the active rule and that no instance refused. The entries on the way must be
     /// content hashes, and the target must be stored intact (its SHA-256 is its hash, it is
     /// within `max_bytes`) and pass the signature gate with `trusted`; anything else is an
-    /// error and nothing changes — a tampered history is refused, never followed. The pointer
-    /// moves only if it still holds what was read. Answers the new active hash.
+    /// error and nothing changes — a tampered history is refused, never followed. A target
+    /// whose release is below the fleet's floor is a downgrade: refused unless
+    /// `allow_downgrade`, and then recorded as made `by` (who), lowering the floor. The pointer
+    /// moves only if it and the floor still hold what was read.
     pub async fn rollback(
         &self,
         trusted: &TrustedKeys,
         max_bytes: usize,
-    ) -> Result<String, FleetError> {
+        allow_downgrade: bool,
+        by: &str,
+    ) -> Result<RolledBack, FleetError> {
         let mut connection = self.connection.clone();
         let (active, _) = self.pointers().await?;
+        let floor_raw: Vec<u8> = connection
+            .getrange(self.key("rule:floor"), 0, NUMBER_READ)
+            .await?;
+        let floor = parse_number(&floor_raw).map_err(|value| IntegrityError::Floor { value })?;
         let history = self.history().await?;
         let refused = self.refused().await?;
         let mut target = None;
@@ -321,37 +556,73 @@ impl Fleet {
                 fleet: self.name.clone(),
             });
         };
-        self.check_target(
-            &format!("history entry {}", index + 1),
-            target,
-            trusted,
-            max_bytes,
-        )
-        .await?;
-        let moved: i64 = redis::Script::new(ROLLBACK)
+        let release = self
+            .check_target(
+                &format!("history entry {}", index + 1),
+                target,
+                trusted,
+                max_bytes,
+            )
+            .await?;
+        let downgrade = if release < floor {
+            if !allow_downgrade {
+                return Err(FleetError::Downgrade {
+                    fleet: self.name.clone(),
+                    hash: target.clone(),
+                    release,
+                    floor,
+                });
+            }
+            Some(Downgrade {
+                at_ms: now_ms(),
+                by: by.to_owned(),
+                from: active.clone(),
+                to: target.clone(),
+                release,
+                floor_before: floor,
+            })
+        } else {
+            None
+        };
+        let record = match &downgrade {
+            Some(downgrade) => serde_json::to_string(downgrade).map_err(FleetError::Report)?,
+            None => String::new(),
+        };
+        let moved: i64 = redis::Script::new(&format!("{RELEASE_LUA}{ROLLBACK}"))
             .key(self.pointer(Role::Active))
             .key(self.key("rule:history"))
             .key(self.key("rule:events"))
+            .key(self.key("rule:floor"))
+            .key(self.key("rule:downgrades"))
+            .key(self.key("rule:downgraded"))
             .arg(active.as_deref().unwrap_or_default())
             .arg(target)
             .arg(index)
+            .arg(release.to_string())
+            .arg(floor_raw)
+            .arg(record)
+            .arg(HISTORY)
             .invoke_async(&mut connection)
             .await?;
         if moved != 1 {
             return Err(FleetError::Moved("active"));
         }
-        Ok(target.clone())
+        Ok(RolledBack {
+            hash: target.clone(),
+            release,
+            downgrade,
+        })
     }
 
     /// Checks that `hash` (what `what` holds) names an intact component whose signatures pass
-    /// with `trusted`.
+    /// with `trusted`. Answers its release.
     async fn check_target(
         &self,
         what: &str,
         hash: &str,
         trusted: &TrustedKeys,
         max_bytes: usize,
-    ) -> Result<(), FleetError> {
+    ) -> Result<u64, FleetError> {
         if !is_content_hash(hash) {
             return Err(IntegrityError::NotAHash {
                 pointer: what.to_owned(),
@@ -360,13 +631,12 @@ impl Fleet {
             .into());
         }
         let component = self.component(hash, max_bytes).await?;
-        trusted
-            .check(&component)
-            .map_err(|source| FleetError::SignatureRefused {
-                hash: hash.to_owned(),
-                source,
-            })?;
-        Ok(())
+        let refused = |source| FleetError::SignatureRefused {
+            hash: hash.to_owned(),
+            source,
+        };
+        trusted.check(&component).map_err(refused)?;
+        release(&component).map_err(refused)
     }
 
     /// The history, newest first (at most as long as it is kept).
@@ -501,11 +771,92 @@ impl Fleet {
         Ok(())
     }
 
+    /// The downgrades recorded, newest first (a record that does not parse is left out).
+    async fn downgrades(&self) -> Result<Vec<Downgrade>, FleetError> {
+        let mut connection = self.connection.clone();
+        let records: Vec<Vec<u8>> = connection
+            .lrange(self.key("rule:downgrades"), 0, HISTORY - 1)
+            .await?;
+        Ok(records
+            .iter()
+            .filter_map(|record| serde_json::from_slice(record).ok())
+            .collect())
+    }
+
+    /// The pointers, the floor and the downgrade counter, in one transaction, so that a
+    /// pointer is judged against the floor that was set with it.
+    async fn view(&self) -> Result<View, FleetError> {
+        let mut connection = self.connection.clone();
+        let (active, shadow, floor, downgraded): (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) =
+            redis::pipe()
+                .atomic()
+                .getrange(self.pointer(Role::Active), 0, POINTER_READ)
+                .getrange(self.pointer(Role::Shadow), 0, POINTER_READ)
+                .getrange(self.key("rule:floor"), 0, NUMBER_READ)
+                .getrange(self.key("rule:downgraded"), 0, NUMBER_READ)
+                .query_async(&mut connection)
+                .await?;
+        let pointer = |bytes: Vec<u8>| {
+            (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+        };
+        Ok(View {
+            active: pointer(active),
+            shadow: pointer(shadow),
+            floor: parse_number(&floor),
+            downgraded: parse_number(&downgraded).ok(),
+        })
+    }
+
+    /// The floor this instance holds the active pointer to, once `view` is taken into account:
+    /// the highest floor it has seen, lowered only to the floor of a newly recorded downgrade
+    /// (logged). A floor that is not a number is answered as the refusal it causes.
+    fn hold_floor(&self, view: &View) -> Result<u64, IntegrityError> {
+        let floor = match &view.floor {
+            Ok(floor) => *floor,
+            Err(value) => {
+                return Err(IntegrityError::Floor {
+                    value: value.clone(),
+                });
+            }
+        };
+        let mut memory = self.floor.lock().unwrap_or_else(PoisonError::into_inner);
+        let recorded = memory.read
+            && view
+                .downgraded
+                .is_some_and(|downgraded| downgraded > memory.downgraded);
+        if !memory.read || floor > memory.floor {
+            memory.floor = floor;
+        } else if floor < memory.floor && recorded {
+            tracing::warn!(
+                fleet = %self.name,
+                from = memory.floor,
+                to = floor,
+                "the fleet's release floor was lowered by a recorded downgrade (`converge rule \
+                 status` lists it); following it"
+            );
+            memory.floor = floor;
+        } else if floor < memory.floor && memory.warned != Some(floor) {
+            tracing::warn!(
+                fleet = %self.name,
+                held = memory.floor,
+                fleet_floor = floor,
+                "the fleet's release floor is lower than this instance has seen, and no downgrade \
+                 was recorded: holding to the higher floor"
+            );
+            memory.warned = Some(floor);
+        }
+        memory.read = true;
+        memory.downgraded = memory.downgraded.max(view.downgraded.unwrap_or(0));
+        Ok(memory.floor)
+    }
+
     /// The pointers, the history and every live instance's report.
     pub async fn status(&self) -> Result<FleetStatus, FleetError> {
         let mut connection = self.connection.clone();
         let (active, shadow) = self.pointers().await?;
         let history = self.history().await?;
+        let floor = self.floor().await?;
+        let downgrades = self.downgrades().await?;
         let mut ids: Vec<String> = connection.smembers(self.key("instances")).await?;
         ids.sort();
         let mut instances = Vec::new();
@@ -526,31 +877,36 @@ impl Fleet {
             active,
             shadow,
             history,
+            floor,
+            downgrades,
             instances,
         })
     }
 
     /// Brings `control` in line with the fleet's pointers where they moved since `seen`. Only
     /// a moved pointer is acted on, so a rule uploaded to one instance by its admin endpoint
-    /// keeps serving there until the fleet publishes again.
+    /// keeps serving there until the fleet publishes again. An active pointer to a release
+    /// below the floor this instance holds to is refused (gate `integrity`).
     pub async fn sync(
         &self,
         control: &Arc<RuleControl>,
         seen: &mut (Option<String>, Option<String>),
     ) -> Result<(), FleetError> {
-        let (active, shadow) = self.pointers().await?;
+        let view = self.view().await?;
+        let floor = self.hold_floor(&view);
+        let View { active, shadow, .. } = view;
         if active != seen.0 {
             if let Some(hash) = &active
                 && control.active_hash() != *hash
             {
-                self.offer(control, hash, Role::Active).await?;
+                self.offer(control, hash, Role::Active, Some(floor)).await?;
             }
             seen.0 = active;
         }
         if shadow != seen.1 {
             match &shadow {
                 Some(hash) if control.shadow_hash().as_ref() != Some(hash) => {
-                    self.offer(control, hash, Role::Shadow).await?;
+                    self.offer(control, hash, Role::Shadow, None).await?;
                 }
                 Some(_) => {}
                 None => control.clear_shadow("fleet"),
@@ -560,11 +916,14 @@ impl Fleet {
         Ok(())
     }
 
+    /// Offers the rule `hash` to `control` in `role`. `floor`: the release floor it is held to
+    /// (the active role), or why there is none to hold it to.
     async fn offer(
         &self,
         control: &Arc<RuleControl>,
         hash: &str,
         role: Role,
+        floor: Option<Result<u64, IntegrityError>>,
     ) -> Result<(), FleetError> {
         // A refusal is recorded by the control (log, metric, status); the pointer is not
         // retried until it moves again.
@@ -580,6 +939,25 @@ impl Fleet {
         }
         let refused = match self.component(hash, control.max_component_bytes()).await {
             Ok(bytes) => {
+                // Below the floor: refused before any gate, and not remembered as refused by
+                // the fleet (an explicit downgrade may return to it).
+                let below = match floor {
+                    Some(Err(error)) => Some(error),
+                    Some(Ok(floor)) => match release(&bytes) {
+                        Ok(release) if release < floor => Some(IntegrityError::BelowFloor {
+                            hash: hash.to_owned(),
+                            release,
+                            floor,
+                        }),
+                        // A release that cannot be read is refused by the signature gate.
+                        _ => None,
+                    },
+                    None => None,
+                };
+                if let Some(error) = below {
+                    refuse(GateError::Integrity(error));
+                    return Ok(());
+                }
                 let control = Arc::clone(control);
                 let offered =
                     tokio::task::spawn_blocking(move || control.offer(&bytes, None, "fleet", role))

@@ -23,5 +23,5 @@ pub use control::{
 };
 pub use file_watch::{RuleFileError, WatchError, read_rule_file, watch_rule_file};
 #[cfg(feature = "redis")]
-pub use fleet::{Fleet, FleetError, FleetStatus, InstanceReport};
+pub use fleet::{Downgrade, Fleet, FleetError, FleetStatus, InstanceReport, RolledBack};
 pub use ignore_share::{AutoRollback, IgnoreShare};

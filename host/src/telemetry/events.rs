@@ -35,6 +35,25 @@ impl InternalEvent for Unavailable<'_> {
     }
 }
 
+/// Keys of a batch lost every one of their `attempts` compare-and-sets (another writer is busy
+/// on them): from now on they are tried again after a growing backoff, each wait counted as
+/// `unavailable{service="store",operation="contended"}`, until they land.
+pub(crate) struct KeysContended<'a> {
+    pub keys: &'a [&'a str],
+    pub attempts: u32,
+}
+
+impl InternalEvent for KeysContended<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            keys = ?self.keys,
+            attempts = self.attempts,
+            "keys still conflicting after every attempt; backing off until they land"
+        );
+        metrics.record_unavailable("store", "contended");
+    }
+}
+
 /// A key's stored state could not be read: its events are dead-lettered, the value is left
 /// for an operator to repair.
 pub(crate) struct UnreadableState<'a> {
@@ -174,6 +193,29 @@ impl InternalEvent for RuleRefused<'_> {
             "rule refused"
         );
         metrics.record_swap(self.role, "refused", Some(self.gate));
+    }
+}
+
+/// An operator brought back a refused rule version over its refusal (`--force`,
+/// `?force=true`); counted as `rule_swaps_total{result="overridden",gate=<the refusal's>}`.
+pub(crate) struct RuleOverride<'a> {
+    pub role: &'static str,
+    pub hash: &'a str,
+    pub origin: &'a str,
+    /// The gate of the refusal overridden, as metrics label it.
+    pub gate: &'static str,
+}
+
+impl InternalEvent for RuleOverride<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            role = self.role,
+            origin = self.origin,
+            hash = self.hash,
+            gate = self.gate,
+            "refusal overridden by an operator; the version is judged again"
+        );
+        metrics.record_swap(self.role, "overridden", Some(self.gate));
     }
 }
 

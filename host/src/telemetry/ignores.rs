@@ -136,6 +136,15 @@ impl KindCounts {
         counts
     }
 
+    /// Counts a batch's tally of decisions by kind.
+    pub(crate) fn of_tally(tally: &std::collections::BTreeMap<DecisionKind, u64>) -> Self {
+        let mut counts = Self::default();
+        for (kind, count) in tally {
+            counts.0[index(*kind)] += count;
+        }
+        counts
+    }
+
     /// Every decision counted.
     pub(crate) fn total(&self) -> u64 {
         self.0.iter().sum()
@@ -181,6 +190,7 @@ impl Metrics {
 
     /// The handles counting rule `rule`'s decisions in `role` (`active` or `shadow`).
     pub(crate) fn rule_meter(&self, rule: &str, role: &'static str) -> RuleMeter {
+        self.metered(rule, role);
         let counter = |kind: DecisionKind| {
             self.silence
                 .rule_decisions
@@ -206,6 +216,46 @@ impl Metrics {
 
     pub(crate) fn record_auto_rollback(&self) {
         self.silence.auto_rollbacks.inc();
+    }
+
+    /// Drops the `ignores_total` series of every version `keep` does not keep.
+    pub(super) fn forget_ignores(&self, keep: impl Fn(&str) -> bool) {
+        let mut labels = self
+            .silence
+            .reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        labels.by_rule.retain(|rule, reasons| {
+            if keep(rule) {
+                return true;
+            }
+            for reason in reasons.drain() {
+                self.silence.ignores.remove(&IgnoreLabel {
+                    rule: rule.clone(),
+                    reason,
+                });
+            }
+            false
+        });
+    }
+}
+
+impl SilenceMetrics {
+    /// Drops the decision and ignore-share series of version `rule`, metered in `roles`.
+    pub(super) fn forget(&self, rule: &str, roles: &HashSet<&'static str>) {
+        for &role in roles {
+            for kind in DecisionKind::ALL {
+                self.rule_decisions.remove(&RuleDecisionLabel {
+                    rule: rule.to_owned(),
+                    role,
+                    decision: kind.as_str(),
+                });
+            }
+            self.ignore_share.remove(&RuleRoleLabel {
+                rule: rule.to_owned(),
+                role,
+            });
+        }
     }
 }
 

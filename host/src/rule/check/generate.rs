@@ -6,14 +6,25 @@
 //! declare, keys that are long, non-ASCII or full of separators, and values taken from the
 //! rule's own vectors and from sample messages ([`Corpus`]). Keys are drawn afresh for every run,
 //! so a rule cannot single out the keys it is checked with.
+//!
+//! Near-ties are weighted rather than left to chance: half the histories vary one field only
+//! (every tie-break a rule makes on that field decides them), a quarter vary two (so that the
+//! fields' priorities cross), and a varied field's values come in near pairs — a payload and
+//! its same-length variants one byte apart, a number and its neighbours, truncation twins and
+//! one-digit changes, a declared status and its one-byte misspelling. Keys come in realistic
+//! shapes beside random ones: a numbered family (`order-0000` … `order-0009`, every last
+//! digit), one key per trailing character class (digit, lower, upper, punctuation, non-ASCII)
+//! and lengths around common bounds (15/16/17 … 255/256/257 bytes). [`Siblings`] gives the check
+//! a key's siblings — the key ending in every other character, at every bound length, in the
+//! other case — to ask the same pairs under.
 
 use std::collections::BTreeSet;
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 
-use crate::entity::{Entity, Event, RuleInfo};
+use crate::entity::{Entity, Event, RuleInfo, canonical_json};
 use crate::rule::vectors::{Expectation, Vector};
 
 /// Numbers rules mishandle: zero and one, the edges of 8, 16, 32 and 64 bits (signed and not)
@@ -53,8 +64,9 @@ enum Field {
 }
 
 /// Payloads in canonical JSON (compact, keys sorted), as the host hands them to rules: objects
-/// with shared and distinct fields (for rules that merge), other JSON types, non-ASCII text.
-const PAYLOADS: [&str; 9] = [
+/// with shared and distinct fields (for rules that merge), other JSON types, non-ASCII text,
+/// and order-like objects whose digits and letters make same-length variants.
+const PAYLOADS: [&str; 11] = [
     "null",
     r#"{"note":"a"}"#,
     r#"{"note":"b"}"#,
@@ -64,6 +76,8 @@ const PAYLOADS: [&str; 9] = [
     r#""text""#,
     "0",
     "[]",
+    r#"{"amount":1250,"currency":"EUR"}"#,
+    r#"{"items":[{"qty":2,"sku":"A-100"}],"total":39.9}"#,
 ];
 
 /// Statuses no rule is likely to declare.
@@ -73,6 +87,25 @@ const UNDECLARED: [&str; 4] = ["unknown", "cancelled", "支払済み", "paid "];
 const ASCII_PREFIXES: [&str; 6] = ["order", "Order", "ORD", "cust", "o", "x"];
 const UNICODE_PREFIXES: [&str; 6] = ["заказ", "注文", "🍣", "Ölçü", "ǅemal", "İstanbul"];
 const SEPARATORS: [&str; 10] = ["-", "_", ":", "/", "|", ".", "#", " ", "{", "}"];
+/// The separators of numbered identifiers (`order-0009`, `ORD_0009`, `cust:0009`).
+const NUMBER_SEPARATORS: [&str; 6] = ["-", "_", ":", "/", "#", "."];
+
+/// The characters a key may end in, by class: digits, lower case, upper case, ASCII
+/// punctuation and space, and non-ASCII ones (accented, a dotted capital and a dotless small
+/// letter, Greek, Cyrillic, CJK, an emoji, a combining mark, a zero-width and a no-break
+/// space, a title-case digraph).
+const TAIL_CLASSES: [&str; 5] = [
+    "0123456789",
+    "abcdefghijklmnopqrstuvwxyz",
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ ",
+    "éßİıΩя注🍣\u{301}\u{200b}\u{a0}ǅ",
+];
+
+/// Byte lengths around common bounds (16, 32, 64, 128, 256) that keys are cut or padded to.
+const KEY_LENGTHS: [usize; 15] = [
+    15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257,
+];
 
 /// Values to draw from beside generated ones: a rule's conformance vectors and sample messages.
 /// Kept in sorted sets so that a run is the same for the same seed whatever order they came in.
@@ -153,7 +186,10 @@ impl Corpus {
 pub(super) struct Generator {
     declared: Vec<String>,
     undeclared: Vec<String>,
+    /// Random keys of four kinds (see [`random_key`]).
     keys: Vec<String>,
+    /// Keys of realistic shapes (see [`shaped_keys`]).
+    shaped: Vec<String>,
     payloads: Vec<String>,
     corpus_keys: Vec<String>,
     corpus_statuses: Vec<String>,
@@ -162,21 +198,30 @@ pub(super) struct Generator {
 }
 
 impl Generator {
-    /// Draws this run's keys (4 to 8 of every kind) and its long payload.
+    /// Draws this run's keys (4 to 8 random ones and a set of realistic shapes) and its long
+    /// payload.
     pub(super) fn new(info: &RuleInfo, corpus: &Corpus, rng: &mut StdRng) -> Self {
         let declared = info.statuses.clone();
         let mut undeclared: Vec<String> = UNDECLARED.iter().map(|s| (*s).to_owned()).collect();
-        // A declared status in another case: a rule must not take "PAID" for "paid".
+        // A declared status in another case, or one byte off: a rule must not take "PAID" or
+        // "paie" for "paid".
         undeclared.extend(declared.iter().map(|status| status.to_uppercase()));
+        undeclared.extend(
+            declared
+                .iter()
+                .filter_map(|status| one_byte_off(status, rng)),
+        );
         undeclared.retain(|status| !status.is_empty() && !declared.contains(status));
         let count = rng.random_range(4..=8);
         let keys = (0..count).map(|_| random_key(rng)).collect();
+        let shaped = shaped_keys(rng);
         let mut payloads: Vec<String> = PAYLOADS.iter().map(|p| (*p).to_owned()).collect();
         payloads.push(format!(r#"{{"note":"{}"}}"#, "x".repeat(600)));
         Self {
             declared,
             undeclared,
             keys,
+            shaped,
             payloads,
             corpus_keys: corpus.keys.iter().cloned().collect(),
             corpus_statuses: corpus.statuses.iter().cloned().collect(),
@@ -192,32 +237,38 @@ impl Generator {
         let mut versions = self.number_palette(rng);
         let mut timestamps = self.number_palette(rng);
         let mut payloads = self.payload_palette(rng);
-        // Many histories differ in one field only: every tie-break a rule makes on that field
-        // (and only that one) decides them.
-        if rng.random_bool(0.4) {
-            // Numbers most often: that is where rules narrow, wrap and special-case.
-            let varied = match rng.random_range(0..20) {
-                0..=1 => Field::Status,
-                2..=8 => Field::Version,
-                9..=15 => Field::Timestamp,
-                _ => Field::Payload,
-            };
-            if varied != Field::Status {
+        // Most histories differ in one field only, so that every tie-break a rule makes on
+        // that field (and only that one) decides them, or in two, so that the two fields'
+        // priorities cross; each varied field has at least two values, near ones by choice.
+        let varied: &[Field] = match rng.random_range(0..20) {
+            0..=9 => std::slice::from_ref(pick(&ONE_FIELD, rng)),
+            10..=14 => *pick(&TWO_FIELDS, rng),
+            _ => &[],
+        };
+        if !varied.is_empty() {
+            if varied.contains(&Field::Status) {
+                self.widen_statuses(&mut statuses, rng);
+            } else {
                 statuses.truncate(1);
             }
-            if varied != Field::Payload {
+            if varied.contains(&Field::Payload) {
+                self.widen_payloads(&mut payloads, rng);
+            } else {
                 payloads.truncate(1);
             }
             for (field, palette) in [
                 (Field::Version, &mut versions),
                 (Field::Timestamp, &mut timestamps),
             ] {
-                if varied != field {
+                if !varied.contains(&field) {
                     palette.truncate(1);
                 } else if rng.random_bool(0.5) {
-                    // A value and its twin: the pair a narrowing rule cannot tell apart.
+                    // A value and a near one: the pair a narrowing or off-by-one rule cannot
+                    // tell apart.
                     palette.truncate(1);
-                    palette.push(palette[0] ^ *pick(&TWIN_BITS, rng));
+                    palette.push(near_number(palette[0], rng));
+                } else if palette.len() < 2 {
+                    palette.push(near_number(palette[0], rng));
                 }
             }
         }
@@ -240,11 +291,17 @@ impl Generator {
         events
     }
 
+    /// A key from the corpus (a quarter of the time, when it has any), else a shaped or a
+    /// random one, evenly.
     fn key(&self, rng: &mut StdRng) -> String {
         if !self.corpus_keys.is_empty() && rng.random_bool(0.25) {
             return pick(&self.corpus_keys, rng).clone();
         }
-        pick(&self.keys, rng).clone()
+        if rng.random_bool(0.5) {
+            pick(&self.shaped, rng).clone()
+        } else {
+            pick(&self.keys, rng).clone()
+        }
     }
 
     /// One to three declared statuses; sometimes one from the corpus, sometimes an undeclared
@@ -261,8 +318,32 @@ impl Generator {
         palette
     }
 
+    /// A varied status palette: a second status when it has one only, a declared one or, a
+    /// third of the time, the first one misspelt by one byte.
+    fn widen_statuses(&self, palette: &mut Vec<String>, rng: &mut StdRng) {
+        if palette.len() >= 2 && !rng.random_bool(0.3) {
+            return;
+        }
+        palette.truncate(1);
+        let near = if rng.random_bool(0.33) {
+            one_byte_off(&palette[0], rng)
+        } else {
+            None
+        };
+        let other = near.or_else(|| {
+            let others: Vec<&String> = self
+                .declared
+                .iter()
+                .chain(&self.undeclared)
+                .filter(|status| **status != palette[0])
+                .collect();
+            others.choose(rng).map(|status| (*status).clone())
+        });
+        palette.extend(other);
+    }
+
     /// One to three numbers: mostly small (ties), else a boundary, any number or one from the
-    /// corpus; sometimes with its truncation twin or its predecessor.
+    /// corpus; sometimes with a near one (its truncation twin, a neighbour, one digit changed).
     fn number_palette(&self, rng: &mut StdRng) -> Vec<u64> {
         let count = rng.random_range(1..=3);
         let mut palette = Vec::with_capacity(2 * count);
@@ -277,10 +358,8 @@ impl Generator {
                 _ => rng.random_range(0..=3),
             };
             palette.push(value);
-            match rng.random_range(0..10) {
-                0..=2 => palette.push(value ^ *pick(&TWIN_BITS, rng)),
-                3 => palette.push(value.wrapping_sub(1)),
-                _ => {}
+            if rng.random_bool(0.4) {
+                palette.push(near_number(value, rng));
             }
         }
         palette
@@ -288,21 +367,126 @@ impl Generator {
 
     fn payload_palette(&self, rng: &mut StdRng) -> Vec<String> {
         let count = rng.random_range(1..=3);
-        (0..count)
-            .map(|_| {
-                if !self.corpus_payloads.is_empty() && rng.random_bool(0.25) {
-                    pick(&self.corpus_payloads, rng).clone()
-                } else {
-                    pick(&self.payloads, rng).clone()
+        let mut palette: Vec<String> = (0..count).map(|_| self.any_payload(rng)).collect();
+        if rng.random_bool(0.3) {
+            palette.extend(one_byte_variant(&palette[0], rng));
+        }
+        palette
+    }
+
+    fn any_payload(&self, rng: &mut StdRng) -> String {
+        if !self.corpus_payloads.is_empty() && rng.random_bool(0.25) {
+            pick(&self.corpus_payloads, rng).clone()
+        } else {
+            pick(&self.payloads, rng).clone()
+        }
+    }
+
+    /// A varied payload palette: most often one payload and one or two variants of the same
+    /// length one byte apart (a rule that compares lengths, prefixes or hashes ties them),
+    /// else at least two payloads of any kind.
+    fn widen_payloads(&self, palette: &mut Vec<String>, rng: &mut StdRng) {
+        if rng.random_bool(0.7) {
+            // A payload that has variants: tried a few times, as "[]" or "null" have none.
+            for _ in 0..4 {
+                let base = self.any_payload(rng);
+                if let Some(variant) = one_byte_variant(&base, rng) {
+                    let second = one_byte_variant(&base, rng).filter(|_| rng.random_bool(0.5));
+                    *palette = vec![base, variant];
+                    palette.extend(second);
+                    return;
                 }
-            })
-            .collect()
+            }
+        }
+        while palette.len() < 2 {
+            palette.push(self.any_payload(rng));
+        }
     }
 }
+
+/// The fields a one-field history varies, numbers and payloads most often: that is where rules
+/// narrow, wrap, special-case and break ties.
+const ONE_FIELD: [Field; 7] = [
+    Field::Status,
+    Field::Version,
+    Field::Version,
+    Field::Timestamp,
+    Field::Timestamp,
+    Field::Payload,
+    Field::Payload,
+];
+
+/// The pairs of fields a two-field history varies: every pair, so that each field's priority
+/// over each other is decided by some history.
+const TWO_FIELDS: [&[Field]; 6] = [
+    &[Field::Status, Field::Version],
+    &[Field::Status, Field::Timestamp],
+    &[Field::Status, Field::Payload],
+    &[Field::Version, Field::Timestamp],
+    &[Field::Version, Field::Payload],
+    &[Field::Timestamp, Field::Payload],
+];
 
 /// A random element of a slice the generator made non-empty.
 fn pick<'a, T>(items: &'a [T], rng: &mut StdRng) -> &'a T {
     &items[rng.random_range(0..items.len())]
+}
+
+/// A number near `value`: its truncation twin, its predecessor or successor (wrapping), or
+/// `value` with one decimal digit changed (a one-byte change of its text).
+fn near_number(value: u64, rng: &mut StdRng) -> u64 {
+    match rng.random_range(0..10) {
+        0..=3 => value ^ *pick(&TWIN_BITS, rng),
+        4..=5 => value.wrapping_sub(1),
+        6..=7 => value.wrapping_add(1),
+        _ => {
+            let text = value.to_string();
+            one_byte_off(&text, rng)
+                .and_then(|text| text.parse().ok())
+                .unwrap_or_else(|| value.wrapping_add(1))
+        }
+    }
+}
+
+/// `text` with one ASCII digit or letter replaced by another of its kind (digit, lower or
+/// upper case): the same length, one byte apart. A number's text keeps no leading zero.
+/// `None` when it has no such character.
+fn one_byte_off(text: &str, rng: &mut StdRng) -> Option<String> {
+    let at: Vec<usize> = text
+        .bytes()
+        .enumerate()
+        .filter(|(_, byte)| byte.is_ascii_alphanumeric())
+        .map(|(at, _)| at)
+        .collect();
+    let &at = at.choose(rng)?;
+    let mut bytes = text.as_bytes().to_vec();
+    let old = bytes[at];
+    let kind: &[u8] = if old.is_ascii_digit() {
+        // A leading digit of a number of several digits is never made zero.
+        if at == 0 && bytes.len() > 1 && bytes.iter().all(u8::is_ascii_digit) {
+            b"123456789"
+        } else {
+            b"0123456789"
+        }
+    } else if old.is_ascii_lowercase() {
+        b"abcdefghijklmnopqrstuvwxyz"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    };
+    let others: Vec<u8> = kind.iter().copied().filter(|&b| b != old).collect();
+    bytes[at] = *others.choose(rng)?;
+    // ASCII replaced by ASCII: still UTF-8.
+    String::from_utf8(bytes).ok()
+}
+
+/// A payload of the same length as `payload`, one byte apart, still canonical JSON (as the host
+/// hands payloads to rules); `None` when none is found in a few tries (`[]`, `null`).
+fn one_byte_variant(payload: &str, rng: &mut StdRng) -> Option<String> {
+    (0..8).find_map(|_| {
+        let variant = one_byte_off(payload, rng)?;
+        let value: serde_json::Value = serde_json::from_str(&variant).ok()?;
+        (canonical_json(&value) == variant).then_some(variant)
+    })
 }
 
 /// A key of one of four kinds: plain ASCII, non-ASCII, long, or full of separators. Never empty
@@ -332,6 +516,109 @@ fn random_key(rng: &mut StdRng) -> String {
             }
             key
         }
+    }
+}
+
+/// Keys of the shapes real identifiers have: a numbered family of ten (`order-0000` …
+/// `order-0009`, zero-padded, from a random base: every last digit), one key ending in each
+/// character class, and a few at lengths around common bounds.
+fn shaped_keys(rng: &mut StdRng) -> Vec<String> {
+    let prefix = if rng.random_bool(0.8) {
+        pick(&ASCII_PREFIXES, rng)
+    } else {
+        pick(&UNICODE_PREFIXES, rng)
+    };
+    let separator = pick(&NUMBER_SEPARATORS, rng);
+    let width = rng.random_range(4..=8);
+    let base = rng.random_range(0..10_000u64) * 10;
+    let mut keys: Vec<String> = (base..base + 10)
+        .map(|number| format!("{prefix}{separator}{number:0width$}"))
+        .collect();
+    let stem = format!(
+        "{}{}{}",
+        pick(&ASCII_PREFIXES, rng),
+        pick(&NUMBER_SEPARATORS, rng),
+        rng.random_range(0..100_000u32)
+    );
+    for class in TAIL_CLASSES {
+        let tails: Vec<char> = class.chars().collect();
+        keys.push(format!("{stem}{}", pick(&tails, rng)));
+    }
+    for _ in 0..4 {
+        let key = pick(&keys, rng).clone();
+        keys.push(with_length(&key, *pick(&KEY_LENGTHS, rng)));
+    }
+    keys
+}
+
+/// `key` cut or padded to `length` bytes, keeping its first and last characters: padded with
+/// `0` before the last character (`order-0009` -> `order-0000000009`), cut in the middle.
+fn with_length(key: &str, length: usize) -> String {
+    let Some(last) = key.chars().next_back() else {
+        return "0".repeat(length);
+    };
+    let head = &key[..key.len() - last.len_utf8()];
+    let room = length.saturating_sub(last.len_utf8());
+    let mut cut = room.min(head.len());
+    while !head.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut resized = head[..cut].to_owned();
+    resized.push_str(&"0".repeat(room - cut));
+    resized.push(last);
+    resized
+}
+
+/// How a key's sibling differs from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sibling {
+    /// It ends in this character instead.
+    Tail(char),
+    /// It is this many bytes long (see [`with_length`]).
+    Length(usize),
+    /// It is in upper case.
+    Upper,
+    /// It is in lower case.
+    Lower,
+}
+
+/// The siblings of keys the check asks pairs under: every trailing character of every class,
+/// every bound length, either case; in an order drawn per run, taken in turn so that every one
+/// is tried about as often.
+pub(super) struct Siblings {
+    all: Vec<Sibling>,
+    next: usize,
+}
+
+impl Siblings {
+    pub(super) fn new(rng: &mut StdRng) -> Self {
+        let mut all: Vec<Sibling> = TAIL_CLASSES
+            .iter()
+            .flat_map(|class| class.chars())
+            .map(Sibling::Tail)
+            .chain(KEY_LENGTHS.iter().map(|&length| Sibling::Length(length)))
+            .chain([Sibling::Upper, Sibling::Lower])
+            .collect();
+        all.shuffle(rng);
+        Self { all, next: 0 }
+    }
+
+    /// The next sibling of `key` in turn, `None` when it is `key` itself or blank.
+    pub(super) fn next(&mut self, key: &str) -> Option<String> {
+        let sibling = self.all[self.next % self.all.len()];
+        self.next = self.next.wrapping_add(1);
+        let renamed = match sibling {
+            Sibling::Tail(tail) => {
+                let mut renamed = key.to_owned();
+                renamed.pop();
+                renamed.push(tail);
+                renamed
+            }
+            Sibling::Length(length) => with_length(key, length),
+            Sibling::Upper => key.to_uppercase(),
+            Sibling::Lower => key.to_lowercase(),
+        };
+        (renamed != key && !renamed.trim().is_empty()).then_some(renamed)
     }
 }
 
@@ -371,6 +658,183 @@ mod tests {
             assert!(numbers.contains(&boundary), "{boundary} never drawn");
         }
         assert!(undeclared);
+    }
+
+    /// The fields two events differ in.
+    fn differing(a: &Event, b: &Event) -> Vec<Field> {
+        let mut fields = Vec::new();
+        if a.status != b.status {
+            fields.push(Field::Status);
+        }
+        if a.version != b.version {
+            fields.push(Field::Version);
+        }
+        if a.timestamp_ms != b.timestamp_ms {
+            fields.push(Field::Timestamp);
+        }
+        if a.payload != b.payload {
+            fields.push(Field::Payload);
+        }
+        fields
+    }
+
+    #[test]
+    fn near_ties_are_weighted_not_left_to_chance() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let generator = Generator::new(&info(), &Corpus::new(), &mut rng);
+        let histories = 100;
+        let (mut same_length_payloads, mut one_field, mut near_numbers, mut near_statuses) =
+            (0, 0, 0, 0);
+        for _ in 0..histories {
+            let events = generator.history(6, &mut rng);
+            let pairs: Vec<(&Event, &Event)> = events
+                .iter()
+                .enumerate()
+                .flat_map(|(i, a)| events[i + 1..].iter().map(move |b| (a, b)))
+                .collect();
+            let fields: Vec<Vec<Field>> = pairs.iter().map(|(a, b)| differing(a, b)).collect();
+            let only = |field: Field| {
+                pairs
+                    .iter()
+                    .zip(&fields)
+                    .filter(move |(_, fields)| fields.as_slice() == [field])
+                    .map(|(pair, _)| *pair)
+            };
+            if fields.iter().all(|fields| fields.len() <= 1) && fields.iter().any(|f| f.len() == 1)
+            {
+                one_field += 1;
+            }
+            same_length_payloads +=
+                usize::from(only(Field::Payload).any(|(a, b)| a.payload.len() == b.payload.len()));
+            near_numbers += usize::from(only(Field::Version).chain(only(Field::Timestamp)).any(
+                |(a, b)| {
+                    let (x, y) = if a.version != b.version {
+                        (a.version, b.version)
+                    } else {
+                        (a.timestamp_ms, b.timestamp_ms)
+                    };
+                    x.abs_diff(y) == 1 || (x ^ y).count_ones() == 1
+                },
+            ));
+            near_statuses += usize::from(only(Field::Status).any(|(a, b)| {
+                a.status.len() == b.status.len()
+                    && a.status
+                        .bytes()
+                        .zip(b.status.bytes())
+                        .filter(|(x, y)| x != y)
+                        .count()
+                        == 1
+            }));
+        }
+        // Each measured over 100 histories, the gates' default; expected about 45, 12, 12, 1.
+        assert!(
+            one_field >= 30,
+            "{one_field} of {histories} differ in one field"
+        );
+        assert!(
+            same_length_payloads >= 6,
+            "{same_length_payloads} of {histories} hold same-length payloads in a near-tie"
+        );
+        assert!(
+            near_numbers >= 6,
+            "{near_numbers} of {histories}: near numbers"
+        );
+        assert!(
+            near_statuses >= 1,
+            "{near_statuses} of {histories}: near statuses"
+        );
+    }
+
+    #[test]
+    fn keys_come_in_realistic_shapes() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let generator = Generator::new(&info(), &Corpus::new(), &mut rng);
+        let shaped = &generator.shaped;
+        // A numbered family of ten: every last digit, zero-padded.
+        for digit in '0'..='9' {
+            assert!(
+                shaped
+                    .iter()
+                    .any(|key| key.ends_with(digit) && key.contains("000")),
+                "no numbered key ending in {digit}: {shaped:?}"
+            );
+        }
+        // One key per trailing class.
+        for class in TAIL_CLASSES {
+            assert!(
+                shaped
+                    .iter()
+                    .any(|key| key.chars().next_back().is_some_and(|c| class.contains(c))),
+                "no key ending in one of {class:?}: {shaped:?}"
+            );
+        }
+        // Some at lengths around the bounds.
+        assert!(
+            shaped
+                .iter()
+                .any(|key| KEY_LENGTHS.contains(&key.len()) && key.len() > 14),
+            "{shaped:?}"
+        );
+        // Histories draw them beside the random ones.
+        let mut used = BTreeSet::new();
+        for _ in 0..200 {
+            used.insert(generator.history(2, &mut rng)[0].key.clone());
+        }
+        assert!(used.iter().any(|key| shaped.contains(key)));
+        assert!(used.iter().any(|key| generator.keys.contains(key)));
+    }
+
+    #[test]
+    fn siblings_end_in_every_character_and_reach_every_bound_length() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut siblings = Siblings::new(&mut rng);
+        let key = "order-0042";
+        let all: Vec<String> = (0..siblings.all.len())
+            .filter_map(|_| siblings.next(key))
+            .collect();
+        for class in TAIL_CLASSES {
+            for tail in class.chars() {
+                let expected = format!("order-004{tail}");
+                assert!(
+                    expected == key || all.contains(&expected),
+                    "{expected:?} missing"
+                );
+            }
+        }
+        for length in KEY_LENGTHS {
+            assert!(all.iter().any(|sibling| sibling.len() == length
+                && sibling.starts_with('o')
+                && sibling.ends_with('2')));
+        }
+        assert!(all.contains(&"ORDER-0042".to_owned()));
+        // Padded before the last character; cut at a character boundary, whatever the key.
+        assert_eq!(with_length("order-0009", 16), "order-0000000009");
+        assert_eq!(with_length("order-0009", 7), "order-9");
+        assert_eq!(with_length("注文-1🍣", 9), "注00🍣");
+    }
+
+    #[test]
+    fn one_byte_variants_are_canonical_json_of_the_same_length() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for payload in PAYLOADS {
+            for _ in 0..20 {
+                if let Some(variant) = one_byte_variant(payload, &mut rng) {
+                    assert_eq!(variant.len(), payload.len());
+                    assert_ne!(variant, payload);
+                    let value: serde_json::Value =
+                        serde_json::from_str(&variant).expect("still JSON");
+                    assert_eq!(canonical_json(&value), variant);
+                }
+            }
+        }
+        assert_eq!(one_byte_variant("[]", &mut rng), None);
+        for _ in 0..100 {
+            let near: u64 = one_byte_off("1000", &mut rng)
+                .expect("digits")
+                .parse()
+                .expect("a number");
+            assert!((1000..10_000).contains(&near) && near != 1000, "{near}");
+        }
     }
 
     #[test]

@@ -17,13 +17,29 @@ use futures::stream::BoxStream;
 use super::{FluvioRecord, Settings};
 use crate::source::SourceError;
 
-/// Where a partition's stream starts.
+/// A partition's offsets as the cluster last reported them: records `start..end` exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Start {
-    /// The first retained record: for a partition this consumer never committed.
-    Beginning,
-    /// This offset exactly.
-    At(i64),
+pub(super) struct Bounds {
+    /// The first offset retention has left (the log start).
+    pub start: i64,
+    /// One past the last record written (the high watermark).
+    pub end: i64,
+}
+
+/// What a commit's stream found at the offset to commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CommitRead {
+    /// The record was there, and its offset is committed and flushed.
+    Committed,
+    /// The stream began at `found`, past the offset (the fetch cut the record's batch);
+    /// nothing was committed.
+    Mismatch { found: i64 },
+    /// No record arrived within [`COMMIT_READ_TIMEOUT`] (a fetch smaller than the record's
+    /// batch yields none); nothing was committed.
+    Nothing,
+    /// The offset was removed by retention; `next_available` is the first one left.
+    /// Nothing was committed.
+    Evicted { next_available: i64 },
 }
 
 /// Why a partition's stream stopped yielding records.
@@ -51,20 +67,30 @@ pub(super) trait Link: Send + 'static {
     /// never committed are absent.
     fn committed(&mut self) -> impl Future<Output = Result<HashMap<u32, i64>, SourceError>> + Send;
 
-    /// Opens a stream of one partition that never commits.
+    /// The partition's log start and end.
+    fn offsets(
+        &mut self,
+        partition: u32,
+    ) -> impl Future<Output = Result<Bounds, SourceError>> + Send;
+
+    /// Opens a stream of one partition at offset `at` that never commits, fetching at most
+    /// `max_bytes` per response.
     fn open(
         &mut self,
         partition: u32,
-        start: Start,
+        at: i64,
+        max_bytes: i32,
     ) -> impl Future<Output = Result<Records, SourceError>> + Send;
 
     /// Commits exactly `offset` of `partition` under the offset consumer (a restart resumes at
-    /// `offset + 1`) and returns once the cluster has it.
+    /// `offset + 1`) if a stream opened there with a fetch of `max_bytes` yields that record
+    /// first, and returns once the cluster has it; says what it found otherwise.
     fn commit(
         &mut self,
         partition: u32,
         offset: i64,
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+        max_bytes: i32,
+    ) -> impl Future<Output = Result<CommitRead, SourceError>> + Send;
 
     /// Drops the connection after a failure, so that the next call connects anew.
     fn reset(&mut self);
@@ -81,20 +107,15 @@ where
     }
 }
 
-/// How long a commit waits for the record it commits before asking again with a larger fetch
-/// (a fetch smaller than the record's batch never yields it).
-const COMMIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The first fetch size of a commit stream: enough for the producer's usual batches, small
-/// enough not to ship megabytes of records just to commit one offset.
-const COMMIT_FETCH_BYTES: i32 = 256 << 10;
+/// How long a commit waits for the record it commits before it is asked again with a larger
+/// fetch (a fetch smaller than the record's batch never yields it).
+pub(super) const COMMIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// [`Link`] over the `fluvio` client.
 pub(super) struct FluvioLink {
     cluster: fluvio::FluvioClusterConfig,
     topic: String,
     consumer: String,
-    fetch_max_bytes: i32,
     client: Option<fluvio::Fluvio>,
 }
 
@@ -134,7 +155,6 @@ impl FluvioLink {
             cluster,
             topic: config.topic.clone(),
             consumer: config.consumer.clone(),
-            fetch_max_bytes: config.fetch_max_bytes,
             client: None,
         })
     }
@@ -145,7 +165,6 @@ impl FluvioLink {
             cluster: self.cluster.clone(),
             topic: self.topic.clone(),
             consumer: self.consumer.clone(),
-            fetch_max_bytes: self.fetch_max_bytes,
             client: None,
         }
     }
@@ -224,13 +243,40 @@ impl Link for FluvioLink {
             .collect())
     }
 
-    async fn open(&mut self, partition: u32, start: Start) -> Result<Records, SourceError> {
-        let start = match start {
-            Start::Beginning => fluvio::Offset::beginning(),
-            Start::At(at) => offset(at)?,
-        };
+    async fn offsets(&mut self, partition: u32) -> Result<Bounds, SourceError> {
+        use fluvio::metadata::partition::PartitionSpec;
+        // A partition is named `topic-partition` in the cluster's metadata; the cluster may
+        // filter by substring or not at all, so pick it by its exact name.
+        let name = format!("{}-{partition}", self.topic);
+        let admin = self.client().await?.admin().await;
+        let partitions = admin
+            .list::<PartitionSpec, String>(vec![name.clone()])
+            .await
+            .map_err(fluvio_error("reading a partition's offsets"))?;
+        let status = partitions
+            .into_iter()
+            .find(|metadata| metadata.name == name)
+            .map(|metadata| metadata.status)
+            .ok_or_else(|| SourceError::Fluvio {
+                doing: "reading a partition's offsets",
+                source: format!("the cluster lists no partition {name}").into(),
+            })?;
+        // The SPU reports both to the SC after each write (within about 400 ms): they may lag,
+        // never lead. `-1` is "not reported yet".
+        Ok(Bounds {
+            start: status.base_offset.max(0),
+            end: status.leader.hw.max(0),
+        })
+    }
+
+    async fn open(
+        &mut self,
+        partition: u32,
+        at: i64,
+        max_bytes: i32,
+    ) -> Result<Records, SourceError> {
         let config = self
-            .stream_config(partition, start, self.fetch_max_bytes)
+            .stream_config(partition, offset(at)?, max_bytes)
             .build()
             .map_err(fluvio_error("configuring a stream"))?;
         let stream = self
@@ -250,59 +296,52 @@ impl Link for FluvioLink {
             .boxed())
     }
 
-    async fn commit(&mut self, partition: u32, at: i64) -> Result<(), SourceError> {
-        let mut max_bytes = COMMIT_FETCH_BYTES.min(self.fetch_max_bytes);
-        loop {
-            let mut config = self.stream_config(partition, offset(at)?, max_bytes);
-            config
-                .offset_consumer(self.consumer.clone())
-                .offset_strategy(fluvio::consumer::OffsetManagementStrategy::Manual);
-            let config = config
-                .build()
-                .map_err(fluvio_error("configuring a commit stream"))?;
-            let mut stream = self
-                .client()
-                .await?
-                .consumer_with_config(config)
-                .await
-                .map_err(fluvio_error("opening a commit stream"))?;
-            let first = match tokio::time::timeout(COMMIT_READ_TIMEOUT, stream.next()).await {
-                Ok(first) => first,
-                Err(_) if max_bytes < self.fetch_max_bytes => {
-                    max_bytes = max_bytes.saturating_mul(4).min(self.fetch_max_bytes);
-                    continue;
-                }
-                Err(_) => {
-                    return Err(SourceError::CommitTimeout {
-                        partition,
-                        offset: at,
-                        waited: COMMIT_READ_TIMEOUT,
-                    });
-                }
-            };
-            return match first {
-                Some(Ok(found)) if found.offset() == at => {
-                    use fluvio::consumer::ConsumerStream as _;
-                    stream
-                        .offset_commit()
-                        .await
-                        .map_err(fluvio_error("committing an offset"))?;
-                    stream
-                        .offset_flush()
-                        .await
-                        .map_err(fluvio_error("flushing a commit"))
-                }
-                Some(Ok(found)) => Err(SourceError::CommitMismatch {
-                    partition,
-                    offset: at,
-                    found: found.offset(),
-                }),
-                Some(Err(error)) => Err(fluvio_error("reading the record to commit")(error)),
-                None => Err(SourceError::CommitStreamEnded {
-                    partition,
-                    offset: at,
-                }),
-            };
+    async fn commit(
+        &mut self,
+        partition: u32,
+        at: i64,
+        max_bytes: i32,
+    ) -> Result<CommitRead, SourceError> {
+        let mut config = self.stream_config(partition, offset(at)?, max_bytes);
+        config
+            .offset_consumer(self.consumer.clone())
+            .offset_strategy(fluvio::consumer::OffsetManagementStrategy::Manual);
+        let config = config
+            .build()
+            .map_err(fluvio_error("configuring a commit stream"))?;
+        let mut stream = self
+            .client()
+            .await?
+            .consumer_with_config(config)
+            .await
+            .map_err(fluvio_error("opening a commit stream"))?;
+        let Ok(first) = tokio::time::timeout(COMMIT_READ_TIMEOUT, stream.next()).await else {
+            return Ok(CommitRead::Nothing);
+        };
+        match first {
+            Some(Ok(found)) if found.offset() == at => {
+                use fluvio::consumer::ConsumerStream as _;
+                stream
+                    .offset_commit()
+                    .await
+                    .map_err(fluvio_error("committing an offset"))?;
+                stream
+                    .offset_flush()
+                    .await
+                    .map_err(fluvio_error("flushing a commit"))?;
+                Ok(CommitRead::Committed)
+            }
+            Some(Ok(found)) => Ok(CommitRead::Mismatch {
+                found: found.offset(),
+            }),
+            Some(Err(fluvio::dataplane::link::ErrorCode::OffsetEvicted {
+                next_available, ..
+            })) => Ok(CommitRead::Evicted { next_available }),
+            Some(Err(error)) => Err(fluvio_error("reading the record to commit")(error)),
+            None => Err(SourceError::CommitStreamEnded {
+                partition,
+                offset: at,
+            }),
         }
     }
 

@@ -1,22 +1,33 @@
 //! One partition's reader: hands out every offset exactly once and in order, re-reading what
 //! the stream skipped and reopening the stream when it fails or ends.
+//!
+//! A skipped range shows in two ways: a record past the next offset due (a gap in the middle,
+//! or at the head of a partition never committed, whose reading starts at the log start the
+//! cluster reports), or a stream that stays quiet while the cluster reports records past the
+//! next offset due (a gap at the tail, which no later record would reveal).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 
 use super::FluvioRecord;
-use super::link::{Link, ReadError, Start};
+use super::link::{Link, ReadError};
 use crate::backoff::Backoff;
 use crate::source::{Lost, Message, Position};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{SourceGap, SourceReconnect};
 
 /// How often the same gap is read again before its range is reported as lost. A re-read
-/// starts the fetch at the first missing record, so a gap the client made by cutting a batch
-/// does not come back; one that does, ten times over, is not going to be read.
+/// starts the fetch at the first missing record, with twice the fetch of the read before (up
+/// to the cluster's cap), so a gap the client made by cutting a batch does not come back; one
+/// that does, ten times over, is not going to be read.
 pub(super) const MAX_REREADS: u32 = 10;
+
+/// While a partition stays quiet, the wait between two checks of its end doubles from the
+/// first (`idle_check`) up to this many times it.
+const IDLE_CHECK_GROWTH: u32 = 32;
 
 /// What ended one stream of the partition.
 enum Ended {
@@ -31,15 +42,31 @@ pub(super) struct Reader<L> {
     pub link: L,
     pub topic: Arc<str>,
     pub partition: u32,
-    /// The next offset to hand out; `None` until the first record of a partition this
-    /// consumer never committed.
+    /// The next offset to hand out; `None` for a partition this consumer never committed,
+    /// until its log start is read.
     pub next: Option<i64>,
+    /// Nothing handed out yet of a partition never committed: records retention removes
+    /// before the first read are not lost to this consumer, which reads from the first
+    /// record left.
+    pub fresh: bool,
     pub out: mpsc::Sender<Message>,
     pub stop: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
+    /// The fetch size of a stream; each re-read of the same gap doubles it.
+    pub fetch: i32,
+    /// The largest fetch a re-read asks for.
+    pub fetch_cap: i32,
+    /// How long a stream may yield nothing before the partition's end is checked.
+    pub idle_check: Duration,
     /// The gap being re-read and how often it came back.
     pub rereads: Option<(i64, u32)>,
+}
+
+/// The fetch size of the `times`-th re-read: `fetch` doubled that often, at most `cap`.
+fn grown(fetch: i32, times: u32, cap: i32) -> i32 {
+    let grown = i64::from(fetch) << times.min(32);
+    i32::try_from(grown.min(i64::from(cap))).unwrap_or(cap)
 }
 
 impl<L: Link> Reader<L> {
@@ -49,20 +76,27 @@ impl<L: Link> Reader<L> {
             if *self.stop.borrow() {
                 return;
             }
-            let start = self.next.map_or(Start::Beginning, Start::At);
+            let next = match self.next {
+                Some(next) => next,
+                None => match self.log_start().await {
+                    Some(start) => start,
+                    None => return,
+                },
+            };
             if opened_before {
                 self.metrics.emit(SourceReconnect {
                     topic: &self.topic,
                     partition: self.partition,
-                    from_offset: self.next,
+                    from_offset: Some(next),
                 });
             }
             opened_before = true;
+            let max_bytes = self.fetch_size(next);
             let mut stop = self.stop.clone();
             let opened = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
-                opened = self.link.open(self.partition, start) => opened,
+                opened = self.link.open(self.partition, next, max_bytes) => opened,
             };
             let ended = match opened {
                 Ok(records) => self.drain(records).await,
@@ -70,7 +104,7 @@ impl<L: Link> Reader<L> {
                     tracing::warn!(
                         topic = %self.topic,
                         partition = self.partition,
-                        ?start,
+                        next,
                         error = %error,
                         "cannot open the partition's stream; retrying after a backoff"
                     );
@@ -81,16 +115,68 @@ impl<L: Link> Reader<L> {
                 Ended::Stopped => return,
                 Ended::Reopen { pause: true } => {
                     self.link.reset();
-                    let wait = self.backoff.next_wait();
-                    let mut stop = self.stop.clone();
-                    tokio::select! {
-                        biased;
-                        _ = stop.wait_for(|stop| *stop) => return,
-                        () = tokio::time::sleep(wait) => {}
+                    if !self.pause().await {
+                        return;
                     }
                 }
                 Ended::Reopen { pause: false } => {}
             }
+        }
+    }
+
+    /// Reads where a partition never committed starts, waiting out failures; `None` when
+    /// stopped.
+    async fn log_start(&mut self) -> Option<i64> {
+        loop {
+            let mut stop = self.stop.clone();
+            let offsets = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return None,
+                offsets = self.link.offsets(self.partition) => offsets,
+            };
+            match offsets {
+                Ok(bounds) => {
+                    tracing::info!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        start = bounds.start,
+                        "never committed: reading the partition from its log start"
+                    );
+                    self.next = Some(bounds.start);
+                    return Some(bounds.start);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        error = %error,
+                        "cannot read where the partition starts; retrying after a backoff"
+                    );
+                    self.link.reset();
+                    if !self.pause().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits the next backoff; false when stopped meanwhile.
+    async fn pause(&mut self) -> bool {
+        let wait = self.backoff.next_wait();
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => false,
+            () = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// The fetch size of a stream opened at `next`: grown when it re-reads a gap there.
+    fn fetch_size(&self, next: i64) -> i32 {
+        match self.rereads {
+            Some((at, times)) if at == next => grown(self.fetch, times, self.fetch_cap),
+            _ => self.fetch,
         }
     }
 
@@ -100,13 +186,26 @@ impl<L: Link> Reader<L> {
 
     /// Hands out the stream's records until it fails, ends, skips offsets or is stopped.
     async fn drain(&mut self, mut records: super::link::Records) -> Ended {
+        let longest_quiet = self.idle_check.saturating_mul(IDLE_CHECK_GROWTH);
+        let mut quiet = self.idle_check;
         loop {
             let mut stop = self.stop.clone();
             let item = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return Ended::Stopped,
-                item = records.next() => item,
+                item = records.next() => Some(item),
+                () = tokio::time::sleep(quiet) => None,
             };
+            let Some(item) = item else {
+                // Quiet: a range the stream skipped at the partition's end would never be
+                // followed by a record that reveals it, so ask the cluster where the end is.
+                quiet = quiet.saturating_mul(2).min(longest_quiet);
+                if let Some(ended) = self.check_end().await {
+                    return ended;
+                }
+                continue;
+            };
+            quiet = self.idle_check;
             match item {
                 None => {
                     tracing::warn!(
@@ -131,42 +230,95 @@ impl<L: Link> Reader<L> {
                     if let Some(first) = self.next
                         && next_available > first
                     {
-                        let reason = format!(
-                            "records {first}..={} of {}[{}] were removed by retention before \
-                             they were read; the partition now starts at {next_available}",
-                            next_available - 1,
-                            self.topic,
-                            self.partition
-                        );
-                        if !self.hand_out_lost(first, next_available - 1, reason).await {
-                            return Ended::Stopped;
+                        if self.fresh {
+                            // Never committed, nothing read yet: the partition now starts at
+                            // `next_available`, and that is where reading it starts.
+                            tracing::info!(
+                                topic = %self.topic,
+                                partition = self.partition,
+                                first,
+                                next_available,
+                                "the log start moved before the first read; reading from the \
+                                 first record left"
+                            );
+                        } else {
+                            let reason = format!(
+                                "records {first}..={} of {}[{}] were removed by retention \
+                                 before they were read; the partition now starts at \
+                                 {next_available}",
+                                next_available - 1,
+                                self.topic,
+                                self.partition
+                            );
+                            if !self.hand_out_lost(first, next_available - 1, reason).await {
+                                return Ended::Stopped;
+                            }
                         }
                     }
                     self.next = Some(next_available);
                     return Ended::Reopen { pause: false };
                 }
-                Some(Ok(record)) => match self.next {
-                    // Already handed out (a reopened stream may begin before the position).
-                    Some(next) if record.offset < next => {}
-                    Some(next) if record.offset > next => {
-                        if let Some(ended) = self.gap(next, record).await {
+                Some(Ok(record)) => {
+                    // Every stream is opened at the next offset, so it is known by now.
+                    let next = self.next.unwrap_or(record.offset);
+                    if record.offset < next {
+                        // Already handed out (a stream may begin before its offset).
+                    } else if record.offset > next {
+                        let last_missing = record.offset - 1;
+                        if let Some(ended) = self.gap(next, last_missing, Some(record)).await {
                             return ended;
                         }
+                    } else if !self.hand_out(record).await {
+                        return Ended::Stopped;
                     }
-                    _ => {
-                        if !self.hand_out(record).await {
-                            return Ended::Stopped;
-                        }
-                    }
-                },
+                }
             }
         }
     }
 
-    /// The stream yielded `record` where `next` was due. Returns how the stream ends, or
-    /// `None` when the gap was reported as lost and reading goes on.
-    async fn gap(&mut self, next: i64, record: FluvioRecord) -> Option<Ended> {
-        let last_missing = record.offset - 1;
+    /// The stream has been quiet: when the cluster reports records from the next offset on,
+    /// the stream skipped them. Returns how the stream ends, or `None` to keep reading it.
+    async fn check_end(&mut self) -> Option<Ended> {
+        let next = self.next?;
+        let mut stop = self.stop.clone();
+        let offsets = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return Some(Ended::Stopped),
+            offsets = self.link.offsets(self.partition) => offsets,
+        };
+        match offsets {
+            Ok(bounds) if bounds.end > next => {
+                tracing::debug!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    next,
+                    end = bounds.end,
+                    "the stream is quiet short of the partition's end"
+                );
+                self.gap(next, bounds.end - 1, None).await
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    error = %error,
+                    "cannot read the partition's end; checking again when the stream stays quiet"
+                );
+                None
+            }
+        }
+    }
+
+    /// The stream skipped `next..=last_missing`: it yielded `record` where `next` was due, or
+    /// (`None`) stayed quiet short of the partition's end. Returns how the stream ends, or
+    /// `None` when the range was reported as lost and reading goes on.
+    async fn gap(
+        &mut self,
+        next: i64,
+        last_missing: i64,
+        record: Option<FluvioRecord>,
+    ) -> Option<Ended> {
         let times = match self.rereads {
             Some((at, times)) if at == next => times + 1,
             _ => 1,
@@ -186,10 +338,18 @@ impl<L: Link> Reader<L> {
         }
         let reason = format!(
             "records {next}..={last_missing} of {}[{}] were skipped by every one of \
-             {MAX_REREADS} re-reads",
-            self.topic, self.partition
+             {MAX_REREADS} re-reads (fetches of {} up to {} bytes)",
+            self.topic,
+            self.partition,
+            grown(self.fetch, 1, self.fetch_cap),
+            grown(self.fetch, MAX_REREADS, self.fetch_cap),
         );
-        if !self.hand_out_lost(next, last_missing, reason).await || !self.hand_out(record).await {
+        if !self.hand_out_lost(next, last_missing, reason).await {
+            return Some(Ended::Stopped);
+        }
+        if let Some(record) = record
+            && !self.hand_out(record).await
+        {
             return Some(Ended::Stopped);
         }
         None
@@ -208,6 +368,7 @@ impl<L: Link> Reader<L> {
             return false;
         }
         self.next = Some(offset + 1);
+        self.fresh = false;
         self.backoff.reset();
         true
     }
@@ -235,6 +396,7 @@ impl<L: Link> Reader<L> {
             return false;
         }
         self.next = Some(last + 1);
+        self.fresh = false;
         true
     }
 

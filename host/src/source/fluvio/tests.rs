@@ -1,5 +1,7 @@
 //! The source against a cluster in memory that misbehaves as the real client does: streams
-//! that skip offsets, streams that end, records evicted by retention.
+//! that skip offsets (in the middle, at the start and at the end of a partition, or whenever
+//! the fetch is smaller than a batch), streams that end, records evicted by retention, commit
+//! streams that begin past their offset and offsets evicted while they are committed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,7 +9,8 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 
-use super::link::{ReadError, Records, Start};
+use super::committer::COMMIT_FETCH_BYTES;
+use super::link::{Bounds, CommitRead, ReadError, Records};
 use super::*;
 
 /// Partition logs and everything the source asked of them.
@@ -20,13 +23,28 @@ struct Cluster {
     skip_next_open: HashMap<u32, Vec<(i64, i64)>>,
     /// Per partition: ranges every stream leaves out.
     skip_always: HashMap<u32, (i64, i64)>,
+    /// Per partition: a range every stream with a fetch below the size leaves out (a batch
+    /// larger than the fetch).
+    skip_below_fetch: HashMap<u32, ((i64, i64), i32)>,
+    /// Per partition: the log start the cluster reports when it lags the real one.
+    reported_start: HashMap<u32, i64>,
     /// Per partition: the next stream opened ends after this many records.
     end_next_open_after: HashMap<u32, usize>,
     /// This many set-up calls fail before one succeeds.
     failing_setup: u32,
     /// Per partition: this many opens fail before one succeeds.
     failing_opens: HashMap<u32, u32>,
-    opens: Vec<(u32, Start)>,
+    /// Per partition: a commit stream with a fetch below this size begins past its offset
+    /// (the fetch cut the record's batch).
+    commit_mismatch_below: HashMap<u32, i32>,
+    /// Per partition: retention moves the log start to this offset while the next commit
+    /// is under way.
+    evict_on_commit: HashMap<u32, i64>,
+    /// Every stream opened: partition, offset, fetch size.
+    opens: Vec<(u32, i64, i32)>,
+    /// Every commit asked for: partition, offset, fetch size.
+    commit_reads: Vec<(u32, i64, i32)>,
+    /// The commits that went through.
     commits: Vec<(u32, i64)>,
 }
 
@@ -36,6 +54,28 @@ struct Fake(Arc<Mutex<Cluster>>);
 impl Fake {
     fn with<T>(&self, f: impl FnOnce(&mut Cluster) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The fetch sizes of the streams opened at `offset` of `partition`, in order.
+    fn opens_at(&self, partition: u32, offset: i64) -> Vec<i32> {
+        self.with(|c| {
+            c.opens
+                .iter()
+                .filter(|open| open.0 == partition && open.1 == offset)
+                .map(|open| open.2)
+                .collect()
+        })
+    }
+
+    /// The fetch sizes of the commits asked for at `offset` of `partition`, in order.
+    fn commit_reads_at(&self, partition: u32, offset: i64) -> Vec<i32> {
+        self.with(|c| {
+            c.commit_reads
+                .iter()
+                .filter(|read| read.0 == partition && read.1 == offset)
+                .map(|read| read.2)
+                .collect()
+        })
     }
 }
 
@@ -67,9 +107,24 @@ impl Link for Fake {
         Ok(self.with(|c| c.committed.clone()))
     }
 
-    async fn open(&mut self, partition: u32, start: Start) -> Result<Records, SourceError> {
+    async fn offsets(&mut self, partition: u32) -> Result<Bounds, SourceError> {
         self.with(|c| {
-            c.opens.push((partition, start));
+            let (start, end) = c.logs[&partition];
+            Ok(Bounds {
+                start: c.reported_start.get(&partition).copied().unwrap_or(start),
+                end,
+            })
+        })
+    }
+
+    async fn open(
+        &mut self,
+        partition: u32,
+        at: i64,
+        max_bytes: i32,
+    ) -> Result<Records, SourceError> {
+        self.with(|c| {
+            c.opens.push((partition, at, max_bytes));
             if let Some(failing) = c.failing_opens.get_mut(&partition)
                 && *failing > 0
             {
@@ -80,30 +135,30 @@ impl Link for Fake {
                 });
             }
             let (log_start, end) = c.logs[&partition];
-            let from = match start {
-                Start::Beginning => log_start,
-                Start::At(offset) if offset < log_start => {
-                    let evicted: Vec<Result<FluvioRecord, ReadError>> =
-                        vec![Err(ReadError::Evicted {
-                            next_available: log_start,
-                        })];
-                    return Ok(futures::stream::iter(evicted)
-                        .chain(futures::stream::pending())
-                        .boxed());
-                }
-                Start::At(offset) => offset,
-            };
+            if at < log_start {
+                let evicted: Vec<Result<FluvioRecord, ReadError>> = vec![Err(ReadError::Evicted {
+                    next_available: log_start,
+                })];
+                return Ok(futures::stream::iter(evicted)
+                    .chain(futures::stream::pending())
+                    .boxed());
+            }
             let skips = c.skip_next_open.remove(&partition).unwrap_or_default();
             let always = c.skip_always.get(&partition).copied();
+            let below_fetch = c
+                .skip_below_fetch
+                .get(&partition)
+                .filter(|(_, size)| max_bytes < *size)
+                .map(|(range, _)| *range);
             let skipped = |offset: i64| {
                 skips
                     .iter()
                     .chain(always.iter())
+                    .chain(below_fetch.iter())
                     .any(|(a, b)| (*a..=*b).contains(&offset))
             };
-            // A real stream may start at the beginning of the batch holding `from`.
-            let mut records: Vec<Result<FluvioRecord, ReadError>> = ((from - 2).max(log_start)
-                ..end)
+            // A real stream may start at the beginning of the batch holding `at`.
+            let mut records: Vec<Result<FluvioRecord, ReadError>> = ((at - 2).max(log_start)..end)
                 .filter(|offset| !skipped(*offset))
                 .map(|offset| Ok(record(partition, offset)))
                 .collect();
@@ -119,12 +174,35 @@ impl Link for Fake {
         })
     }
 
-    async fn commit(&mut self, partition: u32, offset: i64) -> Result<(), SourceError> {
-        self.with(|c| {
+    async fn commit(
+        &mut self,
+        partition: u32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<CommitRead, SourceError> {
+        Ok(self.with(|c| {
+            c.commit_reads.push((partition, offset, max_bytes));
+            if let Some(start) = c.evict_on_commit.remove(&partition)
+                && let Some(log) = c.logs.get_mut(&partition)
+            {
+                log.0 = start;
+            }
+            let (log_start, _) = c.logs[&partition];
+            if offset < log_start {
+                return CommitRead::Evicted {
+                    next_available: log_start,
+                };
+            }
+            if c.commit_mismatch_below
+                .get(&partition)
+                .is_some_and(|size| max_bytes < *size)
+            {
+                return CommitRead::Mismatch { found: offset + 1 };
+            }
             c.commits.push((partition, offset));
             c.committed.insert(partition, offset);
-        });
-        Ok(())
+            CommitRead::Committed
+        }))
     }
 
     fn reset(&mut self) {}
@@ -138,6 +216,8 @@ fn config(read_ahead: usize) -> Settings {
         partitions: Vec::new(),
         consumer: "converge".to_owned(),
         fetch_max_bytes: crate::config::DEFAULT_FETCH_MAX_BYTES as i32,
+        fetch_cap: CLUSTER_FETCH_CAP,
+        idle_check: Duration::from_millis(10),
         batch_timeout: Duration::from_millis(5),
         read_ahead,
         backoff: Duration::from_millis(1),
@@ -146,16 +226,30 @@ fn config(read_ahead: usize) -> Settings {
 }
 
 async fn source(fake: &Fake, read_ahead: usize) -> FluvioSource {
+    source_with(fake, config(read_ahead)).await
+}
+
+async fn source_with(fake: &Fake, config: Settings) -> FluvioSource {
     let another = fake.clone();
     FluvioSource::start(
         fake.clone(),
         move || another.clone(),
-        &config(read_ahead),
+        &config,
         Arc::new(Metrics::new()),
     )
     .await
     .expect("source starts")
 }
+
+/// The settings with a 1 MiB fetch (the client's default), so that re-reads can grow it.
+fn small_fetch(read_ahead: usize) -> Settings {
+    Settings {
+        fetch_max_bytes: MIB,
+        ..config(read_ahead)
+    }
+}
+
+const MIB: i32 = 1 << 20;
 
 fn offsets(batch: &[Message]) -> Vec<(i32, i64)> {
     batch
@@ -173,10 +267,15 @@ fn offsets(batch: &[Message]) -> Vec<(i32, i64)> {
 async fn read_all(source: &mut FluvioSource, count: usize) -> Vec<Message> {
     let mut all = Vec::new();
     while all.len() < count {
-        let batch = tokio::time::timeout(Duration::from_secs(5), source.next_batch(64))
-            .await
-            .expect("a batch within 5 s")
-            .expect("batch");
+        let Ok(batch) = tokio::time::timeout(Duration::from_secs(5), source.next_batch(64)).await
+        else {
+            panic!(
+                "no batch within 5 s: {} of {count} messages read, the last {:?}",
+                all.len(),
+                offsets(&all).last()
+            );
+        };
+        let batch = batch.expect("batch");
         source.ack(&batch).await.expect("ack");
         all.extend(batch);
     }
@@ -223,7 +322,7 @@ async fn a_gap_is_read_again_and_every_offset_handed_out_once_in_order() {
         "the skipped range is read again, nothing twice"
     );
     assert!(
-        fake.with(|c| c.opens.contains(&(1, Start::At(120)))),
+        !fake.opens_at(1, 120).is_empty(),
         "partition 1 reopened at its first missing offset: {:?}",
         fake.with(|c| c.opens.clone())
     );
@@ -323,8 +422,7 @@ async fn a_restart_resumes_each_partition_after_its_own_committed_offset() {
     let per = per_partition(&all);
     assert_eq!(per[&0], (30..50).collect::<Vec<_>>());
     assert_eq!(per[&1], (10..50).collect::<Vec<_>>());
-    let opens = fake.with(|c| c.opens.clone());
-    assert!(opens.contains(&(0, Start::At(30))) && opens.contains(&(1, Start::At(10))));
+    assert!(!fake.opens_at(0, 30).is_empty() && !fake.opens_at(1, 10).is_empty());
     source.close().await;
 }
 
@@ -343,10 +441,10 @@ async fn a_stream_that_ends_or_fails_to_open_is_reopened_at_its_partitions_own_p
     let per = per_partition(&all);
     assert_eq!(per[&0], (0..100).collect::<Vec<_>>());
     assert_eq!(per[&1], (0..100).collect::<Vec<_>>());
-    let opens = fake.with(|c| c.opens.clone());
     assert!(
-        opens.contains(&(0, Start::At(37))) && opens.contains(&(1, Start::At(61))),
-        "each partition reopened where it stopped: {opens:?}"
+        !fake.opens_at(0, 37).is_empty() && !fake.opens_at(1, 61).is_empty(),
+        "each partition reopened where it stopped: {:?}",
+        fake.with(|c| c.opens.clone())
     );
     source.close().await;
 }
@@ -386,7 +484,7 @@ async fn a_gap_on_every_reread_is_reported_as_lost_not_skipped() {
         c.logs.insert(0, (0, 30));
         c.skip_always.insert(0, (10, 12));
     });
-    let mut source = source(&fake, 256).await;
+    let mut source = source_with(&fake, small_fetch(256)).await;
     let all = tokio::time::timeout(Duration::from_secs(60), read_all(&mut source, 28))
         .await
         .expect("the partition does not stall");
@@ -394,12 +492,11 @@ async fn a_gap_on_every_reread_is_reported_as_lost_not_skipped() {
     assert_eq!(lost.len(), 1);
     assert_eq!(offsets(&[lost[0].clone()]), [(0, 10)]);
     assert_eq!(lost[0].lost.as_ref().map(|l| l.last_offset), Some(12));
-    let opens_at_gap = fake
-        .with(|c| c.opens.clone())
-        .into_iter()
-        .filter(|open| *open == (0, Start::At(10)))
-        .count();
-    assert_eq!(opens_at_gap as u32, reader::MAX_REREADS);
+    assert_eq!(
+        fake.opens_at(0, 10),
+        [2, 4, 8, 16, 32, 32, 32, 32, 32, 32].map(|mib| mib * MIB),
+        "every re-read doubles the fetch, up to the cluster's cap"
+    );
     assert_eq!(committed(&fake, &[(0, 29)]).await, HashMap::from([(0, 29)]));
     source.close().await;
 }
@@ -491,5 +588,220 @@ async fn an_acknowledgement_of_a_batch_not_handed_out_here_is_refused() {
         "{error}"
     );
     assert!(fake.with(|c| c.commits.is_empty()), "nothing committed");
+    source.close().await;
+}
+
+/// The lost messages among `messages`, as (first offset, last offset, reason).
+fn lost(messages: &[Message]) -> Vec<(i64, i64, String)> {
+    messages
+        .iter()
+        .filter_map(|message| {
+            let lost = message.lost.as_ref()?;
+            let (_, first) = offsets(std::slice::from_ref(message))[0];
+            Some((first, lost.last_offset, lost.reason.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn wedge_a_cut_at_the_end_of_a_quiet_partition_is_read_again() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 100));
+        c.logs.insert(1, (0, 100));
+        // The client's cut batch at the very end of partition 0: no later record comes to
+        // show the gap.
+        c.skip_next_open.insert(0, vec![(90, 99)]);
+    });
+    let mut source = source(&fake, 256).await;
+    let all = read_all(&mut source, 200).await;
+    let per = per_partition(&all);
+    assert_eq!(
+        per[&0],
+        (0..100).collect::<Vec<_>>(),
+        "the tail is read again"
+    );
+    assert_eq!(per[&1], (0..100).collect::<Vec<_>>());
+    assert!(
+        !fake.opens_at(0, 90).is_empty(),
+        "partition 0 reopened at its first missing offset: {:?}",
+        fake.with(|c| c.opens.clone())
+    );
+    assert!(lost(&all).is_empty());
+    assert_eq!(
+        committed(&fake, &[(0, 99), (1, 99)]).await,
+        HashMap::from([(0, 99), (1, 99)])
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn wedge_a_tail_skipped_by_every_reread_is_dead_lettered_as_lost_with_its_offsets() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 30));
+        c.skip_always.insert(0, (25, 29));
+    });
+    let mut source = source_with(&fake, small_fetch(256)).await;
+    let all = read_all(&mut source, 26).await;
+    assert_eq!(
+        offsets(&all),
+        (0..26).map(|o| (0, o)).collect::<Vec<_>>(),
+        "0..=24, then the lost range at 25"
+    );
+    let lost = lost(&all);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    let (first, last, reason) = &lost[0];
+    assert_eq!((*first, *last), (25, 29));
+    assert!(
+        reason.contains("25..=29"),
+        "the letter names the offsets: {reason}"
+    );
+    assert!(reason.contains("re-reads"), "{reason}");
+    assert_eq!(
+        fake.opens_at(0, 25),
+        [2, 4, 8, 16, 32, 32, 32, 32, 32, 32].map(|mib| mib * MIB),
+        "every re-read doubles the fetch, up to the cluster's cap"
+    );
+    assert_eq!(committed(&fake, &[(0, 29)]).await, HashMap::from([(0, 29)]));
+    source.close().await;
+}
+
+#[tokio::test]
+async fn wedge_a_first_record_past_the_log_start_of_a_never_committed_partition_is_a_gap() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        // Never committed; retention left partition 0 starting at 40.
+        c.logs.insert(0, (40, 100));
+        c.logs.insert(1, (0, 50));
+        // The client's cut batch at the very start of each partition.
+        c.skip_next_open.insert(0, vec![(40, 44)]);
+        c.skip_next_open.insert(1, vec![(0, 2)]);
+    });
+    let mut source = source(&fake, 256).await;
+    let all = read_all(&mut source, 60 + 50).await;
+    let per = per_partition(&all);
+    assert_eq!(per[&0], (40..100).collect::<Vec<_>>(), "from the log start");
+    assert_eq!(per[&1], (0..50).collect::<Vec<_>>(), "from the log start");
+    assert!(lost(&all).is_empty());
+    assert_eq!(
+        fake.opens_at(0, 40).len(),
+        2,
+        "opened, then re-read at the start"
+    );
+    assert_eq!(
+        fake.opens_at(1, 0).len(),
+        2,
+        "opened, then re-read at the start"
+    );
+    assert_eq!(
+        committed(&fake, &[(0, 99), (1, 49)]).await,
+        HashMap::from([(0, 99), (1, 49)])
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn a_never_committed_partition_whose_start_moved_is_read_from_its_first_record_left() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (50, 100));
+        // The cluster still reports the start from before retention ran.
+        c.reported_start.insert(0, 20);
+    });
+    let mut source = source(&fake, 256).await;
+    let all = read_all(&mut source, 50).await;
+    assert_eq!(per_partition(&all)[&0], (50..100).collect::<Vec<_>>());
+    assert!(
+        lost(&all).is_empty(),
+        "records removed before a never-committed partition was first read are not lost"
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn wedge_a_gap_is_read_again_with_a_growing_fetch_before_it_is_called_lost() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 60));
+        // A batch no fetch below 8 MiB returns whole.
+        c.skip_below_fetch.insert(0, ((20, 29), 8 * MIB));
+    });
+    let mut source = source_with(&fake, small_fetch(256)).await;
+    let all = read_all(&mut source, 60).await;
+    assert_eq!(per_partition(&all)[&0], (0..60).collect::<Vec<_>>());
+    assert!(lost(&all).is_empty(), "{:?}", lost(&all));
+    assert_eq!(
+        fake.opens_at(0, 20),
+        [2 * MIB, 4 * MIB, 8 * MIB],
+        "each re-read doubles the fetch until the batch comes whole"
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn wedge_a_commit_stream_beginning_past_its_offset_is_asked_again_with_a_larger_fetch() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 40));
+        // A commit stream with less than 4 MiB of fetch begins past its offset.
+        c.commit_mismatch_below.insert(0, 4 * MIB);
+    });
+    let mut source = source(&fake, 256).await;
+    let all = read_all(&mut source, 40).await;
+    assert_eq!(per_partition(&all)[&0], (0..40).collect::<Vec<_>>());
+    assert_eq!(
+        committed(&fake, &[(0, 39)]).await,
+        HashMap::from([(0, 39)]),
+        "committed despite the mismatches; fetch sizes of the commits asked for: {:?}",
+        fake.commit_reads_at(0, 39)
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    assert_eq!(
+        fake.commit_reads_at(0, 39),
+        [
+            COMMIT_FETCH_BYTES,
+            4 * COMMIT_FETCH_BYTES,
+            16 * COMMIT_FETCH_BYTES
+        ],
+        "the commit fetch grows fourfold until the record comes first"
+    );
+    source.close().await;
+}
+
+#[tokio::test]
+async fn wedge_an_offset_evicted_during_its_commit_is_passed_over_not_retried() {
+    let fake = Fake::default();
+    fake.with(|c| {
+        c.logs.insert(0, (0, 100));
+        // Retention removes everything below 80 while the first commit is under way.
+        c.evict_on_commit.insert(0, 80);
+    });
+    let mut source = source(&fake, 256).await;
+    let first = source.next_batch(50).await.expect("batch");
+    let (_, last) = *offsets(&first).last().expect("a record");
+    assert!(last < 80);
+    source.ack(&first).await.expect("ack");
+    for _ in 0..500 {
+        if !fake.commit_reads_at(0, last).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Room for a committer that retries the evicted offset to show it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        fake.commit_reads_at(0, last).len(),
+        1,
+        "offset {last} is gone: asked once, not again and again: {:?}",
+        fake.with(|c| c.commit_reads.clone())
+    );
+    // The rest was read before retention ran; once it is acknowledged, the partition is
+    // committed past the removed range.
+    let rest = read_all(&mut source, 100 - first.len()).await;
+    assert!(lost(&rest).is_empty());
+    assert_eq!(committed(&fake, &[(0, 99)]).await, HashMap::from([(0, 99)]));
+    assert_eq!(fake.commit_reads_at(0, last).len(), 1);
     source.close().await;
 }

@@ -1,0 +1,497 @@
+//! Issue 24 item 11: signed, monotonic releases. A fleet's floor is the highest release it has
+//! made active; its instances refuse an active pointer to a release below it — a replay of an
+//! older, legitimately signed version by someone who can write the fleet's Redis — and hold to
+//! the highest floor they have seen, so lowering the floor key does not lower theirs. A
+//! rollback to an older release is an explicit, recorded downgrade (`--allow-downgrade`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use converge::config::FleetConfig;
+use converge::rule::{EngineLimits, GateConfig, Gates, PublicKey, RuleEngine, TrustedKeys};
+use converge::store::Store as _;
+use converge::swap::{Fleet, FleetStatus, RuleControl, SwapRecord};
+use converge::telemetry::Metrics;
+use converge_tests::kafka::TestTopic;
+use converge_tests::process::Server;
+use converge_tests::services::{
+    TestStore, free_loopback_addr, redis_url, scrape_metrics, unique_prefix,
+};
+use converge_tests::{Convergence, build, config, orders};
+use redis::AsyncCommands as _;
+
+const R1_STAMP: &str = "order-status@0.1.0";
+const R2_STAMP: &str = "order-status@0.2.0-next";
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// `converge ARGS`, to its end.
+fn converge(args: &[&str]) -> Output {
+    Command::new(build::converge_binary())
+        .args(args)
+        .env_remove("CONVERGE_TRUSTED_KEYS")
+        .output()
+        .expect("converge runs")
+}
+
+/// A signing key made by `converge rule keygen`, and the two versions of the order-status
+/// rule signed with it through `converge rule sign`: release 1 (0.1.0) and release 2
+/// (0.2.0-next), and 0.1.0 signed without a release (release 0, as before releases existed).
+struct Releases {
+    key: PublicKey,
+    r0: PathBuf,
+    r1: PathBuf,
+    r2: PathBuf,
+}
+
+impl Releases {
+    fn sign(dir: &Path) -> Self {
+        let key_path = dir.join("release.key");
+        let made = converge(&["rule", "keygen", "--out", path_str(&key_path)]);
+        assert!(made.status.success(), "{}", text(&made));
+        let key = std::fs::read_to_string(dir.join("release.key.pub"))
+            .expect("KEY.pub")
+            .trim()
+            .parse()
+            .expect("a public key");
+        let sign = |rule: &Path, name: &str, release: Option<&str>| {
+            let output = dir.join(name);
+            let mut args = vec![
+                "rule",
+                "sign",
+                path_str(rule),
+                "--key",
+                path_str(&key_path),
+                "-o",
+                path_str(&output),
+            ];
+            if let Some(release) = release {
+                args.extend(["--release", release]);
+            }
+            let signed = converge(&args);
+            assert!(signed.status.success(), "{}", text(&signed));
+            let verified = converge(&["rule", "verify", path_str(&output)]);
+            assert!(
+                String::from_utf8_lossy(&verified.stdout)
+                    .contains(&format!("release {}", release.unwrap_or("0"))),
+                "{}",
+                text(&verified)
+            );
+            output
+        };
+        let v1 = build::rule("order-status");
+        let v2 = build::order_status_version("0.2.0-next");
+        Self {
+            key,
+            r0: sign(&v1, "r0.wasm", None),
+            r1: sign(&v1, "r1.wasm", Some("1")),
+            r2: sign(&v2, "r2.wasm", Some("2")),
+        }
+    }
+
+    fn hash(path: &Path) -> String {
+        converge::rule::content_hash(&std::fs::read(path).expect("signed rule"))
+    }
+}
+
+/// A fleet of the test's own, with a raw connection to write its keys as an attacker would;
+/// its keys are deleted at the end.
+struct AttackedFleet {
+    name: String,
+    fleet: Fleet,
+    redis: redis::aio::MultiplexedConnection,
+}
+
+impl AttackedFleet {
+    async fn new(test: &str) -> Self {
+        let name = unique_prefix(test).replace(':', "-");
+        let fleet = Fleet::connect(&redis_url(), &name).await.expect("fleet");
+        let redis = redis::Client::open(redis_url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        Self { name, fleet, redis }
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("converge:fleet:{{{}}}:{suffix}", self.name)
+    }
+
+    async fn set(&self, suffix: &str, value: &str) {
+        let _: () = self
+            .redis
+            .clone()
+            .set(self.key(suffix), value)
+            .await
+            .expect("written");
+    }
+
+    async fn del(&self, suffix: &str) {
+        let _: () = self
+            .redis
+            .clone()
+            .del(self.key(suffix))
+            .await
+            .expect("deleted");
+    }
+
+    async fn get(&self, suffix: &str) -> Option<String> {
+        self.redis
+            .clone()
+            .get(self.key(suffix))
+            .await
+            .expect("read")
+    }
+
+    /// `converge rule ARGS --redis URL --fleet NAME --trusted-key KEY`.
+    fn cli(&self, args: &[&str], key: &PublicKey) -> Output {
+        let mut all = args.to_vec();
+        let url = redis_url();
+        let key = key.to_string();
+        all.extend([
+            "--redis",
+            &url,
+            "--fleet",
+            &self.name,
+            "--trusted-key",
+            &key,
+        ]);
+        converge(&all)
+    }
+
+    /// `converge rule status --json`.
+    fn status(&self) -> FleetStatus {
+        let url = redis_url();
+        let output = converge(&[
+            "rule", "status", "--json", "--redis", &url, "--fleet", &self.name,
+        ]);
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).expect("status JSON")
+    }
+
+    /// Waits until `count` live instances satisfy `check`.
+    async fn until(&self, what: &str, count: usize, check: impl Fn(&FleetStatus) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.fleet.status().await.expect("status");
+            if status.instances.len() == count && check(&status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn delete(self) {
+        let mut redis = self.redis.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("converge:fleet:{{{}}}:*", self.name))
+            .query_async(&mut redis)
+            .await
+            .expect("keys");
+        if !keys.is_empty() {
+            let _: () = redis.del(keys).await.expect("deleted");
+        }
+    }
+}
+
+fn refused_by(swap: Option<&SwapRecord>, hash: &str, gate: &str) -> bool {
+    swap.is_some_and(|swap| {
+        swap.hash == hash
+            && swap.result.as_str() == "refused"
+            && swap
+                .refusal
+                .as_ref()
+                .is_some_and(|refusal| refusal.gate.as_str() == gate)
+    })
+}
+
+/// `converge_rule_swaps_total{result="refused",gate=GATE}` on the instance at `admin`.
+async fn refused_count(admin: std::net::SocketAddr, gate: &str) -> u64 {
+    scrape_metrics(admin)
+        .await
+        .expect("metrics answer")
+        .lines()
+        .filter(|line| {
+            line.starts_with("converge_rule_swaps_total{")
+                && line.contains("result=\"refused\"")
+                && line.contains(&format!("gate=\"{gate}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_instance() {
+    let topic = TestTopic::create("wedge-release", 2).await;
+    let dead_letters = TestTopic::create("wedge-release-dlq", 1).await;
+    let redis = TestStore::standalone("wedge-release").await;
+    let fleet = AttackedFleet::new("wedge-release").await;
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    let releases = Releases::sign(dir.path());
+    let (r0, r1, r2) = (
+        Releases::hash(&releases.r0),
+        Releases::hash(&releases.r1),
+        Releases::hash(&releases.r2),
+    );
+
+    // Two instances trusting the key, starting from release 1.
+    let group = format!("{}-group", topic.name);
+    let mut admins = Vec::new();
+    let mut instances = Vec::new();
+    for name in ["first", "second"] {
+        let admin = free_loopback_addr();
+        let mut settings = config::kafka_serve_with_admin(
+            &topic.name,
+            &dead_letters.name,
+            &group,
+            redis.store.prefix(),
+            admin,
+        );
+        settings.rule.path = releases.r1.clone();
+        settings.rule.trusted_keys = vec![releases.key];
+        settings.rule.fleet = Some(FleetConfig {
+            redis: redis_url(),
+            name: fleet.name.clone(),
+            instance: Some(name.to_owned()),
+            allow_unsigned: false,
+        });
+        let instance_dir = dir.path().join(name);
+        std::fs::create_dir_all(&instance_dir).expect("dir");
+        let config_path = config::write(&instance_dir, &settings);
+        admins.push(admin);
+        instances.push(Server::start(
+            &config_path,
+            &dir.path().join(format!("{name}.log")),
+        ));
+    }
+
+    // Release 1, then release 2, published the ordinary way.
+    for rule in [&releases.r1, &releases.r2] {
+        let published = fleet.cli(&["rule", "publish", path_str(rule)], &releases.key);
+        assert!(published.status.success(), "{}", text(&published));
+    }
+    fleet
+        .until("both instances to serve release 2", 2, |status| {
+            status.instances.iter().all(|i| i.rule.active.hash == r2)
+        })
+        .await;
+    assert_eq!(fleet.status().floor, 2);
+    assert_eq!(fleet.get("rule:floor").await.as_deref(), Some("2"));
+
+    let stream = orders::generate("order-", 1_000, 20, 24);
+    let mut parts = stream.events.chunks(stream.events.len() / 3 + 1);
+    topic.produce(parts.next().expect("a part")).await;
+
+    // 1. Someone who can write Redis points the fleet back at release 1, whose blob is still
+    // stored (and perfectly signed): every instance refuses it and serves release 2 on.
+    fleet.set("rule:active", &r1).await;
+    topic.produce(parts.next().expect("a part")).await;
+    fleet
+        .until("both instances to refuse release 1", 2, |status| {
+            status.instances.iter().all(|instance| {
+                instance.rule.active.hash == r2
+                    && refused_by(instance.rule.last_swap.as_ref(), &r1, "integrity")
+            })
+        })
+        .await;
+    for instance in fleet.status().instances {
+        let refusal = instance.rule.last_swap.and_then(|swap| swap.refusal);
+        let reason = refusal.map(|refusal| refusal.reason).unwrap_or_default();
+        assert!(
+            reason.contains("release 1, below the fleet's floor 2"),
+            "{}: {reason}",
+            instance.instance
+        );
+    }
+
+    // 2. The same, with the floor key deleted first and a release signed before releases
+    // existed (release 0) published through the ordinary command: Redis takes it (its floor is
+    // gone), and the instances, which hold to the floor they have seen, refuse it.
+    fleet.del("rule:floor").await;
+    let replayed = fleet.cli(&["rule", "publish", path_str(&releases.r0)], &releases.key);
+    assert!(replayed.status.success(), "{}", text(&replayed));
+    assert_eq!(fleet.get("rule:active").await.as_deref(), Some(r0.as_str()));
+    fleet
+        .until("both instances to refuse release 0", 2, |status| {
+            status.instances.iter().all(|instance| {
+                instance.rule.active.hash == r2
+                    && refused_by(instance.rule.last_swap.as_ref(), &r0, "integrity")
+            })
+        })
+        .await;
+
+    // The operator puts release 2 back; nothing changes on the instances, which serve it.
+    let restored = fleet.cli(&["rule", "publish", path_str(&releases.r2)], &releases.key);
+    assert!(restored.status.success(), "{}", text(&restored));
+    assert_eq!(fleet.status().floor, 2);
+    for part in parts {
+        topic.produce(part).await;
+    }
+
+    Convergence::new(&redis.store, &stream.expected)
+        .every(Duration::from_millis(250))
+        .logs(&mut dir)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
+    let keys: Vec<String> = stream.expected.keys().cloned().collect();
+    for stored in redis
+        .store
+        .inspect(&keys)
+        .await
+        .expect("inspected")
+        .iter()
+        .flatten()
+    {
+        assert_eq!(stored.rule, R2_STAMP, "{}", stored.state.key);
+    }
+    dead_letters.assert_empty().await;
+    for admin in &admins {
+        assert_eq!(refused_count(*admin, "integrity").await, 2, "{admin}");
+    }
+    for instance in fleet.status().instances {
+        assert_eq!(instance.rule.active.hash, r2, "{}", instance.instance);
+        assert_eq!(instance.rule.active.rule, R2_STAMP);
+    }
+    for instance in instances {
+        instance.terminate();
+    }
+    fleet.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_recorded() {
+    let fleet = AttackedFleet::new("wedge-downgrade").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let releases = Releases::sign(dir.path());
+    let (r1, r2) = (Releases::hash(&releases.r1), Releases::hash(&releases.r2));
+    let key = releases.key;
+
+    // An instance of the fleet, in this process: the fleet's rule is offered to its control
+    // on every sync, as `serve` does every 2 s.
+    let gates = Gates::new(
+        RuleEngine::new(EngineLimits::default()).expect("engine"),
+        GateConfig::default(),
+    )
+    .with_trusted_keys(TrustedKeys::new([key]));
+    let initial = std::fs::read(&releases.r1).expect("release 1");
+    let admitted = gates.admit(&initial, None).expect("release 1 passes");
+    let control = Arc::new(RuleControl::new(
+        gates,
+        admitted,
+        "test",
+        Arc::new(Metrics::new()),
+    ));
+    let instance = Fleet::connect(&redis_url(), &fleet.name)
+        .await
+        .expect("fleet");
+    let mut seen = (None, None);
+    let sync = async |seen: &mut (Option<String>, Option<String>)| {
+        instance.sync(&control, seen).await.expect("synced");
+    };
+
+    for rule in [&releases.r1, &releases.r2] {
+        let published = fleet.cli(&["rule", "publish", path_str(rule)], &key);
+        assert!(published.status.success(), "{}", text(&published));
+        sync(&mut seen).await;
+    }
+    assert_eq!(control.active_hash(), r2);
+    let before = fleet.status();
+    assert_eq!((before.floor, before.downgrades.len()), (2, 0));
+    assert_eq!(before.history, [r2.as_str(), r1.as_str()]);
+
+    // Release 1 cannot be published again over release 2.
+    let republished = fleet.cli(&["rule", "publish", path_str(&releases.r1)], &key);
+    assert_eq!(republished.status.code(), Some(1), "{}", text(&republished));
+    assert!(
+        text(&republished).contains("release 1, below fleet"),
+        "{}",
+        text(&republished)
+    );
+
+    // A rollback to release 1 is a downgrade: refused without --allow-downgrade, and nothing
+    // changes.
+    let refused = fleet.cli(&["rule", "rollback"], &key);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(said.contains("is a downgrade"), "{said}");
+    assert!(said.contains("--allow-downgrade"), "{said}");
+    let unchanged = fleet.status();
+    assert_eq!(unchanged.active.as_deref(), Some(r2.as_str()));
+    assert_eq!(unchanged.history, before.history);
+    assert_eq!((unchanged.floor, unchanged.downgrades.len()), (2, 0));
+
+    // With it: the pointer moves, the floor is lowered, the downgrade recorded.
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let downgraded = fleet.cli(&["rule", "rollback", "--allow-downgrade"], &key);
+    assert!(downgraded.status.success(), "{}", text(&downgraded));
+    assert!(
+        text(&downgraded).contains("DOWNGRADED"),
+        "{}",
+        text(&downgraded)
+    );
+    let after = fleet.status();
+    assert_eq!(after.active.as_deref(), Some(r1.as_str()));
+    assert_eq!(after.floor, 1);
+    assert_eq!(after.history, [r1.as_str()]);
+    let [record] = after.downgrades.as_slice() else {
+        panic!("one downgrade recorded: {after:#?}");
+    };
+    assert_eq!(record.from.as_deref(), Some(r2.as_str()));
+    assert_eq!(record.to, r1);
+    assert_eq!((record.release, record.floor_before), (1, 2));
+    assert!(record.at_ms >= started_ms, "{record:?}");
+    assert!(record.by.contains('@'), "{record:?}");
+    let url = redis_url();
+    let shown = converge(&["rule", "status", "--redis", &url, "--fleet", &fleet.name]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("release floor 1"), "{shown}");
+    assert!(
+        shown.contains("downgrade at ") && shown.contains(&record.by),
+        "{shown}"
+    );
+
+    // The instance follows the recorded downgrade.
+    sync(&mut seen).await;
+    assert_eq!(control.active_hash(), r1);
+    assert_eq!(control.status().active.rule, R1_STAMP);
+
+    // Release 2 again, then an attacker lowers the floor key and points at release 1 without
+    // recording a downgrade: the instance holds to floor 2 and refuses it.
+    let forward = fleet.cli(&["rule", "publish", path_str(&releases.r2)], &key);
+    assert!(forward.status.success(), "{}", text(&forward));
+    sync(&mut seen).await;
+    assert_eq!(control.active_hash(), r2);
+    fleet.set("rule:floor", "1").await;
+    fleet.set("rule:active", &r1).await;
+    sync(&mut seen).await;
+    assert_eq!(control.active_hash(), r2);
+    let status = control.status();
+    assert!(
+        refused_by(status.last_swap.as_ref(), &r1, "integrity"),
+        "{:?}",
+        status.last_swap
+    );
+    fleet.delete().await;
+}
