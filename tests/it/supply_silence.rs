@@ -907,4 +907,43 @@ async fn wedge_a_refused_rule_stays_refused_after_its_sidecar_changes() {
         "a touch offered the file again"
     );
     assert_eq!(status.active.rule, ORDER_STATUS);
+
+    // The admin's rollback to the previous (refused) version is refused too...
+    let rollback = |query: &'static str| {
+        reqwest::Client::new()
+            .post(format!(
+                "http://{}/rule/rollback{query}",
+                rolled.instance.admin
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let refused = rollback("").await.expect("admin answers");
+    assert_eq!(refused.status().as_u16(), 422, "{refused:?}");
+    assert_eq!(rolled.instance.status().await.active.rule, ORDER_STATUS);
+    // ...unless an operator overrides the refusal: logged, counted, and on probation again.
+    let forced = rollback("?force=true").await.expect("admin answers");
+    assert!(forced.status().is_success(), "{forced:?}");
+    let status = rolled.instance.status().await;
+    assert_eq!(status.active.rule, SILENT);
+    let metrics = rolled.instance.metrics().await;
+    assert_eq!(
+        metrics.sum(
+            "converge_rule_swaps_total",
+            &[("result", "overridden"), ("gate", "ignore_share")]
+        ),
+        1.0
+    );
+    let forced_at = status.last_swap.expect("the override").at_ms;
+    let again = in_order(&silent_prefix("again"), 400);
+    rolled.topic.produce(&again.events).await;
+    rolled
+        .instance
+        .until("the forced version to be judged and rolled back again", |status| {
+            status.active.rule == ORDER_STATUS
+                && status.last_swap.as_ref().is_some_and(|swap| {
+                    swap.origin == AUTO_ROLLBACK_ORIGIN && swap.at_ms > forced_at
+                })
+        })
+        .await;
 }

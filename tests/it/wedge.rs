@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use converge::config::{EnrichConfig, OnUnavailable};
-use converge::dead_letter::{DeadLetterKind, MemoryDeadLetters};
+use converge::dead_letter::{
+    DeadLetter, DeadLetterKind, DeadLetterSink, MemoryDeadLetters, RedisDeadLetters,
+};
 use converge::entity::{Decision, Event, RuleInfo, State};
 use converge::config::AutoRollbackConfig;
 use converge::rule::{DecideError, EngineLimits, GateConfig, Gates, Rule, RuleEngine};
@@ -18,7 +20,7 @@ use converge::source::{Message, Position, Source, SourceError};
 use converge::store::{Current, MemoryStore, RedisStore, Store, StoreError, Write, WriteOutcome};
 use converge::telemetry::Metrics;
 use converge_tests::order_api::OrderApi;
-use converge_tests::services::TestStore;
+use converge_tests::services::{TestStore, redis_url, unique_prefix};
 use converge_tests::{NativeOrderRule, build, config, event_messages, orders, stored_states};
 
 /// The real Redis store, and a second writer that rewrites a key just before each of the
@@ -522,4 +524,61 @@ async fn wedge_a_store_fault_under_a_rule_on_probation_does_not_roll_it_back() {
     let keys: Vec<String> = probed.iter().map(|e| e.key.clone()).collect();
     let stored = stored_states(&redis.store, &keys).await;
     assert_eq!(stored.len(), probed.len(), "every write landed");
+}
+
+/// Item 8: Redis-stream dead letters kept whole bodies (a 10 MB message made a 10 MB entry)
+/// and were bounded by count only, so a flood of large bad messages could fill the store's
+/// Redis. Bodies are cut as the Kafka sink cuts them, and the stream keeps about `max_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_stream_dead_letters_are_cut_and_kept_within_their_byte_budget() {
+    let stream = format!("{}dead-letters", unique_prefix("wedge-stream"));
+    let sink = RedisDeadLetters::connect(&redis_url(), &stream)
+        .await
+        .expect("connects")
+        .with_max_len(1_000_000)
+        .with_max_bytes(1 << 20)
+        .with_max_body_bytes(16 << 10);
+    let body = vec![b'x'; 200 << 10];
+    let letters: Vec<DeadLetter> = (0..600)
+        .map(|n| DeadLetter {
+            kind: DeadLetterKind::Undecodable,
+            reason: "not JSON".to_owned(),
+            position: Position::Line { line: n },
+            key: Some(format!("key-{n}").into_bytes()),
+            bytes: body.clone(),
+            rule: "order-status@0.1.0".to_owned(),
+        })
+        .collect();
+    for chunk in letters.chunks(50) {
+        sink.send(chunk).await.expect("sent");
+    }
+    let mut redis = redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let length: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .expect("XLEN");
+    let last: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> = redis::cmd("XREVRANGE")
+        .arg(&stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .expect("XREVRANGE");
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    let (_, fields) = last.into_iter().next().expect("an entry");
+    assert_eq!(fields["bytes"].len(), 16 << 10, "the body is cut");
+    assert_eq!(fields["truncated_from"], (200 << 10).to_string().into_bytes());
+    // About 1 MiB of 16 KiB entries is some 60; `MAXLEN ~` trims whole nodes of 100.
+    assert!(length <= 200, "{length} entries kept of 600 sent");
 }
