@@ -358,12 +358,16 @@ impl Proxied {
         counter(&metrics, "converge_rebalances_total")
     }
 
-    /// A second `serve` in the same group, with an admin endpoint of its own; its log is
+    /// A second `serve` in the same group, with an admin endpoint of its own, that reaches
+    /// Redis directly (the proxy's faults are the first member's alone); its log is
     /// `serve-2.log` beside the first's.
     fn start_second(&self) -> Server {
         let mut settings = self.settings.clone();
         if let Some(admin) = &mut settings.admin {
             admin.listen = free_loopback_addr();
+        }
+        if let StoreConfig::Redis(store) = &mut settings.store {
+            store.url = self.redis.url();
         }
         let dir = self.dir.path().join("second");
         std::fs::create_dir_all(&dir).expect("second's dir");
@@ -668,9 +672,9 @@ async fn t4_outage_past_max_poll_interval_keeps_the_group_and_converges() {
     );
 }
 
-/// Issue 24, item 4: a rebalance during an outage hold. While the store is down the member
-/// holds (pauses its partitions, polls on); a second member joins then, and takes some of
-/// them; after the outage it leaves, and they come back. librdkafka keeps a partition's pause
+/// Issue 24, item 4: a rebalance during an outage hold. While the store is out of the first
+/// member's reach it holds (pauses its partitions, polls on); a second member (which reaches
+/// Redis) joins then, and takes some of them; after the outage it leaves, and they come back. librdkafka keeps a partition's pause
 /// across a revoke and a later assignment, so a member that forgot what it had paused left the
 /// returning partitions paused for good, and one that did not pause partitions assigned during
 /// the hold fetched them into memory. Every key must converge with the offsets at the end of
@@ -809,4 +813,46 @@ async fn wedge_large_states_are_written_and_loaded_within_the_store_timeout() {
         "every state loads whole"
     );
     eprintln!("wedge-large: the load timed out {} times first", failures.len());
+}
+
+/// Issue 24, item 12: `serve` started while its store is unreachable exited at once, which a
+/// supervisor turns into a crash loop. It now waits for the store, then converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_serve_started_while_the_store_is_down_waits_for_it() {
+    converge_tests::build::converge_binary();
+    let redis = PrivateRedis::start();
+    let proxy = FaultProxy::start(address(&redis)).await;
+    proxy.outage(Outage::Refuse);
+    let prefix = unique_prefix("wedge-start");
+    let topic = TestTopic::create("wedge-start", 2).await;
+    let dead_letters = TestTopic::create("wedge-start-dlq", 1).await;
+    let group = format!("{}-group", topic.name);
+    let store = StoreConfig::Redis(RedisStoreConfig {
+        url: proxy.redis_url(),
+        prefix: prefix.clone(),
+        timeout_ms: 500,
+        wait_replicas: 0,
+        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+    });
+    let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
+    settings.pipeline.backoff_ms = 20;
+    settings.pipeline.max_backoff_ms = 400;
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    let stream = orders::generate("order-", 200, 30, 53);
+    topic.produce(&stream.events).await;
+    let mut server = Server::start(
+        &config::write(dir.path(), &settings),
+        &dir.path().join("serve.log"),
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_serving(&mut server, &mut dir, "four seconds into an outage that began first");
+    assert!(proxy.stats().refused > 0, "serve never tried the store");
+    proxy.restore();
+    let direct = connect(&redis, &prefix).await;
+    Convergence::new(&direct, &stream.expected)
+        .logs(&mut dir)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
+    server.terminate();
+    dead_letters.assert_empty().await;
 }
