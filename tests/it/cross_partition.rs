@@ -1,8 +1,10 @@
 //! One key on several partitions, two instances: every event goes to a random partition (as a
 //! producer without keys, or partitioning by event id, would send it), so each key's events are
 //! decided by both `converge serve` processes of the group, each on what its own state cache
-//! says — often stale: the other process wrote the key since. One process is SIGKILLed
-//! mid-stream and restarted. A watcher samples every key throughout: no key may ever move
+//! says — often stale: the other process wrote the key since. Half the orders arrive as a burst
+//! (their events close together in the stream, in random order), so both processes decide them
+//! at nearly the same time, with batches in flight; the others' events are spread over the
+//! whole stream. One process is SIGKILLed mid-stream and restarted. A watcher samples every key throughout: no key may ever move
 //! backward, and at the end every key holds its order's final state, the group's committed
 //! offsets are at the end of every partition, and nothing was dead-lettered.
 //!
@@ -11,6 +13,7 @@
 //! The orders and partitions come from a seed printed at the start;
 //! `CONVERGE_CROSS_PARTITION_SEED=<seed>` repeats them.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use converge::entity::Event;
@@ -28,6 +31,8 @@ const ORDERS: usize = 6_000;
 /// rest arrives in this many chunks, one every [`CHUNK_EVERY`].
 const CHUNKS: usize = 20;
 const CHUNK_EVERY: Duration = Duration::from_millis(500);
+/// How far a burst's events lie from its centre, as a share of the stream: about ±60 events.
+const BURST: f64 = 0.003;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_partition_keys_on_random_partitions_converge_across_two_instances_and_a_kill() {
@@ -58,9 +63,10 @@ async fn cross_partition_keys_on_random_partitions_converge_across_two_instances
 
     let stream = orders::generate("order-", ORDERS, 30, seed);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    let mut partitions = StdRng::seed_from_u64(seed.wrapping_add(1));
-    let mut random_partition = move |_: &Event| Some(partitions.random_range(0..PARTITIONS));
-    let (backlog, rest) = stream.events.split_at(stream.events.len() / 2);
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
+    let events = half_in_bursts(&stream.events, &mut rng);
+    let mut random_partition = move |_: &Event| Some(rng.random_range(0..PARTITIONS));
+    let (backlog, rest) = events.split_at(events.len() / 2);
     topic.produce_acked(backlog, &mut random_partition).await;
 
     let watcher = Watcher::start(redis.store.clone(), keys.clone(), Duration::from_millis(50));
@@ -121,4 +127,22 @@ async fn cross_partition_keys_on_random_partitions_converge_across_two_instances
         "cross_partition: passed in {:.1}s with {samples} samples of every key (seed {seed})",
         test_started.elapsed().as_secs_f64()
     );
+}
+
+/// `events` reordered: each order's events placed around a moment of the stream drawn for it,
+/// within [`BURST`] of it for half the orders, anywhere for the others.
+fn half_in_bursts(events: &[Event], rng: &mut StdRng) -> Vec<Event> {
+    let mut placed: HashMap<&str, (f64, f64)> = HashMap::new();
+    let mut timed: Vec<(f64, &Event)> = events
+        .iter()
+        .map(|event| {
+            let (centre, spread) = *placed.entry(event.key.as_str()).or_insert_with(|| {
+                let spread = if rng.random_bool(0.5) { BURST } else { 1.0 };
+                (rng.random::<f64>(), spread)
+            });
+            (centre + rng.random_range(-spread..spread), event)
+        })
+        .collect();
+    timed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    timed.into_iter().map(|(_, event)| event.clone()).collect()
 }

@@ -14,8 +14,8 @@
 //! The cluster is shared like the single broker (left running); the test's topics are deleted.
 //! The orders come from a seed printed at the start; `CONVERGE_KAFKA3_SEED=<seed>` repeats them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use converge::config::SourceConfig;
@@ -77,11 +77,16 @@ async fn kafka3_leader_killed_then_a_second_broker_lose_nothing_and_never_go_bac
 
     let started = Instant::now();
     let produced = Arc::new(AtomicBool::new(false));
+    // Each partition's end as the producer's acknowledgements tell it.
+    let delivered = Arc::new(Mutex::new(vec![0_i64; 6]));
     let faults = {
         let topic = Arc::clone(&topic);
         let produced = Arc::clone(&produced);
+        let delivered = Arc::clone(&delivered);
         let events = stream.events.len() as i64;
-        std::thread::spawn(move || broker_faults(&cluster, &topic, events, started, &produced))
+        std::thread::spawn(move || {
+            broker_faults(&cluster, &topic, &delivered, events, started, &produced);
+        })
     };
     let chunk = stream.events.len().div_ceil(CHUNKS);
     for (n, events) in stream.events.chunks(chunk).enumerate() {
@@ -93,16 +98,23 @@ async fn kafka3_leader_killed_then_a_second_broker_lose_nothing_and_never_go_bac
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        tokio::select! {
-            () = topic.produce_acked(events, |_| None) => {}
+        let stored = tokio::select! {
+            stored = topic.produce_acked(events, |_| None) => stored,
             () = failed => break,
+        };
+        let mut ends = delivered.lock().expect("never poisoned");
+        for (partition, offset) in stored {
+            let end = &mut ends[usize::try_from(partition).expect("a partition")];
+            *end = (*end).max(offset + 1);
         }
     }
-    eprintln!(
-        "kafka3: {:.1}s: all {} events produced and acknowledged by the in-sync replicas",
-        started.elapsed().as_secs_f64(),
-        stream.events.len()
-    );
+    if !faults.is_finished() {
+        eprintln!(
+            "kafka3: {:.1}s: all {} events produced and acknowledged by the in-sync replicas",
+            started.elapsed().as_secs_f64(),
+            stream.events.len()
+        );
+    }
     produced.store(true, Ordering::Release);
     tokio::task::spawn_blocking(move || faults.join())
         .await
@@ -139,14 +151,13 @@ async fn kafka3_leader_killed_then_a_second_broker_lose_nothing_and_never_go_bac
     );
 }
 
-/// The node leading the partitions that hold the most messages, of the nodes `alive`.
-fn busiest_leader(topic: &TestTopic, alive: &[i32]) -> i32 {
+/// The node leading the partitions that hold the most messages (`ends`), of the nodes `alive`.
+fn busiest_leader(topic: &TestTopic, ends: &[i64], alive: &[i32]) -> i32 {
     let leaders = topic.leaders();
-    let ends = topic.ends();
     let held = |node: i32| -> i64 {
         leaders
             .iter()
-            .zip(&ends)
+            .zip(ends)
             .filter(|(leader, _)| **leader == node)
             .map(|(_, end)| end)
             .sum()
@@ -180,30 +191,32 @@ fn wait_for_leaders(topic: &TestTopic, alive: &[i32], say: &impl Fn(&str)) {
 fn broker_faults(
     cluster: &KafkaCluster,
     topic: &TestTopic,
+    delivered: &Mutex<Vec<i64>>,
     events: i64,
     started: Instant,
     produced: &AtomicBool,
 ) {
     let say = |what: &str| eprintln!("kafka3: {:.1}s: {what}", started.elapsed().as_secs_f64());
+    let ends = || delivered.lock().expect("never poisoned").clone();
     let nodes: Vec<i32> = (1..=NODES).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while topic.ends().iter().sum::<i64>() < events / 4 {
+    while ends().iter().sum::<i64>() < events / 4 {
         assert!(
             Instant::now() < deadline,
             "a quarter of the stream was not produced within 60 s"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let first = busiest_leader(topic, &nodes);
+    let first = busiest_leader(topic, &ends(), &nodes);
     cluster.kill(first);
     say(&format!(
         "SIGKILL node {first}, leading the partitions holding the most messages (ends {:?})",
-        topic.ends()
+        ends()
     ));
     let alive: Vec<i32> = nodes.iter().copied().filter(|&n| n != first).collect();
     wait_for_leaders(topic, &alive, &say);
 
-    let second = busiest_leader(topic, &alive);
+    let second = busiest_leader(topic, &ends(), &alive);
     cluster.kill(second);
     say(&format!(
         "SIGKILL node {second} too: one node left, no quorum, fewer in-sync replicas than \

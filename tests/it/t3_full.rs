@@ -484,7 +484,12 @@ impl Zombie {
         );
         self.conflicts_before = conflicts;
         let pid = fleet.signal(self.n, "STOP");
-        self.ends_at_stop = self.topic.ends();
+        self.ends_at_stop = self
+            .topic
+            .progress(&self.group)
+            .iter()
+            .map(|p| p.1)
+            .collect();
         pid
     }
 

@@ -131,12 +131,12 @@ impl TestTopic {
     /// in-sync replica (`acks=all`, idempotent: a retry after a broker failure is neither lost
     /// nor doubled). A partition without a leader, or with fewer in-sync replicas than its
     /// `min.insync.replicas`, is waited for (the client retries, for up to two minutes) rather
-    /// than failing the test.
+    /// than failing the test. Answers where each event was stored: (partition, offset).
     pub async fn produce_acked(
         &self,
         events: &[Event],
         mut partition: impl FnMut(&Event) -> Option<i32>,
-    ) {
+    ) -> Vec<(i32, i64)> {
         let producer: FutureProducer = client(&self.brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -164,31 +164,24 @@ impl TestTopic {
                 }
             })
             .collect();
-        for delivery in futures::future::join_all(sends).await {
-            delivery.expect("delivered");
-        }
-    }
-
-    /// Each partition's end (its high watermark), by partition: what was produced to it.
-    pub fn ends(&self) -> Vec<i64> {
-        let consumer: BaseConsumer = client(&self.brokers).create().expect("consumer");
-        (0..self.partitions)
-            .map(|partition| {
-                consumer
-                    .fetch_watermarks(&self.name, partition, Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|delivery| {
+                let delivery = delivery.expect("delivered");
+                (delivery.partition, delivery.offset)
             })
             .collect()
     }
 
     /// The leader of each partition (`-1`: none right now), by partition, from the metadata of
-    /// whichever broker answers.
+    /// whichever broker answers; one that does not (down, or slow on a busy machine) is asked
+    /// again, for up to a minute.
     pub fn leaders(&self) -> Vec<i32> {
         let consumer: BaseConsumer = client(&self.brokers).create().expect("consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(&self.name), Duration::from_secs(10))
-            .expect("metadata");
+        let metadata = patiently("metadata", || {
+            consumer.fetch_metadata(Some(&self.name), Duration::from_secs(10))
+        });
         let topic = metadata
             .topics()
             .iter()
@@ -600,6 +593,21 @@ impl KafkaCluster {
                 converge_home().display()
             );
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// `ask`'s answer, asked again while it fails, for up to a minute; then a panic naming `what`.
+fn patiently<T>(what: &str, mut ask: impl FnMut() -> Result<T, KafkaError>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ask() {
+            Ok(answer) => return answer,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("{what}: {error}; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => panic!("{what}: {error}, for a minute"),
         }
     }
 }
