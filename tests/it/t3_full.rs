@@ -470,8 +470,10 @@ impl Zombie {
                 self.n
             );
             let now = self.metrics().map(|text| counts(&text)).ok();
-            if now.is_some() && now == last {
-                break now.expect("just checked");
+            if let Some(settled) = now
+                && now == last
+            {
+                break settled;
             }
             last = now;
             std::thread::sleep(Duration::from_millis(300));
