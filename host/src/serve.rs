@@ -123,7 +123,12 @@ pub async fn serve(
             "dead-letter queue",
             &mut shutdown,
             dead_letters_unreachable,
-            async || config.dead_letter.build(&config.source, &config.store).await,
+            async || {
+                config
+                    .dead_letter
+                    .build(&config.source, &config.store)
+                    .await
+            },
         )
         .await?;
     let Some(dead_letters) = opened else {
@@ -308,9 +313,7 @@ async fn start_background(
             );
         }
         // The fleet's rule, if it has one, serves from the first batch.
-        let fleet_unreachable = |error: &crate::swap::FleetError| {
-            matches!(error, crate::swap::FleetError::Redis(error) if redis_unreachable(error))
-        };
+        let fleet_unreachable = |error: &crate::swap::FleetError| matches!(error, crate::swap::FleetError::Redis(error) if redis_unreachable(error));
         let opened = starting
             .wait("fleet", shutdown, fleet_unreachable, async || {
                 let fleet =

@@ -391,7 +391,8 @@ async fn poison_redis_stream_dead_letters_beside_a_cluster_store_are_refused_at_
         &format!("{topic}-group"),
         config::cluster_store(&unique_prefix("poison-cluster")),
     );
-    settings.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{topic}:dead-letters")));
+    settings.dead_letter =
+        DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{topic}:dead-letters")));
     let path = config::write(dir.path(), &settings);
     let log = dir.path().join("serve.log");
     let mut server = Command::new(build::converge_binary())
@@ -651,7 +652,11 @@ async fn wedge_a_non_canonical_fence_is_set_aside_and_serve_keeps_running() {
                 Some("\"01\""),
                 hash("order-6", &[("rev", "01"), ("wid", "5")]),
             ),
-            ("order-9", Some("wid=\"5\""), hash("order-9", &[("wid", "5")])),
+            (
+                "order-9",
+                Some("wid=\"5\""),
+                hash("order-9", &[("wid", "5")]),
+            ),
         ]
     })
     .await;
@@ -683,9 +688,7 @@ async fn wedge_a_dead_letter_topic_that_refuses_for_good_stops_serve_naming_it()
     let log = dir.path().join("serve.log");
     let mut server = serve(&config::write(dir.path(), &settings), &log);
     // Not JSON, and larger than the dead-letter topic takes.
-    topic
-        .produce_raw("poison", &[vec![b'{'; 16 << 10]])
-        .await;
+    topic.produce_raw("poison", &[vec![b'{'; 16 << 10]]).await;
     let deadline = std::time::Instant::now() + WITHIN;
     let status = loop {
         if let Some(status) = server.try_wait().expect("serve's status") {

@@ -738,7 +738,14 @@ fn peak_rss_mib(server: &Server) -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .expect("VmHWM in /proc/<pid>/status")
         / 1024
 }
@@ -812,7 +819,10 @@ async fn wedge_large_states_are_written_and_loaded_within_the_store_timeout() {
             .all(|current| current.as_ref().is_some_and(|c| c.state.payload == payload)),
         "every state loads whole"
     );
-    eprintln!("wedge-large: the load timed out {} times first", failures.len());
+    eprintln!(
+        "wedge-large: the load timed out {} times first",
+        failures.len()
+    );
 }
 
 /// Issue 24, item 12: `serve` started while its store is unreachable exited at once, which a
@@ -845,7 +855,11 @@ async fn wedge_serve_started_while_the_store_is_down_waits_for_it() {
         &dir.path().join("serve.log"),
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_serving(&mut server, &mut dir, "four seconds into an outage that began first");
+    assert_serving(
+        &mut server,
+        &mut dir,
+        "four seconds into an outage that began first",
+    );
     assert!(proxy.stats().refused > 0, "serve never tried the store");
     proxy.restore();
     let direct = connect(&redis, &prefix).await;

@@ -51,7 +51,9 @@ async fn serve_writes_over_tls_as_an_acl_user() {
                 ),
                 &prefix,
             ),
-            dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{prefix}dead-letters"))),
+            dead_letter: DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!(
+                "{prefix}dead-letters"
+            ))),
             enrich: None,
             admin: None,
             pipeline: PipelineConfig::default(),

@@ -27,7 +27,8 @@ const TOKEN: &str = "supply-admin-token-0123456789abcdef";
 pub(crate) fn stdin_config(store: StoreConfig, prefix: &str, admin: Option<AdminConfig>) -> Config {
     let mut settings = config::kafka_serve("unused", "unused", "unused", store);
     settings.source = SourceConfig::File(FileSourceConfig { path: "-".into() });
-    settings.dead_letter = DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{prefix}dead-letters")));
+    settings.dead_letter =
+        DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{prefix}dead-letters")));
     settings.admin = admin;
     // The lines source fills a batch before handing it on: one line, one batch.
     settings.pipeline.batch_size = 1;

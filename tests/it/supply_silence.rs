@@ -877,9 +877,10 @@ async fn wedge_a_refused_rule_stays_refused_after_its_sidecar_changes() {
     let status = rolled
         .instance
         .until("the watched file to be offered again", |status| {
-            status.last_swap.as_ref().is_some_and(|swap| {
-                swap.origin.starts_with("file:") && swap.at_ms > rolled_back_at
-            })
+            status
+                .last_swap
+                .as_ref()
+                .is_some_and(|swap| swap.origin.starts_with("file:") && swap.at_ms > rolled_back_at)
         })
         .await;
     let swap = status.last_swap.expect("the offer is the last swap");
@@ -939,11 +940,14 @@ async fn wedge_a_refused_rule_stays_refused_after_its_sidecar_changes() {
     rolled.topic.produce(&again.events).await;
     rolled
         .instance
-        .until("the forced version to be judged and rolled back again", |status| {
-            status.active.rule == ORDER_STATUS
-                && status.last_swap.as_ref().is_some_and(|swap| {
-                    swap.origin == AUTO_ROLLBACK_ORIGIN && swap.at_ms > forced_at
-                })
-        })
+        .until(
+            "the forced version to be judged and rolled back again",
+            |status| {
+                status.active.rule == ORDER_STATUS
+                    && status.last_swap.as_ref().is_some_and(|swap| {
+                        swap.origin == AUTO_ROLLBACK_ORIGIN && swap.at_ms > forced_at
+                    })
+            },
+        )
         .await;
 }

@@ -7,17 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use converge::config::AutoRollbackConfig;
 use converge::config::{EnrichConfig, OnUnavailable};
 use converge::dead_letter::{
     DeadLetter, DeadLetterKind, DeadLetterSink, MemoryDeadLetters, RedisDeadLetters,
 };
 use converge::entity::{Decision, Event, RuleInfo, State};
-use converge::config::AutoRollbackConfig;
-use converge::rule::{DecideError, EngineLimits, GateConfig, Gates, Rule, RuleEngine};
-use converge::swap::{Role, RuleControl};
 use converge::pipeline::{Enricher, Pipeline, PipelineConfig};
+use converge::rule::{DecideError, EngineLimits, GateConfig, Gates, Rule, RuleEngine};
 use converge::source::{Message, Position, Source, SourceError};
 use converge::store::{Current, MemoryStore, RedisStore, Store, StoreError, Write, WriteOutcome};
+use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::order_api::OrderApi;
 use converge_tests::services::{TestStore, redis_url, unique_prefix};
@@ -152,8 +152,16 @@ async fn wedge_a_key_contended_past_every_attempt_is_waited_out_and_lands() {
     let keys = ["order-1".to_owned(), "order-2".to_owned()];
     let stored = redis.store.load(&keys).await.expect("loads");
     let status = |i: usize| stored[i].as_ref().map(|c| c.state.status.clone());
-    assert_eq!(status(0).as_deref(), Some("paid"), "the contended key landed");
-    assert_eq!(status(1).as_deref(), Some("created"), "the other key landed");
+    assert_eq!(
+        status(0).as_deref(),
+        Some("paid"),
+        "the contended key landed"
+    );
+    assert_eq!(
+        status(1).as_deref(),
+        Some("created"),
+        "the other key landed"
+    );
     assert_eq!(
         stored[0].as_ref().map(|c| c.revision),
         Some(rounds as u64 + 2),
@@ -297,7 +305,11 @@ impl Marking {
         Self { inner, info }
     }
 
-    fn decide(&mut self, current: Option<&State>, incoming: &Event) -> Result<Decision, DecideError> {
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
         let mark = |mut state: State| {
             state.payload = format!("{{\"decided_by\":\"{}\"}}", self.info.version);
             state
@@ -333,7 +345,11 @@ impl Rule for Swapping {
         }
     }
 
-    fn decide(&mut self, current: Option<&State>, incoming: &Event) -> Result<Decision, DecideError> {
+    fn decide(
+        &mut self,
+        current: Option<&State>,
+        incoming: &Event,
+    ) -> Result<Decision, DecideError> {
         self.rules[self.serving].decide(current, incoming)
     }
 }
@@ -355,7 +371,9 @@ impl Store for CutOnce {
         if !self.cut.swap(true, Ordering::SeqCst) {
             self.swap.store(true, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(300)).await;
-            return Err(StoreError::Unavailable("connection reset by the test".into()));
+            return Err(StoreError::Unavailable(
+                "connection reset by the test".into(),
+            ));
         }
         self.inner.write(writes).await
     }
@@ -397,8 +415,12 @@ async fn wedge_a_swap_during_a_repair_leaves_every_state_stamped_by_the_rule_tha
         ..PipelineConfig::default()
     };
     let mut pipeline = Pipeline::new(rule, store, MemoryDeadLetters::new(), config);
-    let first: Vec<Event> = (0..20).map(|n| event(&format!("a-{n}"), "created", 1)).collect();
-    let second: Vec<Event> = (0..20).map(|n| event(&format!("b-{n}"), "created", 1)).collect();
+    let first: Vec<Event> = (0..20)
+        .map(|n| event(&format!("a-{n}"), "created", 1))
+        .collect();
+    let second: Vec<Event> = (0..20)
+        .map(|n| event(&format!("b-{n}"), "created", 1))
+        .collect();
     let mut source = Batches(
         [event_messages(&first), event_messages(&second)]
             .into_iter()
@@ -578,7 +600,10 @@ async fn wedge_stream_dead_letters_are_cut_and_kept_within_their_byte_budget() {
         .expect("DEL");
     let (_, fields) = last.into_iter().next().expect("an entry");
     assert_eq!(fields["bytes"].len(), 16 << 10, "the body is cut");
-    assert_eq!(fields["truncated_from"], (200 << 10).to_string().into_bytes());
+    assert_eq!(
+        fields["truncated_from"],
+        (200 << 10).to_string().into_bytes()
+    );
     // About 1 MiB of 16 KiB entries is some 60; `MAXLEN ~` trims whole nodes of 100.
     assert!(length <= 200, "{length} entries kept of 600 sent");
 }

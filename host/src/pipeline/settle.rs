@@ -21,12 +21,12 @@ use super::batch::Batch;
 use super::cache::StateCache;
 use super::group::KeyEvents;
 use super::outage::Outage;
+use crate::backoff::Backoff;
 use crate::config::PipelineConfig;
 use crate::dead_letter::DeadLetterKind;
 use crate::entity::{Decision, Event, State};
 use crate::rule::{DecideError, Rule};
 use crate::store::{Current, Store, StoreError, Unreadable, Write, WriteOutcome, new_writer_id};
-use crate::backoff::Backoff;
 use crate::telemetry::events::{KeysContended, UnreadableState};
 
 /// What folding one key's events produced.

@@ -20,8 +20,8 @@
 //! - Every librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`, …) passes through.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -72,7 +72,9 @@ impl CommitOnRevoke {
 }
 
 /// `partitions` as a list for the client.
-fn partition_list<'a>(partitions: impl IntoIterator<Item = &'a (String, i32)>) -> TopicPartitionList {
+fn partition_list<'a>(
+    partitions: impl IntoIterator<Item = &'a (String, i32)>,
+) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
     for (topic, partition) in partitions {
         list.add_partition(topic, *partition);
@@ -332,9 +334,7 @@ impl KafkaSource {
         self.collected.retain(|message| match &message.position {
             Position::Partition {
                 topic, partition, ..
-            } => !revoked
-                .iter()
-                .any(|(t, p)| t == topic && p == partition),
+            } => !revoked.iter().any(|(t, p)| t == topic && p == partition),
             _ => true,
         });
         let dropped = before - self.collected.len();

@@ -828,11 +828,14 @@ fn bulk_len(value: &redis::Value) -> usize {
 /// `prefix`), so it is never read as a state, listed with the states or deleted with them.
 fn replication_fence_key(prefix: &str) -> String {
     // `prefix` cannot be a prefix of both: they differ in their first character.
-    ["converge-replication-fence:", "~converge-replication-fence:"]
-        .iter()
-        .map(|head| format!("{head}{prefix}"))
-        .find(|key| !key.starts_with(prefix))
-        .unwrap_or_else(|| format!("~~converge-replication-fence:{prefix}"))
+    [
+        "converge-replication-fence:",
+        "~converge-replication-fence:",
+    ]
+    .iter()
+    .map(|head| format!("{head}{prefix}"))
+    .find(|key| !key.starts_with(prefix))
+    .unwrap_or_else(|| format!("~~converge-replication-fence:{prefix}"))
 }
 
 /// `text` as a u64 if it is written the one way converge writes numbers: decimal digits, no
@@ -1111,7 +1114,17 @@ mod tests {
         assert_eq!(canonical_u64("0"), Some(0));
         assert_eq!(canonical_u64("5"), Some(5));
         assert_eq!(canonical_u64("18446744073709551615"), Some(u64::MAX));
-        for text in ["", "05", "+5", " 5", "5 ", "-1", "0x5", "1e3", "18446744073709551616"] {
+        for text in [
+            "",
+            "05",
+            "+5",
+            " 5",
+            "5 ",
+            "-1",
+            "0x5",
+            "1e3",
+            "18446744073709551616",
+        ] {
             assert_eq!(canonical_u64(text), None, "{text:?}");
         }
     }

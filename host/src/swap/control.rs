@@ -812,13 +812,7 @@ impl RuleControl {
                 gate: refused.refusal.gate.as_str(),
             });
         }
-        Ok(self.apply(
-            Role::Active,
-            previous.compiled,
-            hash,
-            origin,
-            judged_again,
-        ))
+        Ok(self.apply(Role::Active, previous.compiled, hash, origin, judged_again))
     }
 
     /// Stops the shadow, if any.
