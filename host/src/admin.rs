@@ -460,6 +460,17 @@ async fn rule_status(
 struct UploadQuery {
     #[serde(default = "default_role")]
     role: Role,
+    /// Bring back a version this instance refused (`?force=true`): logged and counted, and
+    /// judged again (gates where it never passed them, probation).
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /rule/rollback?force=true`: roll back to a previous version that was refused since.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
 }
 
 fn default_role() -> Role {
@@ -504,7 +515,11 @@ async fn upload_rule(
     let control = state.control;
     let offered = tokio::task::spawn_blocking(move || {
         let _permit: OwnedSemaphorePermit = permit;
-        control.offer(&bytes, None, "admin", query.role)
+        if query.force {
+            control.offer_overriding(&bytes, None, "admin", query.role)
+        } else {
+            control.offer(&bytes, None, "admin", query.role)
+        }
     })
     .await;
     match offered {
@@ -570,8 +585,15 @@ async fn promote_rule(State(state): State<AdminState>) -> Response {
     swap_response(state.control.promote("admin"))
 }
 
-async fn rollback_rule(State(state): State<AdminState>) -> Response {
-    swap_response(state.control.rollback("admin"))
+async fn rollback_rule(
+    State(state): State<AdminState>,
+    Query(query): Query<ForceQuery>,
+) -> Response {
+    swap_response(if query.force {
+        state.control.rollback_overriding("admin")
+    } else {
+        state.control.rollback("admin")
+    })
 }
 
 /// Binds the admin endpoint's address, so that a taken port fails at start-up.
@@ -884,12 +906,20 @@ mod tests {
 
     #[tokio::test]
     async fn wedge_shutdown_drops_a_client_still_sending_its_body() {
+        // The handler says when it has begun reading the body, which never ends.
+        let (begun, reading) = tokio::sync::mpsc::channel::<()>(1);
         let app = Router::new().route(
             "/",
-            post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            post(move |body: Body| async move {
+                let _ = begun.send(()).await;
+                let read = axum::body::to_bytes(body, usize::MAX).await;
+                read.map_or(0, |bytes| bytes.len()).to_string()
+            }),
         );
+        let mut reading = reading;
         let limits = Limits {
             header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
             ..quick()
         };
         let (at, stop, server) = served(app, limits).await;
@@ -899,6 +929,7 @@ mod tests {
             .await
             .expect("head sent");
         let trickling = tokio::spawn(async move { trickle(&mut stream).await });
+        reading.recv().await.expect("the handler reads the body");
         let _ = stop.send(());
         tokio::time::timeout(Duration::from_secs(60), server)
             .await
@@ -908,43 +939,6 @@ mod tests {
             .await
             .expect("the trickling client's connection is closed")
             .expect("the client's task");
-    }
-
-    #[tokio::test]
-    async fn wedge_an_answer_without_reading_the_body_reaches_a_client_still_sending_it() {
-        let app = Router::new().route(
-            "/",
-            post(|| async {
-                let mut response = StatusCode::UNAUTHORIZED.into_response();
-                closing(&mut response);
-                response
-            }),
-        );
-        let (at, _stop, _server) = served(app, quick()).await;
-        let size = 32 << 20;
-        let stream = TcpStream::connect(at).await.expect("connected");
-        let (mut reader, mut writer) = stream.into_split();
-        let sending = tokio::spawn(async move {
-            let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
-            writer.write_all(head.as_bytes()).await.expect("head sent");
-            let chunk = vec![0u8; 64 << 10];
-            let mut sent = 0;
-            while sent < size {
-                match writer.write(&chunk).await {
-                    Ok(n) => sent += n,
-                    Err(_) => break,
-                }
-            }
-        });
-        // The client reads its answer only once it has sent everything, as simple clients do.
-        sending.await.expect("sent");
-        let mut answer = Vec::new();
-        let _ = reader.read_to_end(&mut answer).await;
-        assert!(
-            answer.starts_with(b"HTTP/1.1 401"),
-            "the answer must reach the client, not a reset: {:?}",
-            String::from_utf8_lossy(&answer)
-        );
     }
 
     #[tokio::test]

@@ -379,7 +379,7 @@ async fn start_background(
         }));
     }
     // Unused without the transports.
-    let _ = metrics;
+    let _ = (metrics, starting, shutdown);
     Ok(Some(background))
 }
 

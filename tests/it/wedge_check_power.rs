@@ -89,7 +89,7 @@ impl Runs {
             .collect()
     }
 
-    /// One line: detections, where they were found, time per check.
+    /// One line: detections, where they were found, time and decisions per check.
     fn summary(&self) -> String {
         let total = self.runs.len();
         let found: Vec<usize> = self
@@ -100,6 +100,12 @@ impl Runs {
             .collect();
         let time: Duration = self.runs.iter().map(|(_, time)| *time).sum();
         let per_check = time / u32::try_from(total.max(1)).unwrap_or(u32::MAX);
+        let decisions = self
+            .runs
+            .iter()
+            .map(|(report, _)| report.decisions)
+            .sum::<u64>()
+            / total.max(1) as u64;
         let at = match found.iter().max() {
             Some(worst) => format!(
                 ", found in history {:.1} on average, {worst} at worst",
@@ -108,7 +114,7 @@ impl Runs {
             None => String::new(),
         };
         format!(
-            "{:<32} failed {:>3}/{total}{at}; {per_check:.1?} per check",
+            "{:<32} failed {:>3}/{total}{at}; {per_check:.1?} and {decisions} decisions per check",
             self.rule,
             found.len()
         )

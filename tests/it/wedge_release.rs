@@ -493,5 +493,30 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
         "{:?}",
         status.last_swap
     );
+
+    // A floor key of another type is no error for the instance: the pointer is refused.
+    fleet.del("rule:floor").await;
+    let _: () = fleet
+        .redis
+        .clone()
+        .rpush(fleet.key("rule:floor"), "9")
+        .await
+        .expect("a list");
+    let r0 = Releases::hash(&releases.r0);
+    fleet.set("rule:active", &r0).await;
+    sync(&mut seen).await;
+    assert_eq!(control.active_hash(), r2);
+    let status = control.status();
+    assert!(
+        refused_by(status.last_swap.as_ref(), &r0, "integrity"),
+        "{:?}",
+        status.last_swap
+    );
+    let reason = status
+        .last_swap
+        .and_then(|swap| swap.refusal)
+        .map(|refusal| refusal.reason)
+        .unwrap_or_default();
+    assert!(reason.contains("floor holds \"(a list)\""), "{reason}");
     fleet.delete().await;
 }

@@ -366,6 +366,25 @@ redis.call('PUBLISH', KEYS[3], 'active ' .. ARGV[2])
 return 1
 ";
 
+/// Reads the active and shadow pointers (the first ARGV[1] + 1 bytes), the floor and the
+/// downgrade counter (ARGV[2] + 1 bytes): a missing key as empty, a key of another type as
+/// `(a TYPE)`.
+const VIEW: &str = r"
+local function read(key, last)
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'none' then
+    return ''
+  end
+  if kind ~= 'string' then
+    return '(a ' .. kind .. ')'
+  end
+  return redis.call('GETRANGE', key, 0, last)
+end
+return {
+  read(KEYS[1], ARGV[1]), read(KEYS[2], ARGV[1]), read(KEYS[3], ARGV[2]), read(KEYS[4], ARGV[2])
+}
+";
+
 /// Adds ARGV[2] to the refused set with score ARGV[1] (ms) and keeps the newest ARGV[3]. A
 /// refused set from before it was sorted (a plain set) is converted first.
 const REFUSE: &str = r"
@@ -783,18 +802,20 @@ impl Fleet {
             .collect())
     }
 
-    /// The pointers, the floor and the downgrade counter, in one transaction, so that a
-    /// pointer is judged against the floor that was set with it.
+    /// The pointers, the floor and the downgrade counter, in one script, so that a pointer is
+    /// judged against the floor that was set with it. A key of another type reads as text
+    /// that is neither a hash nor a number (and is refused as such), never as an error.
     async fn view(&self) -> Result<View, FleetError> {
         let mut connection = self.connection.clone();
         let (active, shadow, floor, downgraded): (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) =
-            redis::pipe()
-                .atomic()
-                .getrange(self.pointer(Role::Active), 0, POINTER_READ)
-                .getrange(self.pointer(Role::Shadow), 0, POINTER_READ)
-                .getrange(self.key("rule:floor"), 0, NUMBER_READ)
-                .getrange(self.key("rule:downgraded"), 0, NUMBER_READ)
-                .query_async(&mut connection)
+            redis::Script::new(VIEW)
+                .key(self.pointer(Role::Active))
+                .key(self.pointer(Role::Shadow))
+                .key(self.key("rule:floor"))
+                .key(self.key("rule:downgraded"))
+                .arg(POINTER_READ)
+                .arg(NUMBER_READ)
+                .invoke_async(&mut connection)
                 .await?;
         let pointer = |bytes: Vec<u8>| {
             (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())

@@ -242,7 +242,7 @@ impl Generator {
         // priorities cross; each varied field has at least two values, near ones by choice.
         let varied: &[Field] = match rng.random_range(0..20) {
             0..=9 => std::slice::from_ref(pick(&ONE_FIELD, rng)),
-            10..=14 => *pick(&TWO_FIELDS, rng),
+            10..=14 => TWO_FIELDS[rng.random_range(0..TWO_FIELDS.len())],
             _ => &[],
         };
         if !varied.is_empty() {
