@@ -4,14 +4,16 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use converge_tests::build;
+use converge_tests::process;
 use serde_json::Value;
 
 fn converge(args: &[&str]) -> Output {
-    Command::new(build::converge_binary())
-        .args(args)
-        .current_dir(build::workspace_root())
-        .output()
-        .expect("converge runs")
+    process::output_within(
+        Command::new(build::converge_binary())
+            .args(args)
+            .current_dir(build::workspace_root()),
+        process::LONG,
+    )
 }
 
 fn stdout(output: &Output) -> String {

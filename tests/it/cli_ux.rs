@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use converge::config::StoreConfig;
+use converge_tests::process;
 use converge_tests::{build, config};
 
 /// The shipped sample stream, which `replay` reads.
@@ -33,12 +34,13 @@ fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// converge with `args` from the workspace root, stdout and stderr pipes.
 fn piped(args: &[&str]) -> Output {
-    command(build::converge_binary())
-        .args(args)
-        .current_dir(build::workspace_root())
-        .stdin(Stdio::null())
-        .output()
-        .expect("converge runs")
+    process::output_within(
+        command(build::converge_binary())
+            .args(args)
+            .current_dir(build::workspace_root())
+            .stdin(Stdio::null()),
+        process::LONG,
+    )
 }
 
 /// converge with `args` under a pseudo-terminal: stderr (and stdout, unless `stdout_to` names a

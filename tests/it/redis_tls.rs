@@ -11,6 +11,7 @@ use converge::config::{
 };
 use converge::pipeline::PipelineConfig;
 use converge::store::RedisStore;
+use converge_tests::process;
 use converge_tests::services::{PrivateRedis, unique_prefix};
 use converge_tests::{build, config, orders, stored_states};
 
@@ -27,7 +28,7 @@ fn serve_file(config: &Path, ca: Option<&Path>, password: &str) -> Output {
         Some(ca) => command.env("SSL_CERT_FILE", ca),
         None => command.env_remove("SSL_CERT_FILE"),
     };
-    command.output().expect("converge serve runs")
+    process::output_within(&mut command, process::LONG)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,16 +11,18 @@ use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::rule::{EngineLimits, RuleEngine};
 use converge::store::Store;
 use converge_tests::kafka::TestTopic;
+use converge_tests::process;
 use converge_tests::services::TestStore;
 use converge_tests::{build, config, event_messages, orders};
 
 fn replay(args: &[&str]) -> (i32, serde_json::Value) {
-    let output = Command::new(build::converge_binary())
-        .arg("replay")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("converge runs");
+    let output = process::output_within(
+        Command::new(build::converge_binary())
+            .arg("replay")
+            .args(args)
+            .arg("--json"),
+        process::LONG,
+    );
     let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!(
             "no JSON report ({error}): {}",

@@ -9,14 +9,16 @@ use std::process::{Command, Output};
 
 use converge::rule::{EngineLimits, Gate, GateConfig, Gates, RuleEngine};
 use converge_tests::build;
+use converge_tests::process;
 use serde_json::Value;
 
 fn converge(args: &[&str]) -> Output {
-    Command::new(build::converge_binary())
-        .args(args)
-        .current_dir(build::workspace_root())
-        .output()
-        .expect("converge runs")
+    process::output_within(
+        Command::new(build::converge_binary())
+            .args(args)
+            .current_dir(build::workspace_root()),
+        process::LONG,
+    )
 }
 
 fn path(path: &Path) -> &str {

@@ -12,6 +12,7 @@ use converge::config::FleetConfig;
 use converge::config::{OnUnavailable, RedisClusterConfig, StoreConfig};
 use converge_tests::build;
 use converge_tests::config;
+use converge_tests::process;
 use converge_tests::services::{free_loopback_addr, unique_prefix};
 
 use crate::supply_admin::{StdinServe, stdin_config};
@@ -65,12 +66,16 @@ impl Drop for PasswordRedis {
 }
 
 fn converge(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(build::converge_binary())
+    process::output_within(&mut command(args, env), Duration::from_secs(120))
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(build::converge_binary());
+    command
         .args(args)
         .env("RUST_LOG", "debug")
-        .envs(env.iter().copied())
-        .output()
-        .expect("converge runs")
+        .envs(env.iter().copied());
+    command
 }
 
 /// Everything `output` printed, with `what` for failure messages.
@@ -144,7 +149,8 @@ async fn supply_password_never_appears_in_output() {
         assert_hidden(&printed(&output), secret, "rule status --help");
     }
 
-    // `serve` failing at a store, a cluster, a fleet it cannot reach or log into.
+    // `serve` failing at a store or a fleet that refuses its password, and waiting for a store
+    // or a cluster that is not there: what it prints meanwhile never holds the password.
     let prefix = unique_prefix("supply-secrets");
     let store_at = |url: &str| config::redis_store(url, &prefix);
     let failing = [
@@ -156,6 +162,7 @@ async fn supply_password_never_appears_in_output() {
                 None,
             ),
             &wrong,
+            false,
         ),
         (
             "store not there",
@@ -165,6 +172,7 @@ async fn supply_password_never_appears_in_output() {
                 None,
             ),
             &password,
+            true,
         ),
         (
             "cluster not there",
@@ -183,6 +191,7 @@ async fn supply_password_never_appears_in_output() {
                 }),
             ),
             &password,
+            true,
         ),
         (
             "fleet refusing the password",
@@ -201,13 +210,25 @@ async fn supply_password_never_appears_in_output() {
                 settings
             },
             &wrong,
+            false,
         ),
     ];
-    for (what, settings, secret) in failing {
+    for (what, settings, secret, waits) in failing {
         let config = write_config(dir.path(), what, &settings);
-        let output = converge(&["serve", "--config", path(&config)], &[]);
-        let text = printed(&output);
-        assert_eq!(output.status.code(), Some(2), "{what}: {text}");
+        let args = ["serve", "--config", path(&config)];
+        let text = if waits {
+            let output = process::output_once_logged(
+                &mut command(&args, &[]),
+                "unavailable; retrying",
+                Duration::from_secs(60),
+            );
+            printed(&output)
+        } else {
+            let output = converge(&args, &[]);
+            let text = printed(&output);
+            assert_eq!(output.status.code(), Some(2), "{what}: {text}");
+            text
+        };
         assert_hidden(&text, secret, what);
     }
 

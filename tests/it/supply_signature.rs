@@ -19,7 +19,7 @@ use converge::store::Store as _;
 use converge::swap::{Fleet, FleetStatus, Role, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::{self, serve, terminate};
 use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
 use converge_tests::{Convergence, build, config, orders};
 use redis::AsyncCommands as _;
@@ -78,12 +78,13 @@ fn order_status_next() -> Vec<u8> {
 
 /// Runs `converge ARGS` with `env`, to its end.
 fn converge(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(build::converge_binary())
-        .args(args)
-        .env_remove("CONVERGE_TRUSTED_KEYS")
-        .envs(env.iter().copied())
-        .output()
-        .expect("converge runs")
+    process::output_within(
+        Command::new(build::converge_binary())
+            .args(args)
+            .env_remove("CONVERGE_TRUSTED_KEYS")
+            .envs(env.iter().copied()),
+        process::LONG,
+    )
 }
 
 /// Runs `converge serve` on `config`, which must stop on its own; one that serves instead is

@@ -23,7 +23,7 @@ use converge::swap::{AUTO_ROLLBACK_ORIGIN, Role, RuleControl, RuleStatus};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
 use converge_tests::orders::{self, OrderStream};
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::{self, serve, terminate};
 use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
 use converge_tests::{Convergence, build, config, stored_states};
 
@@ -536,13 +536,14 @@ async fn supply_auto_rollback_when_the_ignore_share_jumps() {
         "events ignored before the rollback must be missing until replayed"
     );
     // A replay of the topic through the rule serving again repairs them.
-    let replay = Command::new(build::converge_binary())
-        .args(["replay", "--rebuild", "--rule"])
-        .arg(&order_status)
-        .arg("--config")
-        .arg(&instance.config)
-        .output()
-        .expect("converge replay runs");
+    let replay = process::output_within(
+        Command::new(build::converge_binary())
+            .args(["replay", "--rebuild", "--rule"])
+            .arg(&order_status)
+            .arg("--config")
+            .arg(&instance.config),
+        process::LONG,
+    );
     assert!(
         replay.status.success(),
         "{}\n{}",
@@ -578,11 +579,15 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
     });
     let mut instance = Instance::start(dir.path(), &settings, admin_of(&settings));
     let cli = |args: &[&str]| {
-        let output = Command::new(build::converge_binary())
-            .args(args)
-            .args(["--redis", &redis_url(), "--fleet", &fleet])
-            .output()
-            .expect("converge runs");
+        let output = process::output_within(
+            Command::new(build::converge_binary()).args(args).args([
+                "--redis",
+                &redis_url(),
+                "--fleet",
+                &fleet,
+            ]),
+            process::LONG,
+        );
         assert!(output.status.success(), "{args:?}: {output:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };

@@ -20,7 +20,7 @@ use converge::swap::{Fleet, FleetStatus};
 use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::{self, serve, terminate};
 use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
 use converge_tests::{Convergence, build, config, orders, stored_states};
 
@@ -300,11 +300,15 @@ impl TestFleet {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(build::converge_binary())
-            .args(args)
-            .args(["--redis", &redis_url(), "--fleet", &self.name])
-            .output()
-            .expect("converge runs")
+        process::output_within(
+            Command::new(build::converge_binary()).args(args).args([
+                "--redis",
+                &redis_url(),
+                "--fleet",
+                &self.name,
+            ]),
+            process::LONG,
+        )
     }
 
     async fn delete(self) {

@@ -15,7 +15,7 @@ use converge::store::Store as _;
 use converge::swap::{Fleet, FleetStatus, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::Server;
+use converge_tests::process::{self, Server};
 use converge_tests::services::{
     TestStore, free_loopback_addr, redis_url, scrape_metrics, unique_prefix,
 };
@@ -40,11 +40,12 @@ fn path_str(path: &Path) -> &str {
 
 /// `converge ARGS`, to its end.
 fn converge(args: &[&str]) -> Output {
-    Command::new(build::converge_binary())
-        .args(args)
-        .env_remove("CONVERGE_TRUSTED_KEYS")
-        .output()
-        .expect("converge runs")
+    process::output_within(
+        Command::new(build::converge_binary())
+            .args(args)
+            .env_remove("CONVERGE_TRUSTED_KEYS"),
+        process::LONG,
+    )
 }
 
 /// A signing key made by `converge rule keygen`, and the two versions of the order-status
@@ -503,6 +504,13 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
         .await
         .expect("a list");
     let r0 = Releases::hash(&releases.r0);
+    let r0_blob = std::fs::read(&releases.r0).expect("release 0");
+    let _: () = fleet
+        .redis
+        .clone()
+        .set(fleet.key(&format!("rule:blob:{r0}")), r0_blob)
+        .await
+        .expect("planted");
     fleet.set("rule:active", &r0).await;
     sync(&mut seen).await;
     assert_eq!(control.active_hash(), r2);

@@ -15,9 +15,11 @@
 //! | `rule`         | `name@version` of the rule that decided this state        |
 //! | `position`     | source position of the last event folded into this state  |
 //!
-//! `rev` and `wid` are the compare-and-set's fence: both present, in canonical decimal (no sign,
-//! no leading zero), or the state is unreadable and its key set aside — the script compares
-//! them as text and as a Lua number, so any other spelling would conflict on every write.
+//! `rev` and `wid` are the compare-and-set's fence, in canonical decimal (no sign, no leading
+//! zero), or the state is unreadable and its key set aside — the script compares them as text
+//! and as a Lua number, so any other spelling would conflict on every write. A `wid` without a
+//! `rev` is unreadable too; a `rev` without a `wid` (states written before writers were
+//! recorded) reads as writer 0, as the script reads it.
 //!
 //! One hash per key keeps every write single-key, so the same script runs unchanged on Redis
 //! Cluster. Loads (`HMGET` of the fields a decision needs: not `rule` nor `position`) and
@@ -782,8 +784,9 @@ fn parse_current(key: &str, fields: Vec<Option<String>>) -> Result<Option<Curren
             canonical_u64(&revision).ok_or_else(|| bad("rev"))?,
             canonical_u64(&writer).ok_or_else(|| bad("wid"))?,
         ),
+        // States written before writers were recorded have none: 0, as the script reads it.
+        (Some(revision), None) => (canonical_u64(&revision).ok_or_else(|| bad("rev"))?, 0),
         (None, Some(_)) => return Err(bad("rev")),
-        (Some(_), None) => return Err(bad("wid")),
     };
     let status = next("status")?;
     let version = next("version")?
