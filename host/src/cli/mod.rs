@@ -307,7 +307,7 @@ struct CheckArgs {
     /// Print the report as one JSON document instead of text.
     #[arg(long)]
     json: bool,
-    /// How many event histories to generate [default: 200; with --quick, the gates' 100].
+    /// How many event histories to generate [default: 200; with --quick, the gates' 200].
     #[arg(long, value_name = "N")]
     histories: Option<usize>,
     /// Seed of the history generator: the printed seed of an earlier run repeats it (the same

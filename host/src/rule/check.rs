@@ -31,6 +31,7 @@ mod generate;
 
 pub use generate::Corpus;
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasher;
@@ -334,6 +335,7 @@ pub fn check_with_progress(
         progress,
         siblings,
         probing: false,
+        swept: HashSet::new(),
         suspects: Vec::new(),
         new_suspects: Vec::new(),
     };
@@ -342,8 +344,15 @@ pub fn check_with_progress(
         Unit::Items("histories"),
         Some(config.histories as u64),
     );
+    // The first histories pair every two declared statuses (see `Generator::status_pairs`):
+    // a deterministic sweep, at most half the budget, before the random histories.
+    let mut sweep = generator
+        .status_pairs(config.histories / 2, &mut rng)
+        .into_iter();
     for done in 0..config.histories {
-        let mut events = generator.history(config.max_events, &mut rng);
+        let mut events = sweep
+            .next()
+            .unwrap_or_else(|| generator.history(config.max_events, &mut rng));
         // Once the rule has treated a key apart from its siblings, half the histories are
         // checked under such a key.
         if !checker.suspects.is_empty() && rng.random_bool(0.5) {
@@ -352,8 +361,7 @@ pub fn check_with_progress(
         }
         checker.probing = true;
         let mut checked = checker.check_history(&events, &mut rng);
-        // Every two distinct events on their own: a near-tie between two events is masked in
-        // the whole history when a third outranks both.
+        // Every two distinct events on their own, and crossed: what the whole history masks.
         if checked.is_ok() {
             checked = checker.check_pairs(&events, &mut rng);
         }
@@ -415,9 +423,9 @@ struct Remembered {
     answer: Answer,
 }
 
-/// How many siblings of its key (see [`Siblings`]) each new pair is asked under while a
-/// history is checked.
-const SIBLINGS_PER_PAIR: usize = 4;
+/// At most how many pair shapes (see [`Shape`]) a run asks under every sibling of their key:
+/// about a hundred exist.
+const MAX_SWEEPS: usize = 192;
 
 /// At most how many siblings the rule decided otherwise under are re-checked per history, and
 /// kept for later histories.
@@ -472,11 +480,13 @@ struct Checker<'a> {
     /// drawn do not depend on it.
     sampler: StdRng,
     progress: &'a dyn Progress,
-    /// Siblings of keys, asked in turn.
+    /// Siblings of keys.
     siblings: Siblings,
     /// Whether new pairs are asked under siblings of their key too: while a generated history
     /// is checked, not while re-checking or shrinking.
     probing: bool,
+    /// The shapes of pair already asked under every sibling of their key.
+    swept: HashSet<Shape>,
     /// Keys the rule decided a pair otherwise under than under a sibling key: later histories
     /// are checked under them too.
     suspects: Vec<String>,
@@ -528,17 +538,20 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Checks every two distinct events of `events` as a history of their own: cheap (two
-    /// orders each), and what a longer history hides — the tie-break between two events that a
-    /// third outranks — decides them.
+    /// Checks every two distinct events of `events` as a history of their own, and the pairs
+    /// made of them by exchanging some of the fields they differ in (see [`crossings`]):
+    /// cheap (two orders each), and what a longer history hides — the tie-break between two
+    /// events that a third outranks, two fields whose priorities a rule gets wrong only when
+    /// they disagree — decides them.
     fn check_pairs(&mut self, events: &[Event], rng: &mut StdRng) -> Found<()> {
-        let mut checked: HashSet<(&Event, &Event)> = HashSet::new();
+        let mut checked: HashSet<[Event; 2]> = HashSet::new();
         for (index, first) in events.iter().enumerate() {
             for second in &events[index + 1..] {
-                if first == second || !checked.insert((first, second)) {
-                    continue;
+                for pair in crossings(first, second) {
+                    if checked.insert(pair.clone()) {
+                        self.check_history(&pair, rng)?;
+                    }
                 }
-                self.check_history(&[first.clone(), second.clone()], rng)?;
             }
         }
         Ok(())
@@ -687,24 +700,27 @@ impl Checker<'_> {
         Ok(answer.outcome)
     }
 
-    /// Asks a new pair again under siblings of its key (the same state and event, renamed),
-    /// and notes a sibling the rule decides otherwise under: a rule may treat keys of one
-    /// shape apart (ending in some character, past some length), and the history is then
-    /// checked under that key too. Cheap: a few decisions per new pair, none per repeat.
+    /// Asks the first new pair of each [`Shape`] again under every sibling of its key (the
+    /// same state and event, renamed), and notes a sibling the rule decides otherwise under: a
+    /// rule may treat keys of one shape apart (ending in some character, past some length),
+    /// and the history is then checked under that key too. So every kind of comparison is
+    /// asked under every key shape, once per run: a few hundred decisions per shape of pair,
+    /// none per repeat.
     fn ask_siblings(
         &mut self,
         current: Option<&State>,
         incoming: &Event,
         outcome: &Outcome,
     ) -> Found<()> {
-        if self.new_suspects.len() >= SUSPECTS_PER_HISTORY {
+        if self.new_suspects.len() >= SUSPECTS_PER_HISTORY
+            || self.swept.len() >= MAX_SWEEPS
+            || !self.swept.insert(Shape::of(&self.info, current, incoming))
+        {
             return Ok(());
         }
         let key = incoming.key.as_str();
-        for _ in 0..SIBLINGS_PER_PAIR {
-            let Some(sibling) = self.siblings.next(key) else {
-                continue;
-            };
+        let siblings: Vec<String> = self.siblings.of(key).collect();
+        for sibling in siblings {
             let renamed_current = current.map(|state| renamed(state, key, &sibling));
             let renamed_incoming = renamed(incoming, key, &sibling);
             let answer = self.ask(renamed_current.as_ref(), &renamed_incoming)?;
@@ -713,7 +729,9 @@ impl Checker<'_> {
                 && !self.new_suspects.contains(&sibling)
             {
                 self.new_suspects.push(sibling);
-                break;
+                if self.new_suspects.len() >= SUSPECTS_PER_HISTORY {
+                    break;
+                }
             }
         }
         Ok(())
@@ -871,6 +889,75 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+/// What kind of comparison a pair asks for, whatever its values: whether the event's status
+/// is one the rule declares; whether something is stored, and if so how the event's status
+/// compares with the stored one's (in text order: a rule's own order is unknown), and its
+/// version, timestamp and payload (the payload's length first, then its bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    declared: bool,
+    stored: Option<[Ordering; 5]>,
+}
+
+impl Shape {
+    fn of(info: &RuleInfo, current: Option<&State>, incoming: &Event) -> Self {
+        Shape {
+            declared: info.statuses.contains(&incoming.status),
+            stored: current.map(|current| {
+                [
+                    incoming.status.cmp(&current.status),
+                    incoming.version.cmp(&current.version),
+                    incoming.timestamp_ms.cmp(&current.timestamp_ms),
+                    incoming.payload.len().cmp(&current.payload.len()),
+                    incoming.payload.cmp(&current.payload),
+                ]
+            }),
+        }
+    }
+}
+
+/// `first` and `second`, and the pairs made of them by exchanging some of the fields they
+/// differ in: with status and version both different, also the pair where the event of the
+/// one status has the other's version, so that the two fields disagree in one pair or the
+/// other. None when they are equal.
+fn crossings(first: &Event, second: &Event) -> Vec<[Event; 2]> {
+    type Exchange = fn(&mut Event, &mut Event);
+    let fields: [(bool, Exchange); 4] = [
+        (first.status != second.status, |a, b| {
+            std::mem::swap(&mut a.status, &mut b.status);
+        }),
+        (first.version != second.version, |a, b| {
+            std::mem::swap(&mut a.version, &mut b.version);
+        }),
+        (first.timestamp_ms != second.timestamp_ms, |a, b| {
+            std::mem::swap(&mut a.timestamp_ms, &mut b.timestamp_ms);
+        }),
+        (first.payload != second.payload, |a, b| {
+            std::mem::swap(&mut a.payload, &mut b.payload);
+        }),
+    ];
+    let differing: Vec<Exchange> = fields
+        .into_iter()
+        .filter_map(|(differs, exchange)| differs.then_some(exchange))
+        .collect();
+    // Exchanging a set of fields or all the others makes the same pair: the first differing
+    // field always stays.
+    let Some((_, others)) = differing.split_first() else {
+        return Vec::new();
+    };
+    (0..1usize << others.len())
+        .map(|exchanged| {
+            let (mut a, mut b) = (first.clone(), second.clone());
+            for (bit, exchange) in others.iter().enumerate() {
+                if exchanged & (1 << bit) != 0 {
+                    exchange(&mut a, &mut b);
+                }
+            }
+            [a, b]
+        })
+        .collect()
 }
 
 /// `entity` under `sibling` if it is of `key`.

@@ -16,7 +16,7 @@
 //! digit), one key per trailing character class (digit, lower, upper, punctuation, non-ASCII)
 //! and lengths around common bounds (15/16/17 … 255/256/257 bytes). [`Siblings`] gives the check
 //! a key's siblings — the key ending in every other character, at every bound length, in the
-//! other case — to ask the same pairs under.
+//! other case — to ask the same pair under.
 
 use std::collections::BTreeSet;
 
@@ -289,6 +289,82 @@ impl Generator {
             });
         }
         events
+    }
+
+    /// Every two statuses the rule declares, each with itself too, as two events of one key
+    /// that differ in every other field. Checked with their crossings (exchanges of fields,
+    /// see `check_pairs`), each status meets each other with a lower and a higher version,
+    /// timestamp and payload: the comparisons a rule that special-cases one status (a terminal
+    /// one reopened by a higher version, say) gets wrong, which random histories reach only
+    /// when they happen to draw that status beside another. At most `max` pairs, drawn at
+    /// random when the rule declares more.
+    pub(super) fn status_pairs(&self, max: usize, rng: &mut StdRng) -> Vec<Vec<Event>> {
+        let count = self.declared.len();
+        let mut pairs: Vec<(usize, usize)> = (0..count)
+            .flat_map(|first| (first..count).map(move |second| (first, second)))
+            .collect();
+        if pairs.len() > max {
+            pairs.shuffle(rng);
+            pairs.truncate(max);
+        }
+        pairs
+            .into_iter()
+            .map(|(first, second)| {
+                let key = self.key(rng);
+                let (first_version, second_version) = self.two_numbers(rng);
+                let (first_timestamp, second_timestamp) = self.two_numbers(rng);
+                let (first_payload, second_payload) = self.two_payloads(rng);
+                vec![
+                    Event {
+                        key: key.clone(),
+                        status: self.declared[first].clone(),
+                        version: first_version,
+                        timestamp_ms: first_timestamp,
+                        payload: first_payload,
+                    },
+                    Event {
+                        key,
+                        status: self.declared[second].clone(),
+                        version: second_version,
+                        timestamp_ms: second_timestamp,
+                        payload: second_payload,
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    /// Two different numbers of a number palette, half the time near each other (truncation
+    /// twins, neighbours, one digit apart).
+    fn two_numbers(&self, rng: &mut StdRng) -> (u64, u64) {
+        let palette = self.number_palette(rng);
+        let first = *pick(&palette, rng);
+        let second = *pick(&palette, rng);
+        let second = if second == first || rng.random_bool(0.5) {
+            near_number(first, rng)
+        } else {
+            second
+        };
+        // `near_number` may give the value back (a digit changed to itself cannot happen, a
+        // twin bit of a number that has it set can).
+        (first, if second == first { first ^ 1 } else { second })
+    }
+
+    /// Two different payloads, a third of the time one byte apart.
+    fn two_payloads(&self, rng: &mut StdRng) -> (String, String) {
+        let first = self.any_payload(rng);
+        let variant = if rng.random_bool(0.33) {
+            one_byte_variant(&first, rng)
+        } else {
+            None
+        };
+        let second = variant
+            .or_else(|| {
+                let others: Vec<&String> = self.payloads.iter().filter(|p| **p != first).collect();
+                others.choose(rng).map(|payload| (*payload).clone())
+            })
+            .unwrap_or_else(|| format!(r#"{{"other":{first}}}"#));
+        (first, second)
     }
 
     /// A key from the corpus (a quarter of the time, when it has any), else a shaped or a
@@ -582,12 +658,10 @@ enum Sibling {
     Lower,
 }
 
-/// The siblings of keys the check asks pairs under: every trailing character of every class,
-/// every bound length, either case; in an order drawn per run, taken in turn so that every one
-/// is tried about as often.
+/// The siblings of keys the check asks pairs under: the key ending in every character of every
+/// class, cut or padded to every bound length, in either case; in an order drawn per run.
 pub(super) struct Siblings {
     all: Vec<Sibling>,
-    next: usize,
 }
 
 impl Siblings {
@@ -600,25 +674,25 @@ impl Siblings {
             .chain([Sibling::Upper, Sibling::Lower])
             .collect();
         all.shuffle(rng);
-        Self { all, next: 0 }
+        Self { all }
     }
 
-    /// The next sibling of `key` in turn, `None` when it is `key` itself or blank.
-    pub(super) fn next(&mut self, key: &str) -> Option<String> {
-        let sibling = self.all[self.next % self.all.len()];
-        self.next = self.next.wrapping_add(1);
-        let renamed = match sibling {
-            Sibling::Tail(tail) => {
-                let mut renamed = key.to_owned();
-                renamed.pop();
-                renamed.push(tail);
-                renamed
-            }
-            Sibling::Length(length) => with_length(key, length),
-            Sibling::Upper => key.to_uppercase(),
-            Sibling::Lower => key.to_lowercase(),
-        };
-        (renamed != key && !renamed.trim().is_empty()).then_some(renamed)
+    /// Every sibling of `key` (none of them `key` itself, nor blank).
+    pub(super) fn of<'a>(&'a self, key: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.all.iter().filter_map(move |sibling| {
+            let renamed = match *sibling {
+                Sibling::Tail(tail) => {
+                    let mut renamed = key.to_owned();
+                    renamed.pop();
+                    renamed.push(tail);
+                    renamed
+                }
+                Sibling::Length(length) => with_length(key, length),
+                Sibling::Upper => key.to_uppercase(),
+                Sibling::Lower => key.to_lowercase(),
+            };
+            (renamed != key && !renamed.trim().is_empty()).then_some(renamed)
+        })
     }
 }
 
@@ -787,11 +861,11 @@ mod tests {
     #[test]
     fn siblings_end_in_every_character_and_reach_every_bound_length() {
         let mut rng = StdRng::seed_from_u64(5);
-        let mut siblings = Siblings::new(&mut rng);
+        let siblings = Siblings::new(&mut rng);
         let key = "order-0042";
-        let all: Vec<String> = (0..siblings.all.len())
-            .filter_map(|_| siblings.next(key))
-            .collect();
+        let all: Vec<String> = siblings.of(key).collect();
+        // All but the key itself (ending in '2', in lower case).
+        assert_eq!(all.len(), siblings.all.len() - 2);
         for class in TAIL_CLASSES {
             for tail in class.chars() {
                 let expected = format!("order-004{tail}");
@@ -834,6 +908,39 @@ mod tests {
                 .parse()
                 .expect("a number");
             assert!((1000..10_000).contains(&near) && near != 1000, "{near}");
+        }
+    }
+
+    #[test]
+    fn status_pairs_meet_every_two_statuses_differing_in_every_other_field() {
+        let statuses = ["created", "paid", "completed", "refunded"];
+        let info = RuleInfo {
+            statuses: statuses.map(str::to_owned).to_vec(),
+            ..info()
+        };
+        for seed in 0..50 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let generator = Generator::new(&info, &Corpus::new(), &mut rng);
+            let pairs = generator.status_pairs(100, &mut rng);
+            let met: BTreeSet<(&str, &str)> = pairs
+                .iter()
+                .map(|pair| (pair[0].status.as_str(), pair[1].status.as_str()))
+                .collect();
+            assert_eq!(
+                met.len(),
+                10,
+                "each unordered pair once, with itself: {met:?}"
+            );
+            for pair in &pairs {
+                let [first, second] = &pair[..] else {
+                    panic!("two events: {pair:?}");
+                };
+                assert_eq!(first.key, second.key);
+                assert_ne!(first.version, second.version, "{pair:?}");
+                assert_ne!(first.timestamp_ms, second.timestamp_ms, "{pair:?}");
+                assert_ne!(first.payload, second.payload, "{pair:?}");
+            }
+            assert_eq!(generator.status_pairs(3, &mut rng).len(), 3);
         }
     }
 
