@@ -12,14 +12,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use converge::config::{AdminConfig, RedisStoreConfig, SourceConfig, StoreConfig};
+use converge::config::{AdminConfig, FleetConfig, RedisStoreConfig, SourceConfig, StoreConfig};
 use converge::entity::Event;
 use converge::store::{RedisStore, Store, Write, WriteOutcome};
 use converge_tests::fault_proxy::{FaultProxy, Outage};
 use converge_tests::kafka::TestTopic;
 use converge_tests::orders::OrderStream;
-use converge_tests::process::{Server, serve, terminate};
-use converge_tests::services::{PrivateRedis, free_loopback_addr, unique_prefix};
+use converge_tests::process::{self, Server, serve, terminate};
+use converge_tests::services::{
+    PrivateRedis, TestStore, free_loopback_addr, redis_url, unique_prefix,
+};
 use converge_tests::watch::Watcher;
 use converge_tests::{Convergence, config, orders, stored_states};
 use tempfile::TempDir;
@@ -869,4 +871,111 @@ async fn wedge_serve_started_while_the_store_is_down_waits_for_it() {
         .await;
     server.terminate();
     dead_letters.assert_empty().await;
+}
+
+/// Issue 24, item 12, the fleet's Redis: a `serve` of a fleet whose Redis is unreachable at
+/// start exited at once. It now waits for it (`unavailable{service="fleet",operation="start"}`),
+/// consuming nothing meanwhile, then converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_serve_started_while_the_fleet_redis_is_down_waits_for_it() {
+    converge_tests::build::converge_binary();
+    let fleet_redis = PrivateRedis::start();
+    let proxy = FaultProxy::start(address(&fleet_redis)).await;
+    proxy.outage(Outage::Refuse);
+    let store = TestStore::standalone("wedge-start-fleet").await;
+    let topic = TestTopic::create("wedge-start-fleet", 2).await;
+    let dead_letters = TestTopic::create("wedge-start-fleet-dlq", 1).await;
+    let group = format!("{}-group", topic.name);
+    let mut settings = config::kafka_serve(
+        &topic.name,
+        &dead_letters.name,
+        &group,
+        config::redis_store(&redis_url(), store.store.prefix()),
+    );
+    settings.pipeline.backoff_ms = 20;
+    settings.pipeline.max_backoff_ms = 400;
+    settings.rule.fleet = Some(FleetConfig {
+        redis: proxy.redis_url(),
+        name: unique_prefix("wedge-start-fleet"),
+        instance: None,
+        allow_unsigned: true,
+    });
+    let mut dir = tempfile::tempdir().expect("temp dir");
+    let stream = orders::generate("order-", 200, 30, 59);
+    let keys: Vec<String> = stream.expected.keys().cloned().collect();
+    topic.produce(&stream.events).await;
+    let log = dir.path().join("serve.log");
+    let mut server = Server::start(&config::write(dir.path(), &settings), &log);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_serving(
+        &mut server,
+        &mut dir,
+        "four seconds into a fleet outage that began first",
+    );
+    assert!(proxy.stats().refused > 0, "serve never tried the fleet");
+    let logged = std::fs::read_to_string(&log).expect("serve's log");
+    assert!(
+        logged.contains("unavailable; retrying") && logged.contains("fleet"),
+        "the wait is logged, naming the fleet:\n{logged}"
+    );
+    assert!(
+        stored_states(&store.store, &keys).await.is_empty(),
+        "nothing is consumed before the fleet answers"
+    );
+    proxy.restore();
+    Convergence::new(&store.store, &stream.expected)
+        .logs(&mut dir)
+        .wait_with_offsets(async || topic.progress(&group))
+        .await;
+    server.terminate();
+    dead_letters.assert_empty().await;
+}
+
+/// Issue 24, item 8: a store whose Redis may evict keys loses state silently (an evicted key's
+/// history starts over), so `serve` names the setting at start; a `noeviction` store is not
+/// warned about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedge_a_store_that_may_evict_keys_is_warned_about_at_start() {
+    let binary = converge_tests::build::converge_binary();
+    let redis = PrivateRedis::start();
+    let topic = TestTopic::create("wedge-evict", 1).await;
+    let dead_letters = TestTopic::create("wedge-evict-dlq", 1).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = redis::Client::open(redis.url()).expect("URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the private Redis answers");
+    let mut logged_with = async |policy: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "maxmemory-policy", policy])
+            .query_async(&mut connection)
+            .await
+            .expect("policy set");
+        let prefix = unique_prefix("wedge-evict");
+        let settings = config::kafka_serve(
+            &topic.name,
+            &dead_letters.name,
+            &format!("{}-{policy}", topic.name),
+            config::redis_store(&redis.url(), &prefix),
+        );
+        let path = dir.path().join(format!("{policy}.toml"));
+        std::fs::write(&path, toml::to_string(&settings).expect("TOML")).expect("written");
+        let output = process::output_once_logged(
+            std::process::Command::new(&binary)
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", "info"),
+            "serving",
+            Duration::from_secs(60),
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let evicting = logged_with("allkeys-lru").await;
+    assert!(
+        evicting.contains("maxmemory-policy is not noeviction"),
+        "{evicting}"
+    );
+    let kept = logged_with("noeviction").await;
+    assert!(!kept.contains("maxmemory-policy"), "{kept}");
 }

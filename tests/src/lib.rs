@@ -42,14 +42,6 @@ pub mod watch;
 
 pub use convergence::Convergence;
 
-/// Reports a test that cannot run here and returns without checking anything: `SKIPPED: {test}:
-/// {how_to_run}` on the process's standard error, written past the test harness's capture so
-/// that it shows in a plain `cargo test` run as well as under `--nocapture`.
-pub fn skipped(test: &str, how_to_run: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {how_to_run}");
-}
-
 /// The order-status rule called natively, validated like a component's decisions.
 #[derive(Debug)]
 pub struct NativeOrderRule {
