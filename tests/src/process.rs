@@ -64,25 +64,30 @@ impl Drop for Server {
 
 /// Stops a `converge` process with SIGTERM and checks that it exits cleanly within 30 s.
 pub fn terminate(mut child: Child) {
+    let exit = stop(&mut child);
+    assert!(exit.success(), "serve did not stop cleanly: {exit}");
+}
+
+/// Sends `child` SIGTERM and waits for its exit; one still running 30 s later is killed and
+/// fails the test: a process that ignores SIGTERM must fail the test, not hang it.
+fn stop(child: &mut Child) -> ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
-    // A serve that ignores SIGTERM must fail the test, not hang it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().expect("serve's status") {
-            break exit;
+    loop {
+        if let Some(exit) = child.try_wait().expect("the process's status") {
+            return exit;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("serve did not stop within 30 s of SIGTERM");
+            panic!("the process did not stop within 30 s of SIGTERM");
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "serve did not stop cleanly: {exit}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// [`serve`] with extra environment variables (e.g. `CONVERGE_CRASH_AT` for the crash tests).
@@ -150,24 +155,7 @@ pub fn output_once_logged(command: &mut Command, logged: &str, within: Duration)
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = child.id();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("the command's status") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not stop within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = stop(&mut child);
     captured(status, &stdout, &stderr)
 }
 
