@@ -31,6 +31,8 @@
 //!   its stages and counts to; the CLI draws it as a bar on a terminal.
 //! - [`redact`]: passwords in URLs replaced by `***` in everything converge prints; secrets
 //!   whose `Debug` hides them.
+//! - [`shutdown`]: the one stop request ([`shutdown::Shutdown`]), from a trigger or from
+//!   SIGINT/SIGTERM.
 //! - `backoff`: exponential backoff between attempts at something that failed.
 //! - `fault`: crash points for the crash tests (feature `fault-injection`; nothing otherwise).
 //! - `cli`: the `converge` command line ([`run_cli`]), its progress bars, shell completions and
@@ -59,6 +61,7 @@ pub mod redact;
 pub mod replay;
 pub mod rule;
 mod serve;
+pub mod shutdown;
 pub mod simulator;
 pub mod source;
 pub mod store;

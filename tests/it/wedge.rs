@@ -607,3 +607,45 @@ async fn wedge_stream_dead_letters_are_cut_and_kept_within_their_byte_budget() {
     // About 1 MiB of 16 KiB entries is some 60; `MAXLEN ~` trims whole nodes of 100.
     assert!(length <= 200, "{length} entries kept of 600 sent");
 }
+
+/// A supervisor's SIGTERM while `serve` is still starting (its rule being gated, before any
+/// connection) is a clean stop: exit 0 without serving. Before, the handler was installed at
+/// the first wait, so a signal during the start took the default action and killed the
+/// process, which a supervisor records as a crash (and a test as a failed stop).
+#[test]
+fn wedge_sigterm_while_serve_starts_is_a_clean_stop() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = unique_prefix("sigterm-start");
+    // Nobody listens on the store's port: whatever the signal's timing, nothing is written.
+    let closed = converge_tests::services::free_loopback_addr();
+    let mut settings = crate::supply_admin::stdin_config(
+        config::redis_store(&format!("redis://{closed}"), &prefix),
+        &prefix,
+        None,
+    );
+    // Gating at this many histories takes seconds: the signal lands inside it.
+    settings.rule.gates.check_histories = 4_000;
+    let config = config::write(dir.path(), &settings);
+    let log = dir.path().join("serve.log");
+    let server = converge_tests::process::serve(&config, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !logged().contains("starting") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve never logged its start:\n{}",
+            logged()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !logged().contains("rule loaded"),
+        "the rule was gated before the signal could be sent; the test did not arrange its \
+         trigger:\n{}",
+        logged()
+    );
+    converge_tests::process::terminate(server);
+    let text = logged();
+    assert!(text.contains("shutdown requested"), "{text}");
+    assert!(!text.contains("serving"), "{text}");
+}

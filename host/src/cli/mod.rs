@@ -16,6 +16,7 @@ use crate::rule::Rule;
 use crate::rule::check::{self, CheckConfig, CheckReport};
 use crate::rule::vectors::{self, VectorFailure, VectorFile};
 use crate::rule::{CompiledRule, EngineLimits, RuleEngine};
+use crate::shutdown::Shutdown;
 use crate::simulator::{MessageShape, Publisher, Simulator, SimulatorConfig};
 use crate::source::open_lines;
 use crate::store::MemoryStore;
@@ -387,13 +388,30 @@ pub fn run() -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = crate::config::Config::load_with_overrides(&args.config, &args.overrides)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // First, so that a supervisor's SIGTERM during the start is a clean stop.
+    let shutdown = signals(&runtime);
+    let config = crate::config::Config::load_with_overrides(&args.config, &args.overrides)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args.config.display(),
+        "starting"
+    );
     runtime.block_on(async {
-        crate::serve::serve(&config, shutdown_signal()).await?;
+        crate::serve::serve(&config, shutdown.wait()).await?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// [`Shutdown::on_signals`]; without handlers (which only fails when the process cannot
+/// install any), only the end of the work stops it, and the operator is told.
+fn signals(runtime: &tokio::runtime::Runtime) -> Shutdown {
+    let _entered = runtime.enter();
+    Shutdown::on_signals().unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot listen for SIGINT or SIGTERM; they will kill, not stop");
+        Shutdown::never()
     })
 }
 
@@ -425,6 +443,7 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let shutdown = signals(&runtime);
     runtime.block_on(async {
         let publisher = match &args.brokers {
             #[cfg(feature = "kafka")]
@@ -467,7 +486,7 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", serde_json::to_string(&summary)?);
         if args.serve {
             eprintln!("serving the order API until SIGINT or SIGTERM");
-            shutdown_signal().await;
+            shutdown.wait().await;
             simulator.drain().await?;
         }
         let _ = stop_api.send(());
@@ -476,30 +495,6 @@ fn simulate(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops serving");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown requested; finishing the batch in flight");
 }
 
 fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {
@@ -713,6 +708,7 @@ fn run_embedded(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let shutdown = signals(&runtime);
     runtime.block_on(async {
         let config = PipelineConfig {
             batch_size: args.batch_size.max(1),
@@ -724,17 +720,11 @@ fn run_embedded(args: &RunArgs) -> anyhow::Result<ExitCode> {
             MemoryDeadLetters::new(),
             config,
         );
-        let shutdown = async {
-            // If the signal handler cannot be installed, run to the end of the input.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
         let source = open_lines(&args.input)
             .await
             .with_context(|| format!("cannot open input {}", args.input.display()))?;
         let mut audit = Audit::new(source, pipeline.config().mapping.clone());
-        pipeline.run(&mut audit, shutdown).await?;
+        pipeline.run(&mut audit, shutdown.wait()).await?;
         let unconverged = audit
             .verify(&mut compiled.instance(), pipeline.store())
             .await?;
