@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --quiet --release --target wasm32-wasip2 -p converge-order-rule
-cargo build --quiet --release -p converge --no-default-features --bin converge
+cargo build --quiet --release -p converge-cli --no-default-features --bin converge
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 exec "$target_dir/release/converge" run \
   --rule "$target_dir/wasm32-wasip2/release/converge_order_rule.wasm" \

@@ -274,7 +274,7 @@ if [ -z "$binary" ]; then
   binary=$target_dir/release/converge
   if [ ! -x "$binary" ]; then
     echo "deploy-check: building $binary for the unit's ExecStart"
-    cargo build --release -p converge
+    cargo build --release -p converge-cli
   fi
 fi
 binary=$(realpath "$binary")

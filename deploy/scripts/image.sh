@@ -92,7 +92,7 @@ done
 # Every transport (the default features): the image serves Kafka -> rule -> Redis. librdkafka,
 # zlib and OpenSSL are compiled from source against musl (vendored), so the binary is static.
 # The first build takes 10 to 20 minutes on 2 cores; later ones only what changed.
-cargo build --profile "$profile" --target "$musl" -p converge --bin converge
+cargo build --profile "$profile" --target "$musl" -p converge-cli --bin converge
 cargo build --quiet --release --target wasm32-wasip2 -p converge-order-rule
 
 metadata=$(cargo metadata --format-version 1 --no-deps)

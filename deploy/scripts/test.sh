@@ -29,12 +29,12 @@ bash deploy/scripts/image.sh
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bash deploy/scripts/deploy-check.sh "$target_dir/x86_64-unknown-linux-musl/release/converge"
 
-# converge without transports: its unit tests, README command 1 on that build, and the error a
-# configuration naming a transport gets from it.
-cargo test --release -p converge --no-default-features "$@"
+# converge without transports: the library's and the binary's unit tests, README command 1 on
+# that build, and the error a configuration naming a transport gets from it.
+cargo test --release -p converge -p converge-cli --no-default-features "$@"
 bash deploy/scripts/check-minimal.sh
 
-# The default members, every feature: host (unit tests), plugin (the rule core, its vectors and
-# the codec, natively) and tests (integration tests against the compiled components and the
-# binary).
+# The default members, every feature: host and host/cli (unit tests), plugin (the rule core, its
+# vectors and the codec, natively) and tests (integration tests against the compiled components
+# and the binary).
 cargo test --release "$@"

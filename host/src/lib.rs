@@ -25,18 +25,17 @@
 //!   API with `http`).
 //! - `serve`: the pipeline built from a configuration, run until shutdown ([`serve()`]).
 //! - `admin` (feature `http`): health, readiness, metrics and rule swaps over HTTP.
-//! - `embedded`: `converge run`'s convergence audit ([`Audit`]): every delivered event kept and
+//! - `audit`: `converge run`'s convergence audit ([`Audit`]): every delivered event kept and
 //!   checked against the store after the run.
 //! - [`progress`]: the [`progress::Progress`] a long call (replay, check, simulation) reports
-//!   its stages and counts to; the CLI draws it as a bar on a terminal.
+//!   its stages and counts to; the command line (crate `converge-cli`) draws it as a bar on a
+//!   terminal.
 //! - [`redact`]: passwords in URLs replaced by `***` in everything converge prints; secrets
 //!   whose `Debug` hides them.
 //! - [`shutdown`]: the one stop request ([`shutdown::Shutdown`]), from a trigger or from
 //!   SIGINT/SIGTERM.
 //! - `backoff`: exponential backoff between attempts at something that failed.
 //! - `fault`: crash points for the crash tests (feature `fault-injection`; nothing otherwise).
-//! - `cli`: the `converge` command line ([`run_cli`]), its progress bars, shell completions and
-//!   man page.
 //!
 //! # Features
 //! Transports are Cargo features, all on by default: `kafka` (rdkafka), `fluvio`, `redis`
@@ -48,11 +47,10 @@
 
 #[cfg(feature = "http")]
 mod admin;
+mod audit;
 mod backoff;
-mod cli;
 pub mod config;
 pub mod dead_letter;
-mod embedded;
 pub mod entity;
 mod fault;
 pub mod pipeline;
@@ -68,8 +66,7 @@ pub mod store;
 pub mod swap;
 pub mod telemetry;
 
-pub use cli::run as run_cli;
-pub use embedded::{Audit, Unconverged};
+pub use audit::{Audit, Unconverged};
 pub use serve::{ServeError, serve};
 
 /// The transport features this build of converge has, as `(feature, built in)`.

@@ -43,3 +43,38 @@ pub trait Progress: Send + Sync {
 pub struct Silent;
 
 impl Progress for Silent {}
+
+/// A count with its thousands separated by commas (`98,765`), for a stage's note: the
+/// figures a bar shows beside its own, which it groups the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanCount(pub u64);
+
+impl std::fmt::Display for HumanCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = self.0.to_string();
+        for (index, digit) in digits.chars().enumerate() {
+            if index > 0 && (digits.len() - index) % 3 == 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{digit}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HumanCount;
+
+    #[test]
+    fn a_count_is_grouped_by_thousands() {
+        assert_eq!(HumanCount(0).to_string(), "0");
+        assert_eq!(HumanCount(999).to_string(), "999");
+        assert_eq!(HumanCount(1_000).to_string(), "1,000");
+        assert_eq!(HumanCount(98_765_432).to_string(), "98,765,432");
+        assert_eq!(
+            HumanCount(u64::MAX).to_string(),
+            "18,446,744,073,709,551,615"
+        );
+    }
+}

@@ -149,13 +149,13 @@ pub fn is_secret_name(name: &str) -> bool {
 
 /// A writer for `tracing_subscriber::fmt().with_writer(...)`: each log line is collected and
 /// written to stderr redacted, so no URL password reaches the log, whichever crate logged it.
-pub(crate) fn stderr_writer() -> RedactingStderr {
+pub fn stderr_writer() -> RedactingStderr {
     RedactingStderr { line: Vec::new() }
 }
 
 /// One log event on its way to stderr (see [`stderr_writer`]); written when dropped.
 #[derive(Debug)]
-pub(crate) struct RedactingStderr {
+pub struct RedactingStderr {
     line: Vec<u8>,
 }
 

@@ -7,13 +7,12 @@
 //! events onto it with the new rule is not in general the new rule's fold of all events. The
 //! procedure is in the README ("Changing a rule's ranking").
 
-use indicatif::HumanCount;
 use serde::Serialize;
 
 use crate::dead_letter::MemoryDeadLetters;
 use crate::entity::State;
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineError};
-use crate::progress::{Progress, Silent, Unit};
+use crate::progress::{HumanCount, Progress, Silent, Unit};
 use crate::rule::Rule;
 use crate::rule::WasmRule;
 use crate::source::{Message, Source, SourceError};

@@ -67,8 +67,8 @@ impl Shutdown {
     }
 
     /// [`Shutdown::requested`] as an owned future, for APIs that take `impl Future`.
-    pub fn wait(mut self) -> impl Future<Output = ()> + Send + 'static {
-        async move { self.requested().await }
+    pub async fn wait(mut self) {
+        self.requested().await
     }
 }
 

@@ -170,18 +170,20 @@ pub fn smartmodule() -> PathBuf {
     target_dir().join("wasm32-unknown-unknown/release/converge_order_smartmodule.wasm")
 }
 
-/// The `converge` binary, built with the profile these tests were built with.
+/// The `converge` binary (package `converge-cli`), built with the profile these tests were
+/// built with.
 pub fn converge_binary() -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let release = !cfg!(debug_assertions);
     BUILT.get_or_init(|| {
         // With the crash points of the crash tests, as the tests' own build of the library
-        // has them (one build of it serves both); they do nothing unless asked for.
+        // has them (one build of it serves both; the binary's feature turns on the library's);
+        // they do nothing unless asked for.
         let mut args = vec![
             "build",
             "--quiet",
             "-p",
-            "converge",
+            "converge-cli",
             "--bin",
             "converge",
             "--features",

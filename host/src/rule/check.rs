@@ -36,14 +36,13 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasher;
 
-use indicatif::HumanCount;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::entity::{Decision, Event, RuleInfo, State};
-use crate::progress::{Progress, Silent, Unit};
+use crate::progress::{HumanCount, Progress, Silent, Unit};
 use crate::rule::{CompiledRule, ContractViolation, DecideError, Rule};
 
 use generate::{Generator, Siblings};

@@ -103,6 +103,13 @@ pub enum LoadError {
         /// The cap, in bytes.
         cap: usize,
     },
+    /// The bytes do not begin with WebAssembly's magic number: not WebAssembly at all (a text
+    /// file, an archive), which wasmtime would report as two dumped byte arrays.
+    #[error("not a WebAssembly component: {}", not_wasm(.head))]
+    NotWebAssembly {
+        /// The first bytes (up to four), where `\0asm` should be.
+        head: Vec<u8>,
+    },
     /// The bytes are not a WebAssembly component wasmtime can compile.
     #[error("not a valid rule component: {0:#}")]
     Compile(#[source] wasmtime::Error),
@@ -226,6 +233,10 @@ impl RuleEngine {
     pub fn compile(&self, bytes: &[u8]) -> Result<CompiledRule, LoadError> {
         self.check_size(bytes.len())?;
         let inner = &self.inner;
+        if !bytes.starts_with(WASM_MAGIC) {
+            let head = bytes.iter().take(WASM_MAGIC.len()).copied().collect();
+            return Err(LoadError::NotWebAssembly { head });
+        }
         let component = Component::new(&inner.engine, bytes).map_err(LoadError::Compile)?;
         let component_type = component.component_type();
         let forbidden =
@@ -255,6 +266,22 @@ impl RuleEngine {
             pre,
             info: Arc::new(info),
         })
+    }
+}
+
+/// How every WebAssembly binary, module or component, begins.
+const WASM_MAGIC: &[u8] = b"\0asm";
+
+/// What a file that is not WebAssembly begins with instead, in one line.
+fn not_wasm(head: &[u8]) -> String {
+    if head.is_empty() {
+        "it is empty".to_owned()
+    } else {
+        format!(
+            "it begins with {:?}, not {:?}",
+            String::from_utf8_lossy(head),
+            String::from_utf8_lossy(WASM_MAGIC)
+        )
     }
 }
 

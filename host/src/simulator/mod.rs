@@ -41,7 +41,7 @@ use crate::progress::{Progress, Silent, Unit};
 pub const LIFECYCLE: [&str; 4] = ["created", "paid", "completed", "refunded"];
 
 /// What a published message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageShape {
     /// The whole order: key, status, version, timestamp_ms, payload.
     Full,

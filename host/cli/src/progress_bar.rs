@@ -1,17 +1,17 @@
-//! Progress bars on stderr for `check`, `replay` and `simulate`: drawn only when stderr is a
-//! terminal (and `TERM` is not `dumb`); otherwise not one byte is written. Each stage leaves a
-//! one-line summary once it ends, and the bar is cleared before the command prints its report.
+//! The terminal progress bar: the library's [`Progress`] of `check`, `replay` and `simulate`
+//! drawn on stderr, only when stderr is a terminal (and `TERM` is not `dumb`); otherwise not
+//! one byte is written. Each stage leaves a one-line summary once it ends, and the bar is
+//! cleared before the command prints its report.
 
 use std::io::{self, IsTerminal as _, Write};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use converge::progress::{Progress, Unit};
+use converge::redact::RedactingStderr;
 use indicatif::{
     HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle,
 };
-
-use crate::progress::{Progress, Unit};
-use crate::redact::RedactingStderr;
 
 /// The bar on screen, if any: log lines are written past it ([`log_writer`]).
 static ON_SCREEN: Mutex<Option<ProgressBar>> = Mutex::new(None);
@@ -25,7 +25,7 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// A [`Progress`] drawn as a bar on stderr.
 #[derive(Debug)]
-pub(super) struct Bar {
+pub(crate) struct Bar {
     bar: ProgressBar,
     /// The current stage's name and unit, for its summary line.
     stage: Mutex<Option<(&'static str, Unit)>>,
@@ -33,12 +33,12 @@ pub(super) struct Bar {
 
 impl Bar {
     /// A bar on stderr if it is a terminal; one that draws nothing otherwise.
-    pub(super) fn stderr() -> Self {
+    pub(crate) fn stderr() -> Self {
         Self::shown_if(true)
     }
 
     /// A bar on stderr if `wanted` and stderr is a terminal; one that draws nothing otherwise.
-    pub(super) fn shown_if(wanted: bool) -> Self {
+    pub(crate) fn shown_if(wanted: bool) -> Self {
         let bar = if wanted && io::stderr().is_terminal() {
             // Hidden as well when TERM is unset or `dumb`.
             ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
@@ -59,7 +59,7 @@ impl Bar {
     }
 
     /// Ends the last stage with its summary line and clears the bar, before the report.
-    pub(super) fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.summarise();
         self.bar.finish_and_clear();
         *on_screen() = None;
@@ -174,15 +174,15 @@ fn style(unit: Unit, total: bool) -> ProgressStyle {
 }
 
 /// A writer for `tracing_subscriber::fmt().with_writer(...)`: a log line redacted as
-/// [`crate::redact::stderr_writer`] writes it, but past the bar when one is on screen, so a
+/// [`converge::redact::stderr_writer`] writes it, but past the bar when one is on screen, so a
 /// warning during a replay does not leave half a bar above it.
-pub(super) fn log_writer() -> LogLine {
-    LogLine(Some(crate::redact::stderr_writer()))
+pub(crate) fn log_writer() -> LogLine {
+    LogLine(Some(converge::redact::stderr_writer()))
 }
 
 /// One log line on its way to stderr; written when dropped.
 #[derive(Debug)]
-pub(super) struct LogLine(Option<RedactingStderr>);
+pub(crate) struct LogLine(Option<RedactingStderr>);
 
 impl Write for LogLine {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
