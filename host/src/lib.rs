@@ -46,7 +46,6 @@
 
 #![warn(missing_docs)]
 
-#[cfg(feature = "http")]
 mod admin;
 mod backoff;
 mod cli;
