@@ -45,7 +45,6 @@
 
 #![warn(missing_docs)]
 
-#[cfg(feature = "http")]
 mod admin;
 mod audit;
 mod backoff;

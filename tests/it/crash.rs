@@ -158,10 +158,12 @@ async fn t9_failover_after_acks_with_wait_replicas_loses_nothing() {
     let store_on = |url: String, wait_replicas: u32| {
         StoreConfig::Redis(RedisStoreConfig {
             url,
-            prefix: prefix.clone(),
-            timeout_ms: 1_000,
-            wait_replicas,
-            wait_timeout_ms: 200,
+            common: converge::config::RedisStoreCommon {
+                prefix: prefix.clone(),
+                timeout_ms: 1_000,
+                wait_replicas,
+                wait_timeout_ms: 200,
+            },
         })
     };
     let mut settings = config::kafka_serve(

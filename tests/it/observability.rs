@@ -862,7 +862,7 @@ async fn observability_dashboard_and_alerts_name_only_what_serve_exports() {
     // A short store timeout and backoff: the outage below is counted within a second.
     let mut store = config::redis_store(&proxy.redis_url(), redis.store.prefix());
     if let StoreConfig::Redis(section) = &mut store {
-        section.timeout_ms = 500;
+        section.common.timeout_ms = 500;
     }
     let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
     settings.pipeline.backoff_ms = 20;

@@ -46,10 +46,12 @@ async fn t4_redis_outage_is_waited_out_and_nothing_is_lost() {
     // A short store timeout: calls to the dead server fail fast and are retried.
     let store = StoreConfig::Redis(RedisStoreConfig {
         url: redis.url(),
-        prefix: prefix.clone(),
-        timeout_ms: 500,
-        wait_replicas: 0,
-        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        common: converge::config::RedisStoreCommon {
+            prefix: prefix.clone(),
+            timeout_ms: 500,
+            wait_replicas: 0,
+            wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        },
     });
     let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
     settings.pipeline.backoff_ms = 20;
@@ -288,10 +290,12 @@ impl Proxied {
         let admin = free_loopback_addr();
         let store = StoreConfig::Redis(RedisStoreConfig {
             url: proxy.redis_url(),
-            prefix: prefix.clone(),
-            timeout_ms: setup.timeout_ms,
-            wait_replicas: 0,
-            wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+            common: converge::config::RedisStoreCommon {
+                prefix: prefix.clone(),
+                timeout_ms: setup.timeout_ms,
+                wait_replicas: 0,
+                wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+            },
         });
         let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
         settings.pipeline.backoff_ms = 20;
@@ -841,10 +845,12 @@ async fn wedge_serve_started_while_the_store_is_down_waits_for_it() {
     let group = format!("{}-group", topic.name);
     let store = StoreConfig::Redis(RedisStoreConfig {
         url: proxy.redis_url(),
-        prefix: prefix.clone(),
-        timeout_ms: 500,
-        wait_replicas: 0,
-        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        common: converge::config::RedisStoreCommon {
+            prefix: prefix.clone(),
+            timeout_ms: 500,
+            wait_replicas: 0,
+            wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        },
     });
     let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
     settings.pipeline.backoff_ms = 20;

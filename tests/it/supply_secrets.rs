@@ -184,10 +184,12 @@ async fn supply_password_never_appears_in_output() {
                 "unused",
                 StoreConfig::RedisCluster(RedisClusterConfig {
                     urls: vec![format!("redis://:{password}@127.0.0.1:{closed}")],
-                    prefix: prefix.clone(),
-                    timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
-                    wait_replicas: 0,
-                    wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+                    common: converge::config::RedisStoreCommon {
+                        prefix: prefix.clone(),
+                        timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
+                        wait_replicas: 0,
+                        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+                    },
                 }),
             ),
             &password,

@@ -409,7 +409,7 @@ impl Zombie {
             panic!("t3_full stores on the standalone Redis")
         };
         store.url = proxy.redis_url();
-        store.timeout_ms = 120_000;
+        store.common.timeout_ms = 120_000;
         let admin = free_loopback_addr();
         settings.admin = Some(AdminConfig {
             listen: admin,

@@ -40,10 +40,12 @@ pub fn standalone_store(prefix: &str) -> StoreConfig {
 pub fn redis_store(url: &str, prefix: &str) -> StoreConfig {
     StoreConfig::Redis(RedisStoreConfig {
         url: url.to_owned(),
-        prefix: prefix.to_owned(),
-        timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
-        wait_replicas: 0,
-        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        common: converge::config::RedisStoreCommon {
+            prefix: prefix.to_owned(),
+            timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
+            wait_replicas: 0,
+            wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        },
     })
 }
 
@@ -51,10 +53,12 @@ pub fn redis_store(url: &str, prefix: &str) -> StoreConfig {
 pub fn cluster_store(prefix: &str) -> StoreConfig {
     StoreConfig::RedisCluster(RedisClusterConfig {
         urls: redis_cluster_urls(),
-        prefix: prefix.to_owned(),
-        timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
-        wait_replicas: 0,
-        wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        common: converge::config::RedisStoreCommon {
+            prefix: prefix.to_owned(),
+            timeout_ms: converge::config::DEFAULT_STORE_TIMEOUT_MS,
+            wait_replicas: 0,
+            wait_timeout_ms: converge::config::DEFAULT_WAIT_TIMEOUT_MS,
+        },
     })
 }
 

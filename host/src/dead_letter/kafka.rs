@@ -212,7 +212,7 @@ mod tests {
             bytes: vec![b'{'; 10 << 20],
             rule: "r".repeat(10_000),
         };
-        let record = Record::of(&letter, crate::config::DEFAULT_MAX_BODY_BYTES);
+        let record = Record::of(&letter, crate::dead_letter::DEFAULT_MAX_BODY_BYTES);
         // Kafka's default record limit is 1 MB (1,048,588 bytes with overhead).
         assert!(record.size() < 1_000_000, "{}", record.size());
         assert_eq!(record.key.map(<[u8]>::len), Some(MAX_KEY_BYTES));

@@ -2,16 +2,22 @@
 //!
 //! # Layout
 //! - this module: [`DeadLetter`], its [`DeadLetterKind`], and the [`DeadLetterSink`] trait;
+//! - `config`: `[dead_letter]` ([`DeadLetterConfig`]) and its defaults;
 //! - `memory`: dead letters kept in memory ([`MemoryDeadLetters`]), for `converge run`;
 //! - `kafka` (feature `kafka`): dead letters to a Kafka topic ([`KafkaDeadLetters`]);
 //! - `redis_stream` (feature `redis`): dead letters to a Redis stream ([`RedisDeadLetters`]).
 
+mod config;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis_stream;
 
+pub use config::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_STREAM_MAX_BODY_BYTES, DEFAULT_STREAM_MAX_BYTES,
+    DEFAULT_STREAM_MAX_LEN, DeadLetterConfig, KafkaDeadLetterConfig, RedisStreamConfig,
+};
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaDeadLetters;
 pub use memory::MemoryDeadLetters;
@@ -20,9 +26,8 @@ pub use redis_stream::RedisDeadLetters;
 
 use serde::Serialize;
 
-use crate::config::{DeadLetterConfig, SourceConfig, StoreConfig};
-
-use crate::source::Position;
+use crate::source::{Position, SourceConfig};
+use crate::store::StoreConfig;
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -234,7 +239,7 @@ impl DeadLetterConfig {
                     RedisDeadLetters::connect_with_timeout(
                         &redis.url,
                         &stream.stream,
-                        std::time::Duration::from_millis(redis.timeout_ms),
+                        std::time::Duration::from_millis(redis.common.timeout_ms),
                     )
                     .await?
                     .with_max_len(stream.max_len)

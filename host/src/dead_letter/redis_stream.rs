@@ -64,9 +64,9 @@ impl RedisDeadLetters {
         Ok(Self {
             connection,
             stream: stream.to_owned(),
-            max_len: crate::config::DEFAULT_STREAM_MAX_LEN,
-            max_bytes: crate::config::DEFAULT_STREAM_MAX_BYTES,
-            max_body_bytes: crate::config::DEFAULT_STREAM_MAX_BODY_BYTES,
+            max_len: super::DEFAULT_STREAM_MAX_LEN,
+            max_bytes: super::DEFAULT_STREAM_MAX_BYTES,
+            max_body_bytes: super::DEFAULT_STREAM_MAX_BODY_BYTES,
             largest_entry: Arc::default(),
         })
     }

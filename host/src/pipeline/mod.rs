@@ -47,19 +47,22 @@
 
 mod batch;
 mod cache;
+mod config;
 mod decode;
 #[cfg(feature = "http")]
 mod enrich;
+mod enrich_config;
 mod flight;
 mod group;
 mod outage;
 mod record;
 mod settle;
 
-pub use crate::config::PipelineConfig;
+pub use config::PipelineConfig;
 pub use decode::{DecodeError, Decoded, FieldMapping, decode, decode_bytes};
 #[cfg(feature = "http")]
 pub use enrich::{EnrichError, EnrichSetupError, Enricher};
+pub use enrich_config::{EnrichConfig, OnUnavailable};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;

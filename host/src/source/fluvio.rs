@@ -41,6 +41,7 @@
 //! Fluvio has no consumer groups: run several instances with disjoint `partitions`.
 
 mod committer;
+mod error;
 mod ledger;
 mod link;
 mod reader;
@@ -54,11 +55,12 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::config::PipelineConfig;
-use crate::config::{FluvioSourceConfig, FluvioTls};
+use crate::source::{FluvioSourceConfig, FluvioTls};
 use crate::source::{Message, Position};
 use crate::source::{Source, SourceError};
 use crate::telemetry::Metrics;
 
+pub use error::FluvioError;
 use link::{FluvioLink, Link};
 
 /// What the readers and committers run with: the configuration section, with the pipeline's
@@ -200,9 +202,9 @@ impl FluvioSource {
             match setup.await {
                 Ok(Some(found)) => break found,
                 Ok(None) => {
-                    return Err(SourceError::TopicMissing {
+                    return Err(SourceError::Fluvio(FluvioError::TopicMissing {
                         topic: config.topic.clone(),
-                    });
+                    }));
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -219,11 +221,11 @@ impl FluvioSource {
             available
         } else {
             if let Some(&missing) = config.partitions.iter().find(|p| !available.contains(p)) {
-                return Err(SourceError::NoPartition {
+                return Err(SourceError::Fluvio(FluvioError::NoPartition {
                     topic: config.topic.clone(),
                     partition: missing,
                     available: available.len(),
-                });
+                }));
             }
             config.partitions.clone()
         };
@@ -355,9 +357,9 @@ impl Source for FluvioSource {
         let max = max.max(1);
         if self.collected.is_empty() {
             let Some(first) = self.records.recv().await else {
-                return Err(SourceError::ReadersStopped {
+                return Err(SourceError::Fluvio(FluvioError::ReadersStopped {
                     topic: self.topic.to_string(),
-                });
+                }));
             };
             self.collected.push(first);
         }
@@ -395,10 +397,10 @@ impl Source for FluvioSource {
     async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
         for (partition, first, last) in runs(batch) {
             let Some(state) = self.partitions.get_mut(&partition) else {
-                return Err(SourceError::NotReadHere {
+                return Err(SourceError::Fluvio(FluvioError::NotReadHere {
                     topic: self.topic.to_string(),
                     partition,
-                });
+                }));
             };
             match state.ledger.acknowledged(first, last) {
                 Ok(Some(offset)) => {
@@ -406,12 +408,12 @@ impl Source for FluvioSource {
                 }
                 Ok(None) => {}
                 Err(ledger::UnknownRun { first, last }) => {
-                    return Err(SourceError::NotHandedOut {
+                    return Err(SourceError::Fluvio(FluvioError::NotHandedOut {
                         topic: self.topic.to_string(),
                         partition,
                         first,
                         last,
-                    });
+                    }));
                 }
             }
         }

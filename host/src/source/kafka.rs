@@ -33,7 +33,7 @@ use rdkafka::consumer::{
 use rdkafka::message::Message as _;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::config::KafkaSourceConfig;
+use crate::source::KafkaSourceConfig;
 use crate::source::{Message, Position};
 use crate::source::{Source, SourceError};
 use crate::telemetry::Metrics;

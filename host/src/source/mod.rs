@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - this module: the [`Source`] trait and [`SourceError`];
+//! - `config`: `[source]` ([`SourceConfig`]) for every transport, its defaults and validation;
 //! - `message`: a message as a source delivers it ([`Message`]), and its [`Position`];
 //! - `lines`: JSON lines from a file or stdin ([`JsonLinesSource`]);
 //! - `kafka` (feature `kafka`): a Kafka consumer-group member ([`KafkaSource`]);
 //! - `fluvio` (feature `fluvio`): a Fluvio topic read partition by partition
 //!   ([`FluvioSource`]).
 
+mod config;
 #[cfg(feature = "fluvio")]
 mod fluvio;
 #[cfg(feature = "kafka")]
@@ -15,8 +17,12 @@ mod kafka;
 mod lines;
 mod message;
 
+pub use config::{
+    DEFAULT_FETCH_MAX_BYTES, FileSourceConfig, FluvioSourceConfig, FluvioTls, KafkaSourceConfig,
+    SourceConfig,
+};
 #[cfg(feature = "fluvio")]
-pub use fluvio::FluvioSource;
+pub use fluvio::{FluvioError, FluvioSource};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaRange, KafkaSource};
 pub use lines::{JsonLinesSource, LinesReader, open_lines};
@@ -25,7 +31,6 @@ pub use message::{Lost, Message, Position};
 use std::sync::Arc;
 
 use crate::config::PipelineConfig;
-use crate::config::SourceConfig;
 use crate::telemetry::Metrics;
 
 /// Why a source could not read or acknowledge. The pipeline stops on it: positions are kept by
@@ -51,129 +56,14 @@ pub enum SourceError {
         /// The topic asked for.
         topic: String,
     },
-    /// The fluvio client failed. Its errors are opaque (`anyhow`), so the cause is kept boxed;
-    /// the message shows its whole chain.
+    /// The Fluvio source failed: the client, a topic or partition that is not there, or an
+    /// acknowledgement or commit that does not match what was read.
     #[cfg(feature = "fluvio")]
-    #[error("fluvio: {doing}: {}", Chain(&**.source))]
-    Fluvio {
-        /// What converge asked of the client, e.g. "connecting to the cluster".
-        doing: &'static str,
-        /// The client's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The topic to read does not exist on the Fluvio cluster.
-    #[cfg(feature = "fluvio")]
-    #[error("fluvio: topic {topic} does not exist")]
-    TopicMissing {
-        /// The configured topic.
-        topic: String,
-    },
-    /// A configured partition is not one of the topic's.
-    #[cfg(feature = "fluvio")]
-    #[error("fluvio: topic {topic} has no partition {partition} (it has {available})")]
-    NoPartition {
-        /// The configured topic.
-        topic: String,
-        /// The configured partition that does not exist.
-        partition: u32,
-        /// How many partitions the topic has (numbered from 0).
-        available: usize,
-    },
-    /// Every partition reader ended. Readers only stop on shutdown, so this is an error, not
-    /// the end of the input.
-    #[cfg(feature = "fluvio")]
-    #[error("fluvio: every partition reader of topic {topic} stopped")]
-    ReadersStopped {
-        /// The topic read.
-        topic: String,
-    },
-    /// A batch acknowledged a partition this source does not read: the batch did not come
-    /// from this source.
-    #[cfg(feature = "fluvio")]
-    #[error("fluvio: acknowledged partition {partition} of topic {topic} is not read here")]
-    NotReadHere {
-        /// The topic read.
-        topic: String,
-        /// The partition the batch named.
-        partition: i32,
-    },
-    /// A batch acknowledged offsets that were not handed out as one batch of the partition:
-    /// acknowledging them could commit past records still in flight, so nothing is.
-    #[cfg(feature = "fluvio")]
-    #[error(
-        "fluvio: partition {partition} of topic {topic}: offsets {first}..={last} were \
-         acknowledged but never handed out as one batch"
-    )]
-    NotHandedOut {
-        /// The topic read.
-        topic: String,
-        /// The partition acknowledged.
-        partition: i32,
-        /// The first offset acknowledged.
-        first: i64,
-        /// The last offset acknowledged.
-        last: i64,
-    },
-    /// A commit's stream did not yield the record to commit in time, even with the largest
-    /// fetch; the commit is tried again later.
-    #[cfg(feature = "fluvio")]
-    #[error(
-        "fluvio: committing offset {offset} of partition {partition}: the record did not \
-         arrive within {waited:?}"
-    )]
-    CommitTimeout {
-        /// The partition committed.
-        partition: u32,
-        /// The offset to commit.
-        offset: i64,
-        /// How long the commit waited for the record.
-        waited: std::time::Duration,
-    },
-    /// A commit's stream began at another offset than the one to commit, so committing it
-    /// would store the wrong position; nothing was committed.
-    #[cfg(feature = "fluvio")]
-    #[error(
-        "fluvio: committing offset {offset} of partition {partition}: the stream began at \
-         offset {found} instead; nothing committed"
-    )]
-    CommitMismatch {
-        /// The partition committed.
-        partition: u32,
-        /// The offset to commit.
-        offset: i64,
-        /// The offset the stream began at.
-        found: i64,
-    },
-    /// A commit's stream ended before the record to commit.
-    #[cfg(feature = "fluvio")]
-    #[error("fluvio: committing offset {offset} of partition {partition}: the stream ended")]
-    CommitStreamEnded {
-        /// The partition committed.
-        partition: u32,
-        /// The offset to commit.
-        offset: i64,
-    },
+    #[error("fluvio: {0}")]
+    Fluvio(#[from] FluvioError),
     /// The configured source needs a Cargo feature this build lacks.
     #[error("this converge was built without the `{0}` feature, which the source needs")]
     NotBuiltIn(&'static str),
-}
-
-/// An error and its causes, joined by `: ` (as `anyhow` shows them with `{:#}`).
-#[cfg(feature = "fluvio")]
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-#[cfg(feature = "fluvio")]
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(error) = cause {
-            write!(f, ": {error}")?;
-            cause = error.source();
-        }
-        Ok(())
-    }
 }
 
 /// A stream of messages, read in batches and acknowledged by position.
@@ -316,28 +206,5 @@ impl Source for AnySource {
             #[cfg(feature = "fluvio")]
             AnySource::Fluvio(source) => source.generation(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[cfg(feature = "fluvio")]
-    #[test]
-    fn a_fluvio_error_shows_its_whole_chain_and_keeps_it_as_its_source() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("socket error")]
-        struct Socket(#[source] std::io::Error);
-
-        let cause = Socket(std::io::Error::other("connection refused"));
-        let error = super::SourceError::Fluvio {
-            doing: "connecting to the cluster",
-            source: cause.into(),
-        };
-        assert_eq!(
-            error.to_string(),
-            "fluvio: connecting to the cluster: socket error: connection refused"
-        );
-        let source = std::error::Error::source(&error).expect("a source");
-        assert!(source.is::<Socket>());
     }
 }

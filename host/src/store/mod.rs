@@ -9,10 +9,14 @@
 //! # Layout
 //! - this module: the [`Store`] trait, [`Stored`], [`Current`], [`Write`], [`WriteOutcome`],
 //!   [`StoreError`];
+//! - `config`: `[store]` ([`StoreConfig`]), its defaults and validation;
 //! - `memory`: the in-memory store ([`MemoryStore`]), the embedded default;
 //! - `redis` (feature `redis`): Redis and Redis Cluster ([`RedisStore`]), compare-and-set in
 //!   Lua.
 
+// `pub(crate)`: `crate::config` names the default prefix by this path, as the Redis store
+// re-exports it under its own name.
+pub(crate) mod config;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -20,6 +24,12 @@ mod redis;
 #[cfg(feature = "redis")]
 pub use self::redis::{
     CAS_ARGS_PER_KEY, COMPARE_AND_SET, DEFAULT_PREFIX, DEFAULT_TIMEOUT, KEYS_PER_CALL, RedisStore,
+};
+#[cfg(not(feature = "redis"))]
+pub use config::DEFAULT_PREFIX;
+pub use config::{
+    DEFAULT_STORE_TIMEOUT_MS, DEFAULT_WAIT_TIMEOUT_MS, RedisClusterConfig, RedisStoreCommon,
+    RedisStoreConfig, StoreConfig,
 };
 pub use memory::MemoryStore;
 
@@ -45,8 +55,6 @@ pub fn fence_holds(current: Option<&Current>, write: &Write) -> bool {
 use std::time::Duration;
 
 use serde::Serialize;
-
-use crate::config::StoreConfig;
 
 use crate::entity::State;
 
@@ -300,26 +308,26 @@ impl StoreConfig {
             StoreConfig::Redis(redis) => Ok(AnyStore::Redis(
                 RedisStore::connect_with_timeout(
                     &redis.url,
-                    &redis.prefix,
-                    Duration::from_millis(redis.timeout_ms),
+                    &redis.common.prefix,
+                    Duration::from_millis(redis.common.timeout_ms),
                 )
                 .await?
                 .with_wait_replicas(
-                    redis.wait_replicas,
-                    Duration::from_millis(redis.wait_timeout_ms),
+                    redis.common.wait_replicas,
+                    Duration::from_millis(redis.common.wait_timeout_ms),
                 ),
             )),
             #[cfg(feature = "redis")]
             StoreConfig::RedisCluster(cluster) => Ok(AnyStore::Redis(
                 RedisStore::connect_cluster_with_timeout(
                     &cluster.urls,
-                    &cluster.prefix,
-                    Duration::from_millis(cluster.timeout_ms),
+                    &cluster.common.prefix,
+                    Duration::from_millis(cluster.common.timeout_ms),
                 )
                 .await?
                 .with_wait_replicas(
-                    cluster.wait_replicas,
-                    Duration::from_millis(cluster.wait_timeout_ms),
+                    cluster.common.wait_replicas,
+                    Duration::from_millis(cluster.common.wait_timeout_ms),
                 ),
             )),
             #[cfg(not(feature = "redis"))]

@@ -2,6 +2,7 @@
 //! rule — or runs beside it as a shadow — at the pipeline's next batch boundary.
 //!
 //! # Layout
+//! - `config`: `[rule]` ([`RuleConfig`]), its defaults and validation;
 //! - `control`: [`RuleControl`], shared by every way a candidate arrives, and the
 //!   [`SwappableRule`] the pipeline runs;
 //! - `file_watch`: the watched rule file ([`watch_rule_file`]);
@@ -9,12 +10,14 @@
 //! - `ignore_share`: each version's share of `ignore` decisions ([`IgnoreShare`]) and the
 //!   judgement that rolls a swap back by itself (`rule.auto_rollback`).
 
+mod config;
 mod control;
 mod file_watch;
 #[cfg(feature = "redis")]
 mod fleet;
 mod ignore_share;
 
+pub use config::{AutoRollbackConfig, FleetConfig, RuleConfig};
 #[cfg(feature = "redis")]
 pub(crate) use control::now_ms;
 pub use control::{

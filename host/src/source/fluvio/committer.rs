@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::FluvioError;
 use super::link::{COMMIT_READ_TIMEOUT, CommitRead, Link};
 use crate::backoff::Backoff;
 use crate::source::SourceError;
@@ -115,18 +116,18 @@ async fn commit_one<L: Link>(
                 max_bytes = grown;
             }
             CommitRead::Mismatch { found } => {
-                return Err(SourceError::CommitMismatch {
+                return Err(SourceError::Fluvio(FluvioError::CommitMismatch {
                     partition,
                     offset: target,
                     found,
-                });
+                }));
             }
             CommitRead::Nothing => {
-                return Err(SourceError::CommitTimeout {
+                return Err(SourceError::Fluvio(FluvioError::CommitTimeout {
                     partition,
                     offset: target,
                     waited: COMMIT_READ_TIMEOUT,
-                });
+                }));
             }
         }
     }

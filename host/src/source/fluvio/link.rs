@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 
+use super::FluvioError;
 use super::{FluvioRecord, Settings};
 use crate::source::SourceError;
 
@@ -101,9 +102,11 @@ fn fluvio_error<E>(doing: &'static str) -> impl FnOnce(E) -> SourceError
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    move |error| SourceError::Fluvio {
-        doing,
-        source: error.into(),
+    move |error| {
+        SourceError::Fluvio(FluvioError::Client {
+            doing,
+            source: error.into(),
+        })
     }
 }
 
@@ -257,9 +260,8 @@ impl Link for FluvioLink {
             .into_iter()
             .find(|metadata| metadata.name == name)
             .map(|metadata| metadata.status)
-            .ok_or_else(|| SourceError::Fluvio {
-                doing: "reading a partition's offsets",
-                source: format!("the cluster lists no partition {name}").into(),
+            .ok_or_else(|| {
+                SourceError::Fluvio(FluvioError::PartitionUnlisted { name: name.clone() })
             })?;
         // The SPU reports both to the SC after each write (within about 400 ms): they may lag,
         // never lead. `-1` is "not reported yet".
@@ -338,10 +340,10 @@ impl Link for FluvioLink {
                 next_available, ..
             })) => Ok(CommitRead::Evicted { next_available }),
             Some(Err(error)) => Err(fluvio_error("reading the record to commit")(error)),
-            None => Err(SourceError::CommitStreamEnded {
+            None => Err(SourceError::Fluvio(FluvioError::CommitStreamEnded {
                 partition,
                 offset: at,
-            }),
+            })),
         }
     }
 

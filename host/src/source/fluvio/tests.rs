@@ -94,10 +94,10 @@ impl Link for Fake {
         self.with(|c| {
             if c.failing_setup > 0 {
                 c.failing_setup -= 1;
-                return Err(SourceError::Fluvio {
+                return Err(SourceError::Fluvio(FluvioError::Client {
                     doing: "listing topics",
                     source: "SC unreachable".into(),
-                });
+                }));
             }
             Ok((!c.logs.is_empty()).then(|| c.logs.keys().copied().collect()))
         })
@@ -129,10 +129,10 @@ impl Link for Fake {
                 && *failing > 0
             {
                 *failing -= 1;
-                return Err(SourceError::Fluvio {
+                return Err(SourceError::Fluvio(FluvioError::Client {
                     doing: "opening a stream",
                     source: "SPU unreachable".into(),
-                });
+                }));
             }
             let (log_start, end) = c.logs[&partition];
             if at < log_start {
@@ -215,7 +215,7 @@ fn config(read_ahead: usize) -> Settings {
         topic: "orders".to_owned(),
         partitions: Vec::new(),
         consumer: "converge".to_owned(),
-        fetch_max_bytes: crate::config::DEFAULT_FETCH_MAX_BYTES as i32,
+        fetch_max_bytes: crate::source::DEFAULT_FETCH_MAX_BYTES as i32,
         fetch_cap: CLUSTER_FETCH_CAP,
         idle_check: Duration::from_millis(10),
         batch_timeout: Duration::from_millis(5),
@@ -568,7 +568,10 @@ async fn an_acknowledgement_of_a_batch_not_handed_out_here_is_refused() {
         .await
         .expect_err("partition 7 is not read");
     assert!(
-        matches!(error, SourceError::NotReadHere { partition: 7, .. }),
+        matches!(
+            error,
+            SourceError::Fluvio(FluvioError::NotReadHere { partition: 7, .. })
+        ),
         "{error}"
     );
     let error = source
@@ -578,12 +581,12 @@ async fn an_acknowledgement_of_a_batch_not_handed_out_here_is_refused() {
     assert!(
         matches!(
             error,
-            SourceError::NotHandedOut {
+            SourceError::Fluvio(FluvioError::NotHandedOut {
                 partition: 0,
                 first: 3,
                 last: 3,
                 ..
-            }
+            })
         ),
         "{error}"
     );
