@@ -30,11 +30,13 @@
 //! # Layout
 //! - this module: [`check`], which draws the histories and drives the rest;
 //! - `generate`: the histories, from the rule's declared statuses and the [`Corpus`];
+//! - `keys`: the keys they are for, and each key's siblings;
 //! - `walk`: the walk over delivery orders and what each step requires;
 //! - `shrink`: a failing history made smaller, then replayed on fresh instances;
 //! - `report`: what the check found ([`CheckReport`], [`Violation`]) and how it reads.
 
 mod generate;
+mod keys;
 mod report;
 mod shrink;
 mod walk;
@@ -49,7 +51,8 @@ use rand::{Rng, SeedableRng};
 use crate::progress::{Progress, Silent, Unit};
 use crate::rule::{CompiledRule, Rule};
 
-use generate::{Generator, Siblings};
+use generate::Generator;
+use keys::Siblings;
 use walk::{Checker, MAX_SUSPECTS, with_key};
 
 /// Makes fresh instances of a rule: ones that have decided nothing yet. The check decides most

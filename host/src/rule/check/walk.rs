@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::generate::Siblings;
+use super::keys::Siblings;
 use super::report::{Answer, Delivery, Outcome, Violation};
 use super::{CheckConfig, RuleFactory};
 use crate::entity::{Decision, Event, RuleInfo, State};
