@@ -30,9 +30,9 @@ pub use gate::{
 };
 pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX};
 pub use signature::{
-    FoundSignature, IntegrityError, KeyError, PublicKey, RELEASE_SECTION, SIGNATURE_SECTION,
-    SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash, release, sign,
-    signatures, with_release,
+    FoundSignature, IntegrityError, KeyError, MalformedSignature, PublicKey, RELEASE_SECTION,
+    SIGNATURE_SECTION, SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash,
+    release, sign, signatures, with_release,
 };
 
 use std::collections::BTreeMap;
