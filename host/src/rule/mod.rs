@@ -5,6 +5,7 @@
 //!   contract checks on a decision;
 //! - `engine`: compiles rule components and runs them under a deadline and a memory cap
 //!   ([`RuleEngine`], [`CompiledRule`], [`WasmRule`]);
+//! - `limiter`: the memory cap of an instance, and the counts it may create;
 //! - `imports`: the import allowlist a component must stay within;
 //! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written;
 //! - [`check`]: the convergence property check and its minimal counterexamples;
@@ -17,6 +18,7 @@ pub mod check;
 mod engine;
 mod gate;
 mod imports;
+mod limiter;
 mod signature;
 pub mod vectors;
 
