@@ -5,6 +5,7 @@
 //!   contract checks on a decision;
 //! - `engine`: compiles rule components and runs them under a deadline and a memory cap
 //!   ([`RuleEngine`], [`CompiledRule`], [`WasmRule`]);
+//! - `limiter`: the memory cap of an instance, and the counts it may create;
 //! - `imports`: the import allowlist a component must stay within;
 //! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written;
 //! - [`check`]: the convergence property check and its minimal counterexamples;
@@ -17,6 +18,7 @@ pub mod check;
 mod engine;
 mod gate;
 mod imports;
+mod limiter;
 mod signature;
 pub mod vectors;
 
@@ -30,9 +32,9 @@ pub use gate::{
 };
 pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX};
 pub use signature::{
-    FoundSignature, IntegrityError, KeyError, PublicKey, RELEASE_SECTION, SIGNATURE_SECTION,
-    SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash, release, sign,
-    signatures, with_release,
+    FoundSignature, IntegrityError, KeyError, MalformedSignature, PublicKey, RELEASE_SECTION,
+    SIGNATURE_SECTION, SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash,
+    release, sign, signatures, with_release,
 };
 
 use std::collections::BTreeMap;

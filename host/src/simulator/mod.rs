@@ -11,14 +11,15 @@
 //! states the simulator reports as expected.
 //!
 //! # Layout
-//! - this module: orders, their lifecycle, the simulated network, [`Publisher`];
+//! - this module: orders, their lifecycle, [`Publisher`];
+//! - `network`: the simulated network that reorders, duplicates and delays;
 //! - `kafka` (feature `kafka`): publishing to a Kafka topic;
 //! - `api` (feature `http`): the order API.
 //!
 //! HTTP: `GET /orders/{id}` (200 with the order, 404), `POST /orders` (creates one, 201),
 //! `POST /orders/{id}/advance` (next status, 409 once final), `GET /healthz`.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,12 @@ use serde::Serialize;
 mod api;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod network;
 
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaPublisher;
+
+use network::Network;
 
 use crate::entity::{Event, canonical_json};
 use crate::progress::{Progress, Silent, Unit};
@@ -177,101 +181,6 @@ impl Publisher {
             #[cfg(feature = "kafka")]
             Publisher::Kafka(kafka) => kafka.flush().await,
         }
-    }
-}
-
-/// A message on its way through the simulated network.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Delayed {
-    /// Reversed so that the heap's top is the first due.
-    due: std::cmp::Reverse<Instant>,
-    sequence: u64,
-    key: String,
-    body: Vec<u8>,
-    stamp: Option<i64>,
-}
-
-/// A change on its way out: key, body and the Unix ms it was meant to be sent at (paced runs).
-type Outgoing = (String, Vec<u8>, Option<i64>);
-
-/// The misbehaving network between the order system and the topic.
-struct Network {
-    publisher: Publisher,
-    rng: StdRng,
-    duplicate_percent: u8,
-    shuffle_window: usize,
-    max_delay: Duration,
-    window: Vec<Outgoing>,
-    delayed: BinaryHeap<Delayed>,
-    sequence: u64,
-    published: u64,
-    duplicated: u64,
-}
-
-impl Network {
-    async fn send(&mut self, outgoing: Outgoing) -> Result<(), SimulatorError> {
-        if self.rng.random_range(0..100) < self.duplicate_percent {
-            self.duplicated += 1;
-            self.window.push(outgoing.clone());
-        }
-        self.window.push(outgoing);
-        while self.window.len() > self.shuffle_window.max(1) {
-            let pick = self.rng.random_range(0..self.window.len());
-            let outgoing = self.window.swap_remove(pick);
-            self.delay(outgoing).await?;
-        }
-        self.release_due(Instant::now()).await
-    }
-
-    /// Holds a message for its simulated network delay. Its stamp stays the time the change
-    /// was meant to go out: the network's delay is part of what a consumer sees.
-    async fn delay(&mut self, (key, body, stamp): Outgoing) -> Result<(), SimulatorError> {
-        if self.max_delay.is_zero() {
-            return self.publish(&key, &body, stamp).await;
-        }
-        let hold = self.rng.random_range(Duration::ZERO..=self.max_delay);
-        self.sequence += 1;
-        self.delayed.push(Delayed {
-            due: std::cmp::Reverse(Instant::now() + hold),
-            sequence: self.sequence,
-            key,
-            body,
-            stamp,
-        });
-        Ok(())
-    }
-
-    async fn release_due(&mut self, now: Instant) -> Result<(), SimulatorError> {
-        while self.delayed.peek().is_some_and(|next| next.due.0 <= now) {
-            if let Some(next) = self.delayed.pop() {
-                self.publish(&next.key, &next.body, next.stamp).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn publish(
-        &mut self,
-        key: &str,
-        body: &[u8],
-        stamp: Option<i64>,
-    ) -> Result<(), SimulatorError> {
-        self.published += 1;
-        self.publisher.publish(key, body, stamp).await
-    }
-
-    /// Lets out everything still held, in random order, each delayed one when due.
-    async fn drain(&mut self) -> Result<(), SimulatorError> {
-        while !self.window.is_empty() {
-            let pick = self.rng.random_range(0..self.window.len());
-            let outgoing = self.window.swap_remove(pick);
-            self.delay(outgoing).await?;
-        }
-        while let Some(next) = self.delayed.peek() {
-            tokio::time::sleep_until(next.due.0.into()).await;
-            self.release_due(Instant::now()).await?;
-        }
-        self.publisher.flush().await
     }
 }
 
@@ -436,18 +345,7 @@ impl std::fmt::Debug for Simulator {
 impl Simulator {
     /// A simulator of `config`'s orders, publishing through `publisher`.
     pub fn new(config: SimulatorConfig, publisher: Publisher) -> Self {
-        let network = Network {
-            publisher,
-            rng: StdRng::seed_from_u64(config.seed.wrapping_add(1)),
-            duplicate_percent: config.duplicate_percent.min(100),
-            shuffle_window: config.shuffle_window,
-            max_delay: config.max_delay,
-            window: Vec::new(),
-            delayed: BinaryHeap::new(),
-            sequence: 0,
-            published: 0,
-            duplicated: 0,
-        };
+        let network = Network::new(publisher, &config);
         let system = Arc::new(OrderSystem {
             orders: Mutex::new(HashMap::new()),
             network: tokio::sync::Mutex::new(network),

@@ -13,7 +13,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::rule::vectors::{VectorError, VectorFile};
 use crate::rule::{GateError, LoadError, content_hash, read_component};
-use crate::swap::control::sidecar_digest;
+use crate::swap::status::sidecar_digest;
 use crate::swap::{Role, RuleControl};
 
 /// How long the file must stay quiet before it is read.

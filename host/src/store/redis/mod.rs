@@ -31,71 +31,44 @@
 //! The compare-and-set answers the new revision, or, on a conflict, the stored state, so a
 //! conflicted key is decided again without another load. On standalone Redis one script call
 //! sets up to [`KEYS_PER_CALL`] keys, each checked and written on its own.
+//!
+//! # Layout
+//! - this module: [`RedisStore`], its connections and the [`Store`] calls;
+//! - `script`: the compare-and-set script ([`COMPARE_AND_SET`]) and how a call of it is written;
+//! - `slot_map`: which cluster node serves which slot, and a batch's keys grouped by node;
+//! - `parse`: reading a state's fields and the script's answers;
+//! - `testing`: deleting every key under the prefix, for tests and resets
+//!   ([`RedisStore::delete_all`]).
 
-use std::collections::HashMap;
+mod parse;
+mod script;
+mod slot_map;
+mod testing;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Pipeline, Script};
 
-use crate::entity::State;
 use crate::store::{
     Current, Store, StoreError, Stored, UNREADABLE_EXCERPT_BYTES, Unreadable, Write, WriteOutcome,
 };
+use parse::{
+    FIELDS, INSPECTED, bulk_len, command_error, cut_excerpt, excerpt_of_fields, is_wrong_type,
+    parse_current, parse_outcome, text_fields, write_bytes,
+};
+use script::cas_command;
+pub use script::{CAS_ARGS_PER_KEY, COMPARE_AND_SET, KEYS_PER_CALL};
+use slot_map::{Group, SlotMap};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = crate::config::DEFAULT_PREFIX;
 
-/// Compare-and-set of one or more keys (`KEYS[i]`, with its [`CAS_ARGS_PER_KEY`] arguments at
-/// `ARGV[(i-1)*9+1 ..= (i-1)*9+9]`): expected revision, expected writer, status, version,
-/// timestamp_ms, payload, rule, position, and this write's id. Each key is written only if its
-/// stored revision and writer are the expected ones (an absent key has revision 0 and writer
-/// "0"). Answers one entry per key: the new revision, or, when they did not match (nothing
-/// written), `{-1}` for an absent key and `{-1, rev, wid, status, version, timestamp_ms,
-/// payload}` otherwise.
-///
-/// On standalone Redis a batch's writes go in calls of [`KEYS_PER_CALL`] keys, so the cost of
-/// a script call is paid once per call rather than once per key; on a cluster, one key per
-/// call (keys of one call must share a slot). Writers are compared as strings: Lua numbers are
-/// doubles and would round a 64-bit id.
-pub const COMPARE_AND_SET: &str = r"
-local answers = {}
-for i = 1, #KEYS do
-  local a = (i - 1) * 9
-  local fence = redis.call('HMGET', KEYS[i], 'rev', 'wid')
-  local stored = tonumber(fence[1] or '0')
-  if stored ~= tonumber(ARGV[a + 1]) or (fence[2] or '0') ~= ARGV[a + 2] then
-    if not fence[1] then
-      answers[i] = {-1}
-    else
-      local now = redis.call('HMGET', KEYS[i], 'rev', 'wid', 'status', 'version', 'timestamp_ms', 'payload')
-      answers[i] = {-1, now[1], now[2] or '0', now[3] or '', now[4] or '', now[5] or '', now[6] or ''}
-    end
-  else
-    local rev = stored + 1
-    redis.call('HSET', KEYS[i], 'rev', rev, 'wid', ARGV[a + 9], 'status', ARGV[a + 3],
-      'version', ARGV[a + 4], 'timestamp_ms', ARGV[a + 5], 'payload', ARGV[a + 6],
-      'rule', ARGV[a + 7], 'position', ARGV[a + 8])
-    answers[i] = rev
-  end
-end
-return answers
-";
-
-/// Arguments of [`COMPARE_AND_SET`] per key.
-pub const CAS_ARGS_PER_KEY: usize = 9;
-
-/// Keys per [`COMPARE_AND_SET`] call on standalone Redis: large enough to spread the cost of a
-/// call, small enough that one call holds the server for well under a millisecond.
-pub const KEYS_PER_CALL: usize = 64;
-
-/// What a load reads: the fields a decision and its compare-and-set need.
-const FIELDS: [&str; 6] = ["rev", "wid", "status", "version", "timestamp_ms", "payload"];
-
+/// The connections a store talks on.
 #[derive(Clone)]
 enum Connection {
     /// Loads go on their own connection, so a batch's loads do not queue behind the writes
@@ -111,61 +84,6 @@ enum Connection {
         /// Which node serves which slots, as last read; batches are split by node with it.
         nodes: Arc<RwLock<SlotMap>>,
     },
-}
-
-/// Slot ranges and the node serving each, from `CLUSTER SLOTS`. Only used to group keys: the
-/// client routes each group by its own map, and a group sent to a node that no longer serves
-/// one of its slots fails and is retried after the map is read again.
-#[derive(Debug, Default)]
-struct SlotMap {
-    /// The index of the node serving each slot the map covers.
-    node_of: HashMap<Slot, usize>,
-}
-
-impl SlotMap {
-    fn parse(answer: redis::Value) -> Result<Self, StoreError> {
-        let mut nodes: Vec<(String, i64)> = Vec::new();
-        let mut ranges = Vec::new();
-        let entries: Vec<redis::Value> =
-            redis::from_redis_value(answer).map_err(StoreError::Parse)?;
-        for entry in entries {
-            let items: Vec<redis::Value> =
-                redis::from_redis_value(entry).map_err(StoreError::Parse)?;
-            let mut items = items.into_iter();
-            let (Some(first), Some(last), Some(primary)) =
-                (items.next(), items.next(), items.next())
-            else {
-                continue;
-            };
-            let first: u16 = redis::from_redis_value(first).map_err(StoreError::Parse)?;
-            let last: u16 = redis::from_redis_value(last).map_err(StoreError::Parse)?;
-            let primary: Vec<redis::Value> =
-                redis::from_redis_value(primary).map_err(StoreError::Parse)?;
-            let mut primary = primary.into_iter();
-            let (Some(host), Some(port)) = (primary.next(), primary.next()) else {
-                continue;
-            };
-            let address: (String, i64) = (
-                redis::from_redis_value(host).map_err(StoreError::Parse)?,
-                redis::from_redis_value(port).map_err(StoreError::Parse)?,
-            );
-            let node = match nodes.iter().position(|known| *known == address) {
-                Some(node) => node,
-                None => {
-                    nodes.push(address);
-                    nodes.len() - 1
-                }
-            };
-            ranges.push((first, last, node));
-        }
-        let node_of = ranges
-            .into_iter()
-            .flat_map(|(first, last, node)| {
-                (first..=last).filter_map(move |slot| Some((Slot::new(slot)?, node)))
-            })
-            .collect();
-        Ok(Self { node_of })
-    }
 }
 
 /// States in Redis. Cheap to clone: clones share the connection.
@@ -350,63 +268,6 @@ impl RedisStore {
     /// The Redis key holding `key`'s state.
     fn redis_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
-    }
-
-    /// Reads which node serves which slots again (at connection, and after a cluster call
-    /// failed, which a moved slot makes it do).
-    async fn read_slot_map(&self) -> Result<(), StoreError> {
-        let Connection::Cluster {
-            connection, nodes, ..
-        } = &self.connection
-        else {
-            return Ok(());
-        };
-        let mut slots = redis::cmd("CLUSTER");
-        slots.arg("SLOTS");
-        let answer = connection
-            .clone()
-            .route_command(
-                slots,
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await
-            .map_err(StoreError::Redis)?;
-        let map = SlotMap::parse(answer)?;
-        *nodes.write().unwrap_or_else(PoisonError::into_inner) = map;
-        Ok(())
-    }
-
-    /// Splits items into groups that may share a pipeline: all of them on a standalone server,
-    /// one group per node on a cluster (each with a slot of that node to route it by).
-    fn groups(&self, redis_keys: &[String]) -> Vec<Group> {
-        if redis_keys.is_empty() {
-            // An empty pipeline is an error to Redis; no items, no round trip.
-            return Vec::new();
-        }
-        match &self.connection {
-            Connection::Standalone { .. } => vec![Group {
-                slot: None,
-                items: (0..redis_keys.len()).collect(),
-            }],
-            Connection::Cluster { nodes, .. } => {
-                let nodes = nodes.read().unwrap_or_else(PoisonError::into_inner);
-                // By node where the map knows it, else by slot (its own group).
-                let mut by_node: HashMap<Result<usize, Slot>, Group> = HashMap::new();
-                for (index, key) in redis_keys.iter().enumerate() {
-                    let slot = Slot::for_key(key);
-                    let node = nodes.node_of.get(&slot).copied().ok_or(slot);
-                    by_node
-                        .entry(node)
-                        .or_insert_with(|| Group {
-                            slot: Some(slot),
-                            items: Vec::new(),
-                        })
-                        .items
-                        .push(index);
-                }
-                by_node.into_values().collect()
-            }
-        }
     }
 
     /// Sends one group's pipeline; a cluster group goes to the node serving its slot. Each
@@ -661,170 +522,6 @@ impl RedisStore {
             None => format!("{kind}:"),
         }
     }
-
-    /// Deletes every key under this store's prefix (for tests and resets); returns how many.
-    pub async fn delete_all(&self) -> Result<u64, StoreError> {
-        let pattern = format!("{}*", self.prefix);
-        let mut deleted = 0;
-        match &self.connection {
-            Connection::Standalone { writes, .. } => {
-                deleted += delete_matching(&mut writes.clone(), &pattern).await?;
-            }
-            Connection::Cluster { connection, .. } => {
-                deleted += delete_matching_cluster(&mut connection.clone(), &pattern).await?;
-            }
-        }
-        Ok(deleted)
-    }
-}
-
-/// One compare-and-set call of the writes at `items`.
-fn cas_command(
-    pipe: &mut Pipeline,
-    verb: &str,
-    script: &str,
-    items: &[usize],
-    redis_keys: &[String],
-    writes: &[Write],
-) {
-    let command = pipe.cmd(verb).arg(script).arg(items.len());
-    for &index in items {
-        command.arg(&redis_keys[index]);
-    }
-    for &index in items {
-        let write = &writes[index];
-        let state = &write.state;
-        command
-            .arg(write.expected_revision)
-            .arg(write.expected_writer)
-            .arg(&state.status)
-            .arg(state.version)
-            .arg(state.timestamp_ms)
-            .arg(&state.payload)
-            .arg(&write.rule)
-            .arg(&write.position)
-            .arg(write.writer);
-    }
-}
-
-async fn delete_matching<C: ConnectionLike + Send>(
-    connection: &mut C,
-    pattern: &str,
-) -> Result<u64, StoreError> {
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(connection)
-            .await
-            .map_err(StoreError::Redis)?;
-        for key in keys {
-            deleted += redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<u64>(connection)
-                .await
-                .map_err(StoreError::Redis)?;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
-}
-
-async fn delete_matching_cluster(
-    cluster: &mut ClusterConnection,
-    pattern: &str,
-) -> Result<u64, StoreError> {
-    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
-    // SCAN through a cluster connection visits one node; KEYS on every primary sees them all.
-    // Fine for tests and resets, never on the data path.
-    let routing = RoutingInfo::MultiNode((
-        MultipleNodeRoutingInfo::AllMasters,
-        Some(ResponsePolicy::CombineArrays),
-    ));
-    let mut keys_command = redis::cmd("KEYS");
-    keys_command.arg(pattern);
-    let answer = cluster
-        .route_command(keys_command, routing)
-        .await
-        .map_err(StoreError::Redis)?;
-    let keys: Vec<String> = redis::from_redis_value(answer).map_err(StoreError::Parse)?;
-    let mut deleted = 0;
-    for key in keys {
-        deleted += redis::cmd("DEL")
-            .arg(&key)
-            .query_async::<u64>(cluster)
-            .await
-            .map_err(StoreError::Redis)?;
-    }
-    Ok(deleted)
-}
-
-/// Turns one HMGET answer of [`FIELDS`] into a current state (`None`: the key is absent).
-fn parse_current(key: &str, fields: Vec<Option<String>>) -> Result<Option<Current>, StoreError> {
-    let bad = |field: &'static str| StoreError::MalformedState {
-        key: key.to_owned(),
-        field,
-    };
-    let mut fields = fields.into_iter();
-    let mut next = |name: &'static str| fields.next().flatten().ok_or_else(|| bad(name));
-    // The fence is read here as numbers and compared by the script as text (`wid`) and as a
-    // Lua number (`rev`): only the canonical decimal form reads the same both ways. Any other
-    // form ("05", "+5", " 5", a writer without a revision) would make every compare-and-set
-    // on the key conflict forever, so it is unreadable, and the key is set aside.
-    let (revision, writer) = match (next("rev").ok(), next("wid").ok()) {
-        (None, None) => return Ok(None),
-        (Some(revision), Some(writer)) => (
-            canonical_u64(&revision).ok_or_else(|| bad("rev"))?,
-            canonical_u64(&writer).ok_or_else(|| bad("wid"))?,
-        ),
-        // States written before writers were recorded have none: 0, as the script reads it.
-        (Some(revision), None) => (canonical_u64(&revision).ok_or_else(|| bad("rev"))?, 0),
-        (None, Some(_)) => return Err(bad("rev")),
-    };
-    let status = next("status")?;
-    let version = next("version")?
-        .parse::<u64>()
-        .map_err(|_| bad("version"))?;
-    let timestamp_ms = next("timestamp_ms")?
-        .parse::<u64>()
-        .map_err(|_| bad("timestamp_ms"))?;
-    let payload = next("payload")?;
-    Ok(Some(Current {
-        state: State {
-            key: key.to_owned(),
-            status,
-            version,
-            timestamp_ms,
-            payload,
-        },
-        revision,
-        writer,
-    }))
-}
-
-/// The bytes a write sends: what dominates a pipeline's size.
-fn write_bytes(write: &Write) -> usize {
-    write.key.len()
-        + write.state.status.len()
-        + write.state.payload.len()
-        + write.rule.len()
-        + write.position.len()
-        + 64
-}
-
-/// The length of a bulk string answer (0 for anything else).
-fn bulk_len(value: &redis::Value) -> usize {
-    match value {
-        redis::Value::BulkString(bytes) => bytes.len(),
-        _ => 0,
-    }
 }
 
 /// The key `sync` writes to fence replication: outside the state keyspace (no key under
@@ -841,136 +538,11 @@ fn replication_fence_key(prefix: &str) -> String {
     .unwrap_or_else(|| format!("~~converge-replication-fence:{prefix}"))
 }
 
-/// `text` as a u64 if it is written the one way converge writes numbers: decimal digits, no
-/// sign, no spaces, no leading zero.
-fn canonical_u64(text: &str) -> Option<u64> {
-    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    let leading_zero = text.len() > 1 && text.starts_with('0');
-    if digits_only && !leading_zero {
-        text.parse().ok()
-    } else {
-        None
-    }
-}
-
-/// What `inspect` reads: [`FIELDS`], then the rule and the position.
-const INSPECTED: [&str; 8] = [
-    "rev",
-    "wid",
-    "status",
-    "version",
-    "timestamp_ms",
-    "payload",
-    "rule",
-    "position",
-];
-
-/// The fields of one HMGET answer as text; a field that is not UTF-8 is malformed.
-fn text_fields(
-    key: &str,
-    names: &[&'static str],
-    raw: &[Option<Vec<u8>>],
-) -> Result<Vec<Option<String>>, StoreError> {
-    raw.iter()
-        .zip(names)
-        .map(|(value, &field)| match value {
-            None => Ok(None),
-            Some(bytes) => {
-                String::from_utf8(bytes.clone())
-                    .map(Some)
-                    .map_err(|_| StoreError::MalformedState {
-                        key: key.to_owned(),
-                        field,
-                    })
-            }
-        })
-        .collect()
-}
-
-/// `name=value` for each field present, for an unreadable state's dead letters.
-fn excerpt_of_fields(names: &[&'static str], raw: &[Option<Vec<u8>>]) -> String {
-    let mut text = String::new();
-    for (name, value) in names.iter().zip(raw) {
-        if let Some(value) = value {
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(&format!("{name}={:?}", String::from_utf8_lossy(value)));
-        }
-    }
-    cut_excerpt(text)
-}
-
-/// At most [`UNREADABLE_EXCERPT_BYTES`] of `text`, cut on a character boundary.
-fn cut_excerpt(mut text: String) -> String {
-    if text.len() > UNREADABLE_EXCERPT_BYTES {
-        let mut end = UNREADABLE_EXCERPT_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
-/// Whether a command's answer is Redis refusing it for the key's type.
-fn is_wrong_type(value: &redis::Value) -> bool {
-    matches!(value, redis::Value::ServerError(error) if error.code() == "WRONGTYPE")
-}
-
-/// Turns the compare-and-set's answer into an outcome.
-fn parse_outcome(key: &str, answer: redis::Value) -> Result<WriteOutcome, StoreError> {
-    match answer {
-        redis::Value::Int(revision) if revision > 0 => Ok(WriteOutcome::Written {
-            revision: revision as u64,
-        }),
-        redis::Value::Array(items) if items.first() == Some(&redis::Value::Int(-1)) => {
-            let raw: Vec<Option<Vec<u8>>> = items
-                .into_iter()
-                .skip(1)
-                .map(|item| redis::from_redis_value(item).map_err(StoreError::Parse))
-                .collect::<Result<_, _>>()?;
-            match text_fields(key, &FIELDS, &raw).and_then(|fields| parse_current(key, fields)) {
-                Ok(current) => Ok(WriteOutcome::Conflict { current }),
-                Err(StoreError::MalformedState { field, .. }) => {
-                    Err(StoreError::Unreadable(vec![Unreadable {
-                        key: key.to_owned(),
-                        why: format!("field {field:?} does not parse"),
-                        stored: excerpt_of_fields(&FIELDS, &raw),
-                    }]))
-                }
-                Err(error) => Err(error),
-            }
-        }
-        redis::Value::Int(answer) => Err(StoreError::UnexpectedAnswer {
-            answer: answer.to_string(),
-        }),
-        other => Err(StoreError::UnexpectedAnswer {
-            answer: format!("{other:?}"),
-        }),
-    }
-}
-
 /// Which connection a pipeline goes on.
 #[derive(Clone, Copy)]
 enum Access {
     Read,
     Write,
-}
-
-/// Items of one batch that share a pipeline, by index; `slot` routes a cluster group.
-struct Group {
-    slot: Option<Slot>,
-    items: Vec<usize>,
-}
-
-/// A per-command error inside a pipeline's answer (e.g. `MOVED` during a resharding, `WRONGTYPE`).
-fn command_error(value: redis::Value) -> Result<redis::Value, StoreError> {
-    match value {
-        redis::Value::ServerError(error) => Err(StoreError::Redis(error.into())),
-        value => Ok(value),
-    }
 }
 
 impl Store for RedisStore {
@@ -1111,26 +683,6 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_canonical_decimal_reads_as_a_fence_number() {
-        assert_eq!(canonical_u64("0"), Some(0));
-        assert_eq!(canonical_u64("5"), Some(5));
-        assert_eq!(canonical_u64("18446744073709551615"), Some(u64::MAX));
-        for text in [
-            "",
-            "05",
-            "+5",
-            " 5",
-            "5 ",
-            "-1",
-            "0x5",
-            "1e3",
-            "18446744073709551616",
-        ] {
-            assert_eq!(canonical_u64(text), None, "{text:?}");
-        }
-    }
 
     #[test]
     fn the_replication_fence_is_outside_the_state_keyspace() {

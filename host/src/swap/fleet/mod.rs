@@ -34,24 +34,28 @@
 //! seen: a floor lowered in Redis without a newly recorded downgrade (a key deleted or
 //! overwritten, a restored backup) does not lower it. A restarted instance starts from the
 //! floor in Redis.
+//!
+//! # Layout
+//! - this module: [`Fleet`] and what the operator's commands do with it (publish, promote,
+//!   rollback, status);
+//! - `follow`: an instance's side (follow the pointers, hold the floor, report);
+//! - `script`: the Lua scripts that move pointers and the floor atomically.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+mod follow;
+mod script;
 
-use futures::StreamExt;
+use std::sync::{Arc, Mutex};
+
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::rule::{
-    GateError, IntegrityError, LoadError, SignatureError, TrustedKeys, content_hash, excerpt,
-    is_content_hash, release,
+    IntegrityError, SignatureError, TrustedKeys, content_hash, excerpt, is_content_hash, release,
 };
-use crate::swap::{Role, RuleControl, RuleStatus, now_ms};
+use crate::swap::{Role, RuleStatus, now_ms};
+use follow::FloorMemory;
+use script::{ACTIVATE, REFUSE, RELEASE_LUA, ROLLBACK};
 
-/// How often an instance re-reads the pointers (besides pub/sub) and reports its status.
-const POLL: Duration = Duration::from_secs(2);
-/// How long an instance's report outlives its last heartbeat.
-const REPORT_TTL_SECONDS: u64 = 10;
 /// How many versions the history keeps.
 const HISTORY: isize = 50;
 /// How many refused hashes the fleet remembers (the newest).
@@ -215,31 +219,6 @@ pub struct RolledBack {
     pub downgrade: Option<Downgrade>,
 }
 
-/// The floor an instance holds itself to: the highest it has seen, lowered only by a newly
-/// recorded downgrade.
-#[derive(Debug, Default)]
-struct FloorMemory {
-    /// Whether the fleet's floor was read yet (the first read is taken as it is).
-    read: bool,
-    /// The floor.
-    floor: u64,
-    /// The highest downgrade counter read.
-    downgraded: u64,
-    /// The fleet's floor last warned about as lower than this one, so the warning is not
-    /// repeated every poll.
-    warned: Option<u64>,
-}
-
-/// The fleet's pointers, floor and downgrade counter, read in one transaction.
-struct View {
-    active: Option<String>,
-    shadow: Option<String>,
-    /// The floor (0 when there is none), or what the key holds instead of a number.
-    floor: Result<u64, String>,
-    /// The downgrade counter (0 when there is none); `None` when it is not a number.
-    downgraded: Option<u64>,
-}
-
 /// A release number as the fleet stores it (canonical decimal); an empty value (a missing
 /// key) is 0. Anything else is answered as an excerpt.
 fn parse_number(bytes: &[u8]) -> Result<u64, String> {
@@ -270,135 +249,6 @@ impl std::fmt::Debug for Fleet {
             .finish_non_exhaustive()
     }
 }
-
-/// Lua: whether the canonical decimal `a` is below `b` (any length: no floating point), and
-/// whether a stored floor is a canonical decimal.
-const RELEASE_LUA: &str = r"
-local function below(a, b)
-  if #a ~= #b then
-    return #a < #b
-  end
-  for i = 1, #a do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then
-      return x < y
-    end
-  end
-  return false
-end
-local function readable(floor)
-  return #floor <= 20 and (floor == '0' or string.match(floor, '^[1-9]%d*$') ~= nil)
-end
-";
-
-/// Makes `hash` (ARGV[1]) of release ARGV[4] active: records it in the history (unless it
-/// already heads it), moves the pointer, raises the floor (KEYS[6]) to its release, drops a
-/// shadow of the same hash, takes it off the refused set (it is offered afresh) and announces
-/// the change — in one step, so concurrent publishers cannot interleave. With ARGV[3]
-/// (promote), only while the shadow pointer still holds it; answers 0 when it does not, -1
-/// when the release is below the floor, -2 when the floor is not a number, and then changes
-/// nothing.
-const ACTIVATE: &str = r"
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
-  return 0
-end
-local floor = redis.call('GET', KEYS[6])
-if floor == '' then
-  floor = false
-end
-if floor and not readable(floor) then
-  return -2
-end
-if floor and below(ARGV[4], floor) then
-  return -1
-end
-if not floor or below(floor, ARGV[4]) then
-  redis.call('SET', KEYS[6], ARGV[4])
-end
-if redis.call('TYPE', KEYS[5]).ok == 'zset' then
-  redis.call('ZREM', KEYS[5], ARGV[1])
-end
-local head = redis.call('LINDEX', KEYS[3], 0)
-if head ~= ARGV[1] then
-  redis.call('LPUSH', KEYS[3], ARGV[1])
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
-end
-redis.call('SET', KEYS[1], ARGV[1])
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])
-end
-redis.call('PUBLISH', KEYS[4], 'active ' .. ARGV[1])
-return 1
-";
-
-/// Returns to the history entry ARGV[2] (0-based index ARGV[3], release ARGV[4]), which
-/// rollback has checked: drops the history down to it and points at it — only while the
-/// active pointer still holds ARGV[1] (empty: no pointer), the entry is still there and the
-/// floor (KEYS[4]) still holds ARGV[5] (empty: none). A release below the floor is a
-/// downgrade: only with the record ARGV[6] (non-empty), which is pushed onto the downgrades
-/// (KEYS[5], the newest ARGV[7] kept) while their counter (KEYS[6]) is incremented, and the
-/// floor becomes the release. Otherwise the floor is raised to the release if it is below.
-/// Answers 1, 0 when something moved, -1 when a downgrade has no record (and then changes
-/// nothing).
-const ROLLBACK: &str = r"
-local active = redis.call('GET', KEYS[1])
-if (active or '') ~= ARGV[1] or redis.call('LINDEX', KEYS[2], ARGV[3]) ~= ARGV[2] then
-  return 0
-end
-local floor = redis.call('GET', KEYS[4])
-if (floor or '') ~= ARGV[5] then
-  return 0
-end
-if floor and below(ARGV[4], floor) then
-  if ARGV[6] == '' then
-    return -1
-  end
-  redis.call('INCR', KEYS[6])
-  redis.call('LPUSH', KEYS[5], ARGV[6])
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
-  redis.call('SET', KEYS[4], ARGV[4])
-elseif not floor or below(floor, ARGV[4]) then
-  redis.call('SET', KEYS[4], ARGV[4])
-end
-redis.call('LTRIM', KEYS[2], ARGV[3], -1)
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('PUBLISH', KEYS[3], 'active ' .. ARGV[2])
-return 1
-";
-
-/// Reads the active and shadow pointers (the first ARGV[1] + 1 bytes), the floor and the
-/// downgrade counter (ARGV[2] + 1 bytes): a missing key as empty, a key of another type as
-/// `(a TYPE)`.
-const VIEW: &str = r"
-local function read(key, last)
-  local kind = redis.call('TYPE', key).ok
-  if kind == 'none' then
-    return ''
-  end
-  if kind ~= 'string' then
-    return '(a ' .. kind .. ')'
-  end
-  return redis.call('GETRANGE', key, 0, last)
-end
-return {
-  read(KEYS[1], ARGV[1]), read(KEYS[2], ARGV[1]), read(KEYS[3], ARGV[2]), read(KEYS[4], ARGV[2])
-}
-";
-
-/// Adds ARGV[2] to the refused set with score ARGV[1] (ms) and keeps the newest ARGV[3]. A
-/// refused set from before it was sorted (a plain set) is converted first.
-const REFUSE: &str = r"
-if redis.call('TYPE', KEYS[1]).ok == 'set' then
-  local members = redis.call('SMEMBERS', KEYS[1])
-  redis.call('DEL', KEYS[1])
-  for _, member in ipairs(members) do
-    redis.call('ZADD', KEYS[1], 0, member)
-  end
-end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
-return 1
-";
 
 impl Fleet {
     /// Connects to the fleet `name` in the Redis at `url`.
@@ -763,33 +613,6 @@ impl Fleet {
         Ok(bytes)
     }
 
-    /// Records what `instance` serves, for `converge rule status`.
-    pub async fn report(&self, report: &InstanceReport) -> Result<(), FleetError> {
-        let json = serde_json::to_string(report).map_err(FleetError::Report)?;
-        let mut connection = self.connection.clone();
-        let _: () = redis::pipe()
-            .set_ex(
-                self.key(&format!("instance:{}", report.instance)),
-                json,
-                REPORT_TTL_SECONDS,
-            )
-            .sadd(self.key("instances"), &report.instance)
-            .query_async(&mut connection)
-            .await?;
-        Ok(())
-    }
-
-    /// Removes `instance`'s report (on a clean stop).
-    pub async fn leave(&self, instance: &str) -> Result<(), FleetError> {
-        let mut connection = self.connection.clone();
-        let _: () = redis::pipe()
-            .del(self.key(&format!("instance:{instance}")))
-            .srem(self.key("instances"), instance)
-            .query_async(&mut connection)
-            .await?;
-        Ok(())
-    }
-
     /// The downgrades recorded, newest first (a record that does not parse is left out).
     async fn downgrades(&self) -> Result<Vec<Downgrade>, FleetError> {
         let mut connection = self.connection.clone();
@@ -800,75 +623,6 @@ impl Fleet {
             .iter()
             .filter_map(|record| serde_json::from_slice(record).ok())
             .collect())
-    }
-
-    /// The pointers, the floor and the downgrade counter, in one script, so that a pointer is
-    /// judged against the floor that was set with it. A key of another type reads as text
-    /// that is neither a hash nor a number (and is refused as such), never as an error.
-    async fn view(&self) -> Result<View, FleetError> {
-        let mut connection = self.connection.clone();
-        let (active, shadow, floor, downgraded): (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) =
-            redis::Script::new(VIEW)
-                .key(self.pointer(Role::Active))
-                .key(self.pointer(Role::Shadow))
-                .key(self.key("rule:floor"))
-                .key(self.key("rule:downgraded"))
-                .arg(POINTER_READ)
-                .arg(NUMBER_READ)
-                .invoke_async(&mut connection)
-                .await?;
-        let pointer = |bytes: Vec<u8>| {
-            (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
-        };
-        Ok(View {
-            active: pointer(active),
-            shadow: pointer(shadow),
-            floor: parse_number(&floor),
-            downgraded: parse_number(&downgraded).ok(),
-        })
-    }
-
-    /// The floor this instance holds the active pointer to, once `view` is taken into account:
-    /// the highest floor it has seen, lowered only to the floor of a newly recorded downgrade
-    /// (logged). A floor that is not a number is answered as the refusal it causes.
-    fn hold_floor(&self, view: &View) -> Result<u64, IntegrityError> {
-        let floor = match &view.floor {
-            Ok(floor) => *floor,
-            Err(value) => {
-                return Err(IntegrityError::Floor {
-                    value: value.clone(),
-                });
-            }
-        };
-        let mut memory = self.floor.lock().unwrap_or_else(PoisonError::into_inner);
-        let recorded = memory.read
-            && view
-                .downgraded
-                .is_some_and(|downgraded| downgraded > memory.downgraded);
-        if !memory.read || floor > memory.floor {
-            memory.floor = floor;
-        } else if floor < memory.floor && recorded {
-            tracing::warn!(
-                fleet = %self.name,
-                from = memory.floor,
-                to = floor,
-                "the fleet's release floor was lowered by a recorded downgrade (`converge rule \
-                 status` lists it); following it"
-            );
-            memory.floor = floor;
-        } else if floor < memory.floor && memory.warned != Some(floor) {
-            tracing::warn!(
-                fleet = %self.name,
-                held = memory.floor,
-                fleet_floor = floor,
-                "the fleet's release floor is lower than this instance has seen, and no downgrade \
-                 was recorded: holding to the higher floor"
-            );
-            memory.warned = Some(floor);
-        }
-        memory.read = true;
-        memory.downgraded = memory.downgraded.max(view.downgraded.unwrap_or(0));
-        Ok(memory.floor)
     }
 
     /// The pointers, the history and every live instance's report.
@@ -902,173 +656,5 @@ impl Fleet {
             downgrades,
             instances,
         })
-    }
-
-    /// Brings `control` in line with the fleet's pointers where they moved since `seen`. Only
-    /// a moved pointer is acted on, so a rule uploaded to one instance by its admin endpoint
-    /// keeps serving there until the fleet publishes again. An active pointer to a release
-    /// below the floor this instance holds to is refused (gate `integrity`).
-    pub async fn sync(
-        &self,
-        control: &Arc<RuleControl>,
-        seen: &mut (Option<String>, Option<String>),
-    ) -> Result<(), FleetError> {
-        let view = self.view().await?;
-        let floor = self.hold_floor(&view);
-        let View { active, shadow, .. } = view;
-        if active != seen.0 {
-            if let Some(hash) = &active
-                && control.active_hash() != *hash
-            {
-                self.offer(control, hash, Role::Active, Some(floor)).await?;
-            }
-            seen.0 = active;
-        }
-        if shadow != seen.1 {
-            match &shadow {
-                Some(hash) if control.shadow_hash().as_ref() != Some(hash) => {
-                    self.offer(control, hash, Role::Shadow, None).await?;
-                }
-                Some(_) => {}
-                None => control.clear_shadow("fleet"),
-            }
-            seen.1 = shadow;
-        }
-        Ok(())
-    }
-
-    /// Offers the rule `hash` to `control` in `role`. `floor`: the release floor it is held to
-    /// (the active role), or why there is none to hold it to.
-    async fn offer(
-        &self,
-        control: &Arc<RuleControl>,
-        hash: &str,
-        role: Role,
-        floor: Option<Result<u64, IntegrityError>>,
-    ) -> Result<(), FleetError> {
-        // A refusal is recorded by the control (log, metric, status); the pointer is not
-        // retried until it moves again.
-        let refuse = |error: GateError| {
-            control.record_refusal(role, "fleet", &excerpt(hash), error);
-        };
-        if !is_content_hash(hash) {
-            refuse(GateError::Integrity(IntegrityError::NotAHash {
-                pointer: format!("{} pointer", role.as_str()),
-                value: excerpt(hash),
-            }));
-            return Ok(());
-        }
-        let refused = match self.component(hash, control.max_component_bytes()).await {
-            Ok(bytes) => {
-                // Below the floor: refused before any gate, and not remembered as refused by
-                // the fleet (an explicit downgrade may return to it).
-                let below = match floor {
-                    Some(Err(error)) => Some(error),
-                    Some(Ok(floor)) => match release(&bytes) {
-                        Ok(release) if release < floor => Some(IntegrityError::BelowFloor {
-                            hash: hash.to_owned(),
-                            release,
-                            floor,
-                        }),
-                        // A release that cannot be read is refused by the signature gate.
-                        _ => None,
-                    },
-                    None => None,
-                };
-                if let Some(error) = below {
-                    refuse(GateError::Integrity(error));
-                    return Ok(());
-                }
-                let control = Arc::clone(control);
-                let offered =
-                    tokio::task::spawn_blocking(move || control.offer(&bytes, None, "fleet", role))
-                        .await;
-                matches!(offered, Ok(Err(_)))
-            }
-            Err(FleetError::Integrity(error)) => {
-                refuse(GateError::Integrity(error));
-                true
-            }
-            Err(FleetError::TooLarge { size, cap, .. }) => {
-                refuse(GateError::Load(LoadError::TooLarge {
-                    what: format!("the fleet's rule {hash}"),
-                    size,
-                    cap,
-                }));
-                true
-            }
-            Err(other) => return Err(other),
-        };
-        if refused {
-            // Rollback never returns the fleet to a version an instance refused.
-            self.remember_refused(hash).await?;
-        }
-        Ok(())
-    }
-
-    /// Follows the fleet until `shutdown` resolves: acts on announcements at once, re-reads the
-    /// pointers every 2 s and reports this instance's status as often. Redis errors are
-    /// logged and retried; the rule serving meanwhile keeps serving.
-    pub async fn follow(
-        self,
-        control: Arc<RuleControl>,
-        instance: String,
-        mut seen: (Option<String>, Option<String>),
-        shutdown: impl Future<Output = ()>,
-    ) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        'connect: loop {
-            let mut pubsub = match self.subscribe().await {
-                Ok(pubsub) => Some(pubsub),
-                Err(error) => {
-                    tracing::warn!(fleet = %self.name, %error, "cannot subscribe to fleet announcements; polling only");
-                    None
-                }
-            };
-            let mut poll = tokio::time::interval(POLL);
-            loop {
-                let announced = async {
-                    match pubsub.as_mut() {
-                        Some(pubsub) => pubsub.on_message().next().await.is_some(),
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = &mut shutdown => break 'connect,
-                    alive = announced => {
-                        if !alive {
-                            tracing::warn!(fleet = %self.name, "fleet announcements ended; resubscribing");
-                            continue 'connect;
-                        }
-                    }
-                    _ = poll.tick() => {
-                        if pubsub.is_none() {
-                            pubsub = self.subscribe().await.ok();
-                        }
-                    }
-                }
-                if let Err(error) = self.sync(&control, &mut seen).await {
-                    tracing::warn!(fleet = %self.name, %error, "cannot read the fleet's rule");
-                }
-                // Reported after every sync, so a swap shows in status as soon as it is made.
-                let report = InstanceReport {
-                    instance: instance.clone(),
-                    reported_at_ms: now_ms(),
-                    rule: control.status().redacted(),
-                };
-                if let Err(error) = self.report(&report).await {
-                    tracing::warn!(fleet = %self.name, %error, "cannot report status");
-                }
-            }
-        }
-        if let Err(error) = self.leave(&instance).await {
-            tracing::warn!(fleet = %self.name, %error, "cannot remove this instance's report");
-        }
-    }
-
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, FleetError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.key("rule:events")).await?;
-        Ok(pubsub)
     }
 }
