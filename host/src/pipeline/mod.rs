@@ -100,8 +100,8 @@ pub enum PipelineError {
     /// The source failed to deliver or to acknowledge.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// Shutdown was asked for while the batch waited for the store or dead-letter queue to
-    /// come back; the batch is left unacknowledged.
+    /// Shutdown was asked for while a batch waited for the store, the dead-letter queue or
+    /// the order API to come back; it and the batches after it are left unacknowledged.
     #[error("interrupted by shutdown while waiting for {0}")]
     Interrupted(&'static str),
 }
