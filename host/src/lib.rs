@@ -24,7 +24,8 @@
 //! - [`simulator`]: the order system's stand-in (publishing to Kafka with `kafka`, its order
 //!   API with `http`).
 //! - `serve`: the pipeline built from a configuration, run until shutdown ([`serve()`]).
-//! - `admin` (feature `http`): health, readiness, metrics and rule swaps over HTTP.
+//! - `admin`: health, readiness, metrics and rule swaps over HTTP (the server with feature
+//!   `http`; its `[admin]` section always, so a build without it refuses the section by name).
 //! - `audit`: `converge run`'s convergence audit ([`Audit`]): every delivered event kept and
 //!   checked against the store after the run.
 //! - [`progress`]: the [`progress::Progress`] a long call (replay, check, simulation) reports

@@ -1,6 +1,6 @@
 //! `converge serve`: the pipeline built from a [`Config`], running until the source ends or
-//! `shutdown` resolves; then the batch in flight is finished, its offsets stored and committed,
-//! and the consumer leaves its group.
+//! `shutdown` resolves; then the batches in flight are finished, their offsets stored and
+//! committed, and the consumer leaves its group.
 
 use std::path::PathBuf;
 use std::sync::Arc;

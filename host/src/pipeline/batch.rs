@@ -1,5 +1,5 @@
-//! One batch in flight: its messages, the stamp of the rule deciding it, the dead letters it
-//! has produced so far and its tally. Every stage takes it and adds to it.
+//! One batch as it moves through the stages: its messages, the stamp of the rule deciding it,
+//! the dead letters it has produced so far and its tally. Every stage takes it and adds to it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;

@@ -1,11 +1,14 @@
-//! Message -> event: the shared codec ([`converge_codec`]) applied to a source's message, its
-//! fields made the rule's [`Event`].
+//! The decode stage: message -> event, the shared codec ([`converge_codec`]) applied to a
+//! source's message, its fields made the rule's [`Event`]. What cannot become an event (a
+//! range the source lost, a message that does not decode) is dead-lettered with its reason.
 //!
 //! The field mapping, key validation and canonical JSON live in the codec so the host and the
 //! Fluvio SmartModule refuse the same messages with the same reasons.
 
 pub use converge_codec::{DecodeError, FieldMapping};
 
+use super::batch::Batch;
+use crate::dead_letter::DeadLetterKind;
 use crate::entity::Event;
 use crate::source::Message;
 
@@ -42,6 +45,27 @@ pub fn decode_bytes(
         }),
         converge_codec::Decoded::IdOnly { key } => Decoded::IdOnly { key },
     })
+}
+
+/// Decodes every message of the batch, each with the index of its message; lost ranges and
+/// undecodable messages are dead-lettered.
+pub(super) fn decode_all(batch: &mut Batch, mapping: &FieldMapping) -> Vec<(usize, Decoded)> {
+    let mut decoded = Vec::with_capacity(batch.messages.len());
+    let mut refused = Vec::new();
+    for (index, message) in batch.messages.iter().enumerate() {
+        if let Some(lost) = &message.lost {
+            refused.push((index, DeadLetterKind::Lost, lost.reason.clone()));
+            continue;
+        }
+        match decode(mapping, message) {
+            Ok(event) => decoded.push((index, event)),
+            Err(error) => refused.push((index, DeadLetterKind::Undecodable, error.to_string())),
+        }
+    }
+    for (index, kind, reason) in refused {
+        batch.dead_letter(index, kind, reason);
+    }
+    decoded
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! Enrichment, the seed's final design: a message that carries only an order id is completed
-//! by fetching the latest order from the order-detail HTTP API.
+//! The enrich stage, the seed's final design: a message that carries only an order id is
+//! completed by fetching the latest order from the order-detail HTTP API ([`Enricher`], set by
+//! [`Pipeline::with_enricher`](super::Pipeline::with_enricher); without one, id-only messages
+//! are dead-lettered). A build without the `http` feature has `enrich_disabled.rs` in this
+//! file's place: the same API, and no client.
 //!
 //! Each distinct key of a batch is fetched once, at most `concurrency` at a time, each request
 //! bounded by `timeout`, its body read up to the largest message. What the API answers decides:
@@ -14,7 +17,8 @@
 //! - 404: retried for `not_found_grace_ms` (the API may not show a new order yet), then final;
 //! - another 4xx, a body over the limit, or a body that is not an event of the key: final.
 //!
-//! Final answers dead-letter the key's messages as `not_enriched`, with the reason.
+//! Final answers dead-letter the key's messages as `not_enriched` (in the group stage), with
+//! the reason.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,12 +26,50 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
+use super::PipelineError;
+use super::context::Context;
+use super::decode::{DecodeError, Decoded, FieldMapping, decode_bytes};
+use super::enrich_config::{EnrichConfig, OnUnavailable};
 use crate::backoff::Backoff;
-use crate::config::{ConfigError, EnrichConfig, OnUnavailable};
+use crate::config::ConfigError;
 use crate::entity::Event;
-use crate::pipeline::{DecodeError, Decoded, FieldMapping, decode_bytes};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::Unavailable;
+
+/// Each id-only key's answer: its entity, or why it could not be fetched.
+pub(super) type Fetched = HashMap<String, Result<Event, EnrichError>>;
+
+/// Fetches the entity of every distinct id-only key of the batch, if an enricher is set. An
+/// order-API outage is waited out inside ([`Enricher::fetch_all`]); shutdown interrupts the
+/// wait, leaving the batch unacknowledged.
+pub(super) async fn enrich(
+    enricher: Option<&Enricher>,
+    decoded: &[(usize, Decoded)],
+    mapping: &FieldMapping,
+    context: &Context,
+) -> Result<Fetched, PipelineError> {
+    let Some(enricher) = enricher else {
+        return Ok(HashMap::new());
+    };
+    let id_only = decoded.iter().filter_map(|(_, decoded)| match decoded {
+        Decoded::IdOnly { key } => Some(key.clone()),
+        Decoded::Event(_) => None,
+    });
+    let asked = Instant::now();
+    let fetched = context
+        .unless_stopped(
+            "order API",
+            enricher.fetch_all(id_only, mapping, &context.metrics),
+        )
+        .await?;
+    if !fetched.is_empty() {
+        context
+            .metrics
+            .record_enrichment(fetched.len(), asked.elapsed());
+        context.metrics.record_stage("enrich", asked.elapsed());
+    }
+    Ok(fetched)
+}
 
 /// Why an entity could not be fetched. Each is final for the batch: the messages of the key
 /// are dead-lettered as `not_enriched` with this as the reason.

@@ -1,12 +1,12 @@
-//! The decode, enrich-join and group stages: messages become events, id-only messages take
-//! their fetched entity, and events are grouped by key in delivery order. What cannot become
-//! an event is dead-lettered with its reason.
+//! The group stage: decoded events by key, in delivery order, each id-only message joined with
+//! the entity the enrich stage fetched for its key. An id-only message whose entity was not
+//! fetched is dead-lettered with the reason.
 
 use std::collections::HashMap;
-use std::fmt::Display;
 
 use super::batch::Batch;
-use super::decode::{Decoded, FieldMapping, decode};
+use super::decode::Decoded;
+use super::enrich::Fetched;
 use crate::dead_letter::DeadLetterKind;
 use crate::entity::Event;
 
@@ -24,32 +24,12 @@ impl KeyEvents {
     }
 }
 
-/// Decodes every message of the batch; lost ranges and undecodable messages are dead-lettered.
-pub(super) fn decode_all(batch: &mut Batch, mapping: &FieldMapping) -> Vec<(usize, Decoded)> {
-    let mut decoded = Vec::with_capacity(batch.messages.len());
-    let mut refused = Vec::new();
-    for (index, message) in batch.messages.iter().enumerate() {
-        if let Some(lost) = &message.lost {
-            refused.push((index, DeadLetterKind::Lost, lost.reason.clone()));
-            continue;
-        }
-        match decode(mapping, message) {
-            Ok(event) => decoded.push((index, event)),
-            Err(error) => refused.push((index, DeadLetterKind::Undecodable, error.to_string())),
-        }
-    }
-    for (index, kind, reason) in refused {
-        batch.dead_letter(index, kind, reason);
-    }
-    decoded
-}
-
 /// Groups the decoded events by key, taking each id-only message's entity from `fetched`;
 /// one that was not fetched (or with no enrichment configured) is dead-lettered.
-pub(super) fn by_key<E: Display>(
+pub(super) fn by_key(
     batch: &mut Batch,
     decoded: Vec<(usize, Decoded)>,
-    fetched: &HashMap<String, Result<Event, E>>,
+    fetched: &Fetched,
 ) -> Vec<KeyEvents> {
     let mut groups: Vec<KeyEvents> = Vec::new();
     let mut group_of: HashMap<String, usize> = HashMap::new();

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!            ┌──────────────── main task (CPU) ───────────────┐   ┌──── write window ────┐
-//! source ──> decode -> enrich -> group by key -> current state -> fold ──> write + dead-letter ──> record, ack
+//! source ──> decode -> enrich -> group by key -> current state -> fold ──> write + dead-letter ──> ack, record
 //!                                               (cache or load)         (up to max_in_flight
 //!                                                                        batches at once)
 //! ```
@@ -13,10 +13,10 @@
 //! its writes (retries included) and its dead letters are acknowledged.
 //!
 //! A key in two batches in flight is decided in the later one on the state the earlier one is
-//! writing (the write-through [`cache`](StateCache)), and that write is *fenced*: its
-//! compare-and-set expects the earlier write's revision and writer, so it can never land on
-//! another base. If a write is refused or fails, the window is drained and each batch settles
-//! its unfinished keys in order on the sequential path (`settle`).
+//! writing (the write-through cache), and that write is *fenced*: its compare-and-set expects
+//! the earlier write's revision and writer, so it can never land on another base. If a write is
+//! refused or fails, the window is drained and each batch settles its unfinished keys in order
+//! on the sequential path (`settle`).
 //!
 //! Nothing is dropped: an undecodable message, a rejected event or an event the rule fails on
 //! is dead-lettered with its reason. An unavailable store or dead-letter queue (an outage, a
@@ -32,57 +32,64 @@
 //! low rates, which keeps latency low without a fixed linger.
 //!
 //! # Layout
-//! - this module: [`Pipeline`], its configuration and the run loop;
-//! - `decode`: message -> event by [`FieldMapping`] (the shared codec);
-//! - `enrich` (feature `http`): id-only message -> latest entity from the order-detail HTTP
-//!   API ([`Enricher`]);
-//! - `batch`: one batch: messages, rule stamp, dead letters, tally;
-//! - `group`: the decode and group-by-key stages;
-//! - `cache`: the write-through state cache, with the states of writes in flight;
-//! - `settle`: current states, the fold through the rule, and the sequential compare-and-set
-//!   path with conflict retries;
-//! - `flight`: a batch in flight: prepared, landed, completed or repaired;
-//! - `outage`: waiting out an unavailable store or dead-letter queue;
-//! - `record`: stats and metrics, once per batch.
+//! One file per stage, in a batch's order; following one event from the run loop's
+//! `next_batch` to its `ack` visits each once (ARCHITECTURE.md walks it function by function):
+//! - this module: [`Pipeline`], the run loop ([`Pipeline::run`]) and `prepare`, which takes a
+//!   batch through the stages up to the write window;
+//! - `decode`: message -> event by [`FieldMapping`] (the shared codec); lost and undecodable
+//!   messages dead-lettered;
+//! - `enrich`: id-only message -> latest entity from the order-detail HTTP API ([`Enricher`]);
+//!   without the `http` feature, `enrich_disabled` stands in with the same API;
+//! - `group`: events by key, id-only messages joined with their fetched entity;
+//! - `state`: current states: the write-through cache, else one load of the unknown keys;
+//! - `fold`: the rule over each key's events; the batch's tally of final outcomes;
+//! - `flight`: the write window: a flight takes off, lands, and completes or is repaired;
+//! - `settle`: the sequential fallback a repair settles unfinished keys on;
+//! - `record`: the source acknowledged, then stats and metrics, once per batch.
+//!
+//! Beside the stages: `batch` (what every stage adds to), `context` (metrics, shutdown, the
+//! backoff that waits out an outage), and the configuration each owns: `config`
+//! ([`PipelineConfig`]) and `enrich_config` (`[enrich]`).
 
 mod batch;
-mod cache;
 mod config;
+mod context;
 mod decode;
 #[cfg(feature = "http")]
 mod enrich;
+#[cfg(not(feature = "http"))]
+#[path = "enrich_disabled.rs"]
+mod enrich;
 mod enrich_config;
 mod flight;
+mod fold;
 mod group;
-mod outage;
 mod record;
 mod settle;
+mod state;
 
 pub use config::PipelineConfig;
 pub use decode::{DecodeError, Decoded, FieldMapping, decode, decode_bytes};
-#[cfg(feature = "http")]
 pub use enrich::{EnrichError, EnrichSetupError, Enricher};
 pub use enrich_config::{EnrichConfig, OnUnavailable};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use serde::Serialize;
 
 use crate::dead_letter::{DeadLetterError, DeadLetterKind, DeadLetterSink};
-use crate::entity::{DecisionKind, Event};
+use crate::entity::DecisionKind;
+use crate::fault;
 use crate::rule::Rule;
 use crate::source::{Message, Source, SourceError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use batch::Batch;
-use cache::StateCache;
-use flight::{Cargo, Deciding, Flight, Landed};
-use outage::Outage;
+use context::Context;
+use flight::{Cargo, Flight, Landed, Window};
+use state::StateCache;
 
 /// Why a batch could not be completed. The batch is not acknowledged; after a restart it is
 /// delivered again, which the rule makes harmless.
@@ -97,8 +104,8 @@ pub enum PipelineError {
     /// The source failed to deliver or to acknowledge.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// Shutdown was asked for while the batch waited for the store or dead-letter queue to
-    /// come back; the batch is left unacknowledged.
+    /// Shutdown was asked for while a batch waited for the store, the dead-letter queue or
+    /// the order API to come back; it and the batches after it are left unacknowledged.
     #[error("interrupted by shutdown while waiting for {0}")]
     Interrupted(&'static str),
 }
@@ -124,26 +131,25 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Pipeline<R, S, D> {
     rule: R,
-    store: S,
-    dead_letters: D,
+    /// Shared with the flights in the write window, which write to it while the next batch is
+    /// decided.
+    store: Arc<S>,
+    /// Shared with the flights in the write window, like the store.
+    dead_letters: Arc<D>,
     config: PipelineConfig,
-    stats: Stats,
-    #[cfg(feature = "http")]
     enricher: Option<Enricher>,
-    #[cfg(not(feature = "http"))]
-    enricher: Option<Never>,
-    metrics: Arc<Metrics>,
-    /// Becomes true when shutdown is asked for; ends waits for an unavailable store.
-    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    context: Context,
     cache: StateCache,
-    /// Batches started, numbering flights.
+    stats: Stats,
+    /// Batches started, numbering them.
     started: u64,
 }
 
 /// What the run loop is woken by.
+#[allow(clippy::large_enum_variant)] // One at a time, on the stack, moved out at once.
 enum Next {
     Batch(Vec<Message>),
-    Landed(Landed),
+    Landed(Flight, Landed),
     Stop,
 }
 
@@ -152,14 +158,13 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     pub fn new(rule: R, store: S, dead_letters: D, config: PipelineConfig) -> Self {
         Self {
             rule,
-            store,
-            dead_letters,
+            store: Arc::new(store),
+            dead_letters: Arc::new(dead_letters),
+            enricher: None,
+            context: Context::new(&config),
             cache: StateCache::new(config.state_cache_keys),
             config,
             stats: Stats::default(),
-            enricher: None,
-            metrics: Arc::new(Metrics::new()),
-            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             started: 0,
         }
     }
@@ -167,13 +172,12 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     /// Reports every batch, decision and dead letter to `metrics` (shared with the admin
     /// endpoint); without it, the pipeline reports to a registry of its own.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
+        self.context.metrics = metrics;
         self
     }
 
     /// Completes id-only messages by fetching their entity (see [`Enricher`]); without an
     /// enricher they are dead-lettered.
-    #[cfg(feature = "http")]
     pub fn with_enricher(mut self, enricher: Enricher) -> Self {
         self.enricher = Some(enricher);
         self
@@ -219,7 +223,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         source: &mut Src,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), PipelineError> {
-        let stopping = Arc::clone(&self.stopping);
+        let stopping = Arc::clone(&self.context.stopping);
         let work = self.work(source);
         tokio::pin!(work);
         tokio::select! {
@@ -235,77 +239,56 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     /// Takes one batch through every stage and returns once its writes and dead letters are
     /// acknowledged (one batch in flight; the caller acknowledges it to its source).
     pub async fn process(&mut self, messages: &[Message]) -> Result<(), PipelineError> {
-        let mut window = FuturesOrdered::new();
-        let mut flights = VecDeque::new();
-        let mut parts = self.parts();
-        let stamp = parts.rule.info().stamp();
-        parts.rule.before_batch();
-        if parts.rule.info().stamp() != stamp {
+        let stamp = self.rule.info().stamp();
+        self.rule.before_batch();
+        if self.rule.info().stamp() != stamp {
             // What is cached was decided by another rule.
-            parts.cache.clear();
+            self.cache.clear();
         }
-        let (flight, cargo) = parts.prepare(messages.to_vec()).await?;
-        window.push_back(flight::land(parts.store, parts.dead_letters, cargo));
-        flights.push_back(flight);
-        for batch in parts.drain(&mut window, &mut flights).await? {
-            record::record(parts.stats, parts.metrics, &batch);
-            parts.rule.applied(&batch.tally.decisions);
+        let mut window = Window::new();
+        let (flight, cargo) = self.prepare(messages.to_vec()).await?;
+        window.launch(flight, self.land(cargo));
+        for batch in self.drain(&mut window).await? {
+            self.record(&batch);
         }
         Ok(())
     }
 
-    /// The pipeline's parts, borrowed for one run.
-    fn parts(&mut self) -> Parts<'_, R, S, D> {
-        Parts {
-            rule: &mut self.rule,
-            store: &self.store,
-            dead_letters: &self.dead_letters,
-            cache: &mut self.cache,
-            config: &self.config,
-            outage: Outage::new(&self.metrics, self.stopping.subscribe(), &self.config),
-            stats: &mut self.stats,
-            metrics: &self.metrics,
-            enricher: self.enricher.as_ref(),
-            started: &mut self.started,
-        }
-    }
-
-    /// The run loop: keeps the write window full, completes flights in order and acknowledges
+    /// The run loop: keeps the write window full, settles flights in order and acknowledges
     /// them, until the source ends or stopping is asked for.
     async fn work<Src: Source>(&mut self, source: &mut Src) -> Result<(), PipelineError> {
-        let mut stop = self.stopping.subscribe();
-        let mut parts = self.parts();
-        let mut window = FuturesOrdered::new();
-        let mut flights: VecDeque<Flight> = VecDeque::new();
-        let mut stamp = parts.rule.info().stamp();
+        let mut stop = self.context.stopping.subscribe();
+        let mut window = Window::new();
+        let mut stamp = self.rule.info().stamp();
         let mut generation = source.generation();
-        let max_in_flight = parts.config.max_in_flight.max(1);
+        let max_in_flight = self.config.max_in_flight.max(1);
         let result: Result<(), PipelineError> = async {
             loop {
                 if *stop.borrow() {
                     return Ok(());
                 }
-                let next = if flights.len() < max_in_flight {
+                let next = if window.len() < max_in_flight {
                     tokio::select! {
                         biased;
-                        Some(landed) = window.next(), if !flights.is_empty() => Next::Landed(landed),
-                        batch = source.next_batch(parts.config.batch_size) => Next::Batch(batch?),
+                        Some((flight, landed)) = window.next_landed(), if !window.is_empty() => {
+                            Next::Landed(flight, landed)
+                        }
+                        batch = source.next_batch(self.config.batch_size) => Next::Batch(batch?),
                         _ = stop.changed() => Next::Stop,
                     }
                 } else {
-                    match holding(source, window.next()).await {
-                        Some(landed) => Next::Landed(landed),
+                    match holding(source, window.next_landed()).await {
+                        Some((flight, landed)) => Next::Landed(flight, landed),
                         None => continue,
                     }
                 };
                 let messages = match next {
                     Next::Stop => return Ok(()),
-                    Next::Landed(landed) => {
-                        let done =
-                            holding(source, parts.settle_landed(landed, &mut window, &mut flights))
-                                .await?;
-                        parts.finish(done, source).await?;
-                        parts.metrics.set_in_flight(flights.len());
+                    Next::Landed(flight, landed) => {
+                        let done = holding(source, self.settle_landed(flight, landed, &mut window))
+                            .await?;
+                        self.finish(done, source).await?;
+                        self.context.metrics.set_in_flight(window.len());
                         continue;
                     }
                     Next::Batch(messages) if messages.is_empty() => return Ok(()),
@@ -314,39 +297,65 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                 // A new rule is taken up only once the window is empty: a batch in flight is
                 // completed — and repaired, if its writes fail — by the rule that decided and
                 // stamped it, never by its successor.
-                let swapping = parts.rule.swap_pending();
+                let swapping = self.rule.swap_pending();
                 let now_generation = source.generation();
                 if swapping || now_generation != generation {
-                    let done = holding(source, parts.drain(&mut window, &mut flights)).await?;
-                    parts.finish(done, source).await?;
+                    let done = holding(source, self.drain(&mut window)).await?;
+                    self.finish(done, source).await?;
                 }
-                parts.rule.before_batch();
-                let now_stamp = parts.rule.info().stamp();
+                self.rule.before_batch();
+                let now_stamp = self.rule.info().stamp();
                 if now_stamp != stamp || now_generation != generation {
                     // What is cached was decided by another rule, or about partitions another
                     // instance may have written meanwhile.
-                    parts.cache.clear();
+                    self.cache.clear();
                     stamp = now_stamp;
                     generation = now_generation;
                 }
-                let (flight, cargo) = holding(source, parts.prepare(messages)).await?;
-                window.push_back(flight::land(parts.store, parts.dead_letters, cargo));
-                flights.push_back(flight);
-                parts.metrics.set_in_flight(flights.len());
+                let (flight, cargo) = holding(source, self.prepare(messages)).await?;
+                window.launch(flight, self.land(cargo));
+                self.context.metrics.set_in_flight(window.len());
             }
         }
         .await;
-        // Whatever ended the loop, batches in flight are finished (or, waiting for an outage
-        // at shutdown, left unacknowledged) before returning.
-        let drained = match holding(source, parts.drain(&mut window, &mut flights)).await {
-            Ok(done) => parts.finish(done, source).await,
+        // Whatever ended the loop, the flights in the window are finished (or, waiting for an
+        // outage at shutdown, left unacknowledged) before returning.
+        let drained = match holding(source, self.drain(&mut window)).await {
+            Ok(done) => self.finish(done, source).await,
             Err(error) => Err(error),
         };
-        parts.metrics.set_in_flight(0);
+        self.context.metrics.set_in_flight(0);
         match (result, drained) {
             (Err(error), _) | (Ok(()), Err(error)) => interrupted_is_done(error),
             (Ok(()), Ok(())) => Ok(()),
         }
+    }
+
+    /// Takes a batch through decode, enrich, group, current state and fold: the flight to
+    /// launch into the write window, and what to send for it.
+    async fn prepare(&mut self, messages: Vec<Message>) -> Result<(Flight, Cargo), PipelineError> {
+        self.started += 1;
+        let mut batch = Batch::new(self.started, messages, self.rule.info().stamp());
+        let mapping = &self.config.mapping;
+        let context = &self.context;
+        let decoded = context.timed("decode", || decode::decode_all(&mut batch, mapping));
+        fault::point("after_decode", batch.seq);
+        let fetched = enrich::enrich(self.enricher.as_ref(), &decoded, mapping, context).await?;
+        let mut groups = group::by_key(&mut batch, decoded, &fetched);
+        let currents = state::current_states(
+            &mut batch,
+            &mut groups,
+            &mut self.cache,
+            &*self.store,
+            context,
+        )
+        .await?;
+        fault::point("after_load", batch.seq);
+        let retries = self.config.rule_retries;
+        let folded = context.timed("fold", || {
+            fold::fold(&mut self.rule, &mut groups, currents, retries)
+        });
+        Ok(Flight::take_off(batch, groups, folded, &mut self.cache))
     }
 }
 
@@ -377,160 +386,3 @@ fn interrupted_is_done(error: PipelineError) -> Result<(), PipelineError> {
         error => Err(error),
     }
 }
-
-#[cfg(feature = "http")]
-type EnricherRef<'a> = Option<&'a Enricher>;
-#[cfg(not(feature = "http"))]
-type EnricherRef<'a> = Option<&'a Never>;
-
-/// The pipeline's parts, borrowed for one run: what preparing, completing, repairing and
-/// finishing flights need.
-struct Parts<'a, R, S, D> {
-    rule: &'a mut R,
-    store: &'a S,
-    dead_letters: &'a D,
-    cache: &'a mut StateCache,
-    config: &'a PipelineConfig,
-    outage: Outage<'a>,
-    stats: &'a mut Stats,
-    metrics: &'a Metrics,
-    enricher: EnricherRef<'a>,
-    /// Batches started, numbering flights.
-    started: &'a mut u64,
-}
-
-impl<R: Rule, S: Store, D: DeadLetterSink> Parts<'_, R, S, D> {
-    fn deciding(&mut self) -> Deciding<'_, R, S> {
-        Deciding {
-            rule: &mut *self.rule,
-            store: self.store,
-            cache: &mut *self.cache,
-            outage: &self.outage,
-            config: self.config,
-        }
-    }
-
-    /// Decides a batch: the flight to keep and what to send for it.
-    async fn prepare(&mut self, messages: Vec<Message>) -> Result<(Flight, Cargo), PipelineError> {
-        *self.started += 1;
-        let seq = *self.started;
-        let (enricher, config, metrics) = (self.enricher, self.config, self.metrics);
-        let stopping = self.outage.stopping.clone();
-        flight::prepare(self.deciding(), messages, seq, async |decoded| {
-            enrich(enricher, config, metrics, stopping, decoded).await
-        })
-        .await
-    }
-
-    /// Settles the window's head, which has landed: completes it if it is clean; else drains
-    /// the window, clears the cache and repairs every drained flight in order. Returns the
-    /// finished batches, in order.
-    async fn settle_landed<F: Future<Output = Landed>>(
-        &mut self,
-        landed: Landed,
-        window: &mut FuturesOrdered<F>,
-        flights: &mut VecDeque<Flight>,
-    ) -> Result<Vec<Batch>, PipelineError> {
-        let Some(head) = flights.pop_front() else {
-            return Ok(Vec::new());
-        };
-        if landed.is_clean() {
-            let batch =
-                flight::complete(head, landed, self.cache, self.dead_letters, &self.outage).await?;
-            return Ok(vec![batch]);
-        }
-        let mut drained = vec![(head, landed)];
-        while let Some(landed) = window.next().await {
-            if let Some(flight) = flights.pop_front() {
-                drained.push((flight, landed));
-            }
-        }
-        self.cache.clear();
-        let mut done = Vec::with_capacity(drained.len());
-        for (flight, landed) in drained {
-            let dead_letters = self.dead_letters;
-            done.push(flight::repair(flight, landed, self.deciding(), dead_letters).await?);
-        }
-        Ok(done)
-    }
-
-    /// Settles every flight in the window, in order.
-    async fn drain<F: Future<Output = Landed>>(
-        &mut self,
-        window: &mut FuturesOrdered<F>,
-        flights: &mut VecDeque<Flight>,
-    ) -> Result<Vec<Batch>, PipelineError> {
-        let mut done = Vec::new();
-        while let Some(landed) = window.next().await {
-            done.extend(self.settle_landed(landed, window, flights).await?);
-        }
-        Ok(done)
-    }
-
-    /// Acknowledges finished batches to the source and records them, in order.
-    async fn finish<Src: Source>(
-        &mut self,
-        done: Vec<Batch>,
-        source: &mut Src,
-    ) -> Result<(), PipelineError> {
-        for batch in done {
-            let acking = Instant::now();
-            crate::fault::point("before_ack", batch.seq);
-            source.ack(&batch.messages).await?;
-            crate::fault::point("after_ack", batch.seq);
-            self.metrics.record_stage("ack", acking.elapsed());
-            record::record(self.stats, self.metrics, &batch);
-            self.rule.applied(&batch.tally.decisions);
-        }
-        Ok(())
-    }
-}
-
-/// Fetches the entity of every distinct id-only key of the batch, if an enricher is set. An
-/// order-API outage is waited out inside (see `enrich`); shutdown interrupts the wait, leaving
-/// the batch unacknowledged.
-#[cfg(feature = "http")]
-async fn enrich(
-    enricher: Option<&Enricher>,
-    config: &PipelineConfig,
-    metrics: &Metrics,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-    decoded: &[(usize, Decoded)],
-) -> Result<HashMap<String, Result<Event, EnrichError>>, PipelineError> {
-    let Some(enricher) = enricher else {
-        return Ok(HashMap::new());
-    };
-    let id_only = decoded.iter().filter_map(|(_, d)| match d {
-        Decoded::IdOnly { key } => Some(key.clone()),
-        Decoded::Event(_) => None,
-    });
-    let asked = Instant::now();
-    let fetched = tokio::select! {
-        fetched = enricher.fetch_all(id_only, &config.mapping, metrics) => fetched,
-        Ok(_) = stopping.wait_for(|stopping| *stopping) => {
-            return Err(PipelineError::Interrupted("order API"));
-        }
-    };
-    if !fetched.is_empty() {
-        metrics.record_enrichment(fetched.len(), asked.elapsed());
-        metrics.record_stage("enrich", asked.elapsed());
-    }
-    Ok(fetched)
-}
-
-/// Without the `http` feature there is no enricher: id-only messages are dead-lettered.
-#[cfg(not(feature = "http"))]
-async fn enrich(
-    _enricher: Option<&Never>,
-    _config: &PipelineConfig,
-    _metrics: &Metrics,
-    _stopping: tokio::sync::watch::Receiver<bool>,
-    _decoded: &[(usize, Decoded)],
-) -> Result<HashMap<String, Result<Event, std::convert::Infallible>>, PipelineError> {
-    Ok(HashMap::new())
-}
-
-/// Stands in for the enricher in a build without one.
-#[cfg(not(feature = "http"))]
-#[derive(Debug)]
-enum Never {}

@@ -1,4 +1,9 @@
-//! The write-through state cache: what this instance knows each key's stored state to be, so a
+//! The current-state stage: each key's stored state, from the write-through [`StateCache`]
+//! when this instance knows it, else from one pipelined load of the batch's unknown keys
+//! (outages waited out). A key whose stored state cannot be read is set aside: its events are
+//! dead-lettered, quoting the stored value, which is left as it is.
+//!
+//! The cache knows what this instance knows each key's stored state to be, so a
 //! key it wrote (or loaded) recently is decided without a load.
 //!
 //! Two tiers:
@@ -21,10 +26,158 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::time::Instant;
 
 use lru::LruCache;
 
-use crate::store::Current;
+use super::PipelineError;
+use super::batch::Batch;
+use super::context::Context;
+use super::group::KeyEvents;
+use crate::dead_letter::DeadLetterKind;
+use crate::store::{Current, Store, StoreError, Unreadable};
+use crate::telemetry::events::UnreadableState;
+
+/// The current state of every group's key: from the cache where it is known, else loaded (one
+/// pipelined round trip for all unknown keys, outages waited out). Loaded states are cached.
+///
+/// A key whose stored state cannot be read is set aside: its group leaves `groups` and its
+/// events are dead-lettered, quoting the stored value, which is left as it is. Retrying would
+/// not make it readable, and the other keys of the batch must not wait on it.
+pub(super) async fn current_states(
+    batch: &mut Batch,
+    groups: &mut Vec<KeyEvents>,
+    cache: &mut StateCache,
+    store: &impl Store,
+    context: &Context,
+) -> Result<Vec<Option<Current>>, PipelineError> {
+    let mut currents = Vec::with_capacity(groups.len());
+    let mut unknown = Vec::new();
+    for (slot, group) in groups.iter().enumerate() {
+        match cache.get(&group.key) {
+            Some(known) => currents.push(known),
+            None => {
+                currents.push(None);
+                unknown.push(slot);
+            }
+        }
+    }
+    context
+        .metrics
+        .record_cache((groups.len() - unknown.len()) as u64, unknown.len() as u64);
+    if unknown.is_empty() {
+        return Ok(currents);
+    }
+    let keys: Vec<String> = unknown
+        .iter()
+        .map(|&slot| groups[slot].key.clone())
+        .collect();
+    let loaded = load(store, &keys, context).await?;
+    let mut set_aside = vec![false; groups.len()];
+    for ((slot, key), current) in unknown.into_iter().zip(keys).zip(loaded) {
+        match current {
+            Ok(current) => {
+                cache.remember(key, current.clone());
+                currents[slot] = current;
+            }
+            Err(unreadable) => {
+                set_aside[slot] = true;
+                set_aside_unreadable(batch, &groups[slot], &unreadable, context);
+            }
+        }
+    }
+    if set_aside.contains(&true) {
+        let mut kept_groups = Vec::with_capacity(groups.len());
+        let mut kept_currents = Vec::with_capacity(groups.len());
+        for ((group, current), aside) in groups.drain(..).zip(currents).zip(set_aside) {
+            if !aside {
+                kept_groups.push(group);
+                kept_currents.push(current);
+            }
+        }
+        *groups = kept_groups;
+        currents = kept_currents;
+    }
+    Ok(currents)
+}
+
+/// Dead-letters the events of a key whose stored state is unreadable.
+fn set_aside_unreadable(
+    batch: &mut Batch,
+    group: &KeyEvents,
+    unreadable: &Unreadable,
+    context: &Context,
+) {
+    context.metrics.emit(UnreadableState {
+        key: &group.key,
+        why: &unreadable.why,
+        events: group.events.len(),
+    });
+    for (index, _) in &group.events {
+        batch.dead_letter(
+            *index,
+            DeadLetterKind::UnreadableState,
+            format!(
+                "the stored state of key {:?} is unreadable ({}); the event was not applied and \
+                 the stored value was left as it is: {}",
+                group.key, unreadable.why, unreadable.stored
+            ),
+        );
+    }
+}
+
+/// Loads `keys`, waiting out store outages. A key whose stored state is unreadable answers
+/// why, and the others are loaded without it.
+pub(super) async fn load(
+    store: &impl Store,
+    keys: &[String],
+    context: &Context,
+) -> Result<Vec<Result<Option<Current>, Unreadable>>, PipelineError> {
+    let mut answers: Vec<Option<Result<Option<Current>, Unreadable>>> = vec![None; keys.len()];
+    // Indexes of the keys still to load.
+    let mut asking: Vec<usize> = (0..keys.len()).collect();
+    let mut subset: Option<Vec<String>> = None;
+    loop {
+        let loading = subset.as_deref().unwrap_or(keys);
+        let loaded = context
+            .retry("store", "load", async || {
+                let asked = Instant::now();
+                let loaded = store.load(loading).await?;
+                context.metrics.record_store_call("load", asked.elapsed());
+                context.metrics.record_stage("load", asked.elapsed());
+                Ok::<_, StoreError>(loaded)
+            })
+            .await;
+        match loaded {
+            Ok(loaded) => {
+                for (&index, current) in asking.iter().zip(loaded) {
+                    answers[index] = Some(Ok(current));
+                }
+                return Ok(answers
+                    .into_iter()
+                    .map(|answer| answer.unwrap_or(Ok(None)))
+                    .collect());
+            }
+            Err(PipelineError::Store(StoreError::Unreadable(found))) => {
+                let before = asking.len();
+                for unreadable in found {
+                    if let Some(at) = asking.iter().position(|&i| keys[i] == unreadable.key) {
+                        answers[asking.remove(at)] = Some(Err(unreadable));
+                    }
+                }
+                if asking.len() == before {
+                    // The store named keys it was not asked for: nothing to set aside.
+                    return Err(StoreError::UnexpectedAnswer {
+                        answer: "unreadable states of keys not asked for".to_owned(),
+                    }
+                    .into());
+                }
+                subset = Some(asking.iter().map(|&i| keys[i].clone()).collect());
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// Known states by key (`None`: known to be absent).
 #[derive(Debug)]
