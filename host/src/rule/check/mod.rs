@@ -29,19 +29,21 @@
 //!
 //! # Layout
 //! - this module: [`check`], which draws the histories and drives the rest;
-//! - `generate`: the histories, from the rule's declared statuses and the [`Corpus`];
+//! - `corpus`: values drawn from the rule's vectors and sample messages ([`Corpus`]);
+//! - `generate`: the histories, from the rule's declared statuses and the corpus;
 //! - `keys`: the keys they are for, and each key's siblings;
 //! - `walk`: the walk over delivery orders and what each step requires;
 //! - `shrink`: a failing history made smaller, then replayed on fresh instances;
 //! - `report`: what the check found ([`CheckReport`], [`Violation`]) and how it reads.
 
+mod corpus;
 mod generate;
 mod keys;
 mod report;
 mod shrink;
 mod walk;
 
-pub use generate::Corpus;
+pub use corpus::Corpus;
 pub use report::{Answer, CheckReport, Delivery, Outcome, Violation};
 
 use rand::rngs::StdRng;

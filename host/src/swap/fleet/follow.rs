@@ -8,7 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::script::VIEW;
-use super::{Fleet, FleetError, InstanceReport, NUMBER_READ, POINTER_READ, parse_number};
+use super::{
+    Fleet, FleetError, InstanceReport, NUMBER_READ, NotANumber, POINTER_READ, parse_number,
+};
 use crate::rule::{GateError, IntegrityError, LoadError, excerpt, is_content_hash, release};
 use crate::swap::{Role, RuleControl, now_ms};
 
@@ -37,7 +39,7 @@ struct View {
     active: Option<String>,
     shadow: Option<String>,
     /// The floor (0 when there is none), or what the key holds instead of a number.
-    floor: Result<u64, String>,
+    floor: Result<u64, NotANumber>,
     /// The downgrade counter (0 when there is none); `None` when it is not a number.
     downgraded: Option<u64>,
 }
@@ -102,11 +104,7 @@ impl Fleet {
     fn hold_floor(&self, view: &View) -> Result<u64, IntegrityError> {
         let floor = match &view.floor {
             Ok(floor) => *floor,
-            Err(value) => {
-                return Err(IntegrityError::Floor {
-                    value: value.clone(),
-                });
-            }
+            Err(not_a_number) => return Err(not_a_number.clone().into()),
         };
         let mut memory = self.floor.lock().unwrap_or_else(PoisonError::into_inner);
         let recorded = memory.read

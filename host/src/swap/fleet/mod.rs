@@ -219,9 +219,23 @@ pub struct RolledBack {
     pub downgrade: Option<Downgrade>,
 }
 
+/// A stored number (the floor, the downgrade counter) that is not a canonical decimal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a canonical decimal number: {value}")]
+struct NotANumber {
+    /// An excerpt of what the key holds instead.
+    value: String,
+}
+
+impl From<NotANumber> for IntegrityError {
+    fn from(NotANumber { value }: NotANumber) -> Self {
+        IntegrityError::Floor { value }
+    }
+}
+
 /// A release number as the fleet stores it (canonical decimal); an empty value (a missing
-/// key) is 0. Anything else is answered as an excerpt.
-fn parse_number(bytes: &[u8]) -> Result<u64, String> {
+/// key) is 0.
+fn parse_number(bytes: &[u8]) -> Result<u64, NotANumber> {
     if bytes.is_empty() {
         return Ok(0);
     }
@@ -230,7 +244,9 @@ fn parse_number(bytes: &[u8]) -> Result<u64, String> {
     text.parse()
         .ok()
         .filter(|_| canonical)
-        .ok_or_else(|| excerpt(&text))
+        .ok_or_else(|| NotANumber {
+            value: excerpt(&text),
+        })
 }
 
 /// A connection to a fleet's keys. Clones share the floor this instance holds itself to.
@@ -354,7 +370,7 @@ impl Fleet {
         let bytes: Vec<u8> = connection
             .getrange(self.key("rule:floor"), 0, NUMBER_READ)
             .await?;
-        parse_number(&bytes).map_err(|value| IntegrityError::Floor { value }.into())
+        parse_number(&bytes).map_err(|error| IntegrityError::from(error).into())
     }
 
     /// Makes the shadow the fleet's active rule, once it is checked as [`Fleet::rollback`]
@@ -403,7 +419,7 @@ impl Fleet {
         let floor_raw: Vec<u8> = connection
             .getrange(self.key("rule:floor"), 0, NUMBER_READ)
             .await?;
-        let floor = parse_number(&floor_raw).map_err(|value| IntegrityError::Floor { value })?;
+        let floor = parse_number(&floor_raw).map_err(IntegrityError::from)?;
         let history = self.history().await?;
         let refused = self.refused().await?;
         let mut target = None;
