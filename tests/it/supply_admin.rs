@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use converge::config::{
@@ -15,8 +15,9 @@ use converge::config::{
 };
 use converge::entity::Event;
 use converge::redact::Secret;
-use converge_tests::process::{self, terminate};
-use converge_tests::services::{free_loopback_addr, redis_url, unique_prefix};
+use converge_tests::process::{Converge, Server};
+use converge_tests::prometheus::Exposition;
+use converge_tests::services::{RedisKeys, free_loopback_addr, unique_prefix};
 use converge_tests::{build, config};
 use reqwest::{Method, Response};
 
@@ -35,29 +36,9 @@ pub(crate) fn stdin_config(store: StoreConfig, prefix: &str, admin: Option<Admin
     settings
 }
 
-/// Deletes every key under a prefix of the standalone Redis when dropped.
-pub(crate) struct RedisKeys(pub(crate) String);
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(mut connection) =
-            redis::Client::open(redis_url()).and_then(|client| client.get_connection())
-        else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.0))
-            .query(&mut connection)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut connection);
-        }
-    }
-}
-
 /// `converge serve` reading events from its stdin, its log (at `rust_log`) in a file.
 pub(crate) struct StdinServe {
-    child: Option<Child>,
+    server: Server,
     stdin: Option<ChildStdin>,
     pub(crate) log: PathBuf,
 }
@@ -68,22 +49,18 @@ impl StdinServe {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = config::write(&dir, config);
         let log = dir.join("serve.log");
-        let mut child = Command::new(build::converge_binary())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", rust_log)
-            .env_remove("CONVERGE_ADMIN_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("converge serve starts");
-        let stdin = child.stdin.take();
-        Self {
-            child: Some(child),
-            stdin,
-            log,
-        }
+        let mut server = Server::spawn(
+            Command::new(build::converge_binary())
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", rust_log)
+                .env_remove("CONVERGE_ADMIN_TOKEN")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file")),
+        );
+        let stdin = server.take_stdin();
+        Self { server, stdin, log }
     }
 
     /// Waits until `/readyz` at `admin` answers 200, failing at once if serve exits.
@@ -91,11 +68,7 @@ impl StdinServe {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(exit) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().expect("serve's status"))
-            {
+            if let Some(exit) = self.server.exited() {
                 panic!("serve exited with {exit}:\n{}", self.log_text());
             }
             let ready = client
@@ -132,19 +105,8 @@ impl StdinServe {
     /// read of an open stdin holds serve's runtime at exit.)
     pub(crate) fn stop(mut self) -> String {
         self.stdin.take();
-        if let Some(child) = self.child.take() {
-            terminate(child);
-        }
-        self.log_text()
-    }
-}
-
-impl Drop for StdinServe {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.terminate();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -157,13 +119,6 @@ fn event(key: &str, status: &str, version: u64, payload: &str) -> String {
         payload: payload.to_owned(),
     })
     .expect("an event serialises")
-}
-
-/// The value of one sample of the metrics text (`name{labels}`), 0 when absent.
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn admin(listen: SocketAddr, token: Option<&str>, protect_reads: bool) -> AdminConfig {
@@ -221,7 +176,7 @@ impl Endpoint<'_> {
 async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = unique_prefix("supply-admin");
-    let _keys = RedisKeys(prefix.clone());
+    let _keys = RedisKeys::under(&prefix);
     let (guarded_at, open_at, closed_at) = (
         free_loopback_addr(),
         free_loopback_addr(),
@@ -365,12 +320,11 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
     }
 
     // Every refusal counted by reason.
-    let metrics = guarded_api.text("/metrics").await;
+    let metrics = Exposition::parse(&guarded_api.text("/metrics").await);
     let refusals = |reason: &str| {
-        metric(
-            &metrics,
-            &format!("converge_admin_refusals_total{{reason=\"{reason}\"}}"),
-        )
+        metrics.value(&format!(
+            "converge_admin_refusals_total{{reason=\"{reason}\"}}"
+        ))
     };
     assert_eq!(refusals("no_token"), 2.0, "{metrics}");
     assert_eq!(refusals("bad_token"), 1.0, "{metrics}");
@@ -413,23 +367,20 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
 }
 
 fn serve_once(config: &Path, env: &[(&str, &str)], overrides: &[&str]) -> Output {
-    process::output_within(
-        &mut serve_command(config, env, overrides),
-        Duration::from_secs(60),
-    )
+    serve_command(config, env, overrides).output()
 }
 
-fn serve_command(config: &Path, env: &[(&str, &str)], overrides: &[&str]) -> Command {
-    let mut command = Command::new(build::converge_binary());
-    command
-        .args(["serve", "--config"])
+/// `converge serve --config CONFIG --set OVERRIDE…` with `env`, given a minute.
+fn serve_command(config: &Path, env: &[(&str, &str)], overrides: &[&str]) -> Converge {
+    Converge::new(&["serve", "--config"])
         .arg(config)
-        .env_remove("CONVERGE_ADMIN_TOKEN")
-        .envs(env.iter().copied());
-    for assignment in overrides {
-        command.args(["--set", assignment]);
-    }
-    command
+        .envs(env)
+        .args(
+            overrides
+                .iter()
+                .flat_map(|assignment| ["--set", assignment]),
+        )
+        .within(Duration::from_secs(60))
 }
 
 #[test]
@@ -484,15 +435,12 @@ fn supply_non_loopback_admin_without_a_token_refuses_to_start() {
         "admin.token",
     );
     // With a token from the environment it goes on, and waits for the unreachable store.
-    let output = process::output_once_logged(
-        &mut serve_command(
-            &config,
-            &[("CONVERGE_ADMIN_TOKEN", "environment-token-0123456789")],
-            &[],
-        ),
-        "unavailable; retrying",
-        Duration::from_secs(60),
-    );
+    let output = serve_command(
+        &config,
+        &[("CONVERGE_ADMIN_TOKEN", "environment-token-0123456789")],
+        &[],
+    )
+    .output_once_logged("unavailable; retrying");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("store") && !stderr.contains("admin.listen"),

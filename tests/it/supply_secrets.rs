@@ -12,7 +12,7 @@ use converge::config::FleetConfig;
 use converge::config::{OnUnavailable, RedisClusterConfig, StoreConfig};
 use converge_tests::build;
 use converge_tests::config;
-use converge_tests::process;
+use converge_tests::process::Converge;
 use converge_tests::services::{free_loopback_addr, unique_prefix};
 
 use crate::supply_admin::{StdinServe, stdin_config};
@@ -65,17 +65,16 @@ impl Drop for PasswordRedis {
     }
 }
 
-fn converge(args: &[&str], env: &[(&str, &str)]) -> Output {
-    process::output_within(&mut command(args, env), Duration::from_secs(120))
+/// `converge ARGS` at `RUST_LOG=debug` (what a secret would leak through), with `env`.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Converge {
+    Converge::new(args)
+        .env("RUST_LOG", "debug")
+        .envs(env)
+        .within(Duration::from_secs(120))
 }
 
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(build::converge_binary());
-    command
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .envs(env.iter().copied());
-    command
+fn converge(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output()
 }
 
 /// Everything `output` printed, with `what` for failure messages.
@@ -217,11 +216,9 @@ async fn supply_password_never_appears_in_output() {
         let config = write_config(dir.path(), what, &settings);
         let args = ["serve", "--config", path(&config)];
         let text = if waits {
-            let output = process::output_once_logged(
-                &mut command(&args, &[]),
-                "unavailable; retrying",
-                Duration::from_secs(60),
-            );
+            let output = command(&args, &[])
+                .within(Duration::from_secs(60))
+                .output_once_logged("unavailable; retrying");
             printed(&output)
         } else {
             let output = converge(&args, &[]);

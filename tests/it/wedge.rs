@@ -20,6 +20,7 @@ use converge::store::{Current, MemoryStore, RedisStore, Store, StoreError, Write
 use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::order_api::OrderApi;
+use converge_tests::prometheus::Exposition;
 use converge_tests::services::{TestStore, redis_url, unique_prefix};
 use converge_tests::{NativeOrderRule, build, config, event_messages, orders, stored_states};
 
@@ -86,13 +87,6 @@ fn event(key: &str, status: &str, version: u64) -> Event {
         timestamp_ms: 0,
         payload: "null".to_owned(),
     }
-}
-
-/// A metric line's value (`name{labels} value`), 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Item 2: a key that loses its compare-and-set on every attempt used to fail the batch as
@@ -169,10 +163,9 @@ async fn wedge_a_key_contended_past_every_attempt_is_waited_out_and_lands() {
     );
     assert_eq!(pipeline.stats().conflicts, rounds as u64);
     assert!(pipeline.dead_letters().letters().is_empty());
-    let waits = metric(
-        &metrics.render(),
-        "converge_unavailable_total{service=\"store\",operation=\"contended\"}",
-    );
+    let waits = Exposition::parse(&metrics.render())
+        .value("converge_unavailable_total{service=\"store\",operation=\"contended\"}")
+        as u64;
     assert!(
         waits >= (rounds - attempts) as u64,
         "every wait past the attempts is counted: {waits}"
@@ -627,7 +620,7 @@ fn wedge_sigterm_while_serve_starts_is_a_clean_stop() {
     settings.rule.gates.check_histories = 4_000;
     let config = config::write(dir.path(), &settings);
     let log = dir.path().join("serve.log");
-    let server = converge_tests::process::serve(&config, &log);
+    let server = converge_tests::process::Server::start(&config, &log);
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !logged().contains("starting") {
@@ -644,7 +637,7 @@ fn wedge_sigterm_while_serve_starts_is_a_clean_stop() {
          trigger:\n{}",
         logged()
     );
-    converge_tests::process::terminate(server);
+    server.terminate();
     let text = logged();
     assert!(text.contains("shutdown requested"), "{text}");
     assert!(!text.contains("serving"), "{text}");

@@ -11,8 +11,11 @@
 //! - [`config`]: `converge serve` configurations built from the host's config types, written
 //!   as TOML.
 //! - [`process`]: `converge serve` as a process: started with its log, stopped with SIGTERM.
+//! - [`prometheus`]: a `serve`'s `/metrics`, parsed; an absent series is an error, not a zero.
 //! - [`services`]: the real Redis the tests use, under unique key prefixes; private Redis
 //!   servers; free loopback ports.
+//! - [`fleet`]: [`fleet::TestFleet`], a rule fleet of one test's own (its keys, the `converge
+//!   rule` commands against it), and `serve` configurations that join it.
 //! - [`fault_proxy`]: [`fault_proxy::FaultProxy`], a TCP proxy in front of a service that
 //!   delays or cuts replies, resets connections and refuses or black-holes them on command.
 //! - [`order_api`]: a real HTTP order-detail API on loopback, for enrichment.
@@ -33,10 +36,12 @@ pub mod build;
 pub mod config;
 pub mod convergence;
 pub mod fault_proxy;
+pub mod fleet;
 pub mod kafka;
 pub mod order_api;
 pub mod orders;
 pub mod process;
+pub mod prometheus;
 pub mod services;
 pub mod watch;
 
