@@ -5,7 +5,7 @@
 //! with credentials in its URL.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use converge::config::FleetConfig;
@@ -13,57 +13,9 @@ use converge::config::{OnUnavailable, RedisClusterConfig, StoreConfig};
 use converge_tests::build;
 use converge_tests::config;
 use converge_tests::process::Converge;
-use converge_tests::services::{free_loopback_addr, unique_prefix};
+use converge_tests::services::{PrivateRedis, free_loopback_addr, unique_prefix};
 
 use crate::supply_admin::{StdinServe, stdin_config};
-
-/// A Redis that requires `password` (`requirepass`), on a free loopback port; killed on drop.
-struct PasswordRedis {
-    port: u16,
-    process: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl PasswordRedis {
-    fn start(password: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_loopback_addr().port();
-        let process = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--requirepass",
-                password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (install it with deploy/scripts/redis.sh)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            port,
-            process,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PasswordRedis {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
 
 /// `converge ARGS` at `RUST_LOG=debug` (what a secret would leak through), with `env`.
 fn command(args: &[&str], env: &[(&str, &str)]) -> Converge {
@@ -97,7 +49,7 @@ fn assert_hidden(text: &str, secret: &str, what: &str) {
 async fn supply_password_never_appears_in_output() {
     let password = format!("Pw{:016x}Zq", rand::random::<u64>());
     let wrong = format!("Wr{:016x}Zq", rand::random::<u64>());
-    let redis = PasswordRedis::start(&password);
+    let redis = PrivateRedis::start_with_password(&password);
     let closed = free_loopback_addr().port();
     let dir = tempfile::tempdir().expect("temp dir");
     let rule = build::rule("order-status");

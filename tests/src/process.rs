@@ -4,7 +4,9 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::process::{
+    Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio,
+};
 use std::time::{Duration, Instant};
 use tempfile::NamedTempFile;
 
@@ -77,6 +79,11 @@ impl Server {
         self.0.as_mut().and_then(|child| child.stdin.take())
     }
 
+    /// Its standard output, if it was started with one piped (once).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.0.as_mut().and_then(|child| child.stdout.take())
+    }
+
     /// Its standard error, if it was started with one piped (once).
     pub fn take_stderr(&mut self) -> Option<ChildStderr> {
         self.0.as_mut().and_then(|child| child.stderr.take())
@@ -98,12 +105,12 @@ impl Server {
         proc_status_bytes(self.id(), field)
     }
 
-    /// SIGKILL, and its exit reaped: no shutdown at all.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reaped");
-        }
+    /// SIGKILL, and its exit reaped: no shutdown at all. Its exit status (`None` if it was
+    /// stopped already).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.0.take()?;
+        child.kill().expect("SIGKILL");
+        Some(child.wait().expect("reaped"))
     }
 
     /// SIGTERM, and a clean exit within 30 s.

@@ -145,6 +145,14 @@ impl PrivateRedis {
         Self::start_with(tempfile::tempdir().expect("temp dir"), Vec::new())
     }
 
+    /// A server that requires `password` (`requirepass`) of every client.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(
+            tempfile::tempdir().expect("temp dir"),
+            vec![format!("requirepass {password}")],
+        )
+    }
+
     /// A server speaking only TLS on its port, with a certificate for 127.0.0.1 signed by a
     /// fresh CA (`dir/ca.pem`), the default user off and user `user` with `password`.
     pub fn start_tls(user: &str, password: &str) -> Self {
