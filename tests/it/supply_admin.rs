@@ -18,7 +18,7 @@ use converge::redact::Secret;
 use converge_tests::process::{Converge, Server};
 use converge_tests::prometheus::Exposition;
 use converge_tests::services::{RedisKeys, free_loopback_addr, unique_prefix};
-use converge_tests::{build, config};
+use converge_tests::{build, config, events};
 use reqwest::{Method, Response};
 
 const TOKEN: &str = "supply-admin-token-0123456789abcdef";
@@ -110,13 +110,11 @@ impl StdinServe {
     }
 }
 
+/// [`events::event`] with `payload`, as a JSON line.
 fn event(key: &str, status: &str, version: u64, payload: &str) -> String {
     serde_json::to_string(&Event {
-        key: key.to_owned(),
-        status: status.to_owned(),
-        version,
-        timestamp_ms: 0,
         payload: payload.to_owned(),
+        ..events::event(key, status, version)
     })
     .expect("an event serialises")
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use converge::config::StoreConfig;
-use converge::entity::{Decision, Event};
+use converge::entity::Decision;
 use converge::rule::Rule;
 use converge::rule::vectors::VectorFile;
 use converge::rule::{EngineLimits, RuleEngine};
@@ -18,6 +18,7 @@ use converge::store::Store;
 use converge::swap::FleetStatus;
 use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
+use converge_tests::events::event;
 use converge_tests::fleet::{self, TestFleet};
 use converge_tests::kafka::TestTopic;
 use converge_tests::process::Server;
@@ -33,16 +34,6 @@ fn gates() -> Gates {
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
-}
-
-fn event(key: &str, status: &str, version: u64) -> Event {
-    Event {
-        key: key.to_owned(),
-        status: status.to_owned(),
-        version,
-        timestamp_ms: 0,
-        payload: "null".to_owned(),
-    }
 }
 
 /// Last-write-wins with vectors it passes: it gets past the vector gate and must be stopped by

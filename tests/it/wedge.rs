@@ -19,6 +19,8 @@ use converge::source::{Message, Position, Source, SourceError};
 use converge::store::{Current, MemoryStore, RedisStore, Store, StoreError, Write, WriteOutcome};
 use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
+use converge_tests::events::event;
+use converge_tests::events::id_only;
 use converge_tests::order_api::OrderApi;
 use converge_tests::prometheus::Exposition;
 use converge_tests::services::{TestStore, redis_url, unique_prefix};
@@ -76,16 +78,6 @@ impl Store for HammeredStore {
             self.hammer().await;
         }
         self.inner.write(writes).await
-    }
-}
-
-fn event(key: &str, status: &str, version: u64) -> Event {
-    Event {
-        key: key.to_owned(),
-        status: status.to_owned(),
-        version,
-        timestamp_ms: 0,
-        payload: "null".to_owned(),
     }
 }
 
@@ -170,17 +162,6 @@ async fn wedge_a_key_contended_past_every_attempt_is_waited_out_and_lands() {
         waits >= (rounds - attempts) as u64,
         "every wait past the attempts is counted: {waits}"
     );
-}
-
-/// An id-only message for `key` at line `line`.
-fn id_only(key: &str, line: u64) -> Message {
-    Message {
-        position: Position::Line { line },
-        key: None,
-        payload: Some(format!(r#"{{"key":"{key}"}}"#).into_bytes()),
-        produced_at_ms: None,
-        lost: None,
-    }
 }
 
 /// Item 3: under the default `on_unavailable = "wait"`, a key the order API answers 5xx

@@ -8,6 +8,7 @@
 //! - [`orders`]: generated order histories with a known final state per order.
 //! - [`convergence`]: [`Convergence`], the one wait for every key on its expected state and a
 //!   consumer's offsets at the end of every partition.
+//! - [`events`]: rule events and source messages built by hand.
 //! - [`config`]: `converge serve` configurations built from the host's config types, written
 //!   as TOML.
 //! - [`process`]: `converge serve` as a process: started with its log, stopped with SIGTERM.
@@ -28,13 +29,13 @@ use std::collections::BTreeMap;
 
 use converge::entity::{Decision, Event, RuleInfo, State};
 use converge::rule::{self, DecideError, Rule};
-use converge::source::{Message, Position};
 use converge::store::Store;
 use converge_order_rule::core;
 
 pub mod build;
 pub mod config;
 pub mod convergence;
+pub mod events;
 pub mod fault_proxy;
 pub mod fleet;
 pub mod kafka;
@@ -46,6 +47,7 @@ pub mod services;
 pub mod watch;
 
 pub use convergence::Convergence;
+pub use events::{event_messages, line_messages};
 
 /// The order-status rule called natively, validated like a component's decisions.
 #[derive(Debug)]
@@ -104,32 +106,6 @@ impl Rule for NativeOrderRule {
         rule::validate(&self.info, current, incoming, &decision)?;
         Ok(decision)
     }
-}
-
-/// One message per body, positioned at lines 1, 2, ….
-pub fn line_messages(bodies: &[Vec<u8>]) -> Vec<Message> {
-    bodies
-        .iter()
-        .enumerate()
-        .map(|(index, body)| Message {
-            position: Position::Line {
-                line: index as u64 + 1,
-            },
-            key: None,
-            payload: Some(body.clone()),
-            produced_at_ms: None,
-            lost: None,
-        })
-        .collect()
-}
-
-/// Events as JSON-line messages.
-pub fn event_messages(events: &[Event]) -> Vec<Message> {
-    let bodies: Vec<Vec<u8>> = events
-        .iter()
-        .map(|event| serde_json::to_vec(event).expect("an event serialises"))
-        .collect();
-    line_messages(&bodies)
 }
 
 /// The stored states of `keys`, by key (absent keys left out).
