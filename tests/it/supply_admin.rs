@@ -3,112 +3,22 @@
 //! closed as configured, shadow samples redacted unless asked for with the token; and an
 //! address off loopback without a token refused before anything is opened.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use converge::config::{
-    AdminConfig, Config, DeadLetterConfig, FileSourceConfig, RedisStreamConfig, SourceConfig,
-    StoreConfig,
-};
+use converge::config::AdminConfig;
 use converge::entity::Event;
 use converge::redact::Secret;
-use converge_tests::process::{Converge, Server};
+use converge_tests::process::Converge;
+use converge_tests::process::StdinServe;
 use converge_tests::prometheus::Exposition;
 use converge_tests::services::{RedisKeys, free_loopback_addr, unique_prefix};
 use converge_tests::{build, config, events};
 use reqwest::{Method, Response};
 
 const TOKEN: &str = "supply-admin-token-0123456789abcdef";
-
-/// A configuration reading JSON lines from stdin, one batch per line, into `store`, dead
-/// letters to a stream under `prefix` on the store's server, with `admin` as its `[admin]`.
-pub(crate) fn stdin_config(store: StoreConfig, prefix: &str, admin: Option<AdminConfig>) -> Config {
-    let mut settings = config::kafka_serve("unused", "unused", "unused", store);
-    settings.source = SourceConfig::File(FileSourceConfig { path: "-".into() });
-    settings.dead_letter =
-        DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{prefix}dead-letters")));
-    settings.admin = admin;
-    // The lines source fills a batch before handing it on: one line, one batch.
-    settings.pipeline.batch_size = 1;
-    settings
-}
-
-/// `converge serve` reading events from its stdin, its log (at `rust_log`) in a file.
-pub(crate) struct StdinServe {
-    server: Server,
-    stdin: Option<ChildStdin>,
-    pub(crate) log: PathBuf,
-}
-
-impl StdinServe {
-    pub(crate) fn start(dir: &Path, name: &str, config: &Config, rust_log: &str) -> Self {
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = config::write(&dir, config);
-        let log = dir.join("serve.log");
-        let mut server = Server::spawn(
-            Command::new(build::converge_binary())
-                .args(["serve", "--config"])
-                .arg(&path)
-                .env("RUST_LOG", rust_log)
-                .env_remove("CONVERGE_ADMIN_TOKEN")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        );
-        let stdin = server.take_stdin();
-        Self { server, stdin, log }
-    }
-
-    /// Waits until `/readyz` at `admin` answers 200, failing at once if serve exits.
-    pub(crate) async fn ready(&mut self, admin: SocketAddr) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(exit) = self.server.exited() {
-                panic!("serve exited with {exit}:\n{}", self.log_text());
-            }
-            let ready = client
-                .get(format!("http://{admin}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success());
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve not ready in 120 s:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Feeds events as JSON lines.
-    pub(crate) fn send_lines(&mut self, lines: &[String]) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        for line in lines {
-            writeln!(stdin, "{line}").expect("serve reads its stdin");
-        }
-        stdin.flush().expect("flushed");
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Closes stdin, then SIGTERM and a clean exit; answers the log. (Stdin first: a blocking
-    /// read of an open stdin holds serve's runtime at exit.)
-    pub(crate) fn stop(mut self) -> String {
-        self.stdin.take();
-        self.server.terminate();
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 /// [`events::event`] with `payload`, as a JSON line.
 fn event(key: &str, status: &str, version: u64, payload: &str) -> String {
@@ -182,7 +92,7 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
     );
     let start = |name: &str, at: SocketAddr, token: Option<&str>, protect_reads: bool| {
         let store = config::standalone_store(&format!("{prefix}{name}:"));
-        let settings = stdin_config(
+        let settings = config::stdin_serve(
             store,
             &format!("{prefix}{name}:"),
             Some(admin(at, token, protect_reads)),
@@ -392,7 +302,7 @@ fn supply_non_loopback_admin_without_a_token_refuses_to_start() {
         .expect("address");
     let config = config::write(
         dir.path(),
-        &stdin_config(
+        &config::stdin_serve(
             config::redis_store(&format!("redis://127.0.0.1:{closed_port}"), &prefix),
             &prefix,
             Some(admin(exposed, None, false)),

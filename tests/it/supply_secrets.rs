@@ -13,9 +13,8 @@ use converge::config::{OnUnavailable, RedisClusterConfig, StoreConfig};
 use converge_tests::build;
 use converge_tests::config;
 use converge_tests::process::Converge;
+use converge_tests::process::StdinServe;
 use converge_tests::services::{PrivateRedis, free_loopback_addr, unique_prefix};
-
-use crate::supply_admin::{StdinServe, stdin_config};
 
 /// `converge ARGS` at `RUST_LOG=debug` (what a secret would leak through), with `env`.
 fn command(args: &[&str], env: &[(&str, &str)]) -> Converge {
@@ -107,7 +106,7 @@ async fn supply_password_never_appears_in_output() {
     let failing = [
         (
             "store refusing the password",
-            stdin_config(
+            config::stdin_serve(
                 store_at(&format!("redis://:{wrong}@127.0.0.1:{}", redis.port)),
                 &prefix,
                 None,
@@ -117,7 +116,7 @@ async fn supply_password_never_appears_in_output() {
         ),
         (
             "store not there",
-            stdin_config(
+            config::stdin_serve(
                 store_at(&format!("redis://:{password}@127.0.0.1:{closed}")),
                 &prefix,
                 None,
@@ -147,7 +146,7 @@ async fn supply_password_never_appears_in_output() {
         (
             "fleet refusing the password",
             {
-                let mut settings = stdin_config(
+                let mut settings = config::stdin_serve(
                     store_at(&format!("redis://:{password}@127.0.0.1:{}", redis.port)),
                     &prefix,
                     None,
@@ -182,7 +181,7 @@ async fn supply_password_never_appears_in_output() {
     }
 
     // A configuration error quoting a URL, and a file that does not parse around one.
-    let mut settings = stdin_config(store_at("redis://127.0.0.1:6379"), &prefix, None);
+    let mut settings = config::stdin_serve(store_at("redis://127.0.0.1:6379"), &prefix, None);
     settings.enrich = Some(config::enrich(&format!(
         "http://api:{password}@127.0.0.1:{closed}/orders"
     )));
@@ -206,7 +205,7 @@ async fn supply_password_never_appears_in_output() {
     // A serve that works, logging at debug: into its store and its fleet with the password,
     // dead-lettering an id-only message through an order API with credentials in its URL.
     let authorised = format!("redis://:{password}@127.0.0.1:{}", redis.port);
-    let mut settings = stdin_config(store_at(&authorised), &prefix, None);
+    let mut settings = config::stdin_serve(store_at(&authorised), &prefix, None);
     settings.rule.fleet = Some(FleetConfig {
         redis: authorised.clone(),
         name: fleet.clone(),

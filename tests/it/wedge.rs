@@ -592,7 +592,7 @@ fn wedge_sigterm_while_serve_starts_is_a_clean_stop() {
     let prefix = unique_prefix("sigterm-start");
     // Nobody listens on the store's port: whatever the signal's timing, nothing is written.
     let closed = converge_tests::services::free_loopback_addr();
-    let mut settings = crate::supply_admin::stdin_config(
+    let mut settings = converge_tests::config::stdin_serve(
         config::redis_store(&format!("redis://{closed}"), &prefix),
         &prefix,
         None,

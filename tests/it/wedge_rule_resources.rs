@@ -23,11 +23,10 @@ use converge::rule::{
 };
 use converge::source::Position;
 use converge::store::MemoryStore;
+use converge_tests::process::StdinServe;
 use converge_tests::prometheus::{Exposition, scrape};
 use converge_tests::services::{RedisKeys, free_loopback_addr, unique_prefix};
 use converge_tests::{build, config, line_messages};
-
-use crate::supply_admin::{StdinServe, stdin_config};
 
 /// Tables the hand-written rule declares, each grown by [`ELEMENTS`] for a `table-` key.
 const TABLES: u32 = 16;
@@ -332,7 +331,7 @@ const TOKEN: &str = "wedge-rule-resources-token-0123456789";
 /// `serve` reading JSON lines from stdin with an admin endpoint on `admin` (with the token),
 /// uploads gated without vectors (the test rules bring none).
 fn metrics_config(prefix: &str, admin: SocketAddr) -> Config {
-    let mut settings = stdin_config(
+    let mut settings = config::stdin_serve(
         config::standalone_store(prefix),
         prefix,
         Some(AdminConfig {

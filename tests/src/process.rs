@@ -3,11 +3,15 @@
 //! with a clean exit; [`Converge`], a command run to its end within a time limit.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{
     Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio,
 };
 use std::time::{Duration, Instant};
+
+use converge::config::Config;
 use tempfile::NamedTempFile;
 
 use crate::build;
@@ -151,6 +155,81 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
 pub fn tail(log: &Path) -> String {
     let text = std::fs::read(log).unwrap_or_default();
     String::from_utf8_lossy(&text[text.len().saturating_sub(8 << 10)..]).into_owned()
+}
+
+/// `converge serve` reading events from its stdin, its log (at `rust_log`) in a file.
+#[derive(Debug)]
+pub struct StdinServe {
+    server: Server,
+    stdin: Option<ChildStdin>,
+    pub log: PathBuf,
+}
+
+impl StdinServe {
+    pub fn start(dir: &Path, name: &str, config: &Config, rust_log: &str) -> Self {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = crate::config::write(&dir, config);
+        let log = dir.join("serve.log");
+        let mut server = Server::spawn(
+            Command::new(build::converge_binary())
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", rust_log)
+                .env_remove("CONVERGE_ADMIN_TOKEN")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file")),
+        );
+        let stdin = server.take_stdin();
+        Self { server, stdin, log }
+    }
+
+    /// Waits until `/readyz` at `admin` answers 200, failing at once if serve exits.
+    pub async fn ready(&mut self, admin: SocketAddr) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(exit) = self.server.exited() {
+                panic!("serve exited with {exit}:\n{}", self.log_text());
+            }
+            let ready = client
+                .get(format!("http://{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready in 120 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Feeds events as JSON lines.
+    pub fn send_lines(&mut self, lines: &[String]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        for line in lines {
+            writeln!(stdin, "{line}").expect("serve reads its stdin");
+        }
+        stdin.flush().expect("flushed");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Closes stdin, then SIGTERM and a clean exit; answers the log. (Stdin first: a blocking
+    /// read of an open stdin holds serve's runtime at exit.)
+    pub fn stop(mut self) -> String {
+        self.stdin.take();
+        self.server.terminate();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 /// Sends `child` SIGTERM and waits for its exit; one still running 30 s later is killed and
