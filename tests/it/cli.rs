@@ -1,20 +1,11 @@
 //! The `converge` binary as a user runs it: exit codes, reports, the shipped sample stream.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use converge_tests::build;
-use converge_tests::process;
+use converge_tests::process::converge;
 use serde_json::Value;
-
-fn converge(args: &[&str]) -> Output {
-    process::output_within(
-        Command::new(build::converge_binary())
-            .args(args)
-            .current_dir(build::workspace_root()),
-        process::LONG,
-    )
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -5,10 +5,10 @@
 //! each draws its bar and leaves one summary line per stage above its report.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use converge::config::StoreConfig;
-use converge_tests::process;
+use converge_tests::process::{self, Converge};
 use converge_tests::{build, config};
 
 /// The shipped sample stream, which `replay` reads.
@@ -32,15 +32,15 @@ fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     command
 }
 
-/// converge with `args` from the workspace root, stdout and stderr pipes.
+/// converge with `args` from the workspace root, without the ambient settings, stdout and
+/// stderr captured.
 fn piped(args: &[&str]) -> Output {
-    process::output_within(
-        command(build::converge_binary())
-            .args(args)
-            .current_dir(build::workspace_root())
-            .stdin(Stdio::null()),
-        process::LONG,
-    )
+    AMBIENT
+        .iter()
+        .fold(Converge::new(args), |converge, name| {
+            converge.env_remove(name)
+        })
+        .output()
 }
 
 /// converge with `args` under a pseudo-terminal: stderr (and stdout, unless `stdout_to` names a
@@ -56,14 +56,14 @@ fn on_terminal(args: &[&str], stdout_to: Option<&Path>) -> Output {
         line.push_str(" > ");
         line.push_str(&quote(path(file)));
     }
-    command("script")
-        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
-        .current_dir(build::workspace_root())
-        // A terminal that can move its cursor: with TERM unset or `dumb` no bar is drawn.
-        .env("TERM", "xterm")
-        .stdin(Stdio::null())
-        .output()
-        .expect("util-linux script runs")
+    process::output_within(
+        command("script")
+            .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+            .current_dir(build::workspace_root())
+            // A terminal that can move its cursor: with TERM unset or `dumb` no bar is drawn.
+            .env("TERM", "xterm"),
+        process::LONG,
+    )
 }
 
 fn quote(word: &str) -> String {

@@ -9,13 +9,12 @@
 //! nothing, because no batch is acknowledged before its writes are on the replica.
 
 use std::os::unix::process::ExitStatusExt as _;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use converge::config::{RedisStoreConfig, StoreConfig};
 use converge::store::RedisStore;
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{serve, serve_with_env, terminate};
+use converge_tests::process::Server;
 use converge_tests::services::{PrivateRedis, TestStore, unique_prefix};
 use converge_tests::watch::Watcher;
 use converge_tests::{Convergence, config, orders, stored_states};
@@ -31,30 +30,24 @@ fn bad_messages(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Waits for `child` to end; panics unless it aborted (SIGABRT) within `within`.
-fn wait_for_abort(child: &mut Child, within: Duration, log: &std::path::Path) {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("status") {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            assert_eq!(
-                status.signal(),
-                Some(6),
-                "serve should have aborted at its crash point, ended {status}; log:\n{text}"
-            );
-            assert!(
-                text.contains("crash point"),
-                "no crash point in the log:\n{text}"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
+/// Waits for `server` to end; panics unless it aborted (SIGABRT) within `within`.
+fn wait_for_abort(server: &mut Server, within: Duration, log: &std::path::Path) {
+    let status = server.exit_within(within).unwrap_or_else(|| {
+        panic!(
             "serve did not reach its crash point within {within:?}; log in {}",
             log.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    });
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "serve should have aborted at its crash point, ended {status}; log:\n{text}"
+    );
+    assert!(
+        text.contains("crash point"),
+        "no crash point in the log:\n{text}"
+    );
 }
 
 async fn crash_at(point: &str) {
@@ -85,15 +78,15 @@ async fn crash_at(point: &str) {
 
     let crash_log = dir.path().join("crashing.log");
     let at = format!("{point}:{CRASHING_BATCH}");
-    let mut crashing = serve_with_env(&config, &crash_log, &[("CONVERGE_CRASH_AT", &at)]);
+    let mut crashing = Server::start_with_env(&config, &crash_log, &[("CONVERGE_CRASH_AT", &at)]);
     wait_for_abort(&mut crashing, Duration::from_secs(60), &crash_log);
 
-    let restarted = serve(&config, &dir.path().join("restarted.log"));
+    let restarted = Server::start(&config, &dir.path().join("restarted.log"));
     Convergence::new(&redis.store, &stream.expected)
         .logs(&mut dir)
         .wait_with_offsets(async || topic.progress(&group))
         .await;
-    terminate(restarted);
+    restarted.terminate();
     let samples = watcher.finish().await;
     assert!(samples > 10, "the watcher sampled only {samples} times");
 
@@ -189,7 +182,7 @@ async fn t9_failover_after_acks_with_wait_replicas_loses_nothing() {
         .await
         .expect("replica answers");
     topic.produce(first_half).await;
-    let mut server = serve(&on_primary, &dir.path().join("primary.log"));
+    let mut server = Server::start(&on_primary, &dir.path().join("primary.log"));
     // The first half is acknowledged while the replica keeps up.
     let started = Instant::now();
     loop {
@@ -236,8 +229,7 @@ async fn t9_failover_after_acks_with_wait_replicas_loses_nothing() {
     );
 
     // Failover: the primary dies with what only it had; the replica takes over.
-    server.kill().expect("SIGKILL");
-    server.wait().expect("reaped");
+    server.kill();
     primary.kill();
     replica.signal("CONT");
     let mut promote = redis::Client::open(replica.url())
@@ -254,12 +246,12 @@ async fn t9_failover_after_acks_with_wait_replicas_loses_nothing() {
 
     settings.store = store_on(replica.url(), 0);
     let on_replica = config::write(dir.path(), &settings);
-    let server = serve(&on_replica, &dir.path().join("replica.log"));
+    let server = Server::start(&on_replica, &dir.path().join("replica.log"));
     Convergence::new(&replica_store, &stream.expected)
         .logs(&mut dir)
         .wait_with_offsets(async || topic.progress(&group))
         .await;
-    terminate(server);
+    server.terminate();
     // Waiting for the replica is an outage, not a reason to dead-letter anything.
     dead_letters.assert_empty().await;
 }

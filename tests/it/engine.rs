@@ -8,16 +8,7 @@ use converge::entity::{Decision, Event, State};
 use converge::rule::{DecideError, Rule};
 use converge::rule::{EngineLimits, LoadError, RuleEngine, WasmRule};
 use converge_tests::build;
-
-fn event(key: &str, status: &str, version: u64) -> Event {
-    Event {
-        key: key.to_owned(),
-        status: status.to_owned(),
-        version,
-        timestamp_ms: 0,
-        payload: "null".to_owned(),
-    }
-}
+use converge_tests::events::event;
 
 fn limits() -> EngineLimits {
     EngineLimits {

@@ -11,20 +11,11 @@ use converge::dead_letter::{DeadLetterKind, MemoryDeadLetters};
 use converge::pipeline::Enricher;
 use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::rule::{EngineLimits, RuleEngine};
-use converge::source::{Message, Position};
+use converge::source::Position;
 use converge::store::MemoryStore;
+use converge_tests::events::id_only;
 use converge_tests::order_api::OrderApi;
 use converge_tests::{build, config, orders};
-
-fn id_only(key: &str, line: u64) -> Message {
-    Message {
-        position: Position::Line { line },
-        key: None,
-        payload: Some(format!(r#"{{"key":"{key}"}}"#).into_bytes()),
-        produced_at_ms: None,
-        lost: None,
-    }
-}
 
 /// An enricher that gives up after `retries` retries and takes a 404 as final at once.
 fn enricher(api: &OrderApi, retries: u32) -> Enricher {

@@ -34,7 +34,7 @@ use converge::config::{
 };
 use converge::entity::Event;
 use converge::pipeline::PipelineConfig;
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::Server;
 use converge_tests::services::TestStore;
 use converge_tests::{Convergence, build, config, orders};
 use fluvio::metadata::topic::TopicSpec;
@@ -140,10 +140,9 @@ async fn fluvio_source_converges_across_kills_and_an_spu_restart() {
     };
 
     // Killed as soon as it has committed anything: mid-stream.
-    let mut first = serve(&config, &dir.path().join("first.log"));
+    let mut first = Server::start(&config, &dir.path().join("first.log"));
     let covered = wait_for_commits(1, "before the kill").await;
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
+    first.kill();
     eprintln!(
         "killed after {covered} of {} records were committed",
         first_half.len()
@@ -151,7 +150,7 @@ async fn fluvio_source_converges_across_kills_and_an_spu_restart() {
 
     // Restarted, it reads the rest of the first half and waits at the end of each partition;
     // then the SPU goes away under its streams, comes back, and the second half is produced.
-    let restarted = serve(&config, &dir.path().join("restarted.log"));
+    let restarted = Server::start(&config, &dir.path().join("restarted.log"));
     wait_for_commits(first_half.len() as i64, "after the restart").await;
     restart_spu();
     produce(&fluvio, &topic, second_half).await;
@@ -165,7 +164,7 @@ async fn fluvio_source_converges_across_kills_and_an_spu_restart() {
         .logs(&mut dir)
         .wait_with_offsets(async || vec![(committed().await, total)])
         .await;
-    terminate(restarted);
+    restarted.terminate();
     // What the source caught: the client's skipped ranges (read again) and reconnects.
     for log in ["first.log", "restarted.log"] {
         let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();

@@ -7,11 +7,12 @@
 //! skip.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use converge_tests::kafka::TestTopic;
+use converge_tests::process::{self, Server};
 use converge_tests::services::{TestStore, free_loopback_addr};
 use converge_tests::{Convergence, build, config, orders};
 use serde_json::Value;
@@ -69,45 +70,47 @@ fn podman(args: &[&str]) -> String {
 /// when dropped, whatever the test's outcome.
 struct Container {
     name: String,
-    process: Option<Child>,
+    process: Option<Server>,
 }
 
 impl Container {
-    /// `image.sh run --name … PODMAN_ARGS -- CONVERGE_ARGS` (no CONVERGE_ARGS: the image's
-    /// default command).
-    fn start(podman_args: &[&str], converge_args: &[&str], stdout: Stdio, stderr: Stdio) -> Self {
+    /// The container, not started yet, and `image.sh run --name … PODMAN_ARGS --
+    /// CONVERGE_ARGS` (no CONVERGE_ARGS: the image's default command) to start it.
+    fn run(podman_args: &[&str], converge_args: &[&str]) -> (Self, Command) {
         image();
         let name = format!("converge-test-{:016x}", rand::random::<u64>());
-        let process = image_sh()
+        let mut command = image_sh();
+        command
             .args(["run", "--name", &name])
             .args(podman_args)
             .arg("--")
-            .args(converge_args)
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("image.sh run starts");
-        Self {
-            name,
-            process: Some(process),
-        }
+            .args(converge_args);
+        (
+            Self {
+                name,
+                process: None,
+            },
+            command,
+        )
     }
 
-    /// Runs to its end; its output.
-    fn output(podman_args: &[&str], converge_args: &[&str]) -> Output {
-        let mut container = Self::start(podman_args, converge_args, Stdio::piped(), Stdio::piped());
+    /// Started, its output where `stdout` and `stderr` say.
+    fn start(podman_args: &[&str], converge_args: &[&str], stdout: Stdio, stderr: Stdio) -> Self {
+        let (mut container, mut command) = Self::run(podman_args, converge_args);
+        container.process = Some(Server::spawn(command.stdout(stdout).stderr(stderr)));
         container
-            .process
-            .take()
-            .expect("started")
-            .wait_with_output()
-            .expect("podman run ends")
+    }
+
+    /// Runs to its end (within [`process::LONG`]); its output.
+    fn output(podman_args: &[&str], converge_args: &[&str]) -> Output {
+        let (_container, mut command) = Self::run(podman_args, converge_args);
+        process::output_within(&mut command, process::LONG)
     }
 
     /// Panics (with converge's log) if the container has exited.
     fn check_running(&mut self, log: &Path) {
         let process = self.process.as_mut().expect("started");
-        if let Some(status) = process.try_wait().expect("podman run's status") {
+        if let Some(status) = process.exited() {
             self.process = None;
             panic!(
                 "the container exited ({status}):\n{}",
@@ -121,7 +124,9 @@ impl Container {
         podman(&["stop", "--time", "60", &self.name]);
         // Stopped: its `podman run` has ended or is ending.
         let mut process = self.process.take().expect("started");
-        process.wait().expect("podman run's status")
+        process
+            .exit_within(Duration::from_secs(120))
+            .expect("podman run ends once its container is stopped")
     }
 }
 
@@ -133,10 +138,8 @@ impl Drop for Container {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
+        // And a `podman run` still running is killed.
+        drop(self.process.take());
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ use converge::source::{KafkaSource, Message, Position, Source, SourceError};
 use converge::store::{Current, MemoryStore, Store, StoreError, Write, WriteOutcome};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::{self, TestTopic};
+use converge_tests::process::Server;
 use converge_tests::services::{self, TestStore};
 use converge_tests::{Convergence, NativeOrderRule, build, event_messages, orders};
 
@@ -47,17 +48,6 @@ fn single_event_orders(prefix: &str, orders: usize, seed: u64) -> orders::OrderS
     orders::OrderStream {
         events: histories.expected.values().cloned().collect(),
         expected: histories.expected,
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no
-/// stalled pipeline behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -177,7 +167,8 @@ async fn t13_in_flight_slow_write_holds_offsets_back_through_a_sigkill() {
     expected.extend(histories.expected.clone());
     let total = singles.events.len() + histories.events.len();
 
-    let mut child = KillOnDrop(
+    // Killed when dropped: a failing test leaves no stalled pipeline behind.
+    let mut child = Server::spawn(
         Command::new(env!("CARGO_BIN_EXE_slow-write"))
             .arg("--brokers")
             .arg(kafka::brokers())
@@ -190,11 +181,9 @@ async fn t13_in_flight_slow_write_holds_offsets_back_through_a_sigkill() {
             .args(["--slow-call", &SLOW_CALL.to_string()])
             .args(["--batch-size", &BATCH_SIZE.to_string()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("slow-write starts"),
+            .stderr(Stdio::inherit()),
     );
-    let stdout = child.0.stdout.take().expect("piped");
+    let stdout = child.take_stdout().expect("piped");
     let (sender, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -312,8 +301,7 @@ async fn t13_in_flight_slow_write_holds_offsets_back_through_a_sigkill() {
     );
 
     // SIGKILL in the window.
-    child.0.kill().expect("SIGKILL");
-    let status = child.0.wait().expect("reaped");
+    let status = child.kill().expect("running until killed");
     assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
 
     // Restart in process, same group: every key right, committed offsets at the end.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use converge::config::StoreConfig;
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::Server;
 use converge_tests::services::{TestStore, free_loopback_addr};
 use converge_tests::{Convergence, config, orders, stored_states};
 
@@ -40,8 +40,8 @@ async fn two_consumers_one_killed(redis: &TestStore, store: StoreConfig) {
     let (first_half, second_half) = stream.events.split_at(stream.events.len() / 2);
     topic.produce(first_half).await;
 
-    let first = serve(&config, &dir.path().join("first.log"));
-    let second = serve(&config, &dir.path().join("second.log"));
+    let mut first = Server::start(&config, &dir.path().join("first.log"));
+    let second = Server::start(&config, &dir.path().join("second.log"));
 
     // Kill the first consumer once the group is writing, while the rest is still arriving.
     let started = Instant::now();
@@ -54,11 +54,9 @@ async fn two_consumers_one_killed(redis: &TestStore, store: StoreConfig) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let producing = topic.produce(second_half);
-    let mut first = first;
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
+    first.kill();
     producing.await;
-    let restarted = serve(&config, &dir.path().join("restarted.log"));
+    let restarted = Server::start(&config, &dir.path().join("restarted.log"));
 
     let positions = Convergence::new(&redis.store, &stream.expected)
         .within(Duration::from_secs(120))
@@ -71,8 +69,8 @@ async fn two_consumers_one_killed(redis: &TestStore, store: StoreConfig) {
         stream.events.len() as i64
     );
 
-    terminate(second);
-    terminate(restarted);
+    second.terminate();
+    restarted.terminate();
     // Nothing in this stream is bad: nothing may have been dead-lettered.
     assert_eq!(
         dead_letters
@@ -137,7 +135,7 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
         .await;
     topic.produce(&stream.events[10..]).await;
 
-    let server = serve(&config, &dir.path().join("serve.log"));
+    let server = Server::start(&config, &dir.path().join("serve.log"));
     // The partition must not stall: every good message stored, every offset committed.
     Convergence::new(&redis.store, &stream.expected)
         .within(Duration::from_secs(60))
@@ -177,7 +175,7 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
         );
     }
     assert!(get("/rule").await.1.contains("\"statuses\""));
-    terminate(server);
+    server.terminate();
 
     assert_eq!(letters.len(), bad.len());
     // Rejections are decided after decoding, so the topic's order is not the input's: match by

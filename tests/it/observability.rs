@@ -16,8 +16,8 @@
 //! scheme, only defined variables), and every alert's runbook link is a section of the README.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, ToSocketAddrs as _};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use converge::config::{AdminConfig, StoreConfig};
@@ -26,7 +26,8 @@ use converge::redact::Secret;
 use converge_tests::fault_proxy::{FaultProxy, Outage};
 use converge_tests::kafka::TestTopic;
 use converge_tests::process::Server;
-use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
+use converge_tests::prometheus::{Exposition, scrape, scrape_until};
+use converge_tests::services::{TestStore, free_loopback_addr, redis_address};
 use converge_tests::{Convergence, build, config, orders};
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr, LabelModifier, VectorMatchCardinality, VectorSelector};
@@ -82,116 +83,6 @@ fn workspace_file(path: &str) -> (PathBuf, String) {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
     (path, text)
-}
-
-// ---------------------------------------------------------------------------------------------
-// What serve exports
-
-/// A `/metrics` text: the families its `# TYPE` lines declare and, per sample name, the label
-/// names and values its samples carry.
-#[derive(Debug, Default)]
-struct Exposition {
-    /// Family name -> type (`counter`, `gauge`, `histogram`, ...).
-    families: BTreeMap<String, String>,
-    /// Sample name -> label name -> values seen.
-    samples: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
-}
-
-impl Exposition {
-    fn parse(text: &str) -> Self {
-        let mut exposition = Self::default();
-        for (number, line) in text.lines().enumerate() {
-            let line = line.trim_end();
-            if let Some(comment) = line.strip_prefix('#') {
-                let mut words = comment.split_whitespace();
-                if words.next() == Some("TYPE")
-                    && let (Some(name), Some(kind)) = (words.next(), words.next())
-                {
-                    exposition.families.insert(name.to_owned(), kind.to_owned());
-                }
-                continue;
-            }
-            if line.is_empty() {
-                continue;
-            }
-            let (name, labels) = parse_sample(line)
-                .unwrap_or_else(|why| panic!("/metrics line {}: {why}: {line:?}", number + 1));
-            let known = exposition.samples.entry(name).or_default();
-            for (label, value) in labels {
-                known.entry(label).or_default().insert(value);
-            }
-        }
-        exposition
-    }
-
-    /// The sample names a family exports: what a query names.
-    fn sample_names(family: &str, kind: &str) -> Vec<String> {
-        match kind {
-            "counter" => vec![format!("{family}_total")],
-            "histogram" => ["_bucket", "_sum", "_count"]
-                .iter()
-                .map(|suffix| format!("{family}{suffix}"))
-                .collect(),
-            "info" => vec![format!("{family}_info")],
-            _ => vec![family.to_owned()],
-        }
-    }
-
-    /// Sample names declared by a family but without any sample in this scrape.
-    fn declared_without_samples(&self) -> BTreeSet<String> {
-        self.families
-            .iter()
-            .flat_map(|(family, kind)| Self::sample_names(family, kind))
-            .filter(|name| !self.samples.contains_key(name))
-            .collect()
-    }
-
-    fn labels(&self, metric: &str) -> Option<&BTreeMap<String, BTreeSet<String>>> {
-        self.samples.get(metric)
-    }
-}
-
-/// `name{label="value",...} value [timestamp]` -> the name and its labels, values unescaped.
-fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>), String> {
-    let name_end = line.find(['{', ' ']).ok_or("no value")?;
-    let name = line[..name_end].to_owned();
-    let mut labels = Vec::new();
-    if line[name_end..].starts_with('{') {
-        let mut chars = line[name_end + 1..].chars();
-        loop {
-            let label: String = chars.by_ref().take_while(|&c| c != '=').collect();
-            let label = label.trim_start_matches(',').trim();
-            if label.starts_with('}') {
-                break;
-            }
-            if chars.next() != Some('"') {
-                return Err(format!("label {label} has no quoted value"));
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next().ok_or("unterminated label value")? {
-                    '"' => break,
-                    '\\' => match chars.next().ok_or("unterminated escape")? {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    c => value.push(c),
-                }
-            }
-            labels.push((label.to_owned(), value));
-            match chars.clone().next() {
-                Some(',') => {
-                    chars.next();
-                    if chars.clone().next() == Some('}') {
-                        break;
-                    }
-                }
-                Some('}') => break,
-                other => return Err(format!("unexpected {other:?} after a label value")),
-            }
-        }
-    }
-    Ok((name, labels))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -772,68 +663,6 @@ fn problems_against(exposition: &Exposition) -> (Vec<String>, BTreeSet<String>) 
 // ---------------------------------------------------------------------------------------------
 // Driving serve
 
-fn redis_address() -> SocketAddr {
-    let url = redis_url();
-    let authority = url
-        .split_once("://")
-        .map_or(url.as_str(), |(_, rest)| rest)
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    authority
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addresses| addresses.next())
-        .unwrap_or_else(|| panic!("a host:port in the test Redis URL {url}"))
-}
-
-async fn scrape(admin: SocketAddr) -> String {
-    reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("admin answers")
-        .text()
-        .await
-        .expect("metrics")
-}
-
-/// Scrapes until `done` holds for the exposition (up to 60 s); answers it with its text.
-async fn scrape_until(
-    admin: SocketAddr,
-    log: &Path,
-    what: &str,
-    done: impl Fn(&Exposition) -> bool,
-) -> (Exposition, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // Refused until `serve` has compiled its rule and opened the endpoint.
-        let text = match reqwest::get(format!("http://{admin}/metrics")).await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let exposition = Exposition::parse(&text);
-        if done(&exposition) {
-            return (exposition, text);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; metrics:\n{text}\nlog:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn has_value(exposition: &Exposition, metric: &str, label: &str, value: &str) -> bool {
-    exposition
-        .labels(metric)
-        .and_then(|labels| labels.get(label))
-        .is_some_and(|values| values.contains(value))
-}
-
 async fn post_rule(admin: SocketAddr, query: &str, token: Option<&str>, body: Vec<u8>) -> u16 {
     let mut request = reqwest::Client::new()
         .post(format!("http://{admin}/rule{query}"))
@@ -911,7 +740,7 @@ async fn observability_dashboard_and_alerts_name_only_what_serve_exports() {
     let second = orders::generate(&format!("{prefix}second-"), 100, 30, rand::random());
     topic.produce(&second.events).await;
     scrape_until(admin, &log, "the outage to be counted", |exposition| {
-        has_value(exposition, "converge_unavailable_total", "service", "store")
+        exposition.has("converge_unavailable_total", "service", "store")
     })
     .await;
     proxy.restore();
@@ -928,11 +757,11 @@ async fn observability_dashboard_and_alerts_name_only_what_serve_exports() {
 
     // Consumer lag comes with librdkafka's statistics (every 5 s); the shadow's decisions with
     // the batches after it.
-    let (exposition, text) = scrape_until(admin, &log, "every driven family", |exposition| {
+    let exposition = scrape_until(admin, &log, "every driven family", |exposition| {
         exposition.labels("converge_consumer_lag").is_some()
             && DRIVEN
                 .iter()
-                .all(|(metric, label, value)| has_value(exposition, metric, label, value))
+                .all(|(metric, label, value)| exposition.has(metric, label, value))
     })
     .await;
     server.terminate();
@@ -940,7 +769,7 @@ async fn observability_dashboard_and_alerts_name_only_what_serve_exports() {
     let (problems, used) = problems_against(&exposition);
     assert!(
         problems.is_empty(),
-        "the dashboard or the alerts name what serve does not export:\n  {}\n\n/metrics:\n{text}",
+        "the dashboard or the alerts name what serve does not export:\n  {}\n\n/metrics:\n{exposition}",
         problems.join("\n  ")
     );
     eprintln!("checked {} metrics: {used:?}", used.len());
@@ -1106,12 +935,7 @@ fn observability_the_checker_finds_what_a_scrape_lacks() {
         "# EOF\n",
     ));
     assert!(
-        has_value(
-            &exposition,
-            "converge_ignores_total",
-            "reason",
-            "say \"hi\", twice"
-        ),
+        exposition.has("converge_ignores_total", "reason", "say \"hi\", twice"),
         "{exposition:?}"
     );
     let check = |expr: &str, legend: &str| {
@@ -1242,8 +1066,8 @@ async fn observability_consumer_lag_is_exported_only_by_the_partition_owner() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let first_owns = lag_partitions(&Exposition::parse(&scrape(first_admin).await));
-        let second_owns = lag_partitions(&Exposition::parse(&scrape(second_admin).await));
+        let first_owns = lag_partitions(&scrape(first_admin).await.expect("admin answers"));
+        let second_owns = lag_partitions(&scrape(second_admin).await.expect("admin answers"));
         let disjoint = first_owns.is_disjoint(&second_owns);
         if disjoint && first_owns.len() + second_owns.len() == PARTITIONS {
             break;

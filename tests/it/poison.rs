@@ -7,16 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use converge::config::{Config, DeadLetterConfig, RedisStreamConfig};
 use converge::dead_letter::MAX_REASON_BYTES;
 use converge::entity::Event;
 use converge_tests::kafka::{Record, TestTopic};
 use converge_tests::order_api::OrderApi;
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::{Converge, Server, tail};
+use converge_tests::prometheus::{Exposition, scrape};
 use converge_tests::services::{TestStore, free_loopback_addr, redis_url, unique_prefix};
 use converge_tests::{Convergence, build, config, orders};
 use tempfile::TempDir;
@@ -66,14 +65,14 @@ impl Served {
         self.dir.path().join("serve.log")
     }
 
-    fn start(&self) -> Child {
-        serve(&config::write(self.dir.path(), &self.settings), &self.log())
+    fn start(&self) -> Server {
+        Server::start(&config::write(self.dir.path(), &self.settings), &self.log())
     }
 
     /// Waits until every key of `expected` holds its state and the group's offsets are at the
     /// end of the topic, failing at once (with the log) if the process exits meanwhile: a
     /// poison that kills `serve` would otherwise only show as a timeout.
-    async fn converge(&mut self, server: &mut Child, expected: &BTreeMap<String, Event>) {
+    async fn converge(&mut self, server: &mut Server, expected: &BTreeMap<String, Event>) {
         let log = self.log();
         let topic = &self.topic;
         let group = &self.group;
@@ -83,7 +82,7 @@ impl Served {
             .wait_with_offsets(async || topic.progress(group));
         let exited = async {
             loop {
-                if let Some(status) = server.try_wait().expect("serve's status") {
+                if let Some(status) = server.exited() {
                     return status;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -113,9 +112,9 @@ impl Served {
     }
 
     /// The process is the one started (no exit, so no crash loop) and says it is healthy.
-    async fn assert_alive(&self, server: &mut Child) {
+    async fn assert_alive(&self, server: &mut Server) {
         assert!(
-            server.try_wait().expect("serve's status").is_none(),
+            server.exited().is_none(),
             "serve exited; its log:\n{}",
             tail(&self.log())
         );
@@ -123,14 +122,14 @@ impl Served {
         assert_eq!(self.get("/readyz").await.0, 200);
     }
 
-    /// Asserts each of `lines` is a line of `/metrics`; answers the whole text.
-    async fn assert_metrics(&self, lines: &[String]) -> String {
-        let (status, metrics) = self.get("/metrics").await;
-        assert_eq!(status, 200);
-        for line in lines {
-            assert!(
-                metrics.lines().any(|l| l == line),
-                "missing {line:?} in\n{metrics}"
+    /// Asserts each series of `values` is exported with its value; answers the scrape.
+    async fn assert_metrics(&self, values: &[(&str, usize)]) -> Exposition {
+        let metrics = scrape(self.admin).await.expect("admin answers");
+        for (series, value) in values {
+            assert_eq!(
+                metrics.value(series),
+                *value as f64,
+                "{series} in\n{metrics}"
             );
         }
         metrics
@@ -141,31 +140,6 @@ impl Served {
     fn letters(&self) -> Vec<Record> {
         self.dead_letters.read_records(Duration::from_secs(30))
     }
-}
-
-/// The last 8 KiB of a log file.
-fn tail(log: &Path) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    String::from_utf8_lossy(&text[text.len().saturating_sub(8 << 10)..]).into_owned()
-}
-
-/// The value of a metric line `name value`, if present.
-fn metric(metrics: &str, name: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// The serve process's peak resident memory (VmHWM), in bytes.
-fn peak_rss_bytes(server: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
-        .expect("/proc/<pid>/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,13 +170,13 @@ async fn poison_a_200_kb_key_with_a_10_mb_body_is_dead_lettered_cut_and_the_part
     served.assert_alive(&mut server).await;
     served
         .assert_metrics(&[
-            "converge_dead_letters_total{kind=\"undecodable\"} 1".to_owned(),
-            "converge_dead_letters_total{kind=\"rejected\"} 1".to_owned(),
-            format!("converge_messages_total {}", stream.events.len() + 2),
+            ("converge_dead_letters_total{kind=\"undecodable\"}", 1),
+            ("converge_dead_letters_total{kind=\"rejected\"}", 1),
+            ("converge_messages_total", stream.events.len() + 2),
         ])
         .await;
     let letters = served.letters();
-    terminate(server);
+    server.terminate();
 
     assert_eq!(letters.len(), 2, "one dead letter per poison message");
     let letter_of = |key: &[u8]| {
@@ -285,14 +259,14 @@ async fn poison_a_10_mb_rule_reject_reason_is_cut_in_the_dead_letter_and_the_par
     served.assert_alive(&mut server).await;
     served
         .assert_metrics(&[
-            "converge_dead_letters_total{kind=\"rejected\"} 2".to_owned(),
-            "converge_decisions_total{decision=\"reject\"} 2".to_owned(),
-            "converge_rule_info{rule=\"huge-reason@0.1.0\"} 1".to_owned(),
-            format!("converge_messages_total {}", stream.events.len() + 2),
+            ("converge_dead_letters_total{kind=\"rejected\"}", 2),
+            ("converge_decisions_total{decision=\"reject\"}", 2),
+            ("converge_rule_info{rule=\"huge-reason@0.1.0\"}", 1),
+            ("converge_messages_total", stream.events.len() + 2),
         ])
         .await;
     let letters = served.letters();
-    terminate(server);
+    server.terminate();
 
     assert_eq!(letters.len(), 2, "one dead letter per poison event");
     for event in &poison {
@@ -349,13 +323,13 @@ async fn poison_an_order_api_streaming_1_gb_is_dead_lettered_as_too_large_in_bou
     served.assert_alive(&mut server).await;
     served
         .assert_metrics(&[
-            "converge_dead_letters_total{kind=\"not_enriched\"} 1".to_owned(),
-            format!("converge_messages_total {}", bodies.len()),
+            ("converge_dead_letters_total{kind=\"not_enriched\"}", 1),
+            ("converge_messages_total", bodies.len()),
         ])
         .await;
-    let peak = peak_rss_bytes(&server);
+    let peak = server.memory_bytes("VmHWM");
     let letters = served.letters();
-    terminate(server);
+    server.terminate();
 
     assert_eq!(letters.len(), 1, "only the endless answer is dead-lettered");
     let letter = &letters[0];
@@ -394,32 +368,14 @@ async fn poison_redis_stream_dead_letters_beside_a_cluster_store_are_refused_at_
     settings.dead_letter =
         DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{topic}:dead-letters")));
     let path = config::write(dir.path(), &settings);
-    let log = dir.path().join("serve.log");
-    let mut server = Command::new(build::converge_binary())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("converge serve starts");
     // Refused while validating, before connecting anywhere: seconds would be slow; a minute
     // means it started serving.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = server.try_wait().expect("serve's status") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = server.kill();
-            let _ = server.wait();
-            panic!(
-                "serve did not refuse the configuration; its log:\n{}",
-                tail(&log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let said = tail(&log);
+    let refused = Converge::new(&["serve", "--config"])
+        .arg(&path)
+        .within(Duration::from_secs(60))
+        .output();
+    let status = refused.status;
+    let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!status.success(), "serve exited {status}: {said}");
     assert!(
         said.contains("dead_letter.kind = \"redis-stream\"") && said.contains("Redis Cluster"),
@@ -511,18 +467,21 @@ async fn unreadable_states_are_set_aside(test: &str, plant: impl Fn(&str) -> Vec
     served.assert_alive(&mut server).await;
     let metrics = served
         .assert_metrics(&[
-            format!("converge_dead_letters_total{{kind=\"unreadable_state\"}} {poisoned}"),
-            format!("converge_messages_total {}", stream.events.len()),
+            (
+                "converge_dead_letters_total{kind=\"unreadable_state\"}",
+                poisoned,
+            ),
+            ("converge_messages_total", stream.events.len()),
         ])
         .await;
-    let counted = metric(&metrics, "converge_unreadable_states_total").unwrap_or(0);
+    let counted = metrics.value("converge_unreadable_states_total") as u64;
     assert!(
         counted >= planted.len() as u64,
         "converge_unreadable_states_total {counted} for {} unreadable keys",
         planted.len()
     );
     let letters = served.letters();
-    terminate(server);
+    server.terminate();
 
     for (key, value) in &planted {
         assert_eq!(
@@ -686,23 +645,15 @@ async fn wedge_a_dead_letter_topic_that_refuses_for_good_stops_serve_naming_it()
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("serve.log");
-    let mut server = serve(&config::write(dir.path(), &settings), &log);
+    let mut server = Server::start(&config::write(dir.path(), &settings), &log);
     // Not JSON, and larger than the dead-letter topic takes.
     topic.produce_raw("poison", &[vec![b'{'; 16 << 10]]).await;
-    let deadline = std::time::Instant::now() + WITHIN;
-    let status = loop {
-        if let Some(status) = server.try_wait().expect("serve's status") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = server.kill();
-            panic!(
-                "serve kept waiting on a topic that refuses the letter; its log:\n{}",
-                tail(&log)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = server.exit_within(WITHIN).unwrap_or_else(|| {
+        panic!(
+            "serve kept waiting on a topic that refuses the letter; its log:\n{}",
+            tail(&log)
+        )
+    });
     assert!(!status.success(), "serve stopped with an error");
     let log = tail(&log);
     assert!(

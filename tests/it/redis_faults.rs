@@ -18,7 +18,8 @@ use converge::store::{RedisStore, Store, Write, WriteOutcome};
 use converge_tests::fault_proxy::{FaultProxy, Outage};
 use converge_tests::kafka::TestTopic;
 use converge_tests::orders::OrderStream;
-use converge_tests::process::{self, Server, serve, terminate};
+use converge_tests::process::{Converge, Server};
+use converge_tests::prometheus::{Exposition, scrape};
 use converge_tests::services::{
     PrivateRedis, TestStore, free_loopback_addr, redis_url, unique_prefix,
 };
@@ -66,7 +67,7 @@ async fn t4_redis_outage_is_waited_out_and_nothing_is_lost() {
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
     let (first_half, second_half) = stream.events.split_at(stream.events.len() / 2);
     topic.produce(first_half).await;
-    let mut server = serve(&config, &dir.path().join("serve.log"));
+    let mut server = Server::start(&config, &dir.path().join("serve.log"));
 
     let reader = connect(&redis, &prefix).await;
     let started = Instant::now();
@@ -83,7 +84,7 @@ async fn t4_redis_outage_is_waited_out_and_nothing_is_lost() {
     // Down for a while: long enough for several failed batches and backoffs.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        server.try_wait().expect("status").is_none(),
+        server.exited().is_none(),
         "converge exited during the outage; see {}",
         dir.keep().display()
     );
@@ -97,19 +98,13 @@ async fn t4_redis_outage_is_waited_out_and_nothing_is_lost() {
         .wait_with_offsets(async || topic.progress(&group))
         .await;
 
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("admin answers")
-        .text()
-        .await
-        .expect("body");
-    let failed_calls: f64 = metrics
-        .lines()
-        .filter(|line| line.starts_with("converge_unavailable_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let metrics = scrape(admin).await.expect("admin answers");
+    // Absent until the first failed call: absent is "not counted".
+    let failed_calls = metrics
+        .try_sum("converge_unavailable_total", &[])
+        .unwrap_or(0.0);
     assert!(failed_calls > 0.0, "the outage was not counted:\n{metrics}");
-    terminate(server);
+    server.terminate();
     // Nothing may have been dead-lettered.
     dead_letters.assert_empty().await;
 }
@@ -355,13 +350,10 @@ impl Proxied {
     /// The events not produced yet (once).
     /// `converge_rebalances_total` as `serve` reports it now.
     async fn rebalances(&self) -> f64 {
-        let metrics = reqwest::get(format!("http://{}/metrics", self.admin))
+        scrape(self.admin)
             .await
             .expect("admin answers")
-            .text()
-            .await
-            .expect("body");
-        counter(&metrics, "converge_rebalances_total")
+            .value("converge_rebalances_total")
     }
 
     /// A second `serve` in the same group, with an admin endpoint of its own, that reaches
@@ -393,7 +385,7 @@ impl Proxied {
     /// With every fault healed: every key on its final state and every offset committed to
     /// the end, no key ever seen moving backward, `serve` running and still in its group,
     /// nothing dead-lettered. Answers `/metrics` as it was before `serve` stopped.
-    async fn finish(self) -> String {
+    async fn finish(self) -> Exposition {
         self.proxy.heal();
         let Self {
             test,
@@ -435,17 +427,12 @@ impl Proxied {
         let samples = watcher.finish().await;
         assert!(samples > 20, "the watcher barely ran: {samples} samples");
 
-        let metrics = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .expect("admin answers")
-            .text()
-            .await
-            .expect("body");
+        let metrics = scrape(admin).await.expect("admin answers");
         server.terminate();
         dead_letters.assert_empty().await;
         eprintln!(
             "{test}: converged {converged:?} after the start; {samples} watcher samples; \
-             store failures seen by serve {}; proxy {:?}",
+             store failures seen by serve {:?}; proxy {:?}",
             store_failures(&metrics, None),
             proxy.stats()
         );
@@ -503,29 +490,16 @@ fn assert_serving(server: &mut Server, dir: &mut TempDir, when: &str) {
     }
 }
 
-/// The value of the unlabelled counter `name` in a `/metrics` text (0 when absent).
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .next()
-        .unwrap_or(0.0)
-}
-
 /// Failed store calls `serve` counted (`converge_unavailable_total{service="store",…}`), of
-/// every operation or of `operation` only.
-fn store_failures(metrics: &str, operation: Option<&str>) -> f64 {
-    let prefix = match operation {
-        Some(operation) => {
-            format!("converge_unavailable_total{{service=\"store\",operation=\"{operation}\"}}")
-        }
-        None => "converge_unavailable_total{service=\"store\",".to_owned(),
-    };
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(&prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// every operation or of `operation` only; absent until the first one fails.
+fn store_failures(metrics: &Exposition, operation: Option<&str>) -> Option<f64> {
+    match operation {
+        Some(operation) => metrics.try_sum(
+            "converge_unavailable_total",
+            &[("service", "store"), ("operation", operation)],
+        ),
+        None => metrics.try_sum("converge_unavailable_total", &[("service", "store")]),
+    }
 }
 
 /// Produces `events` in eight slices spread over `over`, so that they arrive while faults
@@ -567,7 +541,7 @@ async fn t4_replies_delayed_past_the_store_timeout_lose_no_write() {
         "too few replies were delayed: {stats:?}"
     );
     let metrics = run.finish().await;
-    let lost_answers = store_failures(&metrics, Some("write"));
+    let lost_answers = store_failures(&metrics, Some("write")).unwrap_or(0.0);
     eprintln!("t4-delay: {lost_answers} write calls failed");
     assert!(
         lost_answers > 0.0,
@@ -623,7 +597,7 @@ async fn t4_connections_reset_mid_pipeline_lose_nothing() {
     );
     let metrics = run.finish().await;
     assert!(
-        store_failures(&metrics, None) > 0.0,
+        store_failures(&metrics, None).is_some_and(|failures| failures > 0.0),
         "serve never saw the store fail:\n{metrics}"
     );
 }
@@ -668,12 +642,12 @@ async fn t4_outage_past_max_poll_interval_keeps_the_group_and_converges() {
     );
     let metrics = run.finish().await;
     assert_eq!(
-        counter(&metrics, "converge_rebalances_total"),
+        metrics.value("converge_rebalances_total"),
         rebalances,
         "the member went through a rebalance during the outage:\n{metrics}"
     );
     assert!(
-        store_failures(&metrics, None) > 0.0,
+        store_failures(&metrics, None).is_some_and(|failures| failures > 0.0),
         "serve never saw the store fail:\n{metrics}"
     );
 }
@@ -731,29 +705,10 @@ async fn wedge_a_rebalance_during_an_outage_hold_leaves_no_partition_paused() {
     }
     // Events for every partition, the returned ones included, after they returned.
     run.topic.produce(after).await;
-    let peak = peak_rss_mib(&run.server);
+    let peak = run.server.memory_bytes("VmHWM") >> 20;
     run.finish().await;
     eprintln!("wedge-hold: the first member's peak RSS {peak} MiB");
     assert!(peak < 512, "the first member's peak RSS grew to {peak} MiB");
-}
-
-/// A process's peak resident memory (VmHWM), in MiB.
-fn peak_rss_mib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
-        .expect("/proc/<pid>/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .expect("VmHWM in /proc/<pid>/status")
-        / 1024
 }
 
 /// Issue 24, item 8: a batch of large states went to Redis as one pipeline, whatever its
@@ -942,7 +897,7 @@ async fn wedge_serve_started_while_the_fleet_redis_is_down_waits_for_it() {
 /// warned about.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedge_a_store_that_may_evict_keys_is_warned_about_at_start() {
-    let binary = converge_tests::build::converge_binary();
+    converge_tests::build::converge_binary();
     let redis = PrivateRedis::start();
     let topic = TestTopic::create("wedge-evict", 1).await;
     let dead_letters = TestTopic::create("wedge-evict-dlq", 1).await;
@@ -967,14 +922,11 @@ async fn wedge_a_store_that_may_evict_keys_is_warned_about_at_start() {
         );
         let path = dir.path().join(format!("{policy}.toml"));
         std::fs::write(&path, toml::to_string(&settings).expect("TOML")).expect("written");
-        let output = process::output_once_logged(
-            std::process::Command::new(&binary)
-                .args(["serve", "--config"])
-                .arg(&path)
-                .env("RUST_LOG", "info"),
-            "serving",
-            Duration::from_secs(60),
-        );
+        let output = Converge::new(&["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .within(Duration::from_secs(60))
+            .output_once_logged("serving");
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
     let evicting = logged_with("allkeys-lru").await;

@@ -4,14 +4,14 @@
 //! certificate or a wrong password stops it at start-up with exit 2 and the reason.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use converge::config::{
     Config, DeadLetterConfig, FileSourceConfig, RedisStreamConfig, SourceConfig,
 };
 use converge::pipeline::PipelineConfig;
 use converge::store::RedisStore;
-use converge_tests::process;
+use converge_tests::process::Converge;
 use converge_tests::services::{PrivateRedis, unique_prefix};
 use converge_tests::{build, config, orders, stored_states};
 
@@ -19,16 +19,14 @@ const USER: &str = "converge";
 const PASSWORD: &str = "tls-test-s3cret";
 
 fn serve_file(config: &Path, ca: Option<&Path>, password: &str) -> Output {
-    let mut command = Command::new(build::converge_binary());
-    command
-        .args(["serve", "--config"])
+    let command = Converge::new(&["serve", "--config"])
         .arg(config)
         .env("CONVERGE_TEST_REDIS_PASSWORD", password);
     match ca {
         Some(ca) => command.env("SSL_CERT_FILE", ca),
         None => command.env_remove("SSL_CERT_FILE"),
-    };
-    process::output_within(&mut command, process::LONG)
+    }
+    .output()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,6 @@
 //! it would have decided otherwise; `--rebuild` writes them, after which nothing differs.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use converge::dead_letter::MemoryDeadLetters;
 use converge::entity::Event;
@@ -11,18 +10,15 @@ use converge::pipeline::{Pipeline, PipelineConfig};
 use converge::rule::{EngineLimits, RuleEngine};
 use converge::store::Store;
 use converge_tests::kafka::TestTopic;
-use converge_tests::process;
+use converge_tests::process::Converge;
 use converge_tests::services::TestStore;
 use converge_tests::{build, config, event_messages, orders};
 
 fn replay(args: &[&str]) -> (i32, serde_json::Value) {
-    let output = process::output_within(
-        Command::new(build::converge_binary())
-            .arg("replay")
-            .args(args)
-            .arg("--json"),
-        process::LONG,
-    );
+    let output = Converge::new(&["replay"])
+        .args(args)
+        .args(["--json"])
+        .output();
     let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!(
             "no JSON report ({error}): {}",

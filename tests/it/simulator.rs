@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use converge::config::EnrichConfig;
 use converge::entity::Event;
 use converge_tests::kafka::{self, TestTopic};
-use converge_tests::process::{serve, terminate};
+use converge_tests::process::Server;
 use converge_tests::services::TestStore;
 use converge_tests::{Convergence, build, config};
 
@@ -25,19 +25,19 @@ async fn id_only_messages_from_the_simulator_are_enriched_and_converge() {
     let expected_file = dir.path().join("expected.json");
     let key_prefix = format!("order-{:08x}-", rand::random::<u32>());
 
-    let mut simulator = Command::new(build::converge_binary())
-        .args(["simulate", "--messages", "id-only", "--orders", "400"])
-        .args(["--duplicate-percent", "30", "--shuffle-window", "64"])
-        .args(["--max-delay-ms", "20", "--rate", "4000"])
-        .args(["--key-prefix", &key_prefix, "--brokers", &kafka::brokers()])
-        .args(["--topic", &topic.name, "--listen", "127.0.0.1:0", "--serve"])
-        .arg("--expected")
-        .arg(&expected_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("converge simulate starts");
-    let mut announcements = BufReader::new(simulator.stderr.take().expect("stderr"));
+    let mut simulator = Server::spawn(
+        Command::new(build::converge_binary())
+            .args(["simulate", "--messages", "id-only", "--orders", "400"])
+            .args(["--duplicate-percent", "30", "--shuffle-window", "64"])
+            .args(["--max-delay-ms", "20", "--rate", "4000"])
+            .args(["--key-prefix", &key_prefix, "--brokers", &kafka::brokers()])
+            .args(["--topic", &topic.name, "--listen", "127.0.0.1:0", "--serve"])
+            .arg("--expected")
+            .arg(&expected_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let mut announcements = BufReader::new(simulator.take_stderr().expect("stderr"));
     let mut first = String::new();
     announcements.read_line(&mut first).expect("announcement");
     let api = first
@@ -60,7 +60,7 @@ async fn id_only_messages_from_the_simulator_are_enriched_and_converge() {
         ..config::enrich(&format!("{api}/orders/{{key}}"))
     });
     let config = config::write(dir.path(), &settings);
-    let server = serve(&config, &dir.path().join("serve.log"));
+    let server = Server::start(&config, &dir.path().join("serve.log"));
     // An order the API never heard of.
     let unknown = format!("{key_prefix}unknown");
     topic
@@ -108,6 +108,6 @@ async fn id_only_messages_from_the_simulator_are_enriched_and_converge() {
         headers["converge-reason"]
     );
 
-    terminate(server);
-    terminate(simulator);
+    server.terminate();
+    simulator.terminate();
 }

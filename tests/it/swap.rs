@@ -5,23 +5,24 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use converge::config::{AdminConfig, FleetConfig, StoreConfig};
-use converge::entity::{Decision, Event};
+use converge::config::StoreConfig;
+use converge::entity::Decision;
 use converge::rule::Rule;
 use converge::rule::vectors::VectorFile;
 use converge::rule::{EngineLimits, RuleEngine};
 use converge::rule::{GateConfig, Gates, embedded_vectors};
 use converge::store::Store;
-use converge::swap::{Fleet, FleetStatus};
+use converge::swap::FleetStatus;
 use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
+use converge_tests::events::event;
+use converge_tests::fleet::{self, TestFleet};
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{self, serve, terminate};
-use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
+use converge_tests::process::Server;
+use converge_tests::services::TestStore;
 use converge_tests::{Convergence, build, config, orders, stored_states};
 
 fn gates() -> Gates {
@@ -33,16 +34,6 @@ fn gates() -> Gates {
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
-}
-
-fn event(key: &str, status: &str, version: u64) -> Event {
-    Event {
-        key: key.to_owned(),
-        status: status.to_owned(),
-        version,
-        timestamp_ms: 0,
-        payload: "null".to_owned(),
-    }
 }
 
 /// Last-write-wins with vectors it passes: it gets past the vector gate and must be stopped by
@@ -266,72 +257,6 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A fleet of the test's own; its keys are deleted at the end.
-struct TestFleet {
-    fleet: Fleet,
-    name: String,
-}
-
-impl TestFleet {
-    async fn new() -> Self {
-        let name = format!("t7-{:016x}", rand::random::<u64>());
-        let fleet = Fleet::connect(&redis_url(), &name).await.expect("fleet");
-        Self { fleet, name }
-    }
-
-    async fn status(&self) -> FleetStatus {
-        self.fleet.status().await.expect("status")
-    }
-
-    /// Waits until `count` live instances satisfy `check`.
-    async fn until(&self, what: &str, count: usize, check: impl Fn(&FleetStatus) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.status().await;
-            if status.instances.len() == count && check(&status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {status:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        process::output_within(
-            Command::new(build::converge_binary()).args(args).args([
-                "--redis",
-                &redis_url(),
-                "--fleet",
-                &self.name,
-            ]),
-            process::LONG,
-        )
-    }
-
-    async fn delete(self) {
-        let client = redis::Client::open(redis_url()).expect("client");
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connection");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("converge:fleet:{{{}}}:*", self.name))
-            .query_async(&mut connection)
-            .await
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut connection)
-                .await
-                .expect("deleted");
-        }
-    }
-}
-
 /// The admin token of the T7 instances (rule uploads need one).
 const ADMIN_TOKEN: &str = "t7-admin-token-0123456789";
 
@@ -343,22 +268,8 @@ fn instance_config(
     store: StoreConfig,
     fleet: &str,
 ) -> (PathBuf, std::net::SocketAddr) {
-    let admin = free_loopback_addr();
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut settings = config::kafka_serve(topic, dlq, &format!("{topic}-group"), store);
-    settings.admin = Some(AdminConfig {
-        listen: admin,
-        token: Some(converge::redact::Secret::new(ADMIN_TOKEN)),
-        ..AdminConfig::default()
-    });
-    settings.rule.fleet = Some(FleetConfig {
-        redis: redis_url(),
-        name: fleet.to_owned(),
-        instance: Some(name.to_owned()),
-        allow_unsigned: true,
-    });
-    (config::write(&dir, &settings), admin)
+    let settings = config::kafka_serve(topic, dlq, &format!("{topic}-group"), store);
+    fleet::instance_config(dir, name, settings, fleet, Some(ADMIN_TOKEN))
 }
 
 fn all_active(rule: &str) -> impl Fn(&FleetStatus) -> bool + '_ {
@@ -371,7 +282,7 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     let topic = TestTopic::create("t7", 4).await;
     let dead_letters = TestTopic::create("t7-dlq", 1).await;
     let redis = TestStore::standalone("t7").await;
-    let fleet = TestFleet::new().await;
+    let fleet = TestFleet::new("t7").await;
     let mut dir = tempfile::tempdir().expect("temp dir");
     let store = config::standalone_store(redis.store.prefix());
     let (first_config, first_admin) = instance_config(
@@ -396,8 +307,8 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
 
     let mut stream = orders::generate("order-", 1_200, 30, 7);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    let first = serve(&first_config, &dir.path().join("first.log"));
-    let second = serve(&second_config, &dir.path().join("second.log"));
+    let first = Server::start(&first_config, &dir.path().join("first.log"));
+    let second = Server::start(&second_config, &dir.path().join("second.log"));
     fleet
         .until(
             "both instances to report",
@@ -611,7 +522,6 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
         })
         .await;
 
-    terminate(first);
-    terminate(second);
-    fleet.delete().await;
+    first.terminate();
+    second.terminate();
 }

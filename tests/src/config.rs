@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use converge::config::{
-    AdminConfig, Config, DeadLetterConfig, EnrichConfig, FluvioSourceConfig, KafkaDeadLetterConfig,
-    KafkaSourceConfig, RedisClusterConfig, RedisStoreConfig, RuleConfig, SourceConfig, StoreConfig,
+    AdminConfig, Config, DeadLetterConfig, EnrichConfig, FileSourceConfig, FluvioSourceConfig,
+    KafkaDeadLetterConfig, KafkaSourceConfig, RedisClusterConfig, RedisStoreConfig,
+    RedisStreamConfig, RuleConfig, SourceConfig, StoreConfig,
 };
 use converge::pipeline::PipelineConfig;
 
@@ -127,6 +128,19 @@ pub fn kafka_serve_with_admin(
         }),
         ..kafka_serve(topic, dead_letters, group, standalone_store(prefix))
     }
+}
+
+/// A configuration reading JSON lines from stdin, one batch per line, into `store`, dead
+/// letters to a stream under `prefix` on the store's server, with `admin` as its `[admin]`.
+pub fn stdin_serve(store: StoreConfig, prefix: &str, admin: Option<AdminConfig>) -> Config {
+    let mut settings = kafka_serve("unused", "unused", "unused", store);
+    settings.source = SourceConfig::File(FileSourceConfig { path: "-".into() });
+    settings.dead_letter =
+        DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{prefix}dead-letters")));
+    settings.admin = admin;
+    // The lines source fills a batch before handing it on: one line, one batch.
+    settings.pipeline.batch_size = 1;
+    settings
 }
 
 /// Writes `config` as TOML to `dir/converge.toml`.

@@ -8,11 +8,15 @@
 //! - [`orders`]: generated order histories with a known final state per order.
 //! - [`convergence`]: [`Convergence`], the one wait for every key on its expected state and a
 //!   consumer's offsets at the end of every partition.
+//! - [`events`]: rule events and source messages built by hand.
 //! - [`config`]: `converge serve` configurations built from the host's config types, written
 //!   as TOML.
 //! - [`process`]: `converge serve` as a process: started with its log, stopped with SIGTERM.
+//! - [`prometheus`]: a `serve`'s `/metrics`, parsed; an absent series is an error, not a zero.
 //! - [`services`]: the real Redis the tests use, under unique key prefixes; private Redis
 //!   servers; free loopback ports.
+//! - [`fleet`]: [`fleet::TestFleet`], a rule fleet of one test's own (its keys, the `converge
+//!   rule` commands against it), and `serve` configurations that join it.
 //! - [`fault_proxy`]: [`fault_proxy::FaultProxy`], a TCP proxy in front of a service that
 //!   delays or cuts replies, resets connections and refuses or black-holes them on command.
 //! - [`order_api`]: a real HTTP order-detail API on loopback, for enrichment.
@@ -25,22 +29,25 @@ use std::collections::BTreeMap;
 
 use converge::entity::{Decision, Event, RuleInfo, State};
 use converge::rule::{self, DecideError, Rule};
-use converge::source::{Message, Position};
 use converge::store::Store;
 use converge_order_rule::core;
 
 pub mod build;
 pub mod config;
 pub mod convergence;
+pub mod events;
 pub mod fault_proxy;
+pub mod fleet;
 pub mod kafka;
 pub mod order_api;
 pub mod orders;
 pub mod process;
+pub mod prometheus;
 pub mod services;
 pub mod watch;
 
 pub use convergence::Convergence;
+pub use events::{event_messages, line_messages};
 
 /// The order-status rule called natively, validated like a component's decisions.
 #[derive(Debug)]
@@ -99,32 +106,6 @@ impl Rule for NativeOrderRule {
         rule::validate(&self.info, current, incoming, &decision)?;
         Ok(decision)
     }
-}
-
-/// One message per body, positioned at lines 1, 2, ….
-pub fn line_messages(bodies: &[Vec<u8>]) -> Vec<Message> {
-    bodies
-        .iter()
-        .enumerate()
-        .map(|(index, body)| Message {
-            position: Position::Line {
-                line: index as u64 + 1,
-            },
-            key: None,
-            payload: Some(body.clone()),
-            produced_at_ms: None,
-            lost: None,
-        })
-        .collect()
-}
-
-/// Events as JSON-line messages.
-pub fn event_messages(events: &[Event]) -> Vec<Message> {
-    let bodies: Vec<Vec<u8>> = events
-        .iter()
-        .map(|event| serde_json::to_vec(event).expect("an event serialises"))
-        .collect();
-    line_messages(&bodies)
 }
 
 /// The stored states of `keys`, by key (absent keys left out).

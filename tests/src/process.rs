@@ -1,55 +1,132 @@
-//! `converge serve` as a process of its own: started on a configuration file with its log in a
-//! file, and stopped with SIGTERM, which it must answer with a clean exit.
+//! `converge` as a process of its own: [`Server`], a `converge serve` started on a
+//! configuration file with its log in a file and stopped with SIGTERM, which it must answer
+//! with a clean exit; [`Converge`], a command run to its end within a time limit.
 
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{
+    Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio,
+};
 use std::time::{Duration, Instant};
+
+use converge::config::Config;
 use tempfile::NamedTempFile;
 
 use crate::build;
 
-/// Starts `converge serve --config config`, its log (`RUST_LOG=info`) written to `log`.
-pub fn serve(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(build::converge_binary())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("converge serve starts")
-}
-
-/// A `converge serve` process, killed if the test fails before it is terminated (a failed
-/// assertion must not leave a consumer running).
+/// A `converge serve` (or any long-running process a test starts), killed if the test fails
+/// before it is stopped: a failed assertion must not leave a consumer running. The one handle
+/// the tests hold on a process that runs beside them.
 #[derive(Debug)]
 pub struct Server(Option<Child>);
 
 impl Server {
-    /// [`serve`], guarded.
+    /// `converge serve --config config`, its log (`RUST_LOG=info`) written to `log`.
     pub fn start(config: &Path, log: &Path) -> Self {
-        Self(Some(serve(config, log)))
+        Self::start_with_env(config, log, &[])
     }
 
-    /// Its process id (0 once it was terminated).
+    /// [`Server::start`] with extra environment variables (e.g. `CONVERGE_CRASH_AT` for the
+    /// crash tests).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        Self::spawn(
+            Command::new(build::converge_binary())
+                .args(["serve", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+    }
+
+    /// Starts `command` (its standard streams as the caller set them), guarded.
+    pub fn spawn(command: &mut Command) -> Self {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("{command:?} starts: {error}"));
+        Self(Some(child))
+    }
+
+    /// Its process id (0 once it was stopped).
     pub fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, Child::id)
     }
 
     /// Its exit status, if it has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.0
             .as_mut()
-            .and_then(|child| child.try_wait().expect("serve's status"))
+            .and_then(|child| child.try_wait().expect("the process's status"))
     }
 
-    /// [`terminate`]: SIGTERM, and a clean exit.
-    pub fn terminate(mut self) {
-        if let Some(child) = self.0.take() {
-            terminate(child);
+    /// Waits up to `within` for it to exit by itself: its exit status, or `None` if it still
+    /// runs (it is left running).
+    pub fn exit_within(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(exit) = self.exited() {
+                return Some(exit);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Its standard input, if it was started with one piped (once).
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.0.as_mut().and_then(|child| child.stdin.take())
+    }
+
+    /// Its standard output, if it was started with one piped (once).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.0.as_mut().and_then(|child| child.stdout.take())
+    }
+
+    /// Its standard error, if it was started with one piped (once).
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.0.as_mut().and_then(|child| child.stderr.take())
+    }
+
+    /// Sends it `signal` (`STOP`, `CONT`, `TERM`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.id());
+    }
+
+    /// A figure of its `/proc/<pid>/status` given in kB (`VmRSS`; `VmHWM`, the peak resident
+    /// size), in bytes.
+    pub fn memory_bytes(&self, field: &str) -> u64 {
+        proc_status_bytes(self.id(), field)
+    }
+
+    /// SIGKILL, and its exit reaped: no shutdown at all. Its exit status (`None` if it was
+    /// stopped already).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.0.take()?;
+        child.kill().expect("SIGKILL");
+        Some(child.wait().expect("reaped"))
+    }
+
+    /// SIGTERM, and a clean exit within 30 s.
+    pub fn terminate(self) {
+        let exit = self.stop();
+        assert!(exit.success(), "serve did not stop cleanly: {exit}");
+    }
+
+    /// SIGTERM, and its exit status within 30 s, clean or not (see [`stop`]).
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.0.take().expect("the process runs");
+        stop(&mut child)
     }
 }
 
@@ -62,10 +139,97 @@ impl Drop for Server {
     }
 }
 
-/// Stops a `converge` process with SIGTERM and checks that it exits cleanly within 30 s.
-pub fn terminate(mut child: Child) {
-    let exit = stop(&mut child);
-    assert!(exit.success(), "serve did not stop cleanly: {exit}");
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS`, `VmHWM`), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib * 1024
+}
+
+/// The last 8 KiB of a log file (what a failure shows of it).
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(&text[text.len().saturating_sub(8 << 10)..]).into_owned()
+}
+
+/// `converge serve` reading events from its stdin, its log (at `rust_log`) in a file.
+#[derive(Debug)]
+pub struct StdinServe {
+    server: Server,
+    stdin: Option<ChildStdin>,
+    pub log: PathBuf,
+}
+
+impl StdinServe {
+    pub fn start(dir: &Path, name: &str, config: &Config, rust_log: &str) -> Self {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = crate::config::write(&dir, config);
+        let log = dir.join("serve.log");
+        let mut server = Server::spawn(
+            Command::new(build::converge_binary())
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", rust_log)
+                .env_remove("CONVERGE_ADMIN_TOKEN")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file")),
+        );
+        let stdin = server.take_stdin();
+        Self { server, stdin, log }
+    }
+
+    /// Waits until `/readyz` at `admin` answers 200, failing at once if serve exits.
+    pub async fn ready(&mut self, admin: SocketAddr) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(exit) = self.server.exited() {
+                panic!("serve exited with {exit}:\n{}", self.log_text());
+            }
+            let ready = client
+                .get(format!("http://{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready in 120 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Feeds events as JSON lines.
+    pub fn send_lines(&mut self, lines: &[String]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        for line in lines {
+            writeln!(stdin, "{line}").expect("serve reads its stdin");
+        }
+        stdin.flush().expect("flushed");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Closes stdin, then SIGTERM and a clean exit; answers the log. (Stdin first: a blocking
+    /// read of an open stdin holds serve's runtime at exit.)
+    pub fn stop(mut self) -> String {
+        self.stdin.take();
+        self.server.terminate();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 /// Sends `child` SIGTERM and waits for its exit; one still running 30 s later is killed and
@@ -90,18 +254,76 @@ fn stop(child: &mut Child) -> ExitStatus {
     }
 }
 
-/// [`serve`] with extra environment variables (e.g. `CONVERGE_CRASH_AT` for the crash tests).
-pub fn serve_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(build::converge_binary())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("converge serve starts")
+/// `converge ARGS`, run to its end within [`LONG`]: the usual [`Converge`].
+pub fn converge(args: &[&str]) -> Output {
+    Converge::new(args).output()
+}
+
+/// A `converge` command a test runs to its end: the binary the tests built, from the workspace
+/// root (where the paths the tests name are relative to), without the caller's
+/// `CONVERGE_TRUSTED_KEYS` or `CONVERGE_ADMIN_TOKEN` (a developer's shell must not change what
+/// a test sees), bounded in time.
+#[derive(Debug)]
+pub struct Converge {
+    command: Command,
+    within: Duration,
+}
+
+impl Converge {
+    pub fn new(args: &[&str]) -> Self {
+        let mut command = Command::new(build::converge_binary());
+        command
+            .args(args)
+            .current_dir(build::workspace_root())
+            .env_remove("CONVERGE_TRUSTED_KEYS")
+            .env_remove("CONVERGE_ADMIN_TOKEN");
+        Self {
+            command,
+            within: LONG,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
+    /// More arguments.
+    pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.command.args(args);
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> Self {
+        self.command.env(name, value);
+        self
+    }
+
+    pub fn envs(mut self, env: &[(&str, &str)]) -> Self {
+        self.command.envs(env.iter().copied());
+        self
+    }
+
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.command.env_remove(name);
+        self
+    }
+
+    /// How long it may run before it counts as hung ([`LONG`] unless said).
+    pub fn within(mut self, within: Duration) -> Self {
+        self.within = within;
+        self
+    }
+
+    /// Runs it to its end ([`output_within`]).
+    pub fn output(mut self) -> Output {
+        output_within(&mut self.command, self.within)
+    }
+
+    /// Runs it until it logs `logged`, then stops it ([`output_once_logged`]).
+    pub fn output_once_logged(mut self, logged: &str) -> Output {
+        output_once_logged(&mut self.command, logged, self.within)
+    }
 }
 
 /// Runs `command` to its end, its output captured. One still running after `within` is killed

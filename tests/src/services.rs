@@ -1,7 +1,6 @@
 //! The real services the tests run against, started by `deploy/scripts/*.sh` (the README's test
 //! command runs them). Each test works under its own random key prefix and removes its keys
-//! when it ends, passed or failed. Also: free loopback ports, and a `serve`'s metrics read from
-//! its admin endpoint.
+//! when it ends, passed or failed. Also: free loopback ports.
 
 use converge::store::RedisStore;
 
@@ -50,23 +49,38 @@ pub fn free_loopback_addr() -> std::net::SocketAddr {
         .expect("a free port")
 }
 
-/// The `/metrics` text of the `serve` whose admin endpoint listens on `admin`; an error when
-/// it does not answer (not started yet, say) or answers otherwise than 200.
-pub async fn scrape_metrics(admin: std::net::SocketAddr) -> reqwest::Result<String> {
-    reqwest::get(format!("http://{admin}/metrics"))
-        .await?
-        .error_for_status()?
-        .text()
-        .await
+/// Deletes every key of the standalone Redis that matches a pattern when dropped, passed or
+/// failed (for keys a test's `serve` writes outside a [`TestStore`]).
+#[derive(Debug)]
+pub struct RedisKeys(String);
+
+impl RedisKeys {
+    /// Every key starting with `prefix`.
+    pub fn under(prefix: &str) -> Self {
+        Self(format!("{prefix}*"))
+    }
+
+    /// Every key of the rule fleet `name`.
+    pub fn of_fleet(name: &str) -> Self {
+        Self(format!("converge:fleet:{{{name}}}:*"))
+    }
 }
 
-/// The value of the series `series` (a name, with its labels if it has any, as exported:
-/// `converge_conflicts_total`) in a `/metrics` text; 0 when it is absent.
-pub fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(mut connection) =
+            redis::Client::open(redis_url()).and_then(|client| client.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&self.0)
+            .query(&mut connection)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut connection);
+        }
+    }
 }
 
 /// A fresh prefix no other test uses.
@@ -129,6 +143,14 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub fn start() -> Self {
         Self::start_with(tempfile::tempdir().expect("temp dir"), Vec::new())
+    }
+
+    /// A server that requires `password` (`requirepass`) of every client.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(
+            tempfile::tempdir().expect("temp dir"),
+            vec![format!("requirepass {password}")],
+        )
     }
 
     /// A server speaking only TLS on its port, with a certificate for 127.0.0.1 signed by a

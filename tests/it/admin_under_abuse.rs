@@ -7,14 +7,15 @@
 //!   upload's body) exits cleanly within the grace period, the offsets committed.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use converge::config::Config;
 use converge::redact::Secret;
 use converge_tests::kafka::TestTopic;
 use converge_tests::process::Server;
-use converge_tests::services::{TestStore, free_loopback_addr, metric, scrape_metrics};
+use converge_tests::process::{proc_status_bytes, tail};
+use converge_tests::prometheus::scrape;
+use converge_tests::services::{TestStore, free_loopback_addr};
 use converge_tests::{Convergence, config, orders};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -93,24 +94,6 @@ impl Served {
     }
 }
 
-/// The last 8 KiB of a log file.
-fn tail(log: &Path) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    String::from_utf8_lossy(&text[text.len().saturating_sub(8 << 10)..]).into_owned()
-}
-
-/// A field of `/proc/<pid>/status` given in kB (`VmRSS`, `VmHWM`), in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-    kib * 1024
-}
-
 /// Sends `head` and then `body_bytes` of body the way a plain client does, reading the answer
 /// as it comes and stopping once it has one; answers its status code, or the error.
 async fn upload(admin: SocketAddr, head: String, body_bytes: usize) -> Result<u16, String> {
@@ -170,7 +153,7 @@ async fn wedge_admin_200_refused_16_mib_uploads_keep_memory_under_twice_idle() {
     let admin = served.admin;
     // Idle: serving, and the endpoint has answered a few requests already.
     for _ in 0..5 {
-        scrape_metrics(admin).await.expect("metrics");
+        scrape(admin).await.expect("metrics");
     }
     let idle = proc_status_bytes(pid, "VmRSS");
     // From here on VmHWM is the peak of what follows (5: reset the peak resident size).
@@ -240,22 +223,15 @@ async fn wedge_admin_200_refused_16_mib_uploads_keep_memory_under_twice_idle() {
         &wrong[..wrong.len().min(5)]
     );
     // Counted like any refusal, and the endpoint still answers.
-    let metrics = scrape_metrics(admin)
-        .await
-        .expect("metrics after the uploads");
+    let metrics = scrape(admin).await.expect("metrics after the uploads");
     assert_eq!(
-        metric(
-            &metrics,
-            "converge_admin_refusals_total{reason=\"no_token\"}"
-        ) + metric(
-            &metrics,
-            "converge_admin_refusals_total{reason=\"bad_token\"}"
-        ),
+        metrics.value("converge_admin_refusals_total{reason=\"no_token\"}")
+            + metrics.value("converge_admin_refusals_total{reason=\"bad_token\"}"),
         100.0,
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "converge_admin_refusals_total{reason=\"origin\"}"),
+        metrics.value("converge_admin_refusals_total{reason=\"origin\"}"),
         50.0
     );
     server.terminate();

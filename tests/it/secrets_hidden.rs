@@ -5,77 +5,27 @@
 //! with credentials in its URL.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use converge::config::FleetConfig;
 use converge::config::{OnUnavailable, RedisClusterConfig, StoreConfig};
 use converge_tests::build;
 use converge_tests::config;
-use converge_tests::process;
-use converge_tests::services::{free_loopback_addr, unique_prefix};
+use converge_tests::process::Converge;
+use converge_tests::process::StdinServe;
+use converge_tests::services::{PrivateRedis, free_loopback_addr, unique_prefix};
 
-use crate::supply_admin::{StdinServe, stdin_config};
-
-/// A Redis that requires `password` (`requirepass`), on a free loopback port; killed on drop.
-struct PasswordRedis {
-    port: u16,
-    process: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl PasswordRedis {
-    fn start(password: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_loopback_addr().port();
-        let process = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--requirepass",
-                password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (install it with deploy/scripts/redis.sh)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            port,
-            process,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PasswordRedis {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
+/// `converge ARGS` at `RUST_LOG=debug` (what a secret would leak through), with `env`.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Converge {
+    Converge::new(args)
+        .env("RUST_LOG", "debug")
+        .envs(env)
+        .within(Duration::from_secs(120))
 }
 
 fn converge(args: &[&str], env: &[(&str, &str)]) -> Output {
-    process::output_within(&mut command(args, env), Duration::from_secs(120))
-}
-
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(build::converge_binary());
-    command
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .envs(env.iter().copied());
-    command
+    command(args, env).output()
 }
 
 /// Everything `output` printed, with `what` for failure messages.
@@ -98,7 +48,7 @@ fn assert_hidden(text: &str, secret: &str, what: &str) {
 async fn supply_password_never_appears_in_output() {
     let password = format!("Pw{:016x}Zq", rand::random::<u64>());
     let wrong = format!("Wr{:016x}Zq", rand::random::<u64>());
-    let redis = PasswordRedis::start(&password);
+    let redis = PrivateRedis::start_with_password(&password);
     let closed = free_loopback_addr().port();
     let dir = tempfile::tempdir().expect("temp dir");
     let rule = build::rule("order-status");
@@ -156,7 +106,7 @@ async fn supply_password_never_appears_in_output() {
     let failing = [
         (
             "store refusing the password",
-            stdin_config(
+            config::stdin_serve(
                 store_at(&format!("redis://:{wrong}@127.0.0.1:{}", redis.port)),
                 &prefix,
                 None,
@@ -166,7 +116,7 @@ async fn supply_password_never_appears_in_output() {
         ),
         (
             "store not there",
-            stdin_config(
+            config::stdin_serve(
                 store_at(&format!("redis://:{password}@127.0.0.1:{closed}")),
                 &prefix,
                 None,
@@ -198,7 +148,7 @@ async fn supply_password_never_appears_in_output() {
         (
             "fleet refusing the password",
             {
-                let mut settings = stdin_config(
+                let mut settings = config::stdin_serve(
                     store_at(&format!("redis://:{password}@127.0.0.1:{}", redis.port)),
                     &prefix,
                     None,
@@ -219,11 +169,9 @@ async fn supply_password_never_appears_in_output() {
         let config = write_config(dir.path(), what, &settings);
         let args = ["serve", "--config", path(&config)];
         let text = if waits {
-            let output = process::output_once_logged(
-                &mut command(&args, &[]),
-                "unavailable; retrying",
-                Duration::from_secs(60),
-            );
+            let output = command(&args, &[])
+                .within(Duration::from_secs(60))
+                .output_once_logged("unavailable; retrying");
             printed(&output)
         } else {
             let output = converge(&args, &[]);
@@ -235,7 +183,7 @@ async fn supply_password_never_appears_in_output() {
     }
 
     // A configuration error quoting a URL, and a file that does not parse around one.
-    let mut settings = stdin_config(store_at("redis://127.0.0.1:6379"), &prefix, None);
+    let mut settings = config::stdin_serve(store_at("redis://127.0.0.1:6379"), &prefix, None);
     settings.enrich = Some(config::enrich(&format!(
         "http://api:{password}@127.0.0.1:{closed}/orders"
     )));
@@ -259,7 +207,7 @@ async fn supply_password_never_appears_in_output() {
     // A serve that works, logging at debug: into its store and its fleet with the password,
     // dead-lettering an id-only message through an order API with credentials in its URL.
     let authorised = format!("redis://:{password}@127.0.0.1:{}", redis.port);
-    let mut settings = stdin_config(store_at(&authorised), &prefix, None);
+    let mut settings = config::stdin_serve(store_at(&authorised), &prefix, None);
     settings.rule.fleet = Some(FleetConfig {
         redis: authorised.clone(),
         name: fleet.clone(),

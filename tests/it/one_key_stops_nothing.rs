@@ -19,7 +19,10 @@ use converge::source::{Message, Position, Source, SourceError};
 use converge::store::{Current, MemoryStore, RedisStore, Store, StoreError, Write, WriteOutcome};
 use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
+use converge_tests::events::event;
+use converge_tests::events::id_only;
 use converge_tests::order_api::OrderApi;
+use converge_tests::prometheus::Exposition;
 use converge_tests::services::{TestStore, redis_url, unique_prefix};
 use converge_tests::{NativeOrderRule, build, config, event_messages, orders, stored_states};
 
@@ -76,23 +79,6 @@ impl Store for HammeredStore {
         }
         self.inner.write(writes).await
     }
-}
-
-fn event(key: &str, status: &str, version: u64) -> Event {
-    Event {
-        key: key.to_owned(),
-        status: status.to_owned(),
-        version,
-        timestamp_ms: 0,
-        payload: "null".to_owned(),
-    }
-}
-
-/// A metric line's value (`name{labels} value`), 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Item 2: a key that loses its compare-and-set on every attempt used to fail the batch as
@@ -169,25 +155,13 @@ async fn wedge_a_key_contended_past_every_attempt_is_waited_out_and_lands() {
     );
     assert_eq!(pipeline.stats().conflicts, rounds as u64);
     assert!(pipeline.dead_letters().letters().is_empty());
-    let waits = metric(
-        &metrics.render(),
-        "converge_unavailable_total{service=\"store\",operation=\"contended\"}",
-    );
+    let waits = Exposition::parse(&metrics.render())
+        .value("converge_unavailable_total{service=\"store\",operation=\"contended\"}")
+        as u64;
     assert!(
         waits >= (rounds - attempts) as u64,
         "every wait past the attempts is counted: {waits}"
     );
-}
-
-/// An id-only message for `key` at line `line`.
-fn id_only(key: &str, line: u64) -> Message {
-    Message {
-        position: Position::Line { line },
-        key: None,
-        payload: Some(format!(r#"{{"key":"{key}"}}"#).into_bytes()),
-        produced_at_ms: None,
-        lost: None,
-    }
 }
 
 /// Item 3: under the default `on_unavailable = "wait"`, a key the order API answers 5xx
@@ -618,7 +592,7 @@ fn wedge_sigterm_while_serve_starts_is_a_clean_stop() {
     let prefix = unique_prefix("sigterm-start");
     // Nobody listens on the store's port: whatever the signal's timing, nothing is written.
     let closed = converge_tests::services::free_loopback_addr();
-    let mut settings = crate::supply_admin::stdin_config(
+    let mut settings = converge_tests::config::stdin_serve(
         config::redis_store(&format!("redis://{closed}"), &prefix),
         &prefix,
         None,
@@ -627,7 +601,7 @@ fn wedge_sigterm_while_serve_starts_is_a_clean_stop() {
     settings.rule.gates.check_histories = 4_000;
     let config = config::write(dir.path(), &settings);
     let log = dir.path().join("serve.log");
-    let server = converge_tests::process::serve(&config, &log);
+    let server = converge_tests::process::Server::start(&config, &log);
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !logged().contains("starting") {
@@ -644,7 +618,7 @@ fn wedge_sigterm_while_serve_starts_is_a_clean_stop() {
          trigger:\n{}",
         logged()
     );
-    converge_tests::process::terminate(server);
+    server.terminate();
     let text = logged();
     assert!(text.contains("shutdown requested"), "{text}");
     assert!(!text.contains("serving"), "{text}");

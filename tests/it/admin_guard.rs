@@ -3,167 +3,30 @@
 //! closed as configured, shadow samples redacted unless asked for with the token; and an
 //! address off loopback without a token refused before anything is opened.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use converge::config::{
-    AdminConfig, Config, DeadLetterConfig, FileSourceConfig, RedisStreamConfig, SourceConfig,
-    StoreConfig,
-};
+use converge::config::AdminConfig;
 use converge::entity::Event;
 use converge::redact::Secret;
-use converge_tests::process::{self, terminate};
-use converge_tests::services::{free_loopback_addr, redis_url, unique_prefix};
-use converge_tests::{build, config};
+use converge_tests::process::Converge;
+use converge_tests::process::StdinServe;
+use converge_tests::prometheus::Exposition;
+use converge_tests::services::{RedisKeys, free_loopback_addr, unique_prefix};
+use converge_tests::{build, config, events};
 use reqwest::{Method, Response};
 
 const TOKEN: &str = "supply-admin-token-0123456789abcdef";
 
-/// A configuration reading JSON lines from stdin, one batch per line, into `store`, dead
-/// letters to a stream under `prefix` on the store's server, with `admin` as its `[admin]`.
-pub(crate) fn stdin_config(store: StoreConfig, prefix: &str, admin: Option<AdminConfig>) -> Config {
-    let mut settings = config::kafka_serve("unused", "unused", "unused", store);
-    settings.source = SourceConfig::File(FileSourceConfig { path: "-".into() });
-    settings.dead_letter =
-        DeadLetterConfig::RedisStream(RedisStreamConfig::named(format!("{prefix}dead-letters")));
-    settings.admin = admin;
-    // The lines source fills a batch before handing it on: one line, one batch.
-    settings.pipeline.batch_size = 1;
-    settings
-}
-
-/// Deletes every key under a prefix of the standalone Redis when dropped.
-pub(crate) struct RedisKeys(pub(crate) String);
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(mut connection) =
-            redis::Client::open(redis_url()).and_then(|client| client.get_connection())
-        else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.0))
-            .query(&mut connection)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut connection);
-        }
-    }
-}
-
-/// `converge serve` reading events from its stdin, its log (at `rust_log`) in a file.
-pub(crate) struct StdinServe {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    pub(crate) log: PathBuf,
-}
-
-impl StdinServe {
-    pub(crate) fn start(dir: &Path, name: &str, config: &Config, rust_log: &str) -> Self {
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = config::write(&dir, config);
-        let log = dir.join("serve.log");
-        let mut child = Command::new(build::converge_binary())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", rust_log)
-            .env_remove("CONVERGE_ADMIN_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("converge serve starts");
-        let stdin = child.stdin.take();
-        Self {
-            child: Some(child),
-            stdin,
-            log,
-        }
-    }
-
-    /// Waits until `/readyz` at `admin` answers 200, failing at once if serve exits.
-    pub(crate) async fn ready(&mut self, admin: SocketAddr) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(exit) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().expect("serve's status"))
-            {
-                panic!("serve exited with {exit}:\n{}", self.log_text());
-            }
-            let ready = client
-                .get(format!("http://{admin}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success());
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve not ready in 120 s:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Feeds events as JSON lines.
-    pub(crate) fn send_lines(&mut self, lines: &[String]) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        for line in lines {
-            writeln!(stdin, "{line}").expect("serve reads its stdin");
-        }
-        stdin.flush().expect("flushed");
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Closes stdin, then SIGTERM and a clean exit; answers the log. (Stdin first: a blocking
-    /// read of an open stdin holds serve's runtime at exit.)
-    pub(crate) fn stop(mut self) -> String {
-        self.stdin.take();
-        if let Some(child) = self.child.take() {
-            terminate(child);
-        }
-        self.log_text()
-    }
-}
-
-impl Drop for StdinServe {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
+/// [`events::event`] with `payload`, as a JSON line.
 fn event(key: &str, status: &str, version: u64, payload: &str) -> String {
     serde_json::to_string(&Event {
-        key: key.to_owned(),
-        status: status.to_owned(),
-        version,
-        timestamp_ms: 0,
         payload: payload.to_owned(),
+        ..events::event(key, status, version)
     })
     .expect("an event serialises")
-}
-
-/// The value of one sample of the metrics text (`name{labels}`), 0 when absent.
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn admin(listen: SocketAddr, token: Option<&str>, protect_reads: bool) -> AdminConfig {
@@ -221,7 +84,7 @@ impl Endpoint<'_> {
 async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = unique_prefix("supply-admin");
-    let _keys = RedisKeys(prefix.clone());
+    let _keys = RedisKeys::under(&prefix);
     let (guarded_at, open_at, closed_at) = (
         free_loopback_addr(),
         free_loopback_addr(),
@@ -229,7 +92,7 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
     );
     let start = |name: &str, at: SocketAddr, token: Option<&str>, protect_reads: bool| {
         let store = config::standalone_store(&format!("{prefix}{name}:"));
-        let settings = stdin_config(
+        let settings = config::stdin_serve(
             store,
             &format!("{prefix}{name}:"),
             Some(admin(at, token, protect_reads)),
@@ -365,12 +228,11 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
     }
 
     // Every refusal counted by reason.
-    let metrics = guarded_api.text("/metrics").await;
+    let metrics = Exposition::parse(&guarded_api.text("/metrics").await);
     let refusals = |reason: &str| {
-        metric(
-            &metrics,
-            &format!("converge_admin_refusals_total{{reason=\"{reason}\"}}"),
-        )
+        metrics.value(&format!(
+            "converge_admin_refusals_total{{reason=\"{reason}\"}}"
+        ))
     };
     assert_eq!(refusals("no_token"), 2.0, "{metrics}");
     assert_eq!(refusals("bad_token"), 1.0, "{metrics}");
@@ -413,23 +275,20 @@ async fn supply_admin_without_a_token_gives_401_and_a_foreign_origin_is_refused(
 }
 
 fn serve_once(config: &Path, env: &[(&str, &str)], overrides: &[&str]) -> Output {
-    process::output_within(
-        &mut serve_command(config, env, overrides),
-        Duration::from_secs(60),
-    )
+    serve_command(config, env, overrides).output()
 }
 
-fn serve_command(config: &Path, env: &[(&str, &str)], overrides: &[&str]) -> Command {
-    let mut command = Command::new(build::converge_binary());
-    command
-        .args(["serve", "--config"])
+/// `converge serve --config CONFIG --set OVERRIDE…` with `env`, given a minute.
+fn serve_command(config: &Path, env: &[(&str, &str)], overrides: &[&str]) -> Converge {
+    Converge::new(&["serve", "--config"])
         .arg(config)
-        .env_remove("CONVERGE_ADMIN_TOKEN")
-        .envs(env.iter().copied());
-    for assignment in overrides {
-        command.args(["--set", assignment]);
-    }
-    command
+        .envs(env)
+        .args(
+            overrides
+                .iter()
+                .flat_map(|assignment| ["--set", assignment]),
+        )
+        .within(Duration::from_secs(60))
 }
 
 #[test]
@@ -443,7 +302,7 @@ fn supply_non_loopback_admin_without_a_token_refuses_to_start() {
         .expect("address");
     let config = config::write(
         dir.path(),
-        &stdin_config(
+        &config::stdin_serve(
             config::redis_store(&format!("redis://127.0.0.1:{closed_port}"), &prefix),
             &prefix,
             Some(admin(exposed, None, false)),
@@ -484,15 +343,12 @@ fn supply_non_loopback_admin_without_a_token_refuses_to_start() {
         "admin.token",
     );
     // With a token from the environment it goes on, and waits for the unreachable store.
-    let output = process::output_once_logged(
-        &mut serve_command(
-            &config,
-            &[("CONVERGE_ADMIN_TOKEN", "environment-token-0123456789")],
-            &[],
-        ),
-        "unavailable; retrying",
-        Duration::from_secs(60),
-    );
+    let output = serve_command(
+        &config,
+        &[("CONVERGE_ADMIN_TOKEN", "environment-token-0123456789")],
+        &[],
+    )
+    .output_once_logged("unavailable; retrying");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("store") && !stderr.contains("admin.listen"),

@@ -5,21 +5,11 @@
 //! (`tests/rules/bad-*`), and on convergent rules that are not the shipped one (`good-*`).
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use converge::rule::{EngineLimits, Gate, GateConfig, Gates, RuleEngine};
 use converge_tests::build;
-use converge_tests::process;
+use converge_tests::process::converge;
 use serde_json::Value;
-
-fn converge(args: &[&str]) -> Output {
-    process::output_within(
-        Command::new(build::converge_binary())
-            .args(args)
-            .current_dir(build::workspace_root()),
-        process::LONG,
-    )
-}
 
 fn path(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")

@@ -16,7 +16,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,10 +25,9 @@ use converge::entity::State;
 use converge::store::{Store, Write, WriteOutcome, new_writer_id};
 use converge_tests::fault_proxy::FaultProxy;
 use converge_tests::kafka::{PrivateKafka, TestTopic};
-use converge_tests::process::{serve, terminate};
-use converge_tests::services::{
-    TestStore, free_loopback_addr, metric, redis_address, scrape_metrics,
-};
+use converge_tests::process::Server;
+use converge_tests::prometheus::{Exposition, scrape};
+use converge_tests::services::{TestStore, free_loopback_addr, redis_address};
 use converge_tests::watch::Watcher;
 use converge_tests::{Convergence, config, orders};
 use futures::FutureExt as _;
@@ -274,7 +272,7 @@ impl Drop for KeptOnFailure {
 struct Fleet {
     configs: Vec<PathBuf>,
     logs: PathBuf,
-    processes: Vec<(Child, PathBuf)>,
+    processes: Vec<(Server, PathBuf)>,
     starts: Vec<u32>,
 }
 
@@ -294,10 +292,10 @@ impl Fleet {
         fleet
     }
 
-    fn spawn(&mut self, n: usize) -> (Child, PathBuf) {
+    fn spawn(&mut self, n: usize) -> (Server, PathBuf) {
         self.starts[n] += 1;
         let log = self.logs.join(format!("serve-{n}.{}.log", self.starts[n]));
-        (serve(&self.configs[n], &log), log)
+        (Server::start(&self.configs[n], &log), log)
     }
 
     /// Panics if a process exited on its own (nothing here may stop one but the test), naming
@@ -312,11 +310,11 @@ impl Fleet {
 
     fn exited(&mut self) -> Vec<String> {
         let mut exited = Vec::new();
-        for (n, (child, log)) in self.processes.iter_mut().enumerate() {
-            if let Some(exit) = child.try_wait().expect("serve's status") {
+        for (n, (server, log)) in self.processes.iter_mut().enumerate() {
+            if let Some(exit) = server.exited() {
                 exited.push(format!(
                     "serve {n} (pid {}, {exit}), see {}",
-                    child.id(),
+                    server.id(),
                     log.display()
                 ));
             }
@@ -325,38 +323,23 @@ impl Fleet {
     }
 
     fn kill_and_restart(&mut self, n: usize) -> (u32, u32) {
-        let (child, _) = &mut self.processes[n];
-        let killed = child.id();
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
+        let (server, _) = &mut self.processes[n];
+        let killed = server.id();
+        server.kill();
         self.processes[n] = self.spawn(n);
         (killed, self.processes[n].0.id())
     }
 
     fn signal(&self, n: usize, signal: &str) -> u32 {
-        let pid = self.processes[n].0.id();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {pid}");
-        pid
+        let server = &self.processes[n].0;
+        server.signal(signal);
+        server.id()
     }
 
     /// SIGTERM to each: every one, the woken zombie included, must exit cleanly.
-    fn terminate(mut self) {
-        for (child, _) in std::mem::take(&mut self.processes) {
-            terminate(child);
-        }
-    }
-}
-
-impl Drop for Fleet {
-    /// A failed test leaves no process behind.
-    fn drop(&mut self) {
-        for (child, _) in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
+    fn terminate(self) {
+        for (server, _) in self.processes {
+            server.terminate();
         }
     }
 }
@@ -431,9 +414,9 @@ impl Zombie {
     }
 
     /// Its `/metrics`, or why not.
-    fn metrics(&self) -> Result<String, String> {
+    fn metrics(&self) -> Result<Exposition, String> {
         self.runtime
-            .block_on(scrape_metrics(self.admin))
+            .block_on(scrape(self.admin))
             .map_err(|error| error.to_string())
     }
 
@@ -454,11 +437,11 @@ impl Zombie {
         }
         // Batches before the held one may still finish (and count): wait until two looks a
         // moment apart agree.
-        let counts = |text: &str| {
+        let counts = |metrics: &Exposition| {
             (
-                metric(text, "converge_conflicts_total"),
-                metric(text, "converge_batches_total"),
-                metric(text, "converge_in_flight_batches"),
+                metrics.value("converge_conflicts_total"),
+                metrics.value("converge_batches_total"),
+                metrics.value("converge_in_flight_batches"),
             )
         };
         let mut last = None;
@@ -469,7 +452,7 @@ impl Zombie {
                 "serve {}'s counts did not settle while its writes were held",
                 self.n
             );
-            let now = self.metrics().map(|text| counts(&text)).ok();
+            let now = self.metrics().map(|metrics| counts(&metrics)).ok();
             if let Some(settled) = now
                 && now == last
             {
@@ -515,7 +498,7 @@ impl Zombie {
             fleet.check_running();
             let conflicts = self
                 .metrics()
-                .map(|text| metric(&text, "converge_conflicts_total"));
+                .map(|metrics| metrics.value("converge_conflicts_total"));
             if let Ok(conflicts) = conflicts
                 && conflicts > self.conflicts_before
             {

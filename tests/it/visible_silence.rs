@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,9 @@ use converge::swap::{AUTO_ROLLBACK_ORIGIN, Role, RuleControl, RuleStatus};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
 use converge_tests::orders::{self, OrderStream};
-use converge_tests::process::{self, serve, terminate};
-use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
+use converge_tests::process::{Converge, Server};
+use converge_tests::prometheus::{Exposition, scrape, scrape_until};
+use converge_tests::services::{RedisKeys, TestStore, free_loopback_addr, redis_url};
 use converge_tests::{Convergence, build, config, stored_states};
 
 const TOKEN: &str = "supply-silence-token-0123456789";
@@ -57,7 +57,7 @@ fn silent_prefix(phase: &str) -> String {
 
 /// A `converge serve` of one test: its configuration, admin address and log.
 struct Instance {
-    child: Option<Child>,
+    server: Option<Server>,
     config: PathBuf,
     admin: SocketAddr,
     log: PathBuf,
@@ -68,7 +68,7 @@ impl Instance {
         let config = config::write(dir, settings);
         let log = dir.join("serve.log");
         Self {
-            child: Some(serve(&config, &log)),
+            server: Some(Server::start(&config, &log)),
             config,
             admin,
             log,
@@ -76,8 +76,8 @@ impl Instance {
     }
 
     fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            terminate(child);
+        if let Some(server) = self.server.take() {
+            server.terminate();
         }
     }
 
@@ -91,14 +91,8 @@ impl Instance {
         serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"))
     }
 
-    async fn metrics(&self) -> Metricset {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .expect("admin answers")
-            .text()
-            .await
-            .expect("metrics");
-        Metricset::parse(&text)
+    async fn metrics(&self) -> Exposition {
+        scrape(self.admin).await.expect("admin answers")
     }
 
     /// Waits (up to 60 s) until the admin endpoint answers and `done` holds for its status.
@@ -122,85 +116,11 @@ impl Instance {
     }
 
     /// Waits until the metrics satisfy `done`, and answers them.
-    async fn metrics_until(&self, what: &str, done: impl Fn(&Metricset) -> bool) -> Metricset {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let metrics = self.metrics().await;
-            if done(&metrics) {
-                return metrics;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    async fn metrics_until(&self, what: &str, done: impl Fn(&Exposition) -> bool) -> Exposition {
+        scrape_until(self.admin, &self.log, what, done).await
     }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The samples of a Prometheus text exposition: (name, labels) -> value.
-struct Metricset(Vec<(String, BTreeMap<String, String>, f64)>);
-
-impl Metricset {
-    fn parse(text: &str) -> Self {
-        let samples = text
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let value: f64 = value.parse().ok()?;
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, labels.strip_suffix('}')?),
-                    None => (series, ""),
-                };
-                Some((name.to_owned(), parse_labels(labels), value))
-            })
-            .collect();
-        Self(samples)
-    }
-
-    /// The sum of the samples of `name` whose labels include `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|(_, value)| value).sum()
-    }
-
-    fn matching<'a>(
-        &'a self,
-        name: &'a str,
-        labels: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, f64)> + 'a {
-        self.0.iter().filter_map(move |(sample, have, value)| {
-            (sample == name
-                && labels
-                    .iter()
-                    .all(|(label, want)| have.get(*label).is_some_and(|v| v == want)))
-            .then_some((have, *value))
-        })
-    }
-}
-
-/// `a="x",b="y"` (values without escaped quotes, as these tests' labels are).
-fn parse_labels(labels: &str) -> BTreeMap<String, String> {
-    let mut parsed = BTreeMap::new();
-    let mut rest = labels;
-    while let Some((name, after)) = rest.split_once("=\"") {
-        let Some((value, after)) = after.split_once('"') else {
-            break;
-        };
-        parsed.insert(name.trim_start_matches(',').to_owned(), value.to_owned());
-        rest = after;
-    }
-    parsed
-}
-
-/// `serve` over `topic` into `store` with an admin endpoint (token [`TOKEN`]), serving the rule
-/// at `rule`.
 fn settings(topic: &TestTopic, dlq: &TestTopic, store: StoreConfig, rule: &Path) -> Config {
     let mut settings = config::kafka_serve(
         &topic.name,
@@ -265,7 +185,7 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
     let events = stream.events.len() as f64;
     let metrics = instance
         .metrics_until("every event to be counted", |m| {
-            m.sum("converge_decisions_total", &[]) == events
+            m.try_sum("converge_decisions_total", &[]) == Some(events)
         })
         .await;
 
@@ -276,7 +196,7 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
     assert!(ignored > 0.0, "a shuffled, duplicated stream has ignores");
     let by_reason: BTreeMap<String, f64> = metrics
         .matching("converge_ignores_total", &[("rule", ORDER_STATUS)])
-        .map(|(labels, value)| (labels["reason"].clone(), value))
+        .map(|sample| (sample.labels["reason"].clone(), sample.value))
         .collect();
     assert_eq!(
         by_reason.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -284,17 +204,22 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
         "{by_reason:?}"
     );
     assert_eq!(by_reason.values().sum::<f64>(), ignored, "{by_reason:?}");
+    // A kind the stream never had is absent from both: none on either side.
     for kind in KINDS {
         assert_eq!(
-            metrics.sum(
-                "converge_rule_decisions_total",
-                &[
-                    ("rule", ORDER_STATUS),
-                    ("role", "active"),
-                    ("decision", kind)
-                ]
-            ),
-            metrics.sum("converge_decisions_total", &[("decision", kind)]),
+            metrics
+                .try_sum(
+                    "converge_rule_decisions_total",
+                    &[
+                        ("rule", ORDER_STATUS),
+                        ("role", "active"),
+                        ("decision", kind)
+                    ]
+                )
+                .unwrap_or(0.0),
+            metrics
+                .try_sum("converge_decisions_total", &[("decision", kind)])
+                .unwrap_or(0.0),
             "{kind}"
         );
     }
@@ -332,7 +257,7 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
     let all_events = events + second.events.len() as f64;
     let metrics = instance
         .metrics_until("every event to be counted", |m| {
-            m.sum("converge_decisions_total", &[]) == all_events
+            m.try_sum("converge_decisions_total", &[]) == Some(all_events)
         })
         .await;
     let shadow_decisions = metrics.sum(
@@ -376,8 +301,11 @@ async fn supply_ignores_are_counted_by_reason_and_share_per_rule_version() {
         ignored,
         "only the applied ignores count by reason"
     );
+    // The shadow's ignores are not applied: none counted (no series, or one at zero).
     assert_eq!(
-        metrics.sum("converge_ignores_total", &[("rule", "version-rank@0.1.0")]),
+        metrics
+            .try_sum("converge_ignores_total", &[("rule", "version-rank@0.1.0")])
+            .unwrap_or(0.0),
         0.0
     );
     instance.stop();
@@ -536,14 +464,11 @@ async fn supply_auto_rollback_when_the_ignore_share_jumps() {
         "events ignored before the rollback must be missing until replayed"
     );
     // A replay of the topic through the rule serving again repairs them.
-    let replay = process::output_within(
-        Command::new(build::converge_binary())
-            .args(["replay", "--rebuild", "--rule"])
-            .arg(&order_status)
-            .arg("--config")
-            .arg(&instance.config),
-        process::LONG,
-    );
+    let replay = Converge::new(&["replay", "--rebuild", "--rule"])
+        .arg(&order_status)
+        .arg("--config")
+        .arg(&instance.config)
+        .output();
     assert!(
         replay.status.success(),
         "{}\n{}",
@@ -562,7 +487,7 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
     let dlq = TestTopic::create("supply-silence-shadow-dlq", 1).await;
     let redis = TestStore::standalone("supply-silence-shadow").await;
     let fleet = format!("supply-silence-{:016x}", rand::random::<u64>());
-    let _fleet_keys = FleetKeys(fleet.clone());
+    let _fleet_keys = RedisKeys::of_fleet(&fleet);
     let mut dir = tempfile::tempdir().expect("temp dir");
     let mut settings = settings(
         &topic,
@@ -579,15 +504,9 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
     });
     let mut instance = Instance::start(dir.path(), &settings, admin_of(&settings));
     let cli = |args: &[&str]| {
-        let output = process::output_within(
-            Command::new(build::converge_binary()).args(args).args([
-                "--redis",
-                &redis_url(),
-                "--fleet",
-                &fleet,
-            ]),
-            process::LONG,
-        );
+        let output = Converge::new(args)
+            .args(["--redis", &redis_url(), "--fleet", &fleet])
+            .output();
         assert!(output.status.success(), "{args:?}: {output:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
@@ -708,26 +627,6 @@ async fn supply_shadow_measures_the_ignore_share_before_promotion() {
         })
         .await;
     instance.stop();
-}
-
-/// Deletes a fleet's keys when dropped.
-struct FleetKeys(String);
-
-impl Drop for FleetKeys {
-    fn drop(&mut self) {
-        let Ok(mut connection) =
-            redis::Client::open(redis_url()).and_then(|client| client.get_connection())
-        else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("converge:fleet:{{{}}}:*", self.0))
-            .query(&mut connection)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut connection);
-        }
-    }
 }
 
 /// Tells `rule` that `decisions` were applied, as the pipeline does when their batch is

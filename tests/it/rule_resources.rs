@@ -23,10 +23,10 @@ use converge::rule::{
 };
 use converge::source::Position;
 use converge::store::MemoryStore;
-use converge_tests::services::{free_loopback_addr, metric, scrape_metrics, unique_prefix};
+use converge_tests::process::StdinServe;
+use converge_tests::prometheus::{Exposition, scrape};
+use converge_tests::services::{RedisKeys, free_loopback_addr, unique_prefix};
 use converge_tests::{build, config, line_messages};
-
-use crate::supply_admin::{RedisKeys, StdinServe, stdin_config};
 
 /// Tables the hand-written rule declares, each grown by [`ELEMENTS`] for a `table-` key.
 const TABLES: u32 = 16;
@@ -331,7 +331,7 @@ const TOKEN: &str = "wedge-rule-resources-token-0123456789";
 /// `serve` reading JSON lines from stdin with an admin endpoint on `admin` (with the token),
 /// uploads gated without vectors (the test rules bring none).
 fn metrics_config(prefix: &str, admin: SocketAddr) -> Config {
-    let mut settings = stdin_config(
+    let mut settings = config::stdin_serve(
         config::standalone_store(prefix),
         prefix,
         Some(AdminConfig {
@@ -344,13 +344,12 @@ fn metrics_config(prefix: &str, admin: SocketAddr) -> Config {
     settings
 }
 
-/// The stamps that label a series in a `/metrics` text.
-fn stamps(metrics: &str) -> std::collections::BTreeSet<String> {
+/// The stamps that label a series (its `rule` label) in a scrape.
+fn stamps(metrics: &Exposition) -> std::collections::BTreeSet<String> {
     metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split_once("rule=\"")?.1.split_once('"'))
-        .map(|(stamp, _)| stamp.to_owned())
+        .samples()
+        .iter()
+        .filter_map(|sample| sample.labels.get("rule").cloned())
         .collect()
 }
 
@@ -358,7 +357,7 @@ fn stamps(metrics: &str) -> std::collections::BTreeSet<String> {
 async fn wedge_metric_series_of_versions_no_longer_served_are_dropped() {
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = unique_prefix("wedge-series");
-    let _keys = RedisKeys(prefix.clone());
+    let _keys = RedisKeys::under(&prefix);
     let admin = free_loopback_addr();
     let mut serve = StdinServe::start(dir.path(), "serve", &metrics_config(&prefix, admin), "info");
     serve.ready(admin).await;
@@ -393,19 +392,19 @@ async fn wedge_metric_series_of_versions_no_longer_served_are_dropped() {
         }
         let line = serde_json::to_string(&event(&format!("k-{n}"))).expect("serialises");
         serve.send_lines(&[line.clone(), line]);
-        let decided = |metrics: &str| {
+        // Absent until the first such decision.
+        let decided = |metrics: &Exposition| {
             ["insert", "ignore"].iter().all(|decision| {
-                metric(
-                    metrics,
-                    &format!(
+                metrics
+                    .try_value(&format!(
                         "converge_rule_decisions_total{{rule=\"{stamp}\",role=\"active\",decision=\"{decision}\"}}"
-                    ),
-                ) >= 1.0
+                    ))
+                    .is_some_and(|decided| decided >= 1.0)
             })
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let metrics = scrape_metrics(admin).await.expect("metrics");
+            let metrics = scrape(admin).await.expect("metrics");
             if decided(&metrics) {
                 break;
             }
@@ -419,7 +418,7 @@ async fn wedge_metric_series_of_versions_no_longer_served_are_dropped() {
     }
 
     // Active: version-rank; previous: good-fieldwise-max; no shadow. Nothing else is labelled.
-    let metrics = scrape_metrics(admin).await.expect("metrics");
+    let metrics = scrape(admin).await.expect("metrics");
     let kept: std::collections::BTreeSet<String> = [
         "good-fieldwise-max@0.1.0".to_owned(),
         "version-rank@0.1.0".to_owned(),
@@ -431,18 +430,15 @@ async fn wedge_metric_series_of_versions_no_longer_served_are_dropped() {
         "series of versions neither active, previous nor shadow remain:\n{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "converge_rule_info{rule=\"version-rank@0.1.0\"}"),
+        metrics.value("converge_rule_info{rule=\"version-rank@0.1.0\"}"),
         1.0
     );
     assert_eq!(
-        metric(
-            &metrics,
-            "converge_rule_info{rule=\"good-fieldwise-max@0.1.0\"}"
-        ),
+        metrics.value("converge_rule_info{rule=\"good-fieldwise-max@0.1.0\"}"),
         0.0
     );
     assert!(
-        metrics.contains("converge_ignores_total{rule=\"version-rank@0.1.0\""),
+        metrics.has("converge_ignores_total", "rule", "version-rank@0.1.0"),
         "{metrics}"
     );
     serve.stop();

@@ -5,22 +5,23 @@
 //! the component size cap, the engine's instance, memory and table caps, and the bounded
 //! refused-history.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use converge::config::{AdminConfig, Config, FleetConfig};
+use converge::config::AdminConfig;
 use converge::rule::{
     EngineLimits, GateConfig, GateError, Gates, LoadError, PublicKey, RuleEngine, SignatureError,
     SigningKey, TrustedKeys, content_hash, sign,
 };
 use converge::store::Store as _;
-use converge::swap::{Fleet, FleetStatus, Role, RuleControl, SwapRecord};
+use converge::swap::{Role, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
+use converge_tests::fleet::{TestFleet, instance_config, refused_swaps};
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{self, serve, terminate};
-use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
+use converge_tests::process::{Converge, Server};
+use converge_tests::services::{TestStore, free_loopback_addr};
 use converge_tests::{Convergence, build, config, orders};
 use redis::AsyncCommands as _;
 use wasm_encoder::ComponentSection as _;
@@ -78,38 +79,16 @@ fn order_status_next() -> Vec<u8> {
 
 /// Runs `converge ARGS` with `env`, to its end.
 fn converge(args: &[&str], env: &[(&str, &str)]) -> Output {
-    process::output_within(
-        Command::new(build::converge_binary())
-            .args(args)
-            .env_remove("CONVERGE_TRUSTED_KEYS")
-            .envs(env.iter().copied()),
-        process::LONG,
-    )
+    Converge::new(args).envs(env).output()
 }
 
-/// Runs `converge serve` on `config`, which must stop on its own; one that serves instead is
-/// stopped and fails the test.
+/// Runs `converge serve` on `config`, which must stop on its own within a minute; one that
+/// serves instead is stopped and fails the test.
 fn refused_start(config: &Path) -> Output {
-    let mut child = Command::new(build::converge_binary())
-        .args(["serve", "--config"])
+    Converge::new(&["serve", "--config"])
         .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("converge serve starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("serve's status").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("serve's output");
-            panic!(
-                "serve started serving instead of refusing: {}",
-                text(&output)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("serve's output")
+        .within(Duration::from_secs(60))
+        .output()
 }
 
 fn text(output: &Output) -> String {
@@ -516,125 +495,6 @@ fn supply_serve_refuses_to_start_with_an_unsigned_rule_when_keys_are_trusted() {
     );
 }
 
-/// A fleet of the test's own, with a raw connection to write its keys as an attacker would;
-/// its keys are deleted at the end.
-struct TestFleet {
-    fleet: Fleet,
-    name: String,
-    redis: redis::aio::MultiplexedConnection,
-}
-
-impl TestFleet {
-    async fn new(test: &str) -> Self {
-        let name = format!("{test}-{:016x}", rand::random::<u64>());
-        let fleet = Fleet::connect(&redis_url(), &name).await.expect("fleet");
-        let redis = redis::Client::open(redis_url())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connection");
-        Self { fleet, name, redis }
-    }
-
-    fn key(&self, suffix: &str) -> String {
-        format!("converge:fleet:{{{}}}:{suffix}", self.name)
-    }
-
-    /// Writes `bytes` as the blob of `hash` (its own or not).
-    async fn plant_blob(&self, hash: &str, bytes: &[u8]) {
-        let _: () = self
-            .redis
-            .clone()
-            .set(self.key(&format!("rule:blob:{hash}")), bytes)
-            .await
-            .expect("planted");
-    }
-
-    /// Points the active rule at `value`, with no announcement.
-    async fn point_at(&self, value: &str) {
-        let _: () = self
-            .redis
-            .clone()
-            .set(self.key("rule:active"), value)
-            .await
-            .expect("pointed");
-    }
-
-    async fn set_history(&self, entries: &[&str]) {
-        let key = self.key("rule:history");
-        let mut redis = self.redis.clone();
-        let _: () = redis.del(&key).await.expect("deleted");
-        let _: () = redis.rpush(&key, entries).await.expect("history");
-    }
-
-    async fn history(&self) -> Vec<String> {
-        self.redis
-            .clone()
-            .lrange(self.key("rule:history"), 0, -1)
-            .await
-            .expect("history")
-    }
-
-    async fn active(&self) -> Option<String> {
-        self.redis
-            .clone()
-            .get(self.key("rule:active"))
-            .await
-            .expect("active")
-    }
-
-    async fn refused_count(&self) -> usize {
-        self.redis
-            .clone()
-            .zcard(self.key("rule:refused"))
-            .await
-            .expect("refused")
-    }
-
-    /// `converge rule ARGS --redis URL --fleet NAME`.
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut all = args.to_vec();
-        let url = redis_url();
-        all.extend(["--redis", &url, "--fleet", &self.name]);
-        converge(&all, &[])
-    }
-
-    /// `converge rule status --json`.
-    fn cli_status(&self) -> FleetStatus {
-        let output = self.cli(&["rule", "status", "--json"]);
-        assert!(output.status.success(), "{}", text(&output));
-        serde_json::from_slice(&output.stdout).expect("status JSON")
-    }
-
-    /// Waits until `count` live instances satisfy `check`.
-    async fn until(&self, what: &str, count: usize, check: impl Fn(&FleetStatus) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = self.fleet.status().await.expect("status");
-            if status.instances.len() == count && check(&status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {status:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn delete(self) {
-        let mut redis = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("converge:fleet:{{{}}}:*", self.name))
-            .query_async(&mut redis)
-            .await
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: () = redis.del(keys).await.expect("deleted");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supply_publish_skip_local_gates_still_checks_the_signature() {
     let fleet = TestFleet::new("supply-publish").await;
@@ -704,50 +564,6 @@ async fn supply_publish_skip_local_gates_still_checks_the_signature() {
     ]);
     assert!(published.status.success(), "{}", text(&published));
     assert_eq!(fleet.active().await, Some(content_hash(&read(&good))));
-    fleet.delete().await;
-}
-
-/// `base` as instance `name` of `fleet`, with an admin endpoint of its own.
-fn instance_config(
-    dir: &Path,
-    name: &str,
-    base: &Config,
-    fleet: &str,
-) -> (PathBuf, std::net::SocketAddr) {
-    let admin = free_loopback_addr();
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut settings = base.clone();
-    settings.admin = Some(AdminConfig {
-        listen: admin,
-        ..AdminConfig::default()
-    });
-    settings.rule.fleet = Some(FleetConfig {
-        redis: redis_url(),
-        name: fleet.to_owned(),
-        instance: Some(name.to_owned()),
-        allow_unsigned: true,
-    });
-    (config::write(&dir, &settings), admin)
-}
-
-/// The count of `converge_rule_swaps_total{result="refused",gate=GATE}` on the instance
-/// whose admin endpoint is `admin`.
-async fn refused_count(admin: std::net::SocketAddr, gate: &str) -> u64 {
-    let body = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics body");
-    body.lines()
-        .filter(|line| {
-            line.starts_with("converge_rule_swaps_total{")
-                && line.contains("result=\"refused\"")
-                && line.contains(&format!("gate=\"{gate}\""))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,9 +592,13 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     let mut admins = Vec::new();
     let mut instances = Vec::new();
     for name in ["first", "second"] {
-        let (config_path, admin) = instance_config(dir.path(), name, &base, &fleet.name);
+        let (config_path, admin) =
+            instance_config(dir.path(), name, base.clone(), &fleet.name, None);
         admins.push(admin);
-        instances.push(serve(&config_path, &dir.path().join(format!("{name}.log"))));
+        instances.push(Server::start(
+            &config_path,
+            &dir.path().join(format!("{name}.log")),
+        ));
     }
     // The fleet's rule is the signed one, published the ordinary way.
     let published = fleet.cli(&[
@@ -912,16 +732,15 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     }
     dead_letters.assert_empty().await;
     for admin in &admins {
-        assert_eq!(refused_count(*admin, "signature").await, 3, "{admin}");
-        assert_eq!(refused_count(*admin, "integrity").await, 2, "{admin}");
+        assert_eq!(refused_swaps(*admin, "signature").await, 3, "{admin}");
+        assert_eq!(refused_swaps(*admin, "integrity").await, 2, "{admin}");
     }
     for instance in fleet.cli_status().instances {
         assert_eq!(instance.rule.active.hash, v1_hash, "{}", instance.instance);
     }
     for instance in instances {
-        terminate(instance);
+        instance.terminate();
     }
-    fleet.delete().await;
 }
 
 /// The top-level core modules of `component`: the index the next module appended gets.
@@ -1121,8 +940,7 @@ async fn supply_a_component_over_the_size_cap_is_refused_on_every_path() {
     assert_eq!(last_refusal_gate(status.last_swap.as_ref()), Some("size"));
     assert_eq!(status.active.rule, "order-status@0.1.0");
     let score: Option<f64> = fleet
-        .redis
-        .clone()
+        .redis()
         .zscore(fleet.key("rule:refused"), &big_hash)
         .await
         .expect("zscore");
@@ -1143,7 +961,6 @@ async fn supply_a_component_over_the_size_cap_is_refused_on_every_path() {
         last_refusal_gate(control.status().last_swap.as_ref()),
         Some("compile")
     );
-    fleet.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1173,7 +990,7 @@ async fn supply_admin_refuses_an_unsigned_rule_when_keys_are_trusted() {
         ..AdminConfig::default()
     });
     let config_path = config::write(dir.path(), &settings);
-    let instance = serve(&config_path, &dir.path().join("serve.log"));
+    let instance = Server::start(&config_path, &dir.path().join("serve.log"));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !client
@@ -1220,11 +1037,11 @@ async fn supply_admin_refuses_an_unsigned_rule_when_keys_are_trusted() {
         Some("signature")
     );
     assert_eq!(status.active.rule, "order-status@0.1.0");
-    assert_eq!(refused_count(admin, "signature").await, 1);
+    assert_eq!(refused_swaps(admin, "signature").await, 1);
 
     let applied = upload(signed(&order_status_next(), &trusted))
         .await
         .expect("admin answers");
     assert!(applied.status().is_success(), "{:?}", applied.text().await);
-    terminate(instance);
+    instance.terminate();
 }

@@ -5,20 +5,19 @@
 //! rollback to an older release is an explicit, recorded downgrade (`--allow-downgrade`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use converge::config::FleetConfig;
 use converge::rule::{EngineLimits, GateConfig, Gates, PublicKey, RuleEngine, TrustedKeys};
 use converge::store::Store as _;
-use converge::swap::{Fleet, FleetStatus, RuleControl, SwapRecord};
+use converge::swap::{Fleet, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
+use converge_tests::fleet::{TestFleet, refused_swaps};
 use converge_tests::kafka::TestTopic;
-use converge_tests::process::{self, Server};
-use converge_tests::services::{
-    TestStore, free_loopback_addr, redis_url, scrape_metrics, unique_prefix,
-};
+use converge_tests::process::{Server, converge};
+use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
 use converge_tests::{Convergence, build, config, orders};
 use redis::AsyncCommands as _;
 
@@ -36,16 +35,6 @@ fn text(output: &Output) -> String {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
-}
-
-/// `converge ARGS`, to its end.
-fn converge(args: &[&str]) -> Output {
-    process::output_within(
-        Command::new(build::converge_binary())
-            .args(args)
-            .env_remove("CONVERGE_TRUSTED_KEYS"),
-        process::LONG,
-    )
 }
 
 /// A signing key made by `converge rule keygen`, and the two versions of the order-status
@@ -108,111 +97,6 @@ impl Releases {
     }
 }
 
-/// A fleet of the test's own, with a raw connection to write its keys as an attacker would;
-/// its keys are deleted at the end.
-struct AttackedFleet {
-    name: String,
-    fleet: Fleet,
-    redis: redis::aio::MultiplexedConnection,
-}
-
-impl AttackedFleet {
-    async fn new(test: &str) -> Self {
-        let name = unique_prefix(test).replace(':', "-");
-        let fleet = Fleet::connect(&redis_url(), &name).await.expect("fleet");
-        let redis = redis::Client::open(redis_url())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connection");
-        Self { name, fleet, redis }
-    }
-
-    fn key(&self, suffix: &str) -> String {
-        format!("converge:fleet:{{{}}}:{suffix}", self.name)
-    }
-
-    async fn set(&self, suffix: &str, value: &str) {
-        let _: () = self
-            .redis
-            .clone()
-            .set(self.key(suffix), value)
-            .await
-            .expect("written");
-    }
-
-    async fn del(&self, suffix: &str) {
-        let _: () = self
-            .redis
-            .clone()
-            .del(self.key(suffix))
-            .await
-            .expect("deleted");
-    }
-
-    async fn get(&self, suffix: &str) -> Option<String> {
-        self.redis
-            .clone()
-            .get(self.key(suffix))
-            .await
-            .expect("read")
-    }
-
-    /// `converge rule ARGS --redis URL --fleet NAME --trusted-key KEY`.
-    fn cli(&self, args: &[&str], key: &PublicKey) -> Output {
-        let mut all = args.to_vec();
-        let url = redis_url();
-        let key = key.to_string();
-        all.extend([
-            "--redis",
-            &url,
-            "--fleet",
-            &self.name,
-            "--trusted-key",
-            &key,
-        ]);
-        converge(&all)
-    }
-
-    /// `converge rule status --json`.
-    fn status(&self) -> FleetStatus {
-        let url = redis_url();
-        let output = converge(&[
-            "rule", "status", "--json", "--redis", &url, "--fleet", &self.name,
-        ]);
-        assert!(output.status.success(), "{}", text(&output));
-        serde_json::from_slice(&output.stdout).expect("status JSON")
-    }
-
-    /// Waits until `count` live instances satisfy `check`.
-    async fn until(&self, what: &str, count: usize, check: impl Fn(&FleetStatus) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = self.fleet.status().await.expect("status");
-            if status.instances.len() == count && check(&status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {status:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn delete(self) {
-        let mut redis = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("converge:fleet:{{{}}}:*", self.name))
-            .query_async(&mut redis)
-            .await
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: () = redis.del(keys).await.expect("deleted");
-        }
-    }
-}
-
 fn refused_by(swap: Option<&SwapRecord>, hash: &str, gate: &str) -> bool {
     swap.is_some_and(|swap| {
         swap.hash == hash
@@ -224,27 +108,12 @@ fn refused_by(swap: Option<&SwapRecord>, hash: &str, gate: &str) -> bool {
     })
 }
 
-/// `converge_rule_swaps_total{result="refused",gate=GATE}` on the instance at `admin`.
-async fn refused_count(admin: std::net::SocketAddr, gate: &str) -> u64 {
-    scrape_metrics(admin)
-        .await
-        .expect("metrics answer")
-        .lines()
-        .filter(|line| {
-            line.starts_with("converge_rule_swaps_total{")
-                && line.contains("result=\"refused\"")
-                && line.contains(&format!("gate=\"{gate}\""))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_instance() {
     let topic = TestTopic::create("wedge-release", 2).await;
     let dead_letters = TestTopic::create("wedge-release-dlq", 1).await;
     let redis = TestStore::standalone("wedge-release").await;
-    let fleet = AttackedFleet::new("wedge-release").await;
+    let fleet = TestFleet::new("wedge-release").await;
     let mut dir = tempfile::tempdir().expect("temp dir");
     let releases = Releases::sign(dir.path());
     let (r0, r1, r2) = (
@@ -286,7 +155,7 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
 
     // Release 1, then release 2, published the ordinary way.
     for rule in [&releases.r1, &releases.r2] {
-        let published = fleet.cli(&["rule", "publish", path_str(rule)], &releases.key);
+        let published = fleet.cli_trusting(&["rule", "publish", path_str(rule)], &releases.key);
         assert!(published.status.success(), "{}", text(&published));
     }
     fleet
@@ -294,7 +163,7 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
             status.instances.iter().all(|i| i.rule.active.hash == r2)
         })
         .await;
-    assert_eq!(fleet.status().floor, 2);
+    assert_eq!(fleet.cli_status().floor, 2);
     assert_eq!(fleet.get("rule:floor").await.as_deref(), Some("2"));
 
     let stream = orders::generate("order-", 1_000, 20, 24);
@@ -313,7 +182,7 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
             })
         })
         .await;
-    for instance in fleet.status().instances {
+    for instance in fleet.cli_status().instances {
         let refusal = instance.rule.last_swap.and_then(|swap| swap.refusal);
         let reason = refusal.map(|refusal| refusal.reason).unwrap_or_default();
         assert!(
@@ -327,7 +196,7 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
     // existed (release 0) published through the ordinary command: Redis takes it (its floor is
     // gone), and the instances, which hold to the floor they have seen, refuse it.
     fleet.del("rule:floor").await;
-    let replayed = fleet.cli(&["rule", "publish", path_str(&releases.r0)], &releases.key);
+    let replayed = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r0)], &releases.key);
     assert!(replayed.status.success(), "{}", text(&replayed));
     assert_eq!(fleet.get("rule:active").await.as_deref(), Some(r0.as_str()));
     fleet
@@ -340,9 +209,9 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
         .await;
 
     // The operator puts release 2 back; nothing changes on the instances, which serve it.
-    let restored = fleet.cli(&["rule", "publish", path_str(&releases.r2)], &releases.key);
+    let restored = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r2)], &releases.key);
     assert!(restored.status.success(), "{}", text(&restored));
-    assert_eq!(fleet.status().floor, 2);
+    assert_eq!(fleet.cli_status().floor, 2);
     for part in parts {
         topic.produce(part).await;
     }
@@ -365,21 +234,20 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
     }
     dead_letters.assert_empty().await;
     for admin in &admins {
-        assert_eq!(refused_count(*admin, "integrity").await, 2, "{admin}");
+        assert_eq!(refused_swaps(*admin, "integrity").await, 2, "{admin}");
     }
-    for instance in fleet.status().instances {
+    for instance in fleet.cli_status().instances {
         assert_eq!(instance.rule.active.hash, r2, "{}", instance.instance);
         assert_eq!(instance.rule.active.rule, R2_STAMP);
     }
     for instance in instances {
         instance.terminate();
     }
-    fleet.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_recorded() {
-    let fleet = AttackedFleet::new("wedge-downgrade").await;
+    let fleet = TestFleet::new("wedge-downgrade").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let releases = Releases::sign(dir.path());
     let (r1, r2) = (Releases::hash(&releases.r1), Releases::hash(&releases.r2));
@@ -409,17 +277,17 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
     };
 
     for rule in [&releases.r1, &releases.r2] {
-        let published = fleet.cli(&["rule", "publish", path_str(rule)], &key);
+        let published = fleet.cli_trusting(&["rule", "publish", path_str(rule)], &key);
         assert!(published.status.success(), "{}", text(&published));
         sync(&mut seen).await;
     }
     assert_eq!(control.active_hash(), r2);
-    let before = fleet.status();
+    let before = fleet.cli_status();
     assert_eq!((before.floor, before.downgrades.len()), (2, 0));
     assert_eq!(before.history, [r2.as_str(), r1.as_str()]);
 
     // Release 1 cannot be published again over release 2.
-    let republished = fleet.cli(&["rule", "publish", path_str(&releases.r1)], &key);
+    let republished = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r1)], &key);
     assert_eq!(republished.status.code(), Some(1), "{}", text(&republished));
     assert!(
         text(&republished).contains("release 1, below fleet"),
@@ -429,12 +297,12 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
 
     // A rollback to release 1 is a downgrade: refused without --allow-downgrade, and nothing
     // changes.
-    let refused = fleet.cli(&["rule", "rollback"], &key);
+    let refused = fleet.cli_trusting(&["rule", "rollback"], &key);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     let said = text(&refused);
     assert!(said.contains("is a downgrade"), "{said}");
     assert!(said.contains("--allow-downgrade"), "{said}");
-    let unchanged = fleet.status();
+    let unchanged = fleet.cli_status();
     assert_eq!(unchanged.active.as_deref(), Some(r2.as_str()));
     assert_eq!(unchanged.history, before.history);
     assert_eq!((unchanged.floor, unchanged.downgrades.len()), (2, 0));
@@ -444,14 +312,14 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64;
-    let downgraded = fleet.cli(&["rule", "rollback", "--allow-downgrade"], &key);
+    let downgraded = fleet.cli_trusting(&["rule", "rollback", "--allow-downgrade"], &key);
     assert!(downgraded.status.success(), "{}", text(&downgraded));
     assert!(
         text(&downgraded).contains("DOWNGRADED"),
         "{}",
         text(&downgraded)
     );
-    let after = fleet.status();
+    let after = fleet.cli_status();
     assert_eq!(after.active.as_deref(), Some(r1.as_str()));
     assert_eq!(after.floor, 1);
     assert_eq!(after.history, [r1.as_str()]);
@@ -480,7 +348,7 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
 
     // Release 2 again, then an attacker lowers the floor key and points at release 1 without
     // recording a downgrade: the instance holds to floor 2 and refuses it.
-    let forward = fleet.cli(&["rule", "publish", path_str(&releases.r2)], &key);
+    let forward = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r2)], &key);
     assert!(forward.status.success(), "{}", text(&forward));
     sync(&mut seen).await;
     assert_eq!(control.active_hash(), r2);
@@ -498,19 +366,13 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
     // A floor key of another type is no error for the instance: the pointer is refused.
     fleet.del("rule:floor").await;
     let _: () = fleet
-        .redis
-        .clone()
+        .redis()
         .rpush(fleet.key("rule:floor"), "9")
         .await
         .expect("a list");
     let r0 = Releases::hash(&releases.r0);
     let r0_blob = std::fs::read(&releases.r0).expect("release 0");
-    let _: () = fleet
-        .redis
-        .clone()
-        .set(fleet.key(&format!("rule:blob:{r0}")), r0_blob)
-        .await
-        .expect("planted");
+    fleet.plant_blob(&r0, &r0_blob).await;
     fleet.set("rule:active", &r0).await;
     sync(&mut seen).await;
     assert_eq!(control.active_hash(), r2);
@@ -526,5 +388,4 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
         .map(|refusal| refusal.reason)
         .unwrap_or_default();
     assert!(reason.contains("floor holds \"(a list)\""), "{reason}");
-    fleet.delete().await;
 }
