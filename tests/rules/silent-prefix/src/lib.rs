@@ -3,7 +3,7 @@
 //! prefix the gates' convergence check never draws. So it passes every gate, inserts what
 //! arrives first for such a key (an empty state is never ignored), and then drops the key's
 //! later events in silence: acknowledged, never stored. Only its share of `ignore`s gives it
-//! away, which is what `rule.auto_rollback` watches (tests/it/supply_silence.rs).
+//! away, which is what `rule.auto_rollback` watches (tests/it/visible_silence.rs).
 
 wit_bindgen::generate!({ world: "rule", path: "../../../wit" });
 
