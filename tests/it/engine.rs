@@ -139,10 +139,17 @@ fn a_rule_importing_the_clock_is_refused_at_load() {
 #[test]
 fn bytes_that_are_not_a_component_are_refused() {
     let engine = RuleEngine::new(limits()).expect("engine starts");
-    assert!(matches!(
-        engine.compile(b"definitely not wasm"),
-        Err(LoadError::Compile(_))
-    ));
+    // Not WebAssembly at all: said in one line, naming what the file begins with.
+    match engine.compile(b"definitely not wasm") {
+        Err(error @ LoadError::NotWebAssembly { .. }) => {
+            let message = error.to_string();
+            assert!(
+                message.starts_with("not a WebAssembly component") && !message.contains('\n'),
+                "{message}"
+            );
+        }
+        other => panic!("expected NotWebAssembly, got {:?}", other.err()),
+    }
     // A core module is WebAssembly, but not a component.
     assert!(matches!(
         engine.compile(b"\0asm\x01\0\0\0"),
