@@ -16,8 +16,8 @@ use crate::rule::{EngineLimits, GateError, Gates, LoadError, RuleEngine, Trusted
 use crate::source::SourceError;
 use crate::store::StoreError;
 use crate::swap::{RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file};
-use crate::telemetry::Metrics;
 use crate::telemetry::events::Unavailable;
+use crate::telemetry::{Metrics, Service};
 
 /// Why serving stopped with an error. Unacknowledged messages are delivered again on restart.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +109,12 @@ pub async fn serve(
     // A store or dead-letter queue down at start is an outage like any other: waited out,
     // rather than an exit that a supervisor would turn into a crash loop.
     let opened = starting
-        .wait("store", &mut shutdown, store_unreachable, async || {
-            config.store.open().await
-        })
+        .wait(
+            Service::Store,
+            &mut shutdown,
+            store_unreachable,
+            async || config.store.open().await,
+        )
         .await?;
     let Some(store) = opened else {
         stop_background(background).await;
@@ -120,7 +123,7 @@ pub async fn serve(
     warn_of_eviction(&store).await;
     let opened = starting
         .wait(
-            "dead-letter queue",
+            Service::DeadLetterQueue,
             &mut shutdown,
             dead_letters_unreachable,
             async || {
@@ -224,7 +227,7 @@ impl Starting<'_> {
     /// `None` when shutdown is asked for meanwhile. Other errors end the start.
     async fn wait<T, E: std::fmt::Display>(
         &self,
-        service: &'static str,
+        service: Service,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
         unreachable: impl Fn(&E) -> bool,
         mut open: impl AsyncFnMut() -> Result<T, E>,
@@ -315,7 +318,7 @@ async fn start_background(
         // The fleet's rule, if it has one, serves from the first batch.
         let fleet_unreachable = |error: &crate::swap::FleetError| matches!(error, crate::swap::FleetError::Redis(error) if redis_unreachable(error));
         let opened = starting
-            .wait("fleet", shutdown, fleet_unreachable, async || {
+            .wait(Service::Fleet, shutdown, fleet_unreachable, async || {
                 let fleet =
                     crate::swap::Fleet::connect(&fleet_config.redis, &fleet_config.name).await?;
                 let mut seen = (None, None);

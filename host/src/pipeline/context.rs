@@ -17,8 +17,8 @@ use super::{PipelineConfig, PipelineError};
 use crate::backoff::Backoff;
 use crate::dead_letter::DeadLetterError;
 use crate::store::StoreError;
-use crate::telemetry::Metrics;
 use crate::telemetry::events::Unavailable;
+use crate::telemetry::{Metrics, Service, Stage};
 
 /// The pipeline's metrics, shutdown signal and outage backoff, shared by its stages.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ impl Context {
     }
 
     /// Runs `work`, recording how long it took as `stage`.
-    pub fn timed<T>(&self, stage: &'static str, work: impl FnOnce() -> T) -> T {
+    pub fn timed<T>(&self, stage: Stage, work: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let done = work();
         self.metrics.record_stage(stage, started.elapsed());
@@ -90,7 +90,7 @@ impl Context {
     /// during a wait.
     pub async fn retry<T, E>(
         &self,
-        service: &'static str,
+        service: Service,
         operation: &'static str,
         mut call: impl AsyncFnMut() -> Result<T, E>,
     ) -> Result<T, PipelineError>
@@ -115,7 +115,7 @@ impl Context {
     /// timeout, an API waited out per key), which shutdown does not wait for.
     pub async fn unless_stopped<T>(
         &self,
-        service: &'static str,
+        service: Service,
         work: impl Future<Output = T>,
     ) -> Result<T, PipelineError> {
         let mut stopping = self.stopping.subscribe();
@@ -131,7 +131,7 @@ impl Context {
     /// `Interrupted` if shutdown is asked for meanwhile.
     pub async fn wait(
         &self,
-        service: &'static str,
+        service: Service,
         operation: &'static str,
         reason: &dyn Display,
         backoff: &mut Backoff,
@@ -150,7 +150,7 @@ impl Context {
     /// logged once when it began.
     pub async fn wait_quietly(
         &self,
-        service: &'static str,
+        service: Service,
         operation: &'static str,
         backoff: &mut Backoff,
     ) -> Result<(), PipelineError> {
@@ -160,7 +160,7 @@ impl Context {
     }
 
     /// Sleeps `wait`, or returns `Interrupted` if shutdown is asked for meanwhile.
-    pub async fn sleep(&self, service: &'static str, wait: Duration) -> Result<(), PipelineError> {
+    pub async fn sleep(&self, service: Service, wait: Duration) -> Result<(), PipelineError> {
         let mut stopping = self.stopping.subscribe();
         let interrupted = tokio::select! {
             () = tokio::time::sleep(wait) => false,

@@ -33,8 +33,8 @@ use super::enrich_config::{EnrichConfig, OnUnavailable};
 use crate::backoff::Backoff;
 use crate::config::ConfigError;
 use crate::entity::Event;
-use crate::telemetry::Metrics;
 use crate::telemetry::events::Unavailable;
+use crate::telemetry::{Metrics, Service, Stage};
 
 /// Each id-only key's answer: its entity, or why it could not be fetched.
 pub(super) type Fetched = HashMap<String, Result<Event, EnrichError>>;
@@ -58,7 +58,7 @@ pub(super) async fn enrich(
     let asked = Instant::now();
     let fetched = context
         .unless_stopped(
-            "order API",
+            Service::OrderApi,
             enricher.fetch_all(id_only, mapping, &context.metrics),
         )
         .await?;
@@ -66,7 +66,7 @@ pub(super) async fn enrich(
         context
             .metrics
             .record_enrichment(fetched.len(), asked.elapsed());
-        context.metrics.record_stage("enrich", asked.elapsed());
+        context.metrics.record_stage(Stage::Enrich, asked.elapsed());
     }
     Ok(fetched)
 }
@@ -341,7 +341,7 @@ impl Enricher {
                     }
                     let wait = backoff.next_wait();
                     metrics.emit(Unavailable {
-                        service: "order API",
+                        service: Service::OrderApi,
                         operation: "fetch",
                         reason: &failure,
                         retry_in: wait,

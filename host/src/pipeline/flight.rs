@@ -29,6 +29,7 @@ use crate::fault;
 use crate::rule::Rule;
 use crate::store::{Current, Store, StoreError, Write, WriteOutcome};
 use crate::telemetry::events::Unavailable;
+use crate::telemetry::{Service, Stage};
 
 /// A decided batch waiting for its writes and dead letters.
 pub(super) struct Flight {
@@ -229,7 +230,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let seq = flight.batch.seq;
         let metrics = &self.context.metrics;
         metrics.record_store_call("write", landed.took);
-        metrics.record_stage("write", landed.took);
+        metrics.record_stage(Stage::Write, landed.took);
         fault::point("after_write", seq);
         for write in &landed.writes {
             self.cache.landed(&write.key, seq);
@@ -254,12 +255,12 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             took,
         } = landed;
         let seq = flight.batch.seq;
-        self.context.metrics.record_stage("write", took);
+        self.context.metrics.record_stage(Stage::Write, took);
         match sent {
             Ok(()) => {}
             Err(error) if error.is_transient() => {
                 self.context.metrics.emit(Unavailable {
-                    service: "dead-letter queue",
+                    service: Service::DeadLetterQueue,
                     operation: "send",
                     reason: &error,
                     retry_in: Duration::ZERO,
@@ -297,7 +298,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                 // and count the events as ignored). Every other written key is decided again,
                 // on a fresh load (the cache was cleared).
                 self.context.metrics.emit(Unavailable {
-                    service: "store",
+                    service: Service::Store,
                     operation: "write",
                     reason: &error,
                     retry_in: Duration::ZERO,
@@ -335,11 +336,11 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let sending = Instant::now();
         let (sink, context) = (&*self.dead_letters, &self.context);
         context
-            .retry("dead-letter queue", "send", async || {
+            .retry(Service::DeadLetterQueue, "send", async || {
                 // A send to a queue that is down can take the producer's whole delivery
                 // timeout: shutdown does not wait for it (the batch is left unacknowledged).
                 context
-                    .unless_stopped("dead-letter queue", sink.send(letters))
+                    .unless_stopped(Service::DeadLetterQueue, sink.send(letters))
                     .await?
                     .map_err(PipelineError::from)
             })
@@ -347,7 +348,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         batch.letters_sent = batch.letters.len();
         context
             .metrics
-            .record_stage("dead_letter", sending.elapsed());
+            .record_stage(Stage::DeadLetter, sending.elapsed());
         Ok(())
     }
 }

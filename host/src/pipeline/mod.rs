@@ -85,7 +85,7 @@ use crate::fault;
 use crate::rule::Rule;
 use crate::source::{Message, Source, SourceError};
 use crate::store::{Store, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Service, Stage};
 use batch::Batch;
 use context::Context;
 use flight::{Cargo, Flight, Landed, Window};
@@ -107,7 +107,7 @@ pub enum PipelineError {
     /// Shutdown was asked for while a batch waited for the store, the dead-letter queue or
     /// the order API to come back; it and the batches after it are left unacknowledged.
     #[error("interrupted by shutdown while waiting for {0}")]
-    Interrupted(&'static str),
+    Interrupted(Service),
 }
 
 /// Counters since the pipeline started.
@@ -338,7 +338,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let mut batch = Batch::new(self.started, messages, self.rule.info().stamp());
         let mapping = &self.config.mapping;
         let context = &self.context;
-        let decoded = context.timed("decode", || decode::decode_all(&mut batch, mapping));
+        let decoded = context.timed(Stage::Decode, || decode::decode_all(&mut batch, mapping));
         fault::point("after_decode", batch.seq);
         let fetched = enrich::enrich(self.enricher.as_ref(), &decoded, mapping, context).await?;
         let mut groups = group::by_key(&mut batch, decoded, &fetched);
@@ -352,7 +352,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         .await?;
         fault::point("after_load", batch.seq);
         let retries = self.config.rule_retries;
-        let folded = context.timed("fold", || {
+        let folded = context.timed(Stage::Fold, || {
             fold::fold(&mut self.rule, &mut groups, currents, retries)
         });
         Ok(Flight::take_off(batch, groups, folded, &mut self.cache))
@@ -378,7 +378,7 @@ fn interrupted_is_done(error: PipelineError) -> Result<(), PipelineError> {
     match error {
         PipelineError::Interrupted(what) => {
             tracing::warn!(
-                waiting_for = what,
+                waiting_for = what.as_str(),
                 "shutdown while waiting; batches in flight left unacknowledged"
             );
             Ok(())

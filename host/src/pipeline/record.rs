@@ -10,6 +10,7 @@ use super::{Pipeline, PipelineError};
 use crate::fault;
 use crate::rule::Rule;
 use crate::source::Source;
+use crate::telemetry::Stage;
 use crate::telemetry::events::DeadLettered;
 
 impl<R: Rule, S, D> Pipeline<R, S, D> {
@@ -24,7 +25,9 @@ impl<R: Rule, S, D> Pipeline<R, S, D> {
             fault::point("before_ack", batch.seq);
             source.ack(&batch.messages).await?;
             fault::point("after_ack", batch.seq);
-            self.context.metrics.record_stage("ack", acking.elapsed());
+            self.context
+                .metrics
+                .record_stage(Stage::Ack, acking.elapsed());
             self.record(&batch);
         }
         Ok(())

@@ -15,6 +15,7 @@ use super::{Pipeline, PipelineError, fold, state};
 use crate::backoff::Backoff;
 use crate::rule::Rule;
 use crate::store::{Store, StoreError, Write, WriteOutcome};
+use crate::telemetry::Service;
 use crate::telemetry::events::KeysContended;
 
 impl<R: Rule, S: Store, D> Pipeline<R, S, D> {
@@ -45,7 +46,11 @@ impl<R: Rule, S: Store, D> Pipeline<R, S, D> {
             attempt += 1;
             if attempt > max_write_attempts {
                 match contended.as_mut() {
-                    Some(backoff) => context.wait_quietly("store", "contended", backoff).await?,
+                    Some(backoff) => {
+                        context
+                            .wait_quietly(Service::Store, "contended", backoff)
+                            .await?
+                    }
                     None => {
                         let keys: Vec<&str> =
                             pending.iter().map(|group| group.key.as_str()).collect();
@@ -54,7 +59,7 @@ impl<R: Rule, S: Store, D> Pipeline<R, S, D> {
                             attempts: max_write_attempts,
                         });
                         let mut backoff = context.backoff();
-                        context.sleep("store", backoff.next_wait()).await?;
+                        context.sleep(Service::Store, backoff.next_wait()).await?;
                         contended = Some(backoff);
                     }
                 }
@@ -115,7 +120,7 @@ impl<R: Rule, S: Store, D> Pipeline<R, S, D> {
         if unsure {
             // Whatever landed unconfirmed is on the replicas before the batch is acknowledged.
             context
-                .retry("store", "sync", async || store.sync().await)
+                .retry(Service::Store, "sync", async || store.sync().await)
                 .await?;
         }
         Ok(())
@@ -140,7 +145,9 @@ async fn write(
         }
         Err(error) if error.is_transient() => {
             let mut backoff = context.backoff();
-            context.wait("store", "write", &error, &mut backoff).await?;
+            context
+                .wait(Service::Store, "write", &error, &mut backoff)
+                .await?;
             Ok(None)
         }
         // A key's value turned unreadable after it was loaded: the reload sets it aside.

@@ -36,8 +36,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::source::KafkaSourceConfig;
 use crate::source::{Message, Position};
 use crate::source::{Source, SourceError};
-use crate::telemetry::Metrics;
 use crate::telemetry::events::Unavailable;
+use crate::telemetry::{Metrics, Service};
 
 /// Commits stored offsets before partitions are taken away, so their next owner starts where
 /// this consumer stopped rather than at the last periodic commit; reports consumer lag from
@@ -253,7 +253,7 @@ impl KafkaSource {
     /// Reports a consumption error the client recovers from (one log line, one count).
     fn report(&self, error: &rdkafka::error::KafkaError) {
         self.consumer.context().metrics.emit(Unavailable {
-            service: "kafka",
+            service: Service::Kafka,
             operation: "consume",
             reason: error,
             retry_in: Duration::ZERO,

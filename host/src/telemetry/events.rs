@@ -6,7 +6,7 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use super::Metrics;
+use super::{Metrics, Service};
 
 /// Something worth a log line and a count.
 pub(crate) trait InternalEvent {
@@ -16,7 +16,7 @@ pub(crate) trait InternalEvent {
 
 /// A call to the store or the dead-letter queue failed; it is tried again after `retry_in`.
 pub(crate) struct Unavailable<'a> {
-    pub service: &'static str,
+    pub service: Service,
     pub operation: &'static str,
     pub reason: &'a dyn Display,
     pub retry_in: Duration,
@@ -25,7 +25,7 @@ pub(crate) struct Unavailable<'a> {
 impl InternalEvent for Unavailable<'_> {
     fn emit(self, metrics: &Metrics) {
         tracing::warn!(
-            what = self.service,
+            what = self.service.as_str(),
             operation = self.operation,
             reason = %self.reason,
             retry_in = ?self.retry_in,
@@ -50,7 +50,7 @@ impl InternalEvent for KeysContended<'_> {
             attempts = self.attempts,
             "keys still conflicting after every attempt; backing off until they land"
         );
-        metrics.record_unavailable("store", "contended");
+        metrics.record_unavailable(Service::Store, "contended");
     }
 }
 

@@ -49,6 +49,9 @@
 
 pub(crate) mod events;
 mod ignores;
+mod labels;
+
+pub use labels::{Service, Stage};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -519,9 +522,11 @@ impl Metrics {
         self.batch_messages.observe(messages as f64);
     }
 
-    pub(crate) fn record_stage(&self, stage: &'static str, took: Duration) {
+    pub(crate) fn record_stage(&self, stage: Stage, took: Duration) {
         self.stage_duration
-            .get_or_create(&StageLabel { stage })
+            .get_or_create(&StageLabel {
+                stage: stage.as_str(),
+            })
             .observe(took.as_secs_f64());
     }
 
@@ -557,9 +562,12 @@ impl Metrics {
         self.stored_latency.observe(millis.max(0) as f64 / 1000.0);
     }
 
-    pub(crate) fn record_unavailable(&self, service: &'static str, operation: &'static str) {
+    pub(crate) fn record_unavailable(&self, service: Service, operation: &'static str) {
         self.unavailable
-            .get_or_create(&UnavailableLabel { service, operation })
+            .get_or_create(&UnavailableLabel {
+                service: service.as_str(),
+                operation,
+            })
             .inc();
     }
 
