@@ -12,7 +12,10 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, RuleConfig};
 use crate::dead_letter::DeadLetterError;
 use crate::pipeline::{Pipeline, PipelineError, Stats};
-use crate::rule::{EngineLimits, GateError, Gates, LoadError, RuleEngine, TrustedKeys};
+use crate::rule::{
+    CompileCache, CompileCacheError, EngineLimits, GateError, Gates, LoadError, RuleEngine,
+    TrustedKeys,
+};
 use crate::source::SourceError;
 use crate::store::StoreError;
 use crate::swap::{RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file};
@@ -25,6 +28,9 @@ pub enum ServeError {
     /// The rule engine cannot start.
     #[error(transparent)]
     Rule(#[from] LoadError),
+    /// The configured compile cache directory cannot be used.
+    #[error(transparent)]
+    CompileCache(#[from] CompileCacheError),
     /// The rule file, or the vectors beside it, cannot be read.
     #[error(transparent)]
     RuleFile(#[from] RuleFileError),
@@ -166,12 +172,17 @@ pub async fn serve(
 
 /// Compiles the configured rule and admits it through the gates.
 fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl, ServeError> {
-    let engine = RuleEngine::new(EngineLimits {
-        memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
-        deadline: Duration::from_millis(config.deadline_ms),
-        max_component_bytes: config.max_component_bytes,
-        ..EngineLimits::default()
-    })?;
+    let cache =
+        CompileCache::configured(config.compile_cache, config.compile_cache_dir.as_deref())?;
+    let engine = RuleEngine::with_compile_cache(
+        EngineLimits {
+            memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
+            deadline: Duration::from_millis(config.deadline_ms),
+            max_component_bytes: config.max_component_bytes,
+            ..EngineLimits::default()
+        },
+        cache,
+    )?;
     let gates = Gates::new(engine, config.gates.clone())
         .with_trusted_keys(TrustedKeys::new(config.trusted_keys.iter().copied()));
     let path = &config.path;
@@ -187,6 +198,13 @@ fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl,
         Err(error) => return Err(error.into()),
     };
     let admitted = gates.admit(&bytes, sidecar).map_err(refused)?;
+    let compiled = admitted.compiled.compiled();
+    tracing::info!(
+        rule = %admitted.compiled.info().stamp(),
+        compile_ms = compiled.took.as_millis() as u64,
+        from_cache = compiled.from_cache,
+        "rule compiled"
+    );
     Ok(RuleControl::new(
         gates,
         admitted,

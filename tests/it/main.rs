@@ -8,6 +8,7 @@ mod check_power;
 mod cli;
 mod cli_ux;
 mod codec;
+mod compile_cache;
 mod crash;
 mod cross_partition;
 mod decode_fuzz;

@@ -1,12 +1,12 @@
 //! The command line's definition: the commands, and the flags more than one of them takes.
 //! Each command's own flags are in its file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use converge::rule::{CompiledRule, EngineLimits, RuleEngine};
+use converge::rule::{CompileCache, CompiledRule, EngineLimits, RuleEngine};
 
 use crate::logs::LogFormat;
 use crate::{check, completions, decide, man, replay, rule, run, serve, simulate};
@@ -130,17 +130,30 @@ pub(crate) struct EngineArgs {
     /// The largest rule component accepted, in bytes; a larger file is not read.
     #[arg(long, value_name = "BYTES", default_value_t = converge::rule::DEFAULT_MAX_COMPONENT_BYTES)]
     pub(crate) max_component_bytes: usize,
+    /// Where compiled rules are kept, so the next load of the same component skips compiling
+    /// (a directory of converge's alone); default: $XDG_CACHE_HOME/converge/rules, else
+    /// $HOME/.cache/converge/rules.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_compile_cache")]
+    pub(crate) compile_cache: Option<PathBuf>,
+    /// Compile every rule, keeping nothing on disk.
+    #[arg(long)]
+    pub(crate) no_compile_cache: bool,
 }
 
 impl EngineArgs {
     /// An engine with these limits.
     pub(crate) fn engine(&self) -> anyhow::Result<RuleEngine> {
-        Ok(RuleEngine::new(EngineLimits {
-            memory_cap_bytes: self.memory_mib.saturating_mul(1 << 20),
-            deadline: Duration::from_millis(self.deadline_ms),
-            max_component_bytes: self.max_component_bytes,
-            ..EngineLimits::default()
-        })?)
+        let cache =
+            CompileCache::configured(!self.no_compile_cache, self.compile_cache.as_deref())?;
+        Ok(RuleEngine::with_compile_cache(
+            EngineLimits {
+                memory_cap_bytes: self.memory_mib.saturating_mul(1 << 20),
+                deadline: Duration::from_millis(self.deadline_ms),
+                max_component_bytes: self.max_component_bytes,
+                ..EngineLimits::default()
+            },
+            cache,
+        )?)
     }
 
     /// The rule component at `rule`, compiled by an engine with these limits.

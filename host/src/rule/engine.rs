@@ -17,11 +17,12 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
+use super::compile_cache::CompileCache;
 use super::imports;
 use super::limiter::Limiter;
 use crate::entity::{Decision, Event, RuleBindings, RuleBindingsPre, RuleInfo, State};
@@ -171,6 +172,7 @@ pub struct RuleEngine {
 struct EngineInner {
     engine: Engine,
     limits: EngineLimits,
+    cache: Option<CompileCache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -178,6 +180,7 @@ impl std::fmt::Debug for EngineInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineInner")
             .field("limits", &self.limits)
+            .field("cache", &self.cache.as_ref().map(CompileCache::dir))
             .finish_non_exhaustive()
     }
 }
@@ -189,10 +192,21 @@ impl Drop for EngineInner {
 }
 
 impl RuleEngine {
-    /// Starts an engine whose every rule call runs under `limits`, and its clock thread.
+    /// Starts an engine whose every rule call runs under `limits`, and its clock thread; it
+    /// compiles every component it is given.
     pub fn new(limits: EngineLimits) -> Result<Self, LoadError> {
+        Self::with_compile_cache(limits, None)
+    }
+
+    /// Like [`RuleEngine::new`], loading components compiled before from `cache` (and keeping
+    /// those it compiles there) when there is one.
+    pub fn with_compile_cache(
+        limits: EngineLimits,
+        cache: Option<CompileCache>,
+    ) -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        config.cache(cache.as_ref().map(CompileCache::wasmtime));
         let engine = Engine::new(&config).map_err(LoadError::Engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), Arc::clone(&ticker_stop))
@@ -201,6 +215,7 @@ impl RuleEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 limits,
+                cache,
                 ticker_stop,
             }),
         })
@@ -238,7 +253,13 @@ impl RuleEngine {
             let head = bytes.iter().take(WASM_MAGIC.len()).copied().collect();
             return Err(LoadError::NotWebAssembly { head });
         }
+        let started = Instant::now();
+        let hits_before = inner.cache.as_ref().map(CompileCache::hits);
         let component = Component::new(&inner.engine, bytes).map_err(LoadError::Compile)?;
+        let compiled = Compiled {
+            took: started.elapsed(),
+            from_cache: inner.cache.as_ref().map(CompileCache::hits) > hits_before,
+        };
         let component_type = component.component_type();
         let forbidden =
             imports::forbidden(component_type.imports(&inner.engine).map(|(name, _)| name));
@@ -266,6 +287,7 @@ impl RuleEngine {
             engine: self.clone(),
             pre,
             info: Arc::new(info),
+            compiled,
         })
     }
 }
@@ -357,6 +379,17 @@ pub struct CompiledRule {
     engine: RuleEngine,
     pre: RuleBindingsPre<RuleCtx>,
     info: Arc<RuleInfo>,
+    compiled: Compiled,
+}
+
+/// How a component became native code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compiled {
+    /// How long compiling (or loading from the compile cache) took.
+    pub took: Duration,
+    /// Loaded from the engine's compile cache rather than compiled. Counted from the cache's
+    /// hits, so two engines sharing one cache that load at the same instant may both see a hit.
+    pub from_cache: bool,
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -371,6 +404,11 @@ impl CompiledRule {
     /// The rule's name, version and statuses, as it answered when compiled.
     pub fn info(&self) -> &RuleInfo {
         &self.info
+    }
+
+    /// How the component became native code: compiled, or loaded from the compile cache.
+    pub fn compiled(&self) -> Compiled {
+        self.compiled
     }
 
     /// A rule to call. The instance is created on first use and again after any failed call.

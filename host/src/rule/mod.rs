@@ -5,6 +5,7 @@
 //!   contract checks on a decision;
 //! - `engine`: compiles rule components and runs them under a deadline and a memory cap
 //!   ([`RuleEngine`], [`CompiledRule`], [`WasmRule`]);
+//! - `compile_cache`: compiled components kept on disk for the next load ([`CompileCache`]);
 //! - `limiter`: the memory cap of an instance, and the counts it may create;
 //! - `imports`: the import allowlist a component must stay within;
 //! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written;
@@ -15,6 +16,7 @@
 //!   [`TrustedKeys`], the `signature` gate), and the integrity of a component named by its hash.
 
 pub mod check;
+mod compile_cache;
 mod engine;
 mod gate;
 mod imports;
@@ -22,9 +24,10 @@ mod limiter;
 mod signature;
 pub mod vectors;
 
+pub use compile_cache::{CompileCache, CompileCacheError};
 pub use engine::{
-    CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, EngineLimits, InvalidInfo, LoadError, RuleEngine,
-    WasmRule, read_component,
+    Compiled, CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, EngineLimits, InvalidInfo, LoadError,
+    RuleEngine, WasmRule, read_component,
 };
 pub use gate::{
     Admitted, Gate, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors,

@@ -42,6 +42,20 @@ pub struct RuleConfig {
     /// before they are read in full or compiled.
     #[serde(default = "default_max_component_bytes")]
     pub max_component_bytes: usize,
+    /// Keep compiled rules on disk, so a restart or a second instance loads a big rule in
+    /// milliseconds rather than compiling it again (see `rule::CompileCache` for what is
+    /// trusted).
+    #[serde(default = "default_compile_cache")]
+    pub compile_cache: bool,
+    /// Where compiled rules are kept: a directory of converge's alone (created 0700, refused
+    /// when another user owns it or others may write to it). Default:
+    /// `$XDG_CACHE_HOME/converge/rules`, else `$HOME/.cache/converge/rules`.
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
+}
+
+fn default_compile_cache() -> bool {
+    true
 }
 
 fn default_max_component_bytes() -> usize {
