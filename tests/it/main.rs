@@ -21,6 +21,7 @@ mod in_flight;
 mod kafka;
 mod kafka_replicas;
 mod monotonic_releases;
+mod new_rule;
 mod observability;
 mod one_key_stops_nothing;
 mod pipeline;

@@ -79,6 +79,12 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// A target directory of the tests' own, `name`, for builds outside the workspace (a rule
+/// written by `converge new`, say), so their dependencies are compiled once per machine.
+pub fn scratch_target(name: &str) -> PathBuf {
+    target_dir().join("scratch").join(name)
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use converge::rule::{CompileCache, CompiledRule, EngineLimits, RuleEngine};
 
 use crate::logs::LogFormat;
-use crate::{check, completions, decide, man, replay, rule, run, serve, simulate};
+use crate::{check, completions, decide, man, new, replay, rule, run, serve, simulate};
 
 /// Order-insensitive stream consumption: a WebAssembly rule decides, the store converges
 ///
@@ -65,6 +65,13 @@ pub(crate) enum Command {
     /// Exits 0 when the rule passes, 1 when a check fails, 2 on a usage or load error. When
     /// stderr is a terminal, a progress bar counts the histories checked there.
     Check(check::CheckArgs),
+    /// Start a rule: write the folder NAME holding a minimal convergent rule in one language,
+    /// its contract (wit/rule.wit), its vectors, a README and build.sh, which installs what the
+    /// language needs when missing and writes NAME/NAME.wasm.
+    ///
+    ///   converge new my-rule --lang rust && (cd my-rule && ./build.sh) && converge check my-rule/my-rule.wasm
+    #[command(verbatim_doc_comment)]
+    New(new::NewArgs),
     /// Simulate the order system: create orders, move them through their statuses, serve
     /// `GET /orders/{id}`, and publish every change keyed by order id — full or id-only — through
     /// a network that shuffles, duplicates and delays messages.

@@ -20,6 +20,7 @@ mod features;
 mod flags;
 mod logs;
 mod man;
+mod new;
 mod progress_bar;
 mod replay;
 mod rule;
@@ -58,6 +59,7 @@ fn run() -> anyhow::Result<ExitCode> {
         flags::Command::Serve(args) => serve::serve(&args),
         flags::Command::Decide(args) => decide::decide(&args),
         flags::Command::Check(args) => check::check(&args),
+        flags::Command::New(args) => new::new(&args),
         flags::Command::Simulate(args) => simulate::simulate(&args),
         flags::Command::Rule(command) => rule::run(&command),
         flags::Command::Replay(args) => replay::replay(&args),
