@@ -23,8 +23,8 @@ mod signature;
 pub mod vectors;
 
 pub use engine::{
-    CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, EngineLimits, InvalidInfo, LoadError, RuleEngine,
-    WasmRule, read_component,
+    CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, DEFAULT_MEMORY_MIB, EngineLimits, InvalidInfo,
+    LoadError, RuleEngine, WasmRule, read_component,
 };
 pub use gate::{
     Admitted, Gate, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors,
