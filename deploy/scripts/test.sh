@@ -34,6 +34,21 @@ bash deploy/scripts/deploy-check.sh "$target_dir/x86_64-unknown-linux-musl/relea
 cargo test --release -p converge -p converge-cli --no-default-features "$@"
 bash deploy/scripts/check-minimal.sh
 
+# The toolchains of the rules in other languages (plugin/python, plugin/js; the `lang_` tests
+# build them with their build.sh): python3 with venv, node and npm from Debian when missing, then
+# componentize-py and componentize-js as their lockfiles pin them, into
+# ~/.cache/converge/rule-toolchains (once; later runs find them there).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null \
+  || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  echo "test.sh: installing the Debian packages python3-venv, nodejs and npm"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv nodejs npm >/dev/null
+fi
+bash plugin/python/build.sh --install
+bash plugin/js/build.sh --install
+
 # The default members, every feature: host and host/cli (unit tests), plugin (the rule core, its
 # vectors and the codec, natively) and tests (integration tests against the compiled components
 # and the binary).

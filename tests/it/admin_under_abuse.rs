@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 
 const TOKEN: &str = "wedge-admin-token-0123456789abcdef";
 
-/// `rule.max_component_bytes` at its default: the uploads are this large.
+/// `rule.max_component_bytes` in these tests (a quarter of the default, so that 200 uploads
+/// stay quick): the uploads are this large.
 const UPLOAD_BYTES: usize = 16 << 20;
 
 /// One `serve` from `topic` into the standalone Redis, with an admin endpoint (and its token).
@@ -52,6 +53,7 @@ impl Served {
         if let Some(admin) = &mut settings.admin {
             admin.token = Some(Secret::new(TOKEN));
         }
+        settings.rule.max_component_bytes = UPLOAD_BYTES;
         Self {
             topic,
             redis,

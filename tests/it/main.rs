@@ -20,6 +20,7 @@ mod image;
 mod in_flight;
 mod kafka;
 mod kafka_replicas;
+mod languages;
 mod monotonic_releases;
 mod new_rule;
 mod observability;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// A rule crate of the workspace: a package declaring `[package.metadata.converge] rule =
 /// "<name>"`, the name tests refer to it by.
@@ -203,4 +203,92 @@ pub fn converge_binary() -> PathBuf {
     target_dir()
         .join(if release { "release" } else { "debug" })
         .join("converge")
+}
+
+/// A language a rule may be written in besides Rust, with its project in `plugin/<lang>`: a
+/// `build.sh` that installs the toolchain (cached under `~/.cache/converge/rule-toolchains`)
+/// and writes the component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Language {
+    /// componentize-py (`plugin/python`).
+    Python,
+    /// componentize-js (`plugin/js`).
+    JavaScript,
+}
+
+impl Language {
+    /// Its folder under `plugin/`.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::JavaScript => "js",
+        }
+    }
+
+    /// The rule source `build.sh` takes for the test rule `name`: its port in
+    /// `tests/rules/<name>/<lang>` (a folder with `app.py`, or `rule.js`).
+    fn test_rule_source(self, name: &str) -> PathBuf {
+        let dir = workspace_root()
+            .join("tests/rules")
+            .join(name)
+            .join(self.dir());
+        match self {
+            Self::Python => dir,
+            Self::JavaScript => dir.join("rule.js"),
+        }
+    }
+}
+
+/// The order-status rule written in `language`, built by its `build.sh` once per test process,
+/// with its vectors beside it (`order-status.vectors.json`), as `converge check` finds them.
+pub fn language_rule(language: Language) -> PathBuf {
+    let project = workspace_root().join("plugin").join(language.dir());
+    let source = match language {
+        Language::Python => project.clone(),
+        Language::JavaScript => project.join("rule.js"),
+    };
+    let vectors = workspace_root().join("plugin/vectors/order-status.json");
+    built_language_rule(language, "order-status", &source, Some(&vectors))
+}
+
+/// A test rule (`tests/rules/<name>`) as ported to `language`, built once per test process.
+pub fn language_test_rule(language: Language, name: &str) -> PathBuf {
+    built_language_rule(language, name, &language.test_rule_source(name), None)
+}
+
+fn built_language_rule(
+    language: Language,
+    name: &str,
+    source: &Path,
+    vectors: Option<&Path>,
+) -> PathBuf {
+    type Built = std::collections::HashMap<(Language, String), Arc<OnceLock<PathBuf>>>;
+    static BUILT: std::sync::Mutex<Option<Built>> = std::sync::Mutex::new(None);
+    // One slot per rule, taken out of the map's lock: two rules build at once, one rule once.
+    let slot = Arc::clone(
+        BUILT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(Default::default)
+            .entry((language, name.to_owned()))
+            .or_default(),
+    );
+    slot.get_or_init(|| {
+        let dir = target_dir().join("rule-languages").join(language.dir());
+        std::fs::create_dir_all(&dir).expect("the output directory");
+        let out = dir.join(format!("{name}.wasm"));
+        let script = workspace_root()
+            .join("plugin")
+            .join(language.dir())
+            .join("build.sh");
+        let mut command = Command::new("bash");
+        command.arg(&script).arg(source).arg(&out);
+        if let Some(vectors) = vectors {
+            command.arg(vectors);
+        }
+        let status = command.status().expect("bash runs");
+        assert!(status.success(), "{} failed for {name}", script.display());
+        out
+    })
+    .clone()
 }

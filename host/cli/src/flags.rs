@@ -132,7 +132,7 @@ pub(crate) struct EngineArgs {
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub(crate) deadline_ms: u64,
     /// The most memory one rule instance may use, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    #[arg(long, value_name = "MIB", default_value_t = converge::rule::DEFAULT_MEMORY_MIB)]
     pub(crate) memory_mib: usize,
     /// The largest rule component accepted, in bytes; a larger file is not read.
     #[arg(long, value_name = "BYTES", default_value_t = converge::rule::DEFAULT_MAX_COMPONENT_BYTES)]

@@ -32,8 +32,19 @@ use crate::rule::{self, ContractViolation, DecideError, Rule};
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// The default of [`EngineLimits::max_component_bytes`] (and of `rule.max_component_bytes`):
-/// 16 MiB, a hundred times the shipped rule.
-pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 16 << 20;
+/// 64 MiB. A Rust rule is about 100 KB, but a rule built with componentize-py (18 MB) or
+/// componentize-js (12 MB) carries its language's interpreter, and such components run 10-40
+/// MB; 64 MiB takes them with room to spare and still bounds what an untrusted candidate makes
+/// the host read and compile.
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// The default of [`EngineLimits::memory_cap_bytes`] in MiB (and of `rule.memory_mib` and
+/// `--memory-mib`): 64 MiB. The Rust and Python order rules run within it; the JavaScript one
+/// does not (SpiderMonkey's heap on a long-lived instance grows to about 85 MiB before its
+/// collector holds it there) and is configured with 128 (see `plugin/js/README.md`). The
+/// default stays at 64 because it is per instance and `serve` may hold three at once (active,
+/// shadow, a candidate being gated) in the 512 MiB its Deployment allows.
+pub const DEFAULT_MEMORY_MIB: usize = 64;
 
 /// What one table element is charged against [`EngineLimits::memory_cap_bytes`]: a pointer,
 /// what wasmtime stores per `funcref` element (an `externref` takes less).
@@ -66,18 +77,19 @@ pub struct EngineLimits {
 }
 
 impl Default for EngineLimits {
-    /// 64 MiB and 100 ms: a decision takes microseconds and a few KiB, so these leave room for
-    /// any honest rule while stopping a runaway one quickly. A Rust rule has 16 MiB of room
-    /// ([`DEFAULT_MAX_COMPONENT_BYTES`]) and instantiates about four core instances, one memory
-    /// and two tables; a component linking a language runtime's shared libraries (Python, say)
-    /// about fifteen instances with one shared memory: 32 instances, 4 memories and 32 tables
-    /// leave room for those and bound what a hostile component can reserve.
+    /// [`DEFAULT_MEMORY_MIB`] and 100 ms: a decision takes microseconds (tens to a couple of
+    /// hundred in an interpreter) and a few KiB, so these leave room for honest rules while
+    /// stopping a runaway one quickly. Components up to [`DEFAULT_MAX_COMPONENT_BYTES`]. A Rust
+    /// rule instantiates about four core instances, one memory and two tables; a
+    /// componentize-py rule links the Python runtime's shared libraries and creates 33 core
+    /// instances: 64 instances, 4 memories and 32 tables leave
+    /// room for those and still bound what a hostile component can make the host create.
     fn default() -> Self {
         Self {
-            memory_cap_bytes: 64 << 20,
+            memory_cap_bytes: DEFAULT_MEMORY_MIB << 20,
             deadline: Duration::from_millis(100),
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
-            max_instances: 32,
+            max_instances: 64,
             max_memories: 4,
             max_tables: 32,
         }

@@ -26,8 +26,8 @@ pub mod vectors;
 
 pub use compile_cache::{CompileCache, CompileCacheError};
 pub use engine::{
-    Compiled, CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, EngineLimits, InvalidInfo, LoadError,
-    RuleEngine, WasmRule, read_component,
+    Compiled, CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, DEFAULT_MEMORY_MIB, EngineLimits,
+    InvalidInfo, LoadError, RuleEngine, WasmRule, read_component,
 };
 pub use gate::{
     Admitted, Gate, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors,

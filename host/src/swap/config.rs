@@ -128,7 +128,7 @@ fn default_deadline_ms() -> u64 {
 }
 
 fn default_memory_mib() -> usize {
-    64
+    crate::rule::DEFAULT_MEMORY_MIB
 }
 
 impl RuleConfig {
