@@ -19,6 +19,7 @@ mod image;
 mod in_flight;
 mod kafka;
 mod kafka_replicas;
+mod languages_go;
 mod monotonic_releases;
 mod observability;
 mod one_key_stops_nothing;

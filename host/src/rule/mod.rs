@@ -35,12 +35,12 @@ pub use gate::{
     pack,
 };
 pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX, STAND_INS};
-pub use stand_ins::{MONOTONIC_CLOCK_NS, RANDOM_SEED, WALL_CLOCK};
 pub use signature::{
     FoundSignature, IntegrityError, KeyError, MalformedSignature, PublicKey, RELEASE_SECTION,
     SIGNATURE_SECTION, SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash,
     release, sign, signatures, with_release,
 };
+pub use stand_ins::{MONOTONIC_CLOCK_NS, RANDOM_SEED, WALL_CLOCK};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -20,8 +20,8 @@ use wasmtime::{StoreContextMut, bail};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView as _};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystem, WasiFilesystemView as _};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::{
     Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
@@ -174,26 +174,35 @@ fn define_resource<T: WasiView + 'static>(
     item: &str,
 ) -> wasmtime::Result<()> {
     match item {
-        "pollable" => {
-            linked.resource(item, ResourceType::host::<DynPollable>(), drop::<T, DynPollable>)
-        }
-        "input-stream" => {
-            linked.resource(item, ResourceType::host::<DynInputStream>(), drop::<T, DynInputStream>)
-        }
+        "pollable" => linked.resource(
+            item,
+            ResourceType::host::<DynPollable>(),
+            drop::<T, DynPollable>,
+        ),
+        "input-stream" => linked.resource(
+            item,
+            ResourceType::host::<DynInputStream>(),
+            drop::<T, DynInputStream>,
+        ),
         "output-stream" => linked.resource(
             item,
             ResourceType::host::<DynOutputStream>(),
             drop::<T, DynOutputStream>,
         ),
-        "descriptor" => {
-            linked.resource(item, ResourceType::host::<Descriptor>(), drop::<T, Descriptor>)
-        }
+        "descriptor" => linked.resource(
+            item,
+            ResourceType::host::<Descriptor>(),
+            drop::<T, Descriptor>,
+        ),
         _ => linked.resource(item, ResourceType::host::<()>(), |_, _| Ok(())),
     }
 }
 
 /// Drops a resource the instance held from its table.
-fn drop<T: WasiView, R: 'static>(mut store: StoreContextMut<'_, T>, rep: u32) -> wasmtime::Result<()> {
+fn drop<T: WasiView, R: 'static>(
+    mut store: StoreContextMut<'_, T>,
+    rep: u32,
+) -> wasmtime::Result<()> {
     store
         .data_mut()
         .ctx()

@@ -27,7 +27,10 @@ impl Guest for WasiReader {
             .unwrap_or_default();
         let mut random = [0u8; 16];
         let random = match getrandom::fill(&mut random) {
-            Ok(()) => random.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            Ok(()) => random
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
             Err(error) => return Decision::Reject(format!("no random bytes: {error}")),
         };
         let environment = std::env::vars().count();
