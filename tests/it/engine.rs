@@ -1,5 +1,6 @@
 //! The engine contains faulty rules: deadline, memory cap, traps, contract violations and
-//! forbidden imports each end in a typed error, and the same rule keeps serving other keys.
+//! forbidden imports each end in a typed error, and the same rule keeps serving other keys. The
+//! WASI a rule may import answers fixed values.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -119,21 +120,67 @@ fn a_failing_batch_call_is_reported() {
 }
 
 #[test]
-fn a_rule_importing_the_clock_is_refused_at_load() {
+fn a_rule_importing_sockets_is_refused_at_load() {
     let engine = RuleEngine::new(limits()).expect("engine starts");
     match engine.compile_file(&build::rule("forbidden-import")) {
-        Err(LoadError::ForbiddenImports(imports)) => {
+        Err(error @ LoadError::ForbiddenImports(_)) => {
+            let message = error.to_string();
+            let LoadError::ForbiddenImports(imports) = error else {
+                unreachable!()
+            };
+            // Only the network is named: the WASI the standard library links in beside it
+            // (clocks, random, streams, environment) has stand-ins.
             assert!(
-                imports.iter().any(|i| i.starts_with("wasi:clocks/")),
+                !imports.is_empty() && imports.iter().all(|i| i.starts_with("wasi:sockets/")),
                 "{imports:?}"
             );
             assert!(
-                imports.iter().all(|i| !i.starts_with("wasi:cli/")),
-                "{imports:?}"
+                message.contains("wasi:sockets/tcp@") && message.contains("outside the allowlist"),
+                "{message}"
             );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// What the `wasi-reader` rule read, as its decision's payload.
+fn wasi_reading(rule: &mut WasmRule) -> serde_json::Value {
+    match rule.decide(None, &event("order-1", "created", 1)) {
+        Ok(Decision::Insert(state)) => serde_json::from_str(&state.payload).expect("JSON payload"),
+        other => panic!("expected an insert, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_rule_reading_the_clocks_random_and_environment_gets_fixed_values() {
+    let engine = RuleEngine::new(limits()).expect("engine starts");
+    let compiled = engine
+        .compile_file(&build::rule("wasi-reader"))
+        .expect("a rule reading clocks, random bytes, environment and files loads");
+    let mut first = compiled.instance();
+    let once = wasi_reading(&mut first);
+    let again = wasi_reading(&mut first);
+    // The wall clock stands still at its fixed value, the monotonic clock does not move within a
+    // call, the environment is empty and there is no directory to read.
+    let wall_ms = u64::try_from(converge::rule::WALL_CLOCK.as_millis()).expect("fits");
+    for reading in [&once, &again] {
+        assert_eq!(reading["wall_ms"], wall_ms, "{reading}");
+        assert_eq!(reading["elapsed_ns"], 0, "{reading}");
+        assert_eq!(reading["environment"], 0, "{reading}");
+        assert_eq!(reading["directories"], serde_json::Value::Null, "{reading}");
+    }
+    // Random bytes: the same sequence in every instance, so a fresh instance reads what the
+    // first read first (and the first instance's next read goes on in the sequence).
+    assert_eq!(once["random"].as_str().map(str::len), Some(32), "{once}");
+    let mut second = compiled.instance();
+    assert_eq!(wasi_reading(&mut second), once);
+    assert_ne!(again["random"], once["random"]);
+    let other_engine = RuleEngine::new(limits()).expect("engine starts");
+    let mut elsewhere = other_engine
+        .compile_file(&build::rule("wasi-reader"))
+        .expect("loads")
+        .instance();
+    assert_eq!(wasi_reading(&mut elsewhere), once);
 }
 
 #[test]

@@ -21,6 +21,7 @@ mod in_flight;
 mod kafka;
 mod kafka_replicas;
 mod languages;
+mod languages_go;
 mod monotonic_releases;
 mod new_rule;
 mod observability;

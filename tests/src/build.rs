@@ -292,3 +292,26 @@ fn built_language_rule(
     })
     .clone()
 }
+
+/// The order-status rule written in Go (`plugin/go`), built by its own `build.sh` once per test
+/// process. The script installs its toolchain when missing (cached under
+/// `~/.cache/converge/rule-toolchains/go`: minutes the first time on a machine, seconds after).
+pub fn go_rule() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = workspace_root().join("plugin/go/build.sh");
+            let output = Command::new("bash")
+                .arg(&script)
+                .output()
+                .expect("bash runs plugin/go/build.sh");
+            assert!(
+                output.status.success(),
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            workspace_root().join("plugin/go/order-status.wasm")
+        })
+        .clone()
+}

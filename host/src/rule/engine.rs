@@ -2,7 +2,8 @@
 //!
 //! - A component is compiled once ([`RuleEngine::compile`]) and pre-linked ([`CompiledRule`]), so
 //!   a fresh instance costs microseconds.
-//! - Its imports are checked against [`crate::rule`] before it is linked.
+//! - Its imports are checked against [`crate::rule`] before it is linked: the WASI a toolchain
+//!   links in gets deterministic stand-ins or traps (`stand_ins`), anything else is refused.
 //! - Every call runs under an epoch deadline and a memory cap (linear memories and table
 //!   elements together). A call that traps, runs out of time or memory, or answers a decision
 //!   that breaks the contract is reported as a
@@ -25,6 +26,7 @@ use wasmtime::{Config, Engine, Store};
 use super::compile_cache::CompileCache;
 use super::imports;
 use super::limiter::Limiter;
+use super::stand_ins::{self, StandIns};
 use crate::entity::{Decision, Event, RuleBindings, RuleBindingsPre, RuleInfo, State};
 use crate::rule::{self, ContractViolation, DecideError, Rule};
 
@@ -129,7 +131,8 @@ pub enum LoadError {
     Compile(#[source] wasmtime::Error),
     /// The component imports interfaces outside [`crate::rule::ALLOWED_INTERFACES`] (named).
     #[error(
-        "rule imports {} outside the allowlist; a rule must not touch files, network, clocks or randomness",
+        "rule imports {} outside the allowlist; a rule is a pure function and may not reach \
+         sockets, HTTP or any host interface but the WASI converge stands in for",
         .0.join(", ")
     )]
     ForbiddenImports(Vec<String>),
@@ -278,13 +281,12 @@ impl RuleEngine {
         if !forbidden.is_empty() {
             return Err(LoadError::ForbiddenImports(forbidden));
         }
-        // The allowed imports are linked to functions that trap when called: a rule has no
-        // environment, files, clocks or output, and one that reaches for them (a panic writing
-        // its message to stderr, say) fails its call like any other trap.
+        // The allowed imports answer deterministic values (clocks, random, environment,
+        // preopens) or trap when called: a rule has no output, files or network, and one that
+        // reaches for them (a panic writing its message to stderr, say) fails its call like any
+        // other trap.
         let mut linker = Linker::new(&inner.engine);
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(LoadError::Link)?;
+        stand_ins::link(&mut linker, &component).map_err(LoadError::Link)?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(LoadError::Link)?;
@@ -514,6 +516,7 @@ impl Live {
         let limits = engine.limits();
         let ctx = RuleCtx {
             limiter: Limiter::new(limits),
+            stand_ins: StandIns::new(),
         };
         let mut store = Store::new(&engine.inner.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
@@ -582,9 +585,16 @@ fn deadline_ticks(deadline: Duration) -> u64 {
         .max(1)
 }
 
-/// What a rule's store holds: nothing but its limiter.
+/// What a rule's store holds: its limiter and the deterministic WASI it may read.
 struct RuleCtx {
     limiter: Limiter,
+    stand_ins: StandIns,
+}
+
+impl wasmtime_wasi::WasiView for RuleCtx {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        self.stand_ins.view()
+    }
 }
 
 #[cfg(test)]

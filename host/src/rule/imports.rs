@@ -1,17 +1,33 @@
-//! The import allowlist: what a rule component may import.
+//! The import allowlist: what a rule component may import, and how each allowed interface is
+//! linked.
 //!
-//! A rule must be a pure function of its arguments, so the contract's world imports nothing. A
-//! Rust `wasm32-wasip2` component still imports a few WASI 0.2 interfaces that the standard
-//! library links in whether or not the rule uses them (environment, exit, the three standard
-//! streams, terminals, and the `wasi:io` types those streams are made of). Those, and only
-//! those, are allowed — and the host links every one of them to a function that traps when
-//! called: a rule has no environment, no input, no output and cannot exit; one that reaches for
-//! them (a panic writing its message to stderr, say) fails that call like any other trap.
-//! Files (`wasi:filesystem`), sockets (`wasi:sockets`), clocks (`wasi:clocks`), randomness
-//! (`wasi:random`) and any interface not named here are refused: a component importing one
-//! never loads.
+//! A rule must be a pure function of its arguments, so the contract's world imports nothing.
+//! Toolchains still link WASI into a component whether or not the rule uses it: a Rust
+//! `wasm32-wasip2` component imports the standard streams, the environment and exit; a Go
+//! component (through the WASI 0.1 adapter) imports the clocks, randomness and the file system
+//! as well, and its runtime reads the clock and random bytes, and asks whether its standard
+//! streams are terminals, at start-up, before the rule decides anything. So an allowed
+//! interface is linked one of two ways, decided per interface:
+//!
+//! - a **stand-in** ([`STAND_INS`]) answers, always the same: the wall clock stands at
+//!   2000-01-01T00:00:00Z, the monotonic clock at one second, random bytes come from a fixed
+//!   seed (the same sequence in every instance), the environment, the arguments and the working
+//!   directory are empty, the standard streams are no terminal (stdin is closed; stdout and
+//!   stderr can be had but not written to, see below), and there is no preopened directory. A
+//!   rule that reads them gets a value that depends on nothing, so its decisions still depend
+//!   on its arguments alone, and `converge check`'s determinism property (fresh and long-lived
+//!   instances) holds.
+//! - every other allowed interface **traps when called**: exit, the `wasi:io` stream
+//!   operations, polls and errors, and the file-system operations (unreachable anyway: with no
+//!   preopened directory a rule holds no descriptor). A rule has no output (a panic writing its
+//!   message fails the call like any other trap), cannot exit, and cannot wait (a fixed clock
+//!   would never end a wait).
+//!
+//! Sockets (`wasi:sockets`), HTTP and any interface not named here are refused: a component
+//! importing one never loads.
 
-/// Interfaces a rule may import, without version. Every function in them traps when called.
+/// Interfaces a rule may import, without version. Those in [`STAND_INS`] answer deterministic
+/// values; every function of the others traps when called.
 pub const ALLOWED_INTERFACES: &[&str] = &[
     "wasi:io/error",
     "wasi:io/poll",
@@ -26,24 +42,62 @@ pub const ALLOWED_INTERFACES: &[&str] = &[
     "wasi:cli/terminal-stdin",
     "wasi:cli/terminal-stdout",
     "wasi:cli/terminal-stderr",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:filesystem/preopens",
+    "wasi:filesystem/types",
+];
+
+/// The allowed interfaces that answer instead of trapping, each with a value that never
+/// changes: a fixed clock, a fixed-seed random, an empty environment, standard streams that are
+/// no terminal, no preopened directory.
+pub const STAND_INS: &[&str] = &[
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:filesystem/preopens",
 ];
 
 /// The WASI release line the host implements; an allowed interface of another line is refused.
 pub const ALLOWED_WASI_VERSION_PREFIX: &str = "0.2.";
 
-/// Whether a component may import `name` (e.g. `wasi:cli/stdout@0.2.6`).
-fn is_allowed(name: &str) -> bool {
-    let Some((interface, version)) = name.split_once('@') else {
-        return false;
-    };
-    ALLOWED_INTERFACES.contains(&interface) && version.starts_with(ALLOWED_WASI_VERSION_PREFIX)
+/// The interface of an import name (`wasi:cli/stdout@0.2.6` → `wasi:cli/stdout`), if the name is
+/// an allowed interface of the allowed WASI line.
+pub(super) fn allowed_interface(name: &str) -> Option<&'static str> {
+    let (interface, version) = name.split_once('@')?;
+    if !version.starts_with(ALLOWED_WASI_VERSION_PREFIX) {
+        return None;
+    }
+    ALLOWED_INTERFACES
+        .iter()
+        .copied()
+        .find(|allowed| *allowed == interface)
+}
+
+/// Whether the import `name` (an allowed one) is linked to a stand-in rather than to traps.
+pub(super) fn is_stand_in(name: &str) -> bool {
+    allowed_interface(name).is_some_and(|interface| STAND_INS.contains(&interface))
 }
 
 /// The imports among `names` that are not allowed, in the order given.
 pub(super) fn forbidden<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     names
         .into_iter()
-        .filter(|name| !is_allowed(name))
+        .filter(|name| allowed_interface(name).is_none())
         .map(str::to_owned)
         .collect()
 }
@@ -53,24 +107,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn standard_library_imports_are_allowed() {
-        assert!(is_allowed("wasi:io/streams@0.2.6"));
-        assert!(is_allowed("wasi:cli/terminal-stderr@0.2.0"));
+    fn standard_library_and_runtime_imports_are_allowed() {
+        for name in [
+            "wasi:io/streams@0.2.6",
+            "wasi:cli/terminal-stderr@0.2.0",
+            "wasi:clocks/wall-clock@0.2.12",
+            "wasi:random/random@0.2.3",
+            "wasi:filesystem/preopens@0.2.0",
+        ] {
+            assert!(allowed_interface(name).is_some(), "{name} must be allowed");
+        }
     }
 
     #[test]
     fn ambient_authority_is_refused() {
         for name in [
-            "wasi:filesystem/types@0.2.6",
             "wasi:sockets/tcp@0.2.6",
-            "wasi:clocks/wall-clock@0.2.6",
-            "wasi:random/random@0.2.6",
+            "wasi:sockets/ip-name-lookup@0.2.6",
             "wasi:http/outgoing-handler@0.2.6",
             "acme:kv/store",
             "wasi:cli/stdout@0.3.0",
+            "wasi:clocks/wall-clock@0.3.0-rc-2025-09-16",
             "wasi:cli/stdout",
         ] {
-            assert!(!is_allowed(name), "{name} must be refused");
+            assert!(allowed_interface(name).is_none(), "{name} must be refused");
         }
+        assert_eq!(
+            forbidden(["wasi:io/poll@0.2.0", "wasi:sockets/tcp@0.2.0"]),
+            ["wasi:sockets/tcp@0.2.0"]
+        );
+    }
+
+    #[test]
+    fn only_deterministic_interfaces_answer() {
+        assert!(is_stand_in("wasi:clocks/monotonic-clock@0.2.0"));
+        assert!(is_stand_in("wasi:filesystem/preopens@0.2.12"));
+        for name in [
+            "wasi:filesystem/types@0.2.0",
+            "wasi:io/poll@0.2.0",
+            "wasi:cli/stderr@0.2.0",
+            "wasi:sockets/tcp@0.2.0",
+        ] {
+            assert!(!is_stand_in(name), "{name} must not answer");
+        }
+        // Every stand-in is an allowed interface.
+        assert!(STAND_INS.iter().all(|s| ALLOWED_INTERFACES.contains(s)));
     }
 }

@@ -7,7 +7,10 @@
 //!   ([`RuleEngine`], [`CompiledRule`], [`WasmRule`]);
 //! - `compile_cache`: compiled components kept on disk for the next load ([`CompileCache`]);
 //! - `limiter`: the memory cap of an instance, and the counts it may create;
-//! - `imports`: the import allowlist a component must stay within;
+//! - `imports`: the import allowlist a component must stay within, and which allowed interface
+//!   answers (a stand-in) and which traps;
+//! - `stand_ins`: the deterministic WASI an instance sees (fixed clocks, seeded random, empty
+//!   environment, no directories) and the traps for the rest;
 //! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written;
 //! - [`check`]: the convergence property check and its minimal counterexamples;
 //! - `gate`: what a candidate passes before it serves ([`Gates`]), and the vectors a component
@@ -22,6 +25,7 @@ mod gate;
 mod imports;
 mod limiter;
 mod signature;
+mod stand_ins;
 pub mod vectors;
 
 pub use compile_cache::{CompileCache, CompileCacheError};
@@ -33,12 +37,13 @@ pub use gate::{
     Admitted, Gate, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors,
     pack,
 };
-pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX};
+pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX, STAND_INS};
 pub use signature::{
     FoundSignature, IntegrityError, KeyError, MalformedSignature, PublicKey, RELEASE_SECTION,
     SIGNATURE_SECTION, SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash,
     release, sign, signatures, with_release,
 };
+pub use stand_ins::{MONOTONIC_CLOCK_NS, RANDOM_SEED, WALL_CLOCK};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

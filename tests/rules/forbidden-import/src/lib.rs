@@ -1,26 +1,24 @@
-//! Reads the wall clock: the component imports `wasi:clocks`, which a rule may not. The host must
-//! refuse to load it.
+//! Opens a TCP connection: the component imports `wasi:sockets`, which a rule may not (there is
+//! no deterministic stand-in for a network). The host must refuse to load it.
 
 wit_bindgen::generate!({ world: "rule", path: "../../../wit" });
 
-struct ClockReader;
+struct Connector;
 
-impl Guest for ClockReader {
+impl Guest for Connector {
     fn info() -> RuleInfo {
         RuleInfo {
-            name: "clock-reader".to_owned(),
+            name: "connector".to_owned(),
             version: "0.1.0".to_owned(),
             statuses: vec!["created".to_owned()],
         }
     }
 
-    fn decide(_current: Option<State>, mut incoming: Event) -> Decision {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        incoming.timestamp_ms = now;
-        Decision::Insert(incoming)
+    fn decide(_current: Option<State>, incoming: Event) -> Decision {
+        match std::net::TcpStream::connect(("127.0.0.1", 6379)) {
+            Ok(_) => Decision::Insert(incoming),
+            Err(error) => Decision::Reject(error.to_string()),
+        }
     }
 
     fn decide_batch(items: Vec<(Option<State>, Event)>) -> Vec<Decision> {
@@ -28,4 +26,4 @@ impl Guest for ClockReader {
     }
 }
 
-export!(ClockReader);
+export!(Connector);
