@@ -21,6 +21,8 @@ assert not wrong, f"orders not on their expected state: {wrong[:5]}"
 print(f"check-minimal: the demo converged {len(states)} orders to their expected states")
 PY
 
+# serve reads its rule from a file: the shipped rule's component.
+cargo build --quiet --release --target wasm32-wasip2 -p converge-order-rule
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 cat > "$out/kafka.toml" <<TOML
 [rule]

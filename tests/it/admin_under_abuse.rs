@@ -9,16 +9,17 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use converge::config::Config;
 use converge::redact::Secret;
-use converge_tests::kafka::TestTopic;
 use converge_tests::process::Server;
 use converge_tests::process::{proc_status_bytes, tail};
 use converge_tests::prometheus::scrape;
-use converge_tests::services::{TestStore, free_loopback_addr};
-use converge_tests::{Convergence, config, orders};
+use converge_tests::served::Served;
+use converge_tests::{Convergence, orders};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+
+/// The log of `serve`, in the setup's directory.
+const LOG: &str = "serve.log";
 
 const TOKEN: &str = "wedge-admin-token-0123456789abcdef";
 
@@ -26,73 +27,39 @@ const TOKEN: &str = "wedge-admin-token-0123456789abcdef";
 /// stay quick): the uploads are this large.
 const UPLOAD_BYTES: usize = 16 << 20;
 
-/// One `serve` from `topic` into the standalone Redis, with an admin endpoint (and its token).
-struct Served {
-    topic: TestTopic,
-    redis: TestStore,
-    group: String,
-    dir: tempfile::TempDir,
-    admin: SocketAddr,
-    settings: Config,
+/// One `serve` into the standalone Redis, with an admin endpoint and its token.
+async fn served(test: &str, partitions: i32) -> Served {
+    let mut served = Served::new(test, partitions).await.with_admin();
+    if let Some(admin) = &mut served.settings.admin {
+        admin.token = Some(Secret::new(TOKEN));
+    }
+    served.settings.rule.max_component_bytes = UPLOAD_BYTES;
+    served
 }
 
-impl Served {
-    async fn new(test: &str, partitions: i32) -> Self {
-        let topic = TestTopic::create(test, partitions).await;
-        let dead_letters = TestTopic::create(&format!("{test}-dlq"), 1).await;
-        let redis = TestStore::standalone(test).await;
-        let group = format!("{}-group", topic.name);
-        let admin = free_loopback_addr();
-        let mut settings = config::kafka_serve_with_admin(
-            &topic.name,
-            &dead_letters.name,
-            &group,
-            redis.store.prefix(),
-            admin,
+/// Starts `serve` and waits until `/readyz` answers 200.
+async fn start(served: &Served) -> Server {
+    let mut server = served.start(LOG);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(exit) = server.exited() {
+            panic!("serve exited with {exit}:\n{}", tail(&served.log(LOG)));
+        }
+        let ready = client
+            .get(format!("http://{}/readyz", served.admin()))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if ready {
+            return server;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve not ready in 120 s:\n{}",
+            tail(&served.log(LOG))
         );
-        if let Some(admin) = &mut settings.admin {
-            admin.token = Some(Secret::new(TOKEN));
-        }
-        settings.rule.max_component_bytes = UPLOAD_BYTES;
-        Self {
-            topic,
-            redis,
-            group,
-            dir: tempfile::tempdir().expect("temp dir"),
-            admin,
-            settings,
-        }
-    }
-
-    fn log(&self) -> std::path::PathBuf {
-        self.dir.path().join("serve.log")
-    }
-
-    /// Starts `serve` and waits until `/readyz` answers 200.
-    async fn start(&self) -> Server {
-        let config = config::write(self.dir.path(), &self.settings);
-        let mut server = Server::start(&config, &self.log());
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(exit) = server.exited() {
-                panic!("serve exited with {exit}:\n{}", tail(&self.log()));
-            }
-            let ready = client
-                .get(format!("http://{}/readyz", self.admin))
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success());
-            if ready {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve not ready in 120 s:\n{}",
-                tail(&self.log())
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -149,10 +116,10 @@ async fn upload(admin: SocketAddr, head: String, body_bytes: usize) -> Result<u1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedge_admin_200_refused_16_mib_uploads_keep_memory_under_twice_idle() {
-    let served = Served::new("wedge-admin-rss", 1).await;
-    let server = served.start().await;
+    let served = served("wedge-admin-rss", 1).await;
+    let server = start(&served).await;
     let pid = server.id();
-    let admin = served.admin;
+    let admin = served.admin();
     // Idle: serving, and the endpoint has answered a few requests already.
     for _ in 0..5 {
         scrape(admin).await.expect("metrics");
@@ -260,10 +227,10 @@ async fn trickle(admin: SocketAddr, start: String, attached: tokio::sync::onesho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedge_admin_sigterm_with_a_trickling_client_exits_with_offsets_committed() {
-    let mut served = Served::new("wedge-admin-sigterm", 2).await;
+    let mut served = served("wedge-admin-sigterm", 2).await;
     let stream = orders::generate("order-", 200, 10, 24);
     served.topic.produce(&stream.events).await;
-    let server = served.start().await;
+    let server = start(&served).await;
     Convergence::new(&served.redis.store, &stream.expected)
         .within(Duration::from_secs(90))
         .logs(&mut served.dir)
@@ -272,7 +239,7 @@ async fn wedge_admin_sigterm_with_a_trickling_client_exits_with_offsets_committe
 
     // Two clients attached: one sends its request head a byte at a time, the other an
     // authenticated upload whose body never ends.
-    let admin = served.admin;
+    let admin = served.admin();
     let (head_attached, head_ready) = tokio::sync::oneshot::channel();
     let head = tokio::spawn(trickle(
         admin,
@@ -297,7 +264,7 @@ async fn wedge_admin_sigterm_with_a_trickling_client_exits_with_offsets_committe
     assert!(
         positions.iter().all(|(committed, end)| committed == end),
         "offsets not committed at the end of every partition: (committed, end) {positions:?}\n{}",
-        tail(&served.log())
+        tail(&served.log(LOG))
     );
     assert_eq!(
         positions.iter().map(|(_, end)| end).sum::<i64>(),

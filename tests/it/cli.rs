@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Output;
 
 use converge_tests::build;
-use converge_tests::process::converge;
+use converge_tests::process::{Converge, converge};
 use serde_json::Value;
 
 fn stdout(output: &Output) -> String {
@@ -150,6 +150,138 @@ fn run_converges_the_shipped_sample_stream() {
     let text = converge(&["run", "--rule", path(&rule), "--input", sample]);
     let text = stdout(&text);
     assert!(text.contains("converged: every one of 800 keys"), "{text}");
+}
+
+/// `converge run < events.jsonl`: no `--rule`, the shipped order-status rule built into the
+/// binary, named on the report's first line; it decides as the rule crate's own component does.
+#[test]
+fn run_without_a_rule_runs_the_shipped_rule_built_in() {
+    let sample = build::workspace_root().join("deploy/sample/orders.jsonl");
+    let output = Converge::new(&["run"]).stdin(&sample).output();
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        text.lines().next(),
+        Some("rule order-status@0.1.0 (built in)"),
+        "{text}"
+    );
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            build::workspace_root().join("deploy/sample/orders.expected.json"),
+        )
+        .expect("expected file"),
+    )
+    .expect("expected JSON");
+    let keys = expected["final_states"]
+        .as_array()
+        .expect("final states")
+        .len();
+    assert!(
+        text.contains(&format!("converged: every one of {keys} keys")),
+        "{text}"
+    );
+
+    // The same report, state for state and count for count, as the component built from
+    // plugin/ by the tests.
+    let built_in = run_json(&["run", "--input", "deploy/sample/orders.jsonl", "--json"]);
+    let rule = build::rule("order-status");
+    let from_file = run_json(&[
+        "run",
+        "--rule",
+        path(&rule),
+        "--input",
+        "deploy/sample/orders.jsonl",
+        "--json",
+    ]);
+    assert_eq!(built_in["rule_file"], Value::Null);
+    assert_eq!(from_file["rule_file"], path(&rule));
+    for field in ["rule", "stats", "dead_letters", "converged"] {
+        assert_eq!(built_in[field], from_file[field], "{field}");
+    }
+    // Each state as stored, but for its writer (a random id per run).
+    let states = |report: &Value| -> Vec<(Value, Value)> {
+        report["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .map(|stored| (stored["state"].clone(), stored["rule"].clone()))
+            .collect()
+    };
+    assert!(states(&built_in) == states(&from_file), "the states differ");
+    assert_eq!(built_in["stats"]["messages"], expected["events"]);
+
+    let decided = converge(&[
+        "decide",
+        "--incoming",
+        r#"{"key":"o-1","status":"paid","version":2}"#,
+    ]);
+    assert_eq!(decided.status.code(), Some(0));
+    let decision: Value = serde_json::from_slice(&decided.stdout).expect("JSON decision");
+    assert_eq!(decision["insert"]["status"], "paid");
+}
+
+/// `--rule` overrides the built-in rule, for `run` and `decide`.
+#[test]
+fn run_with_a_rule_runs_that_rule_not_the_built_in_one() {
+    let rule = build::rule("last-write-wins");
+    let output = converge(&[
+        "run",
+        "--rule",
+        path(&rule),
+        "--input",
+        "deploy/sample/orders.jsonl",
+    ]);
+    let text = stdout(&output);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("rule last-write-wins@")
+            && first.ends_with(&format!("({})", path(&rule))),
+        "{text}"
+    );
+    let report = run_json(&[
+        "run",
+        "--rule",
+        path(&rule),
+        "--input",
+        "deploy/sample/orders.jsonl",
+        "--json",
+    ]);
+    let rule_stamp = report["rule"].as_str().expect("the rule's stamp");
+    assert!(rule_stamp.starts_with("last-write-wins@"), "{rule_stamp}");
+
+    // Last write wins: a stale event replaces what the order-status rule keeps.
+    let current = r#"{"key":"o-1","status":"refunded","version":4}"#;
+    let incoming = r#"{"key":"o-1","status":"completed","version":3}"#;
+    let built_in = converge(&["decide", "--current", current, "--incoming", incoming]);
+    let overridden = converge(&[
+        "decide",
+        "--rule",
+        path(&rule),
+        "--current",
+        current,
+        "--incoming",
+        incoming,
+    ]);
+    let built_in: Value = serde_json::from_slice(&built_in.stdout).expect("JSON decision");
+    let overridden: Value = serde_json::from_slice(&overridden.stdout).expect("JSON decision");
+    assert_eq!(built_in, serde_json::json!({"ignore": "stale"}));
+    assert_ne!(overridden, built_in, "{overridden}");
+}
+
+/// The JSON report of a `converge run` (whatever its exit code).
+fn run_json(args: &[&str]) -> Value {
+    let output = converge(args);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "{args:?}: {error}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 #[test]

@@ -15,7 +15,8 @@ use converge::config::{RedisStoreConfig, StoreConfig};
 use converge::store::RedisStore;
 use converge_tests::kafka::TestTopic;
 use converge_tests::process::Server;
-use converge_tests::services::{PrivateRedis, TestStore, unique_prefix};
+use converge_tests::served::Served;
+use converge_tests::services::{PrivateRedis, unique_prefix};
 use converge_tests::watch::Watcher;
 use converge_tests::{Convergence, config, orders, stored_states};
 
@@ -51,40 +52,30 @@ fn wait_for_abort(server: &mut Server, within: Duration, log: &std::path::Path) 
 }
 
 async fn crash_at(point: &str) {
-    let redis = TestStore::standalone(&format!("t9-{point}")).await;
-    let topic = TestTopic::create("t9", 3).await;
-    let dead_letters = TestTopic::create("t9-dlq", 1).await;
-    let group = format!("{}-group", topic.name);
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    let config = config::write(
-        dir.path(),
-        &config::kafka_serve(
-            &topic.name,
-            &dead_letters.name,
-            &group,
-            config::standalone_store(redis.store.prefix()),
-        ),
-    );
+    let mut served = Served::new(&format!("t9-{point}"), 3).await;
+    let config = served.config();
     let stream = orders::generate("order-", 400, 30, 9);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
     let bad = bad_messages(6);
     // Everything is on the topic before serve starts, so every batch is full (64 messages)
     // and the third one exists; bad messages sit among the orders.
     for (chunk, bad) in stream.events.chunks(stream.events.len() / 6 + 1).zip(&bad) {
-        topic.produce(chunk).await;
-        topic.produce_raw("", std::slice::from_ref(bad)).await;
+        served.topic.produce(chunk).await;
+        served
+            .topic
+            .produce_raw("", std::slice::from_ref(bad))
+            .await;
     }
-    let watcher = Watcher::start(redis.store.clone(), keys, Duration::from_millis(20));
+    let watcher = Watcher::start(served.redis.store.clone(), keys, Duration::from_millis(20));
 
-    let crash_log = dir.path().join("crashing.log");
+    let crash_log = served.log("crashing.log");
     let at = format!("{point}:{CRASHING_BATCH}");
     let mut crashing = Server::start_with_env(&config, &crash_log, &[("CONVERGE_CRASH_AT", &at)]);
     wait_for_abort(&mut crashing, Duration::from_secs(60), &crash_log);
 
-    let restarted = Server::start(&config, &dir.path().join("restarted.log"));
-    Convergence::new(&redis.store, &stream.expected)
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    let restarted = served.start("restarted.log");
+    served
+        .converged(&stream.expected, Duration::from_secs(90))
         .await;
     restarted.terminate();
     let samples = watcher.finish().await;
@@ -92,7 +83,7 @@ async fn crash_at(point: &str) {
 
     // At least once: a bad message of a batch redone after the crash may be dead-lettered
     // twice, but none may be missing.
-    let letters = dead_letters.read_all(Duration::from_secs(30));
+    let letters = served.dead_letters.read_all(Duration::from_secs(30));
     for body in &bad {
         assert!(
             letters.iter().any(|(letter, _)| letter == body),

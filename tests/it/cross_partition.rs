@@ -17,11 +17,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use converge::entity::Event;
-use converge_tests::kafka::TestTopic;
-use converge_tests::process::Server;
-use converge_tests::services::TestStore;
+use converge_tests::served::{self, Served};
 use converge_tests::watch::Watcher;
-use converge_tests::{Convergence, config, orders, stored_states};
+use converge_tests::{orders, stored_states};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -46,39 +44,35 @@ async fn cross_partition_keys_on_random_partitions_converge_across_two_instances
     eprintln!(
         "cross_partition: seed {seed} (CONVERGE_CROSS_PARTITION_SEED={seed} repeats its choices)"
     );
-    let topic = TestTopic::create("cross-partition", PARTITIONS).await;
-    let dead_letters = TestTopic::create("cross-partition-dlq", 1).await;
-    let redis = TestStore::standalone("cross-partition").await;
-    let group = format!("{}-group", topic.name);
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    let config = config::write(
-        dir.path(),
-        &config::kafka_serve(
-            &topic.name,
-            &dead_letters.name,
-            &group,
-            config::standalone_store(redis.store.prefix()),
-        ),
-    );
-
+    let mut served = Served::new("cross-partition", PARTITIONS).await;
     let stream = orders::generate("order-", ORDERS, 30, seed);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     let events = half_in_bursts(&stream.events, &mut rng);
     let mut random_partition = move |_: &Event| Some(rng.random_range(0..PARTITIONS));
     let (backlog, rest) = events.split_at(events.len() / 2);
-    topic.produce_acked(backlog, &mut random_partition).await;
+    served
+        .topic
+        .produce_acked(backlog, &mut random_partition)
+        .await;
 
-    let watcher = Watcher::start(redis.store.clone(), keys.clone(), Duration::from_millis(50));
-    let first = Server::start(&config, &dir.path().join("first.log"));
-    let second = Server::start(&config, &dir.path().join("second.log"));
+    let watcher = Watcher::start(
+        served.redis.store.clone(),
+        keys.clone(),
+        Duration::from_millis(50),
+    );
+    let first = served.start("first.log");
+    let second = served.start("second.log");
     let started = Instant::now();
     // Both members deciding (a key stored), then the rest arrives while one is killed.
-    while stored_states(&redis.store, &keys[..100]).await.is_empty() {
+    while stored_states(&served.redis.store, &keys[..100])
+        .await
+        .is_empty()
+    {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "nothing stored within 60 s; see {}",
-            dir.path().display()
+            served.dir.path().display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -95,30 +89,28 @@ async fn cross_partition_keys_on_random_partitions_converge_across_two_instances
             );
         }
         if n == CHUNKS * 2 / 3 {
-            restarted = Some(Server::start(&config, &dir.path().join("restarted.log")));
+            restarted = Some(served.start("restarted.log"));
             eprintln!(
                 "cross_partition: {:.1}s: restarted it",
                 started.elapsed().as_secs_f64()
             );
         }
-        topic.produce_acked(events, &mut random_partition).await;
+        served
+            .topic
+            .produce_acked(events, &mut random_partition)
+            .await;
         tokio::time::sleep(CHUNK_EVERY).await;
     }
 
-    let positions = Convergence::new(&redis.store, &stream.expected)
-        .within(Duration::from_secs(120))
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    let positions = served
+        .converged(&stream.expected, Duration::from_secs(120))
         .await;
-    assert_eq!(
-        positions.iter().map(|(_, end)| end).sum::<i64>(),
-        stream.events.len() as i64
-    );
+    assert_eq!(served::messages(&positions), stream.events.len());
     eprintln!(
         "cross_partition: {:.1}s: converged, offsets at the end of every partition",
         started.elapsed().as_secs_f64()
     );
-    dead_letters.assert_empty().await;
+    served.dead_letters.assert_empty().await;
     second.terminate();
     restarted.expect("restarted").terminate();
     let samples = watcher.finish().await;

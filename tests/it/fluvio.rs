@@ -8,7 +8,7 @@
 //!
 //! Run that way without `CONVERGE_TEST_FLUVIO`, it fails saying so. The source's gap checks,
 //! commit bookkeeping and reconnects are tested without a cluster in
-//! `host/src/source/fluvio/tests.rs`.
+//! `host/src/source/fluvio/tests/`.
 //!
 //! 20,000 orders' shuffled, duplicated events (several megabytes per partition, past the
 //! client's 1 MB fetch cap where the fluvio client skips records) go to a fresh three-partition

@@ -2,12 +2,14 @@
 //! one killed with SIGKILL mid-stream and restarted. Afterwards every key holds its order's
 //! final state and the group's committed offsets reach the end of every partition.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use converge::config::StoreConfig;
 use converge_tests::kafka::TestTopic;
 use converge_tests::process::Server;
-use converge_tests::services::{TestStore, free_loopback_addr};
+use converge_tests::served::{self, Served};
+use converge_tests::services::TestStore;
 use converge_tests::{Convergence, config, orders, stored_states};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,10 +66,7 @@ async fn two_consumers_one_killed(redis: &TestStore, store: StoreConfig) {
         .logs(&mut dir)
         .wait_with_offsets(async || topic.progress(&group))
         .await;
-    assert_eq!(
-        positions.iter().map(|(_, end)| end).sum::<i64>(),
-        stream.events.len() as i64
-    );
+    assert_eq!(served::messages(&positions), stream.events.len());
 
     second.terminate();
     restarted.terminate();
@@ -86,20 +85,8 @@ async fn two_consumers_one_killed(redis: &TestStore, store: StoreConfig) {
 /// its reason in a header; the good ones are stored and the partition does not stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
-    let topic = TestTopic::create("t8", 1).await;
-    let dead_letters = TestTopic::create("t8-dlq", 1).await;
-    let redis = TestStore::standalone("t8").await;
-    let group = format!("{}-group", topic.name);
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    let admin = free_loopback_addr();
-    let settings = config::kafka_serve_with_admin(
-        &topic.name,
-        &dead_letters.name,
-        &group,
-        redis.store.prefix(),
-        admin,
-    );
-    let config = config::write(dir.path(), &settings);
+    let mut served = Served::new("t8", 1).await.with_admin();
+    let (topic, admin) = (Arc::clone(&served.topic), served.admin());
 
     let bad: Vec<(Vec<u8>, &str)> = vec![
         (
@@ -135,16 +122,14 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
         .await;
     topic.produce(&stream.events[10..]).await;
 
-    let server = Server::start(&config, &dir.path().join("serve.log"));
+    let server = served.start("serve.log");
     // The partition must not stall: every good message stored, every offset committed.
-    Convergence::new(&redis.store, &stream.expected)
-        .within(Duration::from_secs(60))
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    served
+        .converged(&stream.expected, Duration::from_secs(60))
         .await;
     // Dead letters are acknowledged before the offsets of their batch are committed: all of
     // them are on the topic now, and nothing else may be.
-    let letters = dead_letters.read_all(Duration::from_secs(30));
+    let letters = served.dead_letters.read_all(Duration::from_secs(30));
     let get = |path: &str| {
         let url = format!("http://{admin}{path}");
         async move {

@@ -18,12 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use converge::config::SourceConfig;
 use converge_tests::kafka::{KafkaCluster, TestTopic};
-use converge_tests::process::Server;
-use converge_tests::services::TestStore;
+use converge_tests::served::{self, Served};
 use converge_tests::watch::Watcher;
-use converge_tests::{Convergence, config, orders, stored_states};
+use converge_tests::{orders, stored_states};
 
 const NODES: i32 = 3;
 const ORDERS: usize = 6_000;
@@ -49,31 +47,23 @@ async fn kafka3_leader_killed_then_a_second_broker_lose_nothing_and_never_go_bac
         test_started.elapsed().as_secs_f64()
     );
     let replicated = [("min.insync.replicas", "2")];
-    let topic = Arc::new(TestTopic::create_replicated(&brokers, "kafka3", 6, 3, &replicated).await);
+    let topic = TestTopic::create_replicated(&brokers, "kafka3", 6, 3, &replicated).await;
     let dead_letters =
         TestTopic::create_replicated(&brokers, "kafka3-dlq", 1, 3, &replicated).await;
-    let redis = TestStore::standalone("kafka3").await;
-    let group = format!("{}-group", topic.name);
-    let mut settings = config::kafka_serve(
-        &topic.name,
-        &dead_letters.name,
-        &group,
-        config::standalone_store(redis.store.prefix()),
-    );
-    let SourceConfig::Kafka(source) = &mut settings.source else {
-        panic!("kafka_serve reads from Kafka")
-    };
-    // Every node, so that a member finds the cluster whichever is down; the dead-letter
-    // producer uses the same brokers.
-    source.brokers.clone_from(&brokers);
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    let config = config::write(dir.path(), &settings);
+    // On every node (the topic's brokers), so that a member finds the cluster whichever is
+    // down; the dead-letter producer uses the same brokers.
+    let mut served = Served::on(topic, dead_letters, "kafka3").await;
+    let topic = Arc::clone(&served.topic);
 
     let stream = orders::generate("order-", ORDERS, 30, seed);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    let watcher = Watcher::start(redis.store.clone(), keys.clone(), Duration::from_millis(50));
-    let first = Server::start(&config, &dir.path().join("serve-1.log"));
-    let second = Server::start(&config, &dir.path().join("serve-2.log"));
+    let watcher = Watcher::start(
+        served.redis.store.clone(),
+        keys.clone(),
+        Duration::from_millis(50),
+    );
+    let first = served.start("serve-1.log");
+    let second = served.start("serve-2.log");
 
     let started = Instant::now();
     let produced = Arc::new(AtomicBool::new(false));
@@ -121,26 +111,24 @@ async fn kafka3_leader_killed_then_a_second_broker_lose_nothing_and_never_go_bac
         .expect("joined")
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     assert!(
-        !stored_states(&redis.store, &keys).await.is_empty(),
+        !stored_states(&served.redis.store, &keys).await.is_empty(),
         "nothing stored"
     );
 
-    let positions = Convergence::new(&redis.store, &stream.expected)
-        .within(Duration::from_secs(120))
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    let positions = served
+        .converged(&stream.expected, Duration::from_secs(120))
         .await;
     // Nothing lost by the brokers, nothing doubled by the producer's retries.
     assert_eq!(
-        positions.iter().map(|(_, end)| end).sum::<i64>(),
-        stream.events.len() as i64,
+        served::messages(&positions),
+        stream.events.len(),
         "the partitions do not hold exactly the events produced: {positions:?}"
     );
     eprintln!(
         "kafka3: {:.1}s: converged, offsets at the end of every partition",
         started.elapsed().as_secs_f64()
     );
-    dead_letters.assert_empty().await;
+    served.dead_letters.assert_empty().await;
     first.terminate();
     second.terminate();
     let samples = watcher.finish().await;

@@ -9,16 +9,15 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use converge::config::FleetConfig;
+use converge::config::{AdminConfig, FleetConfig};
 use converge::rule::{EngineLimits, GateConfig, Gates, PublicKey, RuleEngine, TrustedKeys};
-use converge::store::Store as _;
 use converge::swap::{Fleet, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::fleet::{TestFleet, refused_swaps};
-use converge_tests::kafka::TestTopic;
 use converge_tests::process::{Server, converge};
-use converge_tests::services::{TestStore, free_loopback_addr, redis_url};
-use converge_tests::{Convergence, build, config, orders};
+use converge_tests::served::Served;
+use converge_tests::services::{free_loopback_addr, redis_url};
+use converge_tests::{build, config, orders};
 use redis::AsyncCommands as _;
 
 const R1_STAMP: &str = "order-status@0.1.0";
@@ -110,12 +109,10 @@ fn refused_by(swap: Option<&SwapRecord>, hash: &str, gate: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_instance() {
-    let topic = TestTopic::create("wedge-release", 2).await;
-    let dead_letters = TestTopic::create("wedge-release-dlq", 1).await;
-    let redis = TestStore::standalone("wedge-release").await;
+    let mut served = Served::new("wedge-release", 2).await;
     let fleet = TestFleet::new("wedge-release").await;
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    let releases = Releases::sign(dir.path());
+    let dir = served.dir.path().to_owned();
+    let releases = Releases::sign(&dir);
     let (r0, r1, r2) = (
         Releases::hash(&releases.r0),
         Releases::hash(&releases.r1),
@@ -123,18 +120,15 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
     );
 
     // Two instances trusting the key, starting from release 1.
-    let group = format!("{}-group", topic.name);
     let mut admins = Vec::new();
     let mut instances = Vec::new();
     for name in ["first", "second"] {
         let admin = free_loopback_addr();
-        let mut settings = config::kafka_serve_with_admin(
-            &topic.name,
-            &dead_letters.name,
-            &group,
-            redis.store.prefix(),
-            admin,
-        );
+        let mut settings = served.settings.clone();
+        settings.admin = Some(AdminConfig {
+            listen: admin,
+            ..AdminConfig::default()
+        });
         settings.rule.path = releases.r1.clone();
         settings.rule.trusted_keys = vec![releases.key];
         settings.rule.fleet = Some(FleetConfig {
@@ -143,13 +137,13 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
             instance: Some(name.to_owned()),
             allow_unsigned: false,
         });
-        let instance_dir = dir.path().join(name);
+        let instance_dir = dir.join(name);
         std::fs::create_dir_all(&instance_dir).expect("dir");
         let config_path = config::write(&instance_dir, &settings);
         admins.push(admin);
         instances.push(Server::start(
             &config_path,
-            &dir.path().join(format!("{name}.log")),
+            &dir.join(format!("{name}.log")),
         ));
     }
 
@@ -168,12 +162,12 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
 
     let stream = orders::generate("order-", 1_000, 20, 24);
     let mut parts = stream.events.chunks(stream.events.len() / 3 + 1);
-    topic.produce(parts.next().expect("a part")).await;
+    served.topic.produce(parts.next().expect("a part")).await;
 
     // 1. Someone who can write Redis points the fleet back at release 1, whose blob is still
     // stored (and perfectly signed): every instance refuses it and serves release 2 on.
     fleet.set("rule:active", &r1).await;
-    topic.produce(parts.next().expect("a part")).await;
+    served.topic.produce(parts.next().expect("a part")).await;
     fleet
         .until("both instances to refuse release 1", 2, |status| {
             status.instances.iter().all(|instance| {
@@ -213,26 +207,14 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
     assert!(restored.status.success(), "{}", text(&restored));
     assert_eq!(fleet.cli_status().floor, 2);
     for part in parts {
-        topic.produce(part).await;
+        served.topic.produce(part).await;
     }
 
-    Convergence::new(&redis.store, &stream.expected)
-        .every(Duration::from_millis(250))
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    served
+        .converged(&stream.expected, Duration::from_secs(90))
         .await;
-    let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    for stored in redis
-        .store
-        .inspect(&keys)
-        .await
-        .expect("inspected")
-        .iter()
-        .flatten()
-    {
-        assert_eq!(stored.rule, R2_STAMP, "{}", stored.state.key);
-    }
-    dead_letters.assert_empty().await;
+    served.assert_written_by(&stream.expected, R2_STAMP).await;
+    served.dead_letters.assert_empty().await;
     for admin in &admins {
         assert_eq!(refused_swaps(*admin, "integrity").await, 2, "{admin}");
     }

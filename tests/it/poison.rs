@@ -6,80 +6,59 @@
 //! the end of the topic, and the process that met the poison is the one still running.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use converge::config::{Config, DeadLetterConfig, RedisStreamConfig};
+use converge::config::{DeadLetterConfig, RedisStreamConfig};
 use converge::dead_letter::MAX_REASON_BYTES;
 use converge::entity::Event;
 use converge_tests::kafka::{Record, TestTopic};
 use converge_tests::order_api::OrderApi;
 use converge_tests::process::{Converge, Server, tail};
 use converge_tests::prometheus::{Exposition, scrape};
-use converge_tests::services::{TestStore, free_loopback_addr, redis_url, unique_prefix};
-use converge_tests::{Convergence, build, config, orders};
-use tempfile::TempDir;
+use converge_tests::served::Served;
+use converge_tests::services::{redis_url, unique_prefix};
+use converge_tests::{build, config, orders};
+
+/// The log of `serve`, in the setup's directory.
+const LOG: &str = "serve.log";
 
 /// How long a poison may hold things up: generous for a loaded machine, and still a bound, so
 /// a partition that stalls fails the test instead of hanging it.
 const WITHIN: Duration = Duration::from_secs(90);
 
-/// One `converge serve` on its own topic, dead-letter topic, group and key prefix, with an
-/// admin endpoint.
-struct Served {
-    topic: TestTopic,
-    dead_letters: TestTopic,
-    redis: TestStore,
-    group: String,
-    dir: TempDir,
-    admin: SocketAddr,
-    settings: Config,
+/// One `converge serve` with an admin endpoint ([`Served`]), and what these tests ask of it.
+struct Poisoned(Served);
+
+impl Deref for Poisoned {
+    type Target = Served;
+
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
-impl Served {
-    async fn new(test: &str) -> Self {
-        let topic = TestTopic::create(test, 1).await;
-        let dead_letters = TestTopic::create(&format!("{test}-dlq"), 1).await;
-        let redis = TestStore::standalone(test).await;
-        let group = format!("{}-group", topic.name);
-        let admin = free_loopback_addr();
-        let settings = config::kafka_serve_with_admin(
-            &topic.name,
-            &dead_letters.name,
-            &group,
-            redis.store.prefix(),
-            admin,
-        );
-        Self {
-            topic,
-            dead_letters,
-            redis,
-            group,
-            dir: tempfile::tempdir().expect("temp dir"),
-            admin,
-            settings,
-        }
+impl DerefMut for Poisoned {
+    fn deref_mut(&mut self) -> &mut Served {
+        &mut self.0
     }
+}
 
-    fn log(&self) -> std::path::PathBuf {
-        self.dir.path().join("serve.log")
+impl Poisoned {
+    async fn new(test: &str) -> Self {
+        Self(Served::new(test, 1).await.with_admin())
     }
 
     fn start(&self) -> Server {
-        Server::start(&config::write(self.dir.path(), &self.settings), &self.log())
+        self.0.start(LOG)
     }
 
     /// Waits until every key of `expected` holds its state and the group's offsets are at the
     /// end of the topic, failing at once (with the log) if the process exits meanwhile: a
     /// poison that kills `serve` would otherwise only show as a timeout.
     async fn converge(&mut self, server: &mut Server, expected: &BTreeMap<String, Event>) {
-        let log = self.log();
-        let topic = &self.topic;
-        let group = &self.group;
-        let converged = Convergence::new(&self.redis.store, expected)
-            .within(WITHIN)
-            .logs(&mut self.dir)
-            .wait_with_offsets(async || topic.progress(group));
+        let log = self.log(LOG);
+        let converged = self.0.converged(expected, WITHIN);
         let exited = async {
             loop {
                 if let Some(status) = server.exited() {
@@ -102,7 +81,7 @@ impl Served {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.admin))
+        let response = reqwest::get(format!("http://{}{path}", self.admin()))
             .await
             .expect("admin answers");
         (
@@ -116,7 +95,7 @@ impl Served {
         assert!(
             server.exited().is_none(),
             "serve exited; its log:\n{}",
-            tail(&self.log())
+            tail(&self.log(LOG))
         );
         assert_eq!(self.get("/healthz").await.0, 200);
         assert_eq!(self.get("/readyz").await.0, 200);
@@ -124,7 +103,7 @@ impl Served {
 
     /// Asserts each series of `values` is exported with its value; answers the scrape.
     async fn assert_metrics(&self, values: &[(&str, usize)]) -> Exposition {
-        let metrics = scrape(self.admin).await.expect("admin answers");
+        let metrics = scrape(self.admin()).await.expect("admin answers");
         for (series, value) in values {
             assert_eq!(
                 metrics.value(series),
@@ -136,7 +115,7 @@ impl Served {
     }
 
     /// Every record of the dead-letter topic: they are acknowledged before their batch's
-    /// offsets are committed, so after [`Served::converge`] they are all there.
+    /// offsets are committed, so after [`Poisoned::converge`] they are all there.
     fn letters(&self) -> Vec<Record> {
         self.dead_letters.read_records(Duration::from_secs(30))
     }
@@ -144,7 +123,7 @@ impl Served {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_a_200_kb_key_with_a_10_mb_body_is_dead_lettered_cut_and_the_partition_moves_on() {
-    let mut served = Served::new("poison-key").await;
+    let mut served = Poisoned::new("poison-key").await;
     let stream = orders::generate("order-", 20, 10, 14);
     // Kafka refuses a record over 1 MB: each of these, dead-lettered whole, would be retried
     // forever. One is refused by the decoder (too large), the other by the rule (unknown
@@ -232,7 +211,7 @@ async fn poison_a_200_kb_key_with_a_10_mb_body_is_dead_lettered_cut_and_the_part
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_a_10_mb_rule_reject_reason_is_cut_in_the_dead_letter_and_the_partition_moves_on() {
-    let mut served = Served::new("poison-reason").await;
+    let mut served = Poisoned::new("poison-reason").await;
     served.settings.rule = config::rule(&build::rule("huge-reason"));
     // Making and copying 10 MiB takes tens of milliseconds on a busy machine: room for it, so
     // the test is about the reason's size, not the rule's deadline.
@@ -298,7 +277,7 @@ async fn poison_a_10_mb_rule_reject_reason_is_cut_in_the_dead_letter_and_the_par
 async fn poison_an_order_api_streaming_1_gb_is_dead_lettered_as_too_large_in_bounded_memory() {
     /// The API's answer for the poison key: 1 GiB, chunked, generated as it is sent.
     const STREAMED: usize = 1 << 30;
-    let mut served = Served::new("poison-api").await;
+    let mut served = Poisoned::new("poison-api").await;
     let api = OrderApi::start().await;
     let stream = orders::generate("order-", 20, 0, 16);
     api.serve_orders(&stream.expected);
@@ -436,7 +415,7 @@ async fn raw_value(connection: &mut redis::aio::MultiplexedConnection, key: &str
 /// `marker` is set, it must appear in the reason), the value is left as it was, a metric counts
 /// them, and every other key converges with offsets at the end.
 async fn unreadable_states_are_set_aside(test: &str, plant: impl Fn(&str) -> Vec<Planted>) {
-    let mut served = Served::new(test).await;
+    let mut served = Poisoned::new(test).await;
     let stream = orders::generate("order-", 30, 10, 17);
     let prefix = served.redis.store.prefix().to_owned();
     let plant = plant(&prefix);
@@ -635,17 +614,10 @@ async fn wedge_a_dead_letter_topic_that_refuses_for_good_stops_serve_naming_it()
         &[("max.message.bytes", "2048")],
     )
     .await;
-    let redis = TestStore::standalone("wedge-dlq-refuses").await;
-    let group = format!("{}-group", topic.name);
-    let settings = config::kafka_serve(
-        &topic.name,
-        &dead_letters.name,
-        &group,
-        config::standalone_store(redis.store.prefix()),
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("serve.log");
-    let mut server = Server::start(&config::write(dir.path(), &settings), &log);
+    let served = Served::on(topic, dead_letters, "wedge-dlq-refuses").await;
+    let (topic, dead_letters, group) = (&served.topic, &served.dead_letters, &served.group);
+    let log = served.log(LOG);
+    let mut server = served.start(LOG);
     // Not JSON, and larger than the dead-letter topic takes.
     topic.produce_raw("poison", &[vec![b'{'; 16 << 10]]).await;
     let status = server.exit_within(WITHIN).unwrap_or_else(|| {
@@ -661,5 +633,5 @@ async fn wedge_a_dead_letter_topic_that_refuses_for_good_stops_serve_naming_it()
         "the error names the topic:\n{log}"
     );
     // Nothing was acknowledged past the message whose letter could not be sent.
-    assert_eq!(topic.progress(&group), [(0, 1)], "the poison is read again");
+    assert_eq!(topic.progress(group), [(0, 1)], "the poison is read again");
 }

@@ -10,19 +10,16 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use converge::config::AdminConfig;
 use converge::rule::{
     EngineLimits, GateConfig, GateError, Gates, LoadError, PublicKey, RuleEngine, SignatureError,
     SigningKey, TrustedKeys, content_hash, sign,
 };
-use converge::store::Store as _;
 use converge::swap::{Role, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::fleet::{TestFleet, instance_config, refused_swaps};
-use converge_tests::kafka::TestTopic;
 use converge_tests::process::{Converge, Server};
-use converge_tests::services::{TestStore, free_loopback_addr};
-use converge_tests::{Convergence, build, config, orders};
+use converge_tests::served::Served;
+use converge_tests::{build, config, orders};
 use redis::AsyncCommands as _;
 use wasm_encoder::ComponentSection as _;
 
@@ -568,36 +565,28 @@ async fn supply_publish_skip_local_gates_still_checks_the_signature() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_while_orders_flow() {
-    let topic = TestTopic::create("supply-sig", 4).await;
-    let dead_letters = TestTopic::create("supply-sig-dlq", 1).await;
-    let redis = TestStore::standalone("supply-sig").await;
+    let mut served = Served::new("supply-sig", 4).await;
     let fleet = TestFleet::new("supply-sig").await;
-    let mut dir = tempfile::tempdir().expect("temp dir");
+    let dir = served.dir.path().to_owned();
     let trusted = key();
     let stranger = key();
     let public = trusted.public_key();
 
     let v1 = signed(&order_status(), &trusted);
     let v1_hash = content_hash(&v1);
-    let v1_path = dir.path().join("order-status.signed.wasm");
+    let v1_path = dir.join("order-status.signed.wasm");
     std::fs::write(&v1_path, &v1).expect("written");
-    let mut base = config::kafka_serve(
-        &topic.name,
-        &dead_letters.name,
-        &format!("{}-group", topic.name),
-        config::standalone_store(redis.store.prefix()),
-    );
+    let mut base = served.settings.clone();
     base.rule.path = v1_path.clone();
     base.rule.trusted_keys = vec![public];
     let mut admins = Vec::new();
     let mut instances = Vec::new();
     for name in ["first", "second"] {
-        let (config_path, admin) =
-            instance_config(dir.path(), name, base.clone(), &fleet.name, None);
+        let (config_path, admin) = instance_config(&dir, name, base.clone(), &fleet.name, None);
         admins.push(admin);
         instances.push(Server::start(
             &config_path,
-            &dir.path().join(format!("{name}.log")),
+            &dir.join(format!("{name}.log")),
         ));
     }
     // The fleet's rule is the signed one, published the ordinary way.
@@ -621,7 +610,7 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     // 2,000 orders, produced in parts while the fleet's keys are tampered with.
     let stream = orders::generate("order-", 2_000, 20, 15);
     let mut parts = stream.events.chunks(stream.events.len() / 8 + 1);
-    topic.produce(parts.next().expect("a part")).await;
+    served.topic.produce(parts.next().expect("a part")).await;
 
     let next = order_status_next();
     let unsigned_hash = content_hash(&next);
@@ -665,7 +654,7 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     for (what, pointer, gate) in &attacks {
         fleet.point_at(pointer).await;
         if let Some(part) = parts.next() {
-            topic.produce(part).await;
+            served.topic.produce(part).await;
         }
         fleet
             .until(&format!("both instances to refuse {what}"), 2, |status| {
@@ -710,27 +699,16 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
         assert_eq!(fleet.history().await, [v1_hash.as_str(), entry]);
     }
     for part in parts {
-        topic.produce(part).await;
+        served.topic.produce(part).await;
     }
 
-    let group = format!("{}-group", topic.name);
-    Convergence::new(&redis.store, &stream.expected)
-        .every(Duration::from_millis(250))
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    served
+        .converged(&stream.expected, Duration::from_secs(90))
         .await;
-    let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    for stored in redis
-        .store
-        .inspect(&keys)
-        .await
-        .expect("inspected")
-        .iter()
-        .flatten()
-    {
-        assert_eq!(stored.rule, "order-status@0.1.0", "{}", stored.state.key);
-    }
-    dead_letters.assert_empty().await;
+    served
+        .assert_written_by(&stream.expected, "order-status@0.1.0")
+        .await;
+    served.dead_letters.assert_empty().await;
     for admin in &admins {
         assert_eq!(refused_swaps(*admin, "signature").await, 3, "{admin}");
         assert_eq!(refused_swaps(*admin, "integrity").await, 2, "{admin}");
@@ -965,32 +943,21 @@ async fn supply_a_component_over_the_size_cap_is_refused_on_every_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supply_admin_refuses_an_unsigned_rule_when_keys_are_trusted() {
-    let topic = TestTopic::create("supply-admin-sig", 1).await;
-    let dead_letters = TestTopic::create("supply-admin-sig-dlq", 1).await;
-    let redis = TestStore::standalone("supply-admin-sig").await;
-    let dir = tempfile::tempdir().expect("temp dir");
+    let mut served = Served::new("supply-admin-sig", 1).await.with_admin();
+    let admin = served.admin();
     let trusted = key();
     let v1 = signed(&order_status(), &trusted);
-    let rule_path = dir.path().join("rule.wasm");
+    let rule_path = served.dir.path().join("rule.wasm");
     std::fs::write(&rule_path, &v1).expect("written");
     let token = "supply-signature-admin-token";
-    let admin = free_loopback_addr();
-    let mut settings = config::kafka_serve(
-        &topic.name,
-        &dead_letters.name,
-        &format!("{}-group", topic.name),
-        config::standalone_store(redis.store.prefix()),
-    );
+    let settings = &mut served.settings;
     settings.rule.path = rule_path;
     settings.rule.trusted_keys = vec![trusted.public_key()];
     settings.rule.max_component_bytes = v1.len() * 4;
-    settings.admin = Some(AdminConfig {
-        listen: admin,
-        token: Some(converge::redact::Secret::new(token)),
-        ..AdminConfig::default()
-    });
-    let config_path = config::write(dir.path(), &settings);
-    let instance = Server::start(&config_path, &dir.path().join("serve.log"));
+    if let Some(admin) = &mut settings.admin {
+        admin.token = Some(converge::redact::Secret::new(token));
+    }
+    let instance = served.start("serve.log");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !client

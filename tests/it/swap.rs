@@ -4,11 +4,10 @@
 //! candidate is refused everywhere, and rollback, shadow and promote work fleet-wide.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use converge::config::StoreConfig;
 use converge::entity::Decision;
 use converge::rule::Rule;
 use converge::rule::vectors::VectorFile;
@@ -20,10 +19,9 @@ use converge::swap::{Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::events::event;
 use converge_tests::fleet::{self, TestFleet};
-use converge_tests::kafka::TestTopic;
 use converge_tests::process::Server;
-use converge_tests::services::TestStore;
-use converge_tests::{Convergence, build, config, orders, stored_states};
+use converge_tests::served::Served;
+use converge_tests::{build, orders, stored_states};
 
 fn gates() -> Gates {
     Gates::new(
@@ -260,18 +258,6 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 /// The admin token of the T7 instances (rule uploads need one).
 const ADMIN_TOKEN: &str = "t7-admin-token-0123456789";
 
-fn instance_config(
-    dir: &Path,
-    name: &str,
-    topic: &str,
-    dlq: &str,
-    store: StoreConfig,
-    fleet: &str,
-) -> (PathBuf, std::net::SocketAddr) {
-    let settings = config::kafka_serve(topic, dlq, &format!("{topic}-group"), store);
-    fleet::instance_config(dir, name, settings, fleet, Some(ADMIN_TOKEN))
-}
-
 fn all_active(rule: &str) -> impl Fn(&FleetStatus) -> bool + '_ {
     move |status| status.instances.iter().all(|i| i.rule.active.rule == rule)
 }
@@ -279,36 +265,28 @@ fn all_active(rule: &str) -> impl Fn(&FleetStatus) -> bool + '_ {
 /// T7: swaps under load, a refused candidate, rollback, shadow and promote, fleet-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t7_fleet_swaps_under_load_keep_every_invariant() {
-    let topic = TestTopic::create("t7", 4).await;
-    let dead_letters = TestTopic::create("t7-dlq", 1).await;
-    let redis = TestStore::standalone("t7").await;
+    let mut served = Served::new("t7", 4).await;
     let fleet = TestFleet::new("t7").await;
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    let store = config::standalone_store(redis.store.prefix());
-    let (first_config, first_admin) = instance_config(
-        dir.path(),
-        "first",
-        &topic.name,
-        &dead_letters.name,
-        store.clone(),
-        &fleet.name,
-    );
-    let (second_config, _) = instance_config(
-        dir.path(),
-        "second",
-        &topic.name,
-        &dead_letters.name,
-        store,
-        &fleet.name,
-    );
+    let dir = served.dir.path().to_owned();
+    let instance = |name| {
+        fleet::instance_config(
+            &dir,
+            name,
+            served.settings.clone(),
+            &fleet.name,
+            Some(ADMIN_TOKEN),
+        )
+    };
+    let (first_config, first_admin) = instance("first");
+    let (second_config, _) = instance("second");
     let v1 = read(&build::rule("order-status"));
     let v2 = read(&build::order_status_version("0.2.0-next"));
     let stamps: BTreeSet<&str> = ["order-status@0.1.0", "order-status@0.2.0-next"].into();
 
     let mut stream = orders::generate("order-", 1_200, 30, 7);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
-    let first = Server::start(&first_config, &dir.path().join("first.log"));
-    let second = Server::start(&second_config, &dir.path().join("second.log"));
+    let first = Server::start(&first_config, &dir.join("first.log"));
+    let second = Server::start(&second_config, &dir.join("second.log"));
     fleet
         .until(
             "both instances to report",
@@ -320,7 +298,7 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
     // Events arrive for about six seconds while the fleet's rule flips every second.
     let producing = async {
         for chunk in stream.events.chunks(stream.events.len() / 12 + 1) {
-            topic.produce(chunk).await;
+            served.topic.produce(chunk).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
@@ -389,15 +367,12 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
             advanced.push(last.clone());
         }
     }
-    topic.produce(&advanced).await;
+    served.topic.produce(&advanced).await;
 
-    let group = format!("{}-group", topic.name);
-    Convergence::new(&redis.store, &stream.expected)
-        .every(Duration::from_millis(250))
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    served
+        .converged(&stream.expected, Duration::from_secs(90))
         .await;
-    let stored = redis.store.inspect(&keys).await.expect("inspected");
+    let stored = served.redis.store.inspect(&keys).await.expect("inspected");
     for stored in stored.iter().flatten() {
         assert!(
             stamps.contains(stored.rule.as_str()),
@@ -451,9 +426,15 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
         })
         .await;
     let planted_key = format!("planted-{:08x}", rand::random::<u32>());
-    topic.produce(&[event(&planted_key, "paid", 5)]).await;
+    served
+        .topic
+        .produce(&[event(&planted_key, "paid", 5)])
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    topic.produce(&[event(&planted_key, "refunded", 1)]).await;
+    served
+        .topic
+        .produce(&[event(&planted_key, "refunded", 1)])
+        .await;
     fleet
         .until("the disagreement to be counted", 2, |status| {
             status.instances.iter().any(|i| {
@@ -469,7 +450,7 @@ async fn t7_fleet_swaps_under_load_keep_every_invariant() {
             })
         })
         .await;
-    let planted = stored_states(&redis.store, std::slice::from_ref(&planted_key)).await;
+    let planted = stored_states(&served.redis.store, std::slice::from_ref(&planted_key)).await;
     assert_eq!(planted[&planted_key].status, "refunded");
 
     let status = fleet.cli(&["rule", "status"]);

@@ -12,6 +12,8 @@
 //! - [`config`]: `converge serve` configurations built from the host's config types, written
 //!   as TOML.
 //! - [`process`]: `converge serve` as a process: started with its log, stopped with SIGTERM.
+//! - [`served`]: [`served::Served`], one test's own `serve` over Kafka into Redis: topics,
+//!   Redis prefix, group, log directory and settings.
 //! - [`prometheus`]: a `serve`'s `/metrics`, parsed; an absent series is an error, not a zero.
 //! - [`services`]: the real Redis the tests use, under unique key prefixes; private Redis
 //!   servers; free loopback ports.
@@ -43,6 +45,7 @@ pub mod order_api;
 pub mod orders;
 pub mod process;
 pub mod prometheus;
+pub mod served;
 pub mod services;
 pub mod watch;
 

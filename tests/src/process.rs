@@ -267,6 +267,8 @@ pub fn converge(args: &[&str]) -> Output {
 pub struct Converge {
     command: Command,
     within: Duration,
+    /// The file its standard input reads; none: no standard input.
+    stdin: Option<PathBuf>,
 }
 
 impl Converge {
@@ -280,6 +282,7 @@ impl Converge {
         Self {
             command,
             within: LONG,
+            stdin: None,
         }
     }
 
@@ -309,6 +312,12 @@ impl Converge {
         self
     }
 
+    /// Its standard input read from `file` (`converge run < file`).
+    pub fn stdin(mut self, file: &Path) -> Self {
+        self.stdin = Some(file.to_owned());
+        self
+    }
+
     /// How long it may run before it counts as hung ([`LONG`] unless said).
     pub fn within(mut self, within: Duration) -> Self {
         self.within = within;
@@ -317,7 +326,12 @@ impl Converge {
 
     /// Runs it to its end ([`output_within`]).
     pub fn output(mut self) -> Output {
-        output_within(&mut self.command, self.within)
+        let stdin = self.stdin.map_or_else(Stdio::null, |file| {
+            std::fs::File::open(&file)
+                .unwrap_or_else(|error| panic!("{}: {error}", file.display()))
+                .into()
+        });
+        output_from(&mut self.command, stdin, self.within)
     }
 
     /// Runs it until it logs `logged`, then stops it ([`output_once_logged`]).
@@ -330,7 +344,12 @@ impl Converge {
 /// and fails the test with what it printed: a command that hangs must fail its test, not stall
 /// the suite until CI gives up on it.
 pub fn output_within(command: &mut Command, within: Duration) -> Output {
-    let (mut child, stdout, stderr) = spawn_captured(command);
+    output_from(command, Stdio::null(), within)
+}
+
+/// [`output_within`] with `stdin` as its standard input.
+fn output_from(command: &mut Command, stdin: Stdio, within: Duration) -> Output {
+    let (mut child, stdout, stderr) = spawn_captured(command, stdin);
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().expect("the command's status") {
@@ -355,7 +374,7 @@ pub fn output_within(command: &mut Command, within: Duration) -> Output {
 /// start), where the test's question is what it says while it waits. Fails the test when the
 /// command exits first or `within` passes without the line.
 pub fn output_once_logged(command: &mut Command, logged: &str, within: Duration) -> Output {
-    let (mut child, stdout, stderr) = spawn_captured(command);
+    let (mut child, stdout, stderr) = spawn_captured(command, Stdio::null());
     let deadline = Instant::now() + within;
     loop {
         let text = std::fs::read_to_string(stderr.path()).unwrap_or_default();
@@ -382,12 +401,12 @@ pub fn output_once_logged(command: &mut Command, logged: &str, within: Duration)
 }
 
 /// `command` started with its standard output and error in temporary files (a pipe left unread
-/// would block a chatty process) and no standard input.
-fn spawn_captured(command: &mut Command) -> (Child, NamedTempFile, NamedTempFile) {
+/// would block a chatty process) and `stdin` as its standard input.
+fn spawn_captured(command: &mut Command, stdin: Stdio) -> (Child, NamedTempFile, NamedTempFile) {
     let stdout = NamedTempFile::new().expect("a temporary file");
     let stderr = NamedTempFile::new().expect("a temporary file");
     let child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout.reopen().expect("the file reopens"))
         .stderr(stderr.reopen().expect("the file reopens"))
         .spawn()

@@ -8,14 +8,14 @@ use clap::Args;
 use converge::entity::{Event, State};
 use converge::rule::Rule as _;
 
-use crate::EXIT_FAILED;
 use crate::flags::EngineArgs;
+use crate::{EXIT_FAILED, shipped_rule};
 
 #[derive(Debug, Args)]
 pub(crate) struct DecideArgs {
-    /// The rule component (.wasm).
+    /// The rule component (.wasm). Default: the shipped order-status rule, built into converge.
     #[arg(long, value_name = "RULE.wasm")]
-    rule: PathBuf,
+    rule: Option<PathBuf>,
     /// The stored state as JSON, or `none` when nothing is stored.
     #[arg(long, value_name = "JSON|none", default_value = "none")]
     current: String,
@@ -34,7 +34,7 @@ pub(crate) fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {
     };
     let incoming: Event =
         serde_json::from_str(&args.incoming).context("--incoming is not a valid event")?;
-    let mut rule = args.engine.load(&args.rule)?.instance();
+    let mut rule = shipped_rule::load(&args.engine, args.rule.as_deref())?.instance();
     match rule.decide(current.as_ref(), &incoming) {
         Ok(decision) => {
             println!("{}", serde_json::to_string(&decision)?);

@@ -38,12 +38,13 @@ pub(crate) enum Command {
     /// Run the pipeline on a JSON-lines stream with an in-memory store (no servers needed),
     /// then print the final states, the decision counts and whether every key converged.
     ///
-    /// Exits 0 when every key converged, 1 when one did not, 2 on a usage or load error.
-    /// Bad lines are reported with their line number and reason and counted; the run goes on.
+    /// Without --rule it runs the shipped order-status rule, built into converge, and says so
+    /// on its first line. Exits 0 when every key converged, 1 when one did not, 2 on a usage
+    /// or load error. Bad lines are reported with their line number and reason and counted; the run goes on.
     Run(run::RunArgs),
     /// Run the pipeline as configured (Kafka -> rule -> Redis), until SIGINT or SIGTERM.
     ///
-    /// On a signal the batch in flight is finished, its offsets committed and the consumer
+    /// On a signal the batches in flight are finished, their offsets committed and the consumer
     /// group left. Exits 0 after a clean stop, 2 on a configuration or connection error.
     ///
     /// Each transport the configuration names needs its feature in this build: `kafka`
@@ -51,6 +52,8 @@ pub(crate) enum Command {
     /// stream dead letters, fleet), `http` (admin endpoint, enrichment).
     Serve(serve::ServeArgs),
     /// Ask a rule for one decision and print it as JSON.
+    ///
+    /// Without --rule it asks the shipped order-status rule, built into converge.
     ///
     /// Exits 0 with the decision, 1 when the rule failed (trap, deadline, memory cap, a
     /// decision against the contract), 2 on a usage or load error.

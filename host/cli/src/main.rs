@@ -1,15 +1,7 @@
 //! `converge`, the command line of the converge library: each command in a file of its own,
 //! its flags beside it.
 //!
-//! # Layout
-//! - `flags`: the command line's definition (clap): the commands and the flags they share.
-//! - `run`, `serve`, `check`, `decide`, `simulate`, `replay`: one command each.
-//! - `rule`: `converge rule …`, one file per subcommand, and the fleet they publish to.
-//! - `completions`, `man`: shell completion scripts and man pages from the same definition.
-//! - `features`: which transport features this build has, and the error of one it lacks.
-//! - `logs`: log lines on stderr, as text or JSON, redacted and written past the bar.
-//! - `progress_bar`: the library's progress drawn as a bar when stderr is a terminal.
-//! - `runtime`: the Tokio runtime a command runs on, and its stop on SIGINT or SIGTERM.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 use std::process::ExitCode;
 
@@ -27,6 +19,7 @@ mod rule;
 mod run;
 mod runtime;
 mod serve;
+mod shipped_rule;
 mod simulate;
 
 // The data path allocates and frees many small strings per event from a few threads (the

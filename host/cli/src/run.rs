@@ -2,7 +2,7 @@
 //! audited for convergence.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -14,14 +14,14 @@ use converge::source::open_lines;
 use converge::store::{MemoryStore, Stored};
 use converge::{Audit, Unconverged};
 
-use crate::EXIT_FAILED;
 use crate::flags::EngineArgs;
+use crate::{EXIT_FAILED, shipped_rule};
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The rule component (.wasm).
+    /// The rule component (.wasm). Default: the shipped order-status rule, built into converge.
     #[arg(long, env = "CONVERGE_RULE", value_name = "RULE.wasm")]
-    rule: PathBuf,
+    rule: Option<PathBuf>,
     /// JSON-lines input, one message per line; `-` reads stdin.
     #[arg(long, short, value_name = "FILE", default_value = "-")]
     input: PathBuf,
@@ -38,6 +38,8 @@ pub(crate) struct RunArgs {
 #[derive(Debug, serde::Serialize)]
 struct RunReport<'a> {
     rule: String,
+    /// The rule's file; none for the shipped rule built into converge.
+    rule_file: Option<&'a Path>,
     stats: &'a Stats,
     dead_letters: Vec<DeadLetter>,
     states: Vec<Stored>,
@@ -46,7 +48,7 @@ struct RunReport<'a> {
 }
 
 pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let compiled = args.engine.load(&args.rule)?;
+    let compiled = shipped_rule::load(&args.engine, args.rule.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -72,6 +74,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .await?;
         let report = RunReport {
             rule: pipeline.rule().info().stamp(),
+            rule_file: args.rule.as_deref(),
             stats: pipeline.stats(),
             dead_letters: {
                 // Reported in input order, whichever step of a batch refused them.
@@ -97,7 +100,10 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_run(out: &mut impl Write, report: &RunReport<'_>) -> io::Result<()> {
-    writeln!(out, "rule {}", report.rule)?;
+    match report.rule_file {
+        Some(file) => writeln!(out, "rule {} ({})", report.rule, file.display())?,
+        None => writeln!(out, "rule {} ({})", report.rule, shipped_rule::BUILT_IN)?,
+    }
     for letter in &report.dead_letters {
         writeln!(
             out,

@@ -35,17 +35,7 @@
 //! Each section is its component's: its type, defaults and validation live beside the code it
 //! configures, and are re-exported here.
 //!
-//! # Layout
-//! - this module: [`Config`], the sections it is made of;
-//! - `load`: [`Config::load`], reading a file with its overrides;
-//! - `env`: `${NAME}` expansion;
-//! - `overrides`: `--set PATH=VALUE`;
-//! - `checks`: [`Config::validate`], each section then how they fit together;
-//! - `error`: [`ConfigError`] and the [`Problem`] with a setting.
-//!
-//! Sections: `[rule]` in `swap::config`, `[source]` in `source::config`, `[store]` in
-//! `store::config`, `[dead_letter]` in `dead_letter::config`, `[enrich]` in
-//! `pipeline::enrich_config`, `[admin]` in `admin::config`, `[pipeline]` in `pipeline::config`.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod checks;
 mod env;

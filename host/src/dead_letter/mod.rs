@@ -1,11 +1,6 @@
 //! Dead letters: messages converge could not apply, kept with everything needed to replay them.
 //!
-//! # Layout
-//! - this module: [`DeadLetter`], its [`DeadLetterKind`], and the [`DeadLetterSink`] trait;
-//! - `config`: `[dead_letter]` ([`DeadLetterConfig`]) and its defaults;
-//! - `memory`: dead letters kept in memory ([`MemoryDeadLetters`]), for `converge run`;
-//! - `kafka` (feature `kafka`): dead letters to a Kafka topic ([`KafkaDeadLetters`]);
-//! - `redis_stream` (feature `redis`): dead letters to a Redis stream ([`RedisDeadLetters`]).
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod config;
 #[cfg(feature = "kafka")]

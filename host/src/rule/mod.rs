@@ -1,22 +1,6 @@
 //! Rules: what decides, per key, whether an incoming state is newer than the stored one.
 //!
-//! # Layout
-//! - this module: the [`Rule`] trait every rule runner implements, and [`validate`], the
-//!   contract checks on a decision;
-//! - `engine`: compiles rule components and runs them under a deadline and a memory cap
-//!   ([`RuleEngine`], [`CompiledRule`], [`WasmRule`]);
-//! - `compile_cache`: compiled components kept on disk for the next load ([`CompileCache`]);
-//! - `limiter`: the memory cap of an instance, and the counts it may create;
-//! - `imports`: the import allowlist a component must stay within, and which allowed interface
-//!   answers (a stand-in) and which traps;
-//! - `stand_ins`: the deterministic WASI an instance sees (fixed clocks, seeded random, empty
-//!   environment, no directories) and the traps for the rest;
-//! - [`vectors`]: conformance vectors, fixed cases a rule must answer as written;
-//! - [`check`]: the convergence property check and its minimal counterexamples;
-//! - `gate`: what a candidate passes before it serves ([`Gates`]), and the vectors a component
-//!   carries in a custom section;
-//! - `signature`: Ed25519 signatures a component carries in a custom section ([`sign`],
-//!   [`TrustedKeys`], the `signature` gate), and the integrity of a component named by its hash.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 pub mod check;
 mod compile_cache;

@@ -10,11 +10,7 @@
 //! order's latest state is the one with the highest version, so a correct consumer ends on the
 //! states the simulator reports as expected.
 //!
-//! # Layout
-//! - this module: orders, their lifecycle, [`Publisher`];
-//! - `network`: the simulated network that reorders, duplicates and delays;
-//! - `kafka` (feature `kafka`): publishing to a Kafka topic;
-//! - `api` (feature `http`): the order API.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 //!
 //! HTTP: `GET /orders/{id}` (200 with the order, 404), `POST /orders` (creates one, 201),
 //! `POST /orders/{id}/advance` (next status, 409 once final), `GET /healthz`.

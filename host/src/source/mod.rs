@@ -1,13 +1,6 @@
 //! Where messages come from: the [`Source`] trait and its implementations.
 //!
-//! # Layout
-//! - this module: the [`Source`] trait and [`SourceError`];
-//! - `config`: `[source]` ([`SourceConfig`]) for every transport, its defaults and validation;
-//! - `message`: a message as a source delivers it ([`Message`]), and its [`Position`];
-//! - `lines`: JSON lines from a file or stdin ([`JsonLinesSource`]);
-//! - `kafka` (feature `kafka`): a Kafka consumer-group member ([`KafkaSource`]);
-//! - `fluvio` (feature `fluvio`): a Fluvio topic read partition by partition
-//!   ([`FluvioSource`]).
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod config;
 #[cfg(feature = "fluvio")]

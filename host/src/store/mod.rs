@@ -6,13 +6,7 @@
 //! reloads the key and decides again. This is what keeps a key from moving backward when two
 //! consumers race on it.
 //!
-//! # Layout
-//! - this module: the [`Store`] trait, [`Stored`], [`Current`], [`Write`], [`WriteOutcome`],
-//!   [`StoreError`];
-//! - `config`: `[store]` ([`StoreConfig`]), its defaults and validation;
-//! - `memory`: the in-memory store ([`MemoryStore`]), the embedded default;
-//! - `redis` (feature `redis`): Redis and Redis Cluster ([`RedisStore`]), compare-and-set in
-//!   Lua.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 // `pub(crate)`: `crate::config` names the default prefix by this path, as the Redis store
 // re-exports it under its own name.

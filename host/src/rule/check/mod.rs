@@ -27,14 +27,7 @@
 //! replayed on fresh instances: a counterexample that a fresh instance does not reproduce is
 //! reported as non-determinism, with the two answers the rule gave to the same inputs.
 //!
-//! # Layout
-//! - this module: [`check`], which draws the histories and drives the rest;
-//! - `corpus`: values drawn from the rule's vectors and sample messages ([`Corpus`]);
-//! - `generate`: the histories, from the rule's declared statuses and the corpus;
-//! - `keys`: the keys they are for, and each key's siblings;
-//! - `walk`: the walk over delivery orders and what each step requires;
-//! - `shrink`: a failing history made smaller, then replayed on fresh instances;
-//! - `report`: what the check found ([`CheckReport`], [`Violation`]) and how it reads.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod corpus;
 mod generate;

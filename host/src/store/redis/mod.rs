@@ -32,13 +32,7 @@
 //! conflicted key is decided again without another load. On standalone Redis one script call
 //! sets up to [`KEYS_PER_CALL`] keys, each checked and written on its own.
 //!
-//! # Layout
-//! - this module: [`RedisStore`], its connections and the [`Store`] calls;
-//! - `script`: the compare-and-set script ([`COMPARE_AND_SET`]) and how a call of it is written;
-//! - `slot_map`: which cluster node serves which slot, and a batch's keys grouped by node;
-//! - `parse`: reading a state's fields and the script's answers;
-//! - `testing`: deleting every key under the prefix, for tests and resets
-//!   ([`RedisStore::delete_all`]).
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod parse;
 mod script;
