@@ -15,7 +15,9 @@ use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::rule::{EngineLimits, GateError, Gates, LoadError, RuleEngine, TrustedKeys};
 use crate::source::SourceError;
 use crate::store::StoreError;
-use crate::swap::{RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file};
+use crate::swap::{
+    Origin, RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file,
+};
 use crate::telemetry::events::Unavailable;
 use crate::telemetry::{Metrics, Service};
 
@@ -187,13 +189,10 @@ fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl,
         Err(error) => return Err(error.into()),
     };
     let admitted = gates.admit(&bytes, sidecar).map_err(refused)?;
-    Ok(RuleControl::new(
-        gates,
-        admitted,
-        &format!("file:{}", path.display()),
-        Arc::clone(metrics),
+    Ok(
+        RuleControl::new(gates, admitted, &Origin::file(path), Arc::clone(metrics))
+            .with_auto_rollback(config.auto_rollback),
     )
-    .with_auto_rollback(config.auto_rollback))
 }
 
 /// Warns when the store's Redis may evict keys: a state evicted is a key whose history starts

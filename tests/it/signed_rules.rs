@@ -16,7 +16,7 @@ use converge::rule::{
     SigningKey, TrustedKeys, content_hash, sign,
 };
 use converge::store::Store as _;
-use converge::swap::{Role, RuleControl, SwapRecord};
+use converge::swap::{Origin, Role, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::fleet::{TestFleet, instance_config, refused_swaps};
 use converge_tests::kafka::TestTopic;
@@ -64,7 +64,7 @@ fn control(gates: Gates, initial: &[u8]) -> Arc<RuleControl> {
     Arc::new(RuleControl::new(
         gates,
         admitted,
-        "test",
+        &Origin::Admin,
         Arc::new(Metrics::new()),
     ))
 }
@@ -362,7 +362,7 @@ async fn supply_file_watch_refuses_an_unsigned_rule() {
     let control = Arc::new(RuleControl::new(
         gates,
         admitted,
-        "test",
+        &Origin::Admin,
         Arc::clone(&metrics),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -16,7 +16,7 @@ use converge::rule::{EngineLimits, RuleEngine};
 use converge::rule::{GateConfig, Gates, embedded_vectors};
 use converge::store::Store;
 use converge::swap::FleetStatus;
-use converge::swap::{Role, RuleControl};
+use converge::swap::{Origin, Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::events::event;
 use converge_tests::fleet::{self, TestFleet};
@@ -56,7 +56,7 @@ fn control() -> Arc<RuleControl> {
     Arc::new(RuleControl::new(
         gates,
         initial,
-        "test",
+        &Origin::Admin,
         Arc::new(Metrics::new()),
     ))
 }
@@ -112,7 +112,7 @@ fn each_gate_refuses_its_kind_of_bad_rule_and_the_old_rule_keeps_serving() {
     ];
     for (gate, bytes) in candidates {
         let refusal = control
-            .offer(&bytes, None, "test", Role::Active)
+            .offer(&bytes, None, &Origin::Admin, Role::Active)
             .expect_err("a bad rule is refused");
         assert_eq!(refusal.gate.as_str(), gate, "{refusal}");
         let status = control.status();
@@ -131,7 +131,7 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
     let mut rule = control.rule();
     let next = read(&build::order_status_version("0.2.0-next"));
     let applied = control
-        .offer(&next, None, "test", Role::Active)
+        .offer(&next, None, &Origin::Admin, Role::Active)
         .expect("an equivalent rule passes");
     assert_eq!(applied.rule, "order-status@0.2.0-next");
     // Mid-batch, the rule deciding does not change...
@@ -144,7 +144,9 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
         .expect("decides");
     assert!(matches!(decision, Decision::Insert(_)));
 
-    let back = control.rollback("test").expect("a previous rule exists");
+    let back = control
+        .rollback(&Origin::Admin)
+        .expect("a previous rule exists");
     assert_eq!(back.rule, "order-status@0.1.0");
     rule.before_batch();
     assert_eq!(rule.info().stamp(), "order-status@0.1.0");
@@ -154,7 +156,7 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
     );
     assert_eq!(
         control
-            .promote("test")
+            .promote(&Origin::Admin)
             .expect_err("no shadow")
             .gate
             .as_str(),
@@ -170,7 +172,7 @@ fn a_shadow_counts_and_samples_disagreements_without_applying_them() {
         .offer(
             &read(&build::rule("version-rank")),
             None,
-            "test",
+            &Origin::Admin,
             Role::Shadow,
         )
         .expect("version-rank passes its gates");
@@ -200,7 +202,9 @@ fn a_shadow_counts_and_samples_disagreements_without_applying_them() {
     assert!(matches!(sample.active, Decision::Update(_)));
     assert!(matches!(sample.shadow, Ok(Decision::Ignore(_))));
 
-    let promoted = control.promote("test").expect("the shadow is promoted");
+    let promoted = control
+        .promote(&Origin::Admin)
+        .expect("the shadow is promoted");
     assert_eq!(promoted.rule, "version-rank@0.1.0");
     assert!(control.status().shadow.is_none());
     rule.before_batch();

@@ -81,7 +81,7 @@ use serde::Serialize;
 
 use crate::dead_letter::{DeadLetterError, DeadLetterKind, DeadLetterSink};
 use crate::entity::DecisionKind;
-use crate::fault;
+use crate::fault::{self, CrashPoint};
 use crate::rule::Rule;
 use crate::source::{Message, Source, SourceError};
 use crate::store::{Store, StoreError};
@@ -339,7 +339,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let mapping = &self.config.mapping;
         let context = &self.context;
         let decoded = context.timed(Stage::Decode, || decode::decode_all(&mut batch, mapping));
-        fault::point("after_decode", batch.seq);
+        fault::point(CrashPoint::AfterDecode, batch.seq);
         let fetched = enrich::enrich(self.enricher.as_ref(), &decoded, mapping, context).await?;
         let mut groups = group::by_key(&mut batch, decoded, &fetched);
         let currents = state::current_states(
@@ -350,7 +350,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             context,
         )
         .await?;
-        fault::point("after_load", batch.seq);
+        fault::point(CrashPoint::AfterLoad, batch.seq);
         let retries = self.config.rule_retries;
         let folded = context.timed(Stage::Fold, || {
             fold::fold(&mut self.rule, &mut groups, currents, retries)

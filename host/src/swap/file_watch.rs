@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher};
 use crate::rule::vectors::{VectorError, VectorFile};
 use crate::rule::{GateError, LoadError, content_hash, read_component};
 use crate::swap::status::sidecar_digest;
-use crate::swap::{Role, RuleControl};
+use crate::swap::{Origin, Role, RuleControl};
 
 /// How long the file must stay quiet before it is read.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -133,7 +133,7 @@ impl FileContent {
 }
 
 async fn offer(path: &Path, control: &Arc<RuleControl>, last: &mut Option<FileContent>) {
-    let origin = format!("file:{}", path.display());
+    let origin = Origin::file(path);
     let (bytes, vectors) = match read_rule_file(path, control.max_component_bytes()) {
         Ok(read) => read,
         Err(RuleFileError::Rule(error @ LoadError::TooLarge { .. })) => {

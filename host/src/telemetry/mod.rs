@@ -51,7 +51,7 @@ pub(crate) mod events;
 mod ignores;
 mod labels;
 
-pub use labels::{Service, Stage};
+pub use labels::{Role, Service, Stage, SwapResult};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,7 +172,7 @@ struct RuleVersions {
     /// first, then the shadow's if one runs (see [`Metrics::rule_meter`]).
     shadow: Option<String>,
     /// Every version with series, and the roles it was metered in.
-    labelled: HashMap<String, HashSet<&'static str>>,
+    labelled: HashMap<String, HashSet<Role>>,
 }
 
 impl RuleVersions {
@@ -437,7 +437,7 @@ impl Metrics {
     /// Records that `rule` is metered in `role`: the pipeline takes up its rules by metering
     /// the active one, then the shadow if one runs, so the shadow is known from these calls.
     /// A new shadow drops the series of versions no longer served.
-    fn metered(&self, rule: &str, role: &'static str) {
+    fn metered(&self, rule: &str, role: Role) {
         let mut versions = self.versions();
         versions
             .labelled
@@ -445,17 +445,17 @@ impl Metrics {
             .or_default()
             .insert(role);
         match role {
-            "shadow" => {
+            Role::Shadow => {
                 versions.shadow = Some(rule.to_owned());
                 self.drop_retired(&mut versions);
             }
-            _ => versions.shadow = None,
+            Role::Active => versions.shadow = None,
         }
     }
 
     /// Drops every series of the versions `versions` no longer keeps.
     fn drop_retired(&self, versions: &mut RuleVersions) {
-        let retired: Vec<(String, HashSet<&'static str>)> = versions
+        let retired: Vec<(String, HashSet<Role>)> = versions
             .labelled
             .iter()
             .filter(|(rule, _)| !versions.keeps(rule))
@@ -469,16 +469,11 @@ impl Metrics {
         self.forget_ignores(|rule| versions.keeps(rule));
     }
 
-    pub(crate) fn record_swap(
-        &self,
-        role: &'static str,
-        result: &'static str,
-        gate: Option<&'static str>,
-    ) {
+    pub(crate) fn record_swap(&self, role: Role, result: SwapResult, gate: Option<&'static str>) {
         self.swaps
             .get_or_create(&SwapLabel {
-                role,
-                result,
+                role: role.as_str(),
+                result: result.as_str(),
                 gate: gate.unwrap_or_default(),
             })
             .inc();

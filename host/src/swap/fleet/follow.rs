@@ -12,7 +12,7 @@ use super::{
     Fleet, FleetError, InstanceReport, NUMBER_READ, NotANumber, POINTER_READ, parse_number,
 };
 use crate::rule::{GateError, IntegrityError, LoadError, excerpt, is_content_hash, release};
-use crate::swap::{Role, RuleControl, now_ms};
+use crate::swap::{Origin, Role, RuleControl, now_ms};
 
 /// How often an instance re-reads the pointers (besides pub/sub) and reports its status.
 const POLL: Duration = Duration::from_secs(2);
@@ -163,7 +163,7 @@ impl Fleet {
                     self.offer(control, hash, Role::Shadow, None).await?;
                 }
                 Some(_) => {}
-                None => control.clear_shadow("fleet"),
+                None => control.clear_shadow(&Origin::Fleet),
             }
             seen.1 = shadow;
         }
@@ -182,7 +182,7 @@ impl Fleet {
         // A refusal is recorded by the control (log, metric, status); the pointer is not
         // retried until it moves again.
         let refuse = |error: GateError| {
-            control.record_refusal(role, "fleet", &excerpt(hash), error);
+            control.record_refusal(role, &Origin::Fleet, &excerpt(hash), error);
         };
         if !is_content_hash(hash) {
             refuse(GateError::Integrity(IntegrityError::NotAHash {
@@ -213,9 +213,10 @@ impl Fleet {
                     return Ok(());
                 }
                 let control = Arc::clone(control);
-                let offered =
-                    tokio::task::spawn_blocking(move || control.offer(&bytes, None, "fleet", role))
-                        .await;
+                let offered = tokio::task::spawn_blocking(move || {
+                    control.offer(&bytes, None, &Origin::Fleet, role)
+                })
+                .await;
                 matches!(offered, Ok(Err(_)))
             }
             Err(FleetError::Integrity(error)) => {
