@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
-use crate::entity::Decision;
+use crate::entity::{Decision, DecisionKind, RuleInfo};
 
 fn info(version: &str) -> RuleInfo {
     RuleInfo {
