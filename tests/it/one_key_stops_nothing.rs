@@ -402,7 +402,7 @@ async fn wedge_a_swap_during_a_repair_leaves_every_state_stamped_by_the_rule_tha
     );
     tokio::time::timeout(
         Duration::from_secs(60),
-        pipeline.run(&mut source, std::future::pending()),
+        pipeline.run(&mut source, converge::shutdown::Shutdown::never()),
     )
     .await
     .expect("the run ends with its source")

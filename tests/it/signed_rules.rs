@@ -365,11 +365,9 @@ async fn supply_file_watch_refuses_an_unsigned_rule() {
         &Origin::Admin,
         Arc::clone(&metrics),
     ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), async {
-        let _ = stopped.await;
-    })
-    .expect("watching");
+    let (stop, stopped) = converge::shutdown::Shutdown::new();
+    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), stopped)
+        .expect("watching");
     let replace = |bytes: &[u8]| {
         let staged = dir.path().join("rule.wasm.new");
         std::fs::write(&staged, bytes).expect("staged");
@@ -421,7 +419,7 @@ async fn supply_file_watch_refuses_an_unsigned_rule() {
     })
     .await;
 
-    let _ = stop.send(());
+    stop.trigger();
     watching.await.expect("the watch stops");
 }
 

@@ -217,11 +217,9 @@ async fn a_changed_rule_file_is_gated_and_swapped_in() {
     let path = dir.path().join("rule.wasm");
     std::fs::write(&path, read(&build::rule("order-status"))).expect("written");
     let control = control();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), async {
-        let _ = stopped.await;
-    })
-    .expect("watching");
+    let (stop, stopped) = converge::shutdown::Shutdown::new();
+    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), stopped)
+        .expect("watching");
 
     // Deploy tools replace a file by renaming a complete one over it.
     let replace = |bytes: Vec<u8>| {
@@ -249,7 +247,7 @@ async fn a_changed_rule_file_is_gated_and_swapped_in() {
     .await;
     assert_eq!(control.status().active.rule, "order-status@0.2.0-next");
 
-    let _ = stop.send(());
+    stop.trigger();
     watching.await.expect("watcher stops");
 }
 

@@ -225,7 +225,7 @@ pub async fn run<R: Rule>(
     metrics.set_ready(true);
     let started = Instant::now();
     pipeline
-        .run(&mut source, std::future::pending())
+        .run(&mut source, converge::shutdown::Shutdown::never())
         .await
         .expect("the pipeline runs");
     metrics.set_ready(false);

@@ -12,6 +12,7 @@ use super::{
     Fleet, FleetError, InstanceReport, NUMBER_READ, NotANumber, POINTER_READ, parse_number,
 };
 use crate::rule::{GateError, IntegrityError, LoadError, excerpt, is_content_hash, release};
+use crate::shutdown::Shutdown;
 use crate::swap::{Origin, Role, RuleControl, now_ms};
 
 /// How often an instance re-reads the pointers (besides pub/sub) and reports its status.
@@ -240,7 +241,7 @@ impl Fleet {
         Ok(())
     }
 
-    /// Follows the fleet until `shutdown` resolves: acts on announcements at once, re-reads the
+    /// Follows the fleet until `shutdown` is requested: acts on announcements at once, re-reads the
     /// pointers every 2 s and reports this instance's status as often. Redis errors are
     /// logged and retried; the rule serving meanwhile keeps serving.
     pub async fn follow(
@@ -248,9 +249,8 @@ impl Fleet {
         control: Arc<RuleControl>,
         instance: String,
         mut seen: (Option<String>, Option<String>),
-        shutdown: impl Future<Output = ()>,
+        mut shutdown: Shutdown,
     ) {
-        let mut shutdown = std::pin::pin!(shutdown);
         'connect: loop {
             let mut pubsub = match self.subscribe().await {
                 Ok(pubsub) => Some(pubsub),
@@ -268,7 +268,7 @@ impl Fleet {
                     }
                 };
                 tokio::select! {
-                    () = &mut shutdown => break 'connect,
+                    () = shutdown.requested() => break 'connect,
                     alive = announced => {
                         if !alive {
                             tracing::warn!(fleet = %self.name, "fleet announcements ended; resubscribing");
