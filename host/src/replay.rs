@@ -15,6 +15,7 @@ use crate::pipeline::{Pipeline, PipelineConfig, PipelineError};
 use crate::progress::{HumanCount, Progress, Silent, Unit};
 use crate::rule::Rule;
 use crate::rule::WasmRule;
+use crate::shutdown::Shutdown;
 use crate::source::{Message, Source, SourceError};
 use crate::store::{MemoryStore, Store, StoreError, Write, WriteOutcome};
 
@@ -127,7 +128,7 @@ pub async fn replay_with_progress<Src: Source, S: Store>(
         }
         SourceSize::Unknown => progress.stage("reading", Unit::Items("events"), None),
     }
-    pipeline.run(&mut counted, std::future::pending()).await?;
+    pipeline.run(&mut counted, Shutdown::never()).await?;
     let replayed = pipeline.store().snapshot();
     progress.stage(
         if rebuild { "rebuilding" } else { "comparing" },

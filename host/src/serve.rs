@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, RuleConfig};
@@ -16,9 +15,12 @@ use crate::rule::{
     CompileCache, CompileCacheError, EngineLimits, GateError, Gates, LoadError, RuleEngine,
     TrustedKeys,
 };
+use crate::shutdown::Shutdown;
 use crate::source::SourceError;
 use crate::store::StoreError;
-use crate::swap::{RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file};
+use crate::swap::{
+    Origin, RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file,
+};
 use crate::telemetry::events::Unavailable;
 use crate::telemetry::{Metrics, Service};
 
@@ -80,10 +82,7 @@ pub enum ServeError {
 }
 
 /// Builds the pipeline from `config` and runs it until the source ends or `shutdown` resolves.
-pub async fn serve(
-    config: &Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Stats, ServeError> {
+pub async fn serve(config: &Config, mut shutdown: Shutdown) -> Result<Stats, ServeError> {
     // An exposed admin endpoint without a token is refused before anything is opened, even
     // for a configuration that did not come through `Config::load`.
     if let Some(admin) = &config.admin {
@@ -92,21 +91,20 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let control = Arc::new(load_rule(&config.rule, &metrics)?);
     tracing::info!(rule = %control.active_info().stamp(), "rule loaded");
-    let mut shutdown = std::pin::pin!(shutdown);
     let starting = Starting {
         metrics: &metrics,
         config: &config.pipeline,
     };
 
     // Background tasks (admin, file watch, fleet) stop when the pipeline has.
-    let (stopped, stop) = watch::channel(false);
+    let (stopped, stop) = Shutdown::new();
     let Some(background) =
         start_background(config, &control, &metrics, &stop, &starting, &mut shutdown).await?
     else {
         return Ok(Stats::default());
     };
     let stop_background = async |background: Vec<JoinHandle<()>>| {
-        let _ = stopped.send(true);
+        stopped.trigger();
         for task in background {
             let _ = task.await;
         }
@@ -205,13 +203,10 @@ fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl,
         from_cache = compiled.from_cache,
         "rule compiled"
     );
-    Ok(RuleControl::new(
-        gates,
-        admitted,
-        &format!("file:{}", path.display()),
-        Arc::clone(metrics),
+    Ok(
+        RuleControl::new(gates, admitted, &Origin::file(path), Arc::clone(metrics))
+            .with_auto_rollback(config.auto_rollback),
     )
-    .with_auto_rollback(config.auto_rollback))
 }
 
 /// Warns when the store's Redis may evict keys: a state evicted is a key whose history starts
@@ -246,7 +241,7 @@ impl Starting<'_> {
     async fn wait<T, E: std::fmt::Display>(
         &self,
         service: Service,
-        shutdown: &mut (impl Future<Output = ()> + Unpin),
+        shutdown: &mut Shutdown,
         unreachable: impl Fn(&E) -> bool,
         mut open: impl AsyncFnMut() -> Result<T, E>,
     ) -> Result<Option<T>, E> {
@@ -261,7 +256,7 @@ impl Starting<'_> {
                     Err(error) if unreachable(&error) => error,
                     Err(error) => return Err(error),
                 },
-                () = &mut *shutdown => return Ok(None),
+                () = shutdown.requested() => return Ok(None),
             };
             let wait = backoff.next_wait();
             self.metrics.emit(Unavailable {
@@ -272,7 +267,7 @@ impl Starting<'_> {
             });
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = &mut *shutdown => return Ok(None),
+                () = shutdown.requested() => return Ok(None),
             }
         }
     }
@@ -306,23 +301,17 @@ fn dead_letters_unreachable(error: &DeadLetterError) -> bool {
     }
 }
 
-/// Starts what runs beside the pipeline until `stop` turns true: the fleet follower, the rule
+/// Starts what runs beside the pipeline until `stop` is requested: the fleet follower, the rule
 /// file watch and the admin endpoint. `None`: shutdown was asked for while the fleet's Redis
 /// was waited for.
 async fn start_background(
     config: &Config,
     control: &Arc<RuleControl>,
     metrics: &Arc<Metrics>,
-    stop: &watch::Receiver<bool>,
+    stop: &Shutdown,
     starting: &Starting<'_>,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
+    shutdown: &mut Shutdown,
 ) -> Result<Option<Vec<JoinHandle<()>>>, ServeError> {
-    let stop_signal = || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        }
-    };
     let mut background = Vec::new();
     #[cfg(feature = "redis")]
     if let Some(fleet_config) = &config.rule.fleet {
@@ -356,7 +345,7 @@ async fn start_background(
             Arc::clone(control),
             instance,
             seen,
-            stop_signal(),
+            stop.clone(),
         )));
     }
     // With a fleet, the fleet's pointers decide what serves; a watched file beside them would
@@ -374,7 +363,7 @@ async fn start_background(
         background.push(watch_rule_file(
             config.rule.path.clone(),
             Arc::clone(control),
-            stop_signal(),
+            stop.clone(),
         )?);
     }
     #[cfg(feature = "http")]
@@ -391,7 +380,7 @@ async fn start_background(
             admin,
             Arc::clone(metrics),
             Arc::clone(control),
-            stop_signal(),
+            stop.clone(),
         );
         background.push(tokio::spawn(async move {
             if let Err(error) = server.await {

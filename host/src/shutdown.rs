@@ -77,6 +77,11 @@ impl ShutdownTrigger {
     pub fn trigger(&self) {
         self.0.send_replace(true);
     }
+
+    /// Another [`Shutdown`] this trigger requests.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown(self.0.subscribe())
+    }
 }
 
 #[cfg(test)]

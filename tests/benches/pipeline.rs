@@ -68,7 +68,7 @@ use std::time::Duration;
 use converge::config::KafkaSourceConfig;
 use converge::pipeline::PipelineConfig;
 use converge::store::KEYS_PER_CALL;
-use converge::swap::Role;
+use converge::swap::{Origin, Role};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
 use converge_tests::services::unique_prefix;
@@ -187,10 +187,10 @@ async fn paced_run(
             // Both versions are gated once beforehand, as a fleet instance gates a version
             // once; the swaps under load then only take up an admitted rule.
             control
-                .offer(&v2, None, "bench", Role::Active)
+                .offer(&v2, None, &Origin::Admin, Role::Active)
                 .expect("v2 is admitted");
             control
-                .offer(&v1, None, "bench", Role::Active)
+                .offer(&v1, None, &Origin::Admin, Role::Active)
                 .expect("v1 is admitted");
             let (target, producer) = start_producer(dir, &topic.name, rate, seconds, seed);
             let swapper = {
@@ -202,7 +202,7 @@ async fn paced_run(
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         let next = if swaps.is_multiple_of(2) { &v2 } else { &v1 };
                         control
-                            .offer(next, None, "bench", Role::Active)
+                            .offer(next, None, &Origin::Admin, Role::Active)
                             .expect("swap");
                         swaps += 1;
                     }

@@ -305,7 +305,7 @@ async fn t13_in_flight_slow_write_holds_offsets_back_through_a_sigkill() {
     assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
 
     // Restart in process, same group: every key right, committed offsets at the end.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = converge::shutdown::Shutdown::new();
     let config = KafkaSourceConfig {
         brokers: kafka::brokers(),
         group_id: group.clone(),
@@ -342,12 +342,8 @@ async fn t13_in_flight_slow_write_holds_offsets_back_through_a_sigkill() {
                 },
             )
             .with_metrics(metrics);
-            // Stops when told to, or when the test fails and drops the sender.
-            let result = pipeline
-                .run(&mut source, async {
-                    let _ = stopped.await;
-                })
-                .await;
+            // Stops when told to.
+            let result = pipeline.run(&mut source, stopped).await;
             source.close();
             result.expect("the restarted pipeline runs");
             (
@@ -365,7 +361,7 @@ async fn t13_in_flight_slow_write_holds_offsets_back_through_a_sigkill() {
         positions.iter().map(|(_, end)| end).sum::<i64>(),
         total as i64
     );
-    stop.send(()).expect("the restart is running");
+    stop.trigger();
     let (stats, letters) = restarted.join().expect("the restart stopped");
     assert_eq!(letters, 0, "nothing in this stream is bad");
     // The restart read from where the commits stopped — the end of batch N-1 — to the end.
@@ -527,7 +523,7 @@ async fn t13_in_flight_acks_in_order_while_the_first_write_is_held() {
         config,
     );
     pipeline
-        .run(&mut source, std::future::pending())
+        .run(&mut source, converge::shutdown::Shutdown::never())
         .await
         .expect("the input is processed");
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use converge::config::{AdminConfig, FleetConfig};
 use converge::rule::{EngineLimits, GateConfig, Gates, PublicKey, RuleEngine, TrustedKeys};
-use converge::swap::{Fleet, RuleControl, SwapRecord};
+use converge::swap::{Fleet, Origin, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::fleet::{TestFleet, refused_swaps};
 use converge_tests::process::{Server, converge};
@@ -247,7 +247,7 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
     let control = Arc::new(RuleControl::new(
         gates,
         admitted,
-        "test",
+        &Origin::Admin,
         Arc::new(Metrics::new()),
     ));
     let instance = Fleet::connect(&redis_url(), &fleet.name)

@@ -17,7 +17,7 @@ use converge::pipeline::{Enricher, Pipeline, PipelineConfig};
 use converge::rule::{DecideError, EngineLimits, GateConfig, Gates, Rule, RuleEngine};
 use converge::source::{Message, Position, Source, SourceError};
 use converge::store::{Current, MemoryStore, RedisStore, Store, StoreError, Write, WriteOutcome};
-use converge::swap::{Role, RuleControl};
+use converge::swap::{Origin, Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::events::event;
 use converge_tests::events::id_only;
@@ -402,7 +402,7 @@ async fn wedge_a_swap_during_a_repair_leaves_every_state_stamped_by_the_rule_tha
     );
     tokio::time::timeout(
         Duration::from_secs(60),
-        pipeline.run(&mut source, std::future::pending()),
+        pipeline.run(&mut source, converge::shutdown::Shutdown::never()),
     )
     .await
     .expect("the run ends with its source")
@@ -464,12 +464,12 @@ async fn wedge_a_store_fault_under_a_rule_on_probation_does_not_roll_it_back() {
         .expect("order-status passes its gates");
     let metrics = Arc::new(Metrics::new());
     let control = Arc::new(
-        RuleControl::new(gates, initial, "test", Arc::clone(&metrics)).with_auto_rollback(Some(
-            AutoRollbackConfig {
+        RuleControl::new(gates, initial, &Origin::Admin, Arc::clone(&metrics)).with_auto_rollback(
+            Some(AutoRollbackConfig {
                 max_ignore_share_increase: 0.2,
                 min_decisions: 100,
-            },
-        )),
+            }),
+        ),
     );
     let redis = TestStore::standalone("wedge-probation").await;
     let store = LostAnswers {
@@ -495,7 +495,7 @@ async fn wedge_a_store_fault_under_a_rule_on_probation_does_not_roll_it_back() {
         .await
         .expect("baseline");
     let version_rank = control
-        .offer(&read("version-rank"), None, "test", Role::Active)
+        .offer(&read("version-rank"), None, &Origin::Admin, Role::Active)
         .expect("version-rank passes its gates");
 
     // On probation, every write's answer is lost: each batch is repaired.

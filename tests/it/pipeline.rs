@@ -85,7 +85,7 @@ async fn run_audited(
         pipeline.config().mapping.clone(),
     );
     pipeline
-        .run(&mut audit, std::future::pending())
+        .run(&mut audit, converge::shutdown::Shutdown::never())
         .await
         .expect("the input is processed");
     audit

@@ -14,7 +14,7 @@ use converge::rule::{
     EngineLimits, GateConfig, GateError, Gates, LoadError, PublicKey, RuleEngine, SignatureError,
     SigningKey, TrustedKeys, content_hash, sign,
 };
-use converge::swap::{Role, RuleControl, SwapRecord};
+use converge::swap::{Origin, Role, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::fleet::{TestFleet, instance_config, refused_swaps};
 use converge_tests::process::{Converge, Server};
@@ -61,7 +61,7 @@ fn control(gates: Gates, initial: &[u8]) -> Arc<RuleControl> {
     Arc::new(RuleControl::new(
         gates,
         admitted,
-        "test",
+        &Origin::Admin,
         Arc::new(Metrics::new()),
     ))
 }
@@ -359,14 +359,12 @@ async fn supply_file_watch_refuses_an_unsigned_rule() {
     let control = Arc::new(RuleControl::new(
         gates,
         admitted,
-        "test",
+        &Origin::Admin,
         Arc::clone(&metrics),
     ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), async {
-        let _ = stopped.await;
-    })
-    .expect("watching");
+    let (stop, stopped) = converge::shutdown::Shutdown::new();
+    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), stopped)
+        .expect("watching");
     let replace = |bytes: &[u8]| {
         let staged = dir.path().join("rule.wasm.new");
         std::fs::write(&staged, bytes).expect("staged");
@@ -418,7 +416,7 @@ async fn supply_file_watch_refuses_an_unsigned_rule() {
     })
     .await;
 
-    let _ = stop.send(());
+    stop.trigger();
     watching.await.expect("the watch stops");
 }
 

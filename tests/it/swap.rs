@@ -15,7 +15,7 @@ use converge::rule::{EngineLimits, RuleEngine};
 use converge::rule::{GateConfig, Gates, embedded_vectors};
 use converge::store::Store;
 use converge::swap::FleetStatus;
-use converge::swap::{Role, RuleControl};
+use converge::swap::{Origin, Role, RuleControl};
 use converge::telemetry::Metrics;
 use converge_tests::events::event;
 use converge_tests::fleet::{self, TestFleet};
@@ -54,7 +54,7 @@ fn control() -> Arc<RuleControl> {
     Arc::new(RuleControl::new(
         gates,
         initial,
-        "test",
+        &Origin::Admin,
         Arc::new(Metrics::new()),
     ))
 }
@@ -110,7 +110,7 @@ fn each_gate_refuses_its_kind_of_bad_rule_and_the_old_rule_keeps_serving() {
     ];
     for (gate, bytes) in candidates {
         let refusal = control
-            .offer(&bytes, None, "test", Role::Active)
+            .offer(&bytes, None, &Origin::Admin, Role::Active)
             .expect_err("a bad rule is refused");
         assert_eq!(refusal.gate.as_str(), gate, "{refusal}");
         let status = control.status();
@@ -129,7 +129,7 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
     let mut rule = control.rule();
     let next = read(&build::order_status_version("0.2.0-next"));
     let applied = control
-        .offer(&next, None, "test", Role::Active)
+        .offer(&next, None, &Origin::Admin, Role::Active)
         .expect("an equivalent rule passes");
     assert_eq!(applied.rule, "order-status@0.2.0-next");
     // Mid-batch, the rule deciding does not change...
@@ -142,7 +142,9 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
         .expect("decides");
     assert!(matches!(decision, Decision::Insert(_)));
 
-    let back = control.rollback("test").expect("a previous rule exists");
+    let back = control
+        .rollback(&Origin::Admin)
+        .expect("a previous rule exists");
     assert_eq!(back.rule, "order-status@0.1.0");
     rule.before_batch();
     assert_eq!(rule.info().stamp(), "order-status@0.1.0");
@@ -152,7 +154,7 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
     );
     assert_eq!(
         control
-            .promote("test")
+            .promote(&Origin::Admin)
             .expect_err("no shadow")
             .gate
             .as_str(),
@@ -168,7 +170,7 @@ fn a_shadow_counts_and_samples_disagreements_without_applying_them() {
         .offer(
             &read(&build::rule("version-rank")),
             None,
-            "test",
+            &Origin::Admin,
             Role::Shadow,
         )
         .expect("version-rank passes its gates");
@@ -198,7 +200,9 @@ fn a_shadow_counts_and_samples_disagreements_without_applying_them() {
     assert!(matches!(sample.active, Decision::Update(_)));
     assert!(matches!(sample.shadow, Ok(Decision::Ignore(_))));
 
-    let promoted = control.promote("test").expect("the shadow is promoted");
+    let promoted = control
+        .promote(&Origin::Admin)
+        .expect("the shadow is promoted");
     assert_eq!(promoted.rule, "version-rank@0.1.0");
     assert!(control.status().shadow.is_none());
     rule.before_batch();
@@ -211,11 +215,9 @@ async fn a_changed_rule_file_is_gated_and_swapped_in() {
     let path = dir.path().join("rule.wasm");
     std::fs::write(&path, read(&build::rule("order-status"))).expect("written");
     let control = control();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), async {
-        let _ = stopped.await;
-    })
-    .expect("watching");
+    let (stop, stopped) = converge::shutdown::Shutdown::new();
+    let watching = converge::swap::watch_rule_file(path.clone(), Arc::clone(&control), stopped)
+        .expect("watching");
 
     // Deploy tools replace a file by renaming a complete one over it.
     let replace = |bytes: Vec<u8>| {
@@ -243,7 +245,7 @@ async fn a_changed_rule_file_is_gated_and_swapped_in() {
     .await;
     assert_eq!(control.status().active.rule, "order-status@0.2.0-next");
 
-    let _ = stop.send(());
+    stop.trigger();
     watching.await.expect("watcher stops");
 }
 

@@ -18,7 +18,7 @@ use converge::entity::{Decision, Event, State};
 use converge::redact::Secret;
 use converge::rule::Rule;
 use converge::rule::{EngineLimits, GateConfig, Gates, RuleEngine, content_hash};
-use converge::swap::{AUTO_ROLLBACK_ORIGIN, Role, RuleControl, RuleStatus};
+use converge::swap::{AUTO_ROLLBACK_ORIGIN, Origin, Role, RuleControl, RuleStatus};
 use converge::telemetry::Metrics;
 use converge_tests::kafka::TestTopic;
 use converge_tests::orders::{self, OrderStream};
@@ -656,7 +656,7 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
         let gates = gates();
         let initial = gates.admit(&order_status, None).expect("admitted");
         Arc::new(
-            RuleControl::new(gates, initial, "test", Arc::clone(metrics))
+            RuleControl::new(gates, initial, &Origin::Admin, Arc::clone(metrics))
                 .with_auto_rollback(Some(limits(100))),
         )
     };
@@ -678,7 +678,7 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     let decided = rule.decide_batch(&updates).expect("decided");
     applied(&mut rule, &decided);
     control
-        .offer(&silent, None, "test", Role::Active)
+        .offer(&silent, None, &Origin::Admin, Role::Active)
         .expect("the silent rule passes every gate");
     rule.before_batch();
     assert_eq!(rule.info().stamp(), SILENT);
@@ -705,7 +705,7 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     rule.before_batch();
     assert_eq!(rule.info().stamp(), ORDER_STATUS);
     let refusal = control
-        .offer(&silent, None, "fleet", Role::Active)
+        .offer(&silent, None, &Origin::Fleet, Role::Active)
         .expect_err("the rolled-back version stays refused");
     assert_eq!(refusal.gate.as_str(), "ignore_share");
     assert!(
@@ -721,7 +721,7 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     let control = new_control(&metrics);
     let mut rule = control.rule();
     control
-        .offer(&silent, None, "test", Role::Shadow)
+        .offer(&silent, None, &Origin::Admin, Role::Shadow)
         .expect("a shadow");
     rule.before_batch();
     rule.decide_batch(&inserts).expect("decided");
@@ -739,7 +739,7 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     );
     // A fleet's promotion is an offer of the shadow's hash as the active rule...
     let refusal = control
-        .offer(&silent, None, "fleet", Role::Active)
+        .offer(&silent, None, &Origin::Fleet, Role::Active)
         .expect_err("the share jumped");
     assert_eq!(refusal.gate.as_str(), "ignore_share");
     assert!(
@@ -749,7 +749,9 @@ fn supply_in_process_a_jump_rolls_back_and_a_measured_shadow_is_not_promoted() {
     );
     assert_eq!(control.status().active.rule, ORDER_STATUS);
     // ...and the admin's is `promote`.
-    let refusal = control.promote("admin").expect_err("the share jumped");
+    let refusal = control
+        .promote(&Origin::Admin)
+        .expect_err("the share jumped");
     assert_eq!(refusal.gate.as_str(), "ignore_share");
     assert_eq!(control.status().active.rule, ORDER_STATUS);
     rule.before_batch();

@@ -68,7 +68,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot open input {}", args.input.display()))?;
         let mut audit = Audit::new(source, pipeline.config().mapping.clone());
-        pipeline.run(&mut audit, shutdown.wait()).await?;
+        pipeline.run(&mut audit, shutdown).await?;
         let unconverged = audit
             .verify(&mut compiled.instance(), pipeline.store())
             .await?;

@@ -28,7 +28,7 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         "starting"
     );
     runtime.block_on(async {
-        converge::serve(&config, shutdown.wait()).await?;
+        converge::serve(&config, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

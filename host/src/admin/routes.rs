@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::AdminConfig;
 use super::guard::{Authenticated, Policy, closing, guard};
 use super::server::Limits;
-use crate::swap::{Refusal, Role, RuleControl, RuleRef};
+use crate::swap::{Origin, Refusal, Role, RuleControl, RuleRef};
 use crate::telemetry::Metrics;
 
 /// What the admin endpoint serves from: the metrics, the rule control and who may use it.
@@ -196,9 +196,9 @@ async fn upload_rule(
     let offered = tokio::task::spawn_blocking(move || {
         let _permit: OwnedSemaphorePermit = permit;
         if query.force {
-            control.offer_overriding(&bytes, None, "admin", query.role)
+            control.offer_overriding(&bytes, None, &Origin::Admin, query.role)
         } else {
-            control.offer(&bytes, None, "admin", query.role)
+            control.offer(&bytes, None, &Origin::Admin, query.role)
         }
     })
     .await;
@@ -262,7 +262,7 @@ fn body_timed_out(within: Duration) -> Response {
 }
 
 async fn promote_rule(State(state): State<AdminState>) -> Response {
-    swap_response(state.control.promote("admin"))
+    swap_response(state.control.promote(&Origin::Admin))
 }
 
 async fn rollback_rule(
@@ -270,8 +270,8 @@ async fn rollback_rule(
     Query(query): Query<ForceQuery>,
 ) -> Response {
     swap_response(if query.force {
-        state.control.rollback_overriding("admin")
+        state.control.rollback_overriding(&Origin::Admin)
     } else {
-        state.control.rollback("admin")
+        state.control.rollback(&Origin::Admin)
     })
 }

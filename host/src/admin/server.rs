@@ -11,12 +11,13 @@ use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::AdminConfig;
 use super::lingering::Lingering;
 use super::routes::router;
+use crate::shutdown::Shutdown;
 use crate::swap::RuleControl;
 use crate::telemetry::Metrics;
 
@@ -69,13 +70,13 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpLis
     Ok(listener)
 }
 
-/// Serves the admin endpoint until `shutdown` resolves, within [`Limits::default`].
+/// Serves the admin endpoint until `shutdown` is requested, within [`Limits::default`].
 pub(crate) fn serve_admin(
     listener: TcpListener,
     config: &AdminConfig,
     metrics: Arc<Metrics>,
     control: Arc<RuleControl>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
     let limits = Limits::default();
     let app = router(config, metrics, control, limits);
@@ -86,29 +87,28 @@ pub(crate) fn serve_admin(
 }
 
 /// Accepts connections while fewer than `limits.max_connections` are open, and serves each
-/// with `app` until `shutdown` resolves; then gives the requests in progress
+/// with `app` until `shutdown` is requested; then gives the requests in progress
 /// `limits.close_grace` (and their lingering close `limits.linger`) and drops what is left.
 async fn serve_connections(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    shutdown: impl Future<Output = ()>,
+    mut shutdown: Shutdown,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let (closing, closed) = watch::channel(false);
+    let (closing, closed) = Shutdown::new();
     let mut connections = JoinSet::new();
-    let mut shutdown = pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
-            () = &mut shutdown => break,
+            () = shutdown.requested() => break,
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
         };
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            () = shutdown.requested() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -129,7 +129,7 @@ async fn serve_connections(
         ));
     }
     drop(listener);
-    let _ = closing.send(true);
+    closing.trigger();
     let drained = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(limits.close_grace + limits.linger, drained)
         .await
@@ -151,7 +151,7 @@ async fn serve_connection(
     app: Router,
     limits: Limits,
     _permit: OwnedSemaphorePermit,
-    mut closed: watch::Receiver<bool>,
+    mut closed: Shutdown,
 ) {
     let app = TowerToHyperService::new(app);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
@@ -173,7 +173,7 @@ async fn serve_connection(
             return;
         }
         () = tokio::time::sleep(limits.max_connection_time) => {}
-        _ = closed.wait_for(|closed| *closed) => {}
+        () = closed.requested() => {}
     }
     connection.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(limits.close_grace, connection).await;
@@ -193,15 +193,13 @@ mod tests {
         limits: Limits,
     ) -> (
         SocketAddr,
-        tokio::sync::oneshot::Sender<()>,
+        crate::shutdown::ShutdownTrigger,
         tokio::task::JoinHandle<()>,
     ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
         let at = listener.local_addr().expect("address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_connections(listener, app, limits, async move {
-            let _ = stopped.await;
-        }));
+        let (stop, stopped) = Shutdown::new();
+        let server = tokio::spawn(serve_connections(listener, app, limits, stopped));
         (at, stop, server)
     }
 
@@ -286,7 +284,7 @@ mod tests {
             .expect("head sent");
         let trickling = tokio::spawn(async move { trickle(&mut stream).await });
         reading.recv().await.expect("the handler reads the body");
-        let _ = stop.send(());
+        stop.trigger();
         tokio::time::timeout(Duration::from_secs(60), server)
             .await
             .expect("a client still sending must not hold the shutdown")

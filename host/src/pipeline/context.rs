@@ -11,11 +11,10 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
 use super::{PipelineConfig, PipelineError};
 use crate::backoff::Backoff;
 use crate::dead_letter::DeadLetterError;
+use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::telemetry::events::Unavailable;
 use crate::telemetry::{Metrics, Service, Stage};
@@ -24,8 +23,9 @@ use crate::telemetry::{Metrics, Service, Stage};
 #[derive(Debug)]
 pub(super) struct Context {
     pub metrics: Arc<Metrics>,
-    /// Turns true when shutdown is asked for: a wait then ends its batch unacknowledged.
-    pub stopping: Arc<watch::Sender<bool>>,
+    /// Requested when shutdown is asked for: a wait then ends its batch unacknowledged. Never,
+    /// until [`Pipeline::run`](super::Pipeline::run) is given one.
+    pub shutdown: Shutdown,
     /// The waits of one outage, as they start.
     backoff: Backoff,
 }
@@ -63,7 +63,7 @@ impl Context {
     pub fn new(config: &PipelineConfig) -> Self {
         Self {
             metrics: Arc::new(Metrics::new()),
-            stopping: Arc::new(watch::Sender::new(false)),
+            shutdown: Shutdown::never(),
             backoff: Backoff::new(
                 Duration::from_millis(config.backoff_ms),
                 Duration::from_millis(config.max_backoff_ms),
@@ -118,10 +118,10 @@ impl Context {
         service: Service,
         work: impl Future<Output = T>,
     ) -> Result<T, PipelineError> {
-        let mut stopping = self.stopping.subscribe();
+        let mut shutdown = self.shutdown.clone();
         tokio::select! {
             done = work => Ok(done),
-            Ok(_) = stopping.wait_for(|stopping| *stopping) => {
+            () = shutdown.requested() => {
                 Err(PipelineError::Interrupted(service))
             }
         }
@@ -161,10 +161,10 @@ impl Context {
 
     /// Sleeps `wait`, or returns `Interrupted` if shutdown is asked for meanwhile.
     pub async fn sleep(&self, service: Service, wait: Duration) -> Result<(), PipelineError> {
-        let mut stopping = self.stopping.subscribe();
+        let mut shutdown = self.shutdown.clone();
         let interrupted = tokio::select! {
             () = tokio::time::sleep(wait) => false,
-            changed = stopping.wait_for(|stopping| *stopping) => changed.is_ok(),
+            () = shutdown.requested() => true,
         };
         if interrupted {
             return Err(PipelineError::Interrupted(service));

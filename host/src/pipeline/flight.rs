@@ -25,7 +25,7 @@ use super::group::KeyEvents;
 use super::state::{self, StateCache};
 use super::{Pipeline, PipelineError};
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
-use crate::fault;
+use crate::fault::{self, CrashPoint};
 use crate::rule::Rule;
 use crate::store::{Current, Store, StoreError, Write, WriteOutcome};
 use crate::telemetry::events::Unavailable;
@@ -231,7 +231,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let metrics = &self.context.metrics;
         metrics.record_store_call("write", landed.took);
         metrics.record_stage(Stage::Write, landed.took);
-        fault::point("after_write", seq);
+        fault::point(CrashPoint::AfterWrite, seq);
         for write in &landed.writes {
             self.cache.landed(&write.key, seq);
         }
@@ -240,7 +240,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             flight.batch.tally(written.outcomes);
         }
         self.send_rest(&mut flight.batch).await?;
-        fault::point("after_dead_letter", seq);
+        fault::point(CrashPoint::AfterDeadLetter, seq);
         Ok(flight.batch)
     }
 
@@ -320,9 +320,9 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             Err(error) => return Err(error.into()),
         }
         self.settle(&mut flight.batch, redo, unsure).await?;
-        fault::point("after_write", seq);
+        fault::point(CrashPoint::AfterWrite, seq);
         self.send_rest(&mut flight.batch).await?;
-        fault::point("after_dead_letter", seq);
+        fault::point(CrashPoint::AfterDeadLetter, seq);
         Ok(flight.batch)
     }
 

@@ -81,8 +81,9 @@ use serde::Serialize;
 
 use crate::dead_letter::{DeadLetterError, DeadLetterKind, DeadLetterSink};
 use crate::entity::DecisionKind;
-use crate::fault;
+use crate::fault::{self, CrashPoint};
 use crate::rule::Rule;
+use crate::shutdown::Shutdown;
 use crate::source::{Message, Source, SourceError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Metrics, Service, Stage};
@@ -214,26 +215,17 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         self.cache.clear();
     }
 
-    /// Reads, processes and acknowledges batches until the source ends or `shutdown` resolves.
-    /// Batches in flight when `shutdown` resolves are finished and acknowledged first — unless
+    /// Reads, processes and acknowledges batches until the source ends or `shutdown` is
+    /// requested. Batches in flight then are finished and acknowledged first — unless
     /// one is waiting for an unavailable store or dead-letter queue; then it and the batches
     /// after it are left unacknowledged, to be delivered again.
     pub async fn run<Src: Source>(
         &mut self,
         source: &mut Src,
-        shutdown: impl Future<Output = ()>,
+        shutdown: Shutdown,
     ) -> Result<(), PipelineError> {
-        let stopping = Arc::clone(&self.context.stopping);
-        let work = self.work(source);
-        tokio::pin!(work);
-        tokio::select! {
-            biased;
-            result = &mut work => return result,
-            () = shutdown => {
-                stopping.send_replace(true);
-            }
-        }
-        work.await
+        self.context.shutdown = shutdown;
+        self.work(source).await
     }
 
     /// Takes one batch through every stage and returns once its writes and dead letters are
@@ -257,14 +249,14 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     /// The run loop: keeps the write window full, settles flights in order and acknowledges
     /// them, until the source ends or stopping is asked for.
     async fn work<Src: Source>(&mut self, source: &mut Src) -> Result<(), PipelineError> {
-        let mut stop = self.context.stopping.subscribe();
+        let mut stop = self.context.shutdown.clone();
         let mut window = Window::new();
         let mut stamp = self.rule.info().stamp();
         let mut generation = source.generation();
         let max_in_flight = self.config.max_in_flight.max(1);
         let result: Result<(), PipelineError> = async {
             loop {
-                if *stop.borrow() {
+                if stop.is_requested() {
                     return Ok(());
                 }
                 let next = if window.len() < max_in_flight {
@@ -274,7 +266,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                             Next::Landed(flight, landed)
                         }
                         batch = source.next_batch(self.config.batch_size) => Next::Batch(batch?),
-                        _ = stop.changed() => Next::Stop,
+                        () = stop.requested() => Next::Stop,
                     }
                 } else {
                     match holding(source, window.next_landed()).await {
@@ -339,7 +331,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let mapping = &self.config.mapping;
         let context = &self.context;
         let decoded = context.timed(Stage::Decode, || decode::decode_all(&mut batch, mapping));
-        fault::point("after_decode", batch.seq);
+        fault::point(CrashPoint::AfterDecode, batch.seq);
         let fetched = enrich::enrich(self.enricher.as_ref(), &decoded, mapping, context).await?;
         let mut groups = group::by_key(&mut batch, decoded, &fetched);
         let currents = state::current_states(
@@ -350,7 +342,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             context,
         )
         .await?;
-        fault::point("after_load", batch.seq);
+        fault::point(CrashPoint::AfterLoad, batch.seq);
         let retries = self.config.rule_retries;
         let folded = context.timed(Stage::Fold, || {
             fold::fold(&mut self.rule, &mut groups, currents, retries)

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::batch::Batch;
 use super::{Pipeline, PipelineError};
-use crate::fault;
+use crate::fault::{self, CrashPoint};
 use crate::rule::Rule;
 use crate::source::Source;
 use crate::telemetry::Stage;
@@ -22,9 +22,9 @@ impl<R: Rule, S, D> Pipeline<R, S, D> {
     ) -> Result<(), PipelineError> {
         for batch in done {
             let acking = Instant::now();
-            fault::point("before_ack", batch.seq);
+            fault::point(CrashPoint::BeforeAck, batch.seq);
             source.ack(&batch.messages).await?;
-            fault::point("after_ack", batch.seq);
+            fault::point(CrashPoint::AfterAck, batch.seq);
             self.context
                 .metrics
                 .record_stage(Stage::Ack, acking.elapsed());

@@ -8,11 +8,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::Origin;
 use super::ignore_share::{AutoRollback, Jump, Meter, Probation, VersionBook, Window, jumped};
 use super::serving::{Deciding, SwappableRule};
 use super::status::{
-    AUTO_ROLLBACK_ORIGIN, Disagreement, Refusal, Refused, Role, RuleRef, RuleStatus, ShadowStatus,
-    SwapRecord, SwapResult, sidecar_digest,
+    Disagreement, Refusal, Refused, Role, RuleRef, RuleStatus, ShadowStatus, SwapRecord,
+    SwapResult, sidecar_digest,
 };
 use crate::config::AutoRollbackConfig;
 use crate::entity::RuleInfo;
@@ -72,7 +73,7 @@ pub struct RuleControl {
 
 impl RuleControl {
     /// Starts with `initial` serving (it has passed the gates already).
-    pub fn new(gates: Gates, initial: Admitted, origin: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(gates: Gates, initial: Admitted, origin: &Origin, metrics: Arc<Metrics>) -> Self {
         let active = Serving {
             reference: reference(&initial.compiled, &initial.hash, origin),
             compiled: initial.compiled,
@@ -115,7 +116,7 @@ impl RuleControl {
         &self,
         bytes: &[u8],
         sidecar: Option<VectorFile>,
-        origin: &str,
+        origin: &Origin,
         role: Role,
     ) -> Result<RuleRef, Refusal> {
         self.offer_with(bytes, sidecar, origin, role, false)
@@ -129,7 +130,7 @@ impl RuleControl {
         &self,
         bytes: &[u8],
         sidecar: Option<VectorFile>,
-        origin: &str,
+        origin: &Origin,
         role: Role,
     ) -> Result<RuleRef, Refusal> {
         self.offer_with(bytes, sidecar, origin, role, true)
@@ -139,7 +140,7 @@ impl RuleControl {
         &self,
         bytes: &[u8],
         sidecar: Option<VectorFile>,
-        origin: &str,
+        origin: &Origin,
         role: Role,
         overriding: bool,
     ) -> Result<RuleRef, Refusal> {
@@ -155,9 +156,9 @@ impl RuleControl {
                     state.refused.pop(&hash);
                     drop(state);
                     self.metrics.emit(RuleOverride {
-                        role: role.as_str(),
+                        role,
                         hash: &hash,
-                        origin,
+                        origin: origin.as_str(),
                         gate: refused.refusal.gate.as_str(),
                     });
                     state = self.lock();
@@ -222,7 +223,7 @@ impl RuleControl {
     pub fn record_refusal(
         &self,
         role: Role,
-        origin: &str,
+        origin: &Origin,
         hash: &str,
         error: GateError,
     ) -> Refusal {
@@ -236,11 +237,11 @@ impl RuleControl {
         self.gates.engine().limits().max_component_bytes
     }
 
-    fn refuse(&self, role: Role, origin: &str, hash: &str, refusal: Refusal) {
+    fn refuse(&self, role: Role, origin: &Origin, hash: &str, refusal: Refusal) {
         self.metrics.emit(RuleRefused {
-            role: role.as_str(),
+            role,
             hash,
-            origin,
+            origin: origin.as_str(),
             gate: refusal.gate.as_str(),
             reason: &refusal.reason,
         });
@@ -248,7 +249,7 @@ impl RuleControl {
         state.last_swap = Some(SwapRecord {
             at_ms: now_ms(),
             role,
-            origin: origin.to_owned(),
+            origin: origin.to_string(),
             hash: hash.to_owned(),
             rule: None,
             result: SwapResult::Refused,
@@ -264,16 +265,16 @@ impl RuleControl {
         role: Role,
         compiled: CompiledRule,
         hash: &str,
-        origin: &str,
+        origin: &Origin,
         judged_again: bool,
     ) -> RuleRef {
         let applied =
             self.apply_locked(&mut self.lock(), role, compiled, hash, origin, judged_again);
         self.metrics.emit(RuleSwapped {
-            role: role.as_str(),
+            role,
             rule: &applied.rule,
             hash,
-            origin,
+            origin: origin.as_str(),
         });
         applied
     }
@@ -285,7 +286,7 @@ impl RuleControl {
         role: Role,
         compiled: CompiledRule,
         hash: &str,
-        origin: &str,
+        origin: &Origin,
         judged_again: bool,
     ) -> RuleRef {
         let reference = reference(&compiled, hash, origin);
@@ -346,7 +347,7 @@ impl RuleControl {
         state.last_swap = Some(SwapRecord {
             at_ms: now_ms(),
             role,
-            origin: origin.to_owned(),
+            origin: origin.to_string(),
             hash: hash.to_owned(),
             rule: Some(applied.rule.clone()),
             result: SwapResult::Applied,
@@ -388,7 +389,7 @@ impl RuleControl {
                 Role::Active,
                 previous.compiled,
                 &to_hash,
-                AUTO_ROLLBACK_ORIGIN,
+                &Origin::AutoRollback,
                 false,
             );
             state.refused.put(
@@ -411,10 +412,10 @@ impl RuleControl {
             reason: &record.reason,
         });
         self.metrics.emit(RuleSwapped {
-            role: Role::Active.as_str(),
+            role: Role::Active,
             rule: &applied.rule,
             hash: &to_hash,
-            origin: AUTO_ROLLBACK_ORIGIN,
+            origin: Origin::AutoRollback.as_str(),
         });
     }
 
@@ -449,7 +450,7 @@ impl RuleControl {
     }
 
     /// Makes the shadow the active rule.
-    pub fn promote(&self, origin: &str) -> Result<RuleRef, Refusal> {
+    pub fn promote(&self, origin: &Origin) -> Result<RuleRef, Refusal> {
         let shadow = self
             .lock()
             .shadow
@@ -483,17 +484,17 @@ impl RuleControl {
     /// Makes the previous rule active again (the active one becomes the previous). A
     /// previous version that was refused since (rolled back by itself for its ignore share)
     /// is refused again: it does not come back unjudged.
-    pub fn rollback(&self, origin: &str) -> Result<RuleRef, Refusal> {
+    pub fn rollback(&self, origin: &Origin) -> Result<RuleRef, Refusal> {
         self.rollback_with(origin, false)
     }
 
     /// [`RuleControl::rollback`] by an operator who overrides a refusal of the previous
     /// version (`?force=true`): logged and counted, and the version returns on probation.
-    pub fn rollback_overriding(&self, origin: &str) -> Result<RuleRef, Refusal> {
+    pub fn rollback_overriding(&self, origin: &Origin) -> Result<RuleRef, Refusal> {
         self.rollback_with(origin, true)
     }
 
-    fn rollback_with(&self, origin: &str, overriding: bool) -> Result<RuleRef, Refusal> {
+    fn rollback_with(&self, origin: &Origin, overriding: bool) -> Result<RuleRef, Refusal> {
         let (previous, refused) = {
             let mut state = self.lock();
             let previous = state.previous.clone();
@@ -514,9 +515,9 @@ impl RuleControl {
             }
             self.lock().refused.pop(hash);
             self.metrics.emit(RuleOverride {
-                role: Role::Active.as_str(),
+                role: Role::Active,
                 hash,
-                origin,
+                origin: origin.as_str(),
                 gate: refused.refusal.gate.as_str(),
             });
         }
@@ -524,11 +525,11 @@ impl RuleControl {
     }
 
     /// Stops the shadow, if any.
-    pub fn clear_shadow(&self, origin: &str) {
+    pub fn clear_shadow(&self, origin: &Origin) {
         let cleared = self.lock().shadow.take();
         if let Some((shadow, _)) = cleared {
             self.generation.fetch_add(1, Ordering::AcqRel);
-            tracing::info!(rule = %shadow.reference.rule, origin, "shadow rule stopped");
+            tracing::info!(rule = %shadow.reference.rule, %origin, "shadow rule stopped");
         }
     }
 
@@ -586,9 +587,7 @@ impl RuleControl {
             hash: serving.reference.hash.clone(),
             meter: Meter {
                 book: Arc::clone(&serving.book),
-                metrics: self
-                    .metrics
-                    .rule_meter(&serving.reference.rule, role.as_str()),
+                metrics: self.metrics.rule_meter(&serving.reference.rule, role),
             },
         };
         (
@@ -646,11 +645,11 @@ fn nothing_to(what: &str) -> Refusal {
     Refusal::new(Gate::Swap, format!("nothing to {what}"))
 }
 
-fn reference(compiled: &CompiledRule, hash: &str, origin: &str) -> RuleRef {
+fn reference(compiled: &CompiledRule, hash: &str, origin: &Origin) -> RuleRef {
     RuleRef {
         rule: compiled.info().stamp(),
         hash: hash.to_owned(),
-        origin: origin.to_owned(),
+        origin: origin.to_string(),
         since_ms: now_ms(),
         ignores: None,
     }

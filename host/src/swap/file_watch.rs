@@ -13,8 +13,9 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::rule::vectors::{VectorError, VectorFile};
 use crate::rule::{GateError, LoadError, content_hash, read_component};
+use crate::shutdown::Shutdown;
 use crate::swap::status::sidecar_digest;
-use crate::swap::{Role, RuleControl};
+use crate::swap::{Origin, Role, RuleControl};
 
 /// How long the file must stay quiet before it is read.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -58,11 +59,11 @@ pub fn read_rule_file(
 }
 
 /// Starts watching `path`; the returned task offers every settled change to `control` until
-/// `shutdown` resolves.
+/// `shutdown` is requested.
 pub fn watch_rule_file(
     path: PathBuf,
     control: Arc<RuleControl>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, WatchError> {
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let file_name = path.file_name().map(ToOwned::to_owned);
@@ -101,10 +102,9 @@ pub fn watch_rule_file(
     Ok(tokio::spawn(async move {
         // The watcher stops when dropped: it lives as long as this task.
         let _watcher = watcher;
-        let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
-                () = &mut shutdown => return,
+                () = shutdown.requested() => return,
                 change = changes.recv() => if change.is_none() { return },
             }
             // Debounce: wait until no change arrived for SETTLE.
@@ -133,7 +133,7 @@ impl FileContent {
 }
 
 async fn offer(path: &Path, control: &Arc<RuleControl>, last: &mut Option<FileContent>) {
-    let origin = format!("file:{}", path.display());
+    let origin = Origin::file(path);
     let (bytes, vectors) = match read_rule_file(path, control.max_component_bytes()) {
         Ok(read) => read,
         Err(RuleFileError::Rule(error @ LoadError::TooLarge { .. })) => {

@@ -7,6 +7,7 @@
 //!   [`Disagreement`]s) and its redacted form;
 //! - `control`: [`RuleControl`], shared by every way a candidate arrives: gates, applies,
 //!   promotes, rolls back;
+//! - `origin`: where a candidate came from ([`Origin`]);
 //! - `serving`: the [`SwappableRule`] the pipeline runs, which follows the control between
 //!   batches and runs the shadow beside the active rule;
 //! - `file_watch`: the watched rule file ([`watch_rule_file`]);
@@ -20,6 +21,7 @@ mod file_watch;
 #[cfg(feature = "redis")]
 mod fleet;
 mod ignore_share;
+mod origin;
 mod serving;
 mod status;
 
@@ -31,8 +33,9 @@ pub use file_watch::{RuleFileError, WatchError, read_rule_file, watch_rule_file}
 #[cfg(feature = "redis")]
 pub use fleet::{Downgrade, Fleet, FleetError, FleetStatus, InstanceReport, RolledBack};
 pub use ignore_share::{AutoRollback, IgnoreShare};
+pub use origin::{AUTO_ROLLBACK_ORIGIN, Origin};
 pub use serving::SwappableRule;
 pub use status::{
-    AUTO_ROLLBACK_ORIGIN, Disagreement, REDACTED_DATA, Refusal, Role, RuleRef, RuleStatus,
-    ShadowStatus, SwapRecord, SwapResult,
+    Disagreement, REDACTED_DATA, Refusal, Role, RuleRef, RuleStatus, ShadowStatus, SwapRecord,
+    SwapResult,
 };

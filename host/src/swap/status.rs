@@ -9,29 +9,7 @@ use super::ignore_share::{AutoRollback, IgnoreShare};
 use crate::entity::{Decision, Event, State};
 use crate::rule::vectors::VectorFile;
 use crate::rule::{DecideError, Gate, GateError, content_hash};
-
-/// The origin of a rollback the control made by itself (`rule.auto_rollback`).
-pub const AUTO_ROLLBACK_ORIGIN: &str = "auto-rollback";
-
-/// Whether a candidate is to serve or to decide beside the serving rule without applying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Decides and applies: the serving rule.
-    Active,
-    /// Decides beside the active rule; its decisions are compared, never applied.
-    Shadow,
-}
-
-impl Role {
-    /// `active` or `shadow`, as metrics, logs and the fleet's keys name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Active => "active",
-            Role::Shadow => "shadow",
-        }
-    }
-}
+pub use crate::telemetry::{Role, SwapResult};
 
 /// A rule version as status reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +18,7 @@ pub struct RuleRef {
     pub rule: String,
     /// The component's content hash.
     pub hash: String,
-    /// Where it came from: `file:PATH`, `fleet`, `admin`, `rollback`, `promote`.
+    /// Where it came from: `file:PATH`, `fleet`, `admin` or `auto-rollback` ([`Origin`](super::Origin)).
     pub origin: String,
     /// When it took its role, in ms since the Unix epoch.
     pub since_ms: u64,
@@ -106,26 +84,6 @@ impl PartialEq for Refusal {
 }
 
 impl Eq for Refusal {}
-
-/// Whether a swap took place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SwapResult {
-    /// The candidate took its role.
-    Applied,
-    /// A gate refused it; nothing that serves changed.
-    Refused,
-}
-
-impl SwapResult {
-    /// `applied` or `refused`, as metrics label it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SwapResult::Applied => "applied",
-            SwapResult::Refused => "refused",
-        }
-    }
-}
 
 /// The last swap attempted, applied or not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,15 +319,5 @@ mod tests {
         let back: Refusal = serde_json::from_value(json).expect("deserialises");
         assert_eq!(back, refusal);
         assert!(std::error::Error::source(&back).is_none());
-        for (result, name) in [
-            (SwapResult::Applied, "applied"),
-            (SwapResult::Refused, "refused"),
-        ] {
-            assert_eq!(result.as_str(), name);
-            assert_eq!(
-                serde_json::to_value(result).expect("serialises"),
-                serde_json::json!(name)
-            );
-        }
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use super::{Metrics, Service};
+use super::{Metrics, Role, Service, SwapResult};
 
 /// Something worth a log line and a count.
 pub(crate) trait InternalEvent {
@@ -153,7 +153,7 @@ impl InternalEvent for SourceReconnect<'_> {
 
 /// A candidate rule took its role.
 pub(crate) struct RuleSwapped<'a> {
-    pub role: &'static str,
+    pub role: Role,
     pub rule: &'a str,
     pub hash: &'a str,
     pub origin: &'a str,
@@ -162,19 +162,19 @@ pub(crate) struct RuleSwapped<'a> {
 impl InternalEvent for RuleSwapped<'_> {
     fn emit(self, metrics: &Metrics) {
         tracing::info!(
-            role = self.role,
+            role = self.role.as_str(),
             rule = %self.rule,
             hash = self.hash,
             origin = self.origin,
             "rule swapped"
         );
-        metrics.record_swap(self.role, "applied", None);
+        metrics.record_swap(self.role, SwapResult::Applied, None);
     }
 }
 
 /// A candidate rule was refused by a gate; the serving rule keeps serving.
 pub(crate) struct RuleRefused<'a> {
-    pub role: &'static str,
+    pub role: Role,
     pub hash: &'a str,
     pub origin: &'a str,
     /// The gate that refused, as metrics label it.
@@ -185,21 +185,21 @@ pub(crate) struct RuleRefused<'a> {
 impl InternalEvent for RuleRefused<'_> {
     fn emit(self, metrics: &Metrics) {
         tracing::warn!(
-            role = self.role,
+            role = self.role.as_str(),
             origin = self.origin,
             hash = self.hash,
             gate = self.gate,
             reason = %self.reason,
             "rule refused"
         );
-        metrics.record_swap(self.role, "refused", Some(self.gate));
+        metrics.record_swap(self.role, SwapResult::Refused, Some(self.gate));
     }
 }
 
 /// An operator brought back a refused rule version over its refusal (`--force`,
 /// `?force=true`); counted as `rule_swaps_total{result="overridden",gate=<the refusal's>}`.
 pub(crate) struct RuleOverride<'a> {
-    pub role: &'static str,
+    pub role: Role,
     pub hash: &'a str,
     pub origin: &'a str,
     /// The gate of the refusal overridden, as metrics label it.
@@ -209,13 +209,13 @@ pub(crate) struct RuleOverride<'a> {
 impl InternalEvent for RuleOverride<'_> {
     fn emit(self, metrics: &Metrics) {
         tracing::warn!(
-            role = self.role,
+            role = self.role.as_str(),
             origin = self.origin,
             hash = self.hash,
             gate = self.gate,
             "refusal overridden by an operator; the version is judged again"
         );
-        metrics.record_swap(self.role, "overridden", Some(self.gate));
+        metrics.record_swap(self.role, SwapResult::Overridden, Some(self.gate));
     }
 }
 

@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::Metrics;
+use super::{Metrics, Role};
 use crate::entity::{Decision, DecisionKind};
 
 /// The longest reason label, in characters.
@@ -189,14 +189,14 @@ impl Metrics {
     }
 
     /// The handles counting rule `rule`'s decisions in `role` (`active` or `shadow`).
-    pub(crate) fn rule_meter(&self, rule: &str, role: &'static str) -> RuleMeter {
+    pub(crate) fn rule_meter(&self, rule: &str, role: Role) -> RuleMeter {
         self.metered(rule, role);
         let counter = |kind: DecisionKind| {
             self.silence
                 .rule_decisions
                 .get_or_create(&RuleDecisionLabel {
                     rule: rule.to_owned(),
-                    role,
+                    role: role.as_str(),
                     decision: kind.as_str(),
                 })
                 .clone()
@@ -208,7 +208,7 @@ impl Metrics {
                 .ignore_share
                 .get_or_create(&RuleRoleLabel {
                     rule: rule.to_owned(),
-                    role,
+                    role: role.as_str(),
                 })
                 .clone(),
         }
@@ -242,8 +242,8 @@ impl Metrics {
 
 impl SilenceMetrics {
     /// Drops the decision and ignore-share series of version `rule`, metered in `roles`.
-    pub(super) fn forget(&self, rule: &str, roles: &HashSet<&'static str>) {
-        for &role in roles {
+    pub(super) fn forget(&self, rule: &str, roles: &HashSet<Role>) {
+        for role in roles.iter().map(|role| role.as_str()) {
             for kind in DecisionKind::ALL {
                 self.rule_decisions.remove(&RuleDecisionLabel {
                     rule: rule.to_owned(),
@@ -401,7 +401,7 @@ mod tests {
         assert_eq!(counts.0, [1, 1, 2, 1]);
         assert_eq!((counts.total(), counts.ignores()), (5, 2));
         let metrics = Metrics::new();
-        metrics.rule_meter("r@1", "shadow").record(&counts, 0.4);
+        metrics.rule_meter("r@1", Role::Shadow).record(&counts, 0.4);
         let text = metrics.render();
         assert!(
             text.contains(

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// A pipeline stage: the `stage` label of `converge_stage_duration_seconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
@@ -69,5 +71,109 @@ impl Service {
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Whether a rule version serves or decides beside the serving one without applying: the
+/// `role` label of `converge_rule_swaps_total`, `converge_rule_decisions_total` and
+/// `converge_ignore_share`, and how logs, status and the fleet's keys name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Decides and applies: the serving rule.
+    Active,
+    /// Decides beside the active rule; its decisions are compared, never applied.
+    Shadow,
+}
+
+impl Role {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+/// What came of a rule candidate: the `result` label of `converge_rule_swaps_total`, and what
+/// status reports of the last swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapResult {
+    /// The candidate took its role.
+    Applied,
+    /// A gate refused it; nothing that serves changed.
+    Refused,
+    /// An operator brought back a refused version over its refusal (`--force`,
+    /// `?force=true`); counted beside what came of it then, which is what a swap record holds.
+    Overridden,
+}
+
+impl SwapResult {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+            Self::Overridden => "overridden",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Label values are API: each is pinned here, so a rename fails a test before it reaches a
+    // dashboard.
+
+    #[test]
+    fn stage_values_are_pinned() {
+        for (stage, value) in [
+            (Stage::Decode, "decode"),
+            (Stage::Enrich, "enrich"),
+            (Stage::Load, "load"),
+            (Stage::Fold, "fold"),
+            (Stage::Write, "write"),
+            (Stage::DeadLetter, "dead_letter"),
+            (Stage::Ack, "ack"),
+        ] {
+            assert_eq!(stage.as_str(), value);
+        }
+    }
+
+    #[test]
+    fn service_values_are_pinned() {
+        for (service, value) in [
+            (Service::Store, "store"),
+            (Service::DeadLetterQueue, "dead-letter queue"),
+            (Service::Kafka, "kafka"),
+            (Service::OrderApi, "order API"),
+            (Service::Fleet, "fleet"),
+        ] {
+            assert_eq!(service.as_str(), value);
+            assert_eq!(service.to_string(), value);
+        }
+    }
+
+    #[test]
+    fn role_values_are_pinned_and_serialised_alike() {
+        for (role, value) in [(Role::Active, "active"), (Role::Shadow, "shadow")] {
+            assert_eq!(role.as_str(), value);
+            assert_eq!(serde_json::to_value(role).ok(), Some(value.into()));
+        }
+    }
+
+    #[test]
+    fn swap_result_values_are_pinned_and_serialised_alike() {
+        for (result, value) in [
+            (SwapResult::Applied, "applied"),
+            (SwapResult::Refused, "refused"),
+            (SwapResult::Overridden, "overridden"),
+        ] {
+            assert_eq!(result.as_str(), value);
+            assert_eq!(serde_json::to_value(result).ok(), Some(value.into()));
+        }
     }
 }

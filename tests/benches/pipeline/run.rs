@@ -15,7 +15,7 @@ use converge::pipeline::{Pipeline, Stats};
 use converge::rule::{DecideError, EngineLimits, Gates, Rule, RuleEngine};
 use converge::source::{Message, Source, SourceError};
 use converge::store::RedisStore;
-use converge::swap::{RuleControl, read_rule_file};
+use converge::swap::{Origin, RuleControl, read_rule_file};
 use converge::telemetry::Metrics;
 use converge_tests::kafka;
 use converge_tests::services::{TestStore, free_loopback_addr, redis_cluster_urls, redis_url};
@@ -155,7 +155,7 @@ pub fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Arc<RuleControl
     Arc::new(RuleControl::new(
         gates,
         admitted,
-        &format!("file:{}", config.path.display()),
+        &Origin::file(&config.path),
         Arc::clone(metrics),
     ))
 }
@@ -225,7 +225,7 @@ pub async fn run<R: Rule>(
     metrics.set_ready(true);
     let started = Instant::now();
     pipeline
-        .run(&mut source, std::future::pending())
+        .run(&mut source, converge::shutdown::Shutdown::never())
         .await
         .expect("the pipeline runs");
     metrics.set_ready(false);

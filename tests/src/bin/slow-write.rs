@@ -194,7 +194,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .with_metrics(metrics);
     // Runs until killed: the stalled call keeps its batch in flight, and the window fills.
-    pipeline.run(&mut source, std::future::pending()).await?;
+    pipeline
+        .run(&mut source, converge::shutdown::Shutdown::never())
+        .await?;
     say("STOPPED");
     Ok(())
 }

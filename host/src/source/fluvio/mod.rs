@@ -55,6 +55,7 @@ use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::config::PipelineConfig;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::source::{FluvioSourceConfig, FluvioTls};
 use crate::source::{Message, Position};
 use crate::source::{Source, SourceError};
@@ -157,7 +158,7 @@ pub struct FluvioSource {
     /// Records taken for a batch that was dropped before it was returned.
     collected: Vec<Message>,
     partitions: HashMap<i32, Partition>,
-    stop: watch::Sender<bool>,
+    stop: ShutdownTrigger,
     readers: Vec<JoinHandle<()>>,
     committers: Vec<JoinHandle<()>>,
 }
@@ -231,7 +232,7 @@ impl FluvioSource {
         };
         let topic: Arc<str> = Arc::from(config.topic.as_str());
         let (out, records) = mpsc::channel(config.read_ahead.max(1));
-        let (stop, _) = watch::channel(false);
+        let (stop, _) = Shutdown::new();
         let backoff = Backoff::new(config.backoff, config.max_backoff);
         let mut source = Self {
             topic: Arc::clone(&topic),
@@ -295,7 +296,7 @@ impl FluvioSource {
     /// Stops reading and commits the last acknowledged offsets, waiting up to 10 s for the
     /// cluster. Records handed out but not acknowledged are read again after a restart.
     pub async fn close(mut self) {
-        self.stop.send_replace(true);
+        self.stop.trigger();
         for reader in self.readers.drain(..) {
             let _ = reader.await;
         }
@@ -321,7 +322,7 @@ impl FluvioSource {
 
 impl Drop for FluvioSource {
     fn drop(&mut self) {
-        self.stop.send_replace(true);
+        self.stop.trigger();
     }
 }
 

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::FluvioRecord;
 use super::link::{Link, ReadError};
 use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
 use crate::source::{Lost, Message, Position};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{SourceGap, SourceReconnect};
@@ -50,7 +51,7 @@ pub(super) struct Reader<L> {
     /// record left.
     pub fresh: bool,
     pub out: mpsc::Sender<Message>,
-    pub stop: watch::Receiver<bool>,
+    pub stop: Shutdown,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
     /// The fetch size of a stream; each re-read of the same gap doubles it.
@@ -73,7 +74,7 @@ impl<L: Link> Reader<L> {
     pub async fn run(mut self) {
         let mut opened_before = false;
         loop {
-            if *self.stop.borrow() {
+            if self.stop.is_requested() {
                 return;
             }
             let next = match self.next {
@@ -95,7 +96,7 @@ impl<L: Link> Reader<L> {
             let mut stop = self.stop.clone();
             let opened = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.requested() => return,
                 opened = self.link.open(self.partition, next, max_bytes) => opened,
             };
             let ended = match opened {
@@ -131,7 +132,7 @@ impl<L: Link> Reader<L> {
             let mut stop = self.stop.clone();
             let offsets = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return None,
+                () = stop.requested() => return None,
                 offsets = self.link.offsets(self.partition) => offsets,
             };
             match offsets {
@@ -167,7 +168,7 @@ impl<L: Link> Reader<L> {
         let mut stop = self.stop.clone();
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => false,
+            () = stop.requested() => false,
             () = tokio::time::sleep(wait) => true,
         }
     }
@@ -192,7 +193,7 @@ impl<L: Link> Reader<L> {
             let mut stop = self.stop.clone();
             let item = tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => return Ended::Stopped,
+                () = stop.requested() => return Ended::Stopped,
                 item = records.next() => Some(item),
                 () = tokio::time::sleep(quiet) => None,
             };
@@ -283,7 +284,7 @@ impl<L: Link> Reader<L> {
         let mut stop = self.stop.clone();
         let offsets = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => return Some(Ended::Stopped),
+            () = stop.requested() => return Some(Ended::Stopped),
             offsets = self.link.offsets(self.partition) => offsets,
         };
         match offsets {
@@ -413,7 +414,7 @@ impl<L: Link> Reader<L> {
         let mut stop = self.stop.clone();
         tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => false,
+            () = stop.requested() => false,
             sent = self.out.send(message) => sent.is_ok(),
         }
     }

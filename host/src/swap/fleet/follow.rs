@@ -12,7 +12,8 @@ use super::{
     Fleet, FleetError, InstanceReport, NUMBER_READ, NotANumber, POINTER_READ, parse_number,
 };
 use crate::rule::{GateError, IntegrityError, LoadError, excerpt, is_content_hash, release};
-use crate::swap::{Role, RuleControl, now_ms};
+use crate::shutdown::Shutdown;
+use crate::swap::{Origin, Role, RuleControl, now_ms};
 
 /// How often an instance re-reads the pointers (besides pub/sub) and reports its status.
 const POLL: Duration = Duration::from_secs(2);
@@ -163,7 +164,7 @@ impl Fleet {
                     self.offer(control, hash, Role::Shadow, None).await?;
                 }
                 Some(_) => {}
-                None => control.clear_shadow("fleet"),
+                None => control.clear_shadow(&Origin::Fleet),
             }
             seen.1 = shadow;
         }
@@ -182,7 +183,7 @@ impl Fleet {
         // A refusal is recorded by the control (log, metric, status); the pointer is not
         // retried until it moves again.
         let refuse = |error: GateError| {
-            control.record_refusal(role, "fleet", &excerpt(hash), error);
+            control.record_refusal(role, &Origin::Fleet, &excerpt(hash), error);
         };
         if !is_content_hash(hash) {
             refuse(GateError::Integrity(IntegrityError::NotAHash {
@@ -213,9 +214,10 @@ impl Fleet {
                     return Ok(());
                 }
                 let control = Arc::clone(control);
-                let offered =
-                    tokio::task::spawn_blocking(move || control.offer(&bytes, None, "fleet", role))
-                        .await;
+                let offered = tokio::task::spawn_blocking(move || {
+                    control.offer(&bytes, None, &Origin::Fleet, role)
+                })
+                .await;
                 matches!(offered, Ok(Err(_)))
             }
             Err(FleetError::Integrity(error)) => {
@@ -239,7 +241,7 @@ impl Fleet {
         Ok(())
     }
 
-    /// Follows the fleet until `shutdown` resolves: acts on announcements at once, re-reads the
+    /// Follows the fleet until `shutdown` is requested: acts on announcements at once, re-reads the
     /// pointers every 2 s and reports this instance's status as often. Redis errors are
     /// logged and retried; the rule serving meanwhile keeps serving.
     pub async fn follow(
@@ -247,9 +249,8 @@ impl Fleet {
         control: Arc<RuleControl>,
         instance: String,
         mut seen: (Option<String>, Option<String>),
-        shutdown: impl Future<Output = ()>,
+        mut shutdown: Shutdown,
     ) {
-        let mut shutdown = std::pin::pin!(shutdown);
         'connect: loop {
             let mut pubsub = match self.subscribe().await {
                 Ok(pubsub) => Some(pubsub),
@@ -267,7 +268,7 @@ impl Fleet {
                     }
                 };
                 tokio::select! {
-                    () = &mut shutdown => break 'connect,
+                    () = shutdown.requested() => break 'connect,
                     alive = announced => {
                         if !alive {
                             tracing::warn!(fleet = %self.name, "fleet announcements ended; resubscribing");

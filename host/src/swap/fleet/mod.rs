@@ -120,8 +120,8 @@ pub enum FleetError {
         source: SignatureError,
     },
     /// Rollback or promote: a pointer moved while the target was checked; nothing changed.
-    #[error("the fleet's {0} pointer moved meanwhile; nothing changed (try again)")]
-    Moved(&'static str),
+    #[error("the fleet's {} pointer moved meanwhile; nothing changed (try again)", .0.as_str())]
+    Moved(Role),
     /// Publish or promote: the rule's release is below the fleet's floor; nothing changed.
     #[error(
         "the rule {hash} is release {release}, below fleet {fleet}'s floor {floor} (the highest \
@@ -394,7 +394,7 @@ impl Fleet {
             return Err(self.below_floor(&shadow, release, floor));
         }
         if !self.activate(&shadow, Some(&shadow), release).await? {
-            return Err(FleetError::Moved("shadow"));
+            return Err(FleetError::Moved(Role::Shadow));
         }
         Ok(shadow)
     }
@@ -490,7 +490,7 @@ impl Fleet {
             .invoke_async(&mut connection)
             .await?;
         if moved != 1 {
-            return Err(FleetError::Moved("active"));
+            return Err(FleetError::Moved(Role::Active));
         }
         Ok(RolledBack {
             hash: target.clone(),
