@@ -145,7 +145,7 @@ mod tests {
         for name in [
             "wasi:filesystem/types@0.2.0",
             "wasi:io/poll@0.2.0",
-            "wasi:cli/stderr@0.2.0",
+            "wasi:cli/exit@0.2.0",
             "wasi:sockets/tcp@0.2.0",
         ] {
             assert!(!is_stand_in(name), "{name} must not answer");
