@@ -22,7 +22,7 @@ use crate::swap::{
     Origin, RuleControl, RuleFileError, WatchError, read_rule_file, watch_rule_file,
 };
 use crate::telemetry::events::Unavailable;
-use crate::telemetry::{Metrics, Service};
+use crate::telemetry::{Metrics, Operation, Service};
 
 /// Why serving stopped with an error. Unacknowledged messages are delivered again on restart.
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +261,7 @@ impl Starting<'_> {
             let wait = backoff.next_wait();
             self.metrics.emit(Unavailable {
                 service,
-                operation: "start",
+                operation: Operation::Start,
                 reason: &error,
                 retry_in: wait,
             });

@@ -20,14 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use converge::config::{AdminConfig, SourceConfig, StoreConfig};
+use converge::config::{AdminConfig, StoreConfig};
 use converge::entity::State;
 use converge::store::{Store, Write, WriteOutcome, new_writer_id};
 use converge_tests::fault_proxy::FaultProxy;
 use converge_tests::kafka::{PrivateKafka, TestTopic};
 use converge_tests::process::Server;
 use converge_tests::prometheus::{Exposition, scrape};
-use converge_tests::served;
+use converge_tests::served::{self, Served};
 use converge_tests::services::{TestStore, free_loopback_addr, redis_address};
 use converge_tests::watch::Watcher;
 use converge_tests::{Convergence, config, orders};
@@ -147,21 +147,19 @@ async fn t3_full_kills_a_zombie_and_a_broker_bounce_converge_and_never_go_backwa
         kafka.brokers(),
         test_started.elapsed().as_secs_f64()
     );
-    let redis = TestStore::standalone("t3-full").await;
-    let topic = Arc::new(TestTopic::create_on(&kafka.brokers(), "t3-full", 6).await);
-    let dead_letters = TestTopic::create_on(&kafka.brokers(), "t3-full-dlq", 1).await;
-    let group = format!("{}-group", topic.name);
-    let mut settings = config::kafka_serve(
-        &topic.name,
-        &dead_letters.name,
-        &group,
-        config::standalone_store(redis.store.prefix()),
-    );
-    let SourceConfig::Kafka(source) = &mut settings.source else {
-        panic!("kafka_serve reads from Kafka")
-    };
-    // The dead-letter producer uses the source's brokers too.
-    source.brokers = kafka.brokers();
+    let Served {
+        topic,
+        dead_letters,
+        redis,
+        group,
+        settings,
+        ..
+    } = Served::on(
+        TestTopic::create_on(&kafka.brokers(), "t3-full", 6).await,
+        TestTopic::create_on(&kafka.brokers(), "t3-full-dlq", 1).await,
+        "t3-full",
+    )
+    .await;
     let config = config::write(logs.0.path(), &settings);
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     let zombie = Zombie::configure(

@@ -5,80 +5,53 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use converge::config::StoreConfig;
-use converge_tests::kafka::TestTopic;
-use converge_tests::process::Server;
 use converge_tests::served::{self, Served};
-use converge_tests::services::TestStore;
-use converge_tests::{Convergence, config, orders, stored_states};
+use converge_tests::{orders, stored_states};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t3_two_consumers_one_killed_and_restarted_converge() {
-    let redis = TestStore::standalone("t3").await;
-    let store = config::standalone_store(redis.store.prefix());
-    two_consumers_one_killed(&redis, store).await;
+    two_consumers_one_killed(Served::new("t3", 6).await).await;
 }
 
 /// T3 again with the states on the Redis Cluster: keys spread over three masters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t3_on_redis_cluster_converges() {
-    let redis = TestStore::cluster("t3-cluster").await;
-    let store = config::cluster_store(redis.store.prefix());
-    two_consumers_one_killed(&redis, store).await;
+    two_consumers_one_killed(Served::on_cluster("t3-cluster", 6).await).await;
 }
 
-async fn two_consumers_one_killed(redis: &TestStore, store: StoreConfig) {
-    let topic = TestTopic::create("t3", 6).await;
-    let dead_letters = TestTopic::create("t3-dlq", 1).await;
-    let group = format!("{}-group", topic.name);
-    let mut dir = tempfile::tempdir().expect("temp dir");
-    let config = config::write(
-        dir.path(),
-        &config::kafka_serve(&topic.name, &dead_letters.name, &group, store),
-    );
-
+async fn two_consumers_one_killed(mut served: Served) {
     let stream = orders::generate("order-", 1_500, 30, 3);
     let keys: Vec<String> = stream.expected.keys().cloned().collect();
     let (first_half, second_half) = stream.events.split_at(stream.events.len() / 2);
-    topic.produce(first_half).await;
+    served.topic.produce(first_half).await;
 
-    let mut first = Server::start(&config, &dir.path().join("first.log"));
-    let second = Server::start(&config, &dir.path().join("second.log"));
+    let mut first = served.start("first.log");
+    let second = served.start("second.log");
 
     // Kill the first consumer once the group is writing, while the rest is still arriving.
     let started = Instant::now();
-    while stored_states(&redis.store, &keys).await.len() < 100 {
+    while stored_states(&served.redis.store, &keys).await.len() < 100 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no progress; see {}",
-            dir.path().display()
+            served.dir.path().display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let producing = topic.produce(second_half);
+    let producing = served.topic.produce(second_half);
     first.kill();
     producing.await;
-    let restarted = Server::start(&config, &dir.path().join("restarted.log"));
+    let restarted = served.start("restarted.log");
 
-    let positions = Convergence::new(&redis.store, &stream.expected)
-        .within(Duration::from_secs(120))
-        .every(Duration::from_millis(250))
-        .logs(&mut dir)
-        .wait_with_offsets(async || topic.progress(&group))
+    let positions = served
+        .converged(&stream.expected, Duration::from_secs(120))
         .await;
     assert_eq!(served::messages(&positions), stream.events.len());
 
     second.terminate();
     restarted.terminate();
     // Nothing in this stream is bad: nothing may have been dead-lettered.
-    assert_eq!(
-        dead_letters
-            .progress("unused")
-            .iter()
-            .map(|(_, high)| high)
-            .sum::<i64>(),
-        0
-    );
+    served.dead_letters.assert_empty().await;
 }
 
 /// T8 over Kafka: each bad message lands on the dead-letter topic with its original bytes and

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use converge::config::{AdminConfig, Config, SourceConfig};
+use converge::config::{AdminConfig, Config, SourceConfig, StoreConfig};
 use converge::entity::Event;
 use converge::store::Store as _;
 use tempfile::TempDir;
@@ -46,13 +46,27 @@ impl Served {
     /// reads from, and dead-letters to, the brokers `topic` lives on.
     pub async fn on(topic: TestTopic, dead_letters: TestTopic, test: &str) -> Self {
         let redis = TestStore::standalone(test).await;
+        let store = config::standalone_store(redis.store.prefix());
+        Self::assemble(topic, dead_letters, redis, store)
+    }
+
+    /// Like [`Served::new`], with the keys on the tests' Redis Cluster.
+    pub async fn on_cluster(test: &str, partitions: i32) -> Self {
+        let topic = TestTopic::create(test, partitions).await;
+        let dead_letters = TestTopic::create(&format!("{test}-dlq"), 1).await;
+        let redis = TestStore::cluster(test).await;
+        let store = config::cluster_store(redis.store.prefix());
+        Self::assemble(topic, dead_letters, redis, store)
+    }
+
+    fn assemble(
+        topic: TestTopic,
+        dead_letters: TestTopic,
+        redis: TestStore,
+        store: StoreConfig,
+    ) -> Self {
         let group = format!("{}-group", topic.name);
-        let mut settings = config::kafka_serve(
-            &topic.name,
-            &dead_letters.name,
-            &group,
-            config::standalone_store(redis.store.prefix()),
-        );
+        let mut settings = config::kafka_serve(&topic.name, &dead_letters.name, &group, store);
         let SourceConfig::Kafka(source) = &mut settings.source else {
             unreachable!("kafka_serve reads from Kafka")
         };

@@ -34,14 +34,7 @@
 //! At shutdown the endpoint stops accepting, gives requests in progress
 //! [`Limits::close_grace`] to be answered and drops the rest: a client never holds `serve`.
 //!
-//! # Layout
-//! - `config`: `[admin]` ([`AdminConfig`]), its defaults and validation (built with or
-//!   without the `http` feature, so that a configuration naming it is refused by name);
-//! - `server` (feature `http`): listening, the routes behind the guard, connections within
-//!   their [`Limits`];
-//! - `guard`: who may do what ([`Policy`](guard::Policy)), and why a request was refused;
-//! - `routes`: the handlers: probes, metrics, the rule and its swaps;
-//! - `lingering`: a connection's stream that reads what a client still sends before it closes.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod config;
 #[cfg(feature = "http")]

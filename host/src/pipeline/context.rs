@@ -17,7 +17,7 @@ use crate::dead_letter::DeadLetterError;
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::telemetry::events::Unavailable;
-use crate::telemetry::{Metrics, Service, Stage};
+use crate::telemetry::{Metrics, Operation, Service, Stage};
 
 /// The pipeline's metrics, shutdown signal and outage backoff, shared by its stages.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl Context {
     pub async fn retry<T, E>(
         &self,
         service: Service,
-        operation: &'static str,
+        operation: Operation,
         mut call: impl AsyncFnMut() -> Result<T, E>,
     ) -> Result<T, PipelineError>
     where
@@ -132,7 +132,7 @@ impl Context {
     pub async fn wait(
         &self,
         service: Service,
-        operation: &'static str,
+        operation: Operation,
         reason: &dyn Display,
         backoff: &mut Backoff,
     ) -> Result<(), PipelineError> {
@@ -151,7 +151,7 @@ impl Context {
     pub async fn wait_quietly(
         &self,
         service: Service,
-        operation: &'static str,
+        operation: Operation,
         backoff: &mut Backoff,
     ) -> Result<(), PipelineError> {
         let wait = backoff.next_wait();

@@ -34,7 +34,7 @@ use crate::backoff::Backoff;
 use crate::config::ConfigError;
 use crate::entity::Event;
 use crate::telemetry::events::Unavailable;
-use crate::telemetry::{Metrics, Service, Stage};
+use crate::telemetry::{Metrics, Operation, Service, Stage};
 
 /// Each id-only key's answer: its entity, or why it could not be fetched.
 pub(super) type Fetched = HashMap<String, Result<Event, EnrichError>>;
@@ -342,7 +342,7 @@ impl Enricher {
                     let wait = backoff.next_wait();
                     metrics.emit(Unavailable {
                         service: Service::OrderApi,
-                        operation: "fetch",
+                        operation: Operation::Fetch,
                         reason: &failure,
                         retry_in: wait,
                     });

@@ -29,7 +29,7 @@ use crate::fault::{self, CrashPoint};
 use crate::rule::Rule;
 use crate::store::{Current, Store, StoreError, Write, WriteOutcome};
 use crate::telemetry::events::Unavailable;
-use crate::telemetry::{Service, Stage};
+use crate::telemetry::{Operation, Service, Stage};
 
 /// A decided batch waiting for its writes and dead letters.
 pub(super) struct Flight {
@@ -229,7 +229,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
     ) -> Result<Batch, PipelineError> {
         let seq = flight.batch.seq;
         let metrics = &self.context.metrics;
-        metrics.record_store_call("write", landed.took);
+        metrics.record_store_call(Operation::Write, landed.took);
         metrics.record_stage(Stage::Write, landed.took);
         fault::point(CrashPoint::AfterWrite, seq);
         for write in &landed.writes {
@@ -261,7 +261,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
             Err(error) if error.is_transient() => {
                 self.context.metrics.emit(Unavailable {
                     service: Service::DeadLetterQueue,
-                    operation: "send",
+                    operation: Operation::Send,
                     reason: &error,
                     retry_in: Duration::ZERO,
                 });
@@ -299,7 +299,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
                 // on a fresh load (the cache was cleared).
                 self.context.metrics.emit(Unavailable {
                     service: Service::Store,
-                    operation: "write",
+                    operation: Operation::Write,
                     reason: &error,
                     retry_in: Duration::ZERO,
                 });
@@ -336,7 +336,7 @@ impl<R: Rule, S: Store, D: DeadLetterSink> Pipeline<R, S, D> {
         let sending = Instant::now();
         let (sink, context) = (&*self.dead_letters, &self.context);
         context
-            .retry(Service::DeadLetterQueue, "send", async || {
+            .retry(Service::DeadLetterQueue, Operation::Send, async || {
                 // A send to a queue that is down can take the producer's whole delivery
                 // timeout: shutdown does not wait for it (the batch is left unacknowledged).
                 context

@@ -31,25 +31,9 @@
 //! batches are large under a backlog (the window is full while they accumulate) and small at
 //! low rates, which keeps latency low without a fixed linger.
 //!
-//! # Layout
-//! One file per stage, in a batch's order; following one event from the run loop's
-//! `next_batch` to its `ack` visits each once (ARCHITECTURE.md walks it function by function):
-//! - this module: [`Pipeline`], the run loop ([`Pipeline::run`]) and `prepare`, which takes a
-//!   batch through the stages up to the write window;
-//! - `decode`: message -> event by [`FieldMapping`] (the shared codec); lost and undecodable
-//!   messages dead-lettered;
-//! - `enrich`: id-only message -> latest entity from the order-detail HTTP API ([`Enricher`]);
-//!   without the `http` feature, `enrich_disabled` stands in with the same API;
-//! - `group`: events by key, id-only messages joined with their fetched entity;
-//! - `state`: current states: the write-through cache, else one load of the unknown keys;
-//! - `fold`: the rule over each key's events; the batch's tally of final outcomes;
-//! - `flight`: the write window: a flight takes off, lands, and completes or is repaired;
-//! - `settle`: the sequential fallback a repair settles unfinished keys on;
-//! - `record`: the source acknowledged, then stats and metrics, once per batch.
-//!
-//! Beside the stages: `batch` (what every stage adds to), `context` (metrics, shutdown, the
-//! backoff that waits out an outage), and the configuration each owns: `config`
-//! ([`PipelineConfig`]) and `enrich_config` (`[enrich]`).
+//! One file per stage, in a batch's order: following one event from the run loop's
+//! `next_batch` to its `ack` visits each once (ARCHITECTURE.md walks it function by function).
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod batch;
 mod config;

@@ -15,8 +15,8 @@ use super::{Pipeline, PipelineError, fold, state};
 use crate::backoff::Backoff;
 use crate::rule::Rule;
 use crate::store::{Store, StoreError, Write, WriteOutcome};
-use crate::telemetry::Service;
 use crate::telemetry::events::KeysContended;
+use crate::telemetry::{Operation, Service};
 
 impl<R: Rule, S: Store, D> Pipeline<R, S, D> {
     /// Settles every key of `groups` completely: decided, written, the outcome of each event
@@ -48,7 +48,7 @@ impl<R: Rule, S: Store, D> Pipeline<R, S, D> {
                 match contended.as_mut() {
                     Some(backoff) => {
                         context
-                            .wait_quietly(Service::Store, "contended", backoff)
+                            .wait_quietly(Service::Store, Operation::Contended, backoff)
                             .await?
                     }
                     None => {
@@ -120,7 +120,7 @@ impl<R: Rule, S: Store, D> Pipeline<R, S, D> {
         if unsure {
             // Whatever landed unconfirmed is on the replicas before the batch is acknowledged.
             context
-                .retry(Service::Store, "sync", async || store.sync().await)
+                .retry(Service::Store, Operation::Sync, async || store.sync().await)
                 .await?;
         }
         Ok(())
@@ -140,13 +140,15 @@ async fn write(
     let asked = std::time::Instant::now();
     match store.write(writes).await {
         Ok(outcomes) => {
-            context.metrics.record_store_call("write", asked.elapsed());
+            context
+                .metrics
+                .record_store_call(Operation::Write, asked.elapsed());
             Ok(Some(outcomes))
         }
         Err(error) if error.is_transient() => {
             let mut backoff = context.backoff();
             context
-                .wait(Service::Store, "write", &error, &mut backoff)
+                .wait(Service::Store, Operation::Write, &error, &mut backoff)
                 .await?;
             Ok(None)
         }

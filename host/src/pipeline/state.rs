@@ -37,7 +37,7 @@ use super::group::KeyEvents;
 use crate::dead_letter::DeadLetterKind;
 use crate::store::{Current, Store, StoreError, Unreadable};
 use crate::telemetry::events::UnreadableState;
-use crate::telemetry::{Service, Stage};
+use crate::telemetry::{Operation, Service, Stage};
 
 /// The current state of every group's key: from the cache where it is known, else loaded (one
 /// pipelined round trip for all unknown keys, outages waited out). Loaded states are cached.
@@ -141,10 +141,12 @@ pub(super) async fn load(
     loop {
         let loading = subset.as_deref().unwrap_or(keys);
         let loaded = context
-            .retry(Service::Store, "load", async || {
+            .retry(Service::Store, Operation::Load, async || {
                 let asked = Instant::now();
                 let loaded = store.load(loading).await?;
-                context.metrics.record_store_call("load", asked.elapsed());
+                context
+                    .metrics
+                    .record_store_call(Operation::Load, asked.elapsed());
                 context.metrics.record_stage(Stage::Load, asked.elapsed());
                 Ok::<_, StoreError>(loaded)
             })

@@ -37,7 +37,7 @@ use crate::source::KafkaSourceConfig;
 use crate::source::{Message, Position};
 use crate::source::{Source, SourceError};
 use crate::telemetry::events::Unavailable;
-use crate::telemetry::{Metrics, Service};
+use crate::telemetry::{Metrics, Operation, Service};
 
 /// Commits stored offsets before partitions are taken away, so their next owner starts where
 /// this consumer stopped rather than at the last periodic commit; reports consumer lag from
@@ -254,7 +254,7 @@ impl KafkaSource {
     fn report(&self, error: &rdkafka::error::KafkaError) {
         self.consumer.context().metrics.emit(Unavailable {
             service: Service::Kafka,
-            operation: "consume",
+            operation: Operation::Consume,
             reason: error,
             retry_in: Duration::ZERO,
         });

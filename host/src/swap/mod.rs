@@ -1,19 +1,7 @@
 //! Rule swaps: a candidate passes the gates ([`crate::rule::Gates`]), then replaces the serving
 //! rule — or runs beside it as a shadow — at the pipeline's next batch boundary.
 //!
-//! # Layout
-//! - `config`: `[rule]` ([`RuleConfig`]), its defaults and validation;
-//! - `status`: what status reports ([`RuleStatus`], [`SwapRecord`], [`Refusal`], the shadow's
-//!   [`Disagreement`]s) and its redacted form;
-//! - `control`: [`RuleControl`], shared by every way a candidate arrives: gates, applies,
-//!   promotes, rolls back;
-//! - `origin`: where a candidate came from ([`Origin`]);
-//! - `serving`: the [`SwappableRule`] the pipeline runs, which follows the control between
-//!   batches and runs the shadow beside the active rule;
-//! - `file_watch`: the watched rule file ([`watch_rule_file`]);
-//! - `fleet` (feature `redis`): rules published to every instance through Redis ([`Fleet`]);
-//! - `ignore_share`: each version's share of `ignore` decisions ([`IgnoreShare`]) and the
-//!   judgement that rolls a swap back by itself (`rule.auto_rollback`).
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod config;
 mod control;

@@ -6,7 +6,7 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use super::{Metrics, Role, Service, SwapResult};
+use super::{Metrics, Operation, Role, Service, SwapResult};
 
 /// Something worth a log line and a count.
 pub(crate) trait InternalEvent {
@@ -17,7 +17,7 @@ pub(crate) trait InternalEvent {
 /// A call to the store or the dead-letter queue failed; it is tried again after `retry_in`.
 pub(crate) struct Unavailable<'a> {
     pub service: Service,
-    pub operation: &'static str,
+    pub operation: Operation,
     pub reason: &'a dyn Display,
     pub retry_in: Duration,
 }
@@ -26,7 +26,7 @@ impl InternalEvent for Unavailable<'_> {
     fn emit(self, metrics: &Metrics) {
         tracing::warn!(
             what = self.service.as_str(),
-            operation = self.operation,
+            operation = self.operation.as_str(),
             reason = %self.reason,
             retry_in = ?self.retry_in,
             "unavailable; retrying"
@@ -50,7 +50,7 @@ impl InternalEvent for KeysContended<'_> {
             attempts = self.attempts,
             "keys still conflicting after every attempt; backing off until they land"
         );
-        metrics.record_unavailable(Service::Store, "contended");
+        metrics.record_unavailable(Service::Store, Operation::Contended);
     }
 }
 

@@ -74,6 +74,45 @@ impl fmt::Display for Service {
     }
 }
 
+/// What was asked of a service: the `operation` label of `converge_unavailable_total` (a call
+/// that failed and is tried again) and of `converge_store_duration_seconds` (a store round
+/// trip, [`Operation::Load`] or [`Operation::Write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Current states read from the store.
+    Load,
+    /// A batch's compare-and-sets sent to the store.
+    Write,
+    /// The store asked to make what it acknowledged durable (the sequential fallback).
+    Sync,
+    /// Keys that lost every compare-and-set to another writer, waited out and tried again.
+    Contended,
+    /// Dead letters sent to their queue.
+    Send,
+    /// Messages read from Kafka.
+    Consume,
+    /// Order details fetched from the order API.
+    Fetch,
+    /// A connection opened at start-up.
+    Start,
+}
+
+impl Operation {
+    /// The label value (and how logs name it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Write => "write",
+            Self::Sync => "sync",
+            Self::Contended => "contended",
+            Self::Send => "send",
+            Self::Consume => "consume",
+            Self::Fetch => "fetch",
+            Self::Start => "start",
+        }
+    }
+}
+
 /// Whether a rule version serves or decides beside the serving one without applying: the
 /// `role` label of `converge_rule_swaps_total`, `converge_rule_decisions_total` and
 /// `converge_ignore_share`, and how logs, status and the fleet's keys name it.
@@ -154,6 +193,22 @@ mod tests {
         ] {
             assert_eq!(service.as_str(), value);
             assert_eq!(service.to_string(), value);
+        }
+    }
+
+    #[test]
+    fn operation_values_are_pinned() {
+        for (operation, value) in [
+            (Operation::Load, "load"),
+            (Operation::Write, "write"),
+            (Operation::Sync, "sync"),
+            (Operation::Contended, "contended"),
+            (Operation::Send, "send"),
+            (Operation::Consume, "consume"),
+            (Operation::Fetch, "fetch"),
+            (Operation::Start, "start"),
+        ] {
+            assert_eq!(operation.as_str(), value);
         }
     }
 

@@ -66,7 +66,7 @@ mod source;
 mod store;
 mod unavailable;
 
-pub use labels::{Role, Service, Stage, SwapResult};
+pub use labels::{Operation, Role, Service, Stage, SwapResult};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

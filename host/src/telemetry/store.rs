@@ -7,7 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::Metrics;
+use super::{Metrics, Operation};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
@@ -37,10 +37,12 @@ impl StoreMetrics {
 }
 
 impl Metrics {
-    pub(crate) fn record_store_call(&self, operation: &'static str, took: Duration) {
+    pub(crate) fn record_store_call(&self, operation: Operation, took: Duration) {
         self.store
             .duration
-            .get_or_create(&OperationLabel { operation })
+            .get_or_create(&OperationLabel {
+                operation: operation.as_str(),
+            })
             .observe(took.as_secs_f64());
     }
 }

@@ -93,10 +93,10 @@ fn exposition_sample() -> String {
     metrics.set_in_flight(2);
     metrics.record_unreadable_state();
     metrics.record_rebalance();
-    metrics.record_store_call("load", took);
+    metrics.record_store_call(Operation::Load, took);
     metrics.record_enrichment(5, took);
     metrics.record_stored_latency(40);
-    metrics.record_unavailable(Service::Store, "write");
+    metrics.record_unavailable(Service::Store, Operation::Write);
     metrics.set_consumer_lag("orders", 0, 7);
     metrics.record_source_gap("orders", 1);
     metrics.record_source_reconnect("orders", 1);

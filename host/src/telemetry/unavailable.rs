@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::{Metrics, Service};
+use super::{Metrics, Operation, Service};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UnavailableLabel {
@@ -32,12 +32,12 @@ impl UnavailableMetrics {
 }
 
 impl Metrics {
-    pub(crate) fn record_unavailable(&self, service: Service, operation: &'static str) {
+    pub(crate) fn record_unavailable(&self, service: Service, operation: Operation) {
         self.unavailable
             .unavailable
             .get_or_create(&UnavailableLabel {
                 service: service.as_str(),
-                operation,
+                operation: operation.as_str(),
             })
             .inc();
     }

@@ -35,11 +35,7 @@
 //! overwritten, a restored backup) does not lower it. A restarted instance starts from the
 //! floor in Redis.
 //!
-//! # Layout
-//! - this module: [`Fleet`] and what the operator's commands do with it (publish, promote,
-//!   rollback, status);
-//! - `follow`: an instance's side (follow the pointers, hold the floor, report);
-//! - `script`: the Lua scripts that move pointers and the floor atomically.
+//! Its files, and what each holds: the module map in ARCHITECTURE.md.
 
 mod follow;
 mod script;
