@@ -21,7 +21,7 @@ pub use gate::{
     Admitted, Gate, GateConfig, GateError, Gates, VECTORS_SECTION, content_hash, embedded_vectors,
     pack,
 };
-pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX, STAND_INS};
+pub use imports::{ALLOWED_INTERFACES, ALLOWED_WASI_VERSION_PREFIX, Linked};
 pub use signature::{
     FoundSignature, IntegrityError, KeyError, MalformedSignature, PublicKey, RELEASE_SECTION,
     SIGNATURE_SECTION, SignatureError, Signed, SigningKey, TrustedKeys, excerpt, is_content_hash,
