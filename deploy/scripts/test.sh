@@ -18,10 +18,9 @@ done
 
 # The Go rule's toolchain (wit-bindgen-cli and wasm-tools from crates.io, Go 1.27.1 from the Go
 # module proxy), installed and cached under ~/.cache/converge/rule-toolchains/go on a fresh
-# machine (about 12 minutes of compiling on 2 cores, once), and the Go rule built: the `lang_go_`
-# tests run it (they would build it themselves; building it here keeps the install out of a
-# test's time).
-bash plugin/go/build.sh
+# machine (about 4 minutes of compiling on 2 cores, once): the `lang_go_` and `new_` tests build
+# Go rules (they would install it themselves; installing it here keeps it out of a test's time).
+bash plugin/go/build.sh --install
 
 # Real services on loopback: Redis, a 3-master Redis Cluster, Apache Kafka (KRaft).
 bash deploy/scripts/redis.sh
