@@ -106,7 +106,10 @@ fn new_refuses_an_unknown_language_listing_the_languages() {
         stderr.contains("[possible values: rust, python, js, go]"),
         "{stderr}"
     );
-    assert!(!dir.exists(), "converge new wrote a folder for an unknown language");
+    assert!(
+        !dir.exists(),
+        "converge new wrote a folder for an unknown language"
+    );
 }
 
 #[test]

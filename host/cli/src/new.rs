@@ -153,7 +153,10 @@ const JAVASCRIPT: &[TemplateFile] = &[
 ];
 
 const GO: &[TemplateFile] = &[
-    file("go.mod", include_str!("../../../plugin/templates/go/go.mod")),
+    file(
+        "go.mod",
+        include_str!("../../../plugin/templates/go/go.mod"),
+    ),
     file(
         "rule/rule.go",
         include_str!("../../../plugin/templates/go/rule/rule.go"),

@@ -66,18 +66,19 @@ function sign(a, b) {
 }
 
 /**
- * Compares two strings code point by code point: the order of their UTF-8 bytes, which converge
- * and rules in other languages use. (`<` compares UTF-16 units, which puts characters above
- * U+FFFF before some below it.)
+ * Compares two strings by code point: the order of their UTF-8 bytes, which converge and rules in
+ * other languages use. (`<` compares UTF-16 units, which puts characters above U+FFFF before
+ * some below it.) At the first unit that differs, `codePointAt` reads a whole character, or two
+ * low surrogates after the same high one, which order as their characters do.
  */
 function byCodePoints(a, b) {
-  const x = [...a];
-  const y = [...b];
-  for (let i = 0; i < Math.min(x.length, y.length); i++) {
-    const order = sign(x[i].codePointAt(0), y[i].codePointAt(0));
-    if (order !== 0) {
-      return order;
-    }
+  if (a === b) {
+    return 0;
   }
-  return sign(x.length, y.length);
+  let i = 0;
+  while (i < a.length && i < b.length && a.charCodeAt(i) === b.charCodeAt(i)) {
+    i++;
+  }
+  // Past the end of one: the shorter string, a prefix of the other, is older.
+  return sign(a.codePointAt(i) ?? -1, b.codePointAt(i) ?? -1);
 }
