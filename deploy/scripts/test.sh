@@ -18,10 +18,9 @@ done
 
 # The Go rule's toolchain (wit-bindgen-cli and wasm-tools from crates.io, Go 1.27.1 from the Go
 # module proxy), installed and cached under ~/.cache/converge/rule-toolchains/go on a fresh
-# machine (about 12 minutes of compiling on 2 cores, once), and the Go rule built: the `lang_go_`
-# tests run it (they would build it themselves; building it here keeps the install out of a
-# test's time).
-bash plugin/go/build.sh
+# machine (once: about 11 minutes of CPU, 25 of wall time on a busy 2-core machine): the `lang_go_` and `new_` tests build
+# Go rules (they would install it themselves; installing it here keeps it out of a test's time).
+bash plugin/go/build.sh --install
 
 # Real services on loopback: Redis, a 3-master Redis Cluster, Apache Kafka (KRaft).
 bash deploy/scripts/redis.sh
@@ -41,8 +40,8 @@ bash deploy/scripts/deploy-check.sh "$target_dir/x86_64-unknown-linux-musl/relea
 cargo test --release -p converge -p converge-cli --no-default-features "$@"
 bash deploy/scripts/check-minimal.sh
 
-# The toolchains of the rules in other languages (plugin/python, plugin/js; the `lang_` tests
-# build them with their build.sh): python3 with venv, node and npm from Debian when missing, then
+# The toolchains of the rules in other languages (plugin/python, plugin/js; the `lang_` and
+# `new_` tests build rules with their builders, plugin/templates/<lang>/build.sh): python3 with venv, node and npm from Debian when missing, then
 # componentize-py and componentize-js as their lockfiles pin them, into
 # ~/.cache/converge/rule-toolchains (once; later runs find them there).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null \

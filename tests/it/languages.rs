@@ -21,7 +21,7 @@ const JS_MEMORY_MIB: usize = 128;
 /// The memory a language's rule runs with: the default, but for JavaScript.
 fn engine_memory_mib(language: Language) -> usize {
     match language {
-        Language::Python => DEFAULT_MEMORY_MIB,
+        Language::Python | Language::Go => DEFAULT_MEMORY_MIB,
         Language::JavaScript => JS_MEMORY_MIB,
     }
 }

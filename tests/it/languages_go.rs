@@ -4,13 +4,13 @@
 
 use converge::entity::{Decision, Event, State};
 use converge::rule::{EngineLimits, Rule, RuleEngine};
-use converge_tests::build;
+use converge_tests::build::{self, Language};
 use converge_tests::process::converge;
 use serde_json::Value;
 
 #[test]
 fn lang_go_rule_passes_the_vectors_and_check() {
-    let rule = build::go_rule();
+    let rule = build::language_rule(Language::Go);
     let output = converge(&[
         "check",
         rule.to_str().expect("UTF-8 path"),
@@ -38,7 +38,7 @@ fn lang_go_rule_passes_the_vectors_and_check() {
 fn lang_go_rule_decides_as_the_rust_rule() {
     let engine = RuleEngine::new(EngineLimits::default()).expect("engine starts");
     let mut go = engine
-        .compile_file(&build::go_rule())
+        .compile_file(&build::language_rule(Language::Go))
         .expect("Go rule loads")
         .instance();
     let mut rust = engine

@@ -41,10 +41,12 @@ fn new_and_build(parent: &Path, name: &str, lang: &str) -> std::path::PathBuf {
     component
 }
 
-/// `converge check` (vectors beside the component, then the full convergence check) passes.
-fn assert_check_passes(component: &Path) {
+/// `converge check` (vectors beside the component, then the full convergence check) passes,
+/// with `flags` (what the template's README asks for).
+fn assert_check_passes(component: &Path, flags: &[&str]) {
     let check = Converge::new(&["check"])
         .arg(component)
+        .args(flags)
         .within(Duration::from_secs(600))
         .output();
     let stdout = String::from_utf8_lossy(&check.stdout);
@@ -58,13 +60,56 @@ fn assert_check_passes(component: &Path) {
         "vectors did not run:\n{stdout}"
     );
     assert!(stdout.contains("convergence: ok"), "{stdout}");
+    assert!(stdout.contains("PASS"), "{stdout}");
+}
+
+/// `converge new r --lang LANG` in a temporary directory, outside this repository, built by
+/// its `build.sh`, passes `converge check` run with `flags`.
+fn new_rule_builds_and_passes_check(lang: &str, flags: &[&str]) {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let component = new_and_build(parent.path(), "r", lang);
+    assert_check_passes(&component, flags);
 }
 
 #[test]
 fn new_rust_rule_builds_and_passes_check() {
+    new_rule_builds_and_passes_check("rust", &[]);
+}
+
+#[test]
+fn new_python_rule_builds_and_passes_check() {
+    new_rule_builds_and_passes_check("python", &[]);
+}
+
+#[test]
+fn new_js_rule_builds_and_passes_check() {
+    // SpiderMonkey's heap outgrows the default 64 MiB on a long-lived instance (its README).
+    new_rule_builds_and_passes_check("js", &["--memory-mib", "128"]);
+}
+
+#[test]
+fn new_go_rule_builds_and_passes_check() {
+    new_rule_builds_and_passes_check("go", &[]);
+}
+
+#[test]
+fn new_refuses_an_unknown_language_listing_the_languages() {
     let parent = tempfile::tempdir().expect("temp dir");
-    let component = new_and_build(parent.path(), "my-rule", "rust");
-    assert_check_passes(&component);
+    let dir = parent.path().join("r");
+    let refused = Converge::new(&["new", "r", "--lang", "cobol", "--dir"])
+        .arg(&dir)
+        .output();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid value 'cobol'"), "{stderr}");
+    assert!(
+        stderr.contains("[possible values: rust, python, js, go]"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.exists(),
+        "converge new wrote a folder for an unknown language"
+    );
 }
 
 #[test]

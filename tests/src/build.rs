@@ -206,34 +206,34 @@ pub fn converge_binary() -> PathBuf {
 }
 
 /// A language a rule may be written in besides Rust, with its project in `plugin/<lang>`: a
-/// `build.sh` that installs the toolchain (cached under `~/.cache/converge/rule-toolchains`)
-/// and writes the component.
+/// `build.sh` (a call of the language's template builder, `plugin/templates/<lang>/build.sh`)
+/// that installs the toolchain (cached under `~/.cache/converge/rule-toolchains`: minutes the
+/// first time on a machine for Go, seconds after) and writes the component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Language {
     /// componentize-py (`plugin/python`).
     Python,
     /// componentize-js (`plugin/js`).
     JavaScript,
+    /// Go, wit-bindgen's Go bindings and wasm-tools (`plugin/go`).
+    Go,
 }
 
 impl Language {
-    /// Its folder under `plugin/`.
+    /// Its folder under `plugin/`, and its `--lang` for `converge new`.
     pub fn dir(self) -> &'static str {
         match self {
             Self::Python => "python",
             Self::JavaScript => "js",
+            Self::Go => "go",
         }
     }
 
-    /// The rule source `build.sh` takes for the test rule `name`: its port in
-    /// `tests/rules/<name>/<lang>` (a folder with `app.py`, or `rule.js`).
-    fn test_rule_source(self, name: &str) -> PathBuf {
-        let dir = workspace_root()
-            .join("tests/rules")
-            .join(name)
-            .join(self.dir());
+    /// What `build.sh` takes as a rule's source in `dir`: the folder (with `app.py`, or Go's
+    /// package `rule`), or the module `rule.js`.
+    fn source(self, dir: PathBuf) -> PathBuf {
         match self {
-            Self::Python => dir,
+            Self::Python | Self::Go => dir,
             Self::JavaScript => dir.join("rule.js"),
         }
     }
@@ -242,18 +242,20 @@ impl Language {
 /// The order-status rule written in `language`, built by its `build.sh` once per test process,
 /// with its vectors beside it (`order-status.vectors.json`), as `converge check` finds them.
 pub fn language_rule(language: Language) -> PathBuf {
-    let project = workspace_root().join("plugin").join(language.dir());
-    let source = match language {
-        Language::Python => project.clone(),
-        Language::JavaScript => project.join("rule.js"),
-    };
+    let source = language.source(workspace_root().join("plugin").join(language.dir()));
     let vectors = workspace_root().join("plugin/vectors/order-status.json");
     built_language_rule(language, "order-status", &source, Some(&vectors))
 }
 
 /// A test rule (`tests/rules/<name>`) as ported to `language`, built once per test process.
 pub fn language_test_rule(language: Language, name: &str) -> PathBuf {
-    built_language_rule(language, name, &language.test_rule_source(name), None)
+    let source = language.source(
+        workspace_root()
+            .join("tests/rules")
+            .join(name)
+            .join(language.dir()),
+    );
+    built_language_rule(language, name, &source, None)
 }
 
 fn built_language_rule(
@@ -291,27 +293,4 @@ fn built_language_rule(
         out
     })
     .clone()
-}
-
-/// The order-status rule written in Go (`plugin/go`), built by its own `build.sh` once per test
-/// process. The script installs its toolchain when missing (cached under
-/// `~/.cache/converge/rule-toolchains/go`: minutes the first time on a machine, seconds after).
-pub fn go_rule() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let script = workspace_root().join("plugin/go/build.sh");
-            let output = Command::new("bash")
-                .arg(&script)
-                .output()
-                .expect("bash runs plugin/go/build.sh");
-            assert!(
-                output.status.success(),
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            workspace_root().join("plugin/go/order-status.wasm")
-        })
-        .clone()
 }

@@ -35,6 +35,13 @@ pub(crate) struct NewArgs {
 pub(crate) enum Lang {
     /// Rust, built for wasm32-wasip2 with wit-bindgen.
     Rust,
+    /// Python, built with componentize-py.
+    Python,
+    /// JavaScript, built with componentize-js.
+    #[value(name = "js")]
+    JavaScript,
+    /// Go, built with the Go toolchain, wit-bindgen's Go bindings and wasm-tools.
+    Go,
 }
 
 /// One file of a template: its path in the rule's folder, its text, and whether it is run.
@@ -89,10 +96,113 @@ const RUST: &[TemplateFile] = &[
     ),
 ];
 
+// The Python, JavaScript and Go templates' `build.sh` is each language's one builder: the
+// rules of this repository (`plugin/<lang>/build.sh`) are built with it too.
+const PYTHON: &[TemplateFile] = &[
+    file(
+        "app.py",
+        include_str!("../../../plugin/templates/python/app.py"),
+    ),
+    file(
+        "requirements.txt",
+        include_str!("../../../plugin/templates/python/requirements.txt"),
+    ),
+    file(
+        "README.md",
+        include_str!("../../../plugin/templates/python/README.md"),
+    ),
+    file(
+        ".gitignore",
+        include_str!("../../../plugin/templates/python/.gitignore"),
+    ),
+    script(
+        "build.sh",
+        include_str!("../../../plugin/templates/python/build.sh"),
+    ),
+];
+
+const JAVASCRIPT: &[TemplateFile] = &[
+    file(
+        "rule.js",
+        include_str!("../../../plugin/templates/js/rule.js"),
+    ),
+    file(
+        "build.mjs",
+        include_str!("../../../plugin/templates/js/build.mjs"),
+    ),
+    file(
+        "package.json",
+        include_str!("../../../plugin/templates/js/package.json"),
+    ),
+    file(
+        "package-lock.json",
+        include_str!("../../../plugin/templates/js/package-lock.json"),
+    ),
+    file(
+        "README.md",
+        include_str!("../../../plugin/templates/js/README.md"),
+    ),
+    file(
+        ".gitignore",
+        include_str!("../../../plugin/templates/js/.gitignore"),
+    ),
+    script(
+        "build.sh",
+        include_str!("../../../plugin/templates/js/build.sh"),
+    ),
+];
+
+const GO: &[TemplateFile] = &[
+    file(
+        "go.mod",
+        include_str!("../../../plugin/templates/go/go.mod"),
+    ),
+    file(
+        "rule/rule.go",
+        include_str!("../../../plugin/templates/go/rule/rule.go"),
+    ),
+    file(
+        "rule/types.go",
+        include_str!("../../../plugin/templates/go/rule/types.go"),
+    ),
+    file(
+        "export_wit_world/export.go",
+        include_str!("../../../plugin/templates/go/export_wit_world/export.go"),
+    ),
+    file(
+        "export_wit_world/gc.go",
+        include_str!("../../../plugin/templates/go/export_wit_world/gc.go"),
+    ),
+    file(
+        "README.md",
+        include_str!("../../../plugin/templates/go/README.md"),
+    ),
+    file(
+        ".gitignore",
+        include_str!("../../../plugin/templates/go/.gitignore"),
+    ),
+    script(
+        "build.sh",
+        include_str!("../../../plugin/templates/go/build.sh"),
+    ),
+];
+
 impl Lang {
     fn files(self) -> &'static [TemplateFile] {
         match self {
             Lang::Rust => RUST,
+            Lang::Python => PYTHON,
+            Lang::JavaScript => JAVASCRIPT,
+            Lang::Go => GO,
+        }
+    }
+
+    /// What `converge check` needs besides the component: JavaScript's heap outgrows the default
+    /// rule memory on a long-lived instance (`plugin/js/README.md`).
+    fn check_flags(self) -> &'static str {
+        match self {
+            Lang::JavaScript => " --memory-mib 128",
+            Lang::Rust | Lang::Python | Lang::Go => "",
         }
     }
 }
@@ -116,9 +226,10 @@ pub(crate) fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "wrote {dir}\nnext:\n  cd {dir}\n  ./build.sh\n  converge check {name}.wasm",
+        "wrote {dir}\nnext:\n  cd {dir}\n  ./build.sh\n  converge check {name}.wasm{flags}",
         dir = dir.display(),
-        name = args.name
+        name = args.name,
+        flags = args.lang.check_flags(),
     )?;
     Ok(ExitCode::SUCCESS)
 }

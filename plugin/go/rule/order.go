@@ -1,14 +1,15 @@
-// Package order is the order-status rule as a pure function, in plain Go: no bindings, no
-// WebAssembly, tested natively (`go test ./order`). It is the Rust rule's core
-// (plugin/src/core.rs) decision for decision; package export_wit_world exports it as the
-// converge:rule world.
+// Package rule is the order-status rule as a pure function, in plain Go: no bindings, no
+// WebAssembly, tested natively (`go test ./rule`, after build.sh). It is the Rust rule's core
+// (plugin/src/core.rs) decision for decision. Its types (types.go), the export as the
+// converge:rule world (export_wit_world) and go.mod are the Go template's
+// (plugin/templates/go), which build.sh adds to this folder.
 //
 // An order moves through created < paid < completed < refunded. An incoming event replaces the
 // stored state only if it is newer: higher status rank, then (same status) higher version, then
 // later source timestamp, and — when all of these agree but the payloads differ — the payload
 // that sorts higher byte-wise. The last step makes the order total, so the stored state never
 // depends on which of two conflicting observations arrived last.
-package order
+package rule
 
 import (
 	"cmp"
@@ -27,38 +28,6 @@ var Version = "0.1.0"
 
 // Statuses is the order lifecycle, oldest first. An order never moves to an earlier status.
 var Statuses = []string{"created", "paid", "completed", "refunded"}
-
-// Entity is one observation of an order: a stored state or an incoming event (see
-// wit/rule.wit).
-type Entity struct {
-	Key         string
-	Status      string
-	Version     uint64
-	TimestampMs uint64
-	Payload     string
-}
-
-// Kind is what a decision does.
-type Kind int
-
-const (
-	// Insert stores State where nothing is stored yet.
-	Insert Kind = iota
-	// Update replaces the stored state with State.
-	Update
-	// Ignore writes nothing: the event is stale or a duplicate (Reason says which).
-	Ignore
-	// Reject writes nothing and dead-letters the event (Reason says why).
-	Reject
-)
-
-// Decision is the rule's answer, mirroring the WIT decision variant: State for Insert and
-// Update, Reason for Ignore and Reject.
-type Decision struct {
-	Kind   Kind
-	State  Entity
-	Reason string
-}
 
 // Decide decides whether incoming should replace current (nil: nothing stored for the key).
 func Decide(current *Entity, incoming Entity) Decision {

@@ -1,10 +1,10 @@
-// Package export_wit_world exports the order-status rule (package order) as the converge:rule
-// world: the three functions the generated wit_exports.go calls. The package name is the one
-// wit-bindgen's Go generator expects.
+// Package export_wit_world exports the rule (package rule) as the converge:rule world: the three
+// functions the generated wit_exports.go calls. The package name is the one wit-bindgen's Go
+// generator expects. Nothing here is specific to one rule: write the rule in package rule.
 package export_wit_world
 
 import (
-	"wit_component/order"
+	"wit_component/rule"
 	"wit_component/wit_world"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
@@ -13,9 +13,9 @@ import (
 // Info describes the rule; converge calls it once when it loads the rule.
 func Info() wit_world.RuleInfo {
 	return wit_world.RuleInfo{
-		Name:     order.Name,
-		Version:  order.Version,
-		Statuses: order.Statuses,
+		Name:     rule.Name,
+		Version:  rule.Version,
+		Statuses: rule.Statuses,
 	}
 }
 
@@ -26,15 +26,15 @@ func Decide(current witTypes.Option[wit_world.State], incoming wit_world.Event) 
 }
 
 func decide(current witTypes.Option[wit_world.State], incoming wit_world.Event) wit_world.Decision {
-	var stored *order.Entity
+	var stored *rule.Entity
 	if current.IsSome() {
-		state := order.Entity(current.Some())
+		state := rule.Entity(current.Some())
 		stored = &state
 	}
-	return toWit(order.Decide(stored, order.Entity(incoming)))
+	return toWit(rule.Decide(stored, rule.Entity(incoming)))
 }
 
-// DecideBatch decides for many independent (current, incoming) pairs, in order.
+// DecideBatch decides for many independent (current, incoming) pairs, in rule.
 func DecideBatch(items []witTypes.Tuple2[witTypes.Option[wit_world.State], wit_world.Event]) []wit_world.Decision {
 	defer collecting()()
 	decisions := make([]wit_world.Decision, len(items))
@@ -44,15 +44,15 @@ func DecideBatch(items []witTypes.Tuple2[witTypes.Option[wit_world.State], wit_w
 	return decisions
 }
 
-// toWit answers d as the WIT variant. order.Entity has wit_world.Entity's fields, so one
+// toWit answers d as the WIT variant. rule.Entity has wit_world.Entity's fields, so one
 // converts to the other.
-func toWit(d order.Decision) wit_world.Decision {
+func toWit(d rule.Decision) wit_world.Decision {
 	switch d.Kind {
-	case order.Insert:
+	case rule.Insert:
 		return wit_world.MakeDecisionInsert(wit_world.Entity(d.State))
-	case order.Update:
+	case rule.Update:
 		return wit_world.MakeDecisionUpdate(wit_world.Entity(d.State))
-	case order.Ignore:
+	case rule.Ignore:
 		return wit_world.MakeDecisionIgnore(d.Reason)
 	default:
 		return wit_world.MakeDecisionReject(d.Reason)
