@@ -22,6 +22,7 @@ mod kafka;
 mod kafka_replicas;
 mod languages;
 mod languages_go;
+mod languages_served;
 mod monotonic_releases;
 mod new_rule;
 mod observability;
