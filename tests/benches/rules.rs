@@ -66,13 +66,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use converge::entity::{Event, State};
 use converge::rule::vectors::VectorFile;
 use converge::rule::{
-    CompileCache, CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, DEFAULT_MEMORY_MIB, EngineLimits,
-    Rule, RuleEngine, WasmRule,
+    CompileCache, CompiledRule, DEFAULT_MAX_COMPONENT_BYTES, DEFAULT_MEMORY_MIB, DecideError,
+    EngineLimits, Rule, RuleEngine, WasmRule,
 };
 use converge::swap::read_rule_file;
 use converge_tests::build::{self, Language};
@@ -90,6 +91,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// One language's order-status rule.
+#[derive(Debug, Clone)]
 struct Subject {
     language: &'static str,
     path: PathBuf,
@@ -159,16 +161,36 @@ fn items(count: usize, payload: &str) -> Vec<(Option<State>, Event)> {
     (0..count).map(|n| pair(n, payload)).collect()
 }
 
-/// Runs `round` (which handles `per_round` events) until `BUDGET` is spent; events/s.
-fn rate(per_round: usize, mut round: impl FnMut()) -> f64 {
+/// The first failed calls of the language being measured (a failed call decides nothing and
+/// its instance is replaced; the figures count only decisions had).
+static FAILED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The events a call decided: all of them, or none when it failed (recorded).
+fn decided<T>(events: usize, answer: Result<T, DecideError>) -> usize {
+    match answer {
+        Ok(answer) => {
+            black_box(answer);
+            events
+        }
+        Err(error) => {
+            let mut failed = FAILED.lock().unwrap_or_else(PoisonError::into_inner);
+            if failed.len() < 3 {
+                failed.push(error.to_string());
+            }
+            0
+        }
+    }
+}
+
+/// Runs `round` (which answers how many events it decided) until `BUDGET` is spent; events/s.
+fn rate(mut round: impl FnMut() -> usize) -> f64 {
     round();
     let started = Instant::now();
-    let mut rounds = 0usize;
+    let mut events = 0usize;
     while started.elapsed() < BUDGET {
-        round();
-        rounds += 1;
+        events += round();
     }
-    (rounds * per_round) as f64 / started.elapsed().as_secs_f64()
+    events as f64 / started.elapsed().as_secs_f64()
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -249,9 +271,7 @@ fn micro(compiled: &CompiledRule) -> Micro {
     }
 
     let mut rule = compiled.instance();
-    let decide_per_s = rate(1, || {
-        black_box(rule.decide(current.as_ref(), incoming).expect("decides"));
-    });
+    let decide_per_s = rate(|| decided(1, rule.decide(current.as_ref(), incoming)));
     let mut batches = Vec::new();
     for size in BATCH_SIZES {
         let batch = items(size, PAYLOAD);
@@ -260,10 +280,7 @@ fn micro(compiled: &CompiledRule) -> Micro {
     let empty = batch_rate(&mut rule, &items(BATCH, ""));
     let big = batch_rate(&mut rule, &items(BATCH, &big_payload()));
     let batch = items(BATCH, PAYLOAD);
-    let fresh = rate(BATCH, || {
-        let mut fresh = compiled.instance();
-        black_box(fresh.decide_batch(&batch).expect("decides"));
-    });
+    let fresh = rate(|| decided(BATCH, compiled.instance().decide_batch(&batch)));
     // A long-lived instance after all of the above: does it slow down as its heap ages?
     let long_lived_after = batch_rate(&mut rule, &batch);
     Micro {
@@ -276,13 +293,12 @@ fn micro(compiled: &CompiledRule) -> Micro {
         big_payload_events_per_s: big,
         fresh_instance_events_per_s: fresh,
         long_lived_after_events_per_s: long_lived_after,
+        failed: std::mem::take(&mut *FAILED.lock().unwrap_or_else(PoisonError::into_inner)),
     }
 }
 
 fn batch_rate(rule: &mut WasmRule, batch: &[(Option<State>, Event)]) -> f64 {
-    rate(batch.len(), || {
-        black_box(rule.decide_batch(batch).expect("decides"));
-    })
+    rate(|| decided(batch.len(), rule.decide_batch(batch)))
 }
 
 /// The component with one more custom section: other bytes and hash, the same rule.
@@ -405,15 +421,28 @@ fn main() {
         });
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        for (subject, figures) in subjects.iter().zip(&mut figures) {
-            figures.served = Some(served(subject, dir.path(), sizes).await);
+    for (subject, figures) in subjects.iter().zip(&mut figures) {
+        // A run that fails (a rule that traps) is reported, and the others still run: each in
+        // a thread of its own, with a runtime built as `converge serve` builds its own.
+        let run = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(served(subject, dir.path(), sizes))
+                })
+                .join()
+        });
+        match run {
+            Ok(served) => figures.served = Some(served),
+            Err(_) => figures
+                .micro
+                .failed
+                .push("end to end: the run failed (its panic is above)".to_owned()),
         }
-    });
+    }
 
     let report = report::json(&figures, BATCH, sizes.orders, load_at_start);
     let text = serde_json::to_string_pretty(&report).expect("JSON");

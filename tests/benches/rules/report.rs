@@ -40,6 +40,8 @@ pub struct Micro {
     pub fresh_instance_events_per_s: f64,
     /// The long-lived instance again, after every measurement above.
     pub long_lived_after_events_per_s: f64,
+    /// The first calls that failed, if any.
+    pub failed: Vec<String>,
 }
 
 impl Micro {
@@ -122,6 +124,11 @@ fn notes(figures: &Figures, batch: usize) -> Vec<String> {
             aged * 100.0
         ),
     ];
+    for failure in &micro.failed {
+        notes.push(format!(
+            "a call failed, and its events were not counted: {failure}"
+        ));
+    }
     if figures.language == "python" || figures.language == "javascript" {
         notes.push(if at_batch >= 10_000.0 {
             format!(
