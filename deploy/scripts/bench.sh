@@ -20,6 +20,13 @@
 # With CONVERGE_BENCH_FLUVIO=host:port (a Fluvio cluster's SC), the backlog also goes through
 # the Fluvio source (fluvio_events_per_s).
 # The Wasm-tax micro-benchmarks are `cargo bench -p converge-tests --bench rule`.
+#
+# `bench.sh rules` runs tests/benches/rules.rs instead: the order-status rule in Rust, Go,
+# Python and JavaScript, each built by its project (toolchains installed when missing), measured
+# alike (size, load cold and from the compile cache, instantiate, decide, decide-batch, end to
+# end through Kafka and Redis, swap pause); report in target/bench/rules.json, bars in
+# target/bench/rules.svg. Sizes: BENCH_RULES_ORDERS (default 20000), BENCH_RULES_RATE (2000),
+# BENCH_RULES_SECONDS (8).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,4 +44,9 @@ if ! command -v redis-benchmark >/dev/null; then
   $sudo_cmd apt-get install -y -qq redis-tools >/dev/null
 fi
 bash deploy/scripts/kafka.sh
-cargo bench -p converge-tests --bench pipeline "$@"
+if [ "${1:-}" = rules ]; then
+  shift
+  cargo bench -p converge-tests --bench rules "$@"
+else
+  cargo bench -p converge-tests --bench pipeline "$@"
+fi

@@ -48,6 +48,8 @@
 mod fluvio;
 #[path = "pipeline/limits.rs"]
 mod limits;
+#[path = "pipeline/machine.rs"]
+mod machine;
 #[path = "pipeline/plot.rs"]
 mod plot;
 #[path = "pipeline/producer.rs"]
@@ -56,177 +58,33 @@ mod producer;
 mod prom;
 #[path = "pipeline/run.rs"]
 mod run;
+#[path = "pipeline/scenario.rs"]
+mod scenario;
 
 // The allocator `converge serve` runs with, so the bench measures the same data path.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::Path;
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use converge::config::KafkaSourceConfig;
 use converge::pipeline::PipelineConfig;
 use converge::store::KEYS_PER_CALL;
-use converge::swap::{Origin, Role};
-use converge::telemetry::Metrics;
-use converge_tests::kafka::TestTopic;
+use converge_tests::build;
 use converge_tests::services::unique_prefix;
-use converge_tests::{Convergence, NativeOrderRule, build};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
+use machine::{load_average, report_dir};
 use producer::Paced;
-use run::{Run, StoreKind, TimedSwaps};
+use run::{RuleFile, Run, StoreKind};
+use scenario::{PacedRun, RuleKind, Swaps, backlog_run, paced_run};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(default)
-}
-
-/// Which rule a backlog run decides with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RuleKind {
-    Component,
-    Native,
-}
-
-/// A backlog run: publishes the backlog to a fresh topic, drains it with a fresh group into a
-/// fresh key prefix, and checks every order's final state. Returns the run, the backlog's size
-/// and its topic (deleted when dropped).
-async fn backlog_run(
-    dir: &Path,
-    orders: usize,
-    rule: RuleKind,
-    store: StoreKind,
-    name: &str,
-) -> (Run, usize, TestTopic) {
-    let topic = TestTopic::create(name, 6).await;
-    let backlog = producer::backlog(&topic.name, orders).await;
-    let prefix = unique_prefix(name);
-    let group = format!("{}-group", topic.name);
-    let config = run::kafka_config(
-        dir,
-        &build::rule("order-status"),
-        &topic.name,
-        &group,
-        store,
-        &prefix,
-    );
-    let metrics = Arc::new(Metrics::new());
-    let (_fixed, target) = watch::channel(backlog.published as usize);
-    let measured = match rule {
-        RuleKind::Component => {
-            let control = run::load_rule(&config.rule, &metrics);
-            run::run(&config, control.rule(), metrics, target).await
-        }
-        RuleKind::Native => run::run(&config, NativeOrderRule::default(), metrics, target).await,
-    };
-    let check = run::check_store(store, &prefix).await;
-    Convergence::new(&check.store, &backlog.expected)
-        .assert_now()
-        .await;
-    println!(
-        "{name}: {} messages at {:.0} events/s (group joined after {:.1} s)",
-        measured.acked, measured.events_per_s, measured.first_batch_s
-    );
-    (measured, backlog.published as usize, topic)
-}
-
-/// Starts the paced producer process on `topic`; the receiver turns from `usize::MAX` to the
-/// count it published once it is done.
-fn start_producer(
-    dir: &Path,
-    topic: &str,
-    rate: u32,
-    seconds: u32,
-    seed: u64,
-) -> (watch::Receiver<usize>, tokio::task::JoinHandle<Paced>) {
-    let (done, target) = watch::channel(usize::MAX);
-    let (dir, topic) = (dir.to_owned(), topic.to_owned());
-    let producer = tokio::task::spawn_blocking(move || {
-        let paced = producer::paced(&dir, &topic, rate, seconds, seed);
-        done.send_replace(paced.published as usize);
-        paced
-    });
-    (target, producer)
-}
-
-/// The latency run, or with `swaps` (the two versions' bytes) the swap run. Returns the run,
-/// what the producer reported, and the swaps offered and their pauses.
-async fn paced_run(
-    dir: &Path,
-    rate: u32,
-    seconds: u32,
-    seed: u64,
-    name: &str,
-    swaps: Option<(Vec<u8>, Vec<u8>)>,
-) -> (Run, Paced, usize, Vec<Duration>) {
-    let topic = TestTopic::create(name, 6).await;
-    let prefix = unique_prefix(name);
-    let config = run::kafka_config(
-        dir,
-        &build::rule("order-status"),
-        &topic.name,
-        &format!("{}-group", topic.name),
-        StoreKind::Standalone,
-        &prefix,
-    );
-    let metrics = Arc::new(Metrics::new());
-    let control = run::load_rule(&config.rule, &metrics);
-    let (measured, paced, offered, pauses) = match swaps {
-        None => {
-            let (target, producer) = start_producer(dir, &topic.name, rate, seconds, seed);
-            let measured = run::run(&config, control.rule(), metrics, target).await;
-            let paced = producer.await.expect("the producer ran");
-            (measured, paced, 0, Vec::new())
-        }
-        Some((v1, v2)) => {
-            // Both versions are gated once beforehand, as a fleet instance gates a version
-            // once; the swaps under load then only take up an admitted rule.
-            control
-                .offer(&v2, None, &Origin::Admin, Role::Active)
-                .expect("v2 is admitted");
-            control
-                .offer(&v1, None, &Origin::Admin, Role::Active)
-                .expect("v1 is admitted");
-            let (target, producer) = start_producer(dir, &topic.name, rate, seconds, seed);
-            let swapper = {
-                let control = Arc::clone(&control);
-                let producing = target.clone();
-                tokio::spawn(async move {
-                    let mut swaps = 0usize;
-                    while *producing.borrow() == usize::MAX {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let next = if swaps.is_multiple_of(2) { &v2 } else { &v1 };
-                        control
-                            .offer(next, None, &Origin::Admin, Role::Active)
-                            .expect("swap");
-                        swaps += 1;
-                    }
-                    swaps
-                })
-            };
-            let timed = TimedSwaps::new(control.rule());
-            let pauses = Arc::clone(&timed.pauses);
-            let measured = run::run(&config, timed, metrics, target).await;
-            let paced = producer.await.expect("the producer ran");
-            let offered = swapper.await.expect("the swapper ran");
-            let mut pauses = pauses
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            pauses.sort_unstable();
-            (measured, paced, offered, pauses)
-        }
-    };
-    let check = run::check_store(StoreKind::Standalone, &prefix).await;
-    Convergence::new(&check.store, &paced.expected)
-        .assert_now()
-        .await;
-    (measured, paced, offered, pauses)
 }
 
 /// Nearest-rank percentile of ascending `sorted`.
@@ -292,24 +150,6 @@ fn telemetry(run: &Run) -> (Value, Value, Value) {
         "hit_ratio": (hits + misses > 0.0).then(|| round(hits / (hits + misses), 3)),
     });
     (batch_sizes, Value::Object(stage_ms), cache)
-}
-
-/// The 1-minute load average (Linux), to read the figures against: other work on the machine
-/// takes cores from the broker, Redis and converge alike.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Where the report goes: `target/bench` under the workspace root.
-fn report_dir() -> std::path::PathBuf {
-    let dir = build::workspace_root().join("target").join("bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
-    dir
 }
 
 /// The sizes of the runs (environment overrides).
@@ -442,6 +282,9 @@ async fn measure(sizes: Sizes, defaults: Defaults) -> Results {
     build::converge_binary();
     let v1 = std::fs::read(&rule).expect("rule");
     let v2 = std::fs::read(build::order_status_version("0.2.0-next")).expect("rule");
+    let rule_file = RuleFile::new(rule.clone(), dir);
+    let component = (&rule_file, RuleKind::Component);
+    let native = (&rule_file, RuleKind::Native);
     let load_at_start = load_average();
     let durable = tokio::task::spawn_blocking(limits::Durable::everysec)
         .await
@@ -458,41 +301,23 @@ async fn measure(sizes: Sizes, defaults: Defaults) -> Results {
     let mut natives = Vec::new();
     for index in 1..=3 {
         let name = format!("bench-{index}");
-        let (run, events, topic) = backlog_run(
-            dir,
-            orders,
-            RuleKind::Component,
-            StoreKind::Standalone,
-            &name,
-        )
-        .await;
+        let (run, events, topic) =
+            backlog_run(dir, orders, component, StoreKind::Standalone, &name).await;
         backlog_events = events;
         standalone.push(run);
         kept_topic.get_or_insert(topic);
         let native_name = format!("bench-native-{index}");
         natives.push(
-            backlog_run(
-                dir,
-                orders,
-                RuleKind::Native,
-                StoreKind::Standalone,
-                &native_name,
-            )
-            .await
-            .0,
+            backlog_run(dir, orders, native, StoreKind::Standalone, &native_name)
+                .await
+                .0,
         );
     }
     natives.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
     let native = natives.swap_remove(natives.len() / 2);
-    let cluster = backlog_run(
-        dir,
-        orders,
-        RuleKind::Component,
-        StoreKind::Cluster,
-        "bench-cluster",
-    )
-    .await
-    .0;
+    let cluster = backlog_run(dir, orders, component, StoreKind::Cluster, "bench-cluster")
+        .await
+        .0;
 
     // 2. The limits.
     let topic = kept_topic.expect("a backlog topic");
@@ -522,7 +347,11 @@ async fn measure(sizes: Sizes, defaults: Defaults) -> Results {
 
     // 3. Latency at a fixed rate.
     let (rate, seconds) = (sizes.rate, sizes.latency_seconds);
-    let (paced, producer, _, _) = paced_run(dir, rate, seconds, 2, "bench-latency", None).await;
+    let PacedRun {
+        run: paced,
+        producer,
+        ..
+    } = paced_run(dir, &rule_file, (rate, seconds, 2), "bench-latency", None).await;
     let latencies = sorted_latencies(&paced);
     println!(
         "latency at {rate}/s (producer achieved {:.0}/s, at worst {:.1} ms behind schedule): \
@@ -537,8 +366,24 @@ async fn measure(sizes: Sizes, defaults: Defaults) -> Results {
     );
 
     // 4. Swaps under the same load.
-    let (swapped, _, swaps_offered, pauses) =
-        paced_run(dir, rate, seconds, 3, "bench-swap", Some((v1, v2))).await;
+    let swaps = Swaps {
+        v1,
+        v2,
+        sidecar: None,
+    };
+    let PacedRun {
+        run: swapped,
+        offered: swaps_offered,
+        pauses,
+        ..
+    } = paced_run(
+        dir,
+        &rule_file,
+        (rate, seconds, 3),
+        "bench-swap",
+        Some(swaps),
+    )
+    .await;
     println!(
         "swaps: {} taken up of {swaps_offered} offered, pause p50 {:.3} ms, max {:.3} ms; \
          longest gap between acknowledgements {:.1} ms with swaps, {:.1} ms without",

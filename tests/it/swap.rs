@@ -162,6 +162,31 @@ fn a_swap_takes_effect_at_the_next_batch_and_rollback_returns() {
     );
 }
 
+/// Instantiating a big component (componentize-py's interpreter) takes milliseconds: a swap
+/// does it where the version is offered, so the pipeline's task takes up a ready instance and
+/// its first batch on the new version creates none.
+#[test]
+fn a_swapped_in_version_is_instantiated_before_the_pipeline_takes_it_up() {
+    let control = control();
+    let mut rule = control.rule();
+    let v1 = read(&build::rule("order-status"));
+    let vectors = embedded_vectors(&v1).expect("readable").expect("vectors");
+    // Other bytes, the same rule.
+    let v2 = converge::rule::pack(&v1, &vectors).expect("packed");
+    for (version, bytes) in [("v2", &v2), ("v1", &v1)] {
+        control
+            .offer(bytes, None, &Origin::Admin, Role::Active)
+            .expect("admitted");
+        assert!(rule.swap_pending(), "{version} is pending");
+        rule.before_batch();
+        assert!(
+            rule.active_rule().is_instantiated(),
+            "{version} was taken up without an instance: the first batch would create it on \
+             the pipeline's task"
+        );
+    }
+}
+
 #[test]
 fn a_shadow_counts_and_samples_disagreements_without_applying_them() {
     let control = control();

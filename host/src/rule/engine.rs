@@ -450,6 +450,21 @@ impl std::fmt::Debug for WasmRule {
 }
 
 impl WasmRule {
+    /// Creates the instance now, if there is none, so that the next call does not: a rule
+    /// taken up on a latency-sensitive task (the pipeline's, at a swap) is instantiated
+    /// beforehand elsewhere, since a big component (an interpreter) takes milliseconds.
+    pub fn instantiate(&mut self) -> Result<(), DecideError> {
+        if self.live.is_none() {
+            self.live = Some(Live::new(&self.compiled.engine, &self.compiled.pre)?);
+        }
+        Ok(())
+    }
+
+    /// Whether it holds a live instance: its next call creates none.
+    pub fn is_instantiated(&self) -> bool {
+        self.live.is_some()
+    }
+
     /// Runs one call on the live instance (creating it if needed); drops the instance if the
     /// call fails, so that no state of a half-run call survives.
     fn call<T>(

@@ -18,7 +18,7 @@ use super::status::{
 use crate::config::AutoRollbackConfig;
 use crate::entity::RuleInfo;
 use crate::rule::vectors::VectorFile;
-use crate::rule::{Admitted, CompiledRule, Gate, GateError, Gates, content_hash};
+use crate::rule::{Admitted, CompiledRule, Gate, GateError, Gates, WasmRule, content_hash};
 use crate::telemetry::Metrics;
 use crate::telemetry::events::{RuleAutoRolledBack, RuleOverride, RuleRefused, RuleSwapped};
 
@@ -47,6 +47,11 @@ struct ControlState {
     /// compiled again on every poll, and a version rolled back for its behaviour never comes
     /// back unjudged. Bounded: the least recently offered is forgotten.
     refused: lru::LruCache<String, Refused>,
+    /// Instances of the versions just applied, created by whoever applied them (off the
+    /// pipeline's task) for the pipeline to take up ready: instantiating a big component (an
+    /// interpreter) takes milliseconds that would otherwise pause a batch. By hash; only the
+    /// active and shadow versions' are kept.
+    ready: Vec<(String, WasmRule)>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +93,7 @@ impl RuleControl {
                 shadow: None,
                 last_swap: None,
                 refused: lru::LruCache::new(REFUSED_KEPT),
+                ready: Vec::new(),
             }),
             generation: AtomicU64::new(0),
             metrics,
@@ -268,8 +274,29 @@ impl RuleControl {
         origin: &Origin,
         judged_again: bool,
     ) -> RuleRef {
-        let applied =
-            self.apply_locked(&mut self.lock(), role, compiled, hash, origin, judged_again);
+        // Instantiated here, on the caller's thread, before the lock: never on the pipeline's
+        // task. One that fails to instantiate is left to fail its first call, as any would.
+        let mut ready = compiled.instance();
+        let instantiated = ready.instantiate().is_ok();
+        let applied = {
+            let mut state = self.lock();
+            let applied = self.apply_locked(&mut state, role, compiled, hash, origin, judged_again);
+            let serving = [
+                Some(state.active.reference.hash.clone()),
+                state.shadow.as_ref().map(|(s, _)| s.reference.hash.clone()),
+            ];
+            let stale: Vec<(String, WasmRule)>;
+            (state.ready, stale) = std::mem::take(&mut state.ready)
+                .into_iter()
+                .filter(|(ready, _)| ready != hash)
+                .partition(|(ready, _)| serving.contains(&Some(ready.clone())));
+            if instantiated {
+                state.ready.push((hash.to_owned(), ready));
+            }
+            drop(state);
+            drop(stale);
+            applied
+        };
         self.metrics.emit(RuleSwapped {
             role,
             rule: &applied.rule,
@@ -581,9 +608,19 @@ impl RuleControl {
 
     /// The generation, and the active rule and shadow as a pipeline runs them.
     pub(super) fn serving(&self) -> (u64, Deciding, Option<Deciding>) {
-        let state = self.lock();
-        let deciding = |serving: &Serving, role: Role| Deciding {
-            rule: serving.compiled.instance(),
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut ready = |hash: &str| {
+            let at = state.ready.iter().position(|(ready, _)| ready == hash)?;
+            Some(state.ready.swap_remove(at).1)
+        };
+        let active_rule = ready(&state.active.reference.hash);
+        let shadow_rule = state
+            .shadow
+            .as_ref()
+            .and_then(|(serving, _)| ready(&serving.reference.hash));
+        let deciding = |serving: &Serving, rule: Option<WasmRule>, role: Role| Deciding {
+            rule: rule.unwrap_or_else(|| serving.compiled.instance()),
             hash: serving.reference.hash.clone(),
             meter: Meter {
                 book: Arc::clone(&serving.book),
@@ -592,11 +629,11 @@ impl RuleControl {
         };
         (
             self.generation(),
-            deciding(&state.active, Role::Active),
+            deciding(&state.active, active_rule, Role::Active),
             state
                 .shadow
                 .as_ref()
-                .map(|(serving, _)| deciding(serving, Role::Shadow)),
+                .map(|(serving, _)| deciding(serving, shadow_rule, Role::Shadow)),
         )
     }
 

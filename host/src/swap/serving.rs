@@ -37,7 +37,21 @@ pub(super) struct Deciding {
     pub(super) meter: Meter,
 }
 
+/// Drops the instances a swap replaced on a blocking thread when there is a runtime: freeing a
+/// big component's memories takes milliseconds the pipeline's task would pause for.
+fn retire<T: Send + 'static>(retired: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(retired))),
+        Err(_) => drop(retired),
+    }
+}
+
 impl SwappableRule {
+    /// The active rule's instance, as the next batch will be decided by.
+    pub fn active_rule(&self) -> &WasmRule {
+        &self.active.rule
+    }
+
     pub(super) fn new(
         control: Arc<RuleControl>,
         generation: u64,
@@ -124,8 +138,11 @@ impl Rule for SwappableRule {
         if self.control.generation() != self.generation {
             let (generation, active, shadow) = self.control.serving();
             self.generation = generation;
-            self.active = active;
-            self.shadow = shadow;
+            let retired = (
+                std::mem::replace(&mut self.active, active),
+                std::mem::replace(&mut self.shadow, shadow),
+            );
+            retire(retired);
         }
     }
 

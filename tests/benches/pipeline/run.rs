@@ -4,15 +4,15 @@
 //! default. The bench adds only a [`Measured`] wrapper around the source, which times the run
 //! and each message's latency at its acknowledgement.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use converge::config::{Config, RuleConfig};
-use converge::entity::{Decision, Event, RuleInfo, State};
+use converge::entity::{Decision, DecisionKind, Event, RuleInfo, State};
 use converge::pipeline::{Pipeline, Stats};
-use converge::rule::{DecideError, EngineLimits, Gates, Rule, RuleEngine};
+use converge::rule::{CompileCache, DecideError, EngineLimits, Gates, Rule, RuleEngine};
 use converge::source::{Message, Source, SourceError};
 use converge::store::RedisStore;
 use converge::swap::{Origin, RuleControl, read_rule_file};
@@ -81,31 +81,73 @@ fn load(dir: &Path, name: &str, sections: &str) -> Config {
     Config::load(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
+/// The rule a run's configuration names (`[rule]`), and the settings it needs beyond the
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct RuleFile {
+    pub path: PathBuf,
+    /// `rule.memory_mib`, when the default is too small for the rule.
+    pub memory_mib: Option<usize>,
+    /// `rule.deadline_ms`, when the default is too short for the rule.
+    pub deadline_ms: Option<u64>,
+    /// `rule.compile_cache_dir`: the bench's own, so that it neither reads nor fills the
+    /// user's.
+    pub compile_cache_dir: PathBuf,
+}
+
+impl RuleFile {
+    /// `path` with the default settings, its compiled artifacts kept under `dir`.
+    pub fn new(path: PathBuf, dir: &Path) -> Self {
+        Self {
+            path,
+            memory_mib: None,
+            deadline_ms: None,
+            compile_cache_dir: dir.join("compile-cache"),
+        }
+    }
+
+    /// The `[rule]` section.
+    fn section(&self) -> String {
+        let mut section = format!(
+            "[rule]\npath = {}\ncompile_cache_dir = {}\n",
+            quoted(&self.path.display().to_string()),
+            quoted(&self.compile_cache_dir.display().to_string()),
+        );
+        if let Some(memory_mib) = self.memory_mib {
+            section += &format!("memory_mib = {memory_mib}\n");
+        }
+        if let Some(deadline_ms) = self.deadline_ms {
+            section += &format!("deadline_ms = {deadline_ms}\n");
+        }
+        section
+    }
+}
+
 /// `serve`'s configuration for a Kafka `topic` read by `group`, storing under `prefix`, dead
 /// letters to `{topic}.dlq`, with the admin endpoint configured: only what must be set, so that
 /// batch size, batch timeout, consumer properties, timeouts and retries are the defaults.
 pub fn kafka_config(
     dir: &Path,
-    rule: &Path,
+    rule: &RuleFile,
     topic: &str,
     group: &str,
     store: StoreKind,
     prefix: &str,
 ) -> Config {
     let sections = format!(
-        "[rule]\npath = {rule}\n\n\
+        "{rule}\n\
          [source]\nkind = \"kafka\"\nbrokers = {brokers}\ngroup_id = {group}\n\
          topics = [{topic}]\n\n\
          [store]\n{store}\n\n\
          [dead_letter]\nkind = \"kafka\"\ntopic = {dead_letters}\n\n\
          [admin]\nlisten = {admin}\n",
-        rule = quoted(&rule.display().to_string()),
         brokers = quoted(&kafka::brokers()),
         group = quoted(group),
         topic = quoted(topic),
         store = store_section(store, prefix),
         dead_letters = quoted(&format!("{topic}.dlq")),
         admin = quoted(&free_loopback_addr().to_string()),
+        rule = rule.section(),
     );
     load(dir, group, &sections)
 }
@@ -138,13 +180,20 @@ pub fn fluvio_config(
     load(dir, consumer, &sections)
 }
 
-/// The configured rule, compiled and admitted through the gates, as `serve` loads it.
+/// The configured rule, compiled (or loaded from the configured compile cache) and admitted
+/// through the gates, as `serve` loads it.
 pub fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Arc<RuleControl> {
-    let engine = RuleEngine::new(EngineLimits {
-        memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
-        deadline: Duration::from_millis(config.deadline_ms),
-        ..EngineLimits::default()
-    })
+    let cache = CompileCache::configured(config.compile_cache, config.compile_cache_dir.as_deref())
+        .expect("the compile cache opens");
+    let engine = RuleEngine::with_compile_cache(
+        EngineLimits {
+            memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
+            deadline: Duration::from_millis(config.deadline_ms),
+            max_component_bytes: config.max_component_bytes,
+            ..EngineLimits::default()
+        },
+        cache,
+    )
     .expect("the rule engine starts");
     let gates = Gates::new(engine, config.gates.clone());
     let (bytes, sidecar) =
@@ -383,7 +432,8 @@ impl<S: Source> Source for Measured<S> {
 }
 
 /// A swappable rule that times each swap's pause: taking up the new rule in `before_batch`
-/// and the first call on it (which instantiates it).
+/// (dropping the old one with it) and the first call on it (which instantiates it, unless it
+/// was prepared beforehand).
 pub struct TimedSwaps<R> {
     pub inner: R,
     pending: Option<Duration>,
@@ -405,11 +455,20 @@ impl<R: Rule> Rule for TimedSwaps<R> {
         self.inner.info()
     }
 
+    fn swap_pending(&self) -> bool {
+        self.inner.swap_pending()
+    }
+
+    fn applied(&mut self, decisions: &std::collections::BTreeMap<DecisionKind, u64>) {
+        self.inner.applied(decisions);
+    }
+
     fn before_batch(&mut self) {
-        let before = self.inner.info().stamp();
+        // Two versions of a swap may carry the same stamp (the same rule, other bytes).
+        let swapping = self.inner.swap_pending();
         let started = Instant::now();
         self.inner.before_batch();
-        if self.inner.info().stamp() != before {
+        if swapping {
             self.pending = Some(started.elapsed());
         }
     }
