@@ -108,7 +108,7 @@ fn subjects() -> Vec<Subject> {
     };
     vec![
         subject("rust", build::rule("order-status"), DEFAULT_MEMORY_MIB),
-        subject("go", build::go_rule(), DEFAULT_MEMORY_MIB),
+        subject("go", build::language_rule(Language::Go), DEFAULT_MEMORY_MIB),
         subject(
             "python",
             build::language_rule(Language::Python),

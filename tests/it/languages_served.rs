@@ -29,39 +29,12 @@ use converge_tests::services::redis_url;
 use converge_tests::{orders, prometheus};
 use tokio::sync::watch;
 
-/// The languages besides Rust, each with its order-status component.
-#[derive(Debug, Clone, Copy)]
-enum Written {
-    Python,
-    JavaScript,
-    Go,
-}
-
-impl Written {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Python => "python",
-            Self::JavaScript => "js",
-            Self::Go => "go",
-        }
-    }
-
-    /// The order-status rule in this language, built once per test process.
-    fn component(self) -> PathBuf {
-        match self {
-            Self::Python => build::language_rule(Language::Python),
-            Self::JavaScript => build::language_rule(Language::JavaScript),
-            Self::Go => build::go_rule(),
-        }
-    }
-
-    /// `rule.memory_mib`: the default, but for JavaScript, whose heap outgrows it on a
-    /// long-lived instance (`plugin/js/README.md`).
-    fn memory_mib(self) -> usize {
-        match self {
-            Self::JavaScript => 128,
-            Self::Python | Self::Go => DEFAULT_MEMORY_MIB,
-        }
+/// `rule.memory_mib` for a language's rule: the default, but for JavaScript, whose heap
+/// outgrows it on a long-lived instance (`plugin/js/README.md`).
+fn memory_mib(language: Language) -> usize {
+    match language {
+        Language::JavaScript => 128,
+        Language::Python | Language::Go => DEFAULT_MEMORY_MIB,
     }
 }
 
@@ -192,13 +165,13 @@ fn rust_release_3() -> PathBuf {
 }
 
 /// The language's rule, packed with its vectors, as release 2.
-fn language_release_2(language: Written) -> PathBuf {
+fn language_release_2(language: Language) -> PathBuf {
     signed(
-        language.name(),
-        &language.component(),
+        language.dir(),
+        &build::language_rule(language),
         2,
         true,
-        language.memory_mib(),
+        memory_mib(language),
     )
 }
 
@@ -367,14 +340,14 @@ async fn swap_in_flow(instance: &Instance, rule: &Path, since: u64, what: &str) 
 
 /// The language's rule swapped in over the Rust rule, and out again to a newer Rust release,
 /// each while orders flow; every key converges.
-async fn swapped_in_and_out_while_orders_flow(language: Written, seed: u64) {
-    let test = format!("lang-served-{}", language.name());
+async fn swapped_in_and_out_while_orders_flow(language: Language, seed: u64) {
+    let test = format!("lang-served-{}", language.dir());
     let (rust, written, newer) = (
         rust_release_1(),
         language_release_2(language),
         rust_release_3(),
     );
-    let mut instance = Instance::start(&test, &rust, language.memory_mib()).await;
+    let mut instance = Instance::start(&test, &rust, memory_mib(language)).await;
     let stream = orders::generate(&format!("{test}-"), 2_000, 30, seed);
     let total = stream.events.len() as u64;
     let (swaps, seen) = watch::channel(0);
@@ -451,24 +424,24 @@ async fn swapped_in_and_out_while_orders_flow(language: Written, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lang_served_python_rule_is_swapped_in_and_out_while_orders_flow() {
-    swapped_in_and_out_while_orders_flow(Written::Python, 2601).await;
+    swapped_in_and_out_while_orders_flow(Language::Python, 2601).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lang_served_js_rule_is_swapped_in_and_out_while_orders_flow() {
-    swapped_in_and_out_while_orders_flow(Written::JavaScript, 2602).await;
+    swapped_in_and_out_while_orders_flow(Language::JavaScript, 2602).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lang_served_go_rule_is_swapped_in_and_out_while_orders_flow() {
-    swapped_in_and_out_while_orders_flow(Written::Go, 2603).await;
+    swapped_in_and_out_while_orders_flow(Language::Go, 2603).await;
 }
 
 /// The Python rule as the shadow of the Rust rule: it decides every event beside it and never
 /// disagrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lang_served_python_shadow_agrees_with_the_rust_rule() {
-    let (rust, python) = (rust_release_1(), language_release_2(Written::Python));
+    let (rust, python) = (rust_release_1(), language_release_2(Language::Python));
     let mut instance = Instance::start("lang-served-shadow", &rust, DEFAULT_MEMORY_MIB).await;
     instance.publish(&python, true);
     let python_hash = hash(&python);
