@@ -18,6 +18,9 @@ use serde_json::Value;
 /// long-lived instance outgrows the default 64 MiB.
 const JS_MEMORY_MIB: usize = 128;
 
+/// The per-call deadline the JavaScript rule is given (`plugin/js/README.md`).
+const JS_DEADLINE_MS: u64 = 1000;
+
 /// The memory a language's rule runs with: the default, but for JavaScript.
 fn engine_memory_mib(language: Language) -> usize {
     match language {
@@ -30,12 +33,18 @@ fn path(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
 }
 
-/// The engine flags a language's rule runs with: the defaults, but for the memory.
+/// The engine flags a language's rule runs with: the defaults, but for JavaScript's memory and
+/// deadline (`plugin/js/README.md`: at ~70 µs an event and a garbage collector that can pause
+/// a call, the default 100 ms per call leaves it too little room on a busy machine).
 fn engine_args(language: Language) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--memory-mib".to_owned(),
         engine_memory_mib(language).to_string(),
-    ]
+    ];
+    if language == Language::JavaScript {
+        args.extend(["--deadline-ms".to_owned(), JS_DEADLINE_MS.to_string()]);
+    }
+    args
 }
 
 /// `converge <command> ... --json` on the rule: the exit code and the report.

@@ -84,7 +84,8 @@ fn new_python_rule_builds_and_passes_check() {
 #[test]
 fn new_js_rule_builds_and_passes_check() {
     // SpiderMonkey's heap outgrows the default 64 MiB on a long-lived instance (its README).
-    new_rule_builds_and_passes_check("js", &["--memory-mib", "128"]);
+    // What the template's README asks for: 128 MiB and a 1 s deadline per call.
+    new_rule_builds_and_passes_check("js", &["--memory-mib", "128", "--deadline-ms", "1000"]);
 }
 
 #[test]

@@ -201,7 +201,7 @@ impl Lang {
     /// rule memory on a long-lived instance (`plugin/js/README.md`).
     fn check_flags(self) -> &'static str {
         match self {
-            Lang::JavaScript => " --memory-mib 128",
+            Lang::JavaScript => " --memory-mib 128 --deadline-ms 1000",
             Lang::Rust | Lang::Python | Lang::Go => "",
         }
     }
