@@ -88,6 +88,12 @@ pub fn unique_prefix(test: &str) -> String {
     format!("converge-test:{test}:{:016x}:", rand::random::<u64>())
 }
 
+/// How long a test's own reads of the store may take. The test observes; it is not the system
+/// under test, so it waits out a machine busy with brokers restarting and parallel tests (the
+/// store's 2 s default made `kafka3_` fail on "the store answers: Redis(timed out)" while its
+/// three Kafka nodes restarted).
+const OBSERVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A store under a unique prefix whose keys are deleted when this is dropped.
 #[derive(Debug)]
 pub struct TestStore {
@@ -97,7 +103,7 @@ pub struct TestStore {
 impl TestStore {
     pub async fn standalone(test: &str) -> Self {
         let url = redis_url();
-        let store = RedisStore::connect(&url, &unique_prefix(test))
+        let store = RedisStore::connect_with_timeout(&url, &unique_prefix(test), OBSERVER_TIMEOUT)
             .await
             .unwrap_or_else(|error| {
                 panic!("Redis at {url} (start it with deploy/scripts/redis.sh): {error}")
@@ -107,8 +113,9 @@ impl TestStore {
 
     pub async fn cluster(test: &str) -> Self {
         let urls = redis_cluster_urls();
-        let store = RedisStore::connect_cluster(&urls, &unique_prefix(test))
-            .await
+        let store =
+            RedisStore::connect_cluster_with_timeout(&urls, &unique_prefix(test), OBSERVER_TIMEOUT)
+                .await
             .unwrap_or_else(|error| panic!("Redis Cluster at {urls:?} (start it with deploy/scripts/redis.sh --cluster): {error}"));
         Self { store }
     }
