@@ -12,8 +12,7 @@ use crate::config::{Config, RuleConfig};
 use crate::dead_letter::DeadLetterError;
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::rule::{
-    CompileCache, CompileCacheError, EngineLimits, GateError, Gates, LoadError, RuleEngine,
-    TrustedKeys,
+    CompileCache, CompileCacheError, GateError, Gates, LoadError, RuleEngine, TrustedKeys,
 };
 use crate::shutdown::Shutdown;
 use crate::source::SourceError;
@@ -172,15 +171,7 @@ pub async fn serve(config: &Config, mut shutdown: Shutdown) -> Result<Stats, Ser
 fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Result<RuleControl, ServeError> {
     let cache =
         CompileCache::configured(config.compile_cache, config.compile_cache_dir.as_deref())?;
-    let engine = RuleEngine::with_compile_cache(
-        EngineLimits {
-            memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
-            deadline: Duration::from_millis(config.deadline_ms),
-            max_component_bytes: config.max_component_bytes,
-            ..EngineLimits::default()
-        },
-        cache,
-    )?;
+    let engine = RuleEngine::with_compile_cache(config.engine_limits(), cache)?;
     let gates = Gates::new(engine, config.gates.clone())
         .with_trusted_keys(TrustedKeys::new(config.trusted_keys.iter().copied()));
     let path = &config.path;

@@ -23,6 +23,7 @@ use converge::store::Store as _;
 use converge::swap::FleetStatus;
 use converge_tests::build::{self, Language};
 use converge_tests::fleet::TestFleet;
+use converge_tests::process::described;
 use converge_tests::process::{Server, converge};
 use converge_tests::served::Served;
 use converge_tests::services::redis_url;
@@ -42,17 +43,8 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn succeeded(output: &Output) {
-    assert!(output.status.success(), "{}", text(output));
+    assert!(output.status.success(), "{}", described(output));
 }
 
 /// Where this file's signed components and key live: in the tests' target directory, so that

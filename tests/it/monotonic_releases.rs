@@ -5,7 +5,6 @@
 //! rollback to an older release is an explicit, recorded downgrade (`--allow-downgrade`).
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use converge::rule::{EngineLimits, GateConfig, Gates, PublicKey, RuleEngine, Tru
 use converge::swap::{Fleet, Origin, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::fleet::{TestFleet, refused_swaps};
+use converge_tests::process::described;
 use converge_tests::process::{Server, converge};
 use converge_tests::served::Served;
 use converge_tests::services::{free_loopback_addr, redis_url};
@@ -22,15 +22,6 @@ use redis::AsyncCommands as _;
 
 const R1_STAMP: &str = "order-status@0.1.0";
 const R2_STAMP: &str = "order-status@0.2.0-next";
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
@@ -50,7 +41,7 @@ impl Releases {
     fn sign(dir: &Path) -> Self {
         let key_path = dir.join("release.key");
         let made = converge(&["rule", "keygen", "--out", path_str(&key_path)]);
-        assert!(made.status.success(), "{}", text(&made));
+        assert!(made.status.success(), "{}", described(&made));
         let key = std::fs::read_to_string(dir.join("release.key.pub"))
             .expect("KEY.pub")
             .trim()
@@ -71,13 +62,13 @@ impl Releases {
                 args.extend(["--release", release]);
             }
             let signed = converge(&args);
-            assert!(signed.status.success(), "{}", text(&signed));
+            assert!(signed.status.success(), "{}", described(&signed));
             let verified = converge(&["rule", "verify", path_str(&output)]);
             assert!(
                 String::from_utf8_lossy(&verified.stdout)
                     .contains(&format!("release {}", release.unwrap_or("0"))),
                 "{}",
-                text(&verified)
+                described(&verified)
             );
             output
         };
@@ -150,7 +141,7 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
     // Release 1, then release 2, published the ordinary way.
     for rule in [&releases.r1, &releases.r2] {
         let published = fleet.cli_trusting(&["rule", "publish", path_str(rule)], &releases.key);
-        assert!(published.status.success(), "{}", text(&published));
+        assert!(published.status.success(), "{}", described(&published));
     }
     fleet
         .until("both instances to serve release 2", 2, |status| {
@@ -191,7 +182,7 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
     // gone), and the instances, which hold to the floor they have seen, refuse it.
     fleet.del("rule:floor").await;
     let replayed = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r0)], &releases.key);
-    assert!(replayed.status.success(), "{}", text(&replayed));
+    assert!(replayed.status.success(), "{}", described(&replayed));
     assert_eq!(fleet.get("rule:active").await.as_deref(), Some(r0.as_str()));
     fleet
         .until("both instances to refuse release 0", 2, |status| {
@@ -204,7 +195,7 @@ async fn wedge_release_an_older_signed_release_in_redis_is_refused_by_every_inst
 
     // The operator puts release 2 back; nothing changes on the instances, which serve it.
     let restored = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r2)], &releases.key);
-    assert!(restored.status.success(), "{}", text(&restored));
+    assert!(restored.status.success(), "{}", described(&restored));
     assert_eq!(fleet.cli_status().floor, 2);
     for part in parts {
         served.topic.produce(part).await;
@@ -260,7 +251,7 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
 
     for rule in [&releases.r1, &releases.r2] {
         let published = fleet.cli_trusting(&["rule", "publish", path_str(rule)], &key);
-        assert!(published.status.success(), "{}", text(&published));
+        assert!(published.status.success(), "{}", described(&published));
         sync(&mut seen).await;
     }
     assert_eq!(control.active_hash(), r2);
@@ -270,18 +261,23 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
 
     // Release 1 cannot be published again over release 2.
     let republished = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r1)], &key);
-    assert_eq!(republished.status.code(), Some(1), "{}", text(&republished));
-    assert!(
-        text(&republished).contains("release 1, below fleet"),
+    assert_eq!(
+        republished.status.code(),
+        Some(1),
         "{}",
-        text(&republished)
+        described(&republished)
+    );
+    assert!(
+        described(&republished).contains("release 1, below fleet"),
+        "{}",
+        described(&republished)
     );
 
     // A rollback to release 1 is a downgrade: refused without --allow-downgrade, and nothing
     // changes.
     let refused = fleet.cli_trusting(&["rule", "rollback"], &key);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    let said = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{}", described(&refused));
+    let said = described(&refused);
     assert!(said.contains("is a downgrade"), "{said}");
     assert!(said.contains("--allow-downgrade"), "{said}");
     let unchanged = fleet.cli_status();
@@ -295,11 +291,11 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
         .expect("clock")
         .as_millis() as u64;
     let downgraded = fleet.cli_trusting(&["rule", "rollback", "--allow-downgrade"], &key);
-    assert!(downgraded.status.success(), "{}", text(&downgraded));
+    assert!(downgraded.status.success(), "{}", described(&downgraded));
     assert!(
-        text(&downgraded).contains("DOWNGRADED"),
+        described(&downgraded).contains("DOWNGRADED"),
         "{}",
-        text(&downgraded)
+        described(&downgraded)
     );
     let after = fleet.cli_status();
     assert_eq!(after.active.as_deref(), Some(r1.as_str()));
@@ -315,7 +311,7 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
     assert!(record.by.contains('@'), "{record:?}");
     let url = redis_url();
     let shown = converge(&["rule", "status", "--redis", &url, "--fleet", &fleet.name]);
-    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(shown.status.success(), "{}", described(&shown));
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains("release floor 1"), "{shown}");
     assert!(
@@ -331,7 +327,7 @@ async fn wedge_release_rollback_below_the_floor_needs_allow_downgrade_and_is_rec
     // Release 2 again, then an attacker lowers the floor key and points at release 1 without
     // recording a downgrade: the instance holds to floor 2 and refuses it.
     let forward = fleet.cli_trusting(&["rule", "publish", path_str(&releases.r2)], &key);
-    assert!(forward.status.success(), "{}", text(&forward));
+    assert!(forward.status.success(), "{}", described(&forward));
     sync(&mut seen).await;
     assert_eq!(control.active_hash(), r2);
     fleet.set("rule:floor", "1").await;

@@ -17,6 +17,7 @@ use converge::rule::{
 use converge::swap::{Origin, Role, RuleControl, SwapRecord};
 use converge::telemetry::Metrics;
 use converge_tests::fleet::{TestFleet, instance_config, refused_swaps};
+use converge_tests::process::described;
 use converge_tests::process::{Converge, Server};
 use converge_tests::served::Served;
 use converge_tests::{build, config, orders};
@@ -88,15 +89,6 @@ fn refused_start(config: &Path) -> Output {
         .output()
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
@@ -122,7 +114,7 @@ fn supply_keygen_sign_and_verify_round_trip() {
     let key_path = dir.path().join("release.key");
     let key_arg = path_str(&key_path);
     let made = converge(&["rule", "keygen", "--out", key_arg], &[]);
-    assert!(made.status.success(), "{}", text(&made));
+    assert!(made.status.success(), "{}", described(&made));
     let public_line = std::fs::read_to_string(dir.path().join("release.key.pub")).expect("KEY.pub");
     let public: PublicKey = public_line
         .trim()
@@ -144,8 +136,12 @@ fn supply_keygen_sign_and_verify_round_trip() {
     }
     // Never overwritten.
     let again = converge(&["rule", "keygen", "--out", key_arg], &[]);
-    assert!(!again.status.success(), "{}", text(&again));
-    assert!(text(&again).contains("not overwriting"), "{}", text(&again));
+    assert!(!again.status.success(), "{}", described(&again));
+    assert!(
+        described(&again).contains("not overwriting"),
+        "{}",
+        described(&again)
+    );
     assert_eq!(std::fs::read_to_string(&key_path).expect("key"), private);
 
     // Sign, and verify against the key.
@@ -163,7 +159,7 @@ fn supply_keygen_sign_and_verify_round_trip() {
         ],
         &[],
     );
-    assert!(signing.status.success(), "{}", text(&signing));
+    assert!(signing.status.success(), "{}", described(&signing));
     let trusted = public.to_string();
     let verified = converge(
         &[
@@ -175,8 +171,12 @@ fn supply_keygen_sign_and_verify_round_trip() {
         ],
         &[],
     );
-    assert!(verified.status.success(), "{}", text(&verified));
-    assert!(text(&verified).contains("PASS"), "{}", text(&verified));
+    assert!(verified.status.success(), "{}", described(&verified));
+    assert!(
+        described(&verified).contains("PASS"),
+        "{}",
+        described(&verified)
+    );
 
     // Another key (here through the environment) does not trust it; the message names both.
     let other = key().public_key();
@@ -184,27 +184,32 @@ fn supply_keygen_sign_and_verify_round_trip() {
         &["rule", "verify", path_str(&signed_path)],
         &[("CONVERGE_TRUSTED_KEYS", &other.to_string())],
     );
-    assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
-    assert!(
-        text(&untrusted).contains(&public.id()),
+    assert_eq!(
+        untrusted.status.code(),
+        Some(1),
         "{}",
-        text(&untrusted)
+        described(&untrusted)
     );
     assert!(
-        text(&untrusted).contains(&other.id()),
+        described(&untrusted).contains(&public.id()),
         "{}",
-        text(&untrusted)
+        described(&untrusted)
+    );
+    assert!(
+        described(&untrusted).contains(&other.id()),
+        "{}",
+        described(&untrusted)
     );
     // The unsigned original is not signed.
     let unsigned = converge(
         &["rule", "verify", path_str(&rule), "--trusted-key", &trusted],
         &[],
     );
-    assert_eq!(unsigned.status.code(), Some(1), "{}", text(&unsigned));
+    assert_eq!(unsigned.status.code(), Some(1), "{}", described(&unsigned));
     assert!(
-        text(&unsigned).contains("not signed"),
+        described(&unsigned).contains("not signed"),
         "{}",
-        text(&unsigned)
+        described(&unsigned)
     );
 
     // Vectors packed after signing break the signature, and the message says what to do.
@@ -222,7 +227,7 @@ fn supply_keygen_sign_and_verify_round_trip() {
         ],
         &[],
     );
-    assert!(pack.status.success(), "{}", text(&pack));
+    assert!(pack.status.success(), "{}", described(&pack));
     let broken = converge(
         &[
             "rule",
@@ -233,16 +238,16 @@ fn supply_keygen_sign_and_verify_round_trip() {
         ],
         &[],
     );
-    assert_eq!(broken.status.code(), Some(1), "{}", text(&broken));
+    assert_eq!(broken.status.code(), Some(1), "{}", described(&broken));
     assert!(
-        text(&broken).contains("does not verify"),
+        described(&broken).contains("does not verify"),
         "{}",
-        text(&broken)
+        described(&broken)
     );
     assert!(
-        text(&broken).contains("pack first, then sign"),
+        described(&broken).contains("pack first, then sign"),
         "{}",
-        text(&broken)
+        described(&broken)
     );
 
     // The signed component is the rule it was: it passes every gate under the key.
@@ -262,7 +267,7 @@ fn supply_rotation_accepts_either_key_during_the_overlap() {
     let keygen = |name: &str| {
         let path = dir.path().join(name);
         let made = converge(&["rule", "keygen", "--out", path_str(&path)], &[]);
-        assert!(made.status.success(), "{}", text(&made));
+        assert!(made.status.success(), "{}", described(&made));
         let public: PublicKey = std::fs::read_to_string(dir.path().join(format!("{name}.pub")))
             .expect("KEY.pub")
             .trim()
@@ -286,7 +291,7 @@ fn supply_rotation_accepts_either_key_during_the_overlap() {
             ],
             &[],
         );
-        assert!(signing.status.success(), "{}", text(&signing));
+        assert!(signing.status.success(), "{}", described(&signing));
     };
     let by_old = dir.path().join("by-old.wasm");
     let by_new = dir.path().join("by-new.wasm");
@@ -305,14 +310,14 @@ fn supply_rotation_accepts_either_key_during_the_overlap() {
         ],
         &[],
     );
-    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(listed.status.success(), "{}", described(&listed));
     assert_eq!(
         String::from_utf8_lossy(&listed.stdout)
             .matches("verifies")
             .count(),
         2,
         "{}",
-        text(&listed)
+        described(&listed)
     );
 
     let admits = |trusted: &[PublicKey], component: &Path| {
@@ -445,8 +450,8 @@ fn supply_serve_refuses_to_start_with_an_unsigned_rule_when_keys_are_trusted() {
     let public = trusted.public_key();
 
     let unsigned = start("unsigned", &order_status(), vec![public]);
-    assert_eq!(unsigned.status.code(), Some(2), "{}", text(&unsigned));
-    let said = text(&unsigned);
+    assert_eq!(unsigned.status.code(), Some(2), "{}", described(&unsigned));
+    let said = described(&unsigned);
     assert!(said.contains("refused by the signature gate"), "{said}");
     assert!(said.contains("not signed"), "{said}");
     assert!(said.contains(&public.id()), "{said}");
@@ -456,11 +461,16 @@ fn supply_serve_refuses_to_start_with_an_unsigned_rule_when_keys_are_trusted() {
         &signed(&order_status(), &stranger),
         vec![public],
     );
-    assert_eq!(by_stranger.status.code(), Some(2), "{}", text(&by_stranger));
-    assert!(
-        text(&by_stranger).contains(&stranger.public_key().id()),
+    assert_eq!(
+        by_stranger.status.code(),
+        Some(2),
         "{}",
-        text(&by_stranger)
+        described(&by_stranger)
+    );
+    assert!(
+        described(&by_stranger).contains(&stranger.public_key().id()),
+        "{}",
+        described(&by_stranger)
     );
 
     // A forged signature is refused even with no key trusted.
@@ -469,11 +479,11 @@ fn supply_serve_refuses_to_start_with_an_unsigned_rule_when_keys_are_trusted() {
         &altered(&signed(&order_status(), &trusted)),
         vec![],
     );
-    assert_eq!(forged.status.code(), Some(2), "{}", text(&forged));
+    assert_eq!(forged.status.code(), Some(2), "{}", described(&forged));
     assert!(
-        text(&forged).contains("does not verify"),
+        described(&forged).contains("does not verify"),
         "{}",
-        text(&forged)
+        described(&forged)
     );
 
     // The same key twice is refused with the configuration.
@@ -482,11 +492,11 @@ fn supply_serve_refuses_to_start_with_an_unsigned_rule_when_keys_are_trusted() {
         &signed(&order_status(), &trusted),
         vec![public, public],
     );
-    assert_eq!(twice.status.code(), Some(2), "{}", text(&twice));
+    assert_eq!(twice.status.code(), Some(2), "{}", described(&twice));
     assert!(
-        text(&twice).contains("rule.trusted_keys"),
+        described(&twice).contains("rule.trusted_keys"),
         "{}",
-        text(&twice)
+        described(&twice)
     );
 }
 
@@ -518,11 +528,11 @@ async fn supply_publish_skip_local_gates_still_checks_the_signature() {
             args.extend(["--trusted-key", key]);
         }
         let refused = fleet.cli(&args);
-        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+        assert_eq!(refused.status.code(), Some(1), "{}", described(&refused));
         assert!(
-            text(&refused).contains("refused by the signature gate"),
+            described(&refused).contains("refused by the signature gate"),
             "{}",
-            text(&refused)
+            described(&refused)
         );
         assert_eq!(fleet.active().await, None, "nothing may be published");
     }
@@ -534,7 +544,7 @@ async fn supply_publish_skip_local_gates_still_checks_the_signature() {
         "--trusted-key",
         &trusted_arg,
     ]);
-    assert_eq!(gated.status.code(), Some(1), "{}", text(&gated));
+    assert_eq!(gated.status.code(), Some(1), "{}", described(&gated));
 
     // Vectors cannot be packed into a signed component.
     let vectors = build::workspace_root().join("plugin/vectors/order-status.json");
@@ -545,8 +555,12 @@ async fn supply_publish_skip_local_gates_still_checks_the_signature() {
         "--vectors",
         path_str(&vectors),
     ]);
-    assert!(!packing.status.success(), "{}", text(&packing));
-    assert!(text(&packing).contains("is signed"), "{}", text(&packing));
+    assert!(!packing.status.success(), "{}", described(&packing));
+    assert!(
+        described(&packing).contains("is signed"),
+        "{}",
+        described(&packing)
+    );
     assert_eq!(fleet.active().await, None);
 
     let published = fleet.cli(&[
@@ -557,7 +571,7 @@ async fn supply_publish_skip_local_gates_still_checks_the_signature() {
         "--trusted-key",
         &trusted_arg,
     ]);
-    assert!(published.status.success(), "{}", text(&published));
+    assert!(published.status.success(), "{}", described(&published));
     assert_eq!(fleet.active().await, Some(content_hash(&read(&good))));
 }
 
@@ -595,7 +609,7 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
         "--trusted-key",
         &public.to_string(),
     ]);
-    assert!(published.status.success(), "{}", text(&published));
+    assert!(published.status.success(), "{}", described(&published));
     fleet
         .until("both instances to serve the signed rule", 2, |status| {
             status
@@ -675,7 +689,7 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     // Rollback from the planted pointer: the history's newest entry is the signed rule, which
     // is checked and pointed at again.
     let rolled = fleet.cli(&["rule", "rollback", "--trusted-key", &public.to_string()]);
-    assert!(rolled.status.success(), "{}", text(&rolled));
+    assert!(rolled.status.success(), "{}", described(&rolled));
     assert_eq!(fleet.active().await, Some(v1_hash.clone()));
 
     // An edited history: rollback refuses to follow it and changes nothing.
@@ -691,8 +705,12 @@ async fn supply_unsigned_or_forged_blobs_in_redis_are_refused_by_two_instances_w
     ] {
         fleet.set_history(&[&v1_hash, entry]).await;
         let refused = fleet.cli(&["rule", "rollback", "--trusted-key", &public.to_string()]);
-        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-        assert!(text(&refused).contains(refusal), "{}", text(&refused));
+        assert_eq!(refused.status.code(), Some(1), "{}", described(&refused));
+        assert!(
+            described(&refused).contains(refusal),
+            "{}",
+            described(&refused)
+        );
         assert_eq!(fleet.active().await, Some(v1_hash.clone()), "{entry}");
         assert_eq!(fleet.history().await, [v1_hash.as_str(), entry]);
     }
@@ -893,11 +911,11 @@ async fn supply_a_component_over_the_size_cap_is_refused_on_every_path() {
         ],
     ] {
         let refused = converge(&args, &[]);
-        assert!(!refused.status.success(), "{}", text(&refused));
+        assert!(!refused.status.success(), "{}", described(&refused));
         assert!(
-            text(&refused).contains("over the cap"),
+            described(&refused).contains("over the cap"),
             "{}",
-            text(&refused)
+            described(&refused)
         );
     }
 

@@ -425,3 +425,13 @@ fn captured(status: ExitStatus, stdout: &NamedTempFile, stderr: &NamedTempFile) 
 /// How long a `converge` command a test runs to its end may take before it counts as hung:
 /// far beyond the slowest (a `check` of a slow rule in a loaded suite).
 pub const LONG: Duration = Duration::from_secs(600);
+
+/// A finished command's exit code and both streams, for an assertion's message.
+pub fn described(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

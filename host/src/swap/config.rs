@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Problem, invalid, needs};
-use crate::rule::GateConfig;
+use crate::rule::{EngineLimits, GateConfig};
 
 /// Which rule serves, and its limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +132,16 @@ fn default_memory_mib() -> usize {
 }
 
 impl RuleConfig {
+    /// The engine's limits this section sets (the rest at their defaults).
+    pub fn engine_limits(&self) -> EngineLimits {
+        EngineLimits {
+            memory_cap_bytes: self.memory_mib.saturating_mul(1 << 20),
+            deadline: std::time::Duration::from_millis(self.deadline_ms),
+            max_component_bytes: self.max_component_bytes,
+            ..EngineLimits::default()
+        }
+    }
+
     /// Checks the limits, the trusted keys, the fleet and automatic rollback.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !self.path.is_file() {

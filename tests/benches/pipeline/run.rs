@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use converge::config::{Config, RuleConfig};
 use converge::entity::{Decision, DecisionKind, Event, RuleInfo, State};
 use converge::pipeline::{Pipeline, Stats};
-use converge::rule::{CompileCache, DecideError, EngineLimits, Gates, Rule, RuleEngine};
+use converge::rule::{CompileCache, DecideError, Gates, Rule, RuleEngine};
 use converge::source::{Message, Source, SourceError};
 use converge::store::RedisStore;
 use converge::swap::{Origin, RuleControl, read_rule_file};
@@ -185,16 +185,8 @@ pub fn fluvio_config(
 pub fn load_rule(config: &RuleConfig, metrics: &Arc<Metrics>) -> Arc<RuleControl> {
     let cache = CompileCache::configured(config.compile_cache, config.compile_cache_dir.as_deref())
         .expect("the compile cache opens");
-    let engine = RuleEngine::with_compile_cache(
-        EngineLimits {
-            memory_cap_bytes: config.memory_mib.saturating_mul(1 << 20),
-            deadline: Duration::from_millis(config.deadline_ms),
-            max_component_bytes: config.max_component_bytes,
-            ..EngineLimits::default()
-        },
-        cache,
-    )
-    .expect("the rule engine starts");
+    let engine = RuleEngine::with_compile_cache(config.engine_limits(), cache)
+        .expect("the rule engine starts");
     let gates = Gates::new(engine, config.gates.clone());
     let (bytes, sidecar) =
         read_rule_file(&config.path, config.max_component_bytes).expect("the rule file reads");
